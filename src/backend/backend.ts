@@ -1,0 +1,26 @@
+/**
+ * Where chunk objects live. Keys are '/'-separated relative names
+ * (`<volumeId>/chunks/<id>`). Every implementation passes test/backend-suite.ts.
+ *
+ * Contract:
+ *  - `put` is atomic and durable when it resolves: a reader sees the whole object
+ *    or none of it, also after a crash.
+ *  - `get` with offset/length is a ranged read (one request); reading past the end
+ *    of the object returns the bytes that exist.
+ *  - `delete` of a missing key succeeds.
+ *  - `list(prefix)` returns all keys starting with prefix, sorted.
+ */
+export interface Backend {
+  readonly kind: string;
+  put(key: string, data: Uint8Array): Promise<void>;
+  get(key: string, offset?: number, length?: number): Promise<Buffer>;
+  delete(key: string): Promise<void>;
+  list(prefix: string): Promise<string[]>;
+  close(): Promise<void>;
+}
+
+export function checkKey(key: string): void {
+  if (key.length === 0 || key.startsWith('/') || key.split('/').some((p) => p === '' || p === '.' || p === '..')) {
+    throw new Error(`invalid backend key '${key}'`);
+  }
+}

@@ -1,0 +1,88 @@
+import type { Backend } from '../backend/backend';
+import type { FileIO } from '../io/file-io';
+
+/** See docs/FORMAT.md and README "Durability": what write()/fsync() wait for. */
+export type Durability = 'strict' | 'batched' | 'relaxed' | 'async';
+export const DURABILITY_MODES: readonly Durability[] = ['strict', 'batched', 'relaxed', 'async'];
+export type Compression = 'none' | 'lz4';
+export const COMPRESSIONS: readonly Compression[] = ['none', 'lz4'];
+
+/** Minimal logger interface (winston loggers satisfy it). Below the CLI the default is silent. */
+export interface Logger {
+  error(msg: string, meta?: Record<string, unknown>): void;
+  warn(msg: string, meta?: Record<string, unknown>): void;
+  info(msg: string, meta?: Record<string, unknown>): void;
+  debug(msg: string, meta?: Record<string, unknown>): void;
+}
+
+export const silentLogger: Logger = { error() {}, warn() {}, info() {}, debug() {} };
+
+export interface StoreOptions {
+  /** File layer for everything under the store directory (default: real node:fs). */
+  fileIO?: FileIO;
+  /** Where chunk objects go (default: FileBackend in `<store>/objects`). */
+  backend?: Backend;
+  logger?: Logger;
+}
+
+export interface VolumeCreateOptions {
+  /** Volume size in bytes; a multiple of blockSize. */
+  size: number;
+  blockSize?: number; // default 4096, power of two 512..65536
+  durability?: Durability; // default 'batched'
+  compression?: Compression; // default 'none'
+}
+
+export interface VolumeInfo {
+  name: string;
+  id: string; // 32 hex chars, unique per volume (a recreated name gets a new id)
+  size: number;
+  blockSize: number;
+  durability: Durability;
+  compression: Compression;
+  createdAt: string; // ISO time
+  formatVersion: number;
+}
+
+/** Tunables. Every one has a default; tests use tiny values. */
+export interface VolumeTunables {
+  walSegmentBytes: number; // max WAL segment size (default 64 MiB)
+  chunkBytes: number; // target chunk object size (default 4 MiB)
+  writeBufferBytes: number; // cap on Hot+Pending data in memory; writers wait above it (default 256 MiB)
+  flushBytes: number; // start a background flush when this much is pending (default 32 MiB)
+  flushIntervalMs: number; // flush pending data at least this often (default 5000)
+  batchBlocks: number; // batched mode: sync after this many unsynced blocks (default 256)
+  batchMs: number; // batched mode: sync at most this long after a write (default 5)
+  cacheBytes: number; // read cache size (default 64 MiB)
+  checkpointBytes: number; // write a checkpoint when the map log exceeds this (default 16 MiB)
+  readaheadBytes: number; // sequential-read readahead window (default 1 MiB, 0 = off)
+}
+
+export interface VolumeOpenOptions extends Partial<VolumeTunables> {
+  /** Override the durability chosen at create time, for this open only. */
+  durability?: Durability;
+  /** Open without the write lock: reads only; fails on write(). */
+  readOnly?: boolean;
+}
+
+export interface VolumeStats {
+  writes: number; // write() calls
+  writeBytes: number;
+  reads: number;
+  readBytes: number;
+  walWrites: number; // write(2)/pwritev calls issued by the WAL
+  walSyncs: number; // fdatasyncs of the WAL
+  walBytes: number;
+  fsyncs: number; // fsync() calls on the volume
+  fsyncP50Ms: number;
+  fsyncP99Ms: number;
+  chunkFlushes: number; // chunk objects written
+  flushedBytes: number;
+  pendingBytes: number; // Hot + Pending data not yet in chunks
+  cacheHits: number;
+  cacheMisses: number;
+  cacheBytes: number;
+  checkpoints: number;
+  errors: number;
+  seq: number; // last sequence number handed out
+}
