@@ -1,0 +1,163 @@
+import * as path from 'node:path';
+import type { Backend } from './backend';
+import type { FileHandle, FileIO } from '../io/file-io';
+import { VbfsError, ioError } from '../errors';
+import { checkRange, validKey } from './memory-backend';
+
+/**
+ * Objects as files under `root`; the '/' of a key becomes a subdirectory.
+ *
+ * put() is atomic and durable when it resolves, also across power loss:
+ *   write `<name>.<n>.vbfs-tmp` in the target directory, fdatasync it, rename it over
+ *   the final name, fsync the directory. A crash leaves either the old object (plus
+ *   maybe a stray temp file, which list() ignores) or the new one, never a torn one.
+ *   Directories created on the way are made durable by fsyncing their parents, or a
+ *   crash could lose a whole subdirectory of durable objects.
+ * Keys whose last part ends in the temp suffix are refused so list() stays exact.
+ */
+export const TEMP_SUFFIX = '.vbfs-tmp';
+
+export class FileBackend implements Backend {
+  readonly kind = 'file';
+  private readonly root: string;
+  private tempCounter = 0;
+  private closed = false;
+
+  constructor(root: string, private readonly fileIO: FileIO) {
+    this.root = path.resolve(root);
+  }
+
+  async put(key: string, data: Uint8Array): Promise<void> {
+    const file = this.pathOf(key);
+    const dir = path.dirname(file);
+    await this.ensureDir(dir);
+    const tmp = `${file}.${process.pid}-${++this.tempCounter}${TEMP_SUFFIX}`;
+    let fh: FileHandle | undefined;
+    try {
+      fh = await this.fileIO.open(tmp, 'wx');
+      await fh.write(data, 0);
+      await fh.datasync();
+      await fh.close();
+      fh = undefined;
+      await this.fileIO.rename(tmp, file);
+      await this.fileIO.fsyncDir(dir);
+    } catch (err) {
+      if (fh !== undefined) await fh.close().catch(() => {});
+      await this.fileIO.unlink(tmp).catch(() => {});
+      throw ioError(`backend put '${key}'`, err, { key, path: file });
+    }
+  }
+
+  async get(key: string, offset = 0, length?: number): Promise<Buffer> {
+    const file = this.pathOf(key);
+    checkRange(offset, length);
+    let fh: FileHandle;
+    try {
+      fh = await this.fileIO.open(file, 'r');
+    } catch (err) {
+      if (errnoOf(err) === 'ENOENT') {
+        throw new VbfsError('VBFS_NOT_FOUND', `backend object '${key}' not found`, { key, path: file });
+      }
+      throw ioError(`backend get '${key}'`, err, { key, path: file });
+    }
+    try {
+      const want = length ?? Math.max(0, (await fh.size()) - offset);
+      const buf = Buffer.alloc(want);
+      const n = want === 0 ? 0 : await fh.read(buf, offset);
+      return n === want ? buf : buf.subarray(0, n);
+    } catch (err) {
+      throw ioError(`backend get '${key}'`, err, { key, path: file });
+    } finally {
+      await fh.close().catch(() => {});
+    }
+  }
+
+  async delete(key: string): Promise<void> {
+    const file = this.pathOf(key);
+    const dir = path.dirname(file);
+    try {
+      await this.fileIO.unlink(file);
+      // Also after an unlink of a missing file: an earlier delete may have crashed
+      // between unlink and fsyncDir, and this call promises durability.
+      if ((await this.fileIO.stat(dir)) !== null) await this.fileIO.fsyncDir(dir);
+    } catch (err) {
+      throw ioError(`backend delete '${key}'`, err, { key, path: file });
+    }
+  }
+
+  async list(prefix: string): Promise<string[]> {
+    this.checkOpen();
+    const out: string[] = [];
+    try {
+      await this.walk(this.root, '', prefix, out);
+    } catch (err) {
+      throw ioError(`backend list '${prefix}'`, err, { prefix, path: this.root });
+    }
+    return out.sort();
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+  }
+
+  private async walk(dir: string, keyPrefix: string, prefix: string, out: string[]): Promise<void> {
+    for (const name of await this.fileIO.readdir(dir)) {
+      if (name.endsWith(TEMP_SUFFIX)) continue;
+      const key = keyPrefix + name;
+      const st = await this.fileIO.stat(path.join(dir, name));
+      if (st === null) continue; // removed while we were listing
+      if (st.isDirectory) {
+        const sub = key + '/';
+        // Only descend where keys with this prefix can live.
+        if (sub.startsWith(prefix) || prefix.startsWith(sub)) await this.walk(path.join(dir, name), sub, prefix, out);
+      } else if (key.startsWith(prefix)) {
+        out.push(key);
+      }
+    }
+  }
+
+  /**
+   * Create `dir` and any missing parents, each made durable in its parent. Not cached:
+   * a directory can disappear under us (volume deletion), and one stat per 4 MiB put
+   * costs nothing.
+   */
+  private async ensureDir(dir: string): Promise<void> {
+    const missing: string[] = [];
+    try {
+      for (let d = dir; ; d = path.dirname(d)) {
+        const st = await this.fileIO.stat(d);
+        if (st !== null) {
+          if (!st.isDirectory) throw new VbfsError('VBFS_IO', `backend path ${d} is not a directory`, { path: d });
+          break;
+        }
+        missing.push(d);
+        if (d === path.dirname(d)) break;
+      }
+      if (missing.length > 0) {
+        await this.fileIO.mkdir(dir);
+        // Parents first: an entry is only reachable after a crash if its parent is.
+        for (const d of missing.reverse()) await this.fileIO.fsyncDir(path.dirname(d));
+      }
+    } catch (err) {
+      throw ioError(`backend mkdir ${dir}`, err, { path: dir });
+    }
+  }
+
+  private pathOf(key: string): string {
+    this.checkOpen();
+    validKey(key);
+    if (key.split('/').some((p) => p.endsWith(TEMP_SUFFIX))) {
+      throw new VbfsError('VBFS_INVALID_ARGUMENT', `backend key '${key}' uses the reserved suffix ${TEMP_SUFFIX}`, { key });
+    }
+    return path.join(this.root, ...key.split('/'));
+  }
+
+  private checkOpen(): void {
+    if (this.closed) throw new VbfsError('VBFS_CLOSED', 'backend is closed');
+  }
+}
+
+function errnoOf(err: unknown): string | undefined {
+  if (err instanceof VbfsError) return err.details.errno as string | undefined;
+  return (err as NodeJS.ErrnoException | undefined)?.code;
+}

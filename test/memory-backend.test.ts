@@ -1,0 +1,4 @@
+import { MemoryBackend } from '../src/backend/memory-backend';
+import { backendSuite } from './backend-suite';
+
+backendSuite('MemoryBackend', async () => new MemoryBackend());
