@@ -23,6 +23,13 @@ export interface StoreOptions {
   /** Where chunk objects go (default: FileBackend in `<store>/objects`). */
   backend?: Backend;
   logger?: Logger;
+  /**
+   * Called at named points of the flush and checkpoint path
+   * ('flush:beforeChunkWrite', 'flush:afterChunkWrite', 'flush:afterMapCommit',
+   * 'flush:beforeWalReclaim', 'flush:afterWalReclaim', 'checkpoint:beforeRename',
+   * 'checkpoint:afterRename'), so crash tests can stop between any two steps.
+   */
+  failpoint?: (name: string) => void | Promise<void>;
 }
 
 export interface VolumeCreateOptions {

@@ -1,0 +1,158 @@
+/**
+ * The write buffer: fixed-size block slots carved from 4 MiB slabs. Hot and
+ * Pending block versions live here until a chunk holding them is durable. Slots
+ * are reused through a free list, so the steady-state write path allocates
+ * nothing per block, and the slot count is the memory cap: when every slot is in
+ * use, writers wait (backpressure) until the flusher frees some.
+ *
+ * A slot can be pinned by an in-progress flush; releasing a pinned slot defers the
+ * free until the flush unpins it.
+ */
+const SLAB_BYTES = 4 * 1024 * 1024;
+
+export class Arena {
+  private readonly slabs: Buffer[] = [];
+  private readonly perSlab: number;
+  private free: Int32Array;
+  private freeTop = 0;
+  private nextFresh = 0; // slots [nextFresh, allocated) were never handed out
+  private allocated = 0; // slots backed by slabs
+  private pinned: Uint8Array;
+  private released: Uint8Array; // released while pinned
+  private waiters: Array<() => void> = [];
+  /** Block number and sequence number of the version each slot holds. */
+  blockOf: Float64Array;
+  seqOf: Float64Array;
+  used = 0;
+
+  constructor(readonly slotSize: number, readonly capSlots: number) {
+    this.perSlab = Math.max(1, Math.floor(SLAB_BYTES / slotSize));
+    this.free = new Int32Array(capSlots);
+    this.pinned = new Uint8Array(capSlots);
+    this.released = new Uint8Array(capSlots);
+    this.blockOf = new Float64Array(capSlots);
+    this.seqOf = new Float64Array(capSlots);
+  }
+
+  get capacity(): number {
+    return this.free.length;
+  }
+
+  /** Slots ever handed out: every in-use slot is below this. */
+  get highWater(): number {
+    return this.nextFresh;
+  }
+
+  isPinned(slot: number): boolean {
+    return this.pinned[slot] === 1;
+  }
+
+  get full(): boolean {
+    return this.freeTop === 0 && this.nextFresh >= this.free.length;
+  }
+
+  /** A free slot, or -1 at the cap. */
+  alloc(): number {
+    let s: number;
+    if (this.freeTop > 0) s = this.free[--this.freeTop] as number;
+    else if (this.nextFresh < this.free.length) s = this.nextFresh++;
+    else return -1;
+    if (s >= this.allocated) this.grow(s);
+    this.used++;
+    return s;
+  }
+
+  /** Allocate even above the cap (recovery replays whatever the WAL holds). */
+  allocForce(): number {
+    const s = this.alloc();
+    if (s >= 0) return s;
+    const n = this.free.length * 2;
+    const free = new Int32Array(n);
+    free.set(this.free);
+    this.free = free;
+    this.pinned = widen(this.pinned, new Uint8Array(n));
+    this.released = widen(this.released, new Uint8Array(n));
+    this.blockOf = widen(this.blockOf, new Float64Array(n));
+    this.seqOf = widen(this.seqOf, new Float64Array(n));
+    return this.alloc();
+  }
+
+  private grow(slot: number): void {
+    while (this.allocated <= slot) {
+      this.slabs.push(Buffer.allocUnsafeSlow(this.perSlab * this.slotSize));
+      this.allocated += this.perSlab;
+    }
+  }
+
+  slab(slot: number): Buffer {
+    return this.slabs[Math.floor(slot / this.perSlab)] as Buffer;
+  }
+
+  offset(slot: number): number {
+    return (slot % this.perSlab) * this.slotSize;
+  }
+
+  /** A view of the slot's bytes (allocates a view object; the copy helpers below do not). */
+  view(slot: number): Buffer {
+    const o = this.offset(slot);
+    return this.slab(slot).subarray(o, o + this.slotSize);
+  }
+
+  copyIn(slot: number, src: Uint8Array, srcStart: number): void {
+    this.slab(slot).set(src.subarray(srcStart, srcStart + this.slotSize), this.offset(slot));
+  }
+
+  copyOut(slot: number, dst: Uint8Array, dstStart: number, from = 0, to = this.slotSize): void {
+    const o = this.offset(slot);
+    dst.set(this.slab(slot).subarray(o + from, o + to), dstStart);
+  }
+
+  pin(slot: number): void {
+    this.pinned[slot] = 1;
+  }
+
+  unpin(slot: number): void {
+    this.pinned[slot] = 0;
+    if (this.released[slot]) {
+      this.released[slot] = 0;
+      this.pushFree(slot);
+    }
+  }
+
+  release(slot: number): void {
+    if (slot < 0) return;
+    if (this.pinned[slot]) this.released[slot] = 1;
+    else this.pushFree(slot);
+  }
+
+  private pushFree(slot: number): void {
+    this.free[this.freeTop++] = slot;
+    this.used--;
+    if (this.waiters.length > 0) {
+      const w = this.waiters;
+      this.waiters = [];
+      for (const fn of w) fn();
+    }
+  }
+
+  /** Resolves when a slot may be free (callers re-check with alloc()). */
+  waitFree(): Promise<void> {
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  /** Wake every waiter (used on close/failure so nobody hangs). */
+  wakeAll(): void {
+    const w = this.waiters;
+    this.waiters = [];
+    for (const fn of w) fn();
+  }
+
+  get bytes(): number {
+    return this.allocated * this.slotSize;
+  }
+}
+
+function widen<T extends Uint8Array | Float64Array>(from: T, to: T): T {
+  to.set(from);
+  return to;
+}

@@ -1,0 +1,245 @@
+import { VbfsError } from '../errors';
+import { anyFrameAfter, checkFrame, encodeFrame } from '../format/frame';
+import {
+  allocCommit,
+  allocEntries,
+  commitEntryOffset,
+  decodeCheckpointHeader,
+  decodeCommit,
+  decodeEntries,
+  decodeFooter,
+  decodeMapLogHeader,
+  encodeCheckpointHeader,
+  encodeFooter,
+  encodeMapLogHeader,
+  entriesEntryOffset,
+  LOCATION_ENTRY,
+  readLocation,
+  writeLocation,
+} from '../format/map-records';
+import type { FileHandle, FileIO } from '../io/file-io';
+import type { Logger } from '../store/types';
+import type { BlockIndex } from './block-index';
+
+export const mapSegmentName = (n: number): string => n.toString(16).padStart(16, '0') + '.log';
+const CHECKPOINT = 'checkpoint';
+const ENTRIES_PER_FRAME = 8192;
+
+export interface MapLoad {
+  seq: number; // highest seq in the checkpoint and log
+  nextChunkId: number; // one past the highest chunk id the map knows
+}
+
+export type Failpoint = (name: string) => void | Promise<void>;
+
+/**
+ * Durable block map: an append-only log of chunk commits (the new locations of
+ * the blocks packed into one chunk) plus a periodic compacted checkpoint of every
+ * persisted location. A flush appends only what it wrote (never rewrites the whole
+ * map); the checkpoint bounds replay time and lets old log segments go.
+ *
+ * Checkpoint creation is atomic: checkpoint.tmp, fdatasync, rename, fsync dir. The
+ * checkpoint names the first log segment to replay after it; older segments are
+ * deleted only after the rename is durable.
+ */
+export class MapStore {
+  logBytes = 0;
+  checkpoints = 0;
+  private seg = 1;
+  private fd: FileHandle | null = null;
+  private pos = 0;
+  private readonly segments: number[] = [];
+
+  constructor(
+    private readonly fileIO: FileIO,
+    private readonly dir: string,
+    private readonly volumeId: string,
+    private readonly logger: Logger,
+    private readonly failpoint: Failpoint,
+  ) {}
+
+  async load(index: BlockIndex, readOnly: boolean): Promise<MapLoad> {
+    const out: MapLoad = { seq: 0, nextChunkId: 1 };
+    let firstSeg = 1;
+    const ckPath = `${this.dir}/${CHECKPOINT}`;
+    if (await this.fileIO.stat(ckPath)) {
+      firstSeg = this.loadCheckpoint(await this.fileIO.readFile(ckPath), ckPath, index, out);
+    }
+    const names = (await this.fileIO.readdir(this.dir)).filter((n) => /^[0-9a-f]{16}\.log$/.test(n));
+    const nums = names.map((n) => parseInt(n.slice(0, 16), 16)).sort((a, b) => a - b);
+    const live = nums.filter((n) => n >= firstSeg);
+    for (const n of nums) {
+      if (n < firstSeg && !readOnly) await this.fileIO.unlink(`${this.dir}/${mapSegmentName(n)}`);
+    }
+    for (let k = 0; k < live.length; k++) {
+      const n = live[k] as number;
+      const path = `${this.dir}/${mapSegmentName(n)}`;
+      await this.replayLog(await this.fileIO.readFile(path), path, n, k === live.length - 1, readOnly, index, out);
+      this.segments.push(n);
+    }
+    this.seg = Math.max(firstSeg, (nums[nums.length - 1] ?? 0) + 1);
+    return out;
+  }
+
+  private loadCheckpoint(buf: Buffer, path: string, index: BlockIndex, out: MapLoad): number {
+    const bad = (off: number, why: string): VbfsError =>
+      new VbfsError('VBFS_CORRUPT', `checkpoint ${path} is damaged at offset ${off} (${why})`, { path, offset: off });
+    const first = checkFrame(buf, 0);
+    if (!first.ok) throw bad(0, first.reason);
+    const h = decodeCheckpointHeader(first.payload);
+    if (!h) throw bad(0, 'not a checkpoint header');
+    if (h.volumeId !== this.volumeId) throw bad(0, 'belongs to another volume');
+    out.seq = Math.max(out.seq, h.seq);
+    out.nextChunkId = Math.max(out.nextChunkId, h.nextChunkId);
+    let off = first.end;
+    let seen = 0;
+    for (;;) {
+      const f = checkFrame(buf, off);
+      if (!f.ok) throw bad(off, f.reason);
+      if (f.payload[0] === 0x46) {
+        if (decodeFooter(f.payload) !== h.entryCount || seen !== h.entryCount) throw bad(off, 'entry count mismatch');
+        if (f.end !== buf.length) throw bad(f.end, 'trailing bytes');
+        break;
+      }
+      const count = decodeEntries(f.payload);
+      if (count === null) throw bad(off, 'unknown frame');
+      for (let i = 0; i < count; i++) this.apply(index, f.payload, entriesEntryOffset(i), out, path, off);
+      seen += count;
+      off = f.end;
+    }
+    return h.mapSegment;
+  }
+
+  private apply(index: BlockIndex, p: Buffer, at: number, out: MapLoad, path: string, frameOff: number): void {
+    const l = readLocation(p, at);
+    if (l.block >= index.blockCount || l.seq === 0 || l.chunkId === 0) {
+      throw new VbfsError('VBFS_CORRUPT', `${path}: location entry in frame at offset ${frameOff} is out of range (block ${l.block})`, { path, offset: frameOff });
+    }
+    index.setPersisted(l.block, l.seq, l.chunkId, l.offset, l.len, l.flags);
+    if (l.seq > out.seq) out.seq = l.seq;
+    if (l.chunkId >= out.nextChunkId) out.nextChunkId = l.chunkId + 1;
+  }
+
+  private async replayLog(buf: Buffer, path: string, n: number, isLast: boolean, readOnly: boolean, index: BlockIndex, out: MapLoad): Promise<void> {
+    let off = 0;
+    const first = checkFrame(buf, 0);
+    const h = first.ok ? decodeMapLogHeader(first.payload) : null;
+    if (!first.ok || !h) {
+      if (isLast && !anyFrameAfter(buf, 0)) {
+        this.logger.warn('map log segment with a torn header: removing', { file: path });
+        if (!readOnly) await this.fileIO.unlink(path);
+        return;
+      }
+      throw new VbfsError('VBFS_CORRUPT', `map log ${path} is damaged at offset 0 (bad header)`, { path, offset: 0 });
+    }
+    if (h.volumeId !== this.volumeId || h.segment !== n) throw new VbfsError('VBFS_CORRUPT', `map log ${path} belongs to another volume or position`, { path, offset: 0 });
+    off = first.end;
+    while (off < buf.length) {
+      const f = checkFrame(buf, off);
+      if (f.ok) {
+        const c = decodeCommit(f.payload);
+        if (!c) throw new VbfsError('VBFS_CORRUPT', `map log ${path}: unknown frame at offset ${off}`, { path, offset: off });
+        for (let i = 0; i < c.count; i++) this.apply(index, f.payload, commitEntryOffset(i), out, path, off);
+        if (c.chunkId >= out.nextChunkId) out.nextChunkId = c.chunkId + 1;
+        off = f.end;
+        continue;
+      }
+      if (!isLast || anyFrameAfter(buf, off)) {
+        throw new VbfsError('VBFS_CORRUPT', `map log ${path} is damaged at offset ${off} (${f.reason}) and is not a torn tail`, { path, offset: off });
+      }
+      this.logger.warn('cutting torn map log tail', { file: path, offset: off });
+      if (!readOnly) {
+        const fd = await this.fileIO.open(path, 'r+');
+        await fd.truncate(off);
+        await fd.datasync();
+        await fd.close();
+      }
+      break;
+    }
+    this.logBytes += off;
+  }
+
+  /** Durably record where the blocks of one chunk now live. */
+  async commit(chunkId: number, entries: readonly { block: number; seq: number; off: number; len: number; flags: number }[]): Promise<void> {
+    const p = allocCommit(chunkId, entries.length);
+    for (let i = 0; i < entries.length; i++) {
+      const e = entries[i] as { block: number; seq: number; off: number; len: number; flags: number };
+      writeLocation(p, commitEntryOffset(i), e.block, e.seq, chunkId, e.off, e.len, e.flags);
+    }
+    const frame = encodeFrame(p);
+    if (!this.fd) await this.openLog();
+    const fd = this.fd as FileHandle;
+    await fd.write(frame, this.pos);
+    await fd.datasync();
+    this.pos += frame.length;
+    this.logBytes += frame.length;
+  }
+
+  private async openLog(): Promise<void> {
+    const path = `${this.dir}/${mapSegmentName(this.seg)}`;
+    const fd = await this.fileIO.open(path, 'w+');
+    const hdr = encodeFrame(encodeMapLogHeader({ volumeId: this.volumeId, segment: this.seg }));
+    await fd.write(hdr, 0);
+    await fd.datasync();
+    await this.fileIO.fsyncDir(this.dir);
+    this.fd = fd;
+    this.pos = hdr.length;
+    this.segments.push(this.seg);
+  }
+
+  /**
+   * Write a compacted checkpoint of every persisted location. Must not run
+   * concurrently with commit() (the volume holds its flush lock).
+   */
+  async checkpoint(index: BlockIndex, seq: number, nextChunkId: number): Promise<void> {
+    const newSeg = this.seg + 1;
+    const count = index.countPersisted();
+    const parts: Buffer[] = [encodeFrame(encodeCheckpointHeader({ volumeId: this.volumeId, seq, mapSegment: newSeg, nextChunkId, entryCount: count }))];
+    let frame = allocEntries(Math.min(ENTRIES_PER_FRAME, count));
+    let inFrame = 0;
+    let written = 0;
+    index.forEachPersisted((block, s, chunk, off, len, flags) => {
+      writeLocation(frame, entriesEntryOffset(inFrame), block, s, chunk, off, len, flags);
+      inFrame++;
+      written++;
+      if (inFrame * LOCATION_ENTRY + 8 === frame.length) {
+        parts.push(encodeFrame(frame));
+        frame = allocEntries(Math.min(ENTRIES_PER_FRAME, count - written));
+        inFrame = 0;
+      }
+    });
+    if (written !== count) throw new VbfsError('VBFS_CORRUPT', `checkpoint: index reports ${count} persisted blocks but holds ${written}`);
+    parts.push(encodeFrame(encodeFooter(count)));
+    const tmp = `${this.dir}/${CHECKPOINT}.tmp`;
+    const fd = await this.fileIO.open(tmp, 'w+');
+    let pos = 0;
+    for (let i = 0; i < parts.length; i += 64) {
+      const group = parts.slice(i, i + 64);
+      await fd.writev(group, pos);
+      for (const g of group) pos += g.length;
+    }
+    await fd.datasync();
+    await fd.close();
+    await this.failpoint('checkpoint:beforeRename');
+    await this.fileIO.rename(tmp, `${this.dir}/${CHECKPOINT}`);
+    await this.fileIO.fsyncDir(this.dir);
+    await this.failpoint('checkpoint:afterRename');
+    if (this.fd) {
+      await this.fd.close();
+      this.fd = null;
+    }
+    const old = this.segments.splice(0);
+    for (const n of old) await this.fileIO.unlink(`${this.dir}/${mapSegmentName(n)}`);
+    if (old.length > 0) await this.fileIO.fsyncDir(this.dir);
+    this.seg = newSeg;
+    this.logBytes = 0;
+    this.checkpoints++;
+  }
+
+  async close(): Promise<void> {
+    if (this.fd) {
+      await this.fd.close();
+      this.fd = null;
+    }
+  }
+}

@@ -1,0 +1,720 @@
+import { compress as lz4Compress, compressSync as lz4CompressSync, uncompressSync as lz4UncompressSync } from 'lz4-napi';
+import { VbfsError } from '../errors';
+import { Arena } from '../arena/arena';
+import type { Backend } from '../backend/backend';
+import { BlockCache } from '../cache/block-cache';
+import {
+  chunkKey,
+  chunkPrefix,
+  chunkSize,
+  decodeChunkHeader,
+  encodeChunkHeader,
+  encodeChunkRange,
+  parseChunkKey,
+  verifyChunkRecord,
+  type ChunkEntry,
+  type PlacedEntry,
+} from '../chunk/chunk';
+import { FLAG_LZ4, RECORD_HEADER } from '../format/block-record';
+import { SEGMENT_HEADER } from '../format/segment-header';
+import { BlockIndex, CACHED, EMPTY, HOT, PENDING, PERSISTED, type BlockState } from '../index/block-index';
+import { MapStore, type Failpoint } from '../index/map-store';
+import type { FileIO } from '../io/file-io';
+import { WalWriter } from '../wal/wal-writer';
+import { replayWal } from '../wal/wal-reader';
+import { VolumeLock } from './lock';
+import { LatencyWindow } from './latency';
+import type { Durability, Logger, VolumeInfo, VolumeOpenOptions, VolumeStats, VolumeTunables } from './types';
+import { checkDurability } from '../format/volume-meta';
+
+const MiB = 1024 * 1024;
+
+export const DEFAULT_TUNABLES: VolumeTunables = {
+  walSegmentBytes: 64 * MiB,
+  chunkBytes: 4 * MiB,
+  writeBufferBytes: 256 * MiB,
+  flushBytes: 32 * MiB,
+  flushIntervalMs: 5000,
+  batchBlocks: 256,
+  batchMs: 5,
+  cacheBytes: 64 * MiB,
+  checkpointBytes: 16 * MiB,
+  readaheadBytes: 1 * MiB,
+};
+
+/** One batch buffer of the WAL: records accumulate here between write() calls. */
+const WAL_BUFFER_BYTES = 1 * MiB;
+/** Chunk building yields to the event loop after this many records. */
+const BUILD_SLICE = 128;
+
+export interface VolumeContext {
+  dir: string; // <store>/volumes/<name>
+  fileIO: FileIO;
+  backend: Backend;
+  logger: Logger;
+  failpoint: Failpoint;
+}
+
+/**
+ * A volume: a fixed-size array of blocks. Reading this file top to bottom gives
+ * the write path (write -> arena + WAL -> group commit), the read path (one index
+ * lookup per block, contiguous chunk runs in one backend read), the flush path
+ * (arena -> chunk objects -> map commit -> WAL reclaim) and recovery (open()).
+ */
+export class Volume {
+  readonly name: string;
+  readonly size: number;
+  readonly blockSize: number;
+  readonly durability: Durability;
+  readonly readOnly: boolean;
+  private readonly t: VolumeTunables;
+  private readonly blockCount: number;
+  private readonly index: BlockIndex;
+  private readonly arena: Arena;
+  private readonly cache: BlockCache;
+  private wal: WalWriter | null = null;
+  private map: MapStore;
+  private lock: VolumeLock | null = null;
+  private seq = 0;
+  private nextChunkId = 1;
+  private closed = false;
+  private closing: Promise<void> | null = null;
+  private failed: VbfsError | null = null;
+  private writeTail: Promise<void> | null = null;
+  private flushRun: Promise<void> | null = null;
+  private flushAgain = false;
+  private batchTimer: NodeJS.Timeout | null = null;
+  private flushTimer: NodeJS.Timeout | null = null;
+  private readsInFlight = 0;
+  private deadChunks: number[] = [];
+  private lastReadEnd = -1;
+  private readonly zeros: Buffer;
+  private readonly fsyncLat = new LatencyWindow(1024);
+  private readonly s = {
+    writes: 0,
+    writeBytes: 0,
+    reads: 0,
+    readBytes: 0,
+    fsyncs: 0,
+    chunkFlushes: 0,
+    flushedBytes: 0,
+    errors: 0,
+  };
+
+  private constructor(readonly info: VolumeInfo, private readonly ctx: VolumeContext, opts: VolumeOpenOptions) {
+    this.name = info.name;
+    this.size = info.size;
+    this.blockSize = info.blockSize;
+    this.durability = opts.durability !== undefined ? checkDurability(opts.durability) : info.durability;
+    this.readOnly = opts.readOnly === true;
+    this.t = resolveTunables(opts, info.blockSize);
+    this.blockCount = info.size / info.blockSize;
+    this.index = new BlockIndex(this.blockCount);
+    this.arena = new Arena(info.blockSize, Math.max(2, Math.floor(this.t.writeBufferBytes / info.blockSize)));
+    this.cache = new BlockCache(this.t.cacheBytes, (b) => this.index.setCached(b, false));
+    this.map = new MapStore(ctx.fileIO, `${ctx.dir}/map`, info.id, ctx.logger, ctx.failpoint);
+    this.zeros = Buffer.alloc(info.blockSize);
+  }
+
+  // ---------------------------------------------------------------- recovery
+
+  /**
+   * Open = recover: checkpoint + map log give the persisted locations; chunk
+   * objects newer than the map (a flush that crashed before its commit) are
+   * orphans, deleted after their seqs are counted; the WAL replays every record
+   * newer than its block's persisted version into the arena as Pending. Sequence
+   * numbers restart above the maximum of all of these, so they never go backwards.
+   */
+  static async open(info: VolumeInfo, ctx: VolumeContext, opts: VolumeOpenOptions = {}): Promise<Volume> {
+    const v = new Volume(info, ctx, opts);
+    if (!v.readOnly) v.lock = await VolumeLock.acquire(ctx.fileIO, `${ctx.dir}/LOCK`, `volume '${info.name}'`);
+    try {
+      await v.recover();
+    } catch (err) {
+      await v.lock?.release().catch(() => undefined);
+      throw err;
+    }
+    return v;
+  }
+
+  private async recover(): Promise<void> {
+    const { fileIO, backend, logger, dir } = this.ctx;
+    const loaded = await this.map.load(this.index, this.readOnly);
+    let maxSeq = loaded.seq;
+    let nextChunk = loaded.nextChunkId;
+
+    const keys = await backend.list(chunkPrefix(this.info.id));
+    const present = new Set<number>();
+    const orphans: string[] = [];
+    for (const key of keys) {
+      const id = parseChunkKey(this.info.id, key);
+      if (id === null) continue;
+      present.add(id);
+      if ((this.index.chunkRefs.get(id) ?? 0) > 0) continue;
+      if (id >= loaded.nextChunkId) {
+        // Written by a flush that crashed before its map commit: its seqs still count.
+        const h = await backend.get(key, 0, SEGMENT_HEADER).then((b) => decodeChunkHeader(b, key, this.info.id)).catch(() => null);
+        if (h && h.maxSeq > maxSeq) maxSeq = h.maxSeq;
+      }
+      if (id >= nextChunk) nextChunk = id + 1;
+      orphans.push(key);
+    }
+    for (const [id, refs] of this.index.chunkRefs) {
+      if (refs > 0 && !present.has(id)) {
+        throw new VbfsError('VBFS_CORRUPT', `volume '${this.name}': chunk object ${chunkKey(this.info.id, id)} holds ${refs} blocks but is missing from the backend`, {
+          path: chunkKey(this.info.id, id),
+        });
+      }
+    }
+
+    const bs = this.blockSize;
+    const replay = await replayWal(fileIO, `${dir}/wal`, this.info.id, bs, this.readOnly, logger, (h, buf, off) => {
+      if (h.block >= this.blockCount) {
+        throw new VbfsError('VBFS_CORRUPT', `WAL record for block ${h.block} beyond the end of volume '${this.name}'`, { block: h.block });
+      }
+      if (h.seq <= this.index.persistedSeq(h.block)) return; // already in a chunk (crash before the WAL was reclaimed)
+      const slot = this.arena.allocForce();
+      if (h.flags & FLAG_LZ4) this.arena.copyIn(slot, lz4UncompressSync(buf.subarray(off, off + h.len)), 0);
+      else this.arena.copyIn(slot, buf, off);
+      this.arena.blockOf[slot] = h.block;
+      this.arena.seqOf[slot] = h.seq;
+      this.arena.release(this.index.setHot(h.block, slot, true));
+    });
+    if (replay.maxSeq > maxSeq) maxSeq = replay.maxSeq;
+    this.seq = maxSeq;
+    this.nextChunkId = nextChunk;
+
+    if (this.readOnly) return;
+    for (const key of orphans) await backend.delete(key);
+    this.wal = new WalWriter({
+      dir: `${dir}/wal`,
+      fileIO,
+      volumeId: this.info.id,
+      blockSize: bs,
+      segmentBytes: this.t.walSegmentBytes,
+      bufferBytes: Math.max(WAL_BUFFER_BYTES, 2 * (RECORD_HEADER + bs)),
+      nextSegment: replay.lastSegment + 1,
+      existingSegments: replay.segments,
+      logger,
+    });
+    this.wal.durableSeq = maxSeq;
+    if (replay.records > 0) logger.info('replayed WAL', { volume: this.name, records: replay.records, pendingBlocks: this.arena.used });
+    this.flushTimer = setInterval(() => {
+      if (this.arena.used > 0) this.kickFlush();
+    }, this.t.flushIntervalMs);
+    this.flushTimer.unref();
+    if (this.arena.used * bs >= this.t.flushBytes) this.kickFlush();
+  }
+
+  // ---------------------------------------------------------------- write path
+
+  /**
+   * Write `data` at byte `offset`. Writes are applied in arrival order (one queue),
+   * so overlapping writes keep their order even when one of them needs a
+   * read-modify-write of a partial block. The data is copied before this returns
+   * a settled promise; what "settled" guarantees depends on the durability mode.
+   */
+  async write(offset: number, data: Uint8Array): Promise<void> {
+    this.checkWritable();
+    this.checkRange(offset, data.length);
+    if (data.length === 0) return;
+    this.s.writes++;
+    this.s.writeBytes += data.length;
+    const prev = this.writeTail;
+    const run = (): Promise<void> => this.apply(offset, data);
+    // A failed earlier write must not fail this one: chain on settle, not on success.
+    const mine = (prev ? prev.then(run, run) : run()).finally(() => {
+      if (this.writeTail === mine) this.writeTail = null;
+    });
+    this.writeTail = mine;
+    await mine;
+    if (this.durability === 'strict') await this.syncWal();
+    else if (this.durability === 'batched') this.scheduleBatchSync();
+  }
+
+  private async apply(offset: number, data: Uint8Array): Promise<void> {
+    this.checkWritable();
+    const bs = this.blockSize;
+    const end = offset + data.length;
+    let pos = offset;
+    while (pos < end) {
+      const block = Math.floor(pos / bs);
+      const inOff = pos - block * bs;
+      const n = Math.min(bs - inOff, end - pos);
+      let slot = this.arena.alloc();
+      while (slot < 0) slot = await this.waitForSlot();
+      if (n === bs) {
+        this.arena.copyIn(slot, data, pos - offset);
+      } else {
+        // Partial block: start from the current version of the block.
+        let base = this.inMemoryBlock(block);
+        if (base === undefined) base = await this.fetchBlock(block);
+        if (base === null) this.arena.slab(slot).fill(0, this.arena.offset(slot), this.arena.offset(slot) + bs);
+        else this.arena.copyIn(slot, base, 0);
+        this.arena.slab(slot).set(data.subarray(pos - offset, pos - offset + n), this.arena.offset(slot) + inOff);
+      }
+      this.commitSlot(block, slot);
+      pos += n;
+    }
+    if (this.arena.used * bs >= this.t.flushBytes) this.kickFlush();
+  }
+
+  /** Make `slot` the block's current version and log it. */
+  private commitSlot(block: number, slot: number): void {
+    const seq = ++this.seq;
+    this.arena.blockOf[slot] = block;
+    this.arena.seqOf[slot] = seq;
+    this.arena.release(this.index.setHot(block, slot));
+    this.cache.delete(block);
+    const wal = this.wal as WalWriter;
+    const slab = this.arena.slab(slot);
+    const o = this.arena.offset(slot);
+    if (this.info.compression === 'lz4') {
+      const c = lz4CompressSync(slab.subarray(o, o + this.blockSize));
+      if (c.length < (this.blockSize * 9) / 10) {
+        wal.append(seq, block, FLAG_LZ4, this.blockSize, c, 0, c.length);
+        return;
+      }
+    }
+    wal.append(seq, block, 0, this.blockSize, slab, o, o + this.blockSize);
+  }
+
+  private async waitForSlot(): Promise<number> {
+    this.kickFlush();
+    await this.arena.waitFree();
+    this.checkWritable();
+    return this.arena.alloc();
+  }
+
+  private scheduleBatchSync(): void {
+    const wal = this.wal as WalWriter;
+    if (wal.unsyncedBlocks >= this.t.batchBlocks) {
+      this.backgroundSync();
+      return;
+    }
+    if (this.batchTimer || !wal.hasUnsynced) return;
+    this.batchTimer = setTimeout(() => {
+      this.batchTimer = null;
+      this.backgroundSync();
+    }, this.t.batchMs);
+  }
+
+  private backgroundSync(): void {
+    this.syncWal().catch(() => undefined);
+  }
+
+  private async syncWal(): Promise<void> {
+    try {
+      await (this.wal as WalWriter).sync();
+    } catch (err) {
+      throw this.fail(err);
+    }
+  }
+
+  /**
+   * Everything written before this call is durable when it resolves (strict,
+   * batched, relaxed). In async mode a sync is started and not awaited.
+   */
+  async fsync(): Promise<void> {
+    this.checkWritable();
+    const t0 = performance.now();
+    this.s.fsyncs++;
+    if (this.writeTail) await this.writeTail.catch(() => undefined);
+    if (this.durability === 'async') {
+      this.backgroundSync();
+      return;
+    }
+    await this.syncWal();
+    this.fsyncLat.add(performance.now() - t0);
+  }
+
+  // ---------------------------------------------------------------- read path
+
+  /** Read `length` bytes at `offset`; never-written ranges read as zeros. */
+  async read(offset: number, length: number): Promise<Buffer> {
+    this.checkOpen();
+    this.checkRange(offset, length);
+    this.s.reads++;
+    this.s.readBytes += length;
+    const out = Buffer.allocUnsafe(length);
+    if (length === 0) return out;
+    const bs = this.blockSize;
+    const first = Math.floor(offset / bs);
+    const last = Math.floor((offset + length - 1) / bs);
+    const sequential = first === this.lastReadEnd || first === this.lastReadEnd + 1;
+    this.lastReadEnd = last;
+    let runStart = -1;
+    const fetches: Promise<void>[] = [];
+    const flushRun = (endExclusive: number, readahead: boolean): void => {
+      if (runStart < 0) return;
+      fetches.push(this.readRun(runStart, endExclusive, readahead ? this.readaheadEnd(endExclusive) : endExclusive, out, offset));
+      runStart = -1;
+    };
+    for (let b = first; b <= last; b++) {
+      const st = this.index.state(b);
+      if (st === PERSISTED) {
+        if (runStart >= 0 && !this.contiguous(b - 1, b)) flushRun(b, false);
+        if (runStart < 0) runStart = b;
+        continue;
+      }
+      flushRun(b, false);
+      const [from, to, dst] = this.clip(b, offset, length);
+      if (st === HOT || st === PENDING) {
+        this.arena.copyOut(this.index.slot(b), out, dst, from, to);
+      } else if (st === CACHED) {
+        const c = this.cache.get(b);
+        if (c) c.copy(out, dst, from, to);
+        else fetches.push(this.readRun(b, b + 1, b + 1, out, offset));
+      } else {
+        out.fill(0, dst, dst + (to - from));
+      }
+    }
+    flushRun(last + 1, sequential && this.t.readaheadBytes > 0);
+    if (fetches.length > 0) await Promise.all(fetches);
+    return out;
+  }
+
+  /** Where block b's bytes go: [from, to) within the block, at out[dst]. */
+  private clip(b: number, offset: number, length: number): [number, number, number] {
+    const bs = this.blockSize;
+    const start = b * bs;
+    const from = Math.max(offset, start) - start;
+    const to = Math.min(offset + length, start + bs) - start;
+    return [from, to, start + from - offset];
+  }
+
+  /** b and b+1 are adjacent records of the same chunk: one backend read covers both. */
+  private contiguous(a: number, b: number): boolean {
+    const ix = this.index;
+    return ix.persistedChunk(a) === ix.persistedChunk(b) && ix.persistedOff(a) + RECORD_HEADER + ix.persistedLen(a) === ix.persistedOff(b);
+  }
+
+  private readaheadEnd(end: number): number {
+    const max = Math.min(this.blockCount, end + Math.floor(this.t.readaheadBytes / this.blockSize));
+    let e = end;
+    while (e < max && this.index.state(e) === PERSISTED && this.contiguous(e - 1, e)) e++;
+    return e;
+  }
+
+  /**
+   * Fetch blocks [b0, fetchEnd) with one ranged backend read; copy [b0, outEnd)
+   * into `out`, and keep verified blocks in the read cache (the readahead part only
+   * goes to the cache).
+   */
+  private async readRun(b0: number, outEnd: number, fetchEnd: number, out: Buffer, offset: number): Promise<void> {
+    const ix = this.index;
+    const chunk = ix.persistedChunk(b0);
+    const start = ix.persistedOff(b0);
+    const lastB = fetchEnd - 1;
+    const end = ix.persistedOff(lastB) + RECORD_HEADER + ix.persistedLen(lastB);
+    const seqs: number[] = [];
+    for (let b = b0; b < fetchEnd; b++) seqs.push(ix.persistedSeq(b));
+    const key = chunkKey(this.info.id, chunk);
+    this.readsInFlight++;
+    let buf: Buffer;
+    try {
+      buf = await this.ctx.backend.get(key, start, end - start);
+    } catch (err) {
+      this.s.errors++;
+      throw err;
+    } finally {
+      this.readsInFlight--;
+    }
+    const bs = this.blockSize;
+    let at = 0;
+    for (let b = b0; b < fetchEnd; b++) {
+      const seq = seqs[b - b0] as number;
+      let flags: number;
+      try {
+        flags = verifyChunkRecord(buf, at, b, seq, bs, key, start + at);
+      } catch (err) {
+        this.s.errors++;
+        throw err;
+      }
+      const len = buf.readUInt32LE(at + 4);
+      const payload = buf.subarray(at + RECORD_HEADER, at + RECORD_HEADER + len);
+      const data = flags & FLAG_LZ4 ? lz4UncompressSync(payload) : Buffer.from(payload);
+      if (b < outEnd) {
+        const [from, to, dst] = this.clip(b, offset, out.length);
+        data.copy(out, dst, from, to);
+      }
+      // Cache only if the block still has exactly this version and no newer in-memory one.
+      if (ix.persistedSeq(b) === seq && ix.state(b) === PERSISTED && this.cache.set(b, data)) ix.setCached(b, true);
+      at += RECORD_HEADER + len;
+    }
+    this.processDeadChunks();
+  }
+
+  /** The block's current bytes if they are in memory (arena or cache); null if it is Empty. */
+  private inMemoryBlock(block: number): Buffer | null | undefined {
+    const st = this.index.state(block);
+    if (st === EMPTY) return null;
+    if (st === HOT || st === PENDING) return this.arena.view(this.index.slot(block));
+    if (st === CACHED) return this.cache.get(block);
+    return undefined;
+  }
+
+  private async fetchBlock(block: number): Promise<Buffer> {
+    const out = Buffer.allocUnsafe(this.blockSize);
+    await this.readRun(block, block + 1, block + 1, out, block * this.blockSize);
+    return out;
+  }
+
+  /** The state of one block (for tests, tools and the .stats file). */
+  blockState(block: number): BlockState {
+    return this.index.state(block);
+  }
+
+  // ---------------------------------------------------------------- flush path
+
+  private kickFlush(): void {
+    if (this.readOnly || this.closed || this.failed) return;
+    if (this.flushRun) {
+      this.flushAgain = true;
+      return;
+    }
+    this.flushRun = this.flushOnce()
+      .catch((err) => {
+        this.fail(err);
+      })
+      .finally(() => {
+        this.flushRun = null;
+        if (this.flushAgain || this.arena.used * this.blockSize >= this.t.flushBytes) {
+          this.flushAgain = false;
+          if (this.arena.used > 0) this.kickFlush();
+        }
+      });
+  }
+
+  /** Pack everything written so far into chunk objects (waits for a running flush first). */
+  async flush(): Promise<void> {
+    this.checkWritable();
+    if (this.writeTail) await this.writeTail.catch(() => undefined);
+    while (this.flushRun) await this.flushRun;
+    this.checkWritable();
+    this.flushRun = this.flushOnce().finally(() => {
+      this.flushRun = null;
+    });
+    try {
+      await this.flushRun;
+    } catch (err) {
+      throw this.fail(err);
+    }
+  }
+
+  /**
+   * One flush: snapshot the current version of every in-memory block (pinning
+   * their slots), sync the WAL and seal its segment, then per chunk: build it,
+   * write it, commit its locations to the map log; then drop WAL segments the
+   * snapshot covered. Everything in a sealed segment is either in the snapshot or
+   * superseded by something that is, so after the commits the segment is redundant.
+   */
+  private async flushOnce(): Promise<void> {
+    const wal = this.wal as WalWriter;
+    const entries = this.snapshot();
+    if (entries.length === 0) return;
+    const synced = wal.sync();
+    const rotated = wal.rotate();
+    await synced;
+    const sealed = await rotated;
+    try {
+      let i = 0;
+      while (i < entries.length) {
+        let j = i;
+        let bytes = SEGMENT_HEADER;
+        const group: ChunkEntry[] = [];
+        while (j < entries.length && (group.length === 0 || bytes + RECORD_HEADER + this.blockSize <= this.t.chunkBytes)) {
+          const slot = entries[j] as number;
+          group.push({ block: this.arena.blockOf[slot] as number, seq: this.arena.seqOf[slot] as number, flags: 0, payload: this.arena.view(slot) });
+          bytes += RECORD_HEADER + this.blockSize;
+          j++;
+        }
+        await this.writeChunk(group, entries.slice(i, j));
+        i = j;
+      }
+    } finally {
+      for (const slot of entries) this.arena.unpin(slot);
+    }
+    await this.ctx.failpoint('flush:beforeWalReclaim');
+    await wal.reclaim(sealed);
+    await this.ctx.failpoint('flush:afterWalReclaim');
+    if (this.map.logBytes >= this.t.checkpointBytes) await this.checkpoint();
+    this.processDeadChunks();
+  }
+
+  /** Slots holding the current version of their block, pinned, in block order. */
+  private snapshot(): number[] {
+    const a = this.arena;
+    const out: number[] = [];
+    for (let slot = 0; slot < a.highWater; slot++) {
+      if (a.isPinned(slot)) continue;
+      const block = a.blockOf[slot] as number;
+      if (this.index.slot(block) === slot) {
+        out.push(slot);
+        a.pin(slot);
+      }
+    }
+    return out.sort((x, y) => (a.blockOf[x] as number) - (a.blockOf[y] as number));
+  }
+
+  private async writeChunk(group: ChunkEntry[], slots: number[]): Promise<void> {
+    if (this.info.compression === 'lz4') {
+      // Off the event loop (thread pool); kept raw where it does not shrink.
+      const packed = await Promise.all(group.map((e) => lz4Compress(e.payload as Buffer)));
+      packed.forEach((c, k) => {
+        const e = group[k] as ChunkEntry;
+        if (c.length < (this.blockSize * 9) / 10) {
+          e.payload = c;
+          e.flags = FLAG_LZ4;
+        }
+      });
+    }
+    const id = this.nextChunkId++;
+    const buf = Buffer.allocUnsafe(chunkSize(group));
+    let maxSeq = 0;
+    for (const e of group) if (e.seq > maxSeq) maxSeq = e.seq;
+    encodeChunkHeader(buf, this.info.id, this.blockSize, id, group.length, maxSeq);
+    const placed: PlacedEntry[] = [];
+    let pos = SEGMENT_HEADER;
+    for (let k = 0; k < group.length; k += BUILD_SLICE) {
+      pos = encodeChunkRange(buf, pos, group, k, Math.min(group.length, k + BUILD_SLICE), this.blockSize, placed);
+      if (k + BUILD_SLICE < group.length) await new Promise<void>((r) => setImmediate(r));
+    }
+    const key = chunkKey(this.info.id, id);
+    await this.ctx.failpoint('flush:beforeChunkWrite');
+    await this.ctx.backend.put(key, buf);
+    await this.ctx.failpoint('flush:afterChunkWrite');
+    await this.map.commit(id, placed);
+    await this.ctx.failpoint('flush:afterMapCommit');
+    for (let k = 0; k < placed.length; k++) {
+      const p = placed[k] as PlacedEntry;
+      const slot = slots[k] as number;
+      if (this.index.setPersisted(p.block, p.seq, id, p.off, p.len, p.flags, slot)) this.arena.release(slot);
+    }
+    this.s.chunkFlushes++;
+    this.s.flushedBytes += buf.length;
+    for (const [cid, refs] of this.index.chunkRefs) {
+      if (refs === 0) {
+        this.index.chunkRefs.delete(cid);
+        this.deadChunks.push(cid);
+      }
+    }
+  }
+
+  /** Delete chunk objects no block points at any more, once no read may still be using them. */
+  private processDeadChunks(): void {
+    if (this.readsInFlight > 0 || this.deadChunks.length === 0 || this.readOnly) return;
+    const dead = this.deadChunks;
+    this.deadChunks = [];
+    for (const id of dead) {
+      this.ctx.backend.delete(chunkKey(this.info.id, id)).catch((err) => this.ctx.logger.warn('could not delete unused chunk', { chunk: id, error: String(err) }));
+    }
+  }
+
+  private async checkpoint(): Promise<void> {
+    await this.map.checkpoint(this.index, this.seq, this.nextChunkId);
+  }
+
+  // ---------------------------------------------------------------- lifecycle
+
+  /** Flush, sync, checkpoint, release the lock. Idempotent. */
+  close(): Promise<void> {
+    if (!this.closing) this.closing = this.doClose();
+    return this.closing;
+  }
+
+  private async doClose(): Promise<void> {
+    if (this.flushTimer) clearInterval(this.flushTimer);
+    if (this.batchTimer) clearTimeout(this.batchTimer);
+    try {
+      if (!this.readOnly && !this.failed) {
+        if (this.writeTail) await this.writeTail.catch(() => undefined);
+        while (this.flushRun) await this.flushRun;
+        if (this.arena.used > 0) {
+          this.flushRun = this.flushOnce();
+          await this.flushRun;
+          this.flushRun = null;
+        }
+        await this.syncWal();
+        if (this.map.logBytes > 0) await this.checkpoint();
+        this.processDeadChunks();
+      }
+    } finally {
+      this.closed = true;
+      this.arena.wakeAll();
+      await this.wal?.close();
+      await this.map.close().catch(() => undefined);
+      await this.lock?.release().catch(() => undefined);
+    }
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  stats(): VolumeStats {
+    const wal = this.wal;
+    return {
+      ...this.s,
+      walWrites: wal?.writes ?? 0,
+      walSyncs: wal?.syncs ?? 0,
+      walBytes: wal?.bytes ?? 0,
+      fsyncP50Ms: this.fsyncLat.quantile(0.5),
+      fsyncP99Ms: this.fsyncLat.quantile(0.99),
+      pendingBytes: this.arena.used * this.blockSize,
+      cacheHits: this.cache.hits,
+      cacheMisses: this.cache.misses,
+      cacheBytes: this.cache.bytes,
+      checkpoints: this.map.checkpoints,
+      errors: this.s.errors,
+      seq: this.seq,
+    };
+  }
+
+  // ---------------------------------------------------------------- checks
+
+  private fail(err: unknown): VbfsError {
+    const e = err instanceof VbfsError ? err : new VbfsError('VBFS_IO', `volume '${this.name}': ${String((err as Error)?.message ?? err)}`, {}, { cause: err });
+    if (!this.failed) {
+      this.failed = e;
+      this.s.errors++;
+      this.ctx.logger.error('volume failed; further writes are refused until it is reopened', { volume: this.name, error: e.message });
+      this.arena.wakeAll();
+    }
+    return e;
+  }
+
+  private checkOpen(): void {
+    if (this.closed || this.closing) throw new VbfsError('VBFS_CLOSED', `volume '${this.name}' is closed`);
+  }
+
+  private checkWritable(): void {
+    this.checkOpen();
+    if (this.readOnly) throw new VbfsError('VBFS_READ_ONLY', `volume '${this.name}' is open read-only`);
+    if (this.failed) throw this.failed;
+  }
+
+  private checkRange(offset: number, length: number): void {
+    if (!Number.isSafeInteger(offset) || offset < 0) throw new VbfsError('VBFS_INVALID_ARGUMENT', `invalid offset ${String(offset)}`, { offset });
+    if (!Number.isSafeInteger(length) || length < 0) throw new VbfsError('VBFS_INVALID_ARGUMENT', `invalid length ${String(length)}`, { length });
+    if (offset + length > this.size) {
+      throw new VbfsError('VBFS_OUT_OF_RANGE', `range ${offset}+${length} is past the end of volume '${this.name}' (${this.size} bytes)`, { offset, length });
+    }
+  }
+}
+
+function resolveTunables(opts: VolumeOpenOptions, blockSize: number): VolumeTunables {
+  const t: VolumeTunables = { ...DEFAULT_TUNABLES };
+  for (const k of Object.keys(DEFAULT_TUNABLES) as (keyof VolumeTunables)[]) {
+    const v = opts[k];
+    if (v === undefined) continue;
+    if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) throw new VbfsError('VBFS_INVALID_ARGUMENT', `invalid ${k}: ${String(v)}`);
+    t[k] = v;
+  }
+  const minChunk = SEGMENT_HEADER + RECORD_HEADER + blockSize;
+  if (t.chunkBytes < minChunk) throw new VbfsError('VBFS_INVALID_ARGUMENT', `chunkBytes must be at least ${minChunk}`);
+  if (t.walSegmentBytes < minChunk) throw new VbfsError('VBFS_INVALID_ARGUMENT', `walSegmentBytes must be at least ${minChunk}`);
+  if (t.writeBufferBytes < 2 * blockSize) throw new VbfsError('VBFS_INVALID_ARGUMENT', `writeBufferBytes must be at least two blocks`);
+  if (t.flushIntervalMs < 1) t.flushIntervalMs = 1;
+  return t;
+}

@@ -1,0 +1,280 @@
+import { VbfsError, ioError } from '../errors';
+import { encodeRecord, RECORD_HEADER } from '../format/block-record';
+import { encodeSegmentHeader, SEGMENT_HEADER, WAL_MAGIC } from '../format/segment-header';
+import type { FileHandle, FileIO } from '../io/file-io';
+import type { Logger } from '../store/types';
+
+export const walSegmentName = (n: number): string => n.toString(16).padStart(16, '0') + '.wal';
+
+export interface WalWriterOptions {
+  dir: string;
+  fileIO: FileIO;
+  volumeId: string;
+  blockSize: number;
+  segmentBytes: number;
+  /** Size of one batch buffer: records accumulate here and go out in one write(). */
+  bufferBytes: number;
+  /** Number of the next segment to create (one past the newest on disk). */
+  nextSegment: number;
+  /** Segments already on disk (from before this open), reclaimable later. */
+  existingSegments: number[];
+  logger: Logger;
+}
+
+interface Batch {
+  buf: Buffer;
+  len: number;
+  seg: number;
+  endPos: number; // logical WAL position after this batch
+  lastSeq: number;
+}
+
+interface SyncWaiter {
+  target: number;
+  resolve: () => void;
+  reject: (err: Error) => void;
+}
+
+/**
+ * The WAL appender. `append` is synchronous: it encodes one record into the
+ * current batch buffer (no allocation, no syscall). A batch goes to the file in
+ * ONE write() when the buffer fills or a sync needs it. `sync` is group commit:
+ * every caller waiting when an fdatasync starts is covered by it, and callers
+ * that arrive during it share the next one.
+ *
+ * All file operations (writes, fdatasync, segment switch, reclaim, close) run on
+ * one serial chain, so no two of them touch a descriptor at once. The durable
+ * position only moves after the fdatasync that stands for it has completed, and a
+ * failed write or sync poisons the writer for good (a retried fsync after an
+ * error can report success for data the kernel already dropped).
+ */
+export class WalWriter {
+  writes = 0;
+  syncs = 0;
+  bytes = 0;
+  unsyncedBlocks = 0;
+  /** Highest seq known durable. Hot blocks at or below it are Pending. */
+  durableSeq = 0;
+
+  private cur: Buffer;
+  private curLen = 0;
+  private curLastSeq = 0;
+  private curSeg: number;
+  private segBytes = SEGMENT_HEADER;
+  private readonly pool: Buffer[] = [];
+  private appendedPos = 0;
+  private writtenPos = 0;
+  private writtenSeq = 0;
+  private durablePos = 0;
+  private fd: FileHandle | null = null;
+  private fdSeg = -1;
+  private fdPos = 0;
+  private tail: Promise<unknown> = Promise.resolve();
+  private waiters: SyncWaiter[] = [];
+  private syncing = false;
+  private failed: Error | null = null;
+  private readonly segments: number[];
+
+  constructor(private readonly o: WalWriterOptions) {
+    if (o.bufferBytes < RECORD_HEADER + o.blockSize) throw new VbfsError('VBFS_INVALID_ARGUMENT', 'WAL buffer smaller than one record');
+    this.cur = Buffer.allocUnsafeSlow(o.bufferBytes);
+    this.curSeg = o.nextSegment;
+    this.segments = [...o.existingSegments];
+  }
+
+  get error(): Error | null {
+    return this.failed;
+  }
+
+  /** Logical bytes appended so far (monotonic, across segments). */
+  get position(): number {
+    return this.appendedPos;
+  }
+
+  get hasUnsynced(): boolean {
+    return this.appendedPos > this.durablePos;
+  }
+
+  append(seq: number, block: number, flags: number, rawLen: number, payload: Uint8Array, pStart: number, pEnd: number): void {
+    if (this.failed) throw this.failed;
+    const recLen = RECORD_HEADER + (pEnd - pStart);
+    if (this.segBytes + recLen > this.o.segmentBytes && this.segBytes > SEGMENT_HEADER) this.switchSegment();
+    if (this.curLen + recLen > this.cur.length) this.seal();
+    this.curLen = encodeRecord(this.cur, this.curLen, seq, block, flags, rawLen, payload, pStart, pEnd);
+    this.curLastSeq = seq;
+    this.segBytes += recLen;
+    this.appendedPos += recLen;
+    this.unsyncedBlocks++;
+  }
+
+  private switchSegment(): void {
+    this.seal();
+    this.curSeg++;
+    this.segBytes = SEGMENT_HEADER;
+  }
+
+  /** Hand the current batch to the writer chain. */
+  private seal(): void {
+    if (this.curLen === 0) return;
+    const batch: Batch = { buf: this.cur, len: this.curLen, seg: this.curSeg, endPos: this.appendedPos, lastSeq: this.curLastSeq };
+    this.cur = this.pool.pop() ?? Buffer.allocUnsafeSlow(this.o.bufferBytes);
+    this.curLen = 0;
+    this.enqueue(() => this.writeBatch(batch)).catch(() => {
+      /* recorded in this.failed; surfaced by sync() and append() */
+    });
+  }
+
+  private enqueue<T>(fn: () => Promise<T>): Promise<T> {
+    const p = this.tail.then(() => {
+      if (this.failed) throw this.failed;
+      return fn();
+    });
+    this.tail = p.catch(() => undefined);
+    return p;
+  }
+
+  private fail(err: unknown): Error {
+    if (!this.failed) {
+      this.failed = ioError('WAL failed; the volume must be reopened', err);
+      this.o.logger.error('WAL write failed', { error: String(err) });
+      const w = this.waiters;
+      this.waiters = [];
+      for (const x of w) x.reject(this.failed);
+    }
+    return this.failed;
+  }
+
+  private async writeBatch(b: Batch): Promise<void> {
+    try {
+      await this.openSegment(b.seg);
+      await (this.fd as FileHandle).write(b.buf.subarray(0, b.len), this.fdPos);
+      this.fdPos += b.len;
+      this.writes++;
+      this.bytes += b.len;
+      this.writtenPos = b.endPos;
+      this.writtenSeq = b.lastSeq;
+      if (this.pool.length < 4) this.pool.push(b.buf);
+    } catch (err) {
+      throw this.fail(err);
+    }
+  }
+
+  /** Make `seg` the open segment. The previous one is synced first, so a torn tail can only be in the newest segment. */
+  private async openSegment(seg: number): Promise<void> {
+    if (this.fdSeg === seg) return;
+    if (this.fd) {
+      const captured = this.writtenPos;
+      const seq = this.writtenSeq;
+      await this.fd.datasync();
+      this.syncs++;
+      this.markDurable(captured, seq);
+      await this.fd.close();
+      this.fd = null;
+    }
+    const path = `${this.o.dir}/${walSegmentName(seg)}`;
+    const fd = await this.o.fileIO.open(path, 'wx');
+    await fd.write(encodeSegmentHeader({ magic: WAL_MAGIC, blockSize: this.o.blockSize, volumeId: this.o.volumeId, number: seg, count: 0, maxSeq: 0 }), 0);
+    // The new name must be durable before any sync of this file is relied upon.
+    await this.o.fileIO.fsyncDir(this.o.dir);
+    this.fd = fd;
+    this.fdSeg = seg;
+    this.fdPos = SEGMENT_HEADER;
+    if (!this.segments.includes(seg)) this.segments.push(seg);
+  }
+
+  private markDurable(pos: number, seq: number): void {
+    if (pos > this.durablePos) this.durablePos = pos;
+    if (seq > this.durableSeq) this.durableSeq = seq;
+    if (this.waiters.length === 0) return;
+    const keep: SyncWaiter[] = [];
+    for (const w of this.waiters) {
+      if (w.target <= this.durablePos) w.resolve();
+      else keep.push(w);
+    }
+    this.waiters = keep;
+  }
+
+  /** Resolves when everything appended before this call is durable. */
+  sync(): Promise<void> {
+    if (this.failed) return Promise.reject(this.failed);
+    const target = this.appendedPos;
+    if (target <= this.durablePos) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      this.waiters.push({ target, resolve, reject });
+      void this.runSync();
+    });
+  }
+
+  private async runSync(): Promise<void> {
+    if (this.syncing) return;
+    this.syncing = true;
+    try {
+      while (this.waiters.length > 0 && !this.failed) {
+        this.unsyncedBlocks = 0;
+        this.seal();
+        await this.enqueue(async () => {
+          const captured = this.writtenPos;
+          const seq = this.writtenSeq;
+          try {
+            if (this.fd && captured > this.durablePos) {
+              await this.fd.datasync();
+              this.syncs++;
+            }
+          } catch (err) {
+            throw this.fail(err);
+          }
+          this.markDurable(captured, seq);
+        });
+      }
+    } catch (err) {
+      this.fail(err);
+    } finally {
+      this.syncing = false;
+    }
+  }
+
+  /**
+   * Seal the current segment: records appended after this call go to a new one.
+   * Resolves (with the sealed segment's number) once everything before is written.
+   */
+  async rotate(): Promise<number> {
+    const sealed = this.curSeg;
+    this.switchSegment();
+    await this.enqueue(async () => undefined);
+    return sealed;
+  }
+
+  /** Delete segments <= upTo. Only call once everything they hold is durable elsewhere. */
+  async reclaim(upTo: number): Promise<void> {
+    await this.enqueue(async () => {
+      const doomed = this.segments.filter((s) => s <= upTo && s < this.curSeg);
+      if (doomed.length === 0) return;
+      try {
+        if (this.fd && this.fdSeg <= upTo) {
+          await this.fd.close();
+          this.fd = null;
+          this.fdSeg = -1;
+        }
+        for (const s of doomed) await this.o.fileIO.unlink(`${this.o.dir}/${walSegmentName(s)}`);
+        await this.o.fileIO.fsyncDir(this.o.dir);
+      } catch (err) {
+        throw this.fail(err);
+      }
+      for (const s of doomed) this.segments.splice(this.segments.indexOf(s), 1);
+    });
+  }
+
+  get segmentCount(): number {
+    return this.segments.length;
+  }
+
+  async close(): Promise<void> {
+    await this.enqueue(async () => {
+      if (this.fd) {
+        await this.fd.close();
+        this.fd = null;
+        this.fdSeg = -1;
+      }
+    }).catch(() => undefined);
+  }
+}
