@@ -1,0 +1,266 @@
+/**
+ * The vbfs command line. The only code that reads argv, writes to the console and
+ * calls process.exit (in `run`, after the log file has been flushed).
+ */
+import * as path from 'node:path';
+import yargs from 'yargs';
+import { DURABILITY_MODES, COMPRESSIONS, type Compression, type Durability } from '../store/types';
+import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError, exitCodeFor } from './exit-codes';
+import { closeLogger, createCliLogger, LOG_LEVELS, type CliLogger, type LogLevel } from './logger';
+import { READY_FD_ENV, runMount, runUnmount, type CliContext } from './mount-command';
+import { parseMountFuseForm, parseMountOptions, type MountFlags } from './mount-options';
+import { defaultStoreDir } from './store';
+import { runCreate, runDelete, runInfo, runList, runStats } from './volume-commands';
+
+const COMMANDS = new Set(['create', 'list', 'ls', 'info', 'delete', 'rm', 'mount', 'unmount', 'umount', 'stats', 'help']);
+
+export interface MainIO {
+  stdout: (text: string) => void;
+  stderr: (text: string) => void;
+  env: NodeJS.ProcessEnv;
+}
+
+const defaultIO: MainIO = {
+  stdout: (t) => process.stdout.write(t),
+  stderr: (t) => process.stderr.write(t),
+  env: process.env,
+};
+
+interface GlobalArgs {
+  store?: string;
+  'log-level': LogLevel;
+  'log-file'?: string;
+}
+
+/**
+ * `vbfs <store> <mountpoint> -o opts` (mount(8), /etc/fstab) becomes
+ * `vbfs mount <mountpoint> --store <store> --daemon ...`.
+ */
+export function rewriteArgv(argv: string[]): string[] | 'fake' {
+  const first = argv[0];
+  if (first === undefined || first.startsWith('-') || COMMANDS.has(first)) return argv;
+  // One stray word is a mistyped command, not a store: let the parser say so.
+  if (argv.filter((a) => !a.startsWith('-')).length < 2) return argv;
+  const form = parseMountFuseForm(argv);
+  if (form.fake) return 'fake';
+  const flags = parseMountOptions(form.options, form.sloppy);
+  const out = ['mount', form.mountpoint, '--store', path.resolve(form.store), '--daemon'];
+  if (flags.readOnly) out.push('--read-only');
+  if (flags.allowOther) out.push('--allow-other');
+  if (flags.allowRoot) out.push('--allow-root');
+  if (flags.defaultPermissions) out.push('--default-permissions');
+  if (flags.durability) out.push('--durability', flags.durability);
+  if (flags.logFile) out.push('--log-file', flags.logFile);
+  if (flags.logLevel) out.push('--log-level', flags.logLevel);
+  else if (form.verbose) out.push('--log-level', 'info');
+  return out;
+}
+
+/** Parse and run one command line. Resolves with the exit status; never exits itself. */
+export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<number> {
+  let logger: CliLogger | null = null;
+  let debug = rawArgv.includes('debug');
+  const out = (line: string): void => io.stdout(line + '\n');
+
+  const context = (a: GlobalArgs): CliContext => {
+    const level = a['log-level'];
+    debug = level === 'debug';
+    if (!logger) {
+      // A daemon child's stderr is its log file: no human copy there.
+      logger = createCliLogger({ level, file: a['log-file'], console: !io.env[READY_FD_ENV] });
+    }
+    return {
+      storeDir: path.resolve(a.store ?? defaultStoreDir(io.env)),
+      logger,
+      logFile: a['log-file'] ? path.resolve(a['log-file']) : undefined,
+      logLevel: level,
+      out,
+    };
+  };
+
+  let status = EXIT_OK;
+  let commandRan = false;
+  try {
+    const argv = rewriteArgv(rawArgv);
+    if (argv === 'fake') return EXIT_OK;
+
+    const mountOptionsFrom = (a: { o?: string[]; 'read-only'?: boolean; 'allow-other'?: boolean; 'allow-root'?: boolean; 'default-permissions'?: boolean; durability?: string }): MountFlags => {
+      const fromO = parseMountOptions(a.o ?? []);
+      return {
+        ...fromO,
+        readOnly: a['read-only'] || fromO.readOnly,
+        allowOther: a['allow-other'] || fromO.allowOther,
+        allowRoot: a['allow-root'] || fromO.allowRoot,
+        defaultPermissions: a['default-permissions'] || fromO.defaultPermissions,
+        durability: (a.durability as Durability | undefined) ?? fromO.durability,
+      };
+    };
+
+    const parser = yargs(argv)
+      .scriptName('vbfs')
+      .usage(
+        'vbfs: log-structured block store; every volume is one sparse file in a FUSE mount\n\n' +
+          'Usage: vbfs <command> [options]\n' +
+          '       vbfs <store> <mountpoint> [-o opt,...]   (mount.fuse form, for /etc/fstab)',
+      )
+      .env(false)
+      .option('store', {
+        type: 'string',
+        describe: 'store directory',
+        defaultDescription: '$VBFS_STORE or ~/.local/share/vbfs',
+        global: true,
+      })
+      .option('log-level', { choices: LOG_LEVELS, default: 'warn' as LogLevel, describe: 'stderr/log-file verbosity', global: true })
+      .option('log-file', { type: 'string', describe: 'also log JSON lines to this file', global: true })
+      .command(
+        'create <volume>',
+        'create a volume',
+        (y) =>
+          y
+            .positional('volume', { type: 'string', demandOption: true, describe: 'volume name (letters, digits, . _ -)' })
+            .option('size', { type: 'string', demandOption: true, describe: 'size in bytes or with K/M/G/T (binary)' })
+            .option('durability', { choices: DURABILITY_MODES, describe: 'what write()/fsync() wait for (default batched)' })
+            .option('compression', { choices: COMPRESSIONS, describe: 'chunk compression (default none)' })
+            .option('block-size', { type: 'string', describe: 'block size, power of two 512..65536 (default 4096)' }),
+        async (a) => {
+          commandRan = true;
+          status = await runCreate(context(a as GlobalArgs), {
+            volume: a.volume,
+            size: a.size,
+            durability: a.durability as Durability | undefined,
+            compression: a.compression as Compression | undefined,
+            blockSize: a['block-size'],
+          });
+        },
+      )
+      .command(
+        ['list', 'ls'],
+        'list volumes',
+        (y) => y.option('json', { type: 'boolean', default: false }),
+        async (a) => {
+          commandRan = true;
+          status = await runList(context(a as GlobalArgs), { json: a.json });
+        },
+      )
+      .command(
+        'info <volume>',
+        'show one volume',
+        (y) => y.positional('volume', { type: 'string', demandOption: true }).option('json', { type: 'boolean', default: false }),
+        async (a) => {
+          commandRan = true;
+          status = await runInfo(context(a as GlobalArgs), { volume: a.volume, json: a.json });
+        },
+      )
+      .command(
+        ['delete <volume>', 'rm <volume>'],
+        'delete a volume and its data (refused while it is mounted)',
+        (y) =>
+          y
+            .positional('volume', { type: 'string', demandOption: true })
+            .option('yes', { alias: 'y', type: 'boolean', default: false, describe: 'do not ask' }),
+        async (a) => {
+          commandRan = true;
+          status = await runDelete(context(a as GlobalArgs), { volume: a.volume, yes: a.yes });
+        },
+      )
+      .command(
+        'mount <mountpoint>',
+        'show every volume as the file <mountpoint>/<volume>; foreground until unmounted or signalled',
+        (y) =>
+          y
+            .positional('mountpoint', { type: 'string', demandOption: true })
+            .option('daemon', { alias: 'd', type: 'boolean', default: false, describe: 'run in the background; return once the mount is ready' })
+            .option('read-only', { alias: 'ro', type: 'boolean', default: false })
+            .option('durability', { choices: DURABILITY_MODES, describe: 'override every volume\'s durability for this mount' })
+            .option('allow-other', { type: 'boolean', default: false, describe: 'let other users access the mount (needs user_allow_other in /etc/fuse.conf for non-root)' })
+            .option('allow-root', { type: 'boolean', default: false })
+            .option('default-permissions', { type: 'boolean', default: false })
+            .option('o', { type: 'string', array: true, describe: 'mount options: ro,allow_other,durability=MODE,...' })
+            .option('timeout', { type: 'number', default: 120, describe: '--daemon: seconds to wait for the mount to be ready' })
+            .option('debug-fuse', { type: 'boolean', default: false, hidden: true }),
+        async (a) => {
+          commandRan = true;
+          const flags = mountOptionsFrom(a as never);
+          const g = { ...(a as GlobalArgs) };
+          if (flags.logFile && !g['log-file']) g['log-file'] = flags.logFile;
+          if (flags.logLevel) {
+            if (!(LOG_LEVELS as readonly string[]).includes(flags.logLevel)) throw new UsageError(`invalid log_level '${flags.logLevel}'`);
+            g['log-level'] = flags.logLevel as LogLevel;
+          }
+          status = await runMount(context(g), {
+            ...flags,
+            mountpoint: a.mountpoint,
+            daemon: a.daemon,
+            timeoutSeconds: a.timeout,
+            debugFuse: a['debug-fuse'],
+          });
+        },
+      )
+      .command(
+        ['unmount <mountpoint>', 'umount <mountpoint>'],
+        'flush, sync and unmount cleanly (refused while a loop device uses a volume file)',
+        (y) =>
+          y
+            .positional('mountpoint', { type: 'string', demandOption: true })
+            .option('force', { alias: 'f', type: 'boolean', default: false, describe: 'unmount lazily even if busy or a loop device is attached (the loop device gets I/O errors)' })
+            .option('timeout', { type: 'number', default: 300, describe: 'seconds to wait for the mount process to close its volumes' }),
+        async (a) => {
+          commandRan = true;
+          status = await runUnmount(context(a as GlobalArgs), { mountpoint: a.mountpoint, force: a.force, timeoutSeconds: a.timeout });
+        },
+      )
+      .command(
+        'stats <mountpoint>',
+        'print the live counters of a mount (<mountpoint>/.stats)',
+        (y) => y.positional('mountpoint', { type: 'string', demandOption: true }).option('json', { type: 'boolean', default: false }),
+        async (a) => {
+          commandRan = true;
+          status = await runStats(context(a as GlobalArgs), { mountpoint: a.mountpoint, json: a.json });
+        },
+      )
+      .demandCommand(1, 'no command given')
+      .recommendCommands()
+      .strict()
+      .help()
+      .alias('help', 'h')
+      .version(false)
+      .showHelpOnFail(false)
+      .exitProcess(false)
+      .wrap(Math.min(110, process.stdout.columns ?? 100))
+      .fail((msg, err) => {
+        if (err) throw err;
+        throw new UsageError(msg);
+      });
+    let helpText = '';
+    await parser.parseAsync(argv, {}, (_err, _argv, output) => {
+      helpText = output;
+    });
+    if (!commandRan && helpText) io.stdout(helpText + '\n');
+    return status;
+  } catch (err) {
+    const code = exitCodeFor(err);
+    // One line: yargs messages span several.
+    const message = ((err as Error)?.message ?? String(err)).replace(/\s*\n\s*/g, ' ');
+    const hint = code === EXIT_USAGE ? " (see 'vbfs --help')" : '';
+    if (logger) {
+      (logger as CliLogger).error(`${message}${hint}`, { code: (err as { code?: string }).code, stack: (err as Error)?.stack });
+    } else {
+      io.stderr(`vbfs: error: ${message}${hint}\n`);
+      if (debug && (err as Error)?.stack) io.stderr(`${(err as Error).stack}\n`);
+    }
+    return code;
+  } finally {
+    if (logger) await closeLogger(logger);
+  }
+}
+
+/** bin/vbfs entry point. */
+export function run(): void {
+  main(process.argv.slice(2)).then(
+    (code) => process.exit(code),
+    (err: unknown) => {
+      process.stderr.write(`vbfs: error: ${(err as Error)?.message ?? String(err)}\n`);
+      process.exit(EXIT_FAILURE);
+    },
+  );
+}

@@ -1,0 +1,287 @@
+/**
+ * `vbfs mount` (foreground, --daemon, and the detached child the daemon form starts),
+ * and `vbfs unmount`.
+ *
+ * Daemon readiness: the parent starts a detached copy of itself with an extra pipe
+ * on fd 3 (named by VBFS_READY_FD). The child writes one JSON line there once the
+ * kernel has completed the FUSE handshake (or the error that stopped it) and closes
+ * the pipe. The parent exits 0 only on that "ready" line, so `vbfs mount --daemon`
+ * and mount(8) return when the volume files are usable.
+ */
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { VbfsError } from '../errors';
+import { StoreMount } from '../fuse/mount';
+import {
+  findMount,
+  isVbfsMount,
+  loopDevicesUnder,
+  loopRefusal,
+  pidAlive,
+  sleep,
+  statErrno,
+  storeFromMount,
+  unmountPath,
+} from '../fuse/system';
+import type { CliLogger } from './logger';
+import { EXIT_FAILURE, EXIT_OK, ExitError, exitCodeFor } from './exit-codes';
+import type { MountFlags } from './mount-options';
+import { openStore, readMountRecord, removeMountRecord, writeMountRecord } from './store';
+
+export const READY_FD_ENV = 'VBFS_READY_FD';
+
+export interface CliContext {
+  storeDir: string;
+  logger: CliLogger;
+  logFile?: string;
+  logLevel: string;
+  out(line: string): void;
+}
+
+export interface MountArgs extends MountFlags {
+  mountpoint: string;
+  daemon: boolean;
+  timeoutSeconds: number;
+  debugFuse?: boolean;
+}
+
+interface ReadyMessage {
+  ok: boolean;
+  exitCode?: number;
+  message?: string;
+}
+
+function readyFd(): number | null {
+  const v = process.env[READY_FD_ENV];
+  if (!v) return null;
+  const fd = Number(v);
+  return Number.isInteger(fd) && fd > 2 ? fd : null;
+}
+
+function sendReady(msg: ReadyMessage): void {
+  const fd = readyFd();
+  if (fd === null) return;
+  try {
+    fs.writeSync(fd, JSON.stringify(msg) + '\n');
+    fs.closeSync(fd);
+  } catch {
+    // The parent gave up waiting; nothing to tell.
+  }
+  delete process.env[READY_FD_ENV];
+}
+
+/** `vbfs mount <mountpoint>`: serve until unmounted or signalled. Resolves with the exit status. */
+export async function runMount(ctx: CliContext, args: MountArgs): Promise<number> {
+  const mountpoint = path.resolve(args.mountpoint);
+  if (args.daemon && readyFd() === null) return startDaemon(ctx, { ...args, mountpoint });
+
+  const log = ctx.logger;
+  let ready = false;
+  try {
+    const running = await readMountRecord(ctx.storeDir);
+    if (running && running.pid !== process.pid) {
+      throw new VbfsError(
+        'VBFS_BUSY',
+        `store ${ctx.storeDir} is already mounted at ${running.mountpoint} (pid ${running.pid}); a store can be mounted once`,
+      );
+    }
+    const store = await openStore(ctx.storeDir, log);
+    let mount: StoreMount;
+    try {
+      mount = await StoreMount.mount({
+        mountpoint,
+        store,
+        storeDir: ctx.storeDir,
+        logger: log,
+        readOnly: args.readOnly,
+        allowOther: args.allowOther,
+        allowRoot: args.allowRoot,
+        defaultPermissions: args.defaultPermissions,
+        openOptions: args.durability ? { durability: args.durability } : undefined,
+        debug: args.debugFuse,
+      });
+    } catch (err) {
+      await store.close().catch(() => undefined);
+      throw err;
+    }
+    await writeMountRecord(ctx.storeDir, { pid: process.pid, mountpoint, started: new Date().toISOString() });
+    const names = mount.fs.openVolumes().map((v) => v.name);
+    if (readyFd() !== null) {
+      // Detached child: no terminal to hold on to.
+      process.chdir('/');
+    } else {
+      ctx.out(
+        `mounted ${ctx.storeDir} at ${mountpoint} (${names.length ? names.map((n) => path.join(mountpoint, n)).join(', ') : 'no volumes yet'}); ` +
+          `stop with Ctrl-C or 'vbfs unmount ${mountpoint}'`,
+      );
+    }
+    sendReady({ ok: true });
+    ready = true;
+    log.info(`serving ${mountpoint}`, { pid: process.pid, volumes: names });
+
+    const onSignal = (force: boolean) => (sig: NodeJS.Signals) => {
+      log.info(`${sig}: unmounting ${mountpoint}${force ? ' (forced)' : ''}`);
+      mount.shutdown({ force }).catch((err: Error) => {
+        log.error(`${err.message}; still mounted and serving`);
+      });
+    };
+    const graceful = onSignal(false);
+    const forced = onSignal(true);
+    process.on('SIGINT', graceful);
+    process.on('SIGTERM', graceful);
+    process.on('SIGHUP', graceful);
+    process.on('SIGUSR2', forced); // `vbfs unmount --force` of a foreground mount's own process
+
+    const closeErr = await mount.closed;
+    process.off('SIGINT', graceful);
+    process.off('SIGTERM', graceful);
+    process.off('SIGHUP', graceful);
+    process.off('SIGUSR2', forced);
+    let status = EXIT_OK;
+    if (closeErr) {
+      log.error(`closing volumes failed: ${closeErr.message}`);
+      status = EXIT_FAILURE;
+    }
+    try {
+      await store.close();
+    } catch (err) {
+      log.error(`closing the store failed: ${(err as Error).message}`);
+      status = EXIT_FAILURE;
+    }
+    await removeMountRecord(ctx.storeDir, process.pid);
+    log.info(`${mountpoint} unmounted cleanly`);
+    return status;
+  } catch (err) {
+    if (!ready) sendReady({ ok: false, exitCode: exitCodeFor(err), message: (err as Error).message });
+    throw err;
+  }
+}
+
+function binPath(): string {
+  const fromDist = path.resolve(__dirname, '..', '..', '..', 'bin', 'vbfs');
+  return fs.existsSync(fromDist) ? fromDist : process.argv[1]!;
+}
+
+/** Start the detached child and wait for its readiness line. */
+async function startDaemon(ctx: CliContext, args: MountArgs): Promise<number> {
+  const logFile = ctx.logFile ?? path.join(ctx.storeDir, 'mount.log');
+  await fsp.mkdir(path.dirname(logFile), { recursive: true });
+  const childArgs = [binPath(), 'mount', args.mountpoint, '--store', ctx.storeDir, '--log-file', logFile, '--log-level', ctx.logLevel];
+  if (args.readOnly) childArgs.push('--read-only');
+  if (args.allowOther) childArgs.push('--allow-other');
+  if (args.allowRoot) childArgs.push('--allow-root');
+  if (args.defaultPermissions) childArgs.push('--default-permissions');
+  if (args.durability) childArgs.push('--durability', args.durability);
+  if (args.debugFuse) childArgs.push('--debug-fuse');
+  // The child's stderr goes to the log file too, so even a crash trace is kept.
+  const errFd = fs.openSync(logFile, 'a');
+  const child = spawn(process.execPath, childArgs, {
+    detached: true,
+    stdio: ['ignore', 'ignore', errFd, 'pipe'],
+    env: { ...process.env, [READY_FD_ENV]: '3' },
+  });
+  fs.closeSync(errFd);
+  const pipe = child.stdio[3] as NodeJS.ReadableStream | null;
+  const msg = await new Promise<ReadyMessage>((resolve) => {
+    let buf = '';
+    let settled = false;
+    const done = (m: ReadyMessage): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      resolve(m);
+    };
+    const timer = setTimeout(() => {
+      done({ ok: false, exitCode: EXIT_FAILURE, message: `mount not ready after ${args.timeoutSeconds}s; stopped it (log: ${logFile})` });
+      if (child.pid) process.kill(child.pid, 'SIGTERM');
+    }, args.timeoutSeconds * 1000);
+    pipe?.on('data', (d: Buffer) => {
+      buf += d.toString('utf8');
+      const nl = buf.indexOf('\n');
+      if (nl >= 0) {
+        try {
+          done(JSON.parse(buf.slice(0, nl)) as ReadyMessage);
+        } catch {
+          done({ ok: false, exitCode: EXIT_FAILURE, message: `unreadable readiness message from the mount process (log: ${logFile})` });
+        }
+      }
+    });
+    child.on('error', (err) => done({ ok: false, exitCode: EXIT_FAILURE, message: `cannot start the mount process: ${err.message}` }));
+    child.on('exit', (code, signal) =>
+      done({
+        ok: false,
+        exitCode: EXIT_FAILURE,
+        message: `the mount process exited (${signal ?? `status ${code}`}) before the mount was ready; see ${logFile}`,
+      }),
+    );
+  });
+  pipe?.removeAllListeners('data');
+  (pipe as unknown as { destroy?: () => void } | null)?.destroy?.();
+  child.removeAllListeners('exit');
+  child.unref();
+  if (!msg.ok) {
+    throw new ExitError(msg.message ?? 'mount failed', msg.exitCode ?? EXIT_FAILURE);
+  }
+  ctx.out(`mounted ${ctx.storeDir} at ${args.mountpoint} (pid ${child.pid}, log ${logFile}); unmount with 'vbfs unmount ${args.mountpoint}'`);
+  return EXIT_OK;
+}
+
+export interface UnmountArgs {
+  mountpoint: string;
+  force: boolean;
+  timeoutSeconds: number;
+}
+
+/**
+ * `vbfs unmount <mountpoint>`: refuse while a loop device uses a volume file,
+ * unmount non-lazily ourselves (so "busy" is reported here, to the user), then
+ * signal the mount process and wait until it has closed its volumes and exited.
+ */
+export async function runUnmount(ctx: CliContext, args: UnmountArgs): Promise<number> {
+  const mnt = path.resolve(args.mountpoint);
+  const entry = await findMount(mnt);
+  if (!entry) throw new VbfsError('VBFS_NOT_FOUND', `${mnt} is not mounted`);
+  if (!isVbfsMount(entry)) throw new VbfsError('VBFS_INVALID_ARGUMENT', `${mnt} is not a vbfs mount (${entry.fstype} ${entry.source})`);
+
+  const storeDir = storeFromMount(entry) ?? ctx.storeDir;
+  const rec = await readMountRecord(storeDir);
+  const pid = rec && rec.mountpoint === mnt ? rec.pid : null;
+
+  const loops = await loopDevicesUnder(mnt);
+  if (loops.length && !args.force) throw loopRefusal(mnt, loops);
+
+  if ((await statErrno(mnt)) === 'ENOTCONN' || pid === null) {
+    // Stale (its process died) or a process we cannot find: just take the mount away.
+    if (pid === null && (await statErrno(mnt)) !== 'ENOTCONN') {
+      ctx.logger.warn(`no running vbfs process recorded for ${mnt} in ${storeDir}; unmounting anyway`);
+    }
+    await unmountPath(mnt, { lazy: args.force });
+    ctx.out(`unmounted ${mnt}`);
+    return EXIT_OK;
+  }
+
+  try {
+    await unmountPath(mnt);
+  } catch (err) {
+    if (!args.force) throw err;
+    ctx.logger.warn(`${(err as Error).message}; forcing a lazy unmount`);
+    await unmountPath(mnt, { lazy: true });
+  }
+  // Wake the process now instead of waiting for its mount-table poll.
+  try {
+    process.kill(pid, 'SIGTERM');
+  } catch {
+    // already exiting
+  }
+  const deadline = Date.now() + args.timeoutSeconds * 1000;
+  while (pidAlive(pid)) {
+    if (Date.now() > deadline) {
+      throw new VbfsError('VBFS_BUSY', `${mnt} is unmounted but vbfs process ${pid} has not finished closing its volumes after ${args.timeoutSeconds}s`);
+    }
+    await sleep(100);
+  }
+  ctx.out(`unmounted ${mnt}; volumes flushed and closed`);
+  return EXIT_OK;
+}

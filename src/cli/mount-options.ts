@@ -1,0 +1,112 @@
+/**
+ * `-o opt1,opt2` mount options, and the mount.fuse calling convention
+ * `vbfs <store> <mountpoint> [-o opts] [-n] [-s] [-f] [-v] [-t type]` used by
+ * mount(8) and /etc/fstab (through mount.fuse or a mount.fuse.vbfs symlink).
+ */
+import { DURABILITY_MODES, type Durability } from '../store/types';
+import { UsageError } from './exit-codes';
+
+export interface MountFlags {
+  readOnly?: boolean;
+  allowOther?: boolean;
+  allowRoot?: boolean;
+  defaultPermissions?: boolean;
+  durability?: Durability;
+  logFile?: string;
+  logLevel?: string;
+}
+
+/** Options mount(8)/fstab pass that mean nothing to a FUSE store: accepted and ignored. */
+const IGNORED = new Set([
+  'rw', 'defaults', 'auto', 'noauto', 'user', 'nouser', 'users', 'owner', 'group', '_netdev', 'nofail',
+  'dev', 'nodev', 'suid', 'nosuid', 'exec', 'noexec', 'atime', 'noatime', 'relatime', 'norelatime',
+  'strictatime', 'diratime', 'nodiratime', 'async', 'lazytime', 'nolazytime', 'loud', 'silent',
+  'big_writes', // always on
+]);
+
+export function parseMountOptions(list: string[], sloppy = false): MountFlags {
+  const flags: MountFlags = {};
+  for (const opt of list.flatMap((s) => s.split(',')).map((s) => s.trim()).filter(Boolean)) {
+    const eq = opt.indexOf('=');
+    const key = eq < 0 ? opt : opt.slice(0, eq);
+    const value = eq < 0 ? '' : opt.slice(eq + 1);
+    switch (key) {
+      case 'ro':
+        flags.readOnly = true;
+        break;
+      case 'allow_other':
+        flags.allowOther = true;
+        break;
+      case 'allow_root':
+        flags.allowRoot = true;
+        break;
+      case 'default_permissions':
+        flags.defaultPermissions = true;
+        break;
+      case 'durability':
+        if (!(DURABILITY_MODES as readonly string[]).includes(value)) {
+          throw new UsageError(`invalid mount option '${opt}': durability is one of ${DURABILITY_MODES.join(', ')}`);
+        }
+        flags.durability = value as Durability;
+        break;
+      case 'log_file':
+        flags.logFile = value;
+        break;
+      case 'log_level':
+        flags.logLevel = value;
+        break;
+      default:
+        if (IGNORED.has(key) || key.startsWith('x-') || key === 'comment') break;
+        if (!sloppy) {
+          throw new UsageError(
+            `unknown mount option '${opt}' (known: ro, allow_other, allow_root, default_permissions, durability=MODE, log_file=PATH, log_level=LEVEL)`,
+          );
+        }
+    }
+  }
+  return flags;
+}
+
+export interface MountFuseForm {
+  store: string;
+  mountpoint: string;
+  options: string[];
+  sloppy: boolean;
+  fake: boolean;
+  verbose: boolean;
+}
+
+/** Parse `<store> <mountpoint> -o ...` (argv without node and script). */
+export function parseMountFuseForm(argv: string[]): MountFuseForm {
+  const positional: string[] = [];
+  const options: string[] = [];
+  let sloppy = false;
+  let fake = false;
+  let verbose = false;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '-o') {
+      const v = argv[++i];
+      if (v === undefined) throw new UsageError("option '-o' needs a value");
+      options.push(v);
+    } else if (a.startsWith('-o')) {
+      options.push(a.slice(2));
+    } else if (a === '-t' || a === '-N') {
+      i++; // type ('fuse.vbfs') or namespace: nothing to do
+    } else if (/^-[nsfvi]+$/.test(a)) {
+      if (a.includes('s')) sloppy = true;
+      if (a.includes('f')) fake = true;
+      if (a.includes('v')) verbose = true;
+    } else if (a.startsWith('-')) {
+      throw new UsageError(`unknown option '${a}' in 'vbfs <store> <mountpoint> -o options' form`);
+    } else {
+      positional.push(a);
+    }
+  }
+  if (positional.length !== 2) {
+    throw new UsageError(`expected 'vbfs <store> <mountpoint> [-o opt,...]', got ${positional.length} path(s)`);
+  }
+  // fstab's old style 'vbfs#/var/lib/vbfs' reaches us as the source when mount.fuse leaves it whole.
+  const store = positional[0]!.replace(/^vbfs#/, '');
+  return { store, mountpoint: positional[1]!, options, sloppy, fake, verbose };
+}

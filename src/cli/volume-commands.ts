@@ -1,0 +1,153 @@
+/** `vbfs create | list | info | delete | stats`. */
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import * as readline from 'node:readline/promises';
+import { VbfsError, isVbfsError } from '../errors';
+import { parseStats } from '../fuse/stats-file';
+import { STATS_NAME } from '../fuse/volume-fs';
+import type { Compression, Durability, VolumeInfo } from '../store/types';
+import { EXIT_FAILURE, EXIT_OK, UsageError } from './exit-codes';
+import type { CliContext } from './mount-command';
+import { formatSize, parseSize } from './size';
+import { openStore, readMountRecord, type CliStore } from './store';
+
+async function withStore<T>(ctx: CliContext, fn: (store: CliStore) => Promise<T>): Promise<T> {
+  const store = await openStore(ctx.storeDir, ctx.logger);
+  try {
+    return await fn(store);
+  } finally {
+    await store.close();
+  }
+}
+
+export interface CreateArgs {
+  volume: string;
+  size: string;
+  durability?: Durability;
+  compression?: Compression;
+  blockSize?: string;
+}
+
+export async function runCreate(ctx: CliContext, args: CreateArgs): Promise<number> {
+  const size = parseSize(args.size, 'size');
+  const blockSize = args.blockSize === undefined ? undefined : parseSize(args.blockSize, 'block size');
+  if (blockSize !== undefined && size % blockSize !== 0) {
+    throw new UsageError(`size ${size} is not a multiple of the block size ${blockSize}`);
+  }
+  if (blockSize === undefined && size % 4096 !== 0) {
+    throw new UsageError(`size ${size} is not a multiple of the block size 4096`);
+  }
+  const info = await withStore(ctx, (s) =>
+    s.createVolume(args.volume, { size, blockSize, durability: args.durability, compression: args.compression }),
+  );
+  ctx.out(`created volume ${info.name}: ${formatSize(info.size)}, block size ${info.blockSize}, ${info.durability}, compression ${info.compression}`);
+  const mounted = await readMountRecord(ctx.storeDir);
+  if (mounted) {
+    // The running mount re-reads the volume list on lookup, so the file just appears.
+    ctx.out(`the store is mounted: the volume is available as ${path.join(mounted.mountpoint, info.name)}`);
+  }
+  return EXIT_OK;
+}
+
+function infoRecord(v: VolumeInfo, open: boolean): Record<string, unknown> {
+  return { ...v, open };
+}
+
+export async function runList(ctx: CliContext, args: { json: boolean }): Promise<number> {
+  const rows = await withStore(ctx, async (s) => {
+    const list = await s.listVolumes();
+    return Promise.all(list.map(async (v) => infoRecord(v, await s.isVolumeOpen(v.name))));
+  });
+  if (args.json) {
+    ctx.out(JSON.stringify(rows, null, 2));
+    return EXIT_OK;
+  }
+  if (rows.length === 0) {
+    ctx.out(`no volumes in ${ctx.storeDir} (create one: vbfs create <name> --size 10G)`);
+    return EXIT_OK;
+  }
+  const table = [['NAME', 'SIZE', 'BLOCK', 'DURABILITY', 'COMPRESSION', 'OPEN']].concat(
+    rows.map((r) => [
+      String(r['name']),
+      formatSize(r['size'] as number),
+      String(r['blockSize']),
+      String(r['durability']),
+      String(r['compression']),
+      r['open'] ? 'yes' : 'no',
+    ]),
+  );
+  const widths = table[0]!.map((_, i) => Math.max(...table.map((row) => row[i]!.length)));
+  for (const row of table) ctx.out(row.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd());
+  return EXIT_OK;
+}
+
+export async function runInfo(ctx: CliContext, args: { volume: string; json: boolean }): Promise<number> {
+  const rec = await withStore(ctx, async (s) => infoRecord(await s.volumeInfo(args.volume), await s.isVolumeOpen(args.volume)));
+  if (args.json) {
+    ctx.out(JSON.stringify(rec, null, 2));
+    return EXIT_OK;
+  }
+  for (const [k, v] of Object.entries(rec)) {
+    const shown = k === 'size' ? `${v} (${formatSize(v as number)})` : k === 'open' ? (v ? 'yes' : 'no') : String(v);
+    ctx.out(`${k.padEnd(14)}${shown}`);
+  }
+  return EXIT_OK;
+}
+
+export interface DeleteArgs {
+  volume: string;
+  yes: boolean;
+  /** Where to ask; tests pass a stream. */
+  input?: NodeJS.ReadableStream & { isTTY?: boolean };
+}
+
+export async function runDelete(ctx: CliContext, args: DeleteArgs): Promise<number> {
+  const input = args.input ?? process.stdin;
+  return withStore(ctx, async (s) => {
+    const info = await s.volumeInfo(args.volume); // NOT_FOUND before asking
+    if (await s.isVolumeOpen(info.name)) throw await busyError(ctx, info.name);
+    if (!args.yes) {
+      if (!input.isTTY) throw new UsageError(`refusing to delete volume ${info.name} without --yes (no terminal to ask on)`);
+      const rl = readline.createInterface({ input, output: process.stderr });
+      const answer = await rl.question(`delete volume ${info.name} (${formatSize(info.size)}) and all its data? [y/N] `);
+      rl.close();
+      if (!/^y(es)?$/i.test(answer.trim())) {
+        ctx.out('not deleted');
+        return EXIT_FAILURE;
+      }
+    }
+    try {
+      await s.deleteVolume(info.name);
+    } catch (err) {
+      if (isVbfsError(err, 'VBFS_BUSY') || isVbfsError(err, 'VBFS_LOCKED')) throw await busyError(ctx, info.name);
+      throw err;
+    }
+    ctx.out(`deleted volume ${info.name}`);
+    return EXIT_OK;
+  });
+}
+
+async function busyError(ctx: CliContext, name: string): Promise<VbfsError> {
+  const m = await readMountRecord(ctx.storeDir);
+  return new VbfsError(
+    'VBFS_BUSY',
+    m
+      ? `volume ${name} is in use by the mount at ${m.mountpoint} (pid ${m.pid}): run 'vbfs unmount ${m.mountpoint}' first`
+      : `volume ${name} is open in another process: close it first`,
+  );
+}
+
+export async function runStats(ctx: CliContext, args: { mountpoint: string; json: boolean }): Promise<number> {
+  const file = path.join(path.resolve(args.mountpoint), STATS_NAME);
+  let text: string;
+  try {
+    text = await fsp.readFile(file, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') throw new VbfsError('VBFS_NOT_FOUND', `${args.mountpoint} is not a vbfs mount (no ${STATS_NAME})`);
+    if (code === 'ENOTCONN') throw new VbfsError('VBFS_IO', `${args.mountpoint} is a dead mount (its process died): run 'vbfs unmount ${args.mountpoint}'`);
+    throw new VbfsError('VBFS_IO', `cannot read ${file}: ${(err as Error).message}`);
+  }
+  ctx.out(args.json ? JSON.stringify(parseStats(text), null, 2) : text.trimEnd());
+  return EXIT_OK;
+}

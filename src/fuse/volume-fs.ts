@@ -1,0 +1,524 @@
+/**
+ * The FUSE handlers: a flat directory with one fixed-size file per volume plus the
+ * read-only `.stats`. This file does not import fuse-native (mount.ts does), so the
+ * handlers can be driven directly by tests without a kernel.
+ *
+ * Rules every handler follows (see "fuse-native facts" in DESIGN.md):
+ *  - errors go to the kernel as negative errno (errno.ts has the one table);
+ *    `read`/`write` answer with a byte count, never `cb(null)`;
+ *  - the kernel's buffer is only valid until `cb` is called: a write is copied
+ *    before it enters the engine, a read is copied into it before `cb`;
+ *  - a callback is called exactly once and never throws back into fuse-native.
+ */
+import * as fsp from 'node:fs/promises';
+import { constants } from 'node:fs';
+import type { Logger } from '../store/types';
+import { errno, toErrno } from './errno';
+import { renderStats } from './stats-file';
+import type { ErrCb, FuseOps, FuseStat, FuseStatfs, MountableStore, MountableVolume, ValueCb } from './types';
+
+export const STATS_NAME = '.stats';
+const S_IFDIR = 0o040000;
+const S_IFREG = 0o100000;
+const O_ACCMODE = 3;
+/** Re-read the volume list at most this often when a lookup misses. */
+const RESCAN_MS = 250;
+/** An operation slower than this is logged (fuse-native timeouts are off, see mount.ts). */
+const SLOW_OP_MS = 10_000;
+
+interface Handle {
+  kind: 'volume' | 'stats';
+  name: string;
+  vol: MountableVolume | null;
+  writable: boolean;
+  statsText: Buffer | null; // snapshot taken at open, so one `cat` sees one consistent text
+  deferredError: number; // first error since the last flush, reported again by close()
+}
+
+interface VolumeEntry {
+  vol: MountableVolume;
+  mtime: Date;
+}
+
+export interface VolumeFsOptions {
+  store: MountableStore;
+  storeDir: string;
+  logger: Logger;
+  readOnly?: boolean;
+  /** Open options for every volume (durability override, tunables). */
+  openOptions?: Record<string, unknown>;
+}
+
+export class VolumeFs {
+  private readonly store: MountableStore;
+  private readonly storeDir: string;
+  private readonly log: Logger;
+  private readonly readOnly: boolean;
+  private readonly openOptions: Record<string, unknown>;
+  private readonly volumes = new Map<string, VolumeEntry>();
+  private readonly opening = new Map<string, Promise<VolumeEntry | null>>();
+  private readonly handles = new Map<number, Handle>();
+  private readonly inflight = new Map<number, { op: string; path: string; start: number }>();
+  private readonly mountTime = new Date();
+  private knownNames: string[] = [];
+  private lastScan = 0;
+  private scanning: Promise<void> | null = null;
+  private nextFd = 1;
+  private nextOpId = 1;
+  private fuseErrors = 0;
+  private accepting = true;
+  private closed = false;
+  private readonly uid = typeof process.getuid === 'function' ? process.getuid() : 0;
+  private readonly gid = typeof process.getgid === 'function' ? process.getgid() : 0;
+  private slowTimer: NodeJS.Timeout | null = null;
+
+  constructor(opts: VolumeFsOptions) {
+    this.store = opts.store;
+    this.storeDir = opts.storeDir;
+    this.log = opts.logger;
+    this.readOnly = opts.readOnly === true;
+    this.openOptions = { ...(opts.openOptions ?? {}), ...(this.readOnly ? { readOnly: true } : {}) };
+  }
+
+  /** Open every volume of the store up front; they stay open (locked) until close(). */
+  async openAll(): Promise<void> {
+    await this.rescan(true);
+    try {
+      for (const name of this.knownNames) {
+        const entry = await this.openVolume(name);
+        if (entry === null) throw new Error(`volume ${name} disappeared while mounting`);
+      }
+    } catch (err) {
+      await this.closeVolumes().catch(() => undefined);
+      throw err;
+    }
+    this.slowTimer = setInterval(() => this.reportSlowOps(), 5000);
+    this.slowTimer.unref();
+  }
+
+  /** New opens fail with EBUSY while a shutdown is being attempted. */
+  setAccepting(on: boolean): void {
+    this.accepting = on;
+  }
+
+  openHandleCount(): number {
+    return this.handles.size;
+  }
+
+  openVolumes(): MountableVolume[] {
+    return [...this.volumes.values()].map((e) => e.vol);
+  }
+
+  /** fsync every open volume (before an unmount attempt: cheap insurance). */
+  async syncAll(): Promise<void> {
+    await Promise.all(this.openVolumes().map((v) => v.fsync()));
+  }
+
+  /** Close every volume: flush, sync, checkpoint, release locks. Idempotent. */
+  async closeVolumes(): Promise<void> {
+    this.closed = true;
+    if (this.slowTimer) clearInterval(this.slowTimer);
+    await Promise.all([...this.opening.values()].map((p) => p.catch(() => null)));
+    const entries = [...this.volumes.entries()];
+    this.volumes.clear();
+    const errors: unknown[] = [];
+    await Promise.all(
+      entries.map(async ([name, e]) => {
+        try {
+          await e.vol.close();
+          this.log.info('volume closed', { volume: name });
+        } catch (err) {
+          this.log.error(`closing volume ${name} failed: ${(err as Error).message}`, { volume: name });
+          errors.push(err);
+        }
+      }),
+    );
+    if (errors.length) throw errors[0];
+  }
+
+  statsText(): string {
+    return renderStats(
+      { uptimeSeconds: (Date.now() - this.mountTime.getTime()) / 1000, openHandles: this.handles.size, fuseErrors: this.fuseErrors },
+      [...this.volumes.values()].map((e) => ({
+        name: e.vol.name,
+        durability: e.vol.durability,
+        size: e.vol.size,
+        stats: e.vol.stats(),
+      })),
+    );
+  }
+
+  // ---- volume discovery ------------------------------------------------------
+
+  /** Re-read the store's volume list (volumes created while mounted appear here). */
+  private rescan(force = false): Promise<void> {
+    if (this.scanning) return this.scanning;
+    if (!force && Date.now() - this.lastScan < RESCAN_MS) return Promise.resolve();
+    this.scanning = this.store
+      .listVolumes()
+      .then((list) => {
+        this.knownNames = list.map((v) => v.name).sort();
+        this.lastScan = Date.now();
+      })
+      .finally(() => {
+        this.scanning = null;
+      });
+    return this.scanning;
+  }
+
+  private openVolume(name: string): Promise<VolumeEntry | null> {
+    const open = this.volumes.get(name);
+    if (open) return Promise.resolve(open);
+    if (this.closed) return Promise.resolve(null);
+    let p = this.opening.get(name);
+    if (!p) {
+      p = this.store
+        .openVolume(name, this.openOptions)
+        .then((vol) => {
+          const entry = { vol, mtime: new Date() };
+          if (this.closed) {
+            // Shutdown started while we were opening: do not leak the lock.
+            return vol.close().then(() => null);
+          }
+          this.volumes.set(name, entry);
+          this.log.info('volume opened', { volume: name, size: vol.size, durability: vol.durability });
+          return entry;
+        })
+        .finally(() => this.opening.delete(name));
+      this.opening.set(name, p);
+    }
+    return p;
+  }
+
+  /** The volume for a path like '/name', opening it if it was created after mount. */
+  private async lookup(path: string): Promise<VolumeEntry | null> {
+    const name = path.slice(1);
+    if (!name || name.includes('/')) return null;
+    const open = this.volumes.get(name);
+    if (open) return open;
+    await this.rescan();
+    if (!this.knownNames.includes(name)) return null;
+    return this.openVolume(name);
+  }
+
+  // ---- plumbing --------------------------------------------------------------
+
+  /** Run an async handler, answer exactly once, count errors, never throw into fuse-native. */
+  private call<T>(op: string, path: string, fn: () => Promise<T>, reply: (v: T) => void, fail: (errno: number) => void): void {
+    const id = this.nextOpId++;
+    this.inflight.set(id, { op, path, start: Date.now() });
+    let p: Promise<T>;
+    try {
+      p = fn();
+    } catch (err) {
+      p = Promise.reject(err);
+    }
+    p.then(
+      (v) => {
+        this.inflight.delete(id);
+        safe(() => reply(v), this.log, op);
+      },
+      (err: unknown) => {
+        this.inflight.delete(id);
+        const n = typeof err === 'number' ? err : toErrno(err);
+        this.fuseErrors++;
+        if (typeof err !== 'number') {
+          this.log.warn(`${op} ${path} failed: ${(err as Error)?.message ?? String(err)}`, {
+            op,
+            path,
+            code: (err as { code?: string })?.code,
+          });
+        }
+        safe(() => fail(n), this.log, op);
+      },
+    );
+  }
+
+  private reportSlowOps(): void {
+    const now = Date.now();
+    for (const o of this.inflight.values()) {
+      if (now - o.start > SLOW_OP_MS) {
+        this.log.warn(`${o.op} ${o.path} has been waiting ${Math.round((now - o.start) / 1000)}s (backpressure or a slow backend)`, { op: o.op });
+      }
+    }
+  }
+
+  private volumeStat(e: VolumeEntry): FuseStat {
+    return {
+      mode: S_IFREG | (this.readOnly ? 0o444 : 0o644),
+      uid: this.uid,
+      gid: this.gid,
+      size: e.vol.size,
+      nlink: 1,
+      // Reported as fully allocated: tools that see st_blocks == 0 may skip reading the file.
+      blocks: Math.ceil(e.vol.size / 512),
+      blksize: 131072,
+      mtime: e.mtime,
+      atime: e.mtime,
+      ctime: e.mtime,
+    };
+  }
+
+  // ---- the operations --------------------------------------------------------
+
+  ops(): FuseOps {
+    return {
+      init: (cb) => cb(0),
+
+      getattr: (path, cb) => this.getattr(path, cb),
+      fgetattr: (path, _fd, cb) => this.getattr(path, cb),
+
+      readdir: (path, cb) => {
+        this.call(
+          'readdir',
+          path,
+          async () => {
+            if (path !== '/') throw errno.ENOENT;
+            await this.rescan();
+            // Also list volumes we hold open even if a rescan raced with a delete.
+            const names = new Set([...this.knownNames, ...this.volumes.keys()]);
+            return ['.', '..', STATS_NAME, ...[...names].sort()];
+          },
+          (names) => cb(0, names),
+          (n) => cb(n),
+        );
+      },
+
+      statfs: (path, cb) => {
+        this.call('statfs', path, () => this.statfs(), (s) => cb(0, s), (n) => cb(n));
+      },
+
+      open: (path, flags, cb) => {
+        this.call(
+          'open',
+          path,
+          async () => {
+            const writable = (flags & O_ACCMODE) !== constants.O_RDONLY;
+            if (path === '/' + STATS_NAME) {
+              if (writable) throw errno.EACCES;
+              return this.addHandle({ kind: 'stats', name: STATS_NAME, vol: null, writable: false, statsText: Buffer.from(this.statsText()), deferredError: 0 });
+            }
+            if (!this.accepting) throw errno.EBUSY;
+            const e = await this.lookup(path);
+            if (!e) throw path === '/' ? errno.EISDIR : errno.ENOENT;
+            if (writable && this.readOnly) throw errno.EROFS;
+            return this.addHandle({ kind: 'volume', name: e.vol.name, vol: e.vol, writable, statsText: null, deferredError: 0 });
+          },
+          (fd) => cb(0, fd),
+          (n) => cb(n),
+        );
+      },
+
+      release: (_path, fd, cb) => {
+        this.handles.delete(fd);
+        cb(0);
+      },
+
+      read: (path, fd, buf, len, pos, cb) => {
+        const h = this.handles.get(fd);
+        if (!h) return cb(errno.EBADF);
+        if (h.kind === 'stats') {
+          const text = h.statsText!;
+          const n = Math.max(0, Math.min(len, text.length - pos));
+          if (n > 0) text.copy(buf, 0, pos, pos + n);
+          return cb(n);
+        }
+        const vol = h.vol!;
+        const n = Math.max(0, Math.min(len, vol.size - pos));
+        if (n === 0) return cb(0);
+        this.call(
+          'read',
+          path,
+          () => vol.read(pos, n),
+          (data) => {
+            // Copy into the kernel's buffer before cb: fuse-native detaches it on cb.
+            const got = Math.min(n, data.length);
+            Buffer.from(data.buffer, data.byteOffset, got).copy(buf, 0, 0, got);
+            cb(got);
+          },
+          (e) => cb(e),
+        );
+      },
+
+      write: (path, fd, buf, len, pos, cb) => {
+        const h = this.handles.get(fd);
+        if (!h || h.kind !== 'volume') return cb(errno.EBADF);
+        if (!h.writable) return cb(errno.EBADF);
+        const vol = h.vol!;
+        if (len === 0) return cb(0);
+        if (pos >= vol.size) return cb(errno.ENOSPC);
+        const n = Math.min(len, vol.size - pos);
+        // Our own copy: the engine may still look at the data after we answer the kernel.
+        const data = Buffer.allocUnsafe(n);
+        buf.copy(data, 0, 0, n);
+        this.call(
+          'write',
+          path,
+          () => vol.write(pos, data),
+          () => {
+            this.volumes.get(h.name)!.mtime = new Date();
+            cb(n);
+          },
+          (e) => {
+            if (h.deferredError === 0) h.deferredError = e;
+            cb(e);
+          },
+        );
+      },
+
+      // flush runs on every close(2) (and on every dup'd fd close). close() is not a
+      // sync point in POSIX, and each durability mode already bounds its loss window
+      // without it (strict: synced per write; batched: group commit within ms;
+      // relaxed/async: by contract until fsync). So flush does no I/O: it only
+      // reports a write error this handle saw since the last flush, like the kernel's
+      // write-back error reporting on close.
+      flush: (_path, fd, cb) => {
+        const h = this.handles.get(fd);
+        if (!h) return cb(0);
+        const e = h.deferredError;
+        h.deferredError = 0;
+        cb(e);
+      },
+
+      // fuse-native calls fsync(path, datasync, fd, cb) (its README has another order).
+      fsync: (path, _datasync, fd, cb) => {
+        const h = this.handles.get(fd);
+        if (!h) return cb(errno.EBADF);
+        if (h.kind === 'stats') return cb(0);
+        const vol = h.vol!;
+        this.call('fsync', path, () => vol.fsync(), () => cb(0), (e) => cb(e));
+      },
+
+      truncate: (path, size, cb) => this.truncate(path, size, cb),
+      ftruncate: (path, _fd, size, cb) => this.truncate(path, size, cb),
+
+      utimens: (path, _atime, mtime, cb) => {
+        this.call(
+          'utimens',
+          path,
+          async () => {
+            if (path === '/' || path === '/' + STATS_NAME) return;
+            const e = await this.lookup(path);
+            if (!e) throw errno.ENOENT;
+            e.mtime = new Date(typeof mtime === 'number' && Number.isFinite(mtime) ? mtime : Date.now());
+          },
+          () => cb(0),
+          (n) => cb(n),
+        );
+      },
+
+      // The namespace is the store's volume list: change it with the vbfs command.
+      chmod: (_p, _m, cb) => cb(errno.EPERM),
+      chown: (_p, _u, _g, cb) => cb(errno.EPERM),
+      create: (_p, _m, cb) => cb(errno.EPERM),
+      unlink: (_p, cb) => cb(errno.EPERM),
+      rename: (_s, _d, cb) => cb(errno.EPERM),
+      mkdir: (_p, _m, cb) => cb(errno.EPERM),
+    };
+  }
+
+  private addHandle(h: Handle): number {
+    const fd = this.nextFd++;
+    this.handles.set(fd, h);
+    return fd;
+  }
+
+  private getattr(path: string, cb: ValueCb<FuseStat>): void {
+    if (path === '/') {
+      return cb(0, {
+        mode: S_IFDIR | 0o755,
+        uid: this.uid,
+        gid: this.gid,
+        size: 4096,
+        nlink: 2,
+        blocks: 8,
+        blksize: 4096,
+        mtime: this.mountTime,
+        atime: this.mountTime,
+        ctime: this.mountTime,
+      });
+    }
+    if (path === '/' + STATS_NAME) {
+      const now = new Date();
+      return cb(0, {
+        mode: S_IFREG | 0o444,
+        uid: this.uid,
+        gid: this.gid,
+        size: Buffer.byteLength(this.statsText()),
+        nlink: 1,
+        blocks: 8,
+        blksize: 4096,
+        mtime: now,
+        atime: now,
+        ctime: now,
+      });
+    }
+    const known = this.volumes.get(path.slice(1));
+    if (known) return cb(0, this.volumeStat(known));
+    this.call(
+      'getattr',
+      path,
+      async () => {
+        const e = await this.lookup(path);
+        if (!e) throw errno.ENOENT;
+        return this.volumeStat(e);
+      },
+      (st) => cb(0, st),
+      (n) => cb(n),
+    );
+  }
+
+  private truncate(path: string, size: number, cb: ErrCb): void {
+    this.call(
+      'truncate',
+      path,
+      async () => {
+        if (path === '/' + STATS_NAME) throw errno.EACCES;
+        const e = await this.lookup(path);
+        if (!e) throw errno.ENOENT;
+        // Volumes have a fixed size; `open(O_TRUNC)` lands here too (use dd conv=notrunc).
+        if (size !== e.vol.size) throw errno.EOPNOTSUPP;
+        if (this.readOnly) throw errno.EROFS;
+      },
+      () => cb(0),
+      (n) => cb(n),
+    );
+  }
+
+  private async statfs(): Promise<FuseStatfs> {
+    const total = [...this.volumes.values()].reduce((s, e) => s + e.vol.size, 0);
+    let free = 0;
+    try {
+      const st = await fsp.statfs(this.storeDir);
+      free = st.bavail * st.bsize;
+    } catch {
+      free = 0;
+    }
+    // statfs counts are 32-bit in fuse-native: grow the fragment size until they fit.
+    let frsize = 4096;
+    while (Math.max(total, free) / frsize >= 2 ** 32 - 1) frsize *= 2;
+    const blocks = Math.floor(total / frsize);
+    const avail = Math.min(blocks, Math.floor(free / frsize));
+    return {
+      bsize: 131072,
+      frsize,
+      blocks,
+      bfree: avail,
+      bavail: avail,
+      files: this.volumes.size + 1,
+      ffree: 0,
+      favail: 0,
+      fsid: 0,
+      flag: this.readOnly ? 1 : 0,
+      namemax: 255,
+    };
+  }
+}
+
+function safe(fn: () => void, log: Logger, op: string): void {
+  try {
+    fn();
+  } catch (err) {
+    log.error(`fuse callback for ${op} threw: ${(err as Error)?.message ?? String(err)}`);
+  }
+}
