@@ -23,7 +23,7 @@ export interface RunOptions {
   env?: NodeJS.ProcessEnv;
 }
 
-const live = new Map<number, ChildProcess>();
+const live = new Map<number, { child: ChildProcess; daemon: boolean }>();
 let verbose = false;
 
 export function setVerbose(v: boolean): void {
@@ -43,9 +43,14 @@ export function livePids(): number[] {
   return [...live.keys()];
 }
 
-/** Stop every process this bench started (by PID, never by name). */
-export function killLive(signal: NodeJS.Signals = 'SIGTERM'): void {
-  for (const pid of live.keys()) {
+/**
+ * Stop the short-lived commands this bench started (fio, dd, mkfs), by PID, never
+ * by name. Daemons are left alone: they are stopped by unmounting, in order, by
+ * the finally blocks that own them.
+ */
+export function killCommands(signal: NodeJS.Signals = 'SIGTERM'): void {
+  for (const [pid, p] of live) {
+    if (p.daemon) continue;
     try {
       process.kill(pid, signal);
     } catch {
@@ -59,7 +64,7 @@ export function run(cmd: string, args: readonly string[], opts: RunOptions = {})
   const t0 = process.hrtime.bigint();
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, { cwd: opts.cwd, env: opts.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] });
-    if (child.pid !== undefined) live.set(child.pid, child);
+    if (child.pid !== undefined) live.set(child.pid, { child, daemon: false });
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
@@ -112,7 +117,7 @@ export function startDaemon(cmd: string, args: readonly string[], opts: { cwd?: 
   const child = spawn(cmd, args, { cwd: opts.cwd, stdio: ['ignore', 'pipe', 'pipe'] });
   if (child.pid === undefined) throw new Error(`could not start ${cmd}`);
   const pid = child.pid;
-  live.set(pid, child);
+  live.set(pid, { child, daemon: true });
   let out = '';
   child.stdout?.setEncoding('utf8').on('data', (d: string) => (out += d));
   child.stderr?.setEncoding('utf8').on('data', (d: string) => (out += d));
@@ -134,6 +139,17 @@ export function startDaemon(cmd: string, args: readonly string[], opts: { cwd?: 
 
 export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
+}
+
+/** `p`, or 'timeout' after `ms`; the timer is cleared so it never holds the process open. */
+export async function within<T>(p: Promise<T>, ms: number): Promise<T | 'timeout'> {
+  let timer: NodeJS.Timeout | undefined;
+  const t = new Promise<'timeout'>((r) => (timer = setTimeout(() => r('timeout'), ms)));
+  try {
+    return await Promise.race([p, t]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** True when `dir` is a mount point right now (per /proc/self/mountinfo). */
