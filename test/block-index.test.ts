@@ -1,0 +1,57 @@
+import * as assert from 'node:assert/strict';
+import { BlockIndex, CACHED, EMPTY, HOT, PAGE_BLOCKS, PENDING, PERSISTED, INDEX_BYTES_PER_BLOCK } from '../src/index/block-index';
+
+describe('BlockIndex', () => {
+  it('walks a block through Empty -> Hot -> Pending -> Persisted <-> Cached -> Hot', () => {
+    const ix = new BlockIndex(2 ** 32);
+    const b = 2 ** 31 + 5;
+    assert.equal(ix.state(b), EMPTY);
+    assert.equal(ix.setHot(b, 7), -1);
+    assert.equal(ix.state(b), HOT);
+    ix.markPending(b, 7);
+    assert.equal(ix.state(b), PENDING);
+    assert.equal(ix.setPersisted(b, 10, 3, 64, 4096, 0, 7), true, 'its slot is now redundant');
+    assert.equal(ix.state(b), PERSISTED);
+    ix.setCached(b, true);
+    assert.equal(ix.state(b), CACHED);
+    ix.setCached(b, false);
+    assert.equal(ix.state(b), PERSISTED);
+    assert.equal(ix.setHot(b, 9), -1);
+    assert.equal(ix.state(b), HOT);
+    assert.deepEqual(ix.location(b), { chunk: 3, off: 64, len: 4096, flags: 0, seq: 10 }, 'a Hot block keeps its persisted location');
+  });
+
+  it('decides newer-or-stale per block, and counts chunk references', () => {
+    const ix = new BlockIndex(100);
+    ix.setPersisted(1, 5, 1, 0, 1, 0);
+    ix.setPersisted(2, 6, 1, 0, 1, 0);
+    assert.equal(ix.chunkRefs.get(1), 2);
+    ix.setPersisted(1, 4, 2, 0, 1, 0); // stale: ignored
+    assert.equal(ix.persistedSeq(1), 5);
+    assert.equal(ix.chunkRefs.get(2), undefined);
+    ix.setPersisted(1, 8, 2, 0, 1, 0);
+    ix.setPersisted(2, 9, 2, 0, 1, 0);
+    assert.equal(ix.chunkRefs.get(1), 0, 'chunk 1 is dead');
+    assert.equal(ix.chunkRefs.get(2), 2);
+  });
+
+  it('a slot overwritten during a flush stays Hot when the flush commits the older version', () => {
+    const ix = new BlockIndex(10);
+    ix.setHot(3, 1);
+    assert.equal(ix.setHot(3, 2), 1);
+    assert.equal(ix.setPersisted(3, 1, 5, 0, 1, 0, 1), false);
+    assert.equal(ix.state(3), HOT);
+    assert.equal(ix.slot(3), 2);
+  });
+
+  it('allocates typed-array pages only where blocks are touched', () => {
+    const ix = new BlockIndex(2 ** 36);
+    for (let i = 0; i < 10; i++) ix.setHot(i * 2 ** 30, i);
+    assert.equal(ix.pageCount, 10);
+    assert.equal(ix.memoryBytes, 10 * PAGE_BLOCKS * INDEX_BYTES_PER_BLOCK);
+    let seen = 0;
+    ix.setPersisted(5, 1, 1, 0, 1, 0);
+    ix.forEachPersisted(() => seen++);
+    assert.equal(seen, 1);
+  });
+});
