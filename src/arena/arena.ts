@@ -1,3 +1,5 @@
+import { copyBytes } from '../format/bytes';
+
 /**
  * The write buffer: fixed-size block slots carved from 4 MiB slabs. Hot and
  * Pending block versions live here until a chunk holding them is durable. Slots
@@ -99,12 +101,12 @@ export class Arena {
   }
 
   copyIn(slot: number, src: Uint8Array, srcStart: number): void {
-    this.slab(slot).set(src.subarray(srcStart, srcStart + this.slotSize), this.offset(slot));
+    copyBytes(src, this.slab(slot), this.offset(slot), srcStart, srcStart + this.slotSize);
   }
 
   copyOut(slot: number, dst: Uint8Array, dstStart: number, from = 0, to = this.slotSize): void {
     const o = this.offset(slot);
-    dst.set(this.slab(slot).subarray(o + from, o + to), dstStart);
+    copyBytes(this.slab(slot), dst, dstStart, o + from, o + to);
   }
 
   pin(slot: number): void {

@@ -1,5 +1,5 @@
 import { VbfsError } from '../errors';
-import { checkRecord, encodeRecord, RECORD_HEADER } from '../format/block-record';
+import { checkRecord } from '../format/block-record';
 import { CHUNK_MAGIC, decodeSegmentHeader, encodeSegmentHeader, SEGMENT_HEADER } from '../format/segment-header';
 
 /**
@@ -16,41 +16,6 @@ export function parseChunkKey(volumeId: string, key: string): number | null {
   if (!key.startsWith(p)) return null;
   const rest = key.slice(p.length);
   return /^[0-9a-f]{8}$/.test(rest) ? parseInt(rest, 16) : null;
-}
-
-export interface ChunkEntry {
-  block: number;
-  seq: number;
-  flags: number;
-  payload: Uint8Array; // stored bytes (compressed or raw)
-}
-
-export interface PlacedEntry {
-  block: number;
-  seq: number;
-  off: number; // offset of the record header in the chunk
-  len: number;
-  flags: number;
-}
-
-export function chunkSize(entries: readonly { payload: Uint8Array }[]): number {
-  let n = SEGMENT_HEADER;
-  for (const e of entries) n += RECORD_HEADER + e.payload.length;
-  return n;
-}
-
-/**
- * Encode entries [from, to) into `out` starting at `pos` (after the header). Returns
- * the new position. Split into ranges by the caller so a 4 MiB build can yield to
- * the event loop between ranges.
- */
-export function encodeChunkRange(out: Buffer, pos: number, entries: readonly ChunkEntry[], from: number, to: number, rawLen: number, placed: PlacedEntry[]): number {
-  for (let i = from; i < to; i++) {
-    const e = entries[i] as ChunkEntry;
-    placed.push({ block: e.block, seq: e.seq, off: pos, len: e.payload.length, flags: e.flags });
-    pos = encodeRecord(out, pos, e.seq, e.block, e.flags, rawLen, e.payload);
-  }
-  return pos;
 }
 
 export function encodeChunkHeader(out: Buffer, volumeId: string, blockSize: number, chunkId: number, count: number, maxSeq: number): void {

@@ -1,3 +1,4 @@
+import { copyBytes } from './bytes';
 import { crc32c } from './crc32c';
 import { readU32, readU64, writeU32, writeU64 } from './u64';
 
@@ -46,7 +47,8 @@ export function encodeRecord(
   writeU64(buf, off + 16, block);
   writeU32(buf, off + 24, flags);
   writeU32(buf, off + 28, rawLen);
-  buf.set(payload.subarray(pStart, pEnd), off + RECORD_HEADER);
+  // Buffer#copy, not set(subarray()): no view object per record on the hot path.
+  copyBytes(payload, buf, off + RECORD_HEADER, pStart, pEnd);
   const end = off + RECORD_HEADER + len;
   writeU32(buf, off, crc32c(buf, 0, off + 4, end));
   return end;

@@ -163,17 +163,25 @@ export class BlockIndex {
     else if (!cached && s === CACHED) p.state[i] = PERSISTED;
   }
 
+  /** Page numbers in ascending order (for visiting the index in pieces). */
+  pageKeys(): number[] {
+    return [...this.pages.keys()].sort((a, b) => a - b);
+  }
+
+  /** Visit every block of page `k` that has a persisted location, in block order. */
+  forEachPersistedIn(k: number, fn: (block: number, seq: number, chunk: number, off: number, len: number, flags: number) => void): void {
+    const p = this.pages.get(k);
+    if (!p) return;
+    const base = k * PAGE_BLOCKS;
+    for (let i = 0; i < PAGE_BLOCKS; i++) {
+      const s = p.pseq[i] as number;
+      if (s > 0) fn(base + i, s, p.chunk[i] as number, p.off[i] as number, p.len[i] as number, p.flags[i] as number);
+    }
+  }
+
   /** Visit every block that has a persisted location, in block order. */
   forEachPersisted(fn: (block: number, seq: number, chunk: number, off: number, len: number, flags: number) => void): void {
-    const keys = [...this.pages.keys()].sort((a, b) => a - b);
-    for (const k of keys) {
-      const p = this.pages.get(k) as Page;
-      const base = k * PAGE_BLOCKS;
-      for (let i = 0; i < PAGE_BLOCKS; i++) {
-        const s = p.pseq[i] as number;
-        if (s > 0) fn(base + i, s, p.chunk[i] as number, p.off[i] as number, p.len[i] as number, p.flags[i] as number);
-      }
-    }
+    for (const k of this.pageKeys()) this.forEachPersistedIn(k, fn);
   }
 
   countPersisted(): number {

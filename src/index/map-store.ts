@@ -1,7 +1,6 @@
 import { VbfsError } from '../errors';
 import { anyFrameAfter, checkFrame, encodeFrame } from '../format/frame';
 import {
-  allocCommit,
   allocEntries,
   commitEntryOffset,
   decodeCheckpointHeader,
@@ -159,14 +158,9 @@ export class MapStore {
     this.logBytes += off;
   }
 
-  /** Durably record where the blocks of one chunk now live. */
-  async commit(chunkId: number, entries: readonly { block: number; seq: number; off: number; len: number; flags: number }[]): Promise<void> {
-    const p = allocCommit(chunkId, entries.length);
-    for (let i = 0; i < entries.length; i++) {
-      const e = entries[i] as { block: number; seq: number; off: number; len: number; flags: number };
-      writeLocation(p, commitEntryOffset(i), e.block, e.seq, chunkId, e.off, e.len, e.flags);
-    }
-    const frame = encodeFrame(p);
+  /** Durably record where the blocks of one chunk now live (a 'C' payload from allocCommit). */
+  async commit(payload: Buffer): Promise<void> {
+    const frame = encodeFrame(payload);
     if (!this.fd) await this.openLog();
     const fd = this.fd as FileHandle;
     await fd.write(frame, this.pos);
@@ -194,32 +188,52 @@ export class MapStore {
   async checkpoint(index: BlockIndex, seq: number, nextChunkId: number): Promise<void> {
     const newSeg = this.seg + 1;
     const count = index.countPersisted();
-    const parts: Buffer[] = [encodeFrame(encodeCheckpointHeader({ volumeId: this.volumeId, seq, mapSegment: newSeg, nextChunkId, entryCount: count }))];
+    const tmp = `${this.dir}/${CHECKPOINT}.tmp`;
+    const fd = await this.fileIO.open(tmp, 'w+');
+    // Streamed: entry frames go out every few MiB, and the event loop gets a turn
+    // between index pages, so a large map neither piles up in memory nor stalls I/O.
+    let parts: Buffer[] = [encodeFrame(encodeCheckpointHeader({ volumeId: this.volumeId, seq, mapSegment: newSeg, nextChunkId, entryCount: count }))];
+    let partBytes = 0;
+    let pos = 0;
+    const drain = async (): Promise<void> => {
+      if (parts.length === 0) return;
+      const group = parts;
+      parts = [];
+      partBytes = 0;
+      await fd.writev(group, pos);
+      for (const g of group) pos += g.length;
+    };
     let frame = allocEntries(Math.min(ENTRIES_PER_FRAME, count));
     let inFrame = 0;
     let written = 0;
-    index.forEachPersisted((block, s, chunk, off, len, flags) => {
+    const add = (block: number, s: number, chunk: number, off: number, len: number, flags: number): void => {
       writeLocation(frame, entriesEntryOffset(inFrame), block, s, chunk, off, len, flags);
       inFrame++;
       written++;
       if (inFrame * LOCATION_ENTRY + 8 === frame.length) {
-        parts.push(encodeFrame(frame));
-        frame = allocEntries(Math.min(ENTRIES_PER_FRAME, count - written));
+        const f = encodeFrame(frame);
+        parts.push(f);
+        partBytes += f.length;
+        frame = allocEntries(Math.min(ENTRIES_PER_FRAME, Math.max(0, count - written)));
         inFrame = 0;
       }
-    });
-    if (written !== count) throw new VbfsError('VBFS_CORRUPT', `checkpoint: index reports ${count} persisted blocks but holds ${written}`);
-    parts.push(encodeFrame(encodeFooter(count)));
-    const tmp = `${this.dir}/${CHECKPOINT}.tmp`;
-    const fd = await this.fileIO.open(tmp, 'w+');
-    let pos = 0;
-    for (let i = 0; i < parts.length; i += 64) {
-      const group = parts.slice(i, i + 64);
-      await fd.writev(group, pos);
-      for (const g of group) pos += g.length;
+    };
+    try {
+      for (const k of index.pageKeys()) {
+        if (written >= count) break;
+        index.forEachPersistedIn(k, (b, s, c, o, l, f) => {
+          if (written < count) add(b, s, c, o, l, f);
+        });
+        if (partBytes >= 4 * 1024 * 1024) await drain();
+        else await new Promise<void>((r) => setImmediate(r));
+      }
+      if (written !== count) throw new VbfsError('VBFS_CORRUPT', `checkpoint: index reports ${count} persisted blocks but holds ${written}`);
+      parts.push(encodeFrame(encodeFooter(count)));
+      await drain();
+      await fd.datasync();
+    } finally {
+      await fd.close();
     }
-    await fd.datasync();
-    await fd.close();
     await this.failpoint('checkpoint:beforeRename');
     await this.fileIO.rename(tmp, `${this.dir}/${CHECKPOINT}`);
     await this.fileIO.fsyncDir(this.dir);

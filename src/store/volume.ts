@@ -3,19 +3,9 @@ import { VbfsError } from '../errors';
 import { Arena } from '../arena/arena';
 import type { Backend } from '../backend/backend';
 import { BlockCache } from '../cache/block-cache';
-import {
-  chunkKey,
-  chunkPrefix,
-  chunkSize,
-  decodeChunkHeader,
-  encodeChunkHeader,
-  encodeChunkRange,
-  parseChunkKey,
-  verifyChunkRecord,
-  type ChunkEntry,
-  type PlacedEntry,
-} from '../chunk/chunk';
-import { FLAG_LZ4, RECORD_HEADER } from '../format/block-record';
+import { chunkKey, chunkPrefix, decodeChunkHeader, encodeChunkHeader, parseChunkKey, verifyChunkRecord } from '../chunk/chunk';
+import { encodeRecord, FLAG_LZ4, RECORD_HEADER } from '../format/block-record';
+import { allocCommit, commitEntryOffset, writeLocation } from '../format/map-records';
 import { SEGMENT_HEADER } from '../format/segment-header';
 import { BlockIndex, CACHED, EMPTY, HOT, PENDING, PERSISTED, type BlockState } from '../index/block-index';
 import { MapStore, type Failpoint } from '../index/map-store';
@@ -518,20 +508,9 @@ export class Volume {
     await synced;
     const sealed = await rotated;
     try {
-      let i = 0;
-      while (i < entries.length) {
-        let j = i;
-        let bytes = SEGMENT_HEADER;
-        const group: ChunkEntry[] = [];
-        while (j < entries.length && (group.length === 0 || bytes + RECORD_HEADER + this.blockSize <= this.t.chunkBytes)) {
-          const slot = entries[j] as number;
-          group.push({ block: this.arena.blockOf[slot] as number, seq: this.arena.seqOf[slot] as number, flags: 0, payload: this.arena.view(slot) });
-          bytes += RECORD_HEADER + this.blockSize;
-          j++;
-        }
-        await this.writeChunk(group, entries.slice(i, j));
-        i = j;
-      }
+      // Group by raw size: compressed records are never larger, so a group never overflows a chunk.
+      const perChunk = Math.max(1, Math.floor((this.t.chunkBytes - SEGMENT_HEADER) / (RECORD_HEADER + this.blockSize)));
+      for (let i = 0; i < entries.length; i += perChunk) await this.writeChunk(entries.slice(i, i + perChunk));
     } finally {
       for (const slot of entries) this.arena.unpin(slot);
     }
@@ -557,39 +536,57 @@ export class Volume {
     return out.sort((x, y) => (a.blockOf[x] as number) - (a.blockOf[y] as number));
   }
 
-  private async writeChunk(group: ChunkEntry[], slots: number[]): Promise<void> {
+  /**
+   * Write one chunk object from pinned arena slots (sorted by block), then commit
+   * the new locations. Records are encoded straight from the arena into the chunk
+   * buffer and the commit payload: no per-block objects.
+   */
+  private async writeChunk(slots: number[]): Promise<void> {
+    const a = this.arena;
+    const bs = this.blockSize;
+    const n = slots.length;
+    let packed: (Buffer | null)[] | null = null;
+    let size = SEGMENT_HEADER + n * (RECORD_HEADER + bs);
     if (this.info.compression === 'lz4') {
       // Off the event loop (thread pool); kept raw where it does not shrink.
-      const packed = await Promise.all(group.map((e) => lz4Compress(e.payload as Buffer)));
-      packed.forEach((c, k) => {
-        const e = group[k] as ChunkEntry;
-        if (c.length < (this.blockSize * 9) / 10) {
-          e.payload = c;
-          e.flags = FLAG_LZ4;
-        }
-      });
+      packed = await Promise.all(slots.map((s) => lz4Compress(a.view(s))));
+      size = SEGMENT_HEADER;
+      for (let k = 0; k < n; k++) {
+        const c = packed[k] as Buffer;
+        if (c.length >= (bs * 9) / 10) packed[k] = null;
+        size += RECORD_HEADER + (packed[k] ? c.length : bs);
+      }
     }
     const id = this.nextChunkId++;
-    const buf = Buffer.allocUnsafe(chunkSize(group));
-    let maxSeq = 0;
-    for (const e of group) if (e.seq > maxSeq) maxSeq = e.seq;
-    encodeChunkHeader(buf, this.info.id, this.blockSize, id, group.length, maxSeq);
-    const placed: PlacedEntry[] = [];
+    const buf = Buffer.allocUnsafe(size);
+    const commit = allocCommit(id, n);
     let pos = SEGMENT_HEADER;
-    for (let k = 0; k < group.length; k += BUILD_SLICE) {
-      pos = encodeChunkRange(buf, pos, group, k, Math.min(group.length, k + BUILD_SLICE), this.blockSize, placed);
-      if (k + BUILD_SLICE < group.length) await new Promise<void>((r) => setImmediate(r));
+    let maxSeq = 0;
+    for (let k = 0; k < n; k++) {
+      if (k > 0 && k % BUILD_SLICE === 0) await new Promise<void>((r) => setImmediate(r));
+      const slot = slots[k] as number;
+      const block = a.blockOf[slot] as number;
+      const seq = a.seqOf[slot] as number;
+      if (seq > maxSeq) maxSeq = seq;
+      const c = packed?.[k];
+      const end = c ? encodeRecord(buf, pos, seq, block, FLAG_LZ4, bs, c) : encodeRecord(buf, pos, seq, block, 0, bs, a.slab(slot), a.offset(slot), a.offset(slot) + bs);
+      writeLocation(commit, commitEntryOffset(k), block, seq, id, pos, end - pos - RECORD_HEADER, c ? FLAG_LZ4 : 0);
+      pos = end;
     }
+    encodeChunkHeader(buf, this.info.id, bs, id, n, maxSeq);
     const key = chunkKey(this.info.id, id);
     await this.ctx.failpoint('flush:beforeChunkWrite');
     await this.ctx.backend.put(key, buf);
     await this.ctx.failpoint('flush:afterChunkWrite');
-    await this.map.commit(id, placed);
+    await this.map.commit(commit);
     await this.ctx.failpoint('flush:afterMapCommit');
-    for (let k = 0; k < placed.length; k++) {
-      const p = placed[k] as PlacedEntry;
+    for (let k = 0; k < n; k++) {
+      const at = commitEntryOffset(k);
       const slot = slots[k] as number;
-      if (this.index.setPersisted(p.block, p.seq, id, p.off, p.len, p.flags, slot)) this.arena.release(slot);
+      const off = commit.readUInt32LE(at + 20);
+      const len = commit.readUInt32LE(at + 24);
+      const flags = commit.readUInt32LE(at + 28);
+      if (this.index.setPersisted(a.blockOf[slot] as number, a.seqOf[slot] as number, id, off, len, flags, slot)) a.release(slot);
     }
     this.s.chunkFlushes++;
     this.s.flushedBytes += buf.length;
