@@ -55,7 +55,7 @@ async function main(): Promise<void> {
     .option('runs', { type: 'number', describe: 'runs per figure (median); default 3, 1 with --quick' })
     .option('targets', { type: 'string', describe: 'a=local file, b=null FUSE, c=s3backer, d=vbfs, or ids (plain,null,s3b-cached,s3b-sync,vbfs-batched,...)' })
     .option('jobs', { type: 'string', describe: `comma list of job ids: ${JOBS.map((j) => j.id).join(',')}` })
-    .option('runtime', { type: 'number', describe: 'seconds per time-based job (default 4, 2 with --quick)' })
+    .option('runtime', { type: 'number', describe: 'seconds per time-based job (default 3, 2 with --quick)' })
     .option('working-set', { type: 'string', describe: 'working set of random/read jobs (default 256M, 64M with --quick)' })
     .option('seq-size', { type: 'string', describe: 'sustained sequential write size (default 1G, 256M with --quick)' })
     .option('dd-mib', { type: 'number', describe: 'MiB written by dd (default 200, 50 with --quick)' })
@@ -73,7 +73,7 @@ async function main(): Promise<void> {
   const sizes: Sizes = {
     workingSet: parseSize(argv['working-set'] ?? (q ? '64M' : '256M')),
     seqWrite: parseSize(argv['seq-size'] ?? (q ? '256M' : '1G')),
-    runtime: argv.runtime ?? (q ? 2 : 4),
+    runtime: argv.runtime ?? (q ? 2 : 3),
     capSeconds: argv.cap ?? (q ? 8 : 20),
     ddMiB: argv['dd-mib'] ?? (q ? 50 : 200),
   };

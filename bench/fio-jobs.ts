@@ -93,7 +93,7 @@ export const JOBS: Job[] = [
     fio: (f, s) => ['--rw=write', '--bs=1M', `--size=${s.seqWrite}`, `--runtime=${s.capSeconds}`],
   },
   {
-    id: 'dd-ext4', label: 'dd 200M via loop ext4', metric: 'MiB/s', dir: 'write', prep: 'none',
+    id: 'dd-ext4', label: 'dd via loop ext4 + fsync', metric: 'MiB/s', dir: 'write', prep: 'none',
     describe: 'losetup on the target file, mkfs.ext4, mount; dd bs=1M of random data with conv=fsync (time includes the fsync)',
   },
 ];

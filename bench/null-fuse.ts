@@ -143,7 +143,8 @@ function main(): void {
   };
 
   fs.mkdirSync(mnt, { recursive: true });
-  const fuse = new Fuse(mnt, ops, { fsname: NULL_FUSE_FSNAME, force: true, mkdir: true });
+  // maxRead matches vbfs's mount (src/fuse/mount.ts), so both see the same request sizes.
+  const fuse = new Fuse(mnt, ops, { fsname: NULL_FUSE_FSNAME, maxRead: 131072, force: true, mkdir: true });
   fuse.mount((err) => {
     if (err) {
       process.stderr.write(`null-fuse: mount failed: ${err.message}\n`);

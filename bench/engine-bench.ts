@@ -1,0 +1,388 @@
+/**
+ * `npm run bench:engine`: the engine through the library API, no FUSE.
+ *
+ *  1. 4 KiB random writes/s and 1 MiB sequential MiB/s per durability mode (real disk).
+ *  2. Slow-device simulation: every fdatasync/fsync takes an extra 2 ms (SD card) or
+ *     10 ms (WSL); "ms per 4 KiB block" for strict, batched and relaxed, like the
+ *     table in reference/viperblock-optimisations.md.
+ *  3. WAL write calls and syncs per block, counted by the file layer (bench/slow-file-io.ts).
+ *  4. Bytes allocated per block written in steady state (process.memoryUsage deltas).
+ *  5. Peak RSS while writing 4 GiB (--rss-size), against the configured memory bound.
+ *
+ * One writer awaits each write in turn (the shape of the reference's loop and of
+ * the kernel's one-write-at-a-time FUSE requests).
+ *
+ *   npm run bench:engine                 (~3 min)
+ *   npm run bench:engine -- --quick      (~1 min)
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { PerformanceObserver } from 'node:perf_hooks';
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { Store } from '../src/store/store';
+import { DEFAULT_TUNABLES, type Volume } from '../src/store/volume';
+import type { Durability } from '../src/store/types';
+import { type IoCounts, SlowFileIO, diffCounts } from './slow-file-io';
+import { parseSize } from './null-fuse';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const BS = 4 * KiB;
+const REPO = path.resolve(__dirname, '..', '..');
+
+function log(msg: string): void {
+  process.stderr.write(`[engine ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
+}
+
+interface Opened {
+  store: Store;
+  vol: Volume;
+  io: SlowFileIO;
+  dir: string;
+}
+
+async function openFresh(scratch: string, name: string, durability: Durability, size: number, delayMs = 0): Promise<Opened> {
+  const dir = path.join(scratch, name);
+  fs.rmSync(dir, { recursive: true, force: true });
+  const io = new SlowFileIO(delayMs);
+  const store = await Store.open(dir, { fileIO: io });
+  await store.createVolume('v', { size, durability });
+  const vol = await store.openVolume('v');
+  return { store, vol, io, dir };
+}
+
+async function closeAll(o: Opened): Promise<void> {
+  await o.vol.close();
+  await o.store.close();
+  fs.rmSync(o.dir, { recursive: true, force: true });
+}
+
+function randomBlockOffset(span: number): number {
+  return Math.floor(Math.random() * (span / BS)) * BS;
+}
+
+interface Throughput {
+  mode: Durability;
+  writesPerSec4k: number;
+  mibps4k: number;
+  p50us4k: number;
+  p99us4k: number;
+  mibpsSeq1m: number;
+  walWritesPerBlock: number;
+  walSyncsPerBlock: number;
+  walWrites: number;
+  walSyncs: number;
+  writes4k: number;
+}
+
+function percentile(sorted: Float64Array, p: number): number {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] as number;
+}
+
+async function throughput(scratch: string, mode: Durability, seconds: number): Promise<Throughput> {
+  const o = await openFresh(scratch, `tp-${mode}`, mode, 4 * 1024 * MiB);
+  try {
+    const buf = Buffer.alloc(BS, 0x5a);
+    const lat = new Float64Array(5_000_000);
+    let n = 0;
+    const c0 = o.io.snapshot();
+    const t0 = performance.now();
+    const end = t0 + seconds * 1000;
+    for (let now = t0; now < end; ) {
+      buf.writeUInt32LE(n, 0);
+      await o.vol.write(randomBlockOffset(256 * MiB), buf);
+      const t = performance.now();
+      if (n < lat.length) lat[n] = t - now;
+      now = t;
+      n++;
+    }
+    await o.vol.fsync();
+    const secs = (performance.now() - t0) / 1000;
+    const c = diffCounts(c0, o.io.snapshot());
+    const sorted = lat.subarray(0, Math.min(n, lat.length)).sort();
+
+    // 1 MiB sequential writes, from offset 512 MiB on (past the random area).
+    const big = Buffer.alloc(MiB, 0xa5);
+    let bytes = 0;
+    const s0 = performance.now();
+    const sEnd = s0 + seconds * 1000;
+    for (let off = 512 * MiB; performance.now() < sEnd && off + MiB <= o.vol.size; off += MiB) {
+      big.writeUInt32LE(off / MiB, 0);
+      await o.vol.write(off, big);
+      bytes += MiB;
+    }
+    await o.vol.fsync();
+    const sSecs = (performance.now() - s0) / 1000;
+    return {
+      mode,
+      writesPerSec4k: n / secs,
+      mibps4k: (n * BS) / MiB / secs,
+      p50us4k: percentile(sorted, 50) * 1000,
+      p99us4k: percentile(sorted, 99) * 1000,
+      mibpsSeq1m: bytes / MiB / sSecs,
+      walWritesPerBlock: c.walWrites / n,
+      walSyncsPerBlock: c.walSyncs / n,
+      walWrites: c.walWrites,
+      walSyncs: c.walSyncs,
+      writes4k: n,
+    };
+  } finally {
+    await closeAll(o);
+  }
+}
+
+interface SlowRow {
+  delayMs: number;
+  mode: Durability;
+  /** the writer yields to the event loop (setImmediate) after every write */
+  yields: boolean;
+  walSyncs: number;
+  blocks: number;
+  msPerBlock: number;
+  walWritesPerBlock: number;
+  walSyncsPerBlock: number;
+  blocksPerWalWrite: number;
+  fsyncEvery?: number;
+}
+
+/** Sequential 4 KiB blocks (block++), like the reference's loop; ends with an fsync. */
+async function slowDevice(scratch: string, mode: Durability, delayMs: number, seconds: number, maxBlocks: number, relaxedEvery: number, yields = false): Promise<SlowRow> {
+  const o = await openFresh(scratch, `slow-${mode}-${delayMs}`, mode, 2 * 1024 * MiB, delayMs);
+  try {
+    const buf = Buffer.alloc(BS, 0x33);
+    const c0 = o.io.snapshot();
+    const t0 = performance.now();
+    const end = t0 + seconds * 1000;
+    let n = 0;
+    while (n < maxBlocks && performance.now() < end) {
+      buf.writeUInt32LE(n, 0);
+      await o.vol.write(n * BS, buf);
+      n++;
+      if (mode === 'relaxed' && n % relaxedEvery === 0) await o.vol.fsync();
+      // Requests from FUSE arrive as separate event-loop turns; a tight await loop
+      // only runs microtasks, which can starve the engine's timers and I/O callbacks.
+      if (yields) await new Promise((r) => setImmediate(r));
+    }
+    await o.vol.fsync();
+    const ms = performance.now() - t0;
+    const c: IoCounts = diffCounts(c0, o.io.snapshot());
+    return {
+      delayMs, mode, yields, walSyncs: c.walSyncs, blocks: n, msPerBlock: ms / n,
+      walWritesPerBlock: c.walWrites / n, walSyncsPerBlock: c.walSyncs / n,
+      blocksPerWalWrite: c.walWrites ? n / c.walWrites : NaN,
+      fsyncEvery: mode === 'relaxed' ? relaxedEvery : undefined,
+    };
+  } finally {
+    await closeAll(o);
+  }
+}
+
+interface AllocRow {
+  blocks: number;
+  heapBytesPerBlock: number;
+  arrayBufferBytesPerBlock: number;
+  externalBytesPerBlock: number;
+  gcsDuringWindow: number;
+  gcExposed: boolean;
+}
+
+/**
+ * Steady-state allocation: warm up, collect, then write `blocks` 4 KiB blocks and
+ * read the heap/ArrayBuffer growth. Run with --expose-gc and a big young
+ * generation (--max-semi-space-size) so no scavenge hides allocations; the number
+ * of GCs inside the window is reported, and a non-zero count means the figure is a
+ * lower bound.
+ */
+async function allocation(scratch: string, blocks: number): Promise<AllocRow> {
+  const o = await openFresh(scratch, 'alloc', 'batched', 2 * 1024 * MiB);
+  const gc = (globalThis as { gc?: () => void }).gc;
+  let gcs = 0;
+  const obs = new PerformanceObserver((list) => (gcs += list.getEntries().length));
+  try {
+    const buf = Buffer.alloc(BS, 0x77);
+    // Warm-up: fill the WAL buffer pool, the arena slabs and the index pages.
+    for (let i = 0; i < blocks; i++) await o.vol.write(randomBlockOffset(64 * MiB), buf);
+    await o.vol.fsync();
+    gc?.();
+    gc?.();
+    obs.observe({ entryTypes: ['gc'] });
+    const m0 = process.memoryUsage();
+    for (let i = 0; i < blocks; i++) await o.vol.write(randomBlockOffset(64 * MiB), buf);
+    const m1 = process.memoryUsage();
+    await new Promise((r) => setImmediate(r)); // let the observer deliver
+    obs.disconnect();
+    return {
+      blocks,
+      heapBytesPerBlock: (m1.heapUsed - m0.heapUsed) / blocks,
+      arrayBufferBytesPerBlock: (m1.arrayBuffers - m0.arrayBuffers) / blocks,
+      externalBytesPerBlock: (m1.external - m0.external) / blocks,
+      gcsDuringWindow: gcs,
+      gcExposed: gc !== undefined,
+    };
+  } finally {
+    obs.disconnect();
+    await closeAll(o);
+  }
+}
+
+interface RssRow {
+  bytesWritten: number;
+  seconds: number;
+  mibps: number;
+  rssBeforeMiB: number;
+  peakRssMiB: number;
+  peakHeapMiB: number;
+  peakArrayBuffersMiB: number;
+  configuredBoundMiB: number;
+}
+
+async function peakRss(scratch: string, total: number): Promise<RssRow> {
+  const o = await openFresh(scratch, 'rss', 'batched', Math.max(total * 2, 2 * 1024 * MiB));
+  let peak = 0;
+  let peakHeap = 0;
+  let peakAb = 0;
+  const sample = (): void => {
+    const m = process.memoryUsage();
+    peak = Math.max(peak, m.rss);
+    peakHeap = Math.max(peakHeap, m.heapUsed);
+    peakAb = Math.max(peakAb, m.arrayBuffers);
+  };
+  const timer = setInterval(sample, 50);
+  try {
+    (globalThis as { gc?: () => void }).gc?.();
+    const before = process.memoryUsage().rss;
+    const big = Buffer.alloc(MiB, 0x11);
+    const t0 = performance.now();
+    let lastLog = t0;
+    for (let off = 0; off < total; off += MiB) {
+      big.writeUInt32LE(off / MiB, 0);
+      await o.vol.write(off, big);
+      if (performance.now() - lastLog > 10_000) {
+        lastLog = performance.now();
+        log(`  rss: ${Math.round(off / MiB)} MiB written, rss ${Math.round(process.memoryUsage().rss / MiB)} MiB`);
+      }
+    }
+    await o.vol.fsync();
+    const seconds = (performance.now() - t0) / 1000;
+    sample();
+    return {
+      bytesWritten: total, seconds, mibps: total / MiB / seconds,
+      rssBeforeMiB: before / MiB, peakRssMiB: peak / MiB, peakHeapMiB: peakHeap / MiB, peakArrayBuffersMiB: peakAb / MiB,
+      configuredBoundMiB: (DEFAULT_TUNABLES.writeBufferBytes + DEFAULT_TUNABLES.cacheBytes) / MiB,
+    };
+  } finally {
+    clearInterval(timer);
+    await closeAll(o);
+  }
+}
+
+function table(header: string[], rows: (string | number)[][]): string {
+  const s = rows.map((r) => r.map(String));
+  const w = header.map((h, i) => Math.max(h.length, ...s.map((r) => (r[i] ?? '').length)));
+  const line = (c: string[]): string => `| ${c.map((x, i) => (i === 0 ? x.padEnd(w[i] ?? 0) : x.padStart(w[i] ?? 0))).join(' | ')} |`;
+  return [line(header), `|${w.map((x, i) => (i === 0 ? '-'.repeat(x + 2) : `${'-'.repeat(x + 1)}:`)).join('|')}|`, ...s.map(line)].join('\n');
+}
+
+const f1 = (x: number): string => (Number.isFinite(x) ? (x >= 100 ? Math.round(x).toLocaleString('en-US') : x.toFixed(1)) : '-');
+const f3 = (x: number): string => (Number.isFinite(x) ? x.toFixed(3) : '-');
+
+async function main(): Promise<void> {
+  const argv = await yargs(hideBin(process.argv))
+    .scriptName('npm run bench:engine --')
+    .option('quick', { type: 'boolean', default: false })
+    .option('seconds', { type: 'number', describe: 'seconds per timed section (default 3, 1 with --quick)' })
+    .option('delays', { type: 'string', default: '2,10', describe: 'extra ms per fdatasync to simulate' })
+    .option('relaxed-every', { type: 'number', default: 1024, describe: 'relaxed mode: fsync every N blocks (1024 x 4 KiB = the reference loop\'s 4 MB flush)' })
+    .option('alloc-blocks', { type: 'number', default: 20_000 })
+    .option('rss-size', { type: 'string', describe: 'bytes to write for the peak-RSS test (default 4G, 1G with --quick)' })
+    .option('dir', { type: 'string', default: path.join(REPO, 'bench', 'results', 'tmp', 'engine') })
+    .option('out', { type: 'string', default: path.join(REPO, 'bench', 'results') })
+    .strict()
+    .help()
+    .parseAsync();
+  const seconds = argv.seconds ?? (argv.quick ? 1 : 3);
+  const rssSize = parseSize(argv['rss-size'] ?? (argv.quick ? '1G' : '4G'));
+  const delays = argv.delays.split(',').map(Number);
+  fs.mkdirSync(argv.dir, { recursive: true });
+  if (!(globalThis as { gc?: unknown }).gc) log('note: run with node --expose-gc for the allocation figures (npm run bench:engine does)');
+
+  const started = new Date();
+  const modes: Durability[] = ['strict', 'batched', 'relaxed', 'async'];
+  const tp: Throughput[] = [];
+  for (const m of modes) {
+    log(`throughput: ${m}`);
+    tp.push(await throughput(argv.dir, m, seconds));
+  }
+  const slow: SlowRow[] = [];
+  for (const d of delays) {
+    for (const m of ['strict', 'batched', 'relaxed'] as Durability[]) {
+      log(`slow device +${d} ms/sync: ${m}`);
+      slow.push(await slowDevice(argv.dir, m, d, seconds, m === 'strict' ? 2000 : 65536, argv['relaxed-every']));
+    }
+    log(`slow device +${d} ms/sync: batched, writer yielding after each write`);
+    slow.push(await slowDevice(argv.dir, 'batched', d, seconds, 65536, argv['relaxed-every'], true));
+  }
+  log('allocation per block');
+  const alloc = await allocation(argv.dir, argv['alloc-blocks']);
+  log(`peak RSS writing ${Math.round(rssSize / MiB)} MiB`);
+  const rss = await peakRss(argv.dir, rssSize);
+
+  const md: string[] = [];
+  md.push(`Engine benchmark, ${started.toISOString()}, ${os.cpus().length} cores, node ${process.version}. One writer, each write awaited.\n`);
+  md.push('Throughput per durability mode (real disk, library API, no FUSE; 4 KiB random writes over 256 MiB, then 1 MiB sequential writes; each ends with an fsync):\n');
+  md.push(table(['mode', '4K writes/s', '4K MiB/s', '4K p50 us', '4K p99 us', '1M seq MiB/s', '4K writes', 'WAL write calls', 'WAL syncs', 'WAL writes/block'],
+    tp.map((r) => [r.mode, f1(r.writesPerSec4k), f1(r.mibps4k), f1(r.p50us4k), f1(r.p99us4k), f1(r.mibpsSeq1m), r.writes4k, r.walWrites, r.walSyncs, f3(r.walWritesPerBlock)])));
+  md.push(`\nSlow-device simulation: +N ms on every fdatasync/fsync; sequential 4 KiB blocks, ms per block including a final fsync. relaxed: fsync every ${argv['relaxed-every']} blocks. The reference's Viperblock did 5 O_SYNC writes per block, i.e. about 5 x N ms per block.\n`);
+  const slowRows: (string | number)[][] = [];
+  for (const d of delays) {
+    const get = (m: Durability): SlowRow | undefined => slow.find((r) => r.delayMs === d && r.mode === m);
+    const st = get('strict');
+    for (const r of slow.filter((x) => x.delayMs === d)) {
+      slowRows.push([`+${d} ms`, r.mode + (r.yields ? ' (yielding writer)' : ''), r.blocks, f3(r.msPerBlock), st ? `${f1(st.msPerBlock / r.msPerBlock)}x` : '-', `${5 * d}`, f3(r.walWritesPerBlock), r.walSyncs, f1(r.walSyncs ? r.blocks / r.walSyncs : NaN), f1(r.blocksPerWalWrite)]);
+    }
+  }
+  md.push(table(['sync delay', 'mode', 'blocks', 'ms/block', 'vs strict', 'Viperblock model ms/block', 'WAL writes/block', 'WAL syncs', 'blocks/sync', 'blocks/WAL write'], slowRows));
+  md.push(`\nAllocation per 4 KiB block written (batched, steady state, ${alloc.blocks} blocks after as many warm-up blocks; GCs in the window: ${alloc.gcsDuringWindow}${alloc.gcExposed ? '' : ', gc not exposed'}):\n`);
+  md.push(table(['JS heap bytes/block', 'ArrayBuffer bytes/block', 'external bytes/block'], [[f1(alloc.heapBytesPerBlock), f1(alloc.arrayBufferBytesPerBlock), f1(alloc.externalBytesPerBlock)]]));
+  md.push(`\nPeak RSS writing ${Math.round(rss.bytesWritten / MiB)} MiB in 1 MiB writes (batched, default tunables: write buffer ${DEFAULT_TUNABLES.writeBufferBytes / MiB} MiB + read cache ${DEFAULT_TUNABLES.cacheBytes / MiB} MiB):\n`);
+  md.push(table(['written MiB', 'MiB/s', 'RSS before MiB', 'peak RSS MiB', 'peak heap MiB', 'peak ArrayBuffers MiB', 'configured bound MiB'],
+    [[Math.round(rss.bytesWritten / MiB), f1(rss.mibps), f1(rss.rssBeforeMiB), f1(rss.peakRssMiB), f1(rss.peakHeapMiB), f1(rss.peakArrayBuffersMiB), f1(rss.configuredBoundMiB)]]));
+  const checks: string[] = [];
+  for (const d of delays) {
+    const st = slow.find((r) => r.delayMs === d && r.mode === 'strict');
+    const ba = slow.find((r) => r.delayMs === d && r.mode === 'batched' && !r.yields);
+    if (st && ba) checks.push(`+${d} ms/sync: batched is ${f1(st.msPerBlock / ba.msPerBlock)}x faster per block than strict${d === 10 ? ` (issue 4 wants >= 20x: ${st.msPerBlock / ba.msPerBlock >= 20 ? 'met' : 'NOT met'})` : ''}`);
+  }
+  const bt = tp.find((r) => r.mode === 'batched');
+  if (bt) {
+    checks.push(`batched: ${f3(bt.walWritesPerBlock)} WAL write calls per block (${f1(1 / bt.walWritesPerBlock)} blocks per write call)`);
+    const want = bt.writes4k / DEFAULT_TUNABLES.batchBlocks;
+    if (bt.walSyncs < want / 2) {
+      checks.push(`WARNING batched: ${bt.walSyncs} WAL syncs for ${bt.writes4k} awaited writes (batchBlocks=${DEFAULT_TUNABLES.batchBlocks} implies ~${Math.round(want)}): a tight write loop defers the group commit, so the loss window is not bounded by batchMs for library callers`);
+    }
+  }
+  checks.push(`steady state: ${f1(alloc.arrayBufferBytesPerBlock)} ArrayBuffer bytes and ${f1(alloc.heapBytesPerBlock)} JS heap bytes allocated per block (a 4 KiB block copy would be 4096)`);
+  checks.push(`peak RSS ${f1(rss.peakRssMiB)} MiB while writing ${Math.round(rss.bytesWritten / MiB)} MiB (bound by configuration: ${f1(rss.configuredBoundMiB)} MiB of buffers + index + runtime)`);
+  md.push('\n' + checks.map((c) => `- ${c}`).join('\n'));
+  const text = md.join('\n');
+  process.stdout.write(text + '\n');
+
+  const res = {
+    meta: { date: started.toISOString(), command: `npm run bench:engine -- ${process.argv.slice(2).join(' ')}`.trim(), cpus: os.cpus().length, kernel: os.release(), node: process.version, seconds, delays, relaxedEvery: argv['relaxed-every'], tunables: DEFAULT_TUNABLES },
+    throughput: tp, slowDevice: slow, allocation: alloc, peakRss: rss, checks,
+  };
+  const stamp = started.toISOString().replace(/[:]/g, '-').replace(/\..*/, 'Z');
+  fs.mkdirSync(argv.out, { recursive: true });
+  fs.writeFileSync(path.join(argv.out, `engine-${stamp}.json`), JSON.stringify(res, null, 2) + '\n');
+  fs.writeFileSync(path.join(argv.out, 'engine-latest.json'), JSON.stringify(res, null, 2) + '\n');
+  fs.writeFileSync(path.join(argv.out, 'engine-latest.md'), text + '\n');
+  process.stdout.write(`\nsaved ${path.join(argv.out, `engine-${stamp}.json`)}, engine-latest.json, engine-latest.md\n`);
+}
+
+main().catch((err: unknown) => {
+  log(`engine bench failed: ${(err as Error).stack ?? String(err)}`);
+  process.exitCode = 1;
+});
