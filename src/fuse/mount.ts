@@ -16,7 +16,7 @@
  */
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { VbfsError } from '../errors';
+import { VbfsError, isVbfsError } from '../errors';
 import type { Logger, VolumeOpenOptions } from '../store/types';
 import {
   checkFuseAvailable,
@@ -24,6 +24,8 @@ import {
   isVbfsMount,
   loopDevicesUnder,
   loopRefusal,
+  pidAlive,
+  sleep,
   statErrno,
   unmountPath,
 } from './system';
@@ -108,6 +110,27 @@ export async function recoverStaleMount(mountpoint: string, log: Logger): Promis
   return true;
 }
 
+/**
+ * Open every volume. A volume lock held by a process that was just killed (kill -9
+ * of the previous mount) stays "held" until the kernel has finished tearing that
+ * process down and its parent has reaped it (a zombie still answers kill(pid, 0)):
+ * wait for such a holder for a few seconds instead of failing the remount.
+ */
+async function openAllRetryingDeadHolders(fs: VolumeFs, log: Logger, waitMs = 10_000): Promise<void> {
+  const deadline = Date.now() + waitMs;
+  for (;;) {
+    try {
+      return await fs.openAll();
+    } catch (err) {
+      const holder = isVbfsError(err, 'VBFS_LOCKED') ? err.details['pid'] : undefined;
+      const dying = typeof holder === 'number' && holder !== process.pid && !pidAlive(holder);
+      if (!dying || Date.now() > deadline) throw err;
+      log.info(`waiting for the lock holder ${holder} (exited) to be reaped`);
+      await sleep(200);
+    }
+  }
+}
+
 export class StoreMount {
   readonly mountpoint: string;
   readonly fs: VolumeFs;
@@ -148,7 +171,7 @@ export class StoreMount {
     });
     if (!st.isDirectory()) throw new VbfsError('VBFS_INVALID_ARGUMENT', `mountpoint ${mnt} is not a directory`);
 
-    await m.fs.openAll();
+    await openAllRetryingDeadHolders(m.fs, m.log);
     const fuse = new Fuse(mnt, m.fs.ops(), {
       fsname: fsnameFor(opts.storeDir),
       subtype: 'vbfs',
