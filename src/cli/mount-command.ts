@@ -249,8 +249,15 @@ export async function runUnmount(ctx: CliContext, args: UnmountArgs): Promise<nu
   const rec = await readMountRecord(storeDir);
   const pid = rec && rec.mountpoint === mnt ? rec.pid : null;
 
-  const loops = await loopDevicesUnder(mnt);
-  if (loops.length && !args.force) throw loopRefusal(mnt, loops);
+  if (!args.force) {
+    // `losetup -d` returns before the kernel lets go of the file: give it a moment.
+    let loops = await loopDevicesUnder(mnt);
+    for (let i = 0; loops.length && i < 20; i++) {
+      await sleep(100);
+      loops = await loopDevicesUnder(mnt);
+    }
+    if (loops.length) throw loopRefusal(mnt, loops);
+  }
 
   if ((await statErrno(mnt)) === 'ENOTCONN' || pid === null) {
     // Stale (its process died) or a process we cannot find: just take the mount away.
