@@ -138,7 +138,7 @@ describe('vbfs argument parsing', () => {
 
   it('rewrites the mount.fuse form into a daemon mount', () => {
     assert.deepEqual(rewriteArgv(['/var/lib/vbfs', '/mnt/v', '-o', 'rw,_netdev,allow_other,durability=strict']), [
-      'mount', '/mnt/v', '--store', '/var/lib/vbfs', '--daemon', '--allow-other', '--durability', 'strict',
+      'mount', '/mnt/v', '--store', '/var/lib/vbfs', '--daemon', '--allow-other', '--durability', 'strict', '--quiet',
     ]);
     assert.deepEqual(rewriteArgv(['list', '--json']), ['list', '--json']);
     assert.deepEqual(rewriteArgv(['typo']), ['typo']); // left to the parser: "Unknown argument"

@@ -53,6 +53,8 @@ export function rewriteArgv(argv: string[]): string[] | 'fake' {
   if (flags.logFile) out.push('--log-file', flags.logFile);
   if (flags.logLevel) out.push('--log-level', flags.logLevel);
   else if (form.verbose) out.push('--log-level', 'info');
+  // mount(8) helpers are silent on success unless asked to be verbose.
+  if (!form.verbose) out.push('--quiet');
   return out;
 }
 
@@ -177,7 +179,8 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
             .option('default-permissions', { type: 'boolean', default: false })
             .option('o', { type: 'string', array: true, describe: 'mount options: ro,allow_other,durability=MODE,...' })
             .option('timeout', { type: 'number', default: 120, describe: '--daemon: seconds to wait for the mount to be ready' })
-            .option('debug-fuse', { type: 'boolean', default: false, hidden: true }),
+            .option('debug-fuse', { type: 'boolean', default: false, hidden: true })
+            .option('quiet', { alias: 'q', type: 'boolean', default: false, describe: 'print nothing on success' }),
         async (a) => {
           commandRan = true;
           const flags = mountOptionsFrom(a as never);
@@ -187,7 +190,9 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
             if (!(LOG_LEVELS as readonly string[]).includes(flags.logLevel)) throw new UsageError(`invalid log_level '${flags.logLevel}'`);
             g['log-level'] = flags.logLevel as LogLevel;
           }
-          status = await runMount(context(g), {
+          const ctx = context(g);
+          if (a.quiet) ctx.out = () => undefined;
+          status = await runMount(ctx, {
             ...flags,
             mountpoint: a.mountpoint,
             daemon: a.daemon,

@@ -296,7 +296,10 @@ export class VolumeFs {
             const writable = (flags & O_ACCMODE) !== constants.O_RDONLY;
             if (path === '/' + STATS_NAME) {
               if (writable) throw errno.EACCES;
-              return this.addHandle({ kind: 'stats', name: STATS_NAME, vol: null, writable: false, statsText: Buffer.from(this.statsText()), deferredError: 0 });
+              const h: Handle = { kind: 'stats', name: STATS_NAME, vol: null, writable: false, statsText: null, deferredError: 0 };
+              const fd = this.addHandle(h);
+              h.statsText = Buffer.from(this.statsText());
+              return fd;
             }
             if (!this.accepting) throw errno.EBUSY;
             const e = await this.lookup(path);
