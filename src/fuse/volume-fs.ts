@@ -488,26 +488,32 @@ export class VolumeFs {
     );
   }
 
+  /**
+   * The numbers of the filesystem holding the store: volumes are thin (sparse), so
+   * the sum of their sizes says nothing about space; where the data really goes, and
+   * how much room is left there, does. `vbfs list` shows the volume sizes.
+   */
   private async statfs(): Promise<FuseStatfs> {
-    const total = [...this.volumes.values()].reduce((s, e) => s + e.vol.size, 0);
+    let total = 0;
     let free = 0;
+    let avail = 0;
     try {
       const st = await fsp.statfs(this.storeDir);
-      free = st.bavail * st.bsize;
+      total = st.blocks * st.bsize;
+      free = st.bfree * st.bsize;
+      avail = st.bavail * st.bsize;
     } catch {
-      free = 0;
+      // store directory unreadable: report an empty filesystem rather than fail df
     }
     // statfs counts are 32-bit in fuse-native: grow the fragment size until they fit.
     let frsize = 4096;
-    while (Math.max(total, free) / frsize >= 2 ** 32 - 1) frsize *= 2;
-    const blocks = Math.floor(total / frsize);
-    const avail = Math.min(blocks, Math.floor(free / frsize));
+    while (total / frsize >= 2 ** 32 - 1) frsize *= 2;
     return {
       bsize: 131072,
       frsize,
-      blocks,
-      bfree: avail,
-      bavail: avail,
+      blocks: Math.floor(total / frsize),
+      bfree: Math.floor(free / frsize),
+      bavail: Math.floor(avail / frsize),
       files: this.volumes.size + 1,
       ffree: 0,
       favail: 0,
