@@ -266,13 +266,37 @@ describe('FUSE mount of a real store (bin/vbfs)', function () {
     assert.equal(await sha256File(path.join(mnt, 'strict'), 5 * MiB, b.length), sha256(b));
   });
 
-  it('SIGTERM to a foreground mount flushes, unmounts and exits 0', async () => {
+  it('an open volume file makes unmount fail with "busy" and stay mounted', async () => {
+    const fh = await fsp.open(path.join(mnt, 'fio'), 'r');
+    try {
+      const r = await vbfs(['unmount', mnt], store);
+      assert.equal(r.code, 1);
+      assert.match(r.stderr, /busy/);
+      assert.ok(await isMounted(mnt));
+      await fh.read(Buffer.alloc(4096), 0, 4096, 0); // still served
+    } finally {
+      await fh.close();
+    }
+  });
+
+  it('SIGTERM while a loop device is attached is refused; after losetup -d it flushes, unmounts, exits 0', async () => {
     await unmount();
     const fg = spawnForegroundMount(store, mnt);
     foreground.push(fg);
     await waitFor('foreground mount', async () => (await isMounted(mnt)) && (await fsp.stat(path.join(mnt, 'disk')).then(() => true, () => false)));
     const data = randomBytes(MiB);
-    await fsp.writeFile(path.join(mnt, 'disk'), data, { flag: 'r+' }); // no fsync: close() must flush
+    await fsp.writeFile(path.join(mnt, 'disk'), data, { flag: 'r+' }); // no fsync: the clean shutdown must keep it
+
+    const loop = (await must('losetup', ['-f', '--show', path.join(mnt, 'strict')])).trim();
+    try {
+      fg.child.kill('SIGTERM');
+      await waitFor('the refusal in the log', async () => fg.output().includes(loop), 10_000);
+      assert.ok(await isMounted(mnt), 'still mounted while the loop device is attached');
+      assert.equal(fg.child.exitCode, null, 'still serving');
+    } finally {
+      await run('losetup', ['-d', loop]);
+    }
+    await waitFor('loop device to detach', async () => (await loopsUnder(mnt)).length === 0, 10_000);
     fg.child.kill('SIGTERM');
     assert.equal(await fg.exited, 0, fg.output());
     assert.equal(await isMounted(mnt), false);
