@@ -22,7 +22,7 @@ export interface StatsSource {
 export interface MountCounters {
   uptimeSeconds: number;
   openHandles: number;
-  fuseErrors: number; // errors returned to the kernel by our handlers
+  fuseErrors: number; // engine errors our handlers returned to the kernel (not ENOENT lookups)
 }
 
 function snake(key: string): string {

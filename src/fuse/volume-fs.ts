@@ -221,8 +221,10 @@ export class VolumeFs {
       (err: unknown) => {
         this.inflight.delete(id);
         const n = typeof err === 'number' ? err : toErrno(err);
-        this.fuseErrors++;
         if (typeof err !== 'number') {
+          // Counted and logged: engine failures. Not counted: deliberate answers
+          // such as ENOENT for a lookup of a name that is not a volume.
+          this.fuseErrors++;
           this.log.warn(`${op} ${path} failed: ${(err as Error)?.message ?? String(err)}`, {
             op,
             path,
