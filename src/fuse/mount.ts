@@ -114,16 +114,17 @@ export async function recoverStaleMount(mountpoint: string, log: Logger): Promis
  * Open every volume. A volume lock held by a process that was just killed (kill -9
  * of the previous mount) stays "held" until the kernel has finished tearing that
  * process down and its parent has reaped it (a zombie still answers kill(pid, 0)):
- * wait for such a holder for a few seconds instead of failing the remount.
+ * wait for such a holder for a few seconds instead of failing the remount. After
+ * cleaning up a stale mount, any holder is presumed to be its dying process.
  */
-async function openAllRetryingDeadHolders(fs: VolumeFs, log: Logger, waitMs = 10_000): Promise<void> {
+async function openAllRetryingDeadHolders(fs: VolumeFs, log: Logger, afterStaleMount: boolean, waitMs = 10_000): Promise<void> {
   const deadline = Date.now() + waitMs;
   for (;;) {
     try {
       return await fs.openAll();
     } catch (err) {
       const holder = isVbfsError(err, 'VBFS_LOCKED') ? err.details['pid'] : undefined;
-      const dying = typeof holder === 'number' && holder !== process.pid && !pidAlive(holder);
+      const dying = typeof holder === 'number' && holder !== process.pid && (afterStaleMount || !pidAlive(holder));
       if (!dying || Date.now() > deadline) throw err;
       log.info(`waiting for the lock holder ${holder} (exited) to be reaped`);
       await sleep(200);
@@ -134,7 +135,6 @@ async function openAllRetryingDeadHolders(fs: VolumeFs, log: Logger, waitMs = 10
 export class StoreMount {
   readonly mountpoint: string;
   readonly fs: VolumeFs;
-  private readonly opts: MountOptions;
   private readonly log: Logger;
   private watchTimer: NodeJS.Timeout | null = null;
   private shutdownPromise: Promise<void> | null = null;
@@ -146,7 +146,6 @@ export class StoreMount {
   readonly closed: Promise<Error | null>;
 
   private constructor(opts: MountOptions) {
-    this.opts = opts;
     this.mountpoint = path.resolve(opts.mountpoint);
     this.log = opts.logger;
     this.fs = new VolumeFs({
@@ -165,13 +164,13 @@ export class StoreMount {
     const m = new StoreMount(opts);
     const mnt = m.mountpoint;
 
-    await recoverStaleMount(mnt, m.log);
+    const hadStaleMount = await recoverStaleMount(mnt, m.log);
     const st = await fsp.stat(mnt).catch((err: NodeJS.ErrnoException) => {
       throw new VbfsError('VBFS_NOT_FOUND', `mountpoint ${mnt} does not exist (mkdir -p ${mnt})`, { errno: err.code });
     });
     if (!st.isDirectory()) throw new VbfsError('VBFS_INVALID_ARGUMENT', `mountpoint ${mnt} is not a directory`);
 
-    await openAllRetryingDeadHolders(m.fs, m.log);
+    await openAllRetryingDeadHolders(m.fs, m.log, hadStaleMount);
     const fuse = new Fuse(mnt, m.fs.ops(), {
       fsname: fsnameFor(opts.storeDir),
       subtype: 'vbfs',
