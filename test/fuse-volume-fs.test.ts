@@ -130,4 +130,13 @@ describe('volume-fs handlers (driven without a kernel)', function () {
     assert.equal(st!.size, 1024 * 1024);
     await assert.rejects(store.deleteVolume('later'), { code: 'VBFS_BUSY' });
   });
+
+  it('can retry openAll after a failed attempt (locked volume), as a remount after kill -9 does', async () => {
+    const second = new VolumeFs({ store, storeDir: dir, logger: silentLogger });
+    await assert.rejects(second.openAll(), { code: 'VBFS_LOCKED' });
+    await vfs.closeVolumes(); // the holder goes away
+    await second.openAll();
+    assert.deepEqual(second.openVolumes().map((v) => v.name).sort(), ['a', 'later']);
+    await second.closeVolumes();
+  });
 });

@@ -82,6 +82,7 @@ export class VolumeFs {
 
   /** Open every volume of the store up front; they stay open (locked) until close(). */
   async openAll(): Promise<void> {
+    this.closed = false; // a failed attempt closed what it had opened; this is a new one
     await this.rescan(true);
     try {
       for (const name of this.knownNames) {
