@@ -266,7 +266,7 @@ describe('FUSE mount of a real store (bin/vbfs)', function () {
     assert.equal(await sha256File(path.join(mnt, 'strict'), 5 * MiB, b.length), sha256(b));
   });
 
-  it('an open volume file makes unmount fail with "busy" and stay mounted', async () => {
+  it('an open volume file makes unmount fail with "busy" and stay mounted; --force detaches it', async () => {
     const fh = await fsp.open(path.join(mnt, 'fio'), 'r');
     try {
       const r = await vbfs(['unmount', mnt], store);
@@ -274,9 +274,15 @@ describe('FUSE mount of a real store (bin/vbfs)', function () {
       assert.match(r.stderr, /busy/);
       assert.ok(await isMounted(mnt));
       await fh.read(Buffer.alloc(4096), 0, 4096, 0); // still served
+
+      const forced = await vbfs(['unmount', mnt, '--force'], store);
+      assert.equal(forced.code, 0, forced.stderr);
+      assert.equal(await isMounted(mnt), false);
+      await assert.rejects(fh.read(Buffer.alloc(4096), 0, 4096, 100 * MiB)); // the process is gone (not in page cache)
     } finally {
-      await fh.close();
+      await fh.close().catch(() => undefined);
     }
+    await mountDaemon();
   });
 
   it('SIGTERM while a loop device is attached is refused; after losetup -d it flushes, unmounts, exits 0', async () => {
