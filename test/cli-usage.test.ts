@@ -14,7 +14,7 @@ import { parseMountFuseForm, parseMountOptions } from '../src/cli/mount-options'
 import { formatSize, parseSize } from '../src/cli/size';
 import { ERRNO_BY_CODE, toErrno } from '../src/fuse/errno';
 import { parseStats, renderStats } from '../src/fuse/stats-file';
-import { fsnameFor } from '../src/fuse/mount';
+import { fsnameFor, loadFuse } from '../src/fuse/mount';
 import { loopDevicesUnder, parseMountInfo, storeFromMount } from '../src/fuse/system';
 import { tmpDir, vbfs } from './helpers/fuse-env';
 
@@ -180,6 +180,18 @@ describe('vbfs argument parsing', () => {
 });
 
 describe('mount table, loop devices, .stats text', () => {
+  it('names the Debian package when libfuse.so.2 is missing', () => {
+    const missing = (): never => {
+      throw new Error('libfuse.so.2: cannot open shared object file: No such file or directory');
+    };
+    assert.throws(() => loadFuse(missing), (err: Error) => {
+      assert.equal((err as VbfsError).code, 'VBFS_IO');
+      assert.match(err.message, /install the Debian package 'libfuse2'/);
+      assert.doesNotMatch(err.message, /\n/);
+      return true;
+    });
+  });
+
   it('parses /proc/self/mountinfo lines, with escaped spaces', () => {
     const text =
       '44 27 0:41 / /tmp/m\\0401 rw,nosuid,nodev,relatime - fuse.vbfs vbfs:/var/lib/vbfs rw,user_id=0,group_id=0\n' +

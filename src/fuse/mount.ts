@@ -56,10 +56,9 @@ interface FuseInstance {
 type FuseConstructor = new (mnt: string, ops: FuseOps, opts: Record<string, unknown>) => FuseInstance;
 
 /** Load fuse-native, turning "libfuse.so.2: cannot open shared object" into one clear line. */
-export function loadFuse(): FuseConstructor {
+export function loadFuse(load: (id: string) => unknown = require): FuseConstructor {
   try {
-    // eslint-disable-next-line @typescript-eslint/no-var-requires
-    return require('fuse-native') as FuseConstructor;
+    return load('fuse-native') as FuseConstructor;
   } catch (err) {
     const msg = (err as Error).message ?? String(err);
     if (/libfuse\.so/.test(msg)) {
