@@ -339,7 +339,7 @@ export class VolumeFs {
           (data) => {
             // Copy into the kernel's buffer before cb: fuse-native detaches it on cb.
             const got = Math.min(n, data.length);
-            Buffer.from(data.buffer, data.byteOffset, got).copy(buf, 0, 0, got);
+            data.copy(buf, 0, 0, got);
             cb(got);
           },
           (e) => cb(e),
