@@ -25,6 +25,9 @@ export class Arena {
   /** Block number and sequence number of the version each slot holds. */
   blockOf: Float64Array;
   seqOf: Float64Array;
+  /** CRC of the raw block record of this version, when known (rawCrcOk = 1). */
+  rawCrc: Uint32Array;
+  rawCrcOk: Uint8Array;
   used = 0;
 
   constructor(readonly slotSize: number, readonly capSlots: number) {
@@ -34,6 +37,8 @@ export class Arena {
     this.released = new Uint8Array(capSlots);
     this.blockOf = new Float64Array(capSlots);
     this.seqOf = new Float64Array(capSlots);
+    this.rawCrc = new Uint32Array(capSlots);
+    this.rawCrcOk = new Uint8Array(capSlots);
   }
 
   get capacity(): number {
@@ -76,6 +81,8 @@ export class Arena {
     this.released = widen(this.released, new Uint8Array(n));
     this.blockOf = widen(this.blockOf, new Float64Array(n));
     this.seqOf = widen(this.seqOf, new Float64Array(n));
+    this.rawCrc = widen(this.rawCrc, new Uint32Array(n));
+    this.rawCrcOk = widen(this.rawCrcOk, new Uint8Array(n));
     return this.alloc();
   }
 
@@ -154,7 +161,7 @@ export class Arena {
   }
 }
 
-function widen<T extends Uint8Array | Float64Array>(from: T, to: T): T {
+function widen<T extends Uint8Array | Uint32Array | Float64Array>(from: T, to: T): T {
   to.set(from);
   return to;
 }

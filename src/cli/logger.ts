@@ -23,9 +23,11 @@ export interface LoggerOptions {
 
 export function createCliLogger(opts: LoggerOptions): CliLogger {
   const transports: winston.transport[] = [];
+  const fileLevel: LogLevel = opts.level === 'debug' ? 'debug' : 'info';
   if (opts.console !== false) {
     transports.push(
       new winston.transports.Console({
+        level: opts.level,
         stderrLevels: [...LOG_LEVELS],
         format: winston.format.printf((info) => {
           const { level, message, stack, ...meta } = info as winston.Logform.TransformableInfo & { stack?: string };
@@ -44,13 +46,16 @@ export function createCliLogger(opts: LoggerOptions): CliLogger {
   if (opts.file) {
     transports.push(
       new winston.transports.File({
+        // A log file is read after the fact: keep at least the info events there
+        // (mounted, volumes opened/closed, unmounted) whatever stderr shows.
+        level: fileLevel,
         filename: opts.file,
         format: winston.format.combine(winston.format.timestamp(), winston.format.json()),
       }),
     );
   }
   const w = winston.createLogger({
-    level: opts.level,
+    level: opts.file ? fileLevel : opts.level,
     levels: { error: 0, warn: 1, info: 2, debug: 3 },
     transports,
     exitOnError: false,

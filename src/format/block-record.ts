@@ -54,6 +54,34 @@ export function encodeRecord(
   return end;
 }
 
+/**
+ * Like encodeRecord, with the CRC already known: the WAL record of the same
+ * version has the same header fields and payload, so the flusher reuses its CRC
+ * instead of checksumming every block a second time.
+ */
+export function encodeRecordWithCrc(
+  buf: Uint8Array,
+  off: number,
+  crc: number,
+  seq: number,
+  block: number,
+  flags: number,
+  rawLen: number,
+  payload: Uint8Array,
+  pStart: number,
+  pEnd: number,
+): number {
+  const len = pEnd - pStart;
+  writeU32(buf, off, crc);
+  writeU32(buf, off + 4, len);
+  writeU64(buf, off + 8, seq);
+  writeU64(buf, off + 16, block);
+  writeU32(buf, off + 24, flags);
+  writeU32(buf, off + 28, rawLen);
+  copyBytes(payload, buf, off + RECORD_HEADER, pStart, pEnd);
+  return off + RECORD_HEADER + len;
+}
+
 export type RecordCheck =
   | { ok: true; header: RecordHeader; end: number }
   | { ok: false; reason: 'short' | 'zero' | 'bad-length' | 'bad-crc' };

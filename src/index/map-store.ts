@@ -158,9 +158,9 @@ export class MapStore {
     this.logBytes += off;
   }
 
-  /** Durably record where the blocks of one chunk now live (a 'C' payload from allocCommit). */
-  async commit(payload: Buffer): Promise<void> {
-    const frame = encodeFrame(payload);
+  /** Durably record where the blocks of some chunks now live ('C' payloads from allocCommit): one write, one fdatasync. */
+  async commit(payloads: Buffer[]): Promise<void> {
+    const frame = Buffer.concat(payloads.map((p) => encodeFrame(p)));
     if (!this.fd) await this.openLog();
     const fd = this.fd as FileHandle;
     await fd.write(frame, this.pos);

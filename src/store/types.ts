@@ -58,7 +58,7 @@ export interface VolumeTunables {
   writeBufferBytes: number; // cap on Hot+Pending data in memory; writers wait above it (default 256 MiB)
   flushBytes: number; // start a background flush when this much is pending (default 32 MiB)
   flushIntervalMs: number; // flush pending data at least this often (default 5000)
-  batchBlocks: number; // batched mode: sync after this many unsynced blocks (default 256)
+  batchBlocks: number; // batched mode: start a sync after this many unsynced blocks; writers wait at twice that (default 1024)
   batchMs: number; // batched mode: sync at most this long after a write (default 5)
   cacheBytes: number; // read cache size (default 64 MiB)
   checkpointBytes: number; // write a checkpoint when the map log exceeds this (default 16 MiB)

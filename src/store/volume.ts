@@ -4,7 +4,7 @@ import { Arena } from '../arena/arena';
 import type { Backend } from '../backend/backend';
 import { BlockCache } from '../cache/block-cache';
 import { chunkKey, chunkPrefix, decodeChunkHeader, encodeChunkHeader, parseChunkKey, verifyChunkRecord } from '../chunk/chunk';
-import { encodeRecord, FLAG_LZ4, RECORD_HEADER } from '../format/block-record';
+import { encodeRecord, encodeRecordWithCrc, FLAG_LZ4, RECORD_HEADER } from '../format/block-record';
 import { allocCommit, commitEntryOffset, writeLocation } from '../format/map-records';
 import { SEGMENT_HEADER } from '../format/segment-header';
 import { BlockIndex, CACHED, EMPTY, HOT, PENDING, PERSISTED, type BlockState } from '../index/block-index';
@@ -25,7 +25,7 @@ export const DEFAULT_TUNABLES: VolumeTunables = {
   writeBufferBytes: 256 * MiB,
   flushBytes: 32 * MiB,
   flushIntervalMs: 5000,
-  batchBlocks: 256,
+  batchBlocks: 1024,
   batchMs: 5,
   cacheBytes: 64 * MiB,
   checkpointBytes: 16 * MiB,
@@ -34,6 +34,8 @@ export const DEFAULT_TUNABLES: VolumeTunables = {
 
 /** One batch buffer of the WAL: records accumulate here between write() calls. */
 const WAL_BUFFER_BYTES = 1 * MiB;
+/** Chunk objects written in parallel per flush wave (one map commit per wave). */
+const FLUSH_WAVE = 4;
 /** Chunk building yields to the event loop after this many records. */
 const BUILD_SLICE = 128;
 
@@ -73,6 +75,7 @@ export class Volume {
   private writeTail: Promise<void> | null = null;
   private flushRun: Promise<void> | null = null;
   private flushAgain = false;
+  private noMoreKicks = false;
   private batchTimer: NodeJS.Timeout | null = null;
   private flushTimer: NodeJS.Timeout | null = null;
   private readsInFlight = 0;
@@ -166,6 +169,8 @@ export class Volume {
       const slot = this.arena.allocForce();
       if (h.flags & FLAG_LZ4) this.arena.copyIn(slot, lz4UncompressSync(buf.subarray(off, off + h.len)), 0);
       else this.arena.copyIn(slot, buf, off);
+      this.arena.rawCrc[slot] = buf.readUInt32LE(off - RECORD_HEADER);
+      this.arena.rawCrcOk[slot] = h.flags & FLAG_LZ4 ? 0 : 1;
       this.arena.blockOf[slot] = h.block;
       this.arena.seqOf[slot] = h.seq;
       this.arena.release(this.index.setHot(h.block, slot, true));
@@ -219,7 +224,20 @@ export class Volume {
     this.writeTail = mine;
     await mine;
     if (this.durability === 'strict') await this.syncWal();
-    else if (this.durability === 'batched') this.scheduleBatchSync();
+    else if (this.durability === 'batched') await this.batchedCommit();
+  }
+
+  /**
+   * Batched mode: a group commit starts every `batchBlocks` blocks or `batchMs`
+   * after a write, and the writer does not wait for it. But a writer that runs
+   * ahead of the disk by twice the batch waits for the commit in flight, so the
+   * loss window stays bounded by blocks even when timers cannot fire (a busy event
+   * loop) and by time when they can.
+   */
+  private async batchedCommit(): Promise<void> {
+    const wal = this.wal as WalWriter;
+    if (wal.unsyncedBytes >= 2 * this.t.batchBlocks * (RECORD_HEADER + this.blockSize)) await this.syncWal();
+    else this.scheduleBatchSync();
   }
 
   private async apply(offset: number, data: Uint8Array): Promise<void> {
@@ -263,10 +281,12 @@ export class Volume {
       const c = lz4CompressSync(slab.subarray(o, o + this.blockSize));
       if (c.length < (this.blockSize * 9) / 10) {
         wal.append(seq, block, FLAG_LZ4, this.blockSize, c, 0, c.length);
+        this.arena.rawCrcOk[slot] = 0;
         return;
       }
     }
-    wal.append(seq, block, 0, this.blockSize, slab, o, o + this.blockSize);
+    this.arena.rawCrc[slot] = wal.append(seq, block, 0, this.blockSize, slab, o, o + this.blockSize);
+    this.arena.rawCrcOk[slot] = 1;
   }
 
   private async waitForSlot(): Promise<number> {
@@ -290,7 +310,8 @@ export class Volume {
   }
 
   private backgroundSync(): void {
-    this.syncWal().catch(() => undefined);
+    // A failure poisons the WAL; the next write or fsync reports it.
+    (this.wal as WalWriter).kickSync();
   }
 
   private async syncWal(): Promise<void> {
@@ -457,36 +478,42 @@ export class Volume {
 
   // ---------------------------------------------------------------- flush path
 
+  /** Start a background flush, or ask the running one to go again when it ends. */
   private kickFlush(): void {
-    if (this.readOnly || this.closed || this.failed) return;
+    if (this.readOnly || this.closed || this.noMoreKicks || this.failed) return;
     if (this.flushRun) {
       this.flushAgain = true;
       return;
     }
-    this.flushRun = this.flushOnce()
-      .catch((err) => {
-        this.fail(err);
-      })
-      .finally(() => {
-        this.flushRun = null;
-        if (this.flushAgain || this.arena.used * this.blockSize >= this.t.flushBytes) {
-          this.flushAgain = false;
-          if (this.arena.used > 0) this.kickFlush();
-        }
-      });
+    this.startFlush().catch((err) => {
+      this.fail(err);
+    });
+  }
+
+  /**
+   * Every flush goes through here, whoever started it (size, timer, backpressure,
+   * flush(), close()), so a request that arrived while one was running is never
+   * dropped: when it ends, it goes again if asked or if enough is pending.
+   */
+  private startFlush(): Promise<void> {
+    const run = this.flushOnce().finally(() => {
+      this.flushRun = null;
+      const again = this.flushAgain || this.arena.used * this.blockSize >= this.t.flushBytes || this.arena.full;
+      this.flushAgain = false;
+      if (again && this.arena.used > 0) this.kickFlush();
+    });
+    this.flushRun = run;
+    return run;
   }
 
   /** Pack everything written so far into chunk objects (waits for a running flush first). */
   async flush(): Promise<void> {
     this.checkWritable();
     if (this.writeTail) await this.writeTail.catch(() => undefined);
-    while (this.flushRun) await this.flushRun;
+    while (this.flushRun) await this.flushRun.catch(() => undefined);
     this.checkWritable();
-    this.flushRun = this.flushOnce().finally(() => {
-      this.flushRun = null;
-    });
     try {
-      await this.flushRun;
+      await this.startFlush();
     } catch (err) {
       throw this.fail(err);
     }
@@ -510,7 +537,12 @@ export class Volume {
     try {
       // Group by raw size: compressed records are never larger, so a group never overflows a chunk.
       const perChunk = Math.max(1, Math.floor((this.t.chunkBytes - SEGMENT_HEADER) / (RECORD_HEADER + this.blockSize)));
-      for (let i = 0; i < entries.length; i += perChunk) await this.writeChunk(entries.slice(i, i + perChunk));
+      const perWave = perChunk * FLUSH_WAVE;
+      for (let i = 0; i < entries.length; i += perWave) {
+        const wave: number[][] = [];
+        for (let k = i; k < Math.min(entries.length, i + perWave); k += perChunk) wave.push(entries.slice(k, Math.min(k + perChunk, i + perWave)));
+        await this.writeWave(wave);
+      }
     } finally {
       for (const slot of entries) this.arena.unpin(slot);
     }
@@ -537,11 +569,50 @@ export class Volume {
   }
 
   /**
-   * Write one chunk object from pinned arena slots (sorted by block), then commit
-   * the new locations. Records are encoded straight from the arena into the chunk
-   * buffer and the commit payload: no per-block objects.
+   * Write a wave of chunk objects in parallel (their fdatasyncs overlap), then
+   * commit all their locations with one map log write + fdatasync, then point the
+   * index at them. A crash before the commit leaves orphan chunks, which recovery
+   * deletes; the WAL still holds their data.
    */
-  private async writeChunk(slots: number[]): Promise<void> {
+  private async writeWave(groups: number[][]): Promise<void> {
+    const built: { id: number; buf: Buffer; commit: Buffer; slots: number[] }[] = [];
+    for (const slots of groups) built.push(await this.buildChunk(slots));
+    await Promise.all(
+      built.map(async (c) => {
+        await this.ctx.failpoint('flush:beforeChunkWrite');
+        await this.ctx.backend.put(chunkKey(this.info.id, c.id), c.buf);
+        await this.ctx.failpoint('flush:afterChunkWrite');
+      }),
+    );
+    await this.map.commit(built.map((c) => c.commit));
+    await this.ctx.failpoint('flush:afterMapCommit');
+    const a = this.arena;
+    for (const c of built) {
+      for (let k = 0; k < c.slots.length; k++) {
+        const at = commitEntryOffset(k);
+        const slot = c.slots[k] as number;
+        const off = c.commit.readUInt32LE(at + 20);
+        const len = c.commit.readUInt32LE(at + 24);
+        const flags = c.commit.readUInt32LE(at + 28);
+        if (this.index.setPersisted(a.blockOf[slot] as number, a.seqOf[slot] as number, c.id, off, len, flags, slot)) a.release(slot);
+      }
+      this.s.chunkFlushes++;
+      this.s.flushedBytes += c.buf.length;
+    }
+    for (const [cid, refs] of this.index.chunkRefs) {
+      if (refs === 0) {
+        this.index.chunkRefs.delete(cid);
+        this.deadChunks.push(cid);
+      }
+    }
+  }
+
+  /**
+   * Encode one chunk object from pinned arena slots (sorted by block) and its
+   * commit payload: records go straight from the arena into the chunk buffer, no
+   * per-block objects, and a raw record reuses the CRC of its WAL record.
+   */
+  private async buildChunk(slots: number[]): Promise<{ id: number; buf: Buffer; commit: Buffer; slots: number[] }> {
     const a = this.arena;
     const bs = this.blockSize;
     const n = slots.length;
@@ -569,33 +640,17 @@ export class Volume {
       const seq = a.seqOf[slot] as number;
       if (seq > maxSeq) maxSeq = seq;
       const c = packed?.[k];
-      const end = c ? encodeRecord(buf, pos, seq, block, FLAG_LZ4, bs, c) : encodeRecord(buf, pos, seq, block, 0, bs, a.slab(slot), a.offset(slot), a.offset(slot) + bs);
+      const o = a.offset(slot);
+      const end = c
+        ? encodeRecord(buf, pos, seq, block, FLAG_LZ4, bs, c)
+        : a.rawCrcOk[slot]
+          ? encodeRecordWithCrc(buf, pos, a.rawCrc[slot] as number, seq, block, 0, bs, a.slab(slot), o, o + bs)
+          : encodeRecord(buf, pos, seq, block, 0, bs, a.slab(slot), o, o + bs);
       writeLocation(commit, commitEntryOffset(k), block, seq, id, pos, end - pos - RECORD_HEADER, c ? FLAG_LZ4 : 0);
       pos = end;
     }
     encodeChunkHeader(buf, this.info.id, bs, id, n, maxSeq);
-    const key = chunkKey(this.info.id, id);
-    await this.ctx.failpoint('flush:beforeChunkWrite');
-    await this.ctx.backend.put(key, buf);
-    await this.ctx.failpoint('flush:afterChunkWrite');
-    await this.map.commit(commit);
-    await this.ctx.failpoint('flush:afterMapCommit');
-    for (let k = 0; k < n; k++) {
-      const at = commitEntryOffset(k);
-      const slot = slots[k] as number;
-      const off = commit.readUInt32LE(at + 20);
-      const len = commit.readUInt32LE(at + 24);
-      const flags = commit.readUInt32LE(at + 28);
-      if (this.index.setPersisted(a.blockOf[slot] as number, a.seqOf[slot] as number, id, off, len, flags, slot)) a.release(slot);
-    }
-    this.s.chunkFlushes++;
-    this.s.flushedBytes += buf.length;
-    for (const [cid, refs] of this.index.chunkRefs) {
-      if (refs === 0) {
-        this.index.chunkRefs.delete(cid);
-        this.deadChunks.push(cid);
-      }
-    }
+    return { id, buf, commit, slots };
   }
 
   /** Delete chunk objects no block points at any more, once no read may still be using them. */
@@ -625,13 +680,13 @@ export class Volume {
     if (this.batchTimer) clearTimeout(this.batchTimer);
     try {
       if (!this.readOnly && !this.failed) {
+        // Writers still queued may need background flushes to make room; after
+        // them, no new flush starts but the final one.
         if (this.writeTail) await this.writeTail.catch(() => undefined);
-        while (this.flushRun) await this.flushRun;
-        if (this.arena.used > 0) {
-          this.flushRun = this.flushOnce();
-          await this.flushRun;
-          this.flushRun = null;
-        }
+        this.noMoreKicks = true;
+        while (this.flushRun) await this.flushRun.catch(() => undefined);
+        if (this.failed) throw this.failed;
+        if (this.arena.used > 0) await this.startFlush();
         await this.syncWal();
         if (this.map.logBytes > 0) await this.checkpoint();
         this.processDeadChunks();
@@ -689,6 +744,8 @@ export class Volume {
     this.checkOpen();
     if (this.readOnly) throw new VbfsError('VBFS_READ_ONLY', `volume '${this.name}' is open read-only`);
     if (this.failed) throw this.failed;
+    const walError = this.wal?.error;
+    if (walError) throw this.fail(walError);
   }
 
   private checkRange(offset: number, length: number): void {

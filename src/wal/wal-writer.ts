@@ -72,6 +72,8 @@ export class WalWriter {
   private tail: Promise<unknown> = Promise.resolve();
   private waiters: SyncWaiter[] = [];
   private syncing = false;
+  /** A background sync was asked for up to this position (no waiter, no promise). */
+  private wantPos = 0;
   private failed: Error | null = null;
   private readonly segments: number[];
 
@@ -95,16 +97,24 @@ export class WalWriter {
     return this.appendedPos > this.durablePos;
   }
 
-  append(seq: number, block: number, flags: number, rawLen: number, payload: Uint8Array, pStart: number, pEnd: number): void {
+  /** Bytes appended but not yet covered by a completed fdatasync. */
+  get unsyncedBytes(): number {
+    return this.appendedPos - this.durablePos;
+  }
+
+  /** Append one record; returns its CRC (reusable for the chunk record of the same version). */
+  append(seq: number, block: number, flags: number, rawLen: number, payload: Uint8Array, pStart: number, pEnd: number): number {
     if (this.failed) throw this.failed;
     const recLen = RECORD_HEADER + (pEnd - pStart);
     if (this.segBytes + recLen > this.o.segmentBytes && this.segBytes > SEGMENT_HEADER) this.switchSegment();
     if (this.curLen + recLen > this.cur.length) this.seal();
-    this.curLen = encodeRecord(this.cur, this.curLen, seq, block, flags, rawLen, payload, pStart, pEnd);
+    const at = this.curLen;
+    this.curLen = encodeRecord(this.cur, at, seq, block, flags, rawLen, payload, pStart, pEnd);
     this.curLastSeq = seq;
     this.segBytes += recLen;
     this.appendedPos += recLen;
     this.unsyncedBlocks++;
+    return this.cur.readUInt32LE(at);
   }
 
   private switchSegment(): void {
@@ -205,11 +215,22 @@ export class WalWriter {
     });
   }
 
+  /**
+   * Start a sync of everything appended so far without waiting for it (batched
+   * mode's group commit timer, async mode's fsync). Costs nothing if one is
+   * already running: the running loop picks the new target up.
+   */
+  kickSync(): void {
+    if (this.failed || this.appendedPos <= this.durablePos) return;
+    this.wantPos = this.appendedPos;
+    void this.runSync();
+  }
+
   private async runSync(): Promise<void> {
     if (this.syncing) return;
     this.syncing = true;
     try {
-      while (this.waiters.length > 0 && !this.failed) {
+      while ((this.waiters.length > 0 || this.wantPos > this.durablePos) && !this.failed) {
         this.unsyncedBlocks = 0;
         this.seal();
         await this.enqueue(async () => {
