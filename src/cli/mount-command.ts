@@ -79,6 +79,33 @@ export async function runMount(ctx: CliContext, args: MountArgs): Promise<number
 
   const log = ctx.logger;
   let ready = false;
+  // Signals are handled from the start: a Ctrl-C while volumes are still being opened
+  // must not kill the process between the kernel mount and our handlers (that would
+  // leave a dead mount behind). Before the mount exists it is remembered and acted
+  // on as soon as the mount is up.
+  let mount: StoreMount | null = null;
+  let pending: { sig: NodeJS.Signals; force: boolean } | null = null;
+  const stop = (sig: NodeJS.Signals, force: boolean): void => {
+    if (!mount) {
+      pending = { sig, force };
+      log.info(`${sig}: will unmount ${mountpoint} as soon as it is mounted`);
+      return;
+    }
+    log.info(`${sig}: unmounting ${mountpoint}${force ? ' (forced)' : ''}`);
+    mount.shutdown({ force }).catch((err: Error) => {
+      log.error(`${err.message}; still mounted and serving`);
+    });
+  };
+  const graceful = (sig: NodeJS.Signals): void => stop(sig, false);
+  const forced = (sig: NodeJS.Signals): void => stop(sig, true); // SIGUSR2: like `vbfs unmount --force`
+  const signals: Array<[NodeJS.Signals, (sig: NodeJS.Signals) => void]> = [
+    ['SIGINT', graceful],
+    ['SIGTERM', graceful],
+    ['SIGHUP', graceful],
+    ['SIGUSR2', forced],
+  ];
+  for (const [sig, fn] of signals) process.on(sig, fn);
+
   try {
     const running = await readMountRecord(ctx.storeDir);
     if (running && running.pid !== process.pid) {
@@ -88,9 +115,9 @@ export async function runMount(ctx: CliContext, args: MountArgs): Promise<number
       );
     }
     const store = await openStore(ctx.storeDir, log);
-    let mount: StoreMount;
+    let m: StoreMount;
     try {
-      mount = await StoreMount.mount({
+      m = await StoreMount.mount({
         mountpoint,
         store,
         storeDir: ctx.storeDir,
@@ -106,8 +133,9 @@ export async function runMount(ctx: CliContext, args: MountArgs): Promise<number
       await store.close().catch(() => undefined);
       throw err;
     }
+    mount = m;
     await writeMountRecord(ctx.storeDir, { pid: process.pid, mountpoint, started: new Date().toISOString() });
-    const names = mount.fs.openVolumes().map((v) => v.name);
+    const names = m.fs.openVolumes().map((v) => v.name);
     if (readyFd() !== null) {
       // Detached child: no terminal to hold on to.
       process.chdir('/');
@@ -120,25 +148,10 @@ export async function runMount(ctx: CliContext, args: MountArgs): Promise<number
     sendReady({ ok: true });
     ready = true;
     log.info(`serving ${mountpoint}`, { pid: process.pid, volumes: names });
+    const early = pending as { sig: NodeJS.Signals; force: boolean } | null;
+    if (early) stop(early.sig, early.force);
 
-    const onSignal = (force: boolean) => (sig: NodeJS.Signals) => {
-      log.info(`${sig}: unmounting ${mountpoint}${force ? ' (forced)' : ''}`);
-      mount.shutdown({ force }).catch((err: Error) => {
-        log.error(`${err.message}; still mounted and serving`);
-      });
-    };
-    const graceful = onSignal(false);
-    const forced = onSignal(true);
-    process.on('SIGINT', graceful);
-    process.on('SIGTERM', graceful);
-    process.on('SIGHUP', graceful);
-    process.on('SIGUSR2', forced); // `vbfs unmount --force` of a foreground mount's own process
-
-    const closeErr = await mount.closed;
-    process.off('SIGINT', graceful);
-    process.off('SIGTERM', graceful);
-    process.off('SIGHUP', graceful);
-    process.off('SIGUSR2', forced);
+    const closeErr = await m.closed;
     let status = EXIT_OK;
     if (closeErr) {
       log.error(`closing volumes failed: ${closeErr.message}`);
@@ -151,11 +164,13 @@ export async function runMount(ctx: CliContext, args: MountArgs): Promise<number
       status = EXIT_FAILURE;
     }
     await removeMountRecord(ctx.storeDir, process.pid);
-    log.info(`${mountpoint} unmounted cleanly`);
+    if (status === EXIT_OK) log.info(`${mountpoint} unmounted cleanly`);
     return status;
   } catch (err) {
     if (!ready) sendReady({ ok: false, exitCode: exitCodeFor(err), message: (err as Error).message });
     throw err;
+  } finally {
+    for (const [sig, fn] of signals) process.off(sig, fn);
   }
 }
 
