@@ -63,11 +63,21 @@ async function main(): Promise<void> {
     .option('vbfs-cmd', { type: 'string', default: `${process.execPath} bin/vbfs`, describe: 'command that runs the vbfs CLI (create/mount/unmount)' })
     .option('out', { type: 'string', default: path.join(REPO, 'bench', 'results') })
     .option('verbose', { type: 'boolean', default: false, describe: 'print every command' })
+    .option('render', { type: 'string', describe: 'only re-render tables and chart from a saved results JSON' })
     .strict()
     .help()
     .parseAsync();
 
   setVerbose(argv.verbose);
+  if (argv.render) {
+    const saved = JSON.parse(fs.readFileSync(argv.render, 'utf8')) as Results;
+    saved.checks = computeChecks(saved);
+    const date = String(saved.meta.date ?? '').slice(0, 10);
+    fs.writeFileSync(path.join(argv.out, 'latest.md'), renderTables(saved) + '\n');
+    fs.writeFileSync(path.join(argv.out, 'chart.svg'), renderSvg(saved, `vbfs fio bench, ${date} (${String(saved.meta.cpus)} cores)`));
+    process.stdout.write(renderTables(saved) + '\n');
+    return;
+  }
   if (process.getuid?.() !== 0) throw new Error('the bench needs root (losetup, mount, drop_caches)');
   const q = argv.quick;
   const sizes: Sizes = {
