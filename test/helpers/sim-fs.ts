@@ -183,6 +183,7 @@ export class SimFS implements FileIO {
     when?: (op: OpInfo) => boolean;
     failpoint?: { name: string; nth: number };
   } = {};
+  private failPlan: { pred: (op: OpInfo) => boolean; code: string } | undefined;
   private frozen: string | undefined;
   /** The op in flight when the crash hit, if it was a sync: it may or may not have completed. */
   private inflightSync: (() => void) | undefined;
@@ -217,6 +218,16 @@ export class SimFS implements FileIO {
   /** Crash at the first op (of any kind) for which `pred` returns true. */
   crashWhen(pred: (op: OpInfo) => boolean): this {
     this.crashPlan.when = pred;
+    return this;
+  }
+
+  /**
+   * Make every op for which `pred` returns true fail with an I/O error (errno `code`,
+   * as a VbfsError like NodeFileIO's) instead of running: a failing disk, not a crash.
+   * The file system goes on working for other ops.
+   */
+  failWhen(pred: ((op: OpInfo) => boolean) | undefined, code = 'EIO'): this {
+    this.failPlan = pred === undefined ? undefined : { pred, code };
     return this;
   }
 
@@ -545,6 +556,7 @@ export class SimFS implements FileIO {
       this.inflightSync = inflightSync;
       throw new CrashError(desc);
     }
+    if (this.failPlan !== undefined && this.failPlan.pred(info)) fsError(this.failPlan.code, what.kind, what.path);
     if (this.yieldEachOp) await new Promise<void>((resolve) => setImmediate(resolve));
     if (this.frozen !== undefined) throw new CrashError(`${what.kind} ${what.path} interrupted by crash (${this.frozen})`);
   }

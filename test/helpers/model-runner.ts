@@ -1,0 +1,192 @@
+import * as assert from 'node:assert/strict';
+import { Store } from '../../src/store/store';
+import type { Volume } from '../../src/store/volume';
+import type { Durability, VolumeTunables } from '../../src/store/types';
+import type { FileIO } from '../../src/io/file-io';
+import { NodeFileIO } from '../../src/io/node-file-io';
+import { SimFS } from './sim-fs';
+import { Rng, envInt } from './rng';
+import { VolumeModel, firstDiff, randomData, randomRange } from './volume-model';
+
+/**
+ * The model-based test body (test/model.test.ts runs it in a worker thread, so an
+ * engine that spins fails the test instead of hanging CI): thousands of seeded random
+ * operations on a volume (unaligned and overlapping writes, bursts of concurrent
+ * writes, reads, fsync, flush, close and reopen with another durability mode and
+ * other tunables) compared with a plain Buffer after every read. Tiny chunk, segment,
+ * buffer and flush sizes make every background path (flush, segment rotation,
+ * checkpoint, backpressure, cache eviction) run many times.
+ */
+const HANG_MS = envInt('VBFS_HANG_MS', 20_000);
+const MODES: readonly Durability[] = ['strict', 'batched', 'relaxed', 'async'];
+
+/** Record size in WAL and chunks: 32-byte header + block; files open with a 64-byte header. */
+const rec = (blockSize: number): number => 32 + blockSize;
+
+function tinyTunables(rng: Rng, blockSize: number): Partial<VolumeTunables> {
+  return {
+    chunkBytes: 64 + rec(blockSize) * rng.pick([1, 2, 3, 4, 8, 16]),
+    walSegmentBytes: 64 + rec(blockSize) * rng.pick([1, 2, 5, 16, 64]),
+    writeBufferBytes: blockSize * rng.pick([8, 16, 64]),
+    flushBytes: blockSize * rng.pick([1, 4, 8]),
+    flushIntervalMs: rng.pick([5, 20, 1000]),
+    batchBlocks: rng.pick([1, 4, 32]),
+    batchMs: rng.pick([1, 5]),
+    cacheBytes: blockSize * rng.pick([0, 2, 16]),
+    checkpointBytes: rng.pick([256, 2048, 1 << 20]),
+    readaheadBytes: rng.pick([0, blockSize * 4]),
+  };
+}
+
+/** Run one seed; `diskDir` set: on the real file system in that (empty) directory, else on SimFS. */
+export async function runModel(seed: number, ops: number, diskDir: string | null, progress: (msg: string) => void = () => {}): Promise<void> {
+  await modelRun(seed, ops, diskDir ?? '/store', progress, diskDir !== null ? () => new NodeFileIO() : undefined);
+}
+
+async function modelRun(seed: number, ops: number, dir: string, progress: (msg: string) => void, realIO?: () => FileIO): Promise<void> {
+  const rng = new Rng(seed);
+  const blockSize = rng.pick([512, 1024, 4096]);
+  const blocks = rng.pick([64, 128, 300]);
+  const size = blockSize * blocks;
+  const compression = rng.pick(['none', 'lz4'] as const);
+  let sim = new SimFS();
+  const io = (): FileIO => (realIO ? realIO() : sim);
+  const model = new VolumeModel(size, blockSize);
+  const log: string[] = [];
+  if (process.env.VBFS_MODEL_TRACE) log.push = (...items: string[]): number => {
+    for (const it of items) process.stderr.write(it + '\n');
+    return Array.prototype.push.apply(log, items);
+  };
+  const fail = (msg: string): never => {
+    assert.fail(`${msg}\n  replay: VBFS_SEED=${seed} VBFS_MODEL_OPS=${ops}\n  last ops:\n    ${log.slice(-25).join('\n    ')}`);
+  };
+
+  let store = await Store.open(dir, { fileIO: io() });
+  await store.createVolume('m', { size, blockSize, durability: rng.pick(MODES), compression });
+  let tun = tinyTunables(rng, blockSize);
+  let vol: Volume = await store.openVolume('m', tun);
+  let finished = false;
+  log.push(`open durability=${vol.durability} blockSize=${blockSize} blocks=${blocks} compression=${compression} ${JSON.stringify(tun)}`);
+
+  // A hang is a failure too: name the op instead of timing out silently.
+  const guard = <T>(p: Promise<T>, what: string): Promise<T> => {
+    let timer: NodeJS.Timeout | undefined;
+    const dog = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`${what} did not complete in ${HANG_MS} ms`)), HANG_MS);
+    });
+    return Promise.race([p, dog]).finally(() => clearTimeout(timer)).catch((err: unknown) => fail(`${what}: ${String(err)}`));
+  };
+
+  try {
+    await body();
+  } finally {
+    // After a failure, stop the volume's timers so mocha can exit (and other seeds run).
+    if (!finished) await Promise.race([vol.close().catch(() => {}).then(() => store.close()).catch(() => {}), new Promise((r) => setTimeout(r, 2000))]);
+  }
+
+  async function body(): Promise<void> {
+    const checkRead = async (offset: number, length: number, what: string): Promise<void> => {
+      const got = await guard(vol.read(offset, length), `${what}: read(${offset}, ${length})`);
+      const want = model.data.subarray(offset, offset + length);
+      if (got.length !== length) fail(`${what}: read(${offset}, ${length}) returned ${got.length} bytes`);
+      const d = firstDiff(got, want);
+      if (d !== -1) {
+        fail(
+          `${what}: read(${offset}, ${length}) differs at volume byte ${offset + d} (block ${Math.floor((offset + d) / blockSize)}): ` +
+            `got ${got.subarray(d, d + 8).toString('hex')} want ${want.subarray(d, d + 8).toString('hex')}`,
+        );
+      }
+    };
+
+    for (let i = 0; i < ops; i++) {
+      if (i % 25 === 0) progress(`seed ${seed}, op #${i}; recent ops: ${log.slice(-5).join(' / ')}`);
+      const op = rng.weighted<string>([
+        ['write', 40],
+        ['burst', 8],
+        ['read', 30],
+        ['fsync', 6],
+        ['flush', 4],
+        ['reopen', 2],
+        ['readAll', 1],
+      ]);
+      // Where chunk boundaries fall in volume space (uncompressed, blocks written in order).
+      const chunkBytes = blockSize * Math.max(1, Math.floor(((tun.chunkBytes ?? 4 << 20) - 64) / rec(blockSize)));
+      switch (op) {
+        case 'write': {
+          const { offset, length } = randomRange(rng, size, blockSize, chunkBytes);
+          const data = randomData(rng, length);
+          log.push(`#${i} write(${offset}, ${length})`);
+          model.write(offset, data);
+          await guard(vol.write(offset, data), `op #${i} write`);
+          // The volume must have taken its own copy once write() resolves: scribble on ours.
+          data.fill(0xa5);
+          break;
+        }
+        case 'burst': {
+          // Concurrent writes, often overlapping: they must land in arrival order.
+          const n = rng.range(2, 6);
+          const base = randomRange(rng, size, blockSize, chunkBytes);
+          const writes: Promise<void>[] = [];
+          const desc: string[] = [];
+          for (let k = 0; k < n; k++) {
+            const r = rng.bool(0.7)
+              ? { offset: Math.min(size - 1, base.offset + rng.int(blockSize)), length: 0 }
+              : randomRange(rng, size, blockSize, chunkBytes);
+            r.length = r.length || Math.min(size - r.offset, rng.range(1, 2 * blockSize));
+            const data = randomData(rng, r.length);
+            model.write(r.offset, data);
+            writes.push(vol.write(r.offset, data));
+            desc.push(`(${r.offset}, ${r.length})`);
+          }
+          log.push(`#${i} burst ${desc.join(' ')}`);
+          await guard(Promise.all(writes), `op #${i} burst`);
+          break;
+        }
+        case 'read': {
+          const { offset, length } = randomRange(rng, size, blockSize, chunkBytes);
+          log.push(`#${i} read(${offset}, ${length})`);
+          await checkRead(offset, length, `op #${i}`);
+          break;
+        }
+        case 'readAll':
+          log.push(`#${i} readAll`);
+          await checkRead(0, size, `op #${i} readAll`);
+          break;
+        case 'fsync':
+          log.push(`#${i} fsync`);
+          await guard(vol.fsync(), `op #${i} fsync`);
+          break;
+        case 'flush':
+          log.push(`#${i} flush`);
+          await guard(vol.flush(), `op #${i} flush`);
+          if (vol.stats().pendingBytes !== 0 && rng.bool(0.01)) log.push(`  pendingBytes after flush: ${vol.stats().pendingBytes}`);
+          break;
+        case 'reopen': {
+          const closeStore = rng.bool(0.5);
+          await guard(vol.close(), `op #${i} close`);
+          if (closeStore) {
+            await guard(store.close(), `op #${i} store close`);
+            if (!realIO) sim = sim.reopen();
+            store = await Store.open(dir, { fileIO: io() });
+          }
+          tun = tinyTunables(rng, blockSize);
+          const durability = rng.pick(MODES);
+          vol = await guard(store.openVolume('m', { ...tun, durability }), `op #${i} reopen`);
+          log.push(`#${i} reopen${closeStore ? ' (new store)' : ''} durability=${durability} ${JSON.stringify(tun)}`);
+          if (rng.bool(0.5)) await checkRead(0, size, `after reopen at op #${i}`);
+          break;
+        }
+      }
+    }
+    await checkRead(0, size, 'final');
+    await vol.close();
+    await store.close();
+    if (!realIO) sim = sim.reopen();
+    store = await Store.open(dir, { fileIO: io() });
+    vol = await store.openVolume('m', { readOnly: true });
+    await checkRead(0, size, 'final, after close and reopen read-only');
+    await vol.close();
+    await store.close();
+    finished = true;
+  }
+}

@@ -1,0 +1,35 @@
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { envInt, seedsFromEnv } from './helpers/rng';
+import { runInWorker } from './helpers/in-worker';
+
+/**
+ * Model-based test: see helpers/model-runner.ts. Each seed runs in a worker thread
+ * with a deadline, so an engine that spins or hangs fails with its seed.
+ *
+ * Replay a failure: VBFS_SEED=<seed> VBFS_MODEL_OPS=<n> npx mocha dist/test/model.test.js
+ * (VBFS_MODEL_TRACE=1 prints every op as it runs.)
+ */
+const OPS = envInt('VBFS_MODEL_OPS', 1500);
+const SEEDS = seedsFromEnv([1, 2, 3, 4, 5, 6]);
+const DEADLINE_MS = envInt('VBFS_MODEL_DEADLINE_MS', 90_000);
+const RUNNER = path.join(__dirname, 'helpers', 'model-runner.js');
+
+describe('model-based volume test', function () {
+  this.timeout(DEADLINE_MS + 10_000);
+
+  for (const seed of SEEDS) {
+    // Every third seed runs on the real file system, the others on SimFS (faster, and
+    // its reopen() keeps unsynced state exactly like a process restart would).
+    const onDisk = seed % 3 === 0;
+    it(`seed ${seed}: ${OPS} random ops on ${onDisk ? 'NodeFileIO' : 'SimFS'} match a Buffer model (VBFS_SEED=${seed})`, async () => {
+      const dir = onDisk ? fs.mkdtempSync(path.join(os.tmpdir(), 'vbfs-model-')) : null;
+      try {
+        await runInWorker(RUNNER, 'runModel', [seed, OPS, dir], DEADLINE_MS);
+      } finally {
+        if (dir !== null) fs.rmSync(dir, { recursive: true, force: true });
+      }
+    });
+  }
+});
