@@ -529,7 +529,12 @@ export class Volume {
   private async flushOnce(): Promise<void> {
     const wal = this.wal as WalWriter;
     const entries = this.snapshot();
-    if (entries.length === 0) return;
+    if (entries.length === 0) {
+      // Nothing in memory: every WAL record left (e.g. replayed ones already in
+      // chunks) is redundant. Seal and drop them so they are not replayed forever.
+      if (wal.segmentCount > 0) await wal.reclaim(await wal.rotate());
+      return;
+    }
     const synced = wal.sync();
     const rotated = wal.rotate();
     await synced;
@@ -686,7 +691,7 @@ export class Volume {
         this.noMoreKicks = true;
         while (this.flushRun) await this.flushRun.catch(() => undefined);
         if (this.failed) throw this.failed;
-        if (this.arena.used > 0) await this.startFlush();
+        await this.startFlush();
         await this.syncWal();
         if (this.map.logBytes > 0) await this.checkpoint();
         this.processDeadChunks();
