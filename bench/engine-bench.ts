@@ -15,6 +15,7 @@
  *   npm run bench:engine                 (~3 min)
  *   npm run bench:engine -- --quick      (~1 min)
  */
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -31,6 +32,19 @@ const KiB = 1024;
 const MiB = 1024 * KiB;
 const BS = 4 * KiB;
 const REPO = path.resolve(__dirname, '..', '..');
+
+/** The commit the numbers belong to (and whether the tree had local changes). */
+function gitDescribe(): string {
+  const git = (args: string[]): string => {
+    try {
+      return execFileSync('git', args, { cwd: REPO, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    } catch {
+      return '';
+    }
+  };
+  const head = git(['rev-parse', '--short', 'HEAD']) || 'unknown';
+  return `${head}${git(['status', '--porcelain', '--untracked-files=no']) ? ' (with uncommitted changes)' : ''}`;
+}
 
 function log(msg: string): void {
   process.stderr.write(`[engine ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
@@ -433,7 +447,7 @@ async function main(): Promise<void> {
   process.stdout.write(text + '\n');
 
   const res = {
-    meta: { date: started.toISOString(), command: `npm run bench:engine -- ${process.argv.slice(2).join(' ')}`.trim(), cpus: os.cpus().length, kernel: os.release(), node: process.version, seconds, delays, relaxedEvery: argv['relaxed-every'], tunables: DEFAULT_TUNABLES },
+    meta: { git: gitDescribe(), date: started.toISOString(), command: ['npm run bench:engine', ...(process.argv.length > 2 ? ['--', ...process.argv.slice(2)] : [])].join(' '), cpus: os.cpus().length, kernel: os.release(), node: process.version, seconds, delays, relaxedEvery: argv['relaxed-every'], tunables: DEFAULT_TUNABLES },
     throughput: tp, slowDevice: slow, allocation: alloc, peakRss: rss, checks,
   };
   const stamp = started.toISOString().replace(/[:]/g, '-').replace(/\..*/, 'Z');

@@ -43,6 +43,13 @@ async function ensureTools(needS3backer: boolean): Promise<void> {
   }
 }
 
+/** The commit the numbers belong to (and whether the tree had local changes). */
+async function gitDescribe(): Promise<string> {
+  const head = await run('git', ['rev-parse', '--short', 'HEAD'], { cwd: REPO, allowFail: true }).catch(() => undefined);
+  const dirty = await run('git', ['status', '--porcelain', '--untracked-files=no'], { cwd: REPO, allowFail: true }).catch(() => undefined);
+  return `${head?.stdout.trim() ?? 'unknown'}${dirty?.stdout.trim() ? ' (with uncommitted changes)' : ''}`;
+}
+
 async function toolVersion(cmd: string, args: string[]): Promise<string> {
   const r = await run(cmd, args, { allowFail: true }).catch(() => undefined);
   return ((r?.stdout ?? '') + (r?.stderr ?? '')).split('\n')[0]?.trim() ?? '';
@@ -73,6 +80,7 @@ async function main(): Promise<void> {
     const saved = JSON.parse(fs.readFileSync(argv.render, 'utf8')) as Results;
     saved.checks = computeChecks(saved);
     const date = String(saved.meta.date ?? '').slice(0, 10);
+    fs.writeFileSync(path.join(argv.out, 'latest.json'), JSON.stringify(saved, null, 2) + '\n');
     fs.writeFileSync(path.join(argv.out, 'latest.md'), renderTables(saved) + '\n');
     fs.writeFileSync(path.join(argv.out, 'chart.svg'), renderSvg(saved, `vbfs fio bench, ${date} (${String(saved.meta.cpus)} cores)`));
     process.stdout.write(renderTables(saved) + '\n');
@@ -120,7 +128,8 @@ async function main(): Promise<void> {
   const res: Results = {
     meta: {
       date: started.toISOString(),
-      command: `npm run bench -- ${process.argv.slice(2).join(' ')}`.trim(),
+      command: ['npm run bench', ...(process.argv.length > 2 ? ['--', ...process.argv.slice(2)] : [])].join(' '),
+      git: await gitDescribe(),
       host: os.hostname(), kernel: os.release(), cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model,
       memGiB: Math.round(os.totalmem() / 1024 ** 3), node: process.version,
       fio: await toolVersion('fio', ['--version']),
