@@ -15,6 +15,7 @@ import * as path from 'node:path';
 import { VbfsError } from '../errors';
 import { StoreMount } from '../fuse/mount';
 import {
+  canonicalMountpoint,
   findMount,
   isVbfsMount,
   loopDevicesUnder,
@@ -74,7 +75,7 @@ function sendReady(msg: ReadyMessage): void {
 
 /** `vbfs mount <mountpoint>`: serve until unmounted or signalled. Resolves with the exit status. */
 export async function runMount(ctx: CliContext, args: MountArgs): Promise<number> {
-  const mountpoint = path.resolve(args.mountpoint);
+  const mountpoint = canonicalMountpoint(args.mountpoint);
   if (args.daemon && readyFd() === null) return startDaemon(ctx, { ...args, mountpoint });
 
   const log = ctx.logger;
@@ -255,7 +256,7 @@ export interface UnmountArgs {
  * signal the mount process and wait until it has closed its volumes and exited.
  */
 export async function runUnmount(ctx: CliContext, args: UnmountArgs): Promise<number> {
-  const mnt = path.resolve(args.mountpoint);
+  const mnt = canonicalMountpoint(args.mountpoint);
   const entry = await findMount(mnt);
   if (!entry) throw new VbfsError('VBFS_NOT_FOUND', `${mnt} is not mounted`);
   if (!isVbfsMount(entry)) throw new VbfsError('VBFS_INVALID_ARGUMENT', `${mnt} is not a vbfs mount (${entry.fstype} ${entry.source})`);

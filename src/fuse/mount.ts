@@ -15,10 +15,10 @@
  *   noticed through the mount table and leads to the same close.
  */
 import * as fsp from 'node:fs/promises';
-import * as path from 'node:path';
 import { VbfsError, isVbfsError } from '../errors';
 import type { Logger, VolumeOpenOptions } from '../store/types';
 import {
+  canonicalMountpoint,
   checkFuseAvailable,
   findMount,
   isVbfsMount,
@@ -145,7 +145,7 @@ export class StoreMount {
   readonly closed: Promise<Error | null>;
 
   private constructor(opts: MountOptions) {
-    this.mountpoint = path.resolve(opts.mountpoint);
+    this.mountpoint = canonicalMountpoint(opts.mountpoint);
     this.log = opts.logger;
     this.fs = new VolumeFs({
       store: opts.store,

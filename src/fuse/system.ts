@@ -183,6 +183,19 @@ export async function unmountPath(mountpoint: string, opts: { lazy?: boolean } =
   );
 }
 
+/**
+ * The path the kernel records for a mountpoint: symlinks in its parent resolved
+ * (the mountpoint itself may be a dead mount, so it is not stat'ed).
+ */
+export function canonicalMountpoint(p: string): string {
+  const abs = path.resolve(p);
+  try {
+    return path.join(fs.realpathSync(path.dirname(abs)), path.basename(abs));
+  } catch {
+    return abs;
+  }
+}
+
 /** errno of stat(mountpoint): 'ENOTCONN' is the mark of a mount whose process died. */
 export async function statErrno(p: string): Promise<string | null> {
   try {
