@@ -1,3 +1,4 @@
+import * as fs from 'node:fs';
 import * as os from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { VbfsError } from '../errors';
@@ -77,8 +78,19 @@ function isAlive(holder: LockInfo, set: Set<string>, path: string): boolean {
   if (holder.pid === process.pid) return set.has(path);
   try {
     process.kill(holder.pid, 0);
-    return true;
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+  return !isZombie(holder.pid);
+}
+
+/** A process that has exited but was not reaped yet still answers kill(0); it holds nothing. */
+function isZombie(pid: number): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // "pid (comm) S ...": comm may contain spaces or parentheses, so look after the last ')'.
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) === 'Z';
+  } catch {
+    return false;
   }
 }

@@ -496,12 +496,21 @@ export class Volume {
    * dropped: when it ends, it goes again if asked or if enough is pending.
    */
   private startFlush(): Promise<void> {
-    const run = this.flushOnce().finally(() => {
-      this.flushRun = null;
-      const again = this.flushAgain || this.arena.used * this.blockSize >= this.t.flushBytes || this.arena.full;
-      this.flushAgain = false;
-      if (again && this.arena.used > 0) this.kickFlush();
-    });
+    let progress = false;
+    const run = this.flushOnce()
+      .then((n) => {
+        progress = n > 0;
+      })
+      .finally(() => {
+        this.flushRun = null;
+        // Go again if asked while running, or if this one made progress and enough
+        // is still pending. Never after an empty snapshot on its own: slots held by
+        // a write still in progress (a read-modify-write) count as used but cannot
+        // be flushed, and re-kicking on them spins forever.
+        const again = this.flushAgain || (progress && (this.arena.used * this.blockSize >= this.t.flushBytes || this.arena.full));
+        this.flushAgain = false;
+        if (again && this.arena.used > 0) this.kickFlush();
+      });
     this.flushRun = run;
     return run;
   }
@@ -526,19 +535,24 @@ export class Volume {
    * snapshot covered. Everything in a sealed segment is either in the snapshot or
    * superseded by something that is, so after the commits the segment is redundant.
    */
-  private async flushOnce(): Promise<void> {
+  private async flushOnce(): Promise<number> {
     const wal = this.wal as WalWriter;
     const entries = this.snapshot();
     if (entries.length === 0) {
       // Nothing in memory: every WAL record left (e.g. replayed ones already in
       // chunks) is redundant. Seal and drop them so they are not replayed forever.
-      if (wal.segmentCount > 0) await wal.reclaim(await wal.rotate());
-      return;
+      if (wal.segmentCount > 0 && this.arena.used === 0) await wal.reclaim(await wal.rotate());
+      return 0;
     }
-    const synced = wal.sync();
-    const rotated = wal.rotate();
-    await synced;
-    const sealed = await rotated;
+    let sealed: number;
+    try {
+      // Both started in this same tick (the snapshot and the seal must agree), and
+      // both awaited together so a failing WAL leaves no unobserved rejection.
+      [, sealed] = await Promise.all([wal.sync(), wal.rotate()]);
+    } catch (err) {
+      for (const slot of entries) this.arena.unpin(slot);
+      throw err;
+    }
     try {
       // Group by raw size: compressed records are never larger, so a group never overflows a chunk.
       const perChunk = Math.max(1, Math.floor((this.t.chunkBytes - SEGMENT_HEADER) / (RECORD_HEADER + this.blockSize)));
@@ -556,6 +570,7 @@ export class Volume {
     await this.ctx.failpoint('flush:afterWalReclaim');
     if (this.map.logBytes >= this.t.checkpointBytes) await this.checkpoint();
     this.processDeadChunks();
+    return entries.length;
   }
 
   /** Slots holding the current version of their block, pinned, in block order. */
