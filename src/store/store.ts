@@ -45,7 +45,7 @@ export class Store {
     const abs = path.resolve(dir);
     const st = await fileIO.stat(abs);
     if (st && !st.isDirectory) throw new VbfsError('VBFS_INVALID_ARGUMENT', `store path ${abs} exists and is not a directory`, { path: abs });
-    await fileIO.mkdir(`${abs}/volumes`);
+    await ensureDurableDir(fileIO, `${abs}/volumes`);
     const backend = opts.backend ?? new FileBackend(`${abs}/objects`, fileIO);
     const store = new Store(abs, fileIO, backend, opts.logger ?? silentLogger, opts.failpoint ?? (() => undefined));
     await store.finishInterruptedDeletes();
@@ -192,4 +192,19 @@ export class Store {
   private checkOpen(): void {
     if (this.closed) throw new VbfsError('VBFS_CLOSED', 'store is closed');
   }
+}
+
+/**
+ * mkdir -p, made durable: every directory created is fsynced into its parent, or a
+ * power loss could take a freshly created store (and the volumes in it) away.
+ */
+async function ensureDurableDir(fileIO: FileIO, dir: string): Promise<void> {
+  const missing: string[] = [];
+  for (let d = dir; !(await fileIO.stat(d)); d = path.dirname(d)) {
+    missing.push(d);
+    if (d === path.dirname(d)) break;
+  }
+  if (missing.length === 0) return;
+  await fileIO.mkdir(dir);
+  for (const d of missing.reverse()) await fileIO.fsyncDir(path.dirname(d));
 }
