@@ -103,6 +103,7 @@ async function modelRun(seed: number, ops: number, dir: string, progress: (msg: 
       const op = rng.weighted<string>([
         ['write', 40],
         ['burst', 8],
+        ['race', 5],
         ['read', 30],
         ['fsync', 6],
         ['flush', 4],
@@ -140,6 +141,35 @@ async function modelRun(seed: number, ops: number, dir: string, progress: (msg: 
           }
           log.push(`#${i} burst ${desc.join(' ')}`);
           await guard(Promise.all(writes), `op #${i} burst`);
+          break;
+        }
+        case 'race': {
+          // Writes, reads, a flush and an fsync all in flight at once over the same
+          // blocks. The racing reads may see old or new data (not checked); what they
+          // must not do is leave stale data behind (e.g. in the read cache) for the
+          // reads that follow, which are checked.
+          const base = randomRange(rng, size, blockSize, chunkBytes);
+          const ps: Promise<unknown>[] = [];
+          const desc: string[] = [];
+          for (let k = rng.range(3, 8); k > 0; k--) {
+            const what = rng.weighted<string>([['w', 4], ['r', 4], ['flush', 1], ['fsync', 1]]);
+            const r = rng.bool(0.6) ? { offset: base.offset, length: base.length } : randomRange(rng, size, blockSize, chunkBytes);
+            if (what === 'w') {
+              const data = randomData(rng, r.length);
+              model.write(r.offset, data);
+              ps.push(vol.write(r.offset, data));
+              desc.push(`w(${r.offset}, ${r.length})`);
+            } else if (what === 'r') {
+              ps.push(vol.read(r.offset, r.length));
+              desc.push(`r(${r.offset}, ${r.length})`);
+            } else {
+              ps.push(what === 'flush' ? vol.flush() : vol.fsync());
+              desc.push(what);
+            }
+          }
+          log.push(`#${i} race ${desc.join(' ')}`);
+          await guard(Promise.all(ps), `op #${i} race`);
+          await checkRead(base.offset, base.length, `op #${i} after race`);
           break;
         }
         case 'read': {
