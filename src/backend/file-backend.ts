@@ -16,11 +16,20 @@ import { checkRange, validKey } from './memory-backend';
  * Keys whose last part ends in the temp suffix are refused so list() stays exact.
  */
 export const TEMP_SUFFIX = '.vbfs-tmp';
+const READ_HANDLES = 64;
+
+interface CachedHandle {
+  fh: FileHandle;
+  users: number; // reads in flight on it
+  doomed: boolean; // out of the cache: close when the last read ends
+}
 
 export class FileBackend implements Backend {
   readonly kind = 'file';
   private readonly root: string;
   private tempCounter = 0;
+  private readonly handles = new Map<string, CachedHandle>();
+  private readonly doomedHandles = new Map<FileHandle, CachedHandle>();
   private closed = false;
 
   constructor(root: string, private readonly fileIO: FileIO) {
@@ -40,6 +49,7 @@ export class FileBackend implements Backend {
       await fh.close();
       fh = undefined;
       await this.fileIO.rename(tmp, file);
+      this.forget(key); // a cached read handle would still see the replaced object
       await this.fileIO.fsyncDir(dir);
     } catch (err) {
       if (fh !== undefined) await fh.close().catch(() => {});
@@ -51,6 +61,33 @@ export class FileBackend implements Backend {
   async get(key: string, offset = 0, length?: number): Promise<Buffer> {
     const file = this.pathOf(key);
     checkRange(offset, length);
+    const fh = await this.readHandle(key, file);
+    try {
+      const want = length ?? Math.max(0, (await fh.size()) - offset);
+      const buf = Buffer.allocUnsafe(want);
+      const n = want === 0 ? 0 : await fh.read(buf, offset);
+      return n === want ? buf : buf.subarray(0, n);
+    } catch (err) {
+      throw ioError(`backend get '${key}'`, err, { key, path: file });
+    } finally {
+      this.releaseHandle(key, fh);
+    }
+  }
+
+  /**
+   * Read handles are kept open (LRU, READ_HANDLES of them): objects are written once
+   * and replaced only by rename, so a handle stays valid, and a cold read costs one
+   * pread instead of open + fstat + pread + close. A handle is closed when it falls
+   * out of the LRU (after its in-flight reads), on delete and put of its key, and on close().
+   */
+  private async readHandle(key: string, file: string): Promise<FileHandle> {
+    const cached = this.handles.get(key);
+    if (cached) {
+      this.handles.delete(key);
+      this.handles.set(key, cached);
+      cached.users++;
+      return cached.fh;
+    }
     let fh: FileHandle;
     try {
       fh = await this.fileIO.open(file, 'r');
@@ -60,20 +97,49 @@ export class FileBackend implements Backend {
       }
       throw ioError(`backend get '${key}'`, err, { key, path: file });
     }
-    try {
-      const want = length ?? Math.max(0, (await fh.size()) - offset);
-      const buf = Buffer.alloc(want);
-      const n = want === 0 ? 0 : await fh.read(buf, offset);
-      return n === want ? buf : buf.subarray(0, n);
-    } catch (err) {
-      throw ioError(`backend get '${key}'`, err, { key, path: file });
-    } finally {
+    const raced = this.handles.get(key);
+    if (raced) {
       await fh.close().catch(() => {});
+      raced.users++;
+      return raced.fh;
     }
+    this.handles.set(key, { fh, users: 1, doomed: false });
+    while (this.handles.size > READ_HANDLES) {
+      const [oldKey, old] = this.handles.entries().next().value as [string, CachedHandle];
+      this.handles.delete(oldKey);
+      old.doomed = true;
+      if (old.users === 0) await old.fh.close().catch(() => {});
+      else this.doomedHandles.set(old.fh, old);
+    }
+    return fh;
+  }
+
+  private releaseHandle(key: string, fh: FileHandle): void {
+    const h = this.handles.get(key);
+    const entry = h && h.fh === fh ? h : this.doomedHandles.get(fh);
+    if (!entry) {
+      void fh.close().catch(() => {});
+      return;
+    }
+    entry.users--;
+    if (entry.doomed && entry.users === 0) {
+      this.doomedHandles.delete(fh);
+      void fh.close().catch(() => {});
+    }
+  }
+
+  private forget(key: string): void {
+    const h = this.handles.get(key);
+    if (!h) return;
+    this.handles.delete(key);
+    h.doomed = true;
+    if (h.users === 0) void h.fh.close().catch(() => {});
+    else this.doomedHandles.set(h.fh, h);
   }
 
   async delete(key: string): Promise<void> {
     const file = this.pathOf(key);
+    this.forget(key);
     const dir = path.dirname(file);
     try {
       await this.fileIO.unlink(file);
@@ -98,6 +164,7 @@ export class FileBackend implements Backend {
 
   async close(): Promise<void> {
     this.closed = true;
+    for (const key of [...this.handles.keys()]) this.forget(key);
   }
 
   private async walk(dir: string, keyPrefix: string, prefix: string, out: string[]): Promise<void> {
