@@ -35,6 +35,9 @@ describe('crash simulation (SimFS power loss)', function () {
     }
   }
 
+  it('a crash at any step of createVolume or deleteVolume leaves the volume whole or gone', () =>
+    runInWorker(RUNNER, 'lifecycleCrashSweep', [SEEDS[0] ?? 11], DEADLINE_MS));
+
   it('a store and volume created on an empty disk survive power loss together with fsynced data', async () => {
     const sim = new SimFS();
     const store = await openStore(sim);
