@@ -44,19 +44,43 @@ describe('Arena', () => {
 });
 
 describe('BlockCache', () => {
+  const block = (v: number): Buffer => Buffer.alloc(100, v);
+  const read = (c: BlockCache, b: number): number | undefined => {
+    const out = Buffer.alloc(100);
+    return c.copyOut(b, out, 0) ? out[0] : undefined;
+  };
+
   it('is LRU and bounded in bytes; eviction reports the block', () => {
     const evicted: number[] = [];
-    const c = new BlockCache(3 * 100, (b) => evicted.push(b));
-    c.set(1, Buffer.alloc(100));
-    c.set(2, Buffer.alloc(100));
-    c.set(3, Buffer.alloc(100));
-    assert.ok(c.get(1)); // 1 is now most recent
-    c.set(4, Buffer.alloc(100));
+    const c = new BlockCache(3 * 100, 100, (b) => evicted.push(b));
+    c.set(1, block(1));
+    c.set(2, block(2));
+    c.set(3, block(3));
+    assert.equal(read(c, 1), 1); // 1 is now most recent
+    c.set(4, block(4));
     assert.deepEqual(evicted, [2]);
     assert.equal(c.bytes, 300);
-    assert.equal(c.get(2), undefined);
-    assert.equal(c.hits, 1);
+    assert.equal(read(c, 2), undefined);
+    assert.equal(read(c, 4), 4);
+    assert.equal(read(c, 3), 3);
+    c.set(5, block(5)); // evicts 1 (least recent now)
+    assert.deepEqual(evicted, [2, 1]);
+    assert.equal(c.hits, 3);
     assert.equal(c.misses, 1);
-    assert.equal(new BlockCache(0, () => undefined).set(1, Buffer.alloc(1)), false, 'a zero-byte cache holds nothing');
+    assert.equal(new BlockCache(0, 100, () => undefined).set(1, block(1)), false, 'a zero-byte cache holds nothing');
+  });
+
+  it('stores a copy, reuses slots after delete, and overwrites in place', () => {
+    const c = new BlockCache(2 * 100, 100, () => undefined);
+    const src = Buffer.alloc(300, 7);
+    c.set(9, src, 100);
+    src.fill(0);
+    assert.equal(read(c, 9), 7, 'a copy, not a view of the source');
+    c.delete(9);
+    assert.equal(read(c, 9), undefined);
+    c.set(10, block(1));
+    c.set(10, block(2));
+    assert.equal(read(c, 10), 2);
+    assert.equal(c.bytes, 100);
   });
 });

@@ -99,8 +99,10 @@ export class FileBackend implements Backend {
     }
     const raced = this.handles.get(key);
     if (raced) {
-      await fh.close().catch(() => {});
+      // Count ourselves in before any await, or the raced handle could be evicted
+      // and closed under us while we close our duplicate.
       raced.users++;
+      void fh.close().catch(() => {});
       return raced.fh;
     }
     this.handles.set(key, { fh, users: 1, doomed: false });

@@ -1,65 +1,145 @@
+import { copyBytes } from '../format/bytes';
+
+const SLAB_BYTES = 4 * 1024 * 1024;
+
 /**
- * Read cache of persisted blocks, LRU, bounded in bytes. A Map keeps insertion
- * order, so the oldest entry is the first key; a hit re-inserts. The entry count
- * is bounded by cacheBytes / blockSize, so a Map is fine here (unlike the index).
- * `onEvict` lets the index move the block from Cached back to Persisted.
+ * Read cache of persisted blocks: LRU, bounded in bytes. Block data lives in fixed
+ * slots carved from 4 MiB slabs (allocated as the cache fills), the LRU order is a
+ * doubly linked list in typed arrays, and only the block -> slot lookup is a Map,
+ * whose size is bounded by cacheBytes / blockSize. So a cache hit or fill allocates
+ * nothing and leaves nothing for the garbage collector. `onEvict` lets the index
+ * move a block from Cached back to Persisted.
  */
 export class BlockCache {
-  private readonly map = new Map<number, Buffer>();
-  bytes = 0;
+  private readonly slotOf = new Map<number, number>();
+  private readonly slabs: Buffer[] = [];
+  private readonly perSlab: number;
+  private readonly capacity: number;
+  private readonly blockOf: Float64Array;
+  private readonly prev: Int32Array;
+  private readonly next: Int32Array;
+  private head = -1; // most recently used
+  private tail = -1; // least recently used
+  private readonly free: number[] = [];
+  private fresh = 0;
   hits = 0;
   misses = 0;
 
-  constructor(readonly maxBytes: number, private readonly onEvict: (block: number) => void) {}
+  constructor(readonly maxBytes: number, readonly blockSize: number, private readonly onEvict: (block: number) => void) {
+    this.capacity = Math.max(0, Math.floor(maxBytes / blockSize));
+    this.perSlab = Math.max(1, Math.floor(SLAB_BYTES / blockSize));
+    this.blockOf = new Float64Array(this.capacity);
+    this.prev = new Int32Array(this.capacity);
+    this.next = new Int32Array(this.capacity);
+  }
 
-  get(block: number): Buffer | undefined {
-    const b = this.map.get(block);
-    if (b === undefined) {
-      this.misses++;
-      return undefined;
-    }
-    this.hits++;
-    this.map.delete(block);
-    this.map.set(block, b);
-    return b;
+  get bytes(): number {
+    return this.slotOf.size * this.blockSize;
   }
 
   has(block: number): boolean {
-    return this.map.has(block);
+    return this.slotOf.has(block);
   }
 
-  /** Stores `data` as is: pass a buffer nobody else will modify. */
-  set(block: number, data: Buffer): boolean {
-    if (this.maxBytes < data.length) return false;
-    const old = this.map.get(block);
-    if (old) {
-      this.bytes -= old.length;
-      this.map.delete(block);
+  /** Copy bytes [from, to) of the cached block to dst[at]; false on a miss. Counts hits and misses. */
+  copyOut(block: number, dst: Uint8Array, at: number, from = 0, to = this.blockSize): boolean {
+    const slot = this.slotOf.get(block);
+    if (slot === undefined) {
+      this.misses++;
+      return false;
     }
-    this.map.set(block, data);
-    this.bytes += data.length;
-    while (this.bytes > this.maxBytes) {
-      const first = this.map.keys().next();
-      if (first.done) break;
-      this.evict(first.value);
+    this.hits++;
+    this.touch(slot);
+    const o = this.offset(slot);
+    copyBytes(this.slab(slot), dst, at, o + from, o + to);
+    return true;
+  }
+
+  /** A view of the cached block (for a read-modify-write), or undefined. */
+  view(block: number): Buffer | undefined {
+    const slot = this.slotOf.get(block);
+    if (slot === undefined) return undefined;
+    this.touch(slot);
+    const o = this.offset(slot);
+    return this.slab(slot).subarray(o, o + this.blockSize);
+  }
+
+  /** Store a copy of src[start, start + blockSize); evicts the least recently used block if full. */
+  set(block: number, src: Uint8Array, start = 0): boolean {
+    if (this.capacity === 0) return false;
+    let slot = this.slotOf.get(block);
+    if (slot === undefined) {
+      slot = this.allocSlot();
+      this.slotOf.set(block, slot);
+      this.blockOf[slot] = block;
+      this.linkHead(slot);
+    } else {
+      this.touch(slot);
     }
+    copyBytes(src, this.slab(slot), this.offset(slot), start, start + this.blockSize);
     return true;
   }
 
   delete(block: number): void {
-    const b = this.map.get(block);
-    if (b) {
-      this.bytes -= b.length;
-      this.map.delete(block);
-    }
-  }
-
-  private evict(block: number): void {
-    this.delete(block);
-    this.onEvict(block);
+    const slot = this.slotOf.get(block);
+    if (slot === undefined) return;
+    this.slotOf.delete(block);
+    this.unlink(slot);
+    this.free.push(slot);
   }
 
   clear(): void {
-    for (const k of [...this.map.keys()]) this.evict(k);
+    while (this.tail >= 0) this.evictTail();
+  }
+
+  private allocSlot(): number {
+    const f = this.free.pop();
+    if (f !== undefined) return f;
+    if (this.fresh < this.capacity) {
+      const s = this.fresh++;
+      if (Math.floor(s / this.perSlab) >= this.slabs.length) this.slabs.push(Buffer.allocUnsafeSlow(this.perSlab * this.blockSize));
+      return s;
+    }
+    return this.evictTail();
+  }
+
+  private evictTail(): number {
+    const slot = this.tail;
+    const block = this.blockOf[slot] as number;
+    this.slotOf.delete(block);
+    this.unlink(slot);
+    this.onEvict(block);
+    return slot;
+  }
+
+  private slab(slot: number): Buffer {
+    return this.slabs[Math.floor(slot / this.perSlab)] as Buffer;
+  }
+
+  private offset(slot: number): number {
+    return (slot % this.perSlab) * this.blockSize;
+  }
+
+  private touch(slot: number): void {
+    if (this.head === slot) return;
+    this.unlink(slot);
+    this.linkHead(slot);
+  }
+
+  private linkHead(slot: number): void {
+    this.prev[slot] = -1;
+    this.next[slot] = this.head;
+    if (this.head >= 0) this.prev[this.head] = slot;
+    this.head = slot;
+    if (this.tail < 0) this.tail = slot;
+  }
+
+  private unlink(slot: number): void {
+    const p = this.prev[slot] as number;
+    const n = this.next[slot] as number;
+    if (p >= 0) this.next[p] = n;
+    else this.head = n;
+    if (n >= 0) this.prev[n] = p;
+    else this.tail = p;
   }
 }

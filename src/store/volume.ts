@@ -5,6 +5,7 @@ import type { Backend } from '../backend/backend';
 import { BlockCache } from '../cache/block-cache';
 import { chunkKey, chunkPrefix, decodeChunkHeader, encodeChunkHeader, parseChunkKey, verifyChunkRecord } from '../chunk/chunk';
 import { encodeRecord, encodeRecordWithCrc, FLAG_LZ4, RECORD_HEADER } from '../format/block-record';
+import { copyBytes } from '../format/bytes';
 import { allocCommit, commitEntryOffset, writeLocation } from '../format/map-records';
 import { SEGMENT_HEADER } from '../format/segment-header';
 import { BlockIndex, CACHED, EMPTY, HOT, PENDING, PERSISTED, type BlockState } from '../index/block-index';
@@ -104,7 +105,7 @@ export class Volume {
     this.blockCount = info.size / info.blockSize;
     this.index = new BlockIndex(this.blockCount);
     this.arena = new Arena(info.blockSize, Math.max(2, Math.floor(this.t.writeBufferBytes / info.blockSize)));
-    this.cache = new BlockCache(this.t.cacheBytes, (b) => this.index.setCached(b, false));
+    this.cache = new BlockCache(this.t.cacheBytes, info.blockSize, (b) => this.index.setCached(b, false));
     this.map = new MapStore(ctx.fileIO, `${ctx.dir}/map`, info.id, ctx.logger, ctx.failpoint);
     this.zeros = Buffer.alloc(info.blockSize);
   }
@@ -373,9 +374,7 @@ export class Volume {
       if (st === HOT || st === PENDING) {
         this.arena.copyOut(this.index.slot(b), out, dst, from, to);
       } else if (st === CACHED) {
-        const c = this.cache.get(b);
-        if (c) c.copy(out, dst, from, to);
-        else fetches.push(this.readRun(b, b + 1, b + 1, out, offset));
+        if (!this.cache.copyOut(b, out, dst, from, to)) fetches.push(this.readRun(b, b + 1, b + 1, out, offset));
       } else {
         out.fill(0, dst, dst + (to - from));
       }
@@ -443,14 +442,15 @@ export class Volume {
         throw err;
       }
       const len = buf.readUInt32LE(at + 4);
-      const payload = buf.subarray(at + RECORD_HEADER, at + RECORD_HEADER + len);
-      const data = flags & FLAG_LZ4 ? lz4UncompressSync(payload) : Buffer.from(payload);
+      // Raw payloads are used in place in the run buffer: no copy, no allocation per block.
+      const data = flags & FLAG_LZ4 ? lz4UncompressSync(buf.subarray(at + RECORD_HEADER, at + RECORD_HEADER + len)) : buf;
+      const base = flags & FLAG_LZ4 ? 0 : at + RECORD_HEADER;
       if (b < outEnd) {
         const [from, to, dst] = this.clip(b, offset, out.length);
-        data.copy(out, dst, from, to);
+        copyBytes(data, out, dst, base + from, base + to);
       }
       // Cache only if the block still has exactly this version and no newer in-memory one.
-      if (ix.persistedSeq(b) === seq && ix.state(b) === PERSISTED && this.cache.set(b, data)) ix.setCached(b, true);
+      if (ix.persistedSeq(b) === seq && ix.state(b) === PERSISTED && this.cache.set(b, data, base)) ix.setCached(b, true);
       at += RECORD_HEADER + len;
     }
     this.processDeadChunks();
@@ -461,7 +461,7 @@ export class Volume {
     const st = this.index.state(block);
     if (st === EMPTY) return null;
     if (st === HOT || st === PENDING) return this.arena.view(this.index.slot(block));
-    if (st === CACHED) return this.cache.get(block);
+    if (st === CACHED) return this.cache.view(block);
     return undefined;
   }
 
