@@ -54,6 +54,11 @@ export class Arena {
     return this.pinned[slot] === 1;
   }
 
+  /** Slots alloc() can hand out right now without waiting. */
+  get available(): number {
+    return this.freeTop + (this.free.length - this.nextFresh);
+  }
+
   get full(): boolean {
     return this.freeTop === 0 && this.nextFresh >= this.free.length;
   }

@@ -37,7 +37,7 @@ interface Handle {
 
 interface VolumeEntry {
   vol: MountableVolume;
-  mtime: Date;
+  mtimeMs: number;
 }
 
 export interface VolumeFsOptions {
@@ -176,7 +176,7 @@ export class VolumeFs {
       p = this.store
         .openVolume(name, this.openOptions)
         .then((vol) => {
-          const entry = { vol, mtime: new Date() };
+          const entry = { vol, mtimeMs: Date.now() };
           if (this.closed) {
             // Shutdown started while we were opening: do not leak the lock.
             return vol.close().then(() => null);
@@ -256,9 +256,9 @@ export class VolumeFs {
       // Reported as fully allocated: tools that see st_blocks == 0 may skip reading the file.
       blocks: Math.ceil(e.vol.size / 512),
       blksize: 131072,
-      mtime: e.mtime,
-      atime: e.mtime,
-      ctime: e.mtime,
+      mtime: new Date(e.mtimeMs),
+      atime: new Date(e.mtimeMs),
+      ctime: new Date(e.mtimeMs),
     };
   }
 
@@ -354,15 +354,14 @@ export class VolumeFs {
         if (len === 0) return cb(0);
         if (pos >= vol.size) return cb(errno.ENOSPC);
         const n = Math.min(len, vol.size - pos);
-        // Our own copy: the engine may still look at the data after we answer the kernel.
-        const data = Buffer.allocUnsafe(n);
-        buf.copy(data, 0, 0, n);
+        // No copy: the engine reads `buf` only until its promise settles, and the
+        // kernel's buffer stays valid until we call cb.
         this.call(
           'write',
           path,
-          () => vol.write(pos, data),
+          () => vol.write(pos, n === len ? buf : buf.subarray(0, n)),
           () => {
-            this.volumes.get(h.name)!.mtime = new Date();
+            this.volumes.get(h.name)!.mtimeMs = Date.now();
             cb(n);
           },
           (e) => {
@@ -406,7 +405,7 @@ export class VolumeFs {
             if (path === '/' || path === '/' + STATS_NAME) return;
             const e = await this.lookup(path);
             if (!e) throw errno.ENOENT;
-            e.mtime = new Date(typeof mtime === 'number' && Number.isFinite(mtime) ? mtime : Date.now());
+            e.mtimeMs = typeof mtime === 'number' && Number.isFinite(mtime) ? mtime : Date.now();
           },
           () => cb(0),
           (n) => cb(n),

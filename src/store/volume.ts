@@ -19,6 +19,7 @@ import type { Durability, Logger, VolumeInfo, VolumeOpenOptions, VolumeStats, Vo
 import { checkDurability } from '../format/volume-meta';
 
 const MiB = 1024 * 1024;
+const RESOLVED: Promise<void> = Promise.resolve();
 
 export const DEFAULT_TUNABLES: VolumeTunables = {
   walSegmentBytes: 64 * MiB,
@@ -207,15 +208,24 @@ export class Volume {
   /**
    * Write `data` at byte `offset`. Writes are applied in arrival order (one queue),
    * so overlapping writes keep their order even when one of them needs a
-   * read-modify-write of a partial block. The data is copied before this returns
-   * a settled promise; what "settled" guarantees depends on the durability mode.
+   * read-modify-write of a partial block. `data` is read only until the returned
+   * promise settles (callers may reuse it after that); what the settled promise
+   * guarantees about durability depends on the mode.
    */
-  async write(offset: number, data: Uint8Array): Promise<void> {
-    this.checkWritable();
-    this.checkRange(offset, data.length);
-    if (data.length === 0) return;
+  write(offset: number, data: Uint8Array): Promise<void> {
+    try {
+      this.checkWritable();
+      this.checkRange(offset, data.length);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    if (data.length === 0) return RESOLVED;
     this.s.writes++;
     this.s.writeBytes += data.length;
+    // Fast path (the usual case behind FUSE, which sends one write at a time): no
+    // write queued, room in the arena, no partial block that needs a backend read.
+    // Then the whole write is applied synchronously, with no promise in between.
+    if (!this.writeTail && this.applySync(offset, data)) return this.afterApply();
     const prev = this.writeTail;
     const run = (): Promise<void> => this.apply(offset, data);
     // A failed earlier write must not fail this one: chain on settle, not on success.
@@ -223,9 +233,14 @@ export class Volume {
       if (this.writeTail === mine) this.writeTail = null;
     });
     this.writeTail = mine;
-    await mine;
-    if (this.durability === 'strict') await this.syncWal();
-    else if (this.durability === 'batched') await this.batchedCommit();
+    return mine.then(() => this.afterApply());
+  }
+
+  /** What a write waits for once its blocks are in the arena and the WAL buffer. */
+  private afterApply(): Promise<void> {
+    if (this.durability === 'strict') return this.syncWal();
+    if (this.durability === 'batched') return this.batchedCommit();
+    return RESOLVED;
   }
 
   /**
@@ -235,10 +250,44 @@ export class Volume {
    * loss window stays bounded by blocks even when timers cannot fire (a busy event
    * loop) and by time when they can.
    */
-  private async batchedCommit(): Promise<void> {
+  private batchedCommit(): Promise<void> {
     const wal = this.wal as WalWriter;
-    if (wal.unsyncedBytes >= 2 * this.t.batchBlocks * (RECORD_HEADER + this.blockSize)) await this.syncWal();
-    else this.scheduleBatchSync();
+    if (wal.unsyncedBytes >= 2 * this.t.batchBlocks * (RECORD_HEADER + this.blockSize)) return this.syncWal();
+    this.scheduleBatchSync();
+    return RESOLVED;
+  }
+
+  /** Apply the write now if nothing can make it wait; false (and nothing done) otherwise. */
+  private applySync(offset: number, data: Uint8Array): boolean {
+    const bs = this.blockSize;
+    const first = Math.floor(offset / bs);
+    const last = Math.floor((offset + data.length - 1) / bs);
+    if (last - first + 1 > this.arena.available) return false;
+    if (offset % bs !== 0 && this.inMemoryBlock(first) === undefined) return false;
+    if ((offset + data.length) % bs !== 0 && this.inMemoryBlock(last) === undefined) return false;
+    let pos = offset;
+    const end = offset + data.length;
+    while (pos < end) {
+      const block = Math.floor(pos / bs);
+      const inOff = pos - block * bs;
+      const n = Math.min(bs - inOff, end - pos);
+      const slot = this.arena.alloc();
+      if (n === bs) this.arena.copyIn(slot, data, pos - offset);
+      else this.fillPartial(slot, this.inMemoryBlock(block) as Buffer | null, data, pos - offset, inOff, n);
+      this.commitSlot(block, slot);
+      pos += n;
+    }
+    if (this.arena.used * bs >= this.t.flushBytes) this.kickFlush();
+    return true;
+  }
+
+  /** A partial block: the block's current bytes (or zeros), overlaid with data[src, src + n) at inOff. */
+  private fillPartial(slot: number, base: Buffer | null, data: Uint8Array, src: number, inOff: number, n: number): void {
+    const slab = this.arena.slab(slot);
+    const o = this.arena.offset(slot);
+    if (base === null) slab.fill(0, o, o + this.blockSize);
+    else this.arena.copyIn(slot, base, 0);
+    copyBytes(data, slab, o + inOff, src, src + n);
   }
 
   private async apply(offset: number, data: Uint8Array): Promise<void> {
@@ -258,9 +307,7 @@ export class Volume {
         // Partial block: start from the current version of the block.
         let base = this.inMemoryBlock(block);
         if (base === undefined) base = await this.fetchBlock(block);
-        if (base === null) this.arena.slab(slot).fill(0, this.arena.offset(slot), this.arena.offset(slot) + bs);
-        else this.arena.copyIn(slot, base, 0);
-        this.arena.slab(slot).set(data.subarray(pos - offset, pos - offset + n), this.arena.offset(slot) + inOff);
+        this.fillPartial(slot, base, data, pos - offset, inOff, n);
       }
       this.commitSlot(block, slot);
       pos += n;
