@@ -228,7 +228,7 @@ export async function runDdExt4(
       if (seconds > capSeconds) break;
     }
   } finally {
-    if (mounted) {
+    if (mounted || isMounted(mnt)) {
       for (let attempt = 0; isMounted(mnt); attempt++) {
         const r = await run('umount', [mnt], { allowFail: true, timeoutMs: 900_000 });
         if (r.code === 0) break;

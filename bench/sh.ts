@@ -114,7 +114,11 @@ export interface Daemon {
 
 export function startDaemon(cmd: string, args: readonly string[], opts: { cwd?: string } = {}): Daemon {
   debug(`$ ${cmd} ${args.join(' ')} &`);
-  const child = spawn(cmd, args, { cwd: opts.cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+  // detached: its own process group, so a Ctrl-C at the terminal reaches fio/dd and
+  // this script but not the FUSE daemon; the daemon must outlive the loop device and
+  // ext4 on top of it and be stopped by our cleanup, in order (libfuse's own exit
+  // path would unmount lazily under an attached loop device).
+  const child = spawn(cmd, args, { cwd: opts.cwd, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   if (child.pid === undefined) throw new Error(`could not start ${cmd}`);
   const pid = child.pid;
   live.set(pid, { child, daemon: true });
