@@ -32,4 +32,9 @@ describe('model-based volume test', function () {
       }
     });
   }
+
+  for (const seed of SEEDS.slice(0, 2)) {
+    it(`seed ${seed}: ${OPS / 2} random ops on a sparse 16/256 TiB volume near block numbers 2^24, 2^31, 2^32 and the end (VBFS_SEED=${seed})`, () =>
+      runInWorker(RUNNER, 'runSparseModel', [seed, OPS / 2], DEADLINE_MS));
+  }
 });
