@@ -182,6 +182,7 @@ describe('FUSE mount of a real store (bin/vbfs)', function () {
       '--fallocate=none',
       '--verify=crc32c',
       '--verify_fatal=1',
+      '--verify_state_save=0', // else fio leaves *-verify.state files in the working directory
       '--do_verify=1',
       '--end_fsync=1',
       '--group_reporting',
