@@ -41,15 +41,7 @@ export function encodeRecord(
   pStart = 0,
   pEnd = payload.length,
 ): number {
-  const len = pEnd - pStart;
-  writeU32(buf, off + 4, len);
-  writeU64(buf, off + 8, seq);
-  writeU64(buf, off + 16, block);
-  writeU32(buf, off + 24, flags);
-  writeU32(buf, off + 28, rawLen);
-  // Buffer#copy, not set(subarray()): no view object per record on the hot path.
-  copyBytes(payload, buf, off + RECORD_HEADER, pStart, pEnd);
-  const end = off + RECORD_HEADER + len;
+  const end = encodeRecordWithCrc(buf, off, 0, seq, block, flags, rawLen, payload, pStart, pEnd);
   writeU32(buf, off, crc32c(buf, 0, off + 4, end));
   return end;
 }
