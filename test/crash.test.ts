@@ -11,9 +11,9 @@ import { BLOCK, MODE_OF_SEED, SEEDS_DEFAULT, SIZE, openStore } from './helpers/c
  * so an engine that spins or hangs fails with the crash point it was running.
  *
  * Replay: VBFS_SEED=<seed> [VBFS_CRASH_AT=<mutating op> | VBFS_CRASH_FAILPOINT=<name>:<nth>]
- * Scale: VBFS_CRASH_POINTS (random crash points per seed, default 30), VBFS_CRASH_OPS (workload length).
+ * Scale: VBFS_CRASH_POINTS (random crash points per seed, default 80), VBFS_CRASH_OPS (workload length).
  */
-const POINTS = envInt('VBFS_CRASH_POINTS', 40);
+const POINTS = envInt('VBFS_CRASH_POINTS', 80);
 const SEEDS = seedsFromEnv(SEEDS_DEFAULT);
 const DEADLINE_MS = envInt('VBFS_CRASH_DEADLINE_MS', 120_000);
 const RUNNER = path.join(__dirname, 'helpers', 'crash-runner.js');

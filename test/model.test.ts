@@ -11,8 +11,8 @@ import { runInWorker } from './helpers/in-worker';
  * Replay a failure: VBFS_SEED=<seed> VBFS_MODEL_OPS=<n> npx mocha dist/test/model.test.js
  * (VBFS_MODEL_TRACE=1 prints every op as it runs.)
  */
-const OPS = envInt('VBFS_MODEL_OPS', 1500);
-const SEEDS = seedsFromEnv([1, 2, 3, 4, 5, 7, 8]);
+const OPS = envInt('VBFS_MODEL_OPS', 2500);
+const SEEDS = seedsFromEnv([1, 2, 3, 4, 5, 7, 8, 10, 11, 13]);
 const DEADLINE_MS = envInt('VBFS_MODEL_DEADLINE_MS', 90_000);
 const RUNNER = path.join(__dirname, 'helpers', 'model-runner.js');
 
