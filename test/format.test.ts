@@ -1,7 +1,7 @@
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { crc32c } from '../src/format/crc32c';
+import { crc32c, crc32cImplementation, crc32cJs } from '../src/format/crc32c';
 import { checkRecord, encodeRecord, RECORD_HEADER } from '../src/format/block-record';
 import { checkFrame, encodeFrame } from '../src/format/frame';
 import { CHUNK_MAGIC, decodeSegmentHeader, encodeSegmentHeader, WAL_MAGIC } from '../src/format/segment-header';
@@ -48,6 +48,14 @@ describe('format', () => {
     assert.equal(crc32c(Buffer.alloc(32)), 0x8a9136aa);
     const b = payload(1000);
     assert.equal(crc32c(b, crc32c(b, 0, 0, 333), 333, 1000), crc32c(b));
+  });
+
+  it(`crc32c: the ${crc32cImplementation} implementation agrees with the table version at every length and offset`, () => {
+    const b = payload(9000);
+    for (const [start, end] of [[0, 0], [0, 255], [0, 256], [3, 4099], [1, 9000], [4096, 8192]] as const) {
+      assert.equal(crc32c(b, 0, start, end), crc32cJs(b, 0, start, end), `[${start}, ${end})`);
+      assert.equal(crc32c(b, 0x12345678, start, end), crc32cJs(b, 0x12345678, start, end), `continued [${start}, ${end})`);
+    }
   });
 
   it('u64 round-trips values up to 2^53', () => {

@@ -19,8 +19,41 @@ for (let n = 0; n < 256; n++) {
   }
 }
 
+/**
+ * Hardware CRC-32C (SSE4.2 / ARMv8 CRC instructions) from @node-rs/crc32 when it is
+ * installed for this platform: about 3x the table version on 4 KiB blocks, and
+ * checksums are the largest CPU cost of both the write path (WAL records) and the
+ * read path (every record read is verified). The table version below stays the
+ * fallback and the reference the tests compare it with.
+ */
+type NativeCrc = (input: Buffer, initialState?: number) => number;
+const native: NativeCrc | null = (() => {
+  if (process.env.VBFS_CRC32C === 'js') return null;
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const m = require('@node-rs/crc32') as { crc32c: NativeCrc };
+    return m.crc32c(Buffer.from('123456789')) === 0xe3069283 ? m.crc32c : null;
+  } catch {
+    return null;
+  }
+})();
+
+/** Which implementation crc32c() uses ('native' or 'js'). */
+export const crc32cImplementation: 'native' | 'js' = native ? 'native' : 'js';
+
+/** Below this length the call overhead of the native version outweighs its speed. */
+const NATIVE_MIN = 256;
+
 /** Continue a CRC over buf[start, end). Pass the previous result as `crc` (0 to start). */
 export function crc32c(buf: Uint8Array, crc = 0, start = 0, end = buf.length): number {
+  if (native !== null && end - start >= NATIVE_MIN) {
+    return native(Buffer.from(buf.buffer, buf.byteOffset + start, end - start), crc) >>> 0;
+  }
+  return crc32cJs(buf, crc, start, end);
+}
+
+/** The portable table-driven implementation (slice-by-8). */
+export function crc32cJs(buf: Uint8Array, crc = 0, start = 0, end = buf.length): number {
   let c = ~crc;
   let i = start;
   const t = T;
