@@ -1,3 +1,5 @@
+import { VbfsError } from '../errors';
+
 /**
  * Where chunk objects live. Keys are '/'-separated relative names
  * (`<volumeId>/chunks/<id>`). Every implementation passes test/backend-suite.ts.
@@ -21,6 +23,6 @@ export interface Backend {
 
 export function checkKey(key: string): void {
   if (key.length === 0 || key.startsWith('/') || key.split('/').some((p) => p === '' || p === '.' || p === '..')) {
-    throw new Error(`invalid backend key '${key}'`);
+    throw new VbfsError('VBFS_INVALID_ARGUMENT', `invalid backend key '${key}'`, { key });
   }
 }

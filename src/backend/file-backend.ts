@@ -30,6 +30,8 @@ export class FileBackend implements Backend {
   private tempCounter = 0;
   private readonly handles = new Map<string, CachedHandle>();
   private readonly doomedHandles = new Map<FileHandle, CachedHandle>();
+  /** Bumped by every put/delete of a key, so an open that raced one is not cached. */
+  private readonly generation = new Map<string, number>();
   private closed = false;
 
   constructor(root: string, private readonly fileIO: FileIO) {
@@ -89,6 +91,7 @@ export class FileBackend implements Backend {
       return cached.fh;
     }
     let fh: FileHandle;
+    const gen = this.generation.get(key) ?? 0;
     try {
       fh = await this.fileIO.open(file, 'r');
     } catch (err) {
@@ -104,6 +107,13 @@ export class FileBackend implements Backend {
       raced.users++;
       void fh.close().catch(() => {});
       return raced.fh;
+    }
+    if ((this.generation.get(key) ?? 0) !== gen) {
+      // A put or delete of this key ran while we opened: our handle may be of the
+      // old object. Use it for this read only (it raced the change anyway), never cache it.
+      const once: CachedHandle = { fh, users: 1, doomed: true };
+      this.doomedHandles.set(fh, once);
+      return fh;
     }
     this.handles.set(key, { fh, users: 1, doomed: false });
     while (this.handles.size > READ_HANDLES) {
@@ -131,6 +141,7 @@ export class FileBackend implements Backend {
   }
 
   private forget(key: string): void {
+    this.generation.set(key, (this.generation.get(key) ?? 0) + 1);
     const h = this.handles.get(key);
     if (!h) return;
     this.handles.delete(key);

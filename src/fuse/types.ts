@@ -10,6 +10,7 @@ export interface MountableVolume {
   readonly blockSize: number;
   readonly durability: Durability;
   read(offset: number, length: number): Promise<Buffer>;
+  readInto(offset: number, out: Buffer): Promise<void>;
   write(offset: number, data: Uint8Array): Promise<void>;
   fsync(): Promise<void>;
   stats(): VolumeStats;

@@ -332,16 +332,13 @@ export class VolumeFs {
         const vol = h.vol!;
         const n = Math.max(0, Math.min(len, vol.size - pos));
         if (n === 0) return cb(0);
+        // Read straight into the kernel's buffer: it stays valid until cb (fuse-native
+        // detaches it then), and the engine is done with it when its promise settles.
         this.call(
           'read',
           path,
-          () => vol.read(pos, n),
-          (data) => {
-            // Copy into the kernel's buffer before cb: fuse-native detaches it on cb.
-            const got = Math.min(n, data.length);
-            data.copy(buf, 0, 0, got);
-            cb(got);
-          },
+          () => vol.readInto(pos, n === len ? buf : buf.subarray(0, n)),
+          () => cb(n),
           (e) => cb(e),
         );
       },

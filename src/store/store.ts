@@ -150,9 +150,13 @@ export class Store {
       throw err;
     }
     const aside = `${this.dir}/volumes/.deleted-${name}-${randomBytes(4).toString('hex')}`;
-    await lock.release();
-    await this.fileIO.rename(this.volDir(name), aside);
-    await this.fileIO.fsyncDir(`${this.dir}/volumes`);
+    try {
+      // Renamed aside while still locked, so no opener can slip in between.
+      await this.fileIO.rename(this.volDir(name), aside);
+      await this.fileIO.fsyncDir(`${this.dir}/volumes`);
+    } finally {
+      await lock.release();
+    }
     await this.removeVolumeData(aside, info.id);
     this.logger.info('deleted volume', { volume: name });
   }

@@ -77,7 +77,7 @@ export interface VolumeStats {
   writeBytes: number;
   reads: number;
   readBytes: number;
-  walWrites: number; // write(2)/pwritev calls issued by the WAL
+  walWrites: number; // write(2) calls of WAL record batches (segment headers not counted)
   walSyncs: number; // fdatasyncs of the WAL
   walBytes: number;
   fsyncs: number; // fsync() calls on the volume

@@ -391,12 +391,23 @@ export class Volume {
 
   /** Read `length` bytes at `offset`; never-written ranges read as zeros. */
   async read(offset: number, length: number): Promise<Buffer> {
+    this.checkRange(offset, length);
+    const out = Buffer.allocUnsafe(length);
+    await this.readInto(offset, out);
+    return out;
+  }
+
+  /**
+   * Read `out.length` bytes at `offset` straight into `out` (the FUSE layer passes
+   * the kernel's buffer: no intermediate allocation or copy).
+   */
+  async readInto(offset: number, out: Buffer): Promise<void> {
+    const length = out.length;
     this.checkOpen();
     this.checkRange(offset, length);
     this.s.reads++;
     this.s.readBytes += length;
-    const out = Buffer.allocUnsafe(length);
-    if (length === 0) return out;
+    if (length === 0) return;
     const bs = this.blockSize;
     const first = Math.floor(offset / bs);
     const last = Math.floor((offset + length - 1) / bs);
@@ -428,7 +439,6 @@ export class Volume {
     }
     flushRun(last + 1, sequential && this.t.readaheadBytes > 0);
     if (fetches.length > 0) await Promise.all(fetches);
-    return out;
   }
 
   /** Where block b's bytes go: [from, to) within the block, at out[dst]. */
