@@ -41,6 +41,14 @@ const FLUSH_WAVE = 4;
 /** Chunk building yields to the event loop after this many records. */
 const BUILD_SLICE = 128;
 
+interface BuiltChunk {
+  id: number;
+  buf: Buffer; // the encoded object
+  base: Buffer; // the pooled buffer it lives in
+  commit: Buffer; // its map log commit payload
+  slots: number[];
+}
+
 export interface VolumeContext {
   dir: string; // <store>/volumes/<name>
   fileIO: FileIO;
@@ -82,6 +90,7 @@ export class Volume {
   private flushTimer: NodeJS.Timeout | null = null;
   private readsInFlight = 0;
   private deadChunks: number[] = [];
+  private readonly chunkPool: Buffer[] = [];
   private lastReadEnd = -1;
   private readonly zeros: Buffer;
   private readonly fsyncLat = new LatencyWindow(1024);
@@ -652,7 +661,7 @@ export class Volume {
    * deletes; the WAL still holds their data.
    */
   private async writeWave(groups: number[][]): Promise<void> {
-    const built: { id: number; buf: Buffer; commit: Buffer; slots: number[] }[] = [];
+    const built: BuiltChunk[] = [];
     for (const slots of groups) built.push(await this.buildChunk(slots));
     await Promise.all(
       built.map(async (c) => {
@@ -661,6 +670,7 @@ export class Volume {
         await this.ctx.failpoint('flush:afterChunkWrite');
       }),
     );
+    for (const c of built) if (this.chunkPool.length < FLUSH_WAVE) this.chunkPool.push(c.base);
     await this.map.commit(built.map((c) => c.commit));
     await this.ctx.failpoint('flush:afterMapCommit');
     const a = this.arena;
@@ -689,7 +699,7 @@ export class Volume {
    * commit payload: records go straight from the arena into the chunk buffer, no
    * per-block objects, and a raw record reuses the CRC of its WAL record.
    */
-  private async buildChunk(slots: number[]): Promise<{ id: number; buf: Buffer; commit: Buffer; slots: number[] }> {
+  private async buildChunk(slots: number[]): Promise<BuiltChunk> {
     const a = this.arena;
     const bs = this.blockSize;
     const n = slots.length;
@@ -706,7 +716,8 @@ export class Volume {
       }
     }
     const id = this.nextChunkId++;
-    const buf = Buffer.allocUnsafe(size);
+    const base = this.takeChunkBuffer(size);
+    const buf = base.subarray(0, size);
     const commit = allocCommit(id, n);
     let pos = SEGMENT_HEADER;
     let maxSeq = 0;
@@ -727,7 +738,14 @@ export class Volume {
       pos = end;
     }
     encodeChunkHeader(buf, this.info.id, bs, id, n, maxSeq);
-    return { id, buf, commit, slots };
+    return { id, buf, base, commit, slots };
+  }
+
+  /** Chunk buffers are reused across flushes (a backend is done with the data when put() resolves). */
+  private takeChunkBuffer(size: number): Buffer {
+    const b = this.chunkPool.pop();
+    if (b && b.length >= size) return b;
+    return Buffer.allocUnsafeSlow(Math.max(size, this.t.chunkBytes));
   }
 
   /** Delete chunk objects no block points at any more, once no read may still be using them. */

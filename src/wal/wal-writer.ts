@@ -163,7 +163,7 @@ export class WalWriter {
       this.bytes += b.len;
       this.writtenPos = b.endPos;
       this.writtenSeq = b.lastSeq;
-      if (this.pool.length < 4) this.pool.push(b.buf);
+      if (this.pool.length < 8) this.pool.push(b.buf);
     } catch (err) {
       throw this.fail(err);
     }
