@@ -88,10 +88,6 @@ export class BlockCache {
     this.free.push(slot);
   }
 
-  clear(): void {
-    while (this.tail >= 0) this.evictTail();
-  }
-
   private allocSlot(): number {
     const f = this.free.pop();
     if (f !== undefined) return f;

@@ -1,6 +1,6 @@
 import { VbfsError } from '../errors';
 import { checkRecord } from '../format/block-record';
-import { CHUNK_MAGIC, decodeSegmentHeader, encodeSegmentHeader, SEGMENT_HEADER } from '../format/segment-header';
+import { CHUNK_MAGIC, decodeSegmentHeader, encodeSegmentHeader } from '../format/segment-header';
 
 /**
  * Chunk objects: a 64-byte header ("VBFSCHK\0", volume id, chunk id, record count,

@@ -92,7 +92,6 @@ export class Volume {
   private deadChunks: number[] = [];
   private readonly chunkPool: Buffer[] = [];
   private lastReadEnd = -1;
-  private readonly zeros: Buffer;
   private readonly fsyncLat = new LatencyWindow(1024);
   private readonly s = {
     writes: 0,
@@ -117,7 +116,6 @@ export class Volume {
     this.arena = new Arena(info.blockSize, Math.max(2, Math.floor(this.t.writeBufferBytes / info.blockSize)));
     this.cache = new BlockCache(this.t.cacheBytes, info.blockSize, (b) => this.index.setCached(b, false));
     this.map = new MapStore(ctx.fileIO, `${ctx.dir}/map`, info.id, ctx.logger, ctx.failpoint);
-    this.zeros = Buffer.alloc(info.blockSize);
   }
 
   // ---------------------------------------------------------------- recovery
