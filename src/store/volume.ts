@@ -20,6 +20,7 @@ import { checkDurability } from '../format/volume-meta';
 
 const MiB = 1024 * 1024;
 const RESOLVED: Promise<void> = Promise.resolve();
+const EMPTY_BUFFER = Buffer.alloc(0);
 
 export const DEFAULT_TUNABLES: VolumeTunables = {
   walSegmentBytes: 64 * MiB,
@@ -92,6 +93,7 @@ export class Volume {
   private deadChunks: number[] = [];
   private readonly chunkPool: Buffer[] = [];
   private lastReadEnd = -1;
+  private readahead: { start: number; end: number; done: Promise<void> } | null = null;
   private readonly fsyncLat = new LatencyWindow(1024);
   private readonly s = {
     writes: 0,
@@ -420,11 +422,15 @@ export class Volume {
     const last = Math.floor((offset + length - 1) / bs);
     const sequential = first === this.lastReadEnd || first === this.lastReadEnd + 1;
     this.lastReadEnd = last;
+    // A readahead in flight over these blocks: wait for it rather than read them twice.
+    const ra = this.readahead;
+    if (ra && first < ra.end && last >= ra.start) await ra.done;
     let runStart = -1;
     const fetches: Promise<void>[] = [];
     const flushRun = (endExclusive: number, readahead: boolean): void => {
       if (runStart < 0) return;
-      fetches.push(this.readRun(runStart, endExclusive, readahead ? this.readaheadEnd(endExclusive) : endExclusive, out, offset));
+      fetches.push(this.readRun(runStart, endExclusive, endExclusive, out, offset));
+      if (readahead) this.startReadahead(endExclusive);
       runStart = -1;
     };
     for (let b = first; b <= last; b++) {
@@ -444,7 +450,9 @@ export class Volume {
         out.fill(0, dst, dst + (to - from));
       }
     }
-    flushRun(last + 1, sequential && this.t.readaheadBytes > 0);
+    const ahead = sequential && this.t.readaheadBytes > 0;
+    if (runStart >= 0) flushRun(last + 1, ahead);
+    else if (ahead) this.startReadahead(last + 1);
     if (fetches.length > 0) await Promise.all(fetches);
   }
 
@@ -463,11 +471,33 @@ export class Volume {
     return ix.persistedChunk(a) === ix.persistedChunk(b) && ix.persistedOff(a) + RECORD_HEADER + ix.persistedLen(a) === ix.persistedOff(b);
   }
 
-  private readaheadEnd(end: number): number {
-    const max = Math.min(this.blockCount, end + Math.floor(this.t.readaheadBytes / this.blockSize));
-    let e = end;
-    while (e < max && this.index.state(e) === PERSISTED && this.contiguous(e - 1, e)) e++;
-    return e;
+  /**
+   * Sequential reads: fetch the next window into the cache in the background, so
+   * the request that triggered it does not wait for it and the next requests find
+   * their blocks cached (or wait for this fetch instead of issuing their own). The
+   * window starts at the first block after `from` that is persisted but not cached,
+   * and runs over blocks adjacent in the same chunk. One readahead at a time;
+   * errors are ignored (the read that needs the block fetches it again and reports).
+   */
+  private startReadahead(from: number): void {
+    if (this.readahead || this.t.cacheBytes < this.t.readaheadBytes) return;
+    const window = Math.floor(this.t.readaheadBytes / this.blockSize);
+    const limit = Math.min(this.blockCount, from + window);
+    let b = from;
+    while (b < limit && this.index.state(b) !== PERSISTED) b++;
+    if (b >= limit) return;
+    let e = b + 1;
+    while (e < Math.min(this.blockCount, b + window) && this.index.state(e) === PERSISTED && this.contiguous(e - 1, e)) e++;
+    const ra = {
+      start: b,
+      end: e,
+      done: this.readRun(b, b, e, EMPTY_BUFFER, b * this.blockSize)
+        .catch(() => undefined)
+        .finally(() => {
+          if (this.readahead === ra) this.readahead = null;
+        }),
+    };
+    this.readahead = ra;
   }
 
   /**
