@@ -153,7 +153,8 @@ export class VolumeFs {
 
   /** Re-read the store's volume list (volumes created while mounted appear here). */
   private rescan(force = false): Promise<void> {
-    if (this.scanning) return this.scanning;
+    // A forced rescan must not reuse a listing that started before the caller asked.
+    if (this.scanning) return force ? this.scanning.then(() => this.rescan(true)) : this.scanning;
     if (!force && Date.now() - this.lastScan < RESCAN_MS) return Promise.resolve();
     this.scanning = this.store
       .listVolumes()
@@ -198,7 +199,12 @@ export class VolumeFs {
     const open = this.volumes.get(name);
     if (open) return open;
     await this.rescan();
-    if (!this.knownNames.includes(name)) return null;
+    if (!this.knownNames.includes(name)) {
+      // Not in a recent listing: it may have been created since (`vbfs create` while
+      // mounted prints the path and users stat it right away). Look once more, fresh.
+      await this.rescan(true);
+      if (!this.knownNames.includes(name)) return null;
+    }
     return this.openVolume(name);
   }
 
