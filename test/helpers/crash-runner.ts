@@ -345,17 +345,7 @@ export async function lifecycleCrashSweep(seed: number, progress: (msg: string) 
     await durableStoreDirs(sim);
     const store = await openStore(sim);
     sim.crashAt(sim.mutatingOps + step);
-    let completed = true;
-    try {
-      await store.createVolume('c', { size: SIZE, blockSize: BLOCK });
-    } catch (err) {
-      if (!isCrash(err)) throw err;
-      completed = false;
-    }
-    sim.crashNow();
-    await store.close().catch(() => {});
-    const after = sim.afterCrash(rng.fork());
-    const s2 = await openStore(after);
+    const { completed, s2 } = await cutPowerDuring(sim, store, rng, () => store.createVolume('c', { size: SIZE, blockSize: BLOCK }));
     const names = (await s2.listVolumes()).map((v) => v.name);
     if (completed) assert.deepEqual(names, ['c'], `createVolume completed, then power loss: the volume is gone (step ${step})`);
     assert.ok(names.length === 0 || (names.length === 1 && names[0] === 'c'), `after a crash in createVolume: volumes ${names.join(', ')}`);
@@ -393,17 +383,7 @@ export async function lifecycleCrashSweep(seed: number, progress: (msg: string) 
     const sim = new SimFS();
     const { store, id } = await setup(sim);
     sim.crashAt(sim.mutatingOps + step);
-    let completed = true;
-    try {
-      await store.deleteVolume('c');
-    } catch (err) {
-      if (!isCrash(err)) throw err;
-      completed = false;
-    }
-    sim.crashNow();
-    await store.close().catch(() => {});
-    const after = sim.afterCrash(rng.fork());
-    const s2 = await openStore(after);
+    const { completed, s2, after } = await cutPowerDuring(sim, store, rng, () => store.deleteVolume('c'));
     const names = (await s2.listVolumes()).map((v) => v.name);
     if (completed) assert.deepEqual(names, [], `deleteVolume completed, then power loss: the volume is back (step ${step})`);
     if (names.length === 1) {
@@ -418,4 +398,22 @@ export async function lifecycleCrashSweep(seed: number, progress: (msg: string) 
     }
     await s2.close();
   }
+}
+
+/**
+ * Run `op` until the crash planned on `sim` hits (or it completes), cut the power,
+ * and open the store on what survived. `completed` says whether `op` returned.
+ */
+async function cutPowerDuring(sim: SimFS, store: Store, rng: Rng, op: () => Promise<unknown>): Promise<{ completed: boolean; s2: Store; after: SimFS }> {
+  let completed = true;
+  try {
+    await op();
+  } catch (err) {
+    if (!isCrash(err)) throw err;
+    completed = false;
+  }
+  sim.crashNow();
+  await store.close().catch(() => {});
+  const after = sim.afterCrash(rng.fork());
+  return { completed, s2: await openStore(after), after };
 }
