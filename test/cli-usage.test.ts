@@ -204,6 +204,8 @@ describe('mount table, loop devices, .stats text', () => {
     assert.equal(r!.fstype, 'ext4');
     assert.equal(fsnameFor('/var/lib/vbfs'), 'vbfs:/var/lib/vbfs,big_writes,max_write=131072');
     assert.equal(fsnameFor('/a,b'), 'vbfs,big_writes,max_write=131072');
+    // --read-only reaches the kernel (the mount table says ro); -o nonempty reaches libfuse.
+    assert.equal(fsnameFor('/s', { readOnly: true, nonempty: true }), 'vbfs:/s,big_writes,max_write=131072,ro,nonempty');
   });
 
   it('finds loop devices backed by files under a mountpoint (from /sys/block)', async () => {
@@ -232,8 +234,21 @@ describe('mount table, loop devices, .stats text', () => {
     const b = renderStats({ uptimeSeconds: 99999, openHandles: 12, fuseErrors: 3 }, [{ name: 'v', durability: 'strict', size: 2 ** 40, stats: big }]);
     assert.equal(a.length, b.length);
     const parsed = parseStats(b);
-    assert.equal(parsed['v']!['writes'], 123456789);
-    assert.equal(parsed['v']!['fsync_p50_ms'], 12.346);
-    assert.equal(parsed['mount']!['open_handles'], 12);
+    assert.equal(parsed.volumes['v']!['writes'], 123456789);
+    assert.equal(parsed.volumes['v']!['fsync_p50_ms'], 12.346);
+    assert.equal(parsed.mount['open_handles'], 12);
+  });
+
+  it('stats --json keeps a volume named "mount" apart from the mount-wide counters', () => {
+    const text = renderStats({ uptimeSeconds: 5, openHandles: 7, fuseErrors: 0 }, [
+      { name: 'mount', durability: 'batched', size: 4096, stats: { writes: 3 } as never },
+      { name: 'volumes', durability: 'strict', size: 8192, stats: { writes: 4 } as never },
+    ]);
+    const parsed = parseStats(text);
+    assert.equal(parsed.mount['open_handles'], 7);
+    assert.equal(parsed.mount['volumes'], 2);
+    assert.equal(parsed.volumes['mount']!['writes'], 3);
+    assert.equal(parsed.volumes['mount']!['size'], 4096);
+    assert.equal(parsed.volumes['volumes']!['writes'], 4);
   });
 });
