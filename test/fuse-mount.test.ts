@@ -161,7 +161,7 @@ describe('FUSE mount of a real store (bin/vbfs)', function () {
     const r = await vbfs(['stats', mnt, '--json'], store);
     assert.equal(r.code, 0, r.stderr);
     const s = JSON.parse(r.stdout) as { mount: Record<string, number>; volumes: Record<string, Record<string, number>> };
-    assert.equal(s.mount['volumes'], 3);
+    assert.equal(s.mount['volumes'], Object.keys(s.volumes).length);
     assert.ok(s.volumes['disk']!['writes']! > 0);
     assert.ok(s.volumes['disk']!['fsyncs']! > 0);
   });

@@ -171,7 +171,8 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
       )
       .command(
         'mount <mountpoint>',
-        'show every volume as the file <mountpoint>/<volume>; foreground until unmounted or signalled',
+        'show every volume as the file <mountpoint>/<volume>; foreground until unmounted or SIGTERM/SIGINT ' +
+          '(deferred while busy, see --stop-timeout; SIGHUP is ignored, SIGUSR2 forces)',
         (y) =>
           y
             .positional('mountpoint', { type: 'string', demandOption: true })
@@ -181,7 +182,7 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
             .option('allow-other', { type: 'boolean', default: false, describe: 'let other users access the mount (needs user_allow_other in /etc/fuse.conf for non-root)' })
             .option('allow-root', { type: 'boolean', default: false })
             .option('default-permissions', { type: 'boolean', default: false })
-            .option('o', { type: 'string', array: true, describe: 'mount options: ro,allow_other,durability=MODE,...' })
+            .option('o', { type: 'string', array: true, describe: 'mount options: ro,allow_other,nonempty,stop_timeout=SECONDS,durability=MODE,... (see docs/cli.md)' })
             .option('timeout', { type: 'number', default: 120, describe: '--daemon: seconds to wait for the mount to be ready' })
             .option('stop-timeout', {
               type: 'string',

@@ -365,9 +365,11 @@ export async function runUnmount(ctx: CliContext, args: UnmountArgs): Promise<nu
     ctx.logger.warn(`${(err as Error).message}; forcing a lazy unmount`);
     await unmountPath(mnt, { lazy: true });
   }
-  // Wake the process now instead of waiting for its mount-table poll.
+  // Wake the process now instead of waiting for its mount-table poll. After a forced
+  // (lazy) unmount the kernel may still send requests for open files; SIGUSR2 tells
+  // the process to close anyway instead of serving them until they are closed.
   try {
-    process.kill(pid, 'SIGTERM');
+    process.kill(pid, args.force ? 'SIGUSR2' : 'SIGTERM');
   } catch {
     // already exiting
   }

@@ -339,13 +339,26 @@ export class StoreMount {
     return p;
   }
 
+  /**
+   * Is the kernel still using our connection, `graceMs` from now? Right after a plain
+   * unmount libfuse needs a moment to see the end and close /dev/fuse.
+   */
+  private async stillConnected(graceMs: number): Promise<boolean> {
+    const deadline = Date.now() + graceMs;
+    while (await holdsFuseConnection()) {
+      if (Date.now() >= deadline) return true;
+      await sleep(100);
+    }
+    return false;
+  }
+
   private async doShutdown(force: boolean): Promise<void> {
     const mnt = this.mountpoint;
     const stillMounted = async (): Promise<boolean> => {
       const e = await findMount(mnt);
       return e !== null && isVbfsMount(e);
     };
-    if (!(await stillMounted()) && !force && (await holdsFuseConnection())) {
+    if (!(await stillMounted()) && !force && (await this.stillConnected(1000))) {
       // Detached lazily by someone else, but a loop device or an open file still
       // sends requests through the kernel: closing now would fail them.
       throw new VbfsError(
