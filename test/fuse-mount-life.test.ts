@@ -26,6 +26,7 @@ import {
   waitFor,
   type ForegroundMount,
 } from './helpers/fuse-env';
+import { runRecordPath } from '../src/cli/store';
 
 const MiB = 1024 * 1024;
 
@@ -213,6 +214,10 @@ describe('FUSE mount life: signals, lazy unmounts, symlinks, read-only stores (b
     await assert.rejects(fsp.open(path.join(mnt, 'disk'), 'r+'), { code: 'EROFS' });
     const u = await vbfs(['unmount', mnt], ro);
     assert.equal(u.code, 0, u.stderr);
+    // The store could not take the daemon's log: it went to the run directory.
+    const logFile = runRecordPath(mnt).replace(/\.json$/, '.log');
+    assert.match(await fsp.readFile(logFile, 'utf8'), /unmounted cleanly/);
+    await fsp.rm(logFile, { force: true });
 
     const fg = foregroundMount(mnt, ['--read-only'], ro);
     await waitFor('mount', async () => (await served()) || fg.child.exitCode !== null);
