@@ -139,6 +139,15 @@ describe('FUSE: reads of damaged chunk data (bin/vbfs)', function () {
 
       const s = await stats(name);
       assert.ok(Number(s['corrupt_reads']) >= 5, `corrupt_reads ${String(s['corrupt_reads'])}`);
+      // Overwriting the whole block replaces the damaged version (no read of it needed).
+      const fresh = randomBytes(BS);
+      const w = await fsp.open(file, 'r+');
+      await w.write(fresh, 0, BS, target * BS);
+      await w.sync();
+      await w.close();
+      const back = await ddDirect(file, target);
+      assert.ok(back.ok, back.stderr);
+      assert.equal(sha256(back.data), sha256(fresh));
       await unmount(m);
       const out = m.output();
       const lines = out.split('\n').filter((l) => l.includes(chunkFile) && l.includes(`offset ${recordOffset}`));
