@@ -54,7 +54,7 @@ type Handle =
 /** A FUSE callback; `read`/`write` pass a byte count or a negative errno as `err`. */
 type Cb<V> = (err: number, value?: V) => void;
 /** A callback that goes through once; `answered` tells whether it has. */
-type Answer<V> = Cb<V> & { readonly answered: boolean };
+type Answer<V> = Cb<V> & { answered: boolean };
 
 export interface VolumeFsOptions {
   store: MountableStore;
@@ -231,20 +231,21 @@ export class VolumeFs {
    * second call is logged and dropped, a throwing fuse-native callback is logged.
    */
   private once<V>(op: string, path: string, cb: Cb<V>): Answer<V> {
-    let answered = false;
+    // Already wrapped (ops() wraps every handler, call() runs inside one): reuse it.
+    if ((cb as Partial<Answer<V>>).answered === false) return cb as Answer<V>;
     const answer = ((...args: Parameters<Cb<V>>) => {
-      if (answered) {
+      if (answer.answered) {
         this.log.error(`fuse reply for ${op} ${path} sent twice: dropped (bug)`, { op, path });
         return;
       }
-      answered = true;
+      answer.answered = true;
       try {
         cb(...args);
       } catch (err) {
         this.log.error(`fuse callback for ${op} threw: ${(err as Error)?.message ?? String(err)}`, { op, path });
       }
     }) as Answer<V>;
-    Object.defineProperty(answer, 'answered', { get: () => answered });
+    answer.answered = false;
     return answer;
   }
 

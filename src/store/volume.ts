@@ -591,11 +591,11 @@ export class Volume {
     if (!isVbfsError(err, 'VBFS_CORRUPT')) return err;
     const offset = err.details['offset'];
     const id = `${key}@${String(offset)}`;
-    if (this.damageLogged.has(id)) {
-      err.details['logged'] = true;
-    } else if (this.damageLogged.size < DAMAGE_LOG_LIMIT) {
+    // Marked as logged in every branch: beyond the limit, one line has said so.
+    err.details['logged'] = true;
+    if (this.damageLogged.has(id)) return err;
+    if (this.damageLogged.size < DAMAGE_LOG_LIMIT) {
       this.damageLogged.add(id);
-      err.details['logged'] = true;
       const file = this.ctx.backend.describe?.(key) ?? key;
       this.ctx.logger.error(`damaged data in ${file} at offset ${String(offset)}: reads of block ${String(err.details['block'])} fail with an I/O error (${err.message})`, {
         volume: this.name,
