@@ -10,8 +10,9 @@
  *    before it enters the engine, a read is copied into it before `cb`;
  *  - a callback is called exactly once and never throws back into fuse-native,
  *    whatever the handler does: ops() wraps every handler so that a synchronous
- *    throw still answers (EIO) and a second answer is dropped (a second answer
- *    would be taken by fuse-native as the reply to the thread's next request).
+ *    throw still answers (EIO) and a second answer is dropped (fuse-native posts
+ *    a per-thread semaphore: a stray second post could answer that thread's next
+ *    request with this one's result).
  *    An unanswered request leaves its caller in D state until the process exits.
  *  - what a reply needs travels with the request (the handle holds its volume
  *    entry): shutdown empties the volume map while requests are still in flight.
