@@ -274,9 +274,10 @@ export class SimFS implements FileIO {
   /**
    * What a reboot finds after power loss at this moment (freezes this SimFS if it is
    * not already): a new SimFS holding the durable namespace and durable content, plus
-   * per file what `mode` lets survive of its unsynced ops.
+   * per file what `mode` lets survive of its unsynced ops ('reorder': cut into pages
+   * of `pageBytes`).
    */
-  afterCrash(rng: Rng, mode: TearMode = 'random'): SimFS {
+  afterCrash(rng: Rng, mode: TearMode = 'random', pageBytes = PAGE_BYTES): SimFS {
     if (this.frozen === undefined) this.freeze('afterCrash()');
     if (this.inflightSync !== undefined && rng.bool()) this.inflightSync();
     this.inflightSync = undefined;
@@ -296,7 +297,7 @@ export class SimFS implements FileIO {
       const nf = new FileNode();
       copies.set(f, nf);
       const content = f.durable.clone();
-      survive(content, f.pending, rng, mode);
+      survive(content, f.pending, rng, mode, pageBytes);
       nf.data = content;
       nf.durable = content.clone();
       return nf;
@@ -658,14 +659,14 @@ class SimHandle implements FileHandle {
 }
 
 /** Apply to `content` what survives of a file's unsynced ops (see TearMode). */
-function survive(content: Bytes, pending: readonly PendingOp[], rng: Rng, mode: TearMode): void {
+function survive(content: Bytes, pending: readonly PendingOp[], rng: Rng, mode: TearMode, pageBytes: number): void {
   if (pending.length === 0 || mode === 'none') return;
   if (mode === 'all') {
     for (const op of pending) apply(content, op);
     return;
   }
   if (mode === 'reorder') {
-    reorder(content, pending, rng);
+    reorder(content, pending, rng, pageBytes);
     return;
   }
   if (rng.bool(0.35)) return; // nothing of it reached the disk
@@ -698,7 +699,7 @@ function survive(content: Bytes, pending: readonly PendingOp[], rng: Rng, mode: 
  * the size: anything between the durable and the volatile size, bytes past it lost,
  * zeros where it grew past the data that arrived.
  */
-function reorder(content: Bytes, pending: readonly PendingOp[], rng: Rng): void {
+function reorder(content: Bytes, pending: readonly PendingOp[], rng: Rng, pageBytes: number): void {
   const durableLen = content.len;
   let volatileLen = durableLen;
   // Per file, how much of its dirty data made it: a little, half, or nearly all (one
@@ -713,7 +714,7 @@ function reorder(content: Bytes, pending: readonly PendingOp[], rng: Rng): void 
     }
     const end = op.off + op.data.length;
     for (let a = op.off; a < end; ) {
-      const b = Math.min(end, (Math.floor(a / PAGE_BYTES) + 1) * PAGE_BYTES);
+      const b = Math.min(end, (Math.floor(a / pageBytes) + 1) * pageBytes);
       const r = rng.next();
       if (r < keep) content.write(a, op.data.subarray(a - op.off, b - op.off));
       else if (r < keep + torn) {
