@@ -62,8 +62,11 @@ describe('crash simulation (SimFS power loss)', function () {
     process.stdout.write(`    crash points run (durability mode, tear mode):\n${lines.join('\n')}\n`);
   });
 
-  it('a crash at any step of createVolume or deleteVolume leaves the volume whole or gone', () =>
-    runInWorker(RUNNER, 'lifecycleCrashSweep', [SEEDS[0] ?? 11], DEADLINE_MS));
+  for (const tear of tears) {
+    it(`a crash at any step of createVolume or deleteVolume leaves the volume whole or gone (tear ${tear})`, async function () {
+      count(this, `lifecycle, ${tear}`, await runInWorker<SweepResult>(RUNNER, 'lifecycleCrashSweep', [SEEDS[0] ?? 11, tear], DEADLINE_MS));
+    });
+  }
 
   it('a store and volume created on an empty disk survive power loss together with fsynced data', async () => {
     const sim = new SimFS();

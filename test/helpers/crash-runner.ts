@@ -391,7 +391,7 @@ export async function checkFailpointNames(seed: number): Promise<void> {
  * gone (the name can be created again, no chunk objects of it are left once the
  * store has opened); a completed call is durable.
  */
-export async function lifecycleCrashSweep(seed: number, progress: (msg: string) => void = () => {}): Promise<void> {
+export async function lifecycleCrashSweep(seed: number, tear: TearMode, progress: (msg: string) => void = () => {}): Promise<SweepResult> {
   const rng = new Rng(seed);
   const data = rng.bytes(40 * BLOCK);
 
@@ -404,12 +404,12 @@ export async function lifecycleCrashSweep(seed: number, progress: (msg: string) 
   const createSteps = probe.mutatingOps - before;
   await ps.close();
   for (let step = 1; step <= createSteps + 1; step++) {
-    progress(`VBFS_SEED=${seed} createVolume, crash at step ${step} of ${createSteps}`);
+    progress(`VBFS_SEED=${seed} VBFS_CRASH_TEAR=${tear} createVolume, crash at step ${step} of ${createSteps}`);
     const sim = new SimFS();
     await durableStoreDirs(sim);
     const store = await openStore(sim);
     sim.crashAt(sim.mutatingOps + step);
-    const { completed, s2 } = await cutPowerDuring(sim, store, rng, () => store.createVolume('c', { size: SIZE, blockSize: BLOCK }));
+    const { completed, s2 } = await cutPowerDuring(sim, store, rng, tear, () => store.createVolume('c', { size: SIZE, blockSize: BLOCK }));
     const names = (await s2.listVolumes()).map((v) => v.name);
     if (completed) assert.deepEqual(names, ['c'], `createVolume completed, then power loss: the volume is gone (step ${step})`);
     assert.ok(names.length === 0 || (names.length === 1 && names[0] === 'c'), `after a crash in createVolume: volumes ${names.join(', ')}`);
@@ -443,11 +443,11 @@ export async function lifecycleCrashSweep(seed: number, progress: (msg: string) 
   data.copy(want);
   data.copy(want, 4 * BLOCK, 0, 3 * BLOCK);
   for (let step = 1; step <= deleteSteps + 1; step++) {
-    progress(`VBFS_SEED=${seed} deleteVolume, crash at step ${step} of ${deleteSteps}`);
+    progress(`VBFS_SEED=${seed} VBFS_CRASH_TEAR=${tear} deleteVolume, crash at step ${step} of ${deleteSteps}`);
     const sim = new SimFS();
     const { store, id } = await setup(sim);
     sim.crashAt(sim.mutatingOps + step);
-    const { completed, s2, after } = await cutPowerDuring(sim, store, rng, () => store.deleteVolume('c'));
+    const { completed, s2, after } = await cutPowerDuring(sim, store, rng, tear, () => store.deleteVolume('c'));
     const names = (await s2.listVolumes()).map((v) => v.name);
     if (completed) assert.deepEqual(names, [], `deleteVolume completed, then power loss: the volume is back (step ${step})`);
     if (names.length === 1) {
@@ -462,13 +462,14 @@ export async function lifecycleCrashSweep(seed: number, progress: (msg: string) 
     }
     await s2.close();
   }
+  return { crashes: createSteps + 1 + deleteSteps + 1 };
 }
 
 /**
  * Run `op` until the crash planned on `sim` hits (or it completes), cut the power,
  * and open the store on what survived. `completed` says whether `op` returned.
  */
-async function cutPowerDuring(sim: SimFS, store: Store, rng: Rng, op: () => Promise<unknown>): Promise<{ completed: boolean; s2: Store; after: SimFS }> {
+async function cutPowerDuring(sim: SimFS, store: Store, rng: Rng, tear: TearMode, op: () => Promise<unknown>): Promise<{ completed: boolean; s2: Store; after: SimFS }> {
   let completed = true;
   try {
     await op();
@@ -478,6 +479,6 @@ async function cutPowerDuring(sim: SimFS, store: Store, rng: Rng, op: () => Prom
   }
   sim.crashNow();
   await store.close().catch(() => {});
-  const after = sim.afterCrash(rng.fork());
+  const after = sim.afterCrash(rng.fork(), tear);
   return { completed, s2: await openStore(after), after };
 }
