@@ -16,7 +16,7 @@ import { replayWal } from '../wal/wal-reader';
 import { VolumeLock } from './lock';
 import { LatencyWindow } from './latency';
 import type { Durability, Logger, VolumeInfo, VolumeOpenOptions, VolumeStats, VolumeTunables } from './types';
-import { checkDurability } from '../format/volume-meta';
+import { checkDurability, encodeVolumeMeta, VOLUME_FORMAT_VERSION } from '../format/volume-meta';
 
 const MiB = 1024 * 1024;
 const RESOLVED: Promise<void> = Promise.resolve();
@@ -106,7 +106,13 @@ export class Volume {
     errors: 0,
   };
 
-  private constructor(readonly info: VolumeInfo, private readonly ctx: VolumeContext, opts: VolumeOpenOptions) {
+  /** The volume's metadata (volume.json) as of open; only the format upgrade changes it. */
+  get info(): VolumeInfo {
+    return this.meta;
+  }
+
+  private constructor(private meta: VolumeInfo, private readonly ctx: VolumeContext, opts: VolumeOpenOptions) {
+    const info = meta;
     this.name = info.name;
     this.size = info.size;
     this.blockSize = info.blockSize;
@@ -191,6 +197,7 @@ export class Volume {
     this.nextChunkId = nextChunk;
 
     if (this.readOnly) return;
+    await this.upgradeFormat();
     for (const key of orphans) await backend.delete(key);
     this.wal = new WalWriter({
       dir: `${dir}/wal`,
@@ -210,6 +217,29 @@ export class Volume {
     }, this.t.flushIntervalMs);
     this.flushTimer.unref();
     if (this.arena.used * bs >= this.t.flushBytes) this.kickFlush();
+  }
+
+  /**
+   * A format 1 volume is rewritten as format 2 before the first format 2 WAL segment
+   * or map log is written, so an older build refuses it (unsupported version) instead
+   * of reading a sync marker as a block. Atomic: temp file, sync, rename, sync dir.
+   */
+  private async upgradeFormat(): Promise<void> {
+    if (this.info.formatVersion >= VOLUME_FORMAT_VERSION) return;
+    const { fileIO, dir, logger } = this.ctx;
+    const next: VolumeInfo = { ...this.info, formatVersion: VOLUME_FORMAT_VERSION };
+    const tmp = `${dir}/volume.json.tmp`;
+    const fd = await fileIO.open(tmp, 'w+');
+    try {
+      await fd.write(encodeVolumeMeta(next), 0);
+      await fd.sync();
+    } finally {
+      await fd.close();
+    }
+    await fileIO.rename(tmp, `${dir}/volume.json`);
+    await fileIO.fsyncDir(dir);
+    logger.info('upgraded volume format', { volume: this.name, from: this.info.formatVersion, to: VOLUME_FORMAT_VERSION });
+    this.meta = next;
   }
 
   // ---------------------------------------------------------------- write path
