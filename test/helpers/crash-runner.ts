@@ -25,7 +25,7 @@ import { VolumeModel, randomData, randomRange } from './volume-model';
  */
 const WORK_OPS = envInt('VBFS_CRASH_OPS', 120);
 export const MODE_OF_SEED: readonly Durability[] = ['strict', 'batched', 'relaxed', 'async'];
-export const SEEDS_DEFAULT: readonly number[] = [11, 12, 13, 14, 16, 17];
+export const SEEDS_DEFAULT: readonly number[] = [11, 12, 13, 14, 16, 17, 18, 19];
 export const DIR = '/store';
 export const OBJECTS = '/store/objects';
 export const BLOCK = 512;
