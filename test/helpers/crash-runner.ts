@@ -85,20 +85,35 @@ function lz4Of(seed: number): boolean {
 /**
  * Whether a seed's op numbering depends on timing: background timers run, or LZ4
  * compression runs in the thread pool (flushes then finish at other moments relative
- * to the writes). A replay of such a seed does a few percent more or fewer ops
- * (measured: 936 to 968 mutating ops, 30 to 35 map commits over runs of one seed).
+ * to the writes). A replay of such a seed does more or fewer ops, more so when the
+ * machine is loaded (measured: 936 to 968 mutating ops over runs of seed 14; 28 to 37
+ * hits of flush:afterWalReclaim over runs of seed 12 during a full `npm test`).
  */
 export function timingDependent(seed: number): boolean {
   return timersRun(seed) || lz4Of(seed);
 }
 
 /**
- * How far into a dry run's `count` ops (or failpoint hits) a crash can be planned so
- * that every replay still reaches it: all of them for a deterministic seed, the first
- * 85% for a timing-dependent one (its replays vary by less than 5%).
+ * How far into a dry run's `count` ops (or failpoint hits) a crash is planned, so
+ * that replays still reach it: all of them for a deterministic seed, the first two
+ * thirds for a timing-dependent one (deterministic seeds cover the rest).
  */
 export function reachable(seed: number, count: number): number {
-  return timingDependent(seed) ? Math.max(1, Math.floor(count * 0.85)) : count;
+  return timingDependent(seed) ? Math.max(1, Math.floor((count * 2) / 3)) : count;
+}
+
+/**
+ * Run one planned crash. A replay of a timing-dependent seed that ended before the
+ * planned point (it was checked all the same, as a cut after the workload) is run
+ * again, up to 3 times, so the planned crash itself is tested; a deterministic seed
+ * gets one try (a miss there means the workload is not replayable).
+ */
+async function runPlanned(seed: number, plan: Plan, opts: { crashInRecovery?: boolean; tear: TearMode }): Promise<RunResult & { tries: number }> {
+  const tries = timingDependent(seed) ? 3 : 1;
+  for (let t = 1; ; t++) {
+    const r = await crashRun(seed, plan, opts);
+    if (r.crashed || t === tries) return { ...r, tries: t };
+  }
 }
 
 /** The workload, identical for a seed whatever the crash plan; records what must survive in `model`. */
@@ -332,14 +347,14 @@ export async function crashSweep(seed: number, points: number, onlyAt: number | 
   for (const [i, at] of list.entries()) {
     const again = i % 5 === 4;
     progress(`VBFS_SEED=${seed} VBFS_CRASH_TEAR=${tear} VBFS_CRASH_AT=${at}${again ? ' (and a crash during recovery)' : ''}`);
-    const r = await crashRun(seed, { at }, { crashInRecovery: again, tear });
-    if (!r.crashed) missed.push(`VBFS_CRASH_AT=${at} (the replay did only ${r.mutatingOps} mutating ops)`);
+    const r = await runPlanned(seed, { at }, { crashInRecovery: again, tear });
+    if (!r.crashed) missed.push(`VBFS_CRASH_AT=${at} (${r.tries} replay(s), the last did only ${r.mutatingOps} mutating ops)`);
   }
   if (missed.length > 0) {
     assert.fail(
       `VBFS_SEED=${seed} VBFS_CRASH_TEAR=${tear}: ${missed.length} of ${list.length} planned crashes did not fire: ${missed.join(', ')}; ` +
         `planned up to op ${limit} from a dry run of ${dry.mutatingOps} mutating ops` +
-        (timingDependent(seed) ? ' (a timing-dependent seed: its replays did fewer ops than that)' : ' (a deterministic seed: the workload is not replayable)'),
+        (onlyAt !== null && onlyAt > dry.mutatingOps ? ' (VBFS_CRASH_AT is past the end of the workload)' : timingDependent(seed) ? ' (a timing-dependent seed: its replays did fewer ops than that)' : ' (a deterministic seed: the workload is not replayable)'),
     );
   }
   return { crashes: list.length };
@@ -358,20 +373,23 @@ export async function failpointSweep(seed: number, only: string | null, tear: Te
     for (const nth of new Set([1, 2, Math.ceil(last / 2), last])) if (nth <= last) plans.push({ failpoint: name, nth });
   }
   if (only !== null) {
-    const [name, nth] = only.split(':');
-    plans = [{ failpoint: name ?? '', nth: Number(nth ?? 1) }];
+    // Failpoint names hold colons themselves (flush:afterMapCommit): the count is after the last one.
+    const cut = only.lastIndexOf(':');
+    const nth = Number(only.slice(cut + 1));
+    if (cut <= 0 || !Number.isInteger(nth) || nth < 1) throw new Error(`VBFS_CRASH_FAILPOINT=${only}: expected <name>:<nth>, e.g. flush:afterMapCommit:3`);
+    plans = [{ failpoint: only.slice(0, cut), nth }];
   }
   assert.ok(plans.length > 0, 'the engine reached no failpoint: is the failpoint option wired?');
   const missed: string[] = [];
   for (const p of plans) {
     progress(`VBFS_SEED=${seed} VBFS_CRASH_TEAR=${tear} VBFS_CRASH_FAILPOINT=${p.failpoint}:${p.nth}`);
-    const r = await crashRun(seed, p, { tear });
-    if (!r.crashed) missed.push(`${p.failpoint}:${p.nth} (reached ${r.failpoints.get(p.failpoint) ?? 0} times in the replay, ${dry.failpoints.get(p.failpoint) ?? 0} in the dry run)`);
+    const r = await runPlanned(seed, p, { tear });
+    if (!r.crashed) missed.push(`${p.failpoint}:${p.nth} (reached ${r.failpoints.get(p.failpoint) ?? 0} times in the last of ${r.tries} replay(s), ${dry.failpoints.get(p.failpoint) ?? 0} in the dry run)`);
   }
   if (missed.length > 0) {
     assert.fail(
       `VBFS_SEED=${seed} VBFS_CRASH_TEAR=${tear}: ${missed.length} of ${plans.length} planned failpoint crashes did not fire: ${missed.join(', ')}` +
-        (timingDependent(seed) ? ' (a timing-dependent seed: its replays reached the failpoint less often)' : ' (a deterministic seed: the workload is not replayable)'),
+        (only !== null ? ' (VBFS_CRASH_FAILPOINT asks for more hits than the workload makes)' : timingDependent(seed) ? ' (a timing-dependent seed: its replays reached the failpoint less often)' : ' (a deterministic seed: the workload is not replayable)'),
     );
   }
   return { crashes: plans.length };
