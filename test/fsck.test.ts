@@ -17,7 +17,7 @@ import type { VolumeTunables } from '../src/store/types';
 import { isVbfsError } from '../src/errors';
 import { SimFS, isCrash } from './helpers/sim-fs';
 import { Rng } from './helpers/rng';
-import { tmpDir, vbfs } from './helpers/fuse-env';
+import { cleanupUnder, isMounted, requireFuse, tmpDir, vbfs } from './helpers/fuse-env';
 
 const DIR = '/store';
 const BS = 512;
@@ -610,5 +610,48 @@ describe('vbfs fsck (command line)', function () {
     const unknown = await vbfs(['fsck', 'nope'], store);
     assert.equal(unknown.code, 1, unknown.stderr);
     assert.match(unknown.stderr, /nope/);
+  });
+});
+
+describe('vbfs fsck and a FUSE mount', function () {
+  this.timeout(180_000);
+  let root = '';
+  let store = '';
+  let mnt = '';
+
+  before(async function () {
+    requireFuse(this);
+    root = await tmpDir('fsck-fuse');
+    store = path.join(root, 'store');
+    mnt = path.join(root, 'mnt');
+    await fsp.mkdir(mnt);
+  });
+  after(async () => {
+    if (!root) return;
+    await cleanupUnder(root, [mnt], [], store);
+    await fsp.rm(root, { recursive: true, force: true });
+  });
+
+  it('FUSE: refused (exit 1, naming the mount) while the store is mounted read-write; clean after unmount, with the data written through the mount', async () => {
+    assert.equal((await vbfs(['create', 'v', '--size', '8M'], store)).code, 0);
+    const m = await vbfs(['mount', mnt, '--daemon'], store);
+    assert.equal(m.code, 0, m.stderr);
+    assert.ok(await isMounted(mnt));
+    const fh = await fsp.open(path.join(mnt, 'v'), 'r+');
+    await fh.write(new Rng(8).bytes(1 << 20), 0, 1 << 20, 4096);
+    await fh.sync();
+    await fh.close();
+    const busy = await vbfs(['fsck', 'v'], store);
+    assert.equal(busy.code, 1, busy.stdout + busy.stderr);
+    assert.ok(busy.stderr.includes(`open for writing by the mount at ${mnt} (pid `), busy.stderr);
+    assert.equal(busy.stdout, '', 'no report for a volume it refused to check');
+    assert.equal((await vbfs(['fsck', 'v', '--repair'], store)).code, 1, '--repair is refused too');
+    const u = await vbfs(['unmount', mnt], store);
+    assert.equal(u.code, 0, u.stderr);
+    const r = await vbfs(['fsck', 'v', '--json'], store);
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    const rep = JSON.parse(r.stdout) as FsckReport;
+    assert.equal(rep.clean, true, r.stdout);
+    assert.equal(rep.mappedBlocks, (1 << 20) / 4096);
   });
 });

@@ -1,9 +1,10 @@
 /** `vbfs fsck <volume> [--repair] [--json]`: the report of store/fsck.ts, for people and scripts. */
+import { VbfsError, isVbfsError } from '../errors';
 import type { FsckProgress, FsckReport } from '../store/fsck';
 import { EXIT_FAILURE, EXIT_OK } from './exit-codes';
 import type { CliContext } from './mount-command';
 import { formatSize } from './size';
-import { openStore } from './store';
+import { openStore, readMountRecord } from './store';
 
 export interface FsckArgs {
   volume: string;
@@ -20,6 +21,13 @@ export async function runFsck(ctx: CliContext, args: FsckArgs): Promise<number> 
   let report: FsckReport;
   try {
     report = await store.fsckVolume(args.volume, { repair: args.repair, onProgress: bar?.update });
+  } catch (err) {
+    // Open for writing: most likely by this store's mount, which the user can name.
+    const m = isVbfsError(err, 'VBFS_LOCKED') ? await readMountRecord(ctx.storeDir) : null;
+    if (m && (err as VbfsError).details['pid'] === m.pid) {
+      throw new VbfsError('VBFS_LOCKED', `volume ${args.volume} is open for writing by the mount at ${m.mountpoint} (pid ${m.pid}): run 'vbfs unmount ${m.mountpoint}' first, then fsck`, (err as VbfsError).details);
+    }
+    throw err;
   } finally {
     bar?.clear();
     await store.close();
