@@ -19,6 +19,8 @@ export interface Backend {
   delete(key: string): Promise<void>;
   list(prefix: string): Promise<string[]>;
   close(): Promise<void>;
+  /** Where the object for `key` lives (a file path, a URL), for messages that name it. */
+  describe?(key: string): string;
 }
 
 export function checkKey(key: string): void {

@@ -60,6 +60,10 @@ export class FileBackend implements Backend {
     }
   }
 
+  describe(key: string): string {
+    return this.pathOf(key);
+  }
+
   async get(key: string, offset = 0, length?: number): Promise<Buffer> {
     const file = this.pathOf(key);
     checkRange(offset, length);

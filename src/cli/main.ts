@@ -9,7 +9,7 @@ import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError, exitCodeFor } from './ex
 import { closeLogger, createCliLogger, LOG_LEVELS, type CliLogger, type LogLevel } from './logger';
 import { runFsck } from './fsck-command';
 import { READY_FD_ENV, runMount, runUnmount, type CliContext } from './mount-command';
-import { parseMountFuseForm, parseMountOptions, type MountFlags } from './mount-options';
+import { parseMountFuseForm, parseMountOptions, parseStopTimeout, type MountFlags } from './mount-options';
 import { defaultStoreDir } from './store';
 import { runCreate, runDelete, runInfo, runList, runStats } from './volume-commands';
 
@@ -55,6 +55,10 @@ export function rewriteArgv(argv: string[]): string[] | 'fake' {
   if (flags.defaultPermissions) out.push('--default-permissions');
   if (flags.durability) out.push('--durability', flags.durability);
   if (flags.logFile) out.push('--log-file', flags.logFile);
+  if (flags.nonempty) out.push('-o', 'nonempty');
+  if (flags.stopTimeoutSeconds !== undefined) out.push('--stop-timeout', String(flags.stopTimeoutSeconds));
+  // fstab: a mistyped store path must not silently become a new, empty store.
+  if (!flags.create) out.push('--require-store');
   if (flags.logLevel) out.push('--log-level', flags.logLevel);
   else if (form.verbose) out.push('--log-level', 'info');
   // mount(8) helpers are silent on success unless asked to be verbose.
@@ -189,7 +193,8 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
       )
       .command(
         'mount <mountpoint>',
-        'show every volume as the file <mountpoint>/<volume>; foreground until unmounted or signalled',
+        'show every volume as the file <mountpoint>/<volume>; foreground until unmounted or SIGTERM/SIGINT ' +
+          '(deferred while busy, see --stop-timeout; SIGHUP is ignored, SIGUSR2 forces)',
         (y) =>
           y
             .positional('mountpoint', { type: 'string', demandOption: true })
@@ -199,8 +204,15 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
             .option('allow-other', { type: 'boolean', default: false, describe: 'let other users access the mount (needs user_allow_other in /etc/fuse.conf for non-root)' })
             .option('allow-root', { type: 'boolean', default: false })
             .option('default-permissions', { type: 'boolean', default: false })
-            .option('o', { type: 'string', array: true, describe: 'mount options: ro,allow_other,durability=MODE,...' })
+            .option('o', { type: 'string', array: true, describe: 'mount options: ro,allow_other,nonempty,stop_timeout=SECONDS,durability=MODE,... (see docs/cli.md)' })
             .option('timeout', { type: 'number', default: 120, describe: '--daemon: seconds to wait for the mount to be ready' })
+            .option('stop-timeout', {
+              type: 'string',
+              describe:
+                'seconds a SIGTERM/SIGINT waits for open files and loop devices to let go (new opens are refused meanwhile); ' +
+                'then it unmounts lazily if only files are open, or keeps serving while a loop device is attached (default 60)',
+            })
+            .option('require-store', { type: 'boolean', default: false, hidden: true })
             .option('debug-fuse', { type: 'boolean', default: false, hidden: true })
             .option('quiet', { alias: 'q', type: 'boolean', default: false, describe: 'print nothing on success' }),
         async (a) => {
@@ -214,11 +226,14 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
           }
           const ctx = context(g);
           if (a.quiet) ctx.out = () => undefined;
+          const stopTimeout = a['stop-timeout'] !== undefined ? parseStopTimeout(a['stop-timeout'], '--stop-timeout') : flags.stopTimeoutSeconds;
           status = await runMount(ctx, {
             ...flags,
             mountpoint: a.mountpoint,
             daemon: a.daemon,
             timeoutSeconds: a.timeout,
+            stopTimeoutSeconds: stopTimeout,
+            requireStore: a['require-store'],
             debugFuse: a['debug-fuse'],
           });
         },
@@ -283,6 +298,10 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
 
 /** bin/vbfs entry point. */
 export function run(): void {
+  // Logging must never be fatal: with no 'error' listener, EPIPE (the reader of a
+  // `| tee` pipe exited) or EIO (the terminal went away) on stdout/stderr is thrown,
+  // and a mount process dies under its users. Lost log lines are the lesser harm.
+  for (const stream of [process.stdout, process.stderr]) stream.on('error', () => undefined);
   main(process.argv.slice(2)).then(
     (code) => process.exit(code),
     (err: unknown) => {

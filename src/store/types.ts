@@ -91,5 +91,6 @@ export interface VolumeStats {
   cacheBytes: number;
   checkpoints: number;
   errors: number;
+  corruptReads: number; // reads refused (EIO) because stored data failed its checksum or identity check
   seq: number; // last sequence number handed out
 }
