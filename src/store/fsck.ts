@@ -3,8 +3,8 @@ import type { Backend } from '../backend/backend';
 import { chunkKey, chunkPrefix, parseChunkKey } from '../chunk/chunk';
 import { checkRecord, FLAG_LZ4, RECORD_HEADER } from '../format/block-record';
 import { checkFrame } from '../format/frame';
-import { commitEntryOffset, decodeCheckpointHeader, decodeCommit, decodeEntries, decodeMapLogHeader, entriesEntryOffset, readLocation } from '../format/map-records';
-import { CHUNK_MAGIC, decodeSegmentHeader, FORMAT_VERSION, SEGMENT_HEADER } from '../format/segment-header';
+import { commitEntryOffset, decodeCheckpointHeader, decodeCommit, decodeEntries, decodeMapLogHeader, decodeSyncFrame, entriesEntryOffset, readLocation } from '../format/map-records';
+import { CHUNK_MAGIC, CHUNK_VERSION, decodeSegmentHeader, SEGMENT_HEADER } from '../format/segment-header';
 import { BlockIndex, PAGE_BLOCKS, PENDING } from '../index/block-index';
 import { MapStore, mapSegmentName, type MapLoad } from '../index/map-store';
 import type { FileIO } from '../io/file-io';
@@ -210,11 +210,22 @@ class Fsck {
     });
   }
 
+  private torn(kind: 'torn-map-tail' | 'torn-wal-tail', object: string, offset: number, what: string): void {
+    this.add({
+      kind,
+      severity: 'warning',
+      object,
+      offset,
+      message: `torn tail: ${what}; never acknowledged, ${this.repair ? 'cut' : 'the next open or fsck --repair cuts it'}`,
+      repaired: this.repair || undefined,
+    });
+  }
+
   /**
-   * The loaders report a torn tail with a warning naming the file (and offset);
-   * collect those as problems. Everything else they log goes to debug.
+   * MapStore.load reports the torn tail it cuts (or would cut, read-only) only as a
+   * warning naming the file: collect it. Everything else it logs goes to debug.
    */
-  private tornTailLogger(kind: 'torn-map-tail' | 'torn-wal-tail'): Logger {
+  private mapLogger(): Logger {
     const base = this.ctx.logger;
     return {
       error: (m, meta) => base.error(m, meta),
@@ -224,17 +235,9 @@ class Fsck {
         const file = meta?.['file'];
         if (typeof file !== 'string') return base.warn(m, meta);
         const offset = typeof meta?.['offset'] === 'number' ? meta['offset'] : 0;
-        const extra = ['bytes', 'records', 'reason'].filter((k) => meta?.[k] !== undefined).map((k) => `${k} ${String(meta?.[k])}`);
-        this.add({
-          kind,
-          severity: 'warning',
-          object: file,
-          offset,
-          message:
-            `torn tail (${m}${extra.length > 0 ? `: ${extra.join(', ')}` : ''}): never synced, so never acknowledged; ` +
-            (this.repair ? 'cut' : 'the next open or fsck --repair cuts it'),
-          repaired: this.repair || undefined,
-        });
+        const bytes = typeof meta?.['bytes'] === 'number' ? `${meta['bytes']} bytes, ` : '';
+        const proven = typeof meta?.['provenSynced'] === 'number' ? `, proven synced up to offset ${meta['provenSynced']}` : '';
+        this.torn('torn-map-tail', file, offset, `${bytes}${m}${proven}`);
       },
     };
   }
@@ -255,7 +258,7 @@ class Fsck {
   private async checkMap(): Promise<boolean> {
     const { fileIO, dir, info } = this.ctx;
     this.progress({ phase: 'map', done: 0, total: 1 });
-    const map = new MapStore(fileIO, `${dir}/map`, info.id, this.tornTailLogger('torn-map-tail'), () => undefined);
+    const map = new MapStore(fileIO, `${dir}/map`, info.id, this.mapLogger(), () => undefined);
     let loaded: MapLoad | null = null;
     try {
       // Cross-check first: load() with repair deletes the stale segments it reports.
@@ -336,6 +339,10 @@ class Fsck {
       if (!first.ok || !decodeMapLogHeader(first.payload)) continue;
       for (let off = first.end; off < buf.length; ) {
         const f = checkFrame(buf, off);
+        if (f.ok && decodeSyncFrame(f.payload) !== null) {
+          off = f.end; // a sync frame (map log version 2): load() checks its claim
+          continue;
+        }
         const c = f.ok ? decodeCommit(f.payload) : null;
         if (!f.ok || !c) break;
         const why =
@@ -371,7 +378,10 @@ class Fsck {
     let beyond = 0;
     let firstBeyond = -1;
     try {
-      const replay = await replayWal(fileIO, walDir, info.id, this.bs, !this.repair, this.tornTailLogger('torn-wal-tail'), (h) => {
+      // Its cut warnings go to debug: the cuts come back in the result.
+      const base = this.ctx.logger;
+      const quiet: Logger = { error: (m, meta) => base.error(m, meta), warn: (m, meta) => base.debug(m, meta), info: (m, meta) => base.debug(m, meta), debug: (m, meta) => base.debug(m, meta) };
+      const replay = await replayWal(fileIO, walDir, info.id, this.bs, !this.repair, quiet, (h) => {
         if (h.block >= this.blockCount) {
           if (beyond++ === 0) firstBeyond = h.block;
           return;
@@ -379,6 +389,13 @@ class Fsck {
         if (h.seq > this.index.persistedSeq(h.block)) this.index.setHot(h.block, 0, true);
       });
       this.r.walRecords = replay.records;
+      for (const c of replay.cuts) {
+        const what =
+          c.offset === 0
+            ? `the segment's header is damaged (${c.reason}) and no sync was ever proven in it: the whole segment (${c.bytes} bytes, ${c.records} records) goes`
+            : `${c.bytes} bytes from here (damaged: ${c.reason}; ${c.records} valid records among them) lie after offset ${c.provenSynced}, the last one a completed fdatasync covered`;
+        this.torn('torn-wal-tail', c.path, c.offset, what);
+      }
     } catch (err) {
       this.fromError('wal', err, walDir);
     }
@@ -474,8 +491,8 @@ class Fsck {
     const h = decodeSegmentHeader(buf, CHUNK_MAGIC);
     if (!h) {
       err('chunk-header', 0, 'chunk header is damaged (bad magic or CRC)');
-    } else if (h.volumeId !== this.ctx.info.id || h.blockSize !== bs || h.number !== id || h.version < 1 || h.version > FORMAT_VERSION) {
-      err('chunk-header', 0, `chunk header names volume ${h.volumeId}, chunk ${h.number}, block size ${h.blockSize}, version ${h.version}; expected ${this.ctx.info.id}, ${id}, ${bs}, <= ${FORMAT_VERSION}`);
+    } else if (h.volumeId !== this.ctx.info.id || h.blockSize !== bs || h.number !== id || h.version !== CHUNK_VERSION) {
+      err('chunk-header', 0, `chunk header names volume ${h.volumeId}, chunk ${h.number}, block size ${h.blockSize}, version ${h.version}; expected ${this.ctx.info.id}, ${id}, ${bs}, ${CHUNK_VERSION}`);
     }
     let matched = 0;
     let records = 0;
