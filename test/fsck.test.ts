@@ -253,6 +253,34 @@ describe('fsck (library)', () => {
     assert.ok(r.problems.every((p) => !p.repaired));
   });
 
+  it('an orphan holding the newest version of a block (a lost map commit) is an error; --repair changes nothing', async () => {
+    const sim = new SimFS();
+    const store = await Store.open(DIR, { fileIO: sim });
+    await store.createVolume('c', { size: SIZE, blockSize: BS });
+    const vol = await store.openVolume('c', { chunkBytes: HDR + PER_CHUNK * REC, checkpointBytes: 1 << 20 });
+    const data = contents(12, 9);
+    for (let b = 0; b < 8; b++) await vol.write(b * BS, data[b] as Buffer);
+    await vol.flush();
+    const log = sim.files(`${VOL}/map/`).find((f) => f.endsWith('.log')) as string;
+    const firstCommitEnd = (sim.readRaw(log) as Buffer).length;
+    for (let b = 0; b < 4; b++) await vol.write(b * BS, data[8 + b] as Buffer);
+    await vol.flush(); // second chunk committed, its WAL reclaimed
+    const after = sim.reopen();
+    assertClean(await fsck(after.clone()));
+    // Lose the second commit (a whole frame, so no torn tail): its chunk is now the only copy of blocks 0..3.
+    after.writeRaw(log, (after.readRaw(log) as Buffer).subarray(0, firstCommitEnd));
+    const r = await fsck(after);
+    const [p] = only(r, 'orphan-chunk');
+    assert.equal(p?.severity, 'error', JSON.stringify(r.problems));
+    assert.match(p?.message ?? '', /newest version of 4 block/);
+    assert.equal(r.errors, 1, JSON.stringify(r.problems));
+    const chunks = chunkFiles(after);
+    const fixed = await fsck(after, { repair: true });
+    assert.equal(fixed.repaired, 0);
+    assert.deepEqual(chunkFiles(after), chunks, '--repair deleted a chunk holding the only copy of a block');
+    assert.equal((after.readRaw(log) as Buffer).length, firstCommitEnd);
+  });
+
   it('a torn WAL tail is a warning; fsck leaves it alone, --repair cuts it, a second run is clean', async () => {
     const { sim, wals } = await walOnly(10);
     const wal = wals[wals.length - 1] as string;

@@ -50,7 +50,8 @@ export function renderReport(r: FsckReport): string[] {
   out.push(`  chunks         ${r.chunks} (${r.orphanChunks} orphan, ${formatSize(r.orphanBytes)}), ${r.checkedRecords} records checked`);
   out.push(`  stored         ${formatSize(r.storedBytes)}, space amplification ${amp}`);
   const verdict = r.clean ? 'clean' : r.errors > 0 ? `DAMAGED: ${r.errors} error(s), ${r.warnings} warning(s)` : `no damage, ${r.warnings} warning(s)`;
-  out.push(`${r.repair ? 'fsck --repair' : 'fsck'}: ${verdict}`);
+  const repair = !r.repair || r.clean ? '' : r.errors > 0 ? '; changed nothing (it never repairs a damaged volume)' : `; repaired ${r.repaired}: run fsck again to confirm`;
+  out.push(`${r.repair ? 'fsck --repair' : 'fsck'}: ${verdict}${repair}`);
   return out;
 }
 

@@ -5,7 +5,7 @@ import { checkRecord, FLAG_LZ4, RECORD_HEADER } from '../format/block-record';
 import { checkFrame } from '../format/frame';
 import { commitEntryOffset, decodeCheckpointHeader, decodeCommit, decodeEntries, decodeMapLogHeader, decodeSyncFrame, entriesEntryOffset, readLocation } from '../format/map-records';
 import { CHUNK_MAGIC, CHUNK_VERSION, decodeSegmentHeader, SEGMENT_HEADER } from '../format/segment-header';
-import { BlockIndex, PAGE_BLOCKS, PENDING } from '../index/block-index';
+import { BlockIndex } from '../index/block-index';
 import { MapStore, mapSegmentName, type MapLoad } from '../index/map-store';
 import type { FileIO } from '../io/file-io';
 import { replayWal } from '../wal/wal-reader';
@@ -29,11 +29,14 @@ import type { Logger, VolumeInfo } from './types';
  * on the next open and that never held acknowledged data (orphan chunks, a torn
  * WAL or map log tail, map log segments a checkpoint made redundant).
  *
- * `repair` takes the volume lock for the whole run and does only what an open
- * would do: cut torn tails (through the same loaders, not read-only) and delete
- * orphan chunks. Orphans are deleted only when fsck found no error: with a damaged
- * map, an "orphan" may be the only copy of blocks the map lost track of. Nothing
- * that fails a check is ever rewritten.
+ * `repair` takes the volume lock for the whole run. The check itself is always
+ * read-only; only when it found no error does repair do what an open would do: cut
+ * torn tails (through the same loaders, not read-only), delete map log segments the
+ * checkpoint made redundant, and delete orphan chunks. With any damage it changes
+ * nothing: a damaged map may have lost track of blocks whose only copy is in an
+ * "orphan". An orphan holding a newer version of a block than both the map and the
+ * WAL is itself damage (a lost map commit) and is never deleted. Nothing that fails
+ * a check is ever rewritten.
  */
 export type FsckSeverity = 'error' | 'warning';
 
@@ -42,7 +45,7 @@ export type FsckProblemKind =
   | 'bad-record' // a chunk record fails its CRC or length check
   | 'record-mismatch' // a record and the map disagree (block, seq, length, flags, position)
   | 'missing-chunk' // the map references a chunk object the backend does not have
-  | 'orphan-chunk' // a chunk object no map entry references
+  | 'orphan-chunk' // a chunk object no map entry references (an error if it holds a block's newest version)
   | 'map' // the map (checkpoint or map log) does not load
   | 'map-inconsistent' // checkpoint and map log disagree (seq high-water, chunk ids)
   | 'stale-map-segment' // a map log segment older than the checkpoint (redundant)
@@ -90,6 +93,8 @@ export interface FsckReport {
   /** Chunk records whose CRC was checked. */
   checkedRecords: number;
   repair: boolean;
+  /** Problems --repair fixed (0 when it found damage: then it changes nothing). */
+  repaired: number;
   problems: FsckProblem[];
   /** Problems not listed because there were more than the limit. */
   problemsOmitted: number;
@@ -154,6 +159,12 @@ class Fsck {
   private readonly index: BlockIndex;
   private readonly max: number;
   private readonly progress: (p: FsckProgress) => void;
+  /**
+   * Newest WAL seq of each block the WAL holds newer than the map (bounded by what
+   * a volume keeps unflushed: its write buffer).
+   */
+  private readonly walSeq = new Map<number, number>();
+  private readonly orphans: string[] = [];
 
   constructor(private readonly ctx: FsckContext, private readonly repair: boolean, opts: FsckOptions) {
     const { info } = ctx;
@@ -183,6 +194,7 @@ class Fsck {
       orphanBytes: 0,
       checkedRecords: 0,
       repair,
+      repaired: 0,
       problems: [],
       problemsOmitted: 0,
     };
@@ -216,8 +228,7 @@ class Fsck {
       severity: 'warning',
       object,
       offset,
-      message: `torn tail: ${what}; never acknowledged, ${this.repair ? 'cut' : 'the next open or fsck --repair cuts it'}`,
-      repaired: this.repair || undefined,
+      message: `torn tail: ${what}; never acknowledged, so the next open (or fsck --repair) cuts it`,
     });
   }
 
@@ -246,6 +257,7 @@ class Fsck {
     const mapOk = await this.checkMap();
     await this.checkWal();
     await this.checkChunks(mapOk);
+    if (this.repair && this.r.errors === 0 && this.r.warnings > 0) await this.doRepair();
     const r = this.r;
     r.liveBytes = r.mappedBlocks * this.bs;
     r.spaceAmplification = r.liveBytes > 0 ? Math.round((r.storedBytes / r.liveBytes) * 1000) / 1000 : null;
@@ -261,9 +273,8 @@ class Fsck {
     const map = new MapStore(fileIO, `${dir}/map`, info.id, this.mapLogger(), () => undefined);
     let loaded: MapLoad | null = null;
     try {
-      // Cross-check first: load() with repair deletes the stale segments it reports.
       await this.crossCheckMap();
-      loaded = await map.load(this.index, !this.repair);
+      loaded = await map.load(this.index, true);
     } catch (err) {
       this.fromError('map', err, `${dir}/map`);
     } finally {
@@ -329,8 +340,7 @@ class Fsck {
           severity: 'warning',
           object: path,
           offset: null,
-          message: `map log segment ${n} is older than the checkpoint (which starts at segment ${firstSeg}): redundant; ${this.repair ? 'deleted' : 'the next open or fsck --repair deletes it'}`,
-          repaired: this.repair || undefined,
+          message: `map log segment ${n} is older than the checkpoint (which starts at segment ${firstSeg}): redundant, the next open (or fsck --repair) deletes it`,
         });
         continue;
       }
@@ -381,12 +391,12 @@ class Fsck {
       // Its cut warnings go to debug: the cuts come back in the result.
       const base = this.ctx.logger;
       const quiet: Logger = { error: (m, meta) => base.error(m, meta), warn: (m, meta) => base.debug(m, meta), info: (m, meta) => base.debug(m, meta), debug: (m, meta) => base.debug(m, meta) };
-      const replay = await replayWal(fileIO, walDir, info.id, this.bs, !this.repair, quiet, (h) => {
+      const replay = await replayWal(fileIO, walDir, info.id, this.bs, true, quiet, (h) => {
         if (h.block >= this.blockCount) {
           if (beyond++ === 0) firstBeyond = h.block;
           return;
         }
-        if (h.seq > this.index.persistedSeq(h.block)) this.index.setHot(h.block, 0, true);
+        if (h.seq > this.index.persistedSeq(h.block)) this.walSeq.set(h.block, h.seq);
       });
       this.r.walRecords = replay.records;
       for (const c of replay.cuts) {
@@ -403,11 +413,7 @@ class Fsck {
       // Volume.open refuses these; replayWal itself does not know the volume size.
       this.add({ kind: 'wal', severity: 'error', object: walDir, offset: null, message: `${beyond} WAL record(s) for blocks beyond the end of the volume (first: block ${firstBeyond})` });
     }
-    for (const k of this.index.pageKeys()) {
-      for (let b = k * PAGE_BLOCKS, end = Math.min(this.blockCount, b + PAGE_BLOCKS); b < end; b++) {
-        if (this.index.state(b) === PENDING) this.r.walBlocks++;
-      }
-    }
+    this.r.walBlocks = this.walSeq.size;
     this.progress({ phase: 'wal', done: 1, total: 1 });
   }
 
@@ -432,6 +438,7 @@ class Fsck {
       const refs = mapOk ? (this.index.chunkRefs.get(id) ?? 0) : -1;
       if (refs === 0) {
         orphans.push({ key, bytes: buf.length });
+        this.checkOrphan(buf, key);
         continue;
       }
       if (refs > 0) this.r.referencedChunks++;
@@ -456,27 +463,76 @@ class Fsck {
     }
 
     this.r.orphanChunks = orphans.length;
-    const mayDelete = this.repair && this.r.errors === 0;
-    for (const o of orphans) {
-      this.r.orphanBytes += o.bytes;
+    for (const o of orphans) this.r.orphanBytes += o.bytes;
+  }
+
+  /**
+   * An unreferenced chunk is redundant when the map or the WAL has every block in
+   * it at the same or a newer version: it was superseded, or its flush crashed
+   * before the map commit (the WAL is reclaimed only after the commit, so it still
+   * holds the data). A record newer than both means the map lost a commit: the
+   * orphan holds the only copy of that version, and it is damage, not garbage.
+   */
+  private checkOrphan(buf: Buffer, key: string): void {
+    const bs = this.bs;
+    let newest = 0;
+    let example = '';
+    for (let off = SEGMENT_HEADER; off < buf.length; ) {
+      const c = checkRecord(buf, off, buf.length, bs);
+      if (!c.ok) break; // a damaged record in a redundant object harms nothing; stop here
+      const { block, seq } = c.header;
+      if (block < this.blockCount && seq > this.index.persistedSeq(block) && seq > (this.walSeq.get(block) ?? 0)) {
+        if (newest++ === 0) example = `block ${block} seq ${seq} at offset ${off}`;
+      }
+      off = c.end;
+    }
+    if (newest > 0) {
       this.add({
         kind: 'orphan-chunk',
-        severity: 'warning',
-        object: o.key,
+        severity: 'error',
+        object: key,
         offset: null,
-        message:
-          `chunk object (${o.bytes} bytes) is not referenced by the map (left by a flush that crashed before its map commit, or superseded): ` +
-          (!this.repair ? 'fsck --repair (or the next open) deletes it' : mayDelete ? 'deleted' : 'kept, because fsck found damage and it may hold the only copy of some block'),
-        repaired: mayDelete || undefined,
+        message: `chunk object is not referenced by the map, yet holds the newest version of ${newest} block(s) (first: ${example}), newer than the map and the WAL: a map commit was lost; kept`,
       });
+      return;
     }
-    if (mayDelete) {
-      let n = 0;
-      for (const o of orphans) {
-        this.progress({ phase: 'repair', done: n++, total: orphans.length });
-        await backend.delete(o.key);
-      }
+    this.orphans.push(key);
+    this.add({
+      kind: 'orphan-chunk',
+      severity: 'warning',
+      object: key,
+      offset: null,
+      message: `chunk object (${buf.length} bytes) is not referenced by the map and every block in it has a newer or equal version in the map or the WAL (superseded, or left by a flush that crashed before its map commit): the next open (or fsck --repair) deletes it`,
+    });
+  }
+
+  /**
+   * Only after a check that found no damage: what an open would do, with the
+   * engine's own loaders (now not read-only) and the orphans just proven redundant.
+   */
+  private async doRepair(): Promise<void> {
+    const { fileIO, dir, info, backend, logger } = this.ctx;
+    const steps = 3 + this.orphans.length;
+    let done = 0;
+    this.progress({ phase: 'repair', done: done++, total: steps });
+    const quiet: Logger = { error: (m, meta) => logger.error(m, meta), warn: (m, meta) => logger.info(m, meta), info: (m, meta) => logger.debug(m, meta), debug: (m, meta) => logger.debug(m, meta) };
+    const map = new MapStore(fileIO, `${dir}/map`, info.id, quiet, () => undefined);
+    try {
+      await map.load(new BlockIndex(this.blockCount), false); // cuts a torn tail, deletes stale segments
+    } finally {
+      await map.close();
     }
+    this.progress({ phase: 'repair', done: done++, total: steps });
+    await replayWal(fileIO, `${dir}/wal`, info.id, this.bs, false, quiet, () => undefined); // cuts a torn tail
+    this.progress({ phase: 'repair', done: done++, total: steps });
+    for (const key of this.orphans) {
+      await backend.delete(key);
+      this.progress({ phase: 'repair', done: done++, total: steps });
+    }
+    for (const p of this.r.problems) {
+      if (p.severity === 'warning') p.repaired = true;
+    }
+    this.r.repaired = this.r.warnings;
   }
 
   /**
