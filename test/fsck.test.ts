@@ -307,6 +307,46 @@ describe('fsck (library)', () => {
     assert.equal(again.walRecords, 9);
   });
 
+  it('a torn map log tail (power cut during a commit fdatasync) is a warning with its orphan; --repair cuts both and the data reads the same', async () => {
+    const sim = new SimFS();
+    const store = await Store.open(DIR, { fileIO: sim });
+    await store.createVolume('c', { size: SIZE, blockSize: BS, durability: 'relaxed' });
+    const vol = await store.openVolume('c', { ...KEEP_IN_WAL, chunkBytes: HDR + PER_CHUNK * REC, checkpointBytes: 1 << 20 });
+    const data = contents(16, 12);
+    for (let b = 0; b < 8; b++) await vol.write(b * BS, data[b] as Buffer);
+    await vol.fsync();
+    await vol.flush();
+    for (let b = 8; b < 16; b++) await vol.write(b * BS, data[b] as Buffer);
+    await vol.fsync();
+    sim.crashWhen((op) => op.kind === 'datasync' && op.path.includes('/map/') && op.path.endsWith('.log'));
+    await vol.flush().catch((e: unknown) => assert.ok(isCrash(e), String(e)));
+    await Promise.race([store.close().catch(() => undefined), new Promise((r) => setTimeout(r, 2000))]);
+    assert.ok(sim.crashed, 'the power cut came during the second flush\'s commit');
+    const after = sim.afterCrash(new Rng(1), 'all'); // the unsynced commit write reached the disk whole ...
+    const log = after.files(`${VOL}/map/`).find((f) => f.endsWith('.log')) as string;
+    const raw = after.readRaw(log) as Buffer;
+    after.writeRaw(log, raw.subarray(0, raw.length - 20)); // ... but for its last 20 bytes
+    const r = await fsck(after);
+    assert.equal(r.errors, 0, JSON.stringify(r.problems));
+    const [t] = only(r, 'torn-map-tail');
+    assert.equal(t?.object, log, JSON.stringify(r.problems));
+    assert.equal(only(r, 'orphan-chunk').length, 1, 'the chunk of the torn commit is an orphan; the WAL still has its blocks');
+    assert.equal(r.walBlocks, 8);
+    const readAll = async (): Promise<Buffer> => {
+      const s = await Store.open(DIR, { fileIO: after });
+      const v = await s.openVolume('c', { readOnly: true });
+      const out = await v.read(0, 16 * BS);
+      await s.close();
+      return out;
+    };
+    const before = await readAll();
+    assert.deepEqual(before, Buffer.concat(data));
+    const fixed = await fsck(after, { repair: true });
+    assert.equal(fixed.repaired, 2);
+    assertClean(await fsck(after));
+    assert.deepEqual(await readAll(), before);
+  });
+
   it('a damaged record in an older WAL segment is an error naming the segment and offset', async () => {
     const { sim, wals } = await walOnly(30, { ...KEEP_IN_WAL, walSegmentBytes: HDR + 8 * REC });
     assert.ok(wals.length >= 3, `expected several WAL segments, got ${wals.join(', ')}`);
