@@ -7,23 +7,27 @@ import yargs from 'yargs';
 import { DURABILITY_MODES, COMPRESSIONS, type Compression, type Durability } from '../store/types';
 import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError, exitCodeFor } from './exit-codes';
 import { closeLogger, createCliLogger, LOG_LEVELS, type CliLogger, type LogLevel } from './logger';
+import { runFsck } from './fsck-command';
 import { READY_FD_ENV, runMount, runUnmount, type CliContext } from './mount-command';
 import { parseMountFuseForm, parseMountOptions, parseStopTimeout, type MountFlags } from './mount-options';
 import { defaultStoreDir } from './store';
 import { runCreate, runDelete, runInfo, runList, runStats } from './volume-commands';
 
-const COMMANDS = new Set(['create', 'list', 'ls', 'info', 'delete', 'rm', 'mount', 'unmount', 'umount', 'stats', 'help']);
+const COMMANDS = new Set(['create', 'list', 'ls', 'info', 'delete', 'rm', 'fsck', 'mount', 'unmount', 'umount', 'stats', 'help']);
 
 export interface MainIO {
   stdout: (text: string) => void;
   stderr: (text: string) => void;
   env: NodeJS.ProcessEnv;
+  /** stderr is a terminal (progress bars go there only then). */
+  stderrIsTTY?: boolean;
 }
 
 const defaultIO: MainIO = {
   stdout: (t) => process.stdout.write(t),
   stderr: (t) => process.stderr.write(t),
   env: process.env,
+  stderrIsTTY: process.stderr.isTTY === true,
 };
 
 interface GlobalArgs {
@@ -167,6 +171,24 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
         async (a) => {
           commandRan = true;
           status = await runDelete(context(a as GlobalArgs), { volume: a.volume, yes: a.yes });
+        },
+      )
+      .command(
+        'fsck <volume>',
+        'verify a volume end to end without mounting it (refused while it is open for writing); exit 1 if damaged',
+        (y) =>
+          y
+            .positional('volume', { type: 'string', demandOption: true })
+            .option('repair', { type: 'boolean', default: false, describe: 'cut torn WAL/map tails and delete orphan chunks (never rewrites damaged data); takes the volume lock' })
+            .option('json', { type: 'boolean', default: false, describe: 'print the report as one JSON object' }),
+        async (a) => {
+          commandRan = true;
+          status = await runFsck(context(a as GlobalArgs), {
+            volume: a.volume,
+            json: a.json,
+            repair: a.repair,
+            progress: io.stderrIsTTY ? io.stderr : null,
+          });
         },
       )
       .command(

@@ -8,6 +8,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Store } from '../store/store';
 import type { MountableStore } from '../fuse/types';
+import type { FsckOptions, FsckReport } from '../store/fsck';
 import type { Logger, VolumeCreateOptions, VolumeInfo } from '../store/types';
 import { pidAlive, processStartTime } from '../fuse/system';
 
@@ -17,6 +18,7 @@ export interface CliStore extends MountableStore {
   volumeInfo(name: string): Promise<VolumeInfo>;
   isVolumeOpen(name: string): Promise<boolean>;
   deleteVolume(name: string): Promise<void>;
+  fsckVolume(name: string, opts: FsckOptions): Promise<FsckReport>;
 }
 
 export function defaultStoreDir(env: NodeJS.ProcessEnv = process.env): string {

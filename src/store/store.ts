@@ -15,6 +15,7 @@ import {
 } from '../format/volume-meta';
 import type { FileIO } from '../io/file-io';
 import { NodeFileIO } from '../io/node-file-io';
+import { fsckVolume, type FsckOptions, type FsckReport } from './fsck';
 import { isLockHeld, readLock, VolumeLock } from './lock';
 import { silentLogger, type Logger, type StoreOptions, type VolumeCreateOptions, type VolumeInfo, type VolumeOpenOptions } from './types';
 import { Volume } from './volume';
@@ -132,6 +133,16 @@ export class Store {
     const vol = await Volume.open(info, { dir: this.volDir(name), fileIO: this.fileIO, backend: this.backend, logger: this.logger, failpoint: this.failpoint }, opts);
     this.open.add(vol);
     return vol;
+  }
+
+  /**
+   * Verify a volume end to end without opening it (see store/fsck.ts). Refused with
+   * VBFS_LOCKED while it is open for writing; with `repair`, holds its lock meanwhile.
+   */
+  async fsckVolume(name: string, opts: FsckOptions = {}): Promise<FsckReport> {
+    this.checkOpen();
+    const info = await this.volumeInfo(name);
+    return fsckVolume({ info, dir: this.volDir(name), fileIO: this.fileIO, backend: this.backend, logger: this.logger }, opts);
   }
 
   /**
