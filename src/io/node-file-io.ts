@@ -109,6 +109,14 @@ export class NodeFileIO implements FileIO {
     }
   }
 
+  async link(from: string, to: string): Promise<void> {
+    try {
+      await fsp.link(from, to);
+    } catch (err) {
+      throw ioError(`link ${from} -> ${to}`, err, { path: to });
+    }
+  }
+
   async unlink(path: string): Promise<void> {
     try {
       await fsp.unlink(path);
@@ -146,7 +154,7 @@ export class NodeFileIO implements FileIO {
   async stat(path: string): Promise<FileStat | null> {
     try {
       const st = await fsp.stat(path);
-      return { size: st.size, isDirectory: st.isDirectory() };
+      return { size: st.size, isDirectory: st.isDirectory(), mtimeMs: st.mtimeMs };
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
       throw ioError(`stat ${path}`, err, { path });
