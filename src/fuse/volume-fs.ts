@@ -12,6 +12,7 @@
  */
 import * as fsp from 'node:fs/promises';
 import { constants } from 'node:fs';
+import { isVbfsError } from '../errors';
 import type { Logger } from '../store/types';
 import { errno, toErrno } from './errno';
 import { renderStats } from './stats-file';
@@ -57,6 +58,8 @@ export class VolumeFs {
   private readonly openOptions: Record<string, unknown>;
   private readonly volumes = new Map<string, VolumeEntry>();
   private readonly opening = new Map<string, Promise<VolumeEntry | null>>();
+  /** Volumes that failed to open because they are damaged: not served (no file), reason logged once. */
+  private readonly damaged = new Map<string, string>();
   private readonly handles = new Map<number, Handle>();
   private readonly inflight = new Map<number, { op: string; path: string; start: number }>();
   private readonly mountTime = new Date();
@@ -87,7 +90,7 @@ export class VolumeFs {
     try {
       for (const name of this.knownNames) {
         const entry = await this.openVolume(name);
-        if (entry === null) throw new Error(`volume ${name} disappeared while mounting`);
+        if (entry === null && !this.damaged.has(name)) throw new Error(`volume ${name} disappeared while mounting`);
       }
     } catch (err) {
       await this.closeVolumes().catch(() => undefined);
@@ -160,6 +163,8 @@ export class VolumeFs {
       .listVolumes()
       .then((list) => {
         this.knownNames = list.map((v) => v.name).sort();
+        // A damaged volume deleted (and maybe created again) since: look at it afresh.
+        for (const n of this.damaged.keys()) if (!this.knownNames.includes(n)) this.damaged.delete(n);
         this.lastScan = Date.now();
       })
       .finally(() => {
@@ -186,6 +191,14 @@ export class VolumeFs {
           this.log.info('volume opened', { volume: name, size: vol.size, durability: vol.durability });
           return entry;
         })
+        .catch((err: unknown) => {
+          // One damaged volume must not take the others down: serve no file for it.
+          if (!isDamage(err)) throw err;
+          const why = (err as Error).message;
+          this.damaged.set(name, why);
+          this.log.warn(`volume ${name} is damaged and not served: ${why}`, { volume: name, code: (err as { code?: string }).code });
+          return null;
+        })
         .finally(() => this.opening.delete(name));
       this.opening.set(name, p);
     }
@@ -198,6 +211,7 @@ export class VolumeFs {
     if (!name || name.includes('/')) return null;
     const open = this.volumes.get(name);
     if (open) return open;
+    if (this.damaged.has(name)) return null;
     await this.rescan();
     if (!this.knownNames.includes(name)) {
       // Not in a recent listing: it may have been created since (`vbfs create` while
@@ -285,7 +299,7 @@ export class VolumeFs {
             if (path !== '/') throw errno.ENOENT;
             await this.rescan();
             // Also list volumes we hold open even if a rescan raced with a delete.
-            const names = new Set([...this.knownNames, ...this.volumes.keys()]);
+            const names = new Set([...this.knownNames.filter((n) => !this.damaged.has(n)), ...this.volumes.keys()]);
             return ['.', '..', STATS_NAME, ...[...names].sort()];
           },
           (names) => cb(0, names),
@@ -527,6 +541,15 @@ export class VolumeFs {
       namemax: 255,
     };
   }
+}
+
+/** An error that says the volume's own data is broken (not the store, the disk or a lock). */
+function isDamage(err: unknown): boolean {
+  return (
+    isVbfsError(err, 'VBFS_CORRUPT') ||
+    isVbfsError(err, 'VBFS_UNSUPPORTED_VERSION') ||
+    (isVbfsError(err, 'VBFS_IO') && err.details['errno'] === 'EIO')
+  );
 }
 
 function safe(fn: () => void, log: Logger, op: string): void {

@@ -1,5 +1,6 @@
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
+import * as nodePath from 'node:path';
 import type { FileHandle, FileIO, FileStat, OpenMode } from './file-io';
 import { ioError } from '../errors';
 
@@ -130,7 +131,7 @@ export class NodeFileIO implements FileIO {
     try {
       await fsp.mkdir(path, { recursive: true });
     } catch (err) {
-      throw ioError(`mkdir ${path}`, err, { path });
+      throw ioError(`mkdir ${path}`, await mkdirCause(path, err), { path });
     }
   }
 
@@ -172,4 +173,22 @@ export class NodeFileIO implements FileIO {
       if (fd !== undefined) fs.closeSync(fd);
     }
   }
+}
+
+/**
+ * Node's recursive mkdir reports ENOENT when a parent cannot be created (on a
+ * read-only filesystem, say): make the first missing level ourselves to get the
+ * real reason (EROFS, EACCES, ENOSPC ...).
+ */
+async function mkdirCause(path: string, err: unknown): Promise<unknown> {
+  if ((err as NodeJS.ErrnoException).code !== 'ENOENT') return err;
+  let missing = path;
+  for (let up = nodePath.dirname(missing); up !== missing && !fs.existsSync(up); up = nodePath.dirname(up)) missing = up;
+  try {
+    await fsp.mkdir(missing);
+    await fsp.rmdir(missing);
+  } catch (real) {
+    return real;
+  }
+  return err;
 }
