@@ -273,6 +273,8 @@ export class Store {
           await this.removeVolumeData(dir, await this.volumeIdIn(dir));
         }
       } catch (err) {
+        // Read-only store: leave it for a process that can write; anything else is a real error.
+        if (!isVbfsError(err, 'VBFS_IO') || !CANNOT_WRITE.has(err.details['errno'] as string)) throw err;
         this.logger.warn(`could not clean up ${dir}: ${(err as Error).message}`, { path: dir });
       }
     }
