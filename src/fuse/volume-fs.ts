@@ -211,14 +211,14 @@ export class VolumeFs {
     if (!name || name.includes('/')) return null;
     const open = this.volumes.get(name);
     if (open) return open;
-    if (this.damaged.has(name)) return null;
-    await this.rescan();
+    await this.rescan(); // also forgets a damaged volume that was deleted since
     if (!this.knownNames.includes(name)) {
       // Not in a recent listing: it may have been created since (`vbfs create` while
       // mounted prints the path and users stat it right away). Look once more, fresh.
       await this.rescan(true);
       if (!this.knownNames.includes(name)) return null;
     }
+    if (this.damaged.has(name)) return null;
     return this.openVolume(name);
   }
 
