@@ -59,7 +59,8 @@ export class VolumeFs {
   private readonly volumes = new Map<string, VolumeEntry>();
   private readonly opening = new Map<string, Promise<VolumeEntry | null>>();
   /** Volumes that failed to open because they are damaged: not served (no file), reason logged once. */
-  private readonly damaged = new Map<string, string>();
+  private readonly damaged = new Map<string, { id: string | undefined; why: string }>();
+  private knownIds = new Map<string, string>();
   private readonly handles = new Map<number, Handle>();
   private readonly inflight = new Map<number, { op: string; path: string; start: number }>();
   private readonly mountTime = new Date();
@@ -163,8 +164,9 @@ export class VolumeFs {
       .listVolumes()
       .then((list) => {
         this.knownNames = list.map((v) => v.name).sort();
-        // A damaged volume deleted (and maybe created again) since: look at it afresh.
-        for (const n of this.damaged.keys()) if (!this.knownNames.includes(n)) this.damaged.delete(n);
+        this.knownIds = new Map(list.map((v) => [v.name, v.id]));
+        // A damaged volume deleted (and maybe created again: a new id) since: look at it afresh.
+        for (const [n, d] of this.damaged) if (this.knownIds.get(n) !== d.id) this.damaged.delete(n);
         this.lastScan = Date.now();
       })
       .finally(() => {
@@ -195,7 +197,7 @@ export class VolumeFs {
           // One damaged volume must not take the others down: serve no file for it.
           if (!isDamage(err)) throw err;
           const why = (err as Error).message;
-          this.damaged.set(name, why);
+          this.damaged.set(name, { id: this.knownIds.get(name), why });
           this.log.warn(`volume ${name} is damaged and not served: ${why}`, { volume: name, code: (err as { code?: string }).code });
           return null;
         })
