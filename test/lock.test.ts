@@ -172,6 +172,18 @@ describe('VolumeLock: one writer per volume, across processes', function () {
     });
   });
 
+  it('temp and claim files left by openers that died are removed by the next one; a live opener\'s are kept', async () => {
+    const lock = await fresh();
+    const dead = await deadPid();
+    const boot = currentOwner().boot;
+    await fsp.writeFile(`${lock}.tmp-1111111111111111`, lockText({ pid: dead, boot, token: '1111111111111111' }));
+    await fsp.writeFile(`${lock}.claim-2222222222222222`, lockText({ pid: dead, boot, token: '3333333333333333' }));
+    await fsp.writeFile(`${lock}.tmp-4444444444444444`, lockText({ pid: process.ppid, boot, start: processStart(process.ppid), token: '4444444444444444' }));
+    const l = await VolumeLock.acquire(new NodeFileIO(), lock, 'volume t');
+    await l.release();
+    assert.deepEqual(await fsp.readdir(path.dirname(lock)), ['LOCK.tmp-4444444444444444']);
+  });
+
   it('a full disk while taking the lock fails with VBFS_IO naming the lock and leaves no LOCK behind', async function () {
     if (process.getuid?.() !== 0) return this.skip();
     const mnt = await fsp.mkdtemp(path.join(os.tmpdir(), 'vbfs-lockfull-'));

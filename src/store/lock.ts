@@ -89,6 +89,7 @@ export class VolumeLock {
         try {
           await fileIO.link(tmp, path);
           set.add(path);
+          await sweepLeftovers(fileIO, path, set).catch(() => undefined);
           return new VolumeLock(fileIO, path, token);
         } catch (err) {
           if (errnoOf(err) !== 'EEXIST') {
@@ -158,6 +159,22 @@ async function removeStale(fileIO: FileIO, path: string, holder: LockInfo, mine:
     if (now && sameLock(now, holder)) await fileIO.unlink(path);
   } finally {
     await fileIO.unlink(claim);
+  }
+}
+
+/**
+ * Remove `LOCK.tmp-*` and `LOCK.claim-*` files of openers that died between creating
+ * and removing them (kill -9 at the wrong moment). Only files whose owner is provably
+ * gone: a live opener's temp file or claim is in use.
+ */
+async function sweepLeftovers(fileIO: FileIO, path: string, set: Set<string>): Promise<void> {
+  const dir = path.slice(0, path.lastIndexOf('/'));
+  const base = path.slice(path.lastIndexOf('/') + 1);
+  for (const n of await fileIO.readdir(dir)) {
+    if (!n.startsWith(`${base}.tmp-`) && !n.startsWith(`${base}.claim-`)) continue;
+    const file = `${dir}/${n}`;
+    const owner = await readLock(fileIO, file);
+    if (owner && !owner.torn && !isAlive(owner, set, file)) await fileIO.unlink(file);
   }
 }
 
