@@ -168,6 +168,20 @@ export class FileBackend implements Backend {
     }
   }
 
+  async removeEmpty(prefix: string): Promise<void> {
+    const rel = prefix.replace(/\/+$/, '');
+    validKey(rel);
+    if ((await this.list(`${rel}/`)).length > 0) return; // not empty after all: keep it
+    const dir = path.join(this.root, rel);
+    try {
+      if ((await this.fileIO.stat(dir)) === null) return;
+      await this.fileIO.rmdir(dir); // only temp files of crashed puts can be left inside
+      await this.fileIO.fsyncDir(path.dirname(dir));
+    } catch (err) {
+      throw ioError(`backend remove '${rel}'`, err, { path: dir });
+    }
+  }
+
   async list(prefix: string): Promise<string[]> {
     this.checkOpen();
     const out: string[] = [];

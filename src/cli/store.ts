@@ -9,13 +9,15 @@ import * as path from 'node:path';
 import { Store } from '../store/store';
 import type { MountableStore } from '../fuse/types';
 import type { FsckOptions, FsckReport } from '../store/fsck';
-import type { Logger, VolumeCreateOptions, VolumeInfo } from '../store/types';
+import type { Logger, VolumeCreateOptions, VolumeInfo, VolumeState } from '../store/types';
 import { pidAlive, processStartTime } from '../fuse/system';
 
 /** What the CLI needs from the engine's Store (see /tmp/api-contract.md). */
 export interface CliStore extends MountableStore {
   createVolume(name: string, opts: VolumeCreateOptions): Promise<VolumeInfo>;
   volumeInfo(name: string): Promise<VolumeInfo>;
+  volumeState(name: string): Promise<VolumeState>;
+  listVolumeStates(): Promise<VolumeState[]>;
   isVolumeOpen(name: string): Promise<boolean>;
   deleteVolume(name: string): Promise<void>;
   fsckVolume(name: string, opts: FsckOptions): Promise<FsckReport>;

@@ -19,8 +19,8 @@
  */
 import * as fsp from 'node:fs/promises';
 import { constants } from 'node:fs';
-import type { Logger } from '../store/types';
 import { isVbfsError } from '../errors';
+import type { Logger } from '../store/types';
 import { errno, toErrno } from './errno';
 import { renderStats } from './stats-file';
 import type { ErrCb, FuseOps, FuseStat, FuseStatfs, MountableStore, MountableVolume, ValueCb } from './types';
@@ -74,6 +74,9 @@ export class VolumeFs {
   private readonly openOptions: Record<string, unknown>;
   private readonly volumes = new Map<string, VolumeEntry>();
   private readonly opening = new Map<string, Promise<VolumeEntry | null>>();
+  /** Volumes that failed to open because they are damaged: not served (no file), reason logged once. */
+  private readonly damaged = new Map<string, { id: string | undefined; why: string }>();
+  private knownIds = new Map<string, string>();
   private readonly handles = new Map<number, Handle>();
   private readonly inflight = new Map<number, { op: string; path: string; start: number }>();
   private readonly mountTime = new Date();
@@ -104,7 +107,7 @@ export class VolumeFs {
     try {
       for (const name of this.knownNames) {
         const entry = await this.openVolume(name);
-        if (entry === null) throw new Error(`volume ${name} disappeared while mounting`);
+        if (entry === null && !this.damaged.has(name)) throw new Error(`volume ${name} disappeared while mounting`);
       }
     } catch (err) {
       await this.closeVolumes().catch(() => undefined);
@@ -177,6 +180,9 @@ export class VolumeFs {
       .listVolumes()
       .then((list) => {
         this.knownNames = list.map((v) => v.name).sort();
+        this.knownIds = new Map(list.map((v) => [v.name, v.id]));
+        // A damaged volume deleted (and maybe created again: a new id) since: look at it afresh.
+        for (const [n, d] of this.damaged) if (this.knownIds.get(n) !== d.id) this.damaged.delete(n);
         this.lastScan = Date.now();
       })
       .finally(() => {
@@ -203,6 +209,14 @@ export class VolumeFs {
           this.log.info('volume opened', { volume: name, size: vol.size, durability: vol.durability });
           return entry;
         })
+        .catch((err: unknown) => {
+          // One damaged volume must not take the others down: serve no file for it.
+          if (!isDamage(err)) throw err;
+          const why = (err as Error).message;
+          this.damaged.set(name, { id: this.knownIds.get(name), why });
+          this.log.warn(`volume ${name} is damaged and not served: ${why}`, { volume: name, code: (err as { code?: string }).code });
+          return null;
+        })
         .finally(() => this.opening.delete(name));
       this.opening.set(name, p);
     }
@@ -215,13 +229,14 @@ export class VolumeFs {
     if (!name || name.includes('/')) return null;
     const open = this.volumes.get(name);
     if (open) return open;
-    await this.rescan();
+    await this.rescan(); // also forgets a damaged volume that was deleted since
     if (!this.knownNames.includes(name)) {
       // Not in a recent listing: it may have been created since (`vbfs create` while
       // mounted prints the path and users stat it right away). Look once more, fresh.
       await this.rescan(true);
       if (!this.knownNames.includes(name)) return null;
     }
+    if (this.damaged.has(name)) return null;
     return this.openVolume(name);
   }
 
@@ -347,7 +362,7 @@ export class VolumeFs {
             if (path !== '/') throw errno.ENOENT;
             await this.rescan();
             // Also list volumes we hold open even if a rescan raced with a delete.
-            const names = new Set([...this.knownNames, ...this.volumes.keys()]);
+            const names = new Set([...this.knownNames.filter((n) => !this.damaged.has(n)), ...this.volumes.keys()]);
             return ['.', '..', STATS_NAME, ...[...names].sort()];
           },
           (names, answer) => answer(0, names),
@@ -611,4 +626,13 @@ export class VolumeFs {
       namemax: 255,
     };
   }
+}
+
+/** An error that says the volume's own data is broken (not the store, the disk or a lock). */
+function isDamage(err: unknown): boolean {
+  return (
+    isVbfsError(err, 'VBFS_CORRUPT') ||
+    isVbfsError(err, 'VBFS_UNSUPPORTED_VERSION') ||
+    (isVbfsError(err, 'VBFS_IO') && err.details['errno'] === 'EIO')
+  );
 }

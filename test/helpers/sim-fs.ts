@@ -50,6 +50,7 @@ export type OpKind =
   | 'close'
   | 'readFile'
   | 'rename'
+  | 'link'
   | 'unlink'
   | 'mkdir'
   | 'rmdir'
@@ -176,7 +177,7 @@ class DirNode {
 
 type Node = FileNode | DirNode;
 
-const MUTATING = new Set<OpKind>(['write', 'writev', 'datasync', 'sync', 'truncate', 'rename', 'unlink', 'mkdir', 'rmdir', 'fsyncDir']);
+const MUTATING = new Set<OpKind>(['write', 'writev', 'datasync', 'sync', 'truncate', 'rename', 'link', 'unlink', 'mkdir', 'rmdir', 'fsyncDir']);
 
 function fsError(code: string, what: string, p: string): never {
   const err = Object.assign(new Error(`${code}: ${what} '${p}'`), { code });
@@ -478,6 +479,20 @@ export class SimFS implements FileIO {
     if (node.type === 'dir' && (b + '/').startsWith(a + '/')) fsError('EINVAL', 'rename', b);
     src.entries.delete(path.posix.basename(a));
     dst.entries.set(path.posix.basename(b), node);
+  }
+
+  async link(from: string, to: string): Promise<void> {
+    const a = norm(from);
+    const b = norm(to);
+    await this.enter({ kind: 'link', path: b });
+    const src = this.lookup(a);
+    const dst = this.lookup(path.posix.dirname(b));
+    if (src === undefined) fsError('ENOENT', 'link', a);
+    if (src.type === 'dir') fsError('EPERM', 'link', a);
+    if (dst?.type !== 'dir') fsError('ENOENT', 'link', b);
+    if (dst.entries.has(path.posix.basename(b))) fsError('EEXIST', 'link', b);
+    // A second name for the same inode: like open-create, durable after fsyncDir.
+    dst.entries.set(path.posix.basename(b), src);
   }
 
   async unlink(p: string): Promise<void> {
