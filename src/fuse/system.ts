@@ -13,6 +13,7 @@ import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { VbfsError } from '../errors';
+import { processStart } from '../store/lock';
 
 export interface MountEntry {
   mountId: number;
@@ -245,14 +246,8 @@ export async function holdsFuseConnection(fdDir = '/proc/self/fd'): Promise<bool
  * or null. A pid and its start time name one process even after the pid is reused.
  */
 export function processStartTime(pid: number): string | null {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // Fields after the command name (which may hold spaces and parentheses): state is field 3.
-    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return rest[19] ?? null;
-  } catch {
-    return null;
-  }
+  const start = processStart(pid); // one /proc/<pid>/stat parser, the lock's
+  return start === null ? null : String(start);
 }
 
 /** errno of stat(mountpoint): 'ENOTCONN' is the mark of a mount whose process died. */

@@ -233,8 +233,10 @@ export async function crashRun(seed: number, plan: Plan, opts: { crashInRecovery
   const volRef = { vol: await store.openVolume('c', { ...tun, durability: mode }) };
   const model = new VolumeModel(SIZE, BLOCK);
   const base = sim.mutatingOps;
+  // Failpoints hit during the setup above (createVolume's) are not the workload's: count from here.
+  const fpBase = new Map(sim.failpointHits);
   if ('at' in plan) sim.crashAt(base + plan.at);
-  if ('failpoint' in plan) sim.crashAtFailpoint(plan.failpoint, plan.nth);
+  if ('failpoint' in plan) sim.crashAtFailpoint(plan.failpoint, (fpBase.get(plan.failpoint) ?? 0) + plan.nth);
 
   try {
     await workload(store, volRef, model, workRng, mode, tun);
@@ -242,7 +244,8 @@ export async function crashRun(seed: number, plan: Plan, opts: { crashInRecovery
     if (!isCrash(err)) throw new Error(`${replay}: the workload failed with a non-crash error: ${String(err)}`, { cause: err });
   }
   const crashed = sim.crashed;
-  const result: RunResult = { crashed, where: sim.crashInfo ?? 'no crash', mutatingOps: sim.mutatingOps - base, failpoints: new Map(sim.failpointHits) };
+  const hits = new Map([...sim.failpointHits].map(([k, n]) => [k, n - (fpBase.get(k) ?? 0)] as [string, number]).filter(([, n]) => n > 0));
+  const result: RunResult = { crashed, where: sim.crashInfo ?? 'no crash', mutatingOps: sim.mutatingOps - base, failpoints: hits };
   if (!crashed) sim.crashNow('power cut after the workload');
   // The old store is dead; closing it must not hang or touch the new file system.
   await Promise.race([store.close().catch(() => {}), new Promise((r) => setTimeout(r, 2000))]);
