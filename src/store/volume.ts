@@ -249,7 +249,33 @@ export class Volume {
   private afterApply(): Promise<void> {
     if (this.durability === 'strict') return this.syncWal();
     if (this.durability === 'batched') return this.batchedCommit();
+    return this.walBackpressure();
+  }
+
+  /**
+   * Relaxed and async modes do not wait for the disk, but they must not run
+   * ahead of it without bound either: the WAL writes queued behind a slow disk
+   * are all waited for at the start of the next flush (its WAL sync), which
+   * stalls every writer for as long as the backlog takes. So a background sync
+   * starts at half of walBacklogBytes behind, and a writer waits for one at the
+   * full amount (one flush wave's worth).
+   */
+  private walBackpressure(): Promise<void> {
+    const wal = this.wal as WalWriter;
+    const cap = this.walBacklogBytes;
+    const behind = wal.unsyncedBytes;
+    // Proportional: wait only until the older half of the backlog is durable
+    // (usually the background sync started at half the cap), not all of it.
+    if (behind >= cap) return this.syncWal(wal.position - cap / 2);
+    if (behind >= cap / 2) wal.kickSync();
     return RESOLVED;
+  }
+
+  /** How far relaxed/async writers may run ahead of the WAL's disk: one flush wave. */
+  private get walBacklogBytes(): number {
+    const rec = RECORD_HEADER + this.blockSize;
+    const perChunk = Math.max(1, Math.floor((this.t.chunkBytes - SEGMENT_HEADER) / rec));
+    return perChunk * this.waveChunks(perChunk) * rec;
   }
 
   /**
@@ -371,9 +397,9 @@ export class Volume {
     (this.wal as WalWriter).kickSync();
   }
 
-  private async syncWal(): Promise<void> {
+  private async syncWal(upTo?: number): Promise<void> {
     try {
-      await (this.wal as WalWriter).sync();
+      await (this.wal as WalWriter).sync(upTo);
     } catch (err) {
       throw this.fail(err);
     }
@@ -647,17 +673,28 @@ export class Volume {
       for (const slot of entries) this.arena.unpin(slot);
       throw err;
     }
+    // Slots are unpinned wave by wave: a slot whose block the wave persisted (or
+    // that a newer write superseded meanwhile) is free as soon as its wave is
+    // committed, so a writer waiting for room waits for one wave, not for the
+    // whole snapshot (up to the whole write buffer) to reach the backend.
+    let unpinned = 0;
     try {
       // Group by raw size: compressed records are never larger, so a group never overflows a chunk.
       const perChunk = Math.max(1, Math.floor((this.t.chunkBytes - SEGMENT_HEADER) / (RECORD_HEADER + this.blockSize)));
-      const perWave = perChunk * FLUSH_WAVE;
+      const perWave = perChunk * this.waveChunks(perChunk);
       for (let i = 0; i < entries.length; i += perWave) {
+        // The WAL's queued writes go to the disk before the next wave's chunks: on a
+        // slow disk a writer waiting for WAL room (walBackpressure) then waits for
+        // at most one wave, instead of for every wave the flusher queues ahead of it.
+        if (i > 0) await wal.sync();
+        const end = Math.min(entries.length, i + perWave);
         const wave: number[][] = [];
-        for (let k = i; k < Math.min(entries.length, i + perWave); k += perChunk) wave.push(entries.slice(k, Math.min(k + perChunk, i + perWave)));
+        for (let k = i; k < end; k += perChunk) wave.push(entries.slice(k, Math.min(k + perChunk, end)));
         await this.writeWave(wave);
+        for (; unpinned < end; unpinned++) this.arena.unpin(entries[unpinned] as number);
       }
     } finally {
-      for (const slot of entries) this.arena.unpin(slot);
+      for (; unpinned < entries.length; unpinned++) this.arena.unpin(entries[unpinned] as number);
     }
     await this.ctx.failpoint('flush:beforeWalReclaim');
     await wal.reclaim(sealed);
@@ -665,6 +702,15 @@ export class Volume {
     if (this.map.logBytes >= this.t.checkpointBytes) await this.checkpoint();
     this.processDeadChunks();
     return entries.length;
+  }
+
+  /**
+   * Chunks per wave: FLUSH_WAVE, but a wave never pins more than a quarter of the
+   * write buffer, so with a small buffer writers still find room while a wave is
+   * being written, and the wait for room stays one (small) wave.
+   */
+  private waveChunks(perChunk: number): number {
+    return Math.max(1, Math.min(FLUSH_WAVE, Math.floor(this.arena.capacity / 4 / perChunk)));
   }
 
   /** Slots holding the current version of their block, pinned, in block order. */

@@ -204,10 +204,13 @@ export class WalWriter {
     this.waiters = keep;
   }
 
-  /** Resolves when everything appended before this call is durable. */
-  sync(): Promise<void> {
+  /**
+   * Resolves when everything appended before this call is durable, or (with
+   * `upTo`, a `position` value) everything before that position.
+   */
+  sync(upTo?: number): Promise<void> {
     if (this.failed) return Promise.reject(this.failed);
-    const target = this.appendedPos;
+    const target = upTo === undefined ? this.appendedPos : Math.min(upTo, this.appendedPos);
     if (target <= this.durablePos) return Promise.resolve();
     return new Promise<void>((resolve, reject) => {
       this.waiters.push({ target, resolve, reject });
