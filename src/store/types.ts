@@ -63,6 +63,7 @@ export interface VolumeTunables {
   cacheBytes: number; // read cache size (default 64 MiB)
   checkpointBytes: number; // write a checkpoint when the map log exceeds this (default 16 MiB)
   readaheadBytes: number; // sequential-read readahead window (default 1 MiB, 0 = off)
+  noSpaceRetryMs: number; // store disk full: retry the failed WAL write / flush this often (default 1000)
 }
 
 export interface VolumeOpenOptions extends Partial<VolumeTunables> {

@@ -1,5 +1,5 @@
 import { compress as lz4Compress, compressSync as lz4CompressSync, uncompressSync as lz4UncompressSync } from 'lz4-napi';
-import { VbfsError } from '../errors';
+import { VbfsError, ioError, isNoSpace } from '../errors';
 import { Arena } from '../arena/arena';
 import type { Backend } from '../backend/backend';
 import { BlockCache } from '../cache/block-cache';
@@ -33,6 +33,7 @@ export const DEFAULT_TUNABLES: VolumeTunables = {
   cacheBytes: 64 * MiB,
   checkpointBytes: 16 * MiB,
   readaheadBytes: 1 * MiB,
+  noSpaceRetryMs: 1000,
 };
 
 /** One batch buffer of the WAL: records accumulate here between write() calls. */
@@ -83,6 +84,9 @@ export class Volume {
   private closed = false;
   private closing: Promise<void> | null = null;
   private failed: VbfsError | null = null;
+  /** The last flush failed for lack of space; retried every noSpaceRetryMs (not a failure). */
+  private diskFull: VbfsError | null = null;
+  private diskFullTimer: NodeJS.Timeout | null = null;
   private writeTail: Promise<void> | null = null;
   private flushRun: Promise<void> | null = null;
   private flushAgain = false;
@@ -202,6 +206,7 @@ export class Volume {
       nextSegment: replay.lastSegment + 1,
       existingSegments: replay.segments,
       logger,
+      noSpaceRetryMs: this.t.noSpaceRetryMs,
     });
     this.wal.durableSeq = maxSeq;
     if (replay.records > 0) logger.info('replayed WAL', { volume: this.name, records: replay.records, pendingBlocks: this.arena.used });
@@ -373,6 +378,8 @@ export class Volume {
   }
 
   private async waitForSlot(): Promise<number> {
+    // The flusher cannot make room while the store disk is full: refuse, do not hang.
+    if (this.diskFull) throw this.diskFull;
     this.kickFlush();
     await this.arena.waitFree();
     this.checkWritable();
@@ -401,7 +408,7 @@ export class Volume {
     try {
       await (this.wal as WalWriter).sync(upTo);
     } catch (err) {
-      throw this.fail(err);
+      throw this.failUnlessNoSpace(err);
     }
   }
 
@@ -606,7 +613,7 @@ export class Volume {
       return;
     }
     this.startFlush().catch((err) => {
-      this.fail(err);
+      this.failUnlessNoSpace(err);
     });
   }
 
@@ -617,17 +624,29 @@ export class Volume {
    */
   private startFlush(): Promise<void> {
     let progress = false;
+    let noSpace = false;
     const run = this.flushOnce()
-      .then((n) => {
-        progress = n > 0;
-      })
+      .then(
+        (n) => {
+          progress = n > 0;
+          if (this.diskFull) {
+            this.diskFull = null;
+            this.ctx.logger.info('flush succeeded again after running out of space', { volume: this.name });
+          }
+        },
+        (err: unknown) => {
+          noSpace = this.noteDiskFull(err);
+          throw err;
+        },
+      )
       .finally(() => {
         this.flushRun = null;
         // Go again if asked while running, or if this one made progress and enough
         // is still pending. Never after an empty snapshot on its own: slots held by
         // a write still in progress (a read-modify-write) count as used but cannot
-        // be flushed, and re-kicking on them spins forever.
-        const again = this.flushAgain || (progress && (this.arena.used * this.blockSize >= this.t.flushBytes || this.arena.full));
+        // be flushed, and re-kicking on them spins forever. Nor after running out
+        // of space: the retry timer goes again.
+        const again = !noSpace && (this.flushAgain || (progress && (this.arena.used * this.blockSize >= this.t.flushBytes || this.arena.full)));
         this.flushAgain = false;
         if (again && this.arena.used > 0) this.kickFlush();
       });
@@ -644,8 +663,31 @@ export class Volume {
     try {
       await this.startFlush();
     } catch (err) {
-      throw this.fail(err);
+      throw this.failUnlessNoSpace(err);
     }
+  }
+
+  /**
+   * A flush that failed for lack of space is not a failure of the volume: its
+   * data is still in the write buffer and the WAL, the chunk objects of the failed
+   * wave were not committed, and the map log rewrites a failed append in place. So
+   * it is retried every noSpaceRetryMs; meanwhile writers that need room get the
+   * error instead of waiting. True if err was such a case.
+   */
+  private noteDiskFull(err: unknown): boolean {
+    if (!isNoSpace(err) || this.failed || this.wal?.error) return false;
+    if (!this.diskFull) this.ctx.logger.warn('store disk full: flush failed; retrying until space returns', { volume: this.name, error: String(err) });
+    this.diskFull = ioError(`volume '${this.name}': store disk full`, err);
+    if (!this.diskFullTimer && !this.closed && !this.closing) {
+      this.diskFullTimer = setTimeout(() => {
+        this.diskFullTimer = null;
+        if (this.arena.used > 0) this.kickFlush();
+      }, this.t.noSpaceRetryMs);
+      this.diskFullTimer.unref();
+    }
+    this.arena.wakeAll(); // writers waiting for room: refused now (waitForSlot)
+    this.processDeadChunks(); // the failed wave's written chunks: their space back
+    return true;
   }
 
   /**
@@ -737,7 +779,7 @@ export class Volume {
   private async writeWave(groups: number[][]): Promise<void> {
     const built: BuiltChunk[] = [];
     for (const slots of groups) built.push(await this.buildChunk(slots));
-    await Promise.all(
+    const puts = await Promise.allSettled(
       built.map(async (c) => {
         await this.ctx.failpoint('flush:beforeChunkWrite');
         await this.ctx.backend.put(chunkKey(this.info.id, c.id), c.buf);
@@ -745,6 +787,17 @@ export class Volume {
       }),
     );
     for (const c of built) if (this.chunkPool.length < FLUSH_WAVE) this.chunkPool.push(c.base);
+    const failed = puts.find((p): p is PromiseRejectedResult => p.status === 'rejected');
+    if (failed) {
+      // Nothing points at this wave's chunks: give the space of those written back
+      // now (recovery would delete them as orphans anyway).
+      if (isNoSpace(failed.reason)) {
+        for (let k = 0; k < built.length; k++) {
+          if (puts[k]?.status === 'fulfilled') this.deadChunks.push((built[k] as BuiltChunk).id);
+        }
+      }
+      throw failed.reason;
+    }
     await this.map.commit(built.map((c) => c.commit));
     await this.ctx.failpoint('flush:afterMapCommit');
     const a = this.arena;
@@ -846,6 +899,7 @@ export class Volume {
 
   private async doClose(): Promise<void> {
     if (this.flushTimer) clearInterval(this.flushTimer);
+    if (this.diskFullTimer) clearTimeout(this.diskFullTimer);
     if (this.batchTimer) clearTimeout(this.batchTimer);
     try {
       if (!this.readOnly && !this.failed) {
@@ -894,6 +948,12 @@ export class Volume {
 
   // ---------------------------------------------------------------- checks
 
+  /** An out-of-space error that leaves the volume writable once space returns, or fail(). */
+  private failUnlessNoSpace(err: unknown): VbfsError {
+    if (isNoSpace(err) && !this.failed && !this.wal?.error) return ioError(`volume '${this.name}'`, err);
+    return this.fail(err);
+  }
+
   private fail(err: unknown): VbfsError {
     const e = err instanceof VbfsError ? err : new VbfsError('VBFS_IO', `volume '${this.name}': ${String((err as Error)?.message ?? err)}`, {}, { cause: err });
     if (!this.failed) {
@@ -915,6 +975,13 @@ export class Volume {
     if (this.failed) throw this.failed;
     const walError = this.wal?.error;
     if (walError) throw this.fail(walError);
+    // The store disk is full and the WAL waits to rewrite a batch: refuse (the
+    // caller sees ENOSPC) rather than pile up more, and retry the WAL write now.
+    const noSpace = this.wal?.noSpace;
+    if (noSpace) {
+      (this.wal as WalWriter).retryNow();
+      throw noSpace;
+    }
   }
 
   private checkRange(offset: number, length: number): void {
