@@ -119,6 +119,9 @@ export class SlowFileIO implements FileIO {
   rename(from: string, to: string): Promise<void> {
     return this.inner.rename(from, to);
   }
+  link(from: string, to: string): Promise<void> {
+    return this.inner.link(from, to);
+  }
   unlink(path: string): Promise<void> {
     return this.inner.unlink(path);
   }

@@ -7,3 +7,4 @@ export { FileBackend } from './backend/file-backend';
 export { MemoryBackend } from './backend/memory-backend';
 export type { FileIO, FileHandle, OpenMode } from './io/file-io';
 export { NodeFileIO } from './io/node-file-io';
+export type { FsckReport, FsckProblem, FsckProblemKind, FsckSeverity, FsckOptions, FsckProgress } from './store/fsck';

@@ -15,7 +15,7 @@ import { formatSize, parseSize } from '../src/cli/size';
 import { ERRNO_BY_CODE, toErrno } from '../src/fuse/errno';
 import { parseStats, renderStats } from '../src/fuse/stats-file';
 import { fsnameFor, loadFuse } from '../src/fuse/mount';
-import { loopDevicesUnder, parseMountInfo, storeFromMount } from '../src/fuse/system';
+import { canonicalMountpoint, loopDevicesUnder, parseMountInfo, storeFromMount } from '../src/fuse/system';
 import { tmpDir, vbfs } from './helpers/fuse-env';
 
 function oneLine(stderr: string): string {
@@ -138,7 +138,11 @@ describe('vbfs argument parsing', () => {
 
   it('rewrites the mount.fuse form into a daemon mount', () => {
     assert.deepEqual(rewriteArgv(['/var/lib/vbfs', '/mnt/v', '-o', 'rw,_netdev,allow_other,durability=strict']), [
-      'mount', '/mnt/v', '--store', '/var/lib/vbfs', '--daemon', '--allow-other', '--durability', 'strict', '--quiet',
+      'mount', '/mnt/v', '--store', '/var/lib/vbfs', '--daemon', '--allow-other', '--durability', 'strict', '--require-store', '--quiet',
+    ]);
+    // fstab: only `-o create` may create a store that does not exist yet.
+    assert.deepEqual(rewriteArgv(['/s', '/m', '-o', 'create,nonempty,stop_timeout=5']), [
+      'mount', '/m', '--store', '/s', '--daemon', '-o', 'nonempty', '--stop-timeout', '5', '--quiet',
     ]);
     assert.deepEqual(rewriteArgv(['list', '--json']), ['list', '--json']);
     assert.deepEqual(rewriteArgv(['typo']), ['typo']); // left to the parser: "Unknown argument"
@@ -161,6 +165,9 @@ describe('vbfs argument parsing', () => {
     assert.throws(() => parseMountOptions(['durability=maybe']), UsageError);
     assert.throws(() => parseMountOptions(['frob']), /unknown mount option 'frob'/);
     assert.deepEqual(parseMountOptions(['frob'], true), {});
+    assert.deepEqual(parseMountOptions(['nonempty,create,stop_timeout=2.5']), { nonempty: true, create: true, stopTimeoutSeconds: 2.5 });
+    assert.throws(() => parseMountOptions(['stop_timeout=soon']), UsageError);
+    assert.throws(() => parseMountOptions(['stop_timeout=-1']), UsageError);
   });
 
   it('has one exit status and one errno for every error code', () => {
@@ -204,6 +211,25 @@ describe('mount table, loop devices, .stats text', () => {
     assert.equal(r!.fstype, 'ext4');
     assert.equal(fsnameFor('/var/lib/vbfs'), 'vbfs:/var/lib/vbfs,big_writes,max_write=131072');
     assert.equal(fsnameFor('/a,b'), 'vbfs,big_writes,max_write=131072');
+    // --read-only reaches the kernel (the mount table says ro); -o nonempty reaches libfuse.
+    assert.equal(fsnameFor('/s', { readOnly: true, nonempty: true }), 'vbfs:/s,big_writes,max_write=131072,ro,nonempty');
+  });
+
+  it('canonicalMountpoint resolves a symlink in the last component too', async () => {
+    const dir = await tmpDir('canon');
+    try {
+      const real = path.join(dir, 'real');
+      await fsp.mkdir(real);
+      await fsp.symlink(real, path.join(dir, 'link'));
+      await fsp.symlink('link', path.join(dir, 'link2')); // relative, and a chain
+      assert.equal(canonicalMountpoint(path.join(dir, 'link')), await fsp.realpath(real));
+      assert.equal(canonicalMountpoint(path.join(dir, 'link2')), await fsp.realpath(real));
+      // A dangling link (or a dead mount) still gives the path the kernel would record.
+      await fsp.symlink(path.join(dir, 'gone'), path.join(dir, 'dangling'));
+      assert.equal(canonicalMountpoint(path.join(dir, 'dangling')), path.join(await fsp.realpath(dir), 'gone'));
+    } finally {
+      await fsp.rm(dir, { recursive: true, force: true });
+    }
   });
 
   it('finds loop devices backed by files under a mountpoint (from /sys/block)', async () => {
@@ -232,8 +258,21 @@ describe('mount table, loop devices, .stats text', () => {
     const b = renderStats({ uptimeSeconds: 99999, openHandles: 12, fuseErrors: 3 }, [{ name: 'v', durability: 'strict', size: 2 ** 40, stats: big }]);
     assert.equal(a.length, b.length);
     const parsed = parseStats(b);
-    assert.equal(parsed['v']!['writes'], 123456789);
-    assert.equal(parsed['v']!['fsync_p50_ms'], 12.346);
-    assert.equal(parsed['mount']!['open_handles'], 12);
+    assert.equal(parsed.volumes['v']!['writes'], 123456789);
+    assert.equal(parsed.volumes['v']!['fsync_p50_ms'], 12.346);
+    assert.equal(parsed.mount['open_handles'], 12);
+  });
+
+  it('stats --json keeps a volume named "mount" apart from the mount-wide counters', () => {
+    const text = renderStats({ uptimeSeconds: 5, openHandles: 7, fuseErrors: 0 }, [
+      { name: 'mount', durability: 'batched', size: 4096, stats: { writes: 3 } as never },
+      { name: 'volumes', durability: 'strict', size: 8192, stats: { writes: 4 } as never },
+    ]);
+    const parsed = parseStats(text);
+    assert.equal(parsed.mount['open_handles'], 7);
+    assert.equal(parsed.mount['volumes'], 2);
+    assert.equal(parsed.volumes['mount']!['writes'], 3);
+    assert.equal(parsed.volumes['mount']!['size'], 4096);
+    assert.equal(parsed.volumes['volumes']!['writes'], 4);
   });
 });

@@ -3,40 +3,70 @@ import * as path from 'node:path';
 import { SimFS } from './helpers/sim-fs';
 import { Rng, envInt, seedsFromEnv } from './helpers/rng';
 import { runInWorker } from './helpers/in-worker';
-import { BLOCK, MODE_OF_SEED, SEEDS_DEFAULT, SIZE, openStore } from './helpers/crash-runner';
+import { BLOCK, MODE_OF_SEED, SEEDS_DEFAULT, SIZE, TEARS, openStore, type SweepResult } from './helpers/crash-runner';
 
 /**
  * Crash simulation: see helpers/crash-runner.ts for what is checked after each
  * simulated power loss. Each seed's sweep runs in a worker thread with a deadline,
  * so an engine that spins or hangs fails with the crash point it was running.
  *
- * Replay: VBFS_SEED=<seed> [VBFS_CRASH_AT=<mutating op> | VBFS_CRASH_FAILPOINT=<name>:<nth>]
- * Scale: VBFS_CRASH_POINTS (random crash points per seed, default 80), VBFS_CRASH_OPS (workload length).
+ * Replay: VBFS_SEED=<seed> [VBFS_CRASH_TEAR=random|reorder] [VBFS_CRASH_AT=<mutating op> | VBFS_CRASH_FAILPOINT=<name>:<nth>]
+ * Scale: VBFS_CRASH_POINTS (random crash points per seed and tear mode, default 80), VBFS_CRASH_OPS (workload length).
+ *
+ * Each sweep runs with both power-cut models (TEARS): 'random' (the unsynced tail torn
+ * in order) and 'reorder' (every page of every unsynced write lands or not, in any
+ * order, as real disks do). Every planned crash must fire. The title of each sweep
+ * ends with the number of crashes it ran, and the totals per durability mode and
+ * tear mode are printed at the end.
  */
 const POINTS = envInt('VBFS_CRASH_POINTS', 80);
 const SEEDS = seedsFromEnv(SEEDS_DEFAULT);
 const DEADLINE_MS = envInt('VBFS_CRASH_DEADLINE_MS', 120_000);
 const RUNNER = path.join(__dirname, 'helpers', 'crash-runner.js');
+const ONLY_TEAR = process.env.VBFS_CRASH_TEAR || null;
 
 describe('crash simulation (SimFS power loss)', function () {
   this.timeout(DEADLINE_MS + 10_000);
   const onlyAt = process.env.VBFS_CRASH_AT ? Number(process.env.VBFS_CRASH_AT) : null;
   const onlyFp = process.env.VBFS_CRASH_FAILPOINT || null;
+  const tears = TEARS.filter((t) => ONLY_TEAR === null || t === ONLY_TEAR);
+  if (tears.length === 0) throw new Error(`VBFS_CRASH_TEAR=${ONLY_TEAR}: not one of ${TEARS.join(', ')}`);
+  /** Crashes run per "durability mode, tear mode", for the summary. */
+  const totals = new Map<string, number>();
+  const count = (ctx: Mocha.Context, key: string, r: SweepResult): void => {
+    totals.set(key, (totals.get(key) ?? 0) + r.crashes);
+    if (ctx.test) ctx.test.title += `: ${r.crashes} crash points`;
+  };
 
-  for (const seed of SEEDS) {
-    const mode = MODE_OF_SEED[seed % MODE_OF_SEED.length];
-    if (onlyFp === null) {
-      it(`seed ${seed} (${mode}): crash at ${onlyAt !== null ? `op ${onlyAt}` : `${POINTS} seeded op numbers`} (VBFS_SEED=${seed})`, () =>
-        runInWorker(RUNNER, 'crashSweep', [seed, POINTS, onlyAt], DEADLINE_MS));
-    }
-    if (onlyAt === null) {
-      it(`seed ${seed} (${mode}): crash at every named failpoint${onlyFp ? ` (only ${onlyFp})` : ''} (VBFS_SEED=${seed})`, () =>
-        runInWorker(RUNNER, 'failpointSweep', [seed, onlyFp], DEADLINE_MS));
+  for (const tear of tears) {
+    for (const seed of SEEDS) {
+      const mode = MODE_OF_SEED[seed % MODE_OF_SEED.length];
+      const key = `${mode}, ${tear}`;
+      const replay = `VBFS_SEED=${seed} VBFS_CRASH_TEAR=${tear}`;
+      if (onlyFp === null) {
+        it(`seed ${seed} (${mode}, tear ${tear}): crash at ${onlyAt !== null ? `op ${onlyAt}` : `${POINTS} seeded op numbers`} (${replay})`, async function () {
+          count(this, key, await runInWorker<SweepResult>(RUNNER, 'crashSweep', [seed, POINTS, onlyAt, tear], DEADLINE_MS));
+        });
+      }
+      if (onlyAt === null) {
+        it(`seed ${seed} (${mode}, tear ${tear}): crash at the 1st, 2nd, middle and last hit of every named failpoint${onlyFp ? ` (only ${onlyFp})` : ''} (${replay})`, async function () {
+          count(this, key, await runInWorker<SweepResult>(RUNNER, 'failpointSweep', [seed, onlyFp, tear], DEADLINE_MS));
+        });
+      }
     }
   }
 
-  it('a crash at any step of createVolume or deleteVolume leaves the volume whole or gone', () =>
-    runInWorker(RUNNER, 'lifecycleCrashSweep', [SEEDS[0] ?? 11], DEADLINE_MS));
+  after(() => {
+    if (totals.size === 0) return;
+    const lines = [...totals].sort(([a], [b]) => a.localeCompare(b)).map(([k, n]) => `      ${k}: ${n}`);
+    process.stdout.write(`    crash points run (durability mode, tear mode):\n${lines.join('\n')}\n`);
+  });
+
+  for (const tear of tears) {
+    it(`a crash at any step of createVolume or deleteVolume leaves the volume whole or gone (tear ${tear})`, async function () {
+      count(this, `lifecycle, ${tear}`, await runInWorker<SweepResult>(RUNNER, 'lifecycleCrashSweep', [SEEDS[0] ?? 11, tear], DEADLINE_MS));
+    });
+  }
 
   it('a store and volume created on an empty disk survive power loss together with fsynced data', async () => {
     const sim = new SimFS();

@@ -72,7 +72,13 @@ describe('format v1 store fixture', () => {
         fs.cpSync(FIX, tmp, { recursive: true });
         const expected = JSON.parse(fs.readFileSync(path.join(FIX, 'expected.json'), 'utf8')) as Record<string, string>;
         const store = await Store.open(tmp);
+        const meta = (): number => (JSON.parse(fs.readFileSync(path.join(tmp, 'volumes', name, 'volume.json'), 'utf8')) as { formatVersion: number }).formatVersion;
+        const ro = await store.openVolume(name, { readOnly: true });
+        assert.equal(createHash('sha256').update(await ro.read(0, SIZE)).digest('hex'), expected[name]);
+        await ro.close();
+        assert.equal(meta(), 1, 'a read-only open leaves a format 1 volume as it is');
         const v = await store.openVolume(name);
+        assert.equal(meta(), 2, 'opened for writing, the volume is upgraded to format 2 before any format 2 segment is written');
         const got = createHash('sha256').update(await v.read(0, SIZE)).digest('hex');
         assert.equal(got, expected[name]);
         // And it stays readable after a clean close (flush + checkpoint of the replayed WAL).

@@ -2,7 +2,7 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { crc32c, crc32cImplementation, crc32cJs } from '../src/format/crc32c';
-import { checkRecord, encodeRecord, RECORD_HEADER } from '../src/format/block-record';
+import { checkRecord, encodeRecord, encodeSyncMarker, isSyncMarker, RECORD_HEADER, syncMarkerClaim, SYNC_MARKER_BYTES } from '../src/format/block-record';
 import { checkFrame, encodeFrame } from '../src/format/frame';
 import { CHUNK_MAGIC, decodeSegmentHeader, encodeSegmentHeader, WAL_MAGIC } from '../src/format/segment-header';
 import {
@@ -11,8 +11,10 @@ import {
   decodeCheckpointHeader,
   decodeCommit,
   decodeMapLogHeader,
+  decodeSyncFrame,
   encodeCheckpointHeader,
   encodeMapLogHeader,
+  encodeSyncFrame,
   readLocation,
   writeLocation,
 } from '../src/format/map-records';
@@ -34,6 +36,11 @@ function sample(name: string, bytes: Uint8Array): Buffer {
     fs.writeFileSync(file, bytes);
   }
   return fs.readFileSync(file);
+}
+
+/** A sample of an older format version: only ever read, never regenerated. */
+function oldSample(name: string): Buffer {
+  return fs.readFileSync(path.join(FIX, name));
 }
 
 function payload(n: number): Buffer {
@@ -92,8 +99,11 @@ describe('format', () => {
   it('segment headers (WAL and chunk): saved samples decode', () => {
     const wal = Buffer.from(encodeSegmentHeader({ magic: WAL_MAGIC, blockSize: 4096, volumeId: VOLUME_ID, number: 42, count: 0, maxSeq: 0 }));
     const chk = Buffer.from(encodeSegmentHeader({ magic: CHUNK_MAGIC, blockSize: 4096, volumeId: VOLUME_ID, number: 7, count: 1024, maxSeq: 99999 }));
-    assert.deepEqual(wal, sample('wal-header-v1.bin', wal));
-    assert.deepEqual(chk, sample('chunk-header-v1.bin', chk));
+    assert.deepEqual(wal, sample('wal-header-v2.bin', wal));
+    assert.deepEqual(chk, sample('chunk-header-v1.bin', chk), 'chunk objects are still format 1');
+    assert.equal(decodeSegmentHeader(wal, WAL_MAGIC)?.version, 2);
+    const v1 = decodeSegmentHeader(oldSample('wal-header-v1.bin'), WAL_MAGIC);
+    assert.deepEqual(v1, { magic: WAL_MAGIC, version: 1, blockSize: 4096, volumeId: VOLUME_ID, number: 42, count: 0, maxSeq: 0 });
     assert.deepEqual(decodeSegmentHeader(sample('chunk-header-v1.bin', chk), CHUNK_MAGIC), {
       magic: CHUNK_MAGIC,
       version: 1,
@@ -115,17 +125,44 @@ describe('format', () => {
     writeLocation(p, commitEntryOffset(0), 10, 100, 17, 64, 4096, 0);
     writeLocation(p, commitEntryOffset(1), 11, 101, 17, 4192, 1000, 1);
     const commit = encodeFrame(p);
-    const savedHdr = sample('maplog-header-v1.bin', hdr);
-    const savedCommit = sample('maplog-commit-v1.bin', commit);
+    const savedHdr = sample('maplog-header-v2.bin', hdr);
+    const savedCommit = oldSample('maplog-commit-v1.bin'); // unchanged in format 2
     assert.deepEqual(hdr, savedHdr);
     assert.deepEqual(commit, savedCommit);
     const f = checkFrame(savedHdr, 0);
     assert.ok(f.ok);
-    assert.deepEqual(decodeMapLogHeader(f.payload), { version: 1, volumeId: VOLUME_ID, segment: 3 });
+    assert.deepEqual(decodeMapLogHeader(f.payload), { version: 2, volumeId: VOLUME_ID, segment: 3 });
+    const f1 = checkFrame(oldSample('maplog-header-v1.bin'), 0);
+    assert.ok(f1.ok);
+    assert.deepEqual(decodeMapLogHeader(f1.payload), { version: 1, volumeId: VOLUME_ID, segment: 3 });
+    const sync = encodeFrame(encodeSyncFrame(123456));
+    const savedSync = sample('maplog-sync-v2.bin', sync);
+    assert.deepEqual(sync, savedSync);
+    const sf = checkFrame(savedSync, 0);
+    assert.ok(sf.ok);
+    assert.equal(decodeSyncFrame(sf.payload), 123456);
+    assert.equal(decodeSyncFrame(p), null, 'a commit is not a sync frame');
     const c = checkFrame(savedCommit, 0);
     assert.ok(c.ok);
     assert.deepEqual(decodeCommit(c.payload), { chunkId: 17, count: 2 });
     assert.deepEqual(readLocation(c.payload, commitEntryOffset(1)), { block: 11, seq: 101, chunkId: 17, offset: 4192, len: 1000, flags: 1 });
+  });
+
+  it('WAL sync marker (format 2): saved sample decodes, encoder reproduces it', () => {
+    const buf = Buffer.alloc(SYNC_MARKER_BYTES);
+    assert.equal(encodeSyncMarker(buf, 0, 2 ** 33 + 7, Buffer.alloc(8)), SYNC_MARKER_BYTES);
+    const saved = sample('wal-sync-marker-v2.bin', buf);
+    assert.deepEqual(buf, saved);
+    const r = checkRecord(saved, 0, saved.length, 4096);
+    assert.ok(r.ok);
+    assert.ok(isSyncMarker(r.header));
+    assert.equal(syncMarkerClaim(r.header, saved, RECORD_HEADER), 2 ** 33 + 7);
+    const bad = Buffer.from(saved);
+    bad[16] = 1; // a block number in a marker
+    bad.writeUInt32LE(crc32c(bad, 0, 4, bad.length), 0);
+    const rb = checkRecord(bad, 0, bad.length, 4096);
+    assert.ok(rb.ok);
+    assert.equal(syncMarkerClaim(rb.header, bad, RECORD_HEADER), -1, 'a malformed marker is refused');
   });
 
   it('checkpoint header: saved sample decodes', () => {

@@ -160,9 +160,10 @@ describe('FUSE mount of a real store (bin/vbfs)', function () {
   it('vbfs stats prints the live counters of the mount', async () => {
     const r = await vbfs(['stats', mnt, '--json'], store);
     assert.equal(r.code, 0, r.stderr);
-    const s = JSON.parse(r.stdout) as Record<string, Record<string, number>>;
-    assert.ok(s['disk']!['writes']! > 0);
-    assert.ok(s['disk']!['fsyncs']! > 0);
+    const s = JSON.parse(r.stdout) as { mount: Record<string, number>; volumes: Record<string, Record<string, number>> };
+    assert.equal(s.mount['volumes'], Object.keys(s.volumes).length);
+    assert.ok(s.volumes['disk']!['writes']! > 0);
+    assert.ok(s.volumes['disk']!['fsyncs']! > 0);
   });
 
   it('fio --verify=crc32c with 4 concurrent jobs', async function () {

@@ -10,9 +10,10 @@ import { constants } from 'node:os';
 import { constants as fsc } from 'node:fs';
 import { Store } from '../src/store/store';
 import { VolumeFs } from '../src/fuse/volume-fs';
-import type { FuseOps } from '../src/fuse/types';
-import { silentLogger } from '../src/store/types';
+import type { FuseOps, MountableStore, MountableVolume } from '../src/fuse/types';
+import { silentLogger, type Logger, type VolumeInfo, type VolumeStats } from '../src/store/types';
 import { tmpDir } from './helpers/fuse-env';
+import { VbfsError } from '../src/errors';
 
 const E = constants.errno;
 
@@ -140,3 +141,138 @@ describe('volume-fs handlers (driven without a kernel)', function () {
     await second.closeVolumes();
   });
 });
+
+/**
+ * A volume whose writes settle only when the test says so, to put a request in
+ * flight across closeVolumes() (an unmount under load).
+ */
+class HeldVolume implements MountableVolume {
+  readonly name = 'held';
+  readonly size = 1024 * 1024;
+  readonly blockSize = 4096;
+  readonly durability = 'strict' as const;
+  closed = false;
+  readonly held: Array<() => void> = [];
+  throwOnSize = false;
+  read(): Promise<Buffer> {
+    return Promise.resolve(Buffer.alloc(0));
+  }
+  readInto(): Promise<void> {
+    return Promise.resolve();
+  }
+  write(): Promise<void> {
+    if (this.closed) return Promise.reject(new VbfsError('VBFS_CLOSED', 'closed'));
+    return new Promise((resolve) => this.held.push(resolve));
+  }
+  fsync(): Promise<void> {
+    return Promise.resolve();
+  }
+  stats(): VolumeStats {
+    return {} as VolumeStats;
+  }
+  close(): Promise<void> {
+    // Like Volume.close(): writes already accepted complete before it resolves.
+    this.closed = true;
+    for (const r of this.held.splice(0)) r();
+    return Promise.resolve();
+  }
+}
+
+function heldStore(vol: HeldVolume): MountableStore {
+  return {
+    listVolumes: () => Promise.resolve([{ name: vol.name } as VolumeInfo]),
+    openVolume: () => Promise.resolve(vol),
+    close: () => Promise.resolve(),
+  };
+}
+
+class Lines implements Logger {
+  readonly lines: string[] = [];
+  error(m: string): void {
+    this.lines.push(`error: ${m}`);
+  }
+  warn(m: string): void {
+    this.lines.push(`warn: ${m}`);
+  }
+  info(): void {}
+  debug(): void {}
+}
+
+describe('volume-fs: every request is answered exactly once', function () {
+  this.timeout(10_000);
+
+  /** Collects every answer of one request; settles on the first, keeps counting after. */
+  function collect(): { cb: (...a: unknown[]) => void; answers: unknown[][]; first: Promise<unknown[]> } {
+    const answers: unknown[][] = [];
+    let resolve!: (a: unknown[]) => void;
+    const first = new Promise<unknown[]>((r) => (resolve = r));
+    return {
+      answers,
+      first,
+      cb: (...a: unknown[]) => {
+        answers.push(a);
+        resolve(a);
+      },
+    };
+  }
+  const tick = (): Promise<void> => new Promise((r) => setTimeout(r, 20));
+
+  it('a write in flight when closeVolumes() empties the volume map is answered with its byte count', async () => {
+    const vol = new HeldVolume();
+    const log = new Lines();
+    const vfs = new VolumeFs({ store: heldStore(vol), storeDir: '/nonexistent', logger: log });
+    await vfs.openAll();
+    const ops = vfs.ops();
+    const o = collect();
+    ops.open('/held', fsc.O_RDWR, o.cb);
+    const fd = (await o.first)[1] as number;
+
+    const w = collect();
+    ops.write('/held', fd, Buffer.alloc(4096, 1), 4096, 0, w.cb as (n: number) => void);
+    await tick();
+    assert.equal(vol.held.length, 1, 'the write is in flight');
+    await vfs.closeVolumes(); // clears the map, then close() lets the held write complete
+    await Promise.race([w.first, tick().then(tick).then(() => assert.fail(`the in-flight write was never answered; log: ${log.lines.join(' | ')}`))]);
+    await tick();
+    assert.deepEqual(w.answers, [[4096]]);
+
+    // After close: an error, once.
+    const late = collect();
+    ops.write('/held', fd, Buffer.alloc(4096, 1), 4096, 0, late.cb as (n: number) => void);
+    await late.first;
+    await tick();
+    assert.deepEqual(late.answers, [[-E.EIO]]);
+    assert.deepEqual(log.lines.filter((l) => /threw|twice/.test(l)), []);
+  });
+
+  it('a handler that throws synchronously answers EIO once; a callback that throws is not called again', async () => {
+    const vol = new HeldVolume();
+    const log = new Lines();
+    const vfs = new VolumeFs({ store: heldStore(vol), storeDir: '/nonexistent', logger: log });
+    await vfs.openAll();
+    const ops = vfs.ops();
+    const o = collect();
+    ops.open('/held', fsc.O_RDWR, o.cb);
+    const fd = (await o.first)[1] as number;
+
+    Object.defineProperty(vol, 'size', { get: () => { throw new Error('boom'); } });
+    const r = collect();
+    ops.read('/held', fd, Buffer.alloc(4096), 4096, 0, r.cb as (n: number) => void);
+    await r.first;
+    await tick();
+    assert.deepEqual(r.answers, [[-E.EIO]]);
+    assert.ok(log.lines.some((l) => /read \/held threw: boom/.test(l)), log.lines.join(' | '));
+
+    // fuse-native's own callback throwing (it validates what we pass) must not
+    // lead to a second answer.
+    let calls = 0;
+    ops.flush('/held', fd, () => {
+      calls++;
+      throw new Error('fuse-native says no');
+    });
+    await tick();
+    assert.equal(calls, 1);
+    await vfs.closeVolumes();
+  });
+});
+

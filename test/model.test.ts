@@ -1,3 +1,4 @@
+import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -32,6 +33,21 @@ describe('model-based volume test', function () {
       }
     });
   }
+
+  it(`a seed replays exactly: the same ops whatever the engine reports (VBFS_SEED=${SEEDS[0] ?? 1})`, async () => {
+    const seed = SEEDS[0] ?? 1;
+    const ops = Math.min(OPS, 600);
+    const first = await runInWorker<string[]>(RUNNER, 'modelTrace', [seed, ops, false], DEADLINE_MS);
+    const again = await runInWorker<string[]>(RUNNER, 'modelTrace', [seed, ops, false], DEADLINE_MS);
+    const other = await runInWorker<string[]>(RUNNER, 'modelTrace', [seed, ops, true], DEADLINE_MS);
+    assert.ok(first.filter((l) => l.includes('flush')).length > 5, 'the trace has too few flushes to show anything');
+    const diverge = (a: string[], b: string[]): string => {
+      const i = a.findIndex((l, k) => l !== b[k]);
+      return i === -1 ? `lengths ${a.length} and ${b.length}` : `at line ${i}: ${JSON.stringify(a[i])} vs ${JSON.stringify(b[i])}`;
+    };
+    assert.deepEqual(again, first, `the same seed ran other ops the second time: ${diverge(first, again)}`);
+    assert.deepEqual(other, first, `the seed ran other ops when the engine reported pending bytes after a flush: ${diverge(first, other)}`);
+  });
 
   for (const seed of SEEDS.slice(0, 2)) {
     it(`seed ${seed}: ${OPS / 2} random ops on a sparse 16/256 TiB volume near block numbers 2^24, 2^31, 2^32 and the end (VBFS_SEED=${seed})`, () =>

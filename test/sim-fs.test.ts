@@ -1,5 +1,5 @@
 import * as assert from 'node:assert/strict';
-import { CrashError, SimFS, isCrash } from './helpers/sim-fs';
+import { CrashError, PAGE_BYTES, SimFS, isCrash } from './helpers/sim-fs';
 import { Rng } from './helpers/rng';
 import { isVbfsError } from '../src/errors';
 
@@ -173,6 +173,125 @@ describe('SimFS', () => {
         seen.add(kind);
       }
       assert.deepEqual([...seen].sort(), ['nothing', 'torn-first', 'torn-second', 'zeros']);
+    });
+
+    describe("'reorder' (pages reach the disk in any order, torn or not at all)", () => {
+      const P = PAGE_BYTES;
+      /** A file of `pages` synced pages of 'S', then unsynced writes of 'A' (pages 1..3, extending it) and 'B' (pages 4..5). */
+      const setup = async (): Promise<SimFS> => {
+        const fs = new SimFS({ yieldEachOp: false });
+        const fh = await fs.open('/log', 'w+');
+        await fs.fsyncDir('/');
+        await fh.write(Buffer.alloc(P + 100, 'S'), 0);
+        await fh.datasync();
+        await fh.write(Buffer.alloc(3 * P - 100, 'A'), P + 100);
+        await fh.write(Buffer.alloc(2 * P, 'B'), 4 * P);
+        return fs;
+      };
+
+      it('leaves holes followed by later data, torn pages, and every size between durable and volatile', async () => {
+        const seen = new Set<string>();
+        for (let seed = 0; seed < 300; seed++) {
+          const got = (await setup()).afterCrash(new Rng(seed), 'reorder').readRaw('/log');
+          assert.ok(got !== undefined);
+          assert.ok(got.length >= P + 100 && got.length <= 6 * P, `size ${got.length} outside [durable, volatile]`);
+          assert.ok(got.subarray(0, P + 100).equals(Buffer.alloc(P + 100, 'S')), `seed ${seed}: synced bytes changed`);
+          // Page by page (from the end of the synced bytes): new data, a hole (zeros), or a torn page (a prefix of new data, then zeros).
+          const pages: string[] = [];
+          for (let a = P + 100; a < got.length; a = (Math.floor(a / P) + 1) * P) {
+            const piece = got.subarray(a, Math.min(got.length, (Math.floor(a / P) + 1) * P)).toString('latin1');
+            const m = /^([AB]*)(\0*)$/.exec(piece);
+            assert.ok(m !== null, `seed ${seed}: page at ${a} holds ${JSON.stringify(piece.slice(0, 40))}`);
+            pages.push(m[2] === '' ? 'data' : m[1] === '' ? 'hole' : 'torn');
+          }
+          const firstHole = pages.indexOf('hole');
+          if (firstHole !== -1 && pages.slice(firstHole + 1).includes('data')) seen.add('hole before data');
+          if (pages.includes('torn')) seen.add('torn page');
+          if (got.length === P + 100) seen.add('durable size');
+          else if (got.length === 6 * P) seen.add('volatile size');
+          else seen.add('size in between');
+          if (got.length === 6 * P && !pages.includes('data')) seen.add('size without data');
+        }
+        assert.deepEqual([...seen].sort(), ['durable size', 'hole before data', 'size in between', 'size without data', 'torn page', 'volatile size']);
+      });
+
+      it('keeps stale old bytes where an overwrite of synced data did not reach the disk', async () => {
+        const seen = new Set<string>();
+        for (let seed = 0; seed < 100; seed++) {
+          const fs = new SimFS({ yieldEachOp: false });
+          const fh = await fs.open('/f', 'w+');
+          await fs.fsyncDir('/');
+          await fh.write(Buffer.alloc(3 * P, 'o'), 0);
+          await fh.datasync();
+          await fh.write(Buffer.alloc(3 * P, 'n'), 0);
+          const got = fs.afterCrash(new Rng(seed), 'reorder').readRaw('/f');
+          assert.equal(got?.length, 3 * P);
+          for (let p = 0; p < 3; p++) {
+            const s = got.subarray(p * P, (p + 1) * P).toString('latin1');
+            assert.match(s, /^n*o*$/, `seed ${seed} page ${p}: not a prefix of new bytes over old ones`);
+            seen.add(s[0] === 'o' ? 'old' : s.endsWith('o') ? 'torn' : 'new');
+          }
+        }
+        assert.deepEqual([...seen].sort(), ['new', 'old', 'torn']);
+      });
+
+      it('never changes synced bytes and only shows bytes once written at that offset, or zeros (random ops)', async () => {
+        for (let seed = 0; seed < 150; seed++) {
+          const rng = new Rng(seed);
+          const fs = new SimFS({ yieldEachOp: false });
+          const fh = await fs.open('/f', 'w+');
+          await fs.fsyncDir('/');
+          // Bit (x, v) set: offset x has held byte value v (0 is always allowed: holes, extensions, truncates).
+          const ever = new Uint8Array(8 * P * 32);
+          const record = (off: number, data: Buffer): void => {
+            for (let i = 0; i < data.length; i++) {
+              const v = data[i] as number;
+              const at = (off + i) * 32 + (v >> 3);
+              ever[at] = (ever[at] as number) | (1 << (v & 7));
+            }
+          };
+          const wasWritten = (x: number, v: number): boolean => v === 0 || ((ever[x * 32 + (v >> 3)] as number) & (1 << (v & 7))) !== 0;
+          let durable = Buffer.alloc(0);
+          let current = Buffer.alloc(0);
+          // Offsets an unsynced op touched: only those may differ from the durable content.
+          let touched = new Uint8Array(8 * P);
+          for (let k = rng.range(1, 12); k > 0; k--) {
+            const what = rng.weighted<string>([['write', 6], ['sync', 2], ['truncate', 1]]);
+            if (what === 'write') {
+              const off = rng.int(5 * P);
+              const data = rng.bytes(rng.range(1, 2 * P));
+              record(off, data);
+              touched.fill(1, off, off + data.length);
+              await fh.write(data, off);
+              const next = Buffer.alloc(Math.max(current.length, off + data.length));
+              current.copy(next);
+              data.copy(next, off);
+              current = next;
+            } else if (what === 'sync') {
+              await fh.datasync();
+              durable = Buffer.from(current);
+              touched = new Uint8Array(8 * P);
+            } else {
+              const len = rng.int(current.length + P);
+              await fh.truncate(len);
+              touched.fill(1, len);
+              const next = Buffer.alloc(len);
+              current.copy(next, 0, 0, Math.min(len, current.length));
+              current = next;
+            }
+          }
+          const got = fs.afterCrash(rng.fork(), 'reorder').readRaw('/f');
+          assert.ok(got !== undefined);
+          const lo = Math.min(durable.length, current.length);
+          assert.ok(got.length >= lo && got.length <= Math.max(durable.length, current.length), `seed ${seed}: size ${got.length}`);
+          for (let x = 0; x < Math.min(lo, got.length); x++) {
+            if (touched[x] === 0) assert.equal(got[x], durable[x], `seed ${seed}: synced byte ${x} changed`);
+          }
+          for (let x = 0; x < got.length; x++) {
+            if (!wasWritten(x, got[x] as number)) assert.fail(`seed ${seed}: byte ${x} = ${got[x]} was never written there`);
+          }
+        }
+      });
     });
 
     it("'all' keeps every unsynced write, 'none' keeps none", async () => {

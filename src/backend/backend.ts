@@ -18,7 +18,14 @@ export interface Backend {
   get(key: string, offset?: number, length?: number): Promise<Buffer>;
   delete(key: string): Promise<void>;
   list(prefix: string): Promise<string[]>;
+  /**
+   * Optional: after every key under `prefix` was deleted (a deleted volume's id),
+   * drop what the backend still keeps for it (FileBackend: the empty directories).
+   */
+  removeEmpty?(prefix: string): Promise<void>;
   close(): Promise<void>;
+  /** Where the object for `key` lives (a file path, a URL), for messages that name it. */
+  describe?(key: string): string;
 }
 
 export function checkKey(key: string): void {

@@ -60,6 +60,10 @@ export class FileBackend implements Backend {
     }
   }
 
+  describe(key: string): string {
+    return this.pathOf(key);
+  }
+
   async get(key: string, offset = 0, length?: number): Promise<Buffer> {
     const file = this.pathOf(key);
     checkRange(offset, length);
@@ -161,6 +165,20 @@ export class FileBackend implements Backend {
       if ((await this.fileIO.stat(dir)) !== null) await this.fileIO.fsyncDir(dir);
     } catch (err) {
       throw ioError(`backend delete '${key}'`, err, { key, path: file });
+    }
+  }
+
+  async removeEmpty(prefix: string): Promise<void> {
+    const rel = prefix.replace(/\/+$/, '');
+    validKey(rel);
+    if ((await this.list(`${rel}/`)).length > 0) return; // not empty after all: keep it
+    const dir = path.join(this.root, rel);
+    try {
+      if ((await this.fileIO.stat(dir)) === null) return;
+      await this.fileIO.rmdir(dir); // only temp files of crashed puts can be left inside
+      await this.fileIO.fsyncDir(path.dirname(dir));
+    } catch (err) {
+      throw ioError(`backend remove '${rel}'`, err, { path: dir });
     }
   }
 

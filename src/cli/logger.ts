@@ -60,6 +60,9 @@ export function createCliLogger(opts: LoggerOptions): CliLogger {
     transports,
     exitOnError: false,
   });
+  // A transport that cannot write (full disk under the log file, a closed stderr)
+  // loses lines; it must not throw into the mount process.
+  w.on('error', () => undefined);
   const log = (level: LogLevel) => (msg: string, meta?: Record<string, unknown>) => {
     w.log(level, msg, meta ?? {});
   };

@@ -7,23 +7,27 @@ import yargs from 'yargs';
 import { DURABILITY_MODES, COMPRESSIONS, type Compression, type Durability } from '../store/types';
 import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError, exitCodeFor } from './exit-codes';
 import { closeLogger, createCliLogger, LOG_LEVELS, type CliLogger, type LogLevel } from './logger';
+import { runFsck } from './fsck-command';
 import { READY_FD_ENV, runMount, runUnmount, type CliContext } from './mount-command';
-import { parseMountFuseForm, parseMountOptions, type MountFlags } from './mount-options';
+import { parseMountFuseForm, parseMountOptions, parseStopTimeout, type MountFlags } from './mount-options';
 import { defaultStoreDir } from './store';
 import { runCreate, runDelete, runInfo, runList, runStats } from './volume-commands';
 
-const COMMANDS = new Set(['create', 'list', 'ls', 'info', 'delete', 'rm', 'mount', 'unmount', 'umount', 'stats', 'help']);
+const COMMANDS = new Set(['create', 'list', 'ls', 'info', 'delete', 'rm', 'fsck', 'mount', 'unmount', 'umount', 'stats', 'help']);
 
 export interface MainIO {
   stdout: (text: string) => void;
   stderr: (text: string) => void;
   env: NodeJS.ProcessEnv;
+  /** stderr is a terminal (progress bars go there only then). */
+  stderrIsTTY?: boolean;
 }
 
 const defaultIO: MainIO = {
   stdout: (t) => process.stdout.write(t),
   stderr: (t) => process.stderr.write(t),
   env: process.env,
+  stderrIsTTY: process.stderr.isTTY === true,
 };
 
 interface GlobalArgs {
@@ -51,6 +55,10 @@ export function rewriteArgv(argv: string[]): string[] | 'fake' {
   if (flags.defaultPermissions) out.push('--default-permissions');
   if (flags.durability) out.push('--durability', flags.durability);
   if (flags.logFile) out.push('--log-file', flags.logFile);
+  if (flags.nonempty) out.push('-o', 'nonempty');
+  if (flags.stopTimeoutSeconds !== undefined) out.push('--stop-timeout', String(flags.stopTimeoutSeconds));
+  // fstab: a mistyped store path must not silently become a new, empty store.
+  if (!flags.create) out.push('--require-store');
   if (flags.logLevel) out.push('--log-level', flags.logLevel);
   else if (form.verbose) out.push('--log-level', 'info');
   // mount(8) helpers are silent on success unless asked to be verbose.
@@ -166,8 +174,27 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
         },
       )
       .command(
+        'fsck <volume>',
+        'verify a volume end to end without mounting it (refused while it is open for writing); exit 1 if damaged',
+        (y) =>
+          y
+            .positional('volume', { type: 'string', demandOption: true })
+            .option('repair', { type: 'boolean', default: false, describe: 'cut torn WAL/map tails and delete orphan chunks (never rewrites damaged data); takes the volume lock' })
+            .option('json', { type: 'boolean', default: false, describe: 'print the report as one JSON object' }),
+        async (a) => {
+          commandRan = true;
+          status = await runFsck(context(a as GlobalArgs), {
+            volume: a.volume,
+            json: a.json,
+            repair: a.repair,
+            progress: io.stderrIsTTY ? io.stderr : null,
+          });
+        },
+      )
+      .command(
         'mount <mountpoint>',
-        'show every volume as the file <mountpoint>/<volume>; foreground until unmounted or signalled',
+        'show every volume as the file <mountpoint>/<volume>; foreground until unmounted or SIGTERM/SIGINT ' +
+          '(deferred while busy, see --stop-timeout; SIGHUP is ignored, SIGUSR2 forces)',
         (y) =>
           y
             .positional('mountpoint', { type: 'string', demandOption: true })
@@ -177,8 +204,15 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
             .option('allow-other', { type: 'boolean', default: false, describe: 'let other users access the mount (needs user_allow_other in /etc/fuse.conf for non-root)' })
             .option('allow-root', { type: 'boolean', default: false })
             .option('default-permissions', { type: 'boolean', default: false })
-            .option('o', { type: 'string', array: true, describe: 'mount options: ro,allow_other,durability=MODE,...' })
+            .option('o', { type: 'string', array: true, describe: 'mount options: ro,allow_other,nonempty,stop_timeout=SECONDS,durability=MODE,... (see docs/cli.md)' })
             .option('timeout', { type: 'number', default: 120, describe: '--daemon: seconds to wait for the mount to be ready' })
+            .option('stop-timeout', {
+              type: 'string',
+              describe:
+                'seconds a SIGTERM/SIGINT waits for open files and loop devices to let go (new opens are refused meanwhile); ' +
+                'then it unmounts lazily if only files are open, or keeps serving while a loop device is attached (default 60)',
+            })
+            .option('require-store', { type: 'boolean', default: false, hidden: true })
             .option('debug-fuse', { type: 'boolean', default: false, hidden: true })
             .option('quiet', { alias: 'q', type: 'boolean', default: false, describe: 'print nothing on success' }),
         async (a) => {
@@ -192,11 +226,14 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
           }
           const ctx = context(g);
           if (a.quiet) ctx.out = () => undefined;
+          const stopTimeout = a['stop-timeout'] !== undefined ? parseStopTimeout(a['stop-timeout'], '--stop-timeout') : flags.stopTimeoutSeconds;
           status = await runMount(ctx, {
             ...flags,
             mountpoint: a.mountpoint,
             daemon: a.daemon,
             timeoutSeconds: a.timeout,
+            stopTimeoutSeconds: stopTimeout,
+            requireStore: a['require-store'],
             debugFuse: a['debug-fuse'],
           });
         },
@@ -261,6 +298,10 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
 
 /** bin/vbfs entry point. */
 export function run(): void {
+  // Logging must never be fatal: with no 'error' listener, EPIPE (the reader of a
+  // `| tee` pipe exited) or EIO (the terminal went away) on stdout/stderr is thrown,
+  // and a mount process dies under its users. Lost log lines are the lesser harm.
+  for (const stream of [process.stdout, process.stderr]) stream.on('error', () => undefined);
   main(process.argv.slice(2)).then(
     (code) => process.exit(code),
     (err: unknown) => {

@@ -29,7 +29,7 @@ import {
 import type { CliLogger } from './logger';
 import { EXIT_FAILURE, EXIT_OK, ExitError, exitCodeFor } from './exit-codes';
 import type { MountFlags } from './mount-options';
-import { openStore, readMountRecord, removeMountRecord, writeMountRecord } from './store';
+import { openStore, readMountRecord, readMountRecordAt, removeMountRecord, runRecordPath, writeMountRecord } from './store';
 
 export const READY_FD_ENV = 'VBFS_READY_FD';
 
@@ -45,7 +45,48 @@ export interface MountArgs extends MountFlags {
   mountpoint: string;
   daemon: boolean;
   timeoutSeconds: number;
+  /** Seconds a SIGTERM/SIGINT waits for open files and loop devices (see StoreMount.stop). */
+  stopTimeoutSeconds?: number;
+  /** The mount.fuse/fstab form: refuse a store that does not exist unless `create`. */
+  requireStore?: boolean;
   debugFuse?: boolean;
+}
+
+export const DEFAULT_STOP_TIMEOUT_SECONDS = 60;
+
+/**
+ * Checks on the store path that must happen before anything is created (the daemon's
+ * log file, the store itself): a file is not a store, and the fstab form must not
+ * turn a mistyped path into a new, empty store.
+ */
+async function checkStorePath(storeDir: string, args: MountArgs): Promise<void> {
+  const st = await fsp.stat(storeDir).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT' || err.code === 'ENOTDIR') return null;
+    throw new VbfsError('VBFS_IO', `cannot use store ${storeDir}: ${err.message}`, { errno: err.code });
+  });
+  if (st && !st.isDirectory()) {
+    throw new VbfsError('VBFS_INVALID_ARGUMENT', `store path ${storeDir} exists and is not a directory`, { path: storeDir });
+  }
+  if (args.requireStore && !args.create) {
+    const volumes = st ? await fsp.stat(path.join(storeDir, 'volumes')).catch(() => null) : null;
+    if (!volumes?.isDirectory()) {
+      throw new VbfsError(
+        'VBFS_NOT_FOUND',
+        `store ${storeDir} does not exist (no ${path.join(storeDir, 'volumes')}): check the path, or add -o create to create an empty store there`,
+        { path: storeDir },
+      );
+    }
+  }
+}
+
+/** Can we write in `dir`? (false on a read-only filesystem, or without permission) */
+async function writable(dir: string): Promise<boolean> {
+  try {
+    await fsp.access(dir, fs.constants.W_OK);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'ENOENT'; // it will be created
+  }
 }
 
 interface ReadyMessage {
@@ -76,9 +117,11 @@ function sendReady(msg: ReadyMessage): void {
 /** `vbfs mount <mountpoint>`: serve until unmounted or signalled. Resolves with the exit status. */
 export async function runMount(ctx: CliContext, args: MountArgs): Promise<number> {
   const mountpoint = canonicalMountpoint(args.mountpoint);
+  await checkStorePath(ctx.storeDir, args);
   if (args.daemon && readyFd() === null) return startDaemon(ctx, { ...args, mountpoint });
 
   const log = ctx.logger;
+  const stopTimeoutMs = (args.stopTimeoutSeconds ?? DEFAULT_STOP_TIMEOUT_SECONDS) * 1000;
   let ready = false;
   // Signals are handled from the start: a Ctrl-C while volumes are still being opened
   // must not kill the process between the kernel mount and our handlers (that would
@@ -93,20 +136,28 @@ export async function runMount(ctx: CliContext, args: MountArgs): Promise<number
       return;
     }
     log.info(`${sig}: unmounting ${mountpoint}${force ? ' (forced)' : ''}`);
-    mount.shutdown({ force }).catch((err: Error) => {
+    // A busy mount is not a reason to drop the request: stop() retries until it is
+    // free, within the stop timeout (then forces, unless a loop device is attached).
+    const p = force ? mount.force() : mount.stop({ timeoutMs: stopTimeoutMs });
+    p.catch((err: Error) => {
       log.error(`${err.message}; still mounted and serving`);
     });
   };
   const graceful = (sig: NodeJS.Signals): void => stop(sig, false);
   const forced = (sig: NodeJS.Signals): void => stop(sig, true); // SIGUSR2: like `vbfs unmount --force`
+  // SIGHUP is ignored on purpose: it comes when the terminal that started a
+  // foreground mount goes away (an SSH drop), and that must not take the disk away
+  // from a loop device or a filesystem on it. Stop with SIGTERM or `vbfs unmount`.
+  const hangup = (): void => log.info(`SIGHUP ignored (stop with SIGTERM or 'vbfs unmount ${mountpoint}')`);
   const signals: Array<[NodeJS.Signals, (sig: NodeJS.Signals) => void]> = [
     ['SIGINT', graceful],
     ['SIGTERM', graceful],
-    ['SIGHUP', graceful],
+    ['SIGHUP', hangup],
     ['SIGUSR2', forced],
   ];
   for (const [sig, fn] of signals) process.on(sig, fn);
 
+  let recorded = false;
   try {
     const running = await readMountRecord(ctx.storeDir);
     if (running && running.pid !== process.pid) {
@@ -118,6 +169,10 @@ export async function runMount(ctx: CliContext, args: MountArgs): Promise<number
     const store = await openStore(ctx.storeDir, log);
     let m: StoreMount;
     try {
+      // Everything that can fail is done before the kernel mount: a failure after it
+      // would leave a mount nobody serves (ENOTCONN).
+      await writeMountRecord(ctx.storeDir, { pid: process.pid, mountpoint, started: new Date().toISOString() }, log);
+      recorded = true;
       m = await StoreMount.mount({
         mountpoint,
         store,
@@ -127,6 +182,7 @@ export async function runMount(ctx: CliContext, args: MountArgs): Promise<number
         allowOther: args.allowOther,
         allowRoot: args.allowRoot,
         defaultPermissions: args.defaultPermissions,
+        nonempty: args.nonempty,
         openOptions: args.durability ? { durability: args.durability } : undefined,
         debug: args.debugFuse,
       });
@@ -135,20 +191,26 @@ export async function runMount(ctx: CliContext, args: MountArgs): Promise<number
       throw err;
     }
     mount = m;
-    await writeMountRecord(ctx.storeDir, { pid: process.pid, mountpoint, started: new Date().toISOString() });
-    const names = m.fs.openVolumes().map((v) => v.name);
-    if (readyFd() !== null) {
-      // Detached child: no terminal to hold on to.
-      process.chdir('/');
-    } else {
-      ctx.out(
-        `mounted ${ctx.storeDir} at ${mountpoint} (${names.length ? names.map((n) => path.join(mountpoint, n)).join(', ') : 'no volumes yet'}); ` +
-          `stop with Ctrl-C or 'vbfs unmount ${mountpoint}'`,
-      );
+    try {
+      const names = m.fs.openVolumes().map((v) => v.name);
+      if (readyFd() !== null) {
+        // Detached child: no terminal to hold on to.
+        process.chdir('/');
+      } else {
+        ctx.out(
+          `mounted ${ctx.storeDir} at ${mountpoint} (${names.length ? names.map((n) => path.join(mountpoint, n)).join(', ') : 'no volumes yet'}); ` +
+            `stop with Ctrl-C or 'vbfs unmount ${mountpoint}'`,
+        );
+      }
+      sendReady({ ok: true });
+      ready = true;
+      log.info(`serving ${mountpoint}`, { pid: process.pid, volumes: names });
+    } catch (err) {
+      // Nothing should fail here, but if it does, take the mount down with us.
+      await m.force().catch(() => undefined);
+      await store.close().catch(() => undefined);
+      throw err;
     }
-    sendReady({ ok: true });
-    ready = true;
-    log.info(`serving ${mountpoint}`, { pid: process.pid, volumes: names });
     const early = pending as { sig: NodeJS.Signals; force: boolean } | null;
     if (early) stop(early.sig, early.force);
 
@@ -164,13 +226,13 @@ export async function runMount(ctx: CliContext, args: MountArgs): Promise<number
       log.error(`closing the store failed: ${(err as Error).message}`);
       status = EXIT_FAILURE;
     }
-    await removeMountRecord(ctx.storeDir, process.pid);
     if (status === EXIT_OK) log.info(`${mountpoint} unmounted cleanly`);
     return status;
   } catch (err) {
     if (!ready) sendReady({ ok: false, exitCode: exitCodeFor(err), message: (err as Error).message });
     throw err;
   } finally {
+    if (recorded) await removeMountRecord(ctx.storeDir, process.pid, mountpoint);
     for (const [sig, fn] of signals) process.off(sig, fn);
   }
 }
@@ -182,9 +244,14 @@ function binPath(): string {
 
 /** Start the detached child and wait for its readiness line. */
 async function startDaemon(ctx: CliContext, args: MountArgs): Promise<number> {
-  const logFile = ctx.logFile ?? path.join(ctx.storeDir, 'mount.log');
+  // A read-only store (mounted --read-only) has no room for the log: use the run directory.
+  const logFile =
+    ctx.logFile ??
+    ((await writable(ctx.storeDir)) ? path.join(ctx.storeDir, 'mount.log') : runRecordPath(args.mountpoint).replace(/\.json$/, '.log'));
   await fsp.mkdir(path.dirname(logFile), { recursive: true });
   const childArgs = [binPath(), 'mount', args.mountpoint, '--store', ctx.storeDir, '--log-file', logFile, '--log-level', ctx.logLevel];
+  childArgs.push('--stop-timeout', String(args.stopTimeoutSeconds ?? DEFAULT_STOP_TIMEOUT_SECONDS));
+  if (args.nonempty) childArgs.push('-o', 'nonempty');
   if (args.readOnly) childArgs.push('--read-only');
   if (args.allowOther) childArgs.push('--allow-other');
   if (args.allowRoot) childArgs.push('--allow-root');
@@ -261,9 +328,15 @@ export async function runUnmount(ctx: CliContext, args: UnmountArgs): Promise<nu
   if (!entry) throw new VbfsError('VBFS_NOT_FOUND', `${mnt} is not mounted`);
   if (!isVbfsMount(entry)) throw new VbfsError('VBFS_INVALID_ARGUMENT', `${mnt} is not a vbfs mount (${entry.fstype} ${entry.source})`);
 
-  const storeDir = storeFromMount(entry) ?? ctx.storeDir;
-  const rec = await readMountRecord(storeDir);
-  const pid = rec && rec.mountpoint === mnt ? rec.pid : null;
+  // The record keyed by the mountpoint names the serving process whatever the store
+  // path is; the mount source (absent when the store path has a space or comma) and
+  // the store's mount.pid are the fallback for mounts made by older versions.
+  let rec = await readMountRecordAt(mnt);
+  if (!rec) {
+    const old = await readMountRecord(storeFromMount(entry) ?? ctx.storeDir);
+    rec = old && old.mountpoint === mnt ? old : null;
+  }
+  const pid = rec ? rec.pid : null;
 
   if (!args.force) {
     // `losetup -d` returns before the kernel lets go of the file: give it a moment.
@@ -278,7 +351,7 @@ export async function runUnmount(ctx: CliContext, args: UnmountArgs): Promise<nu
   if ((await statErrno(mnt)) === 'ENOTCONN' || pid === null) {
     // Stale (its process died) or a process we cannot find: just take the mount away.
     if (pid === null && (await statErrno(mnt)) !== 'ENOTCONN') {
-      ctx.logger.warn(`no running vbfs process recorded for ${mnt} in ${storeDir}; unmounting anyway`);
+      ctx.logger.warn(`no running vbfs process recorded for ${mnt}; unmounting anyway`);
     }
     await unmountPath(mnt, { lazy: args.force });
     ctx.out(`unmounted ${mnt}`);
@@ -292,9 +365,11 @@ export async function runUnmount(ctx: CliContext, args: UnmountArgs): Promise<nu
     ctx.logger.warn(`${(err as Error).message}; forcing a lazy unmount`);
     await unmountPath(mnt, { lazy: true });
   }
-  // Wake the process now instead of waiting for its mount-table poll.
+  // Wake the process now instead of waiting for its mount-table poll. After a forced
+  // (lazy) unmount the kernel may still send requests for open files; SIGUSR2 tells
+  // the process to close anyway instead of serving them until they are closed.
   try {
-    process.kill(pid, 'SIGTERM');
+    process.kill(pid, args.force ? 'SIGUSR2' : 'SIGTERM');
   } catch {
     // already exiting
   }

@@ -14,6 +14,18 @@ export interface MountFlags {
   durability?: Durability;
   logFile?: string;
   logLevel?: string;
+  /** Mount over a non-empty directory (libfuse `nonempty`). */
+  nonempty?: boolean;
+  /** The mount.fuse/fstab form may create a store that does not exist yet. */
+  create?: boolean;
+  stopTimeoutSeconds?: number;
+}
+
+/** A stop timeout in seconds: a non-negative number. */
+export function parseStopTimeout(value: string | number, what: string): number {
+  const n = typeof value === 'number' ? value : value.trim() === '' ? NaN : Number(value);
+  if (!Number.isFinite(n) || n < 0) throw new UsageError(`invalid ${what} '${value}': a number of seconds, 0 or more`);
+  return n;
 }
 
 /** Options mount(8)/fstab pass that mean nothing to a FUSE store: accepted and ignored. */
@@ -55,11 +67,20 @@ export function parseMountOptions(list: string[], sloppy = false): MountFlags {
       case 'log_level':
         flags.logLevel = value;
         break;
+      case 'nonempty':
+        flags.nonempty = true;
+        break;
+      case 'create':
+        flags.create = true;
+        break;
+      case 'stop_timeout':
+        flags.stopTimeoutSeconds = parseStopTimeout(value, `mount option '${opt}'`);
+        break;
       default:
         if (IGNORED.has(key) || key.startsWith('x-') || key === 'comment') break;
         if (!sloppy) {
           throw new UsageError(
-            `unknown mount option '${opt}' (known: ro, allow_other, allow_root, default_permissions, durability=MODE, log_file=PATH, log_level=LEVEL)`,
+            `unknown mount option '${opt}' (known: ro, allow_other, allow_root, default_permissions, durability=MODE, log_file=PATH, log_level=LEVEL, nonempty, create, stop_timeout=SECONDS)`,
           );
         }
     }

@@ -2,20 +2,25 @@
  * Where the CLI meets the engine: the store directory, opening it, and the mount
  * pid file that lets `vbfs unmount`, `create` and `delete` find a running mount.
  */
+import { createHash } from 'node:crypto';
 import * as fsp from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Store } from '../store/store';
 import type { MountableStore } from '../fuse/types';
-import type { Logger, VolumeCreateOptions, VolumeInfo } from '../store/types';
-import { pidAlive } from '../fuse/system';
+import type { FsckOptions, FsckReport } from '../store/fsck';
+import type { Logger, VolumeCreateOptions, VolumeInfo, VolumeState } from '../store/types';
+import { pidAlive, processStartTime } from '../fuse/system';
 
 /** What the CLI needs from the engine's Store (see /tmp/api-contract.md). */
 export interface CliStore extends MountableStore {
   createVolume(name: string, opts: VolumeCreateOptions): Promise<VolumeInfo>;
   volumeInfo(name: string): Promise<VolumeInfo>;
+  volumeState(name: string): Promise<VolumeState>;
+  listVolumeStates(): Promise<VolumeState[]>;
   isVolumeOpen(name: string): Promise<boolean>;
   deleteVolume(name: string): Promise<void>;
+  fsckVolume(name: string, opts: FsckOptions): Promise<FsckReport>;
 }
 
 export function defaultStoreDir(env: NodeJS.ProcessEnv = process.env): string {
@@ -27,9 +32,23 @@ export async function openStore(dir: string, logger: Logger): Promise<CliStore> 
   return Store.open(dir, { logger });
 }
 
+/**
+ * A running mount, recorded twice, both written BEFORE the kernel mount (so nothing
+ * that can fail is left for after it):
+ *   - in the run directory (`/run/vbfs/mounts/<hash of the canonical mountpoint>.json`
+ *     for root), keyed by the mountpoint: `vbfs unmount` finds the serving process
+ *     there whatever the store path looks like (a space or comma in it leaves the
+ *     mount table's source as just `vbfs`) and however the mountpoint was spelled;
+ *   - as `<store>/mount.pid`, best effort (a read-only or full store disk must still
+ *     mount `--read-only`): other commands (`delete`, a second mount) read it.
+ * A record names a process by pid AND start time, so a reused pid is not taken for it.
+ */
 export interface MountRecord {
   pid: number;
+  /** /proc/<pid>/stat start time; absent in records written by older versions. */
+  startTime?: string | null;
   mountpoint: string;
+  store?: string;
   started: string;
 }
 
@@ -39,36 +58,94 @@ export function pidFilePath(storeDir: string): string {
   return path.join(storeDir, PID_FILE);
 }
 
-/** The live mount of this store, or null (a pid file of a dead process counts as none). */
-export async function readMountRecord(storeDir: string): Promise<MountRecord | null> {
-  let text: string;
+/** Where records of running mounts live: $VBFS_RUN_DIR, else /run/vbfs (root) or the user's runtime dir. */
+export function runDir(env: NodeJS.ProcessEnv = process.env): string {
+  if (env['VBFS_RUN_DIR']) return path.resolve(env['VBFS_RUN_DIR']);
+  const uid = typeof process.getuid === 'function' ? process.getuid() : -1;
+  if (uid === 0) return '/run/vbfs';
+  if (env['XDG_RUNTIME_DIR']) return path.join(env['XDG_RUNTIME_DIR'], 'vbfs');
+  return path.join(os.tmpdir(), `vbfs-${uid}`);
+}
+
+export function runRecordPath(mountpoint: string, env: NodeJS.ProcessEnv = process.env): string {
+  const key = createHash('sha256').update(mountpoint).digest('hex').slice(0, 32);
+  return path.join(runDir(env), 'mounts', `${key}.json`);
+}
+
+function recordAlive(rec: MountRecord): boolean {
+  if (!pidAlive(rec.pid)) return false;
+  return rec.startTime == null || processStartTime(rec.pid) === rec.startTime;
+}
+
+async function readRecordFile(file: string): Promise<MountRecord | null> {
   try {
-    text = await fsp.readFile(pidFilePath(storeDir), 'utf8');
-  } catch {
-    return null;
-  }
-  try {
-    const rec = JSON.parse(text) as MountRecord;
+    const rec = JSON.parse(await fsp.readFile(file, 'utf8')) as MountRecord;
     if (typeof rec.pid !== 'number' || typeof rec.mountpoint !== 'string') return null;
-    return pidAlive(rec.pid) ? rec : null;
+    return recordAlive(rec) ? rec : null;
   } catch {
     return null;
   }
 }
 
-export async function writeMountRecord(storeDir: string, rec: MountRecord): Promise<void> {
-  const file = pidFilePath(storeDir);
-  const tmp = `${file}.${process.pid}.tmp`;
-  await fsp.writeFile(tmp, JSON.stringify(rec) + '\n');
-  await fsp.rename(tmp, file);
+/** The live mount of this store, or null (a record of a dead process counts as none). */
+export async function readMountRecord(storeDir: string): Promise<MountRecord | null> {
+  const fromStore = await readRecordFile(pidFilePath(storeDir));
+  if (fromStore) return fromStore;
+  // The store may be read-only (no mount.pid): look through the run directory.
+  const dir = path.join(runDir(), 'mounts');
+  for (const name of await fsp.readdir(dir).catch(() => [] as string[])) {
+    if (!name.endsWith('.json')) continue;
+    const rec = await readRecordFile(path.join(dir, name));
+    if (rec && rec.store === storeDir) return rec;
+  }
+  return null;
 }
 
-/** Remove the pid file if it is still ours. */
-export async function removeMountRecord(storeDir: string, pid: number): Promise<void> {
+/** The live process serving `mountpoint` (canonical), or null. */
+export async function readMountRecordAt(mountpoint: string): Promise<MountRecord | null> {
+  const rec = await readRecordFile(runRecordPath(mountpoint));
+  return rec && rec.mountpoint === mountpoint ? rec : null;
+}
+
+async function writeAtomically(file: string, text: string): Promise<void> {
+  const tmp = `${file}.${process.pid}.tmp`;
   try {
-    const rec = JSON.parse(await fsp.readFile(pidFilePath(storeDir), 'utf8')) as MountRecord;
-    if (rec.pid === pid) await fsp.unlink(pidFilePath(storeDir));
-  } catch {
-    // already gone
+    await fsp.writeFile(tmp, text);
+    await fsp.rename(tmp, file);
+  } catch (err) {
+    await fsp.unlink(tmp).catch(() => undefined);
+    throw err;
+  }
+}
+
+/**
+ * Record this process as the server of `rec.mountpoint`. The run-directory record
+ * must be written (it is how `vbfs unmount` waits for us); the store's mount.pid is
+ * skipped with a debug line when the store cannot be written.
+ */
+export async function writeMountRecord(storeDir: string, rec: Omit<MountRecord, 'startTime' | 'store'>, logger?: Logger): Promise<void> {
+  const full: MountRecord = { ...rec, startTime: processStartTime(rec.pid), store: storeDir };
+  const text = JSON.stringify(full) + '\n';
+  const runFile = runRecordPath(rec.mountpoint);
+  await fsp.mkdir(path.dirname(runFile), { recursive: true, mode: 0o755 });
+  await writeAtomically(runFile, text);
+  try {
+    await writeAtomically(pidFilePath(storeDir), text);
+  } catch (err) {
+    logger?.debug(`not writing ${pidFilePath(storeDir)}: ${(err as Error).message}`);
+  }
+}
+
+/** Remove the records if they are still ours. */
+export async function removeMountRecord(storeDir: string, pid: number, mountpoint?: string): Promise<void> {
+  const files = [pidFilePath(storeDir)];
+  if (mountpoint) files.push(runRecordPath(mountpoint));
+  for (const file of files) {
+    try {
+      const rec = JSON.parse(await fsp.readFile(file, 'utf8')) as MountRecord;
+      if (rec.pid === pid) await fsp.unlink(file);
+    } catch {
+      // already gone, or a read-only store
+    }
   }
 }

@@ -5,7 +5,8 @@ import * as readline from 'node:readline/promises';
 import { VbfsError, isVbfsError } from '../errors';
 import { parseStats } from '../fuse/stats-file';
 import { STATS_NAME } from '../fuse/volume-fs';
-import type { Compression, Durability, VolumeInfo } from '../store/types';
+import { checkBlockSize } from '../format/volume-meta';
+import type { Compression, Durability, VolumeInfo, VolumeState } from '../store/types';
 import { EXIT_FAILURE, EXIT_OK, UsageError } from './exit-codes';
 import type { CliContext } from './mount-command';
 import { formatSize, parseSize } from './size';
@@ -30,7 +31,8 @@ export interface CreateArgs {
 
 export async function runCreate(ctx: CliContext, args: CreateArgs): Promise<number> {
   const size = parseSize(args.size, 'size');
-  const blockSize = args.blockSize === undefined ? undefined : parseSize(args.blockSize, 'block size');
+  // Checked before the size: "not a multiple of 1000" hides what is wrong with 1000.
+  const blockSize = args.blockSize === undefined ? undefined : checkBlockSize(parseSize(args.blockSize, 'block size'));
   if (blockSize !== undefined && size % blockSize !== 0) {
     throw new UsageError(`size ${size} is not a multiple of the block size ${blockSize}`);
   }
@@ -53,10 +55,15 @@ function infoRecord(v: VolumeInfo, open: boolean): Record<string, unknown> {
   return { ...v, open };
 }
 
+/** A row of `vbfs list`: a healthy volume's metadata with state 'ok', or a damaged one's name and reason. */
+function stateRecord(v: VolumeState, open: boolean): Record<string, unknown> {
+  return v.info ? { ...infoRecord(v.info, open), state: 'ok' } : { name: v.name, open, state: 'damaged', reason: v.damaged };
+}
+
 export async function runList(ctx: CliContext, args: { json: boolean }): Promise<number> {
   const rows = await withStore(ctx, async (s) => {
-    const list = await s.listVolumes();
-    return Promise.all(list.map(async (v) => infoRecord(v, await s.isVolumeOpen(v.name))));
+    const list = await s.listVolumeStates();
+    return Promise.all(list.map(async (v) => stateRecord(v, await s.isVolumeOpen(v.name))));
   });
   if (args.json) {
     ctx.out(JSON.stringify(rows, null, 2));
@@ -66,15 +73,20 @@ export async function runList(ctx: CliContext, args: { json: boolean }): Promise
     ctx.out(`no volumes in ${ctx.storeDir} (create one: vbfs create <name> --size 10G)`);
     return EXIT_OK;
   }
-  const table = [['NAME', 'SIZE', 'BLOCK', 'DURABILITY', 'COMPRESSION', 'OPEN']].concat(
-    rows.map((r) => [
-      String(r['name']),
-      formatSize(r['size'] as number),
-      String(r['blockSize']),
-      String(r['durability']),
-      String(r['compression']),
-      r['open'] ? 'yes' : 'no',
-    ]),
+  const table = [['NAME', 'SIZE', 'BLOCK', 'DURABILITY', 'COMPRESSION', 'OPEN', 'STATE']].concat(
+    rows.map((r) =>
+      r['state'] === 'ok'
+        ? [
+            String(r['name']),
+            formatSize(r['size'] as number),
+            String(r['blockSize']),
+            String(r['durability']),
+            String(r['compression']),
+            r['open'] ? 'yes' : 'no',
+            'ok',
+          ]
+        : [String(r['name']), '-', '-', '-', '-', r['open'] ? 'yes' : 'no', `damaged: ${String(r['reason'])}`],
+    ),
   );
   const widths = table[0]!.map((_, i) => Math.max(...table.map((row) => row[i]!.length)));
   for (const row of table) ctx.out(row.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd());
@@ -104,12 +116,15 @@ export interface DeleteArgs {
 export async function runDelete(ctx: CliContext, args: DeleteArgs): Promise<number> {
   const input = args.input ?? process.stdin;
   return withStore(ctx, async (s) => {
-    const info = await s.volumeInfo(args.volume); // NOT_FOUND before asking
+    // NOT_FOUND before asking; a damaged volume can be deleted too.
+    const state = await s.volumeState(args.volume);
+    const info = { name: state.name };
     if (await s.isVolumeOpen(info.name)) throw await busyError(ctx, info.name);
     if (!args.yes) {
       if (!input.isTTY) throw new UsageError(`refusing to delete volume ${info.name} without --yes (no terminal to ask on)`);
       const rl = readline.createInterface({ input, output: process.stderr });
-      const answer = await rl.question(`delete volume ${info.name} (${formatSize(info.size)}) and all its data? [y/N] `);
+      const what = state.info ? formatSize(state.info.size) : `damaged: ${state.damaged}`;
+      const answer = await rl.question(`delete volume ${info.name} (${what}) and all its data? [y/N] `);
       rl.close();
       if (!/^y(es)?$/i.test(answer.trim())) {
         ctx.out('not deleted');

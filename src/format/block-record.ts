@@ -21,6 +21,36 @@ import { readU32, readU64, writeU32, writeU64 } from './u64';
 export const RECORD_HEADER = 32;
 export const FLAG_LZ4 = 1;
 
+/**
+ * A sync marker (WAL format 2): a record with flags = FLAG_SYNC_MARK, seq = 0,
+ * block = 0, rawLen = 0 and an 8-byte payload, the u64 segment offset up to which
+ * this segment was covered by a COMPLETED fdatasync when the marker was written.
+ * Every WAL batch starts with one, so the claim costs 40 bytes per batch and no
+ * extra sync. A marker that survived a power cut is true whether or not its own
+ * batch was synced: it only reports a sync that had finished before it was written.
+ * Recovery takes the highest claim found anywhere in the segment as the proven
+ * sync point (see wal-reader.ts).
+ */
+export const FLAG_SYNC_MARK = 2;
+export const SYNC_MARKER_BYTES = RECORD_HEADER + 8;
+
+/** Encode a sync marker at `off` claiming `syncedTo`; `scratch` is an 8-byte buffer (no allocation per batch). */
+export function encodeSyncMarker(buf: Uint8Array, off: number, syncedTo: number, scratch: Uint8Array): number {
+  writeU64(scratch, 0, syncedTo);
+  return encodeRecord(buf, off, 0, 0, FLAG_SYNC_MARK, 0, scratch, 0, 8);
+}
+
+/** True when a record header (already CRC-checked) is a sync marker. */
+export function isSyncMarker(h: RecordHeader): boolean {
+  return (h.flags & FLAG_SYNC_MARK) !== 0;
+}
+
+/** The claim of a valid sync marker record, or -1 if the marker is malformed (bad fields). */
+export function syncMarkerClaim(h: RecordHeader, buf: Uint8Array, payloadOff: number): number {
+  if (h.flags !== FLAG_SYNC_MARK || h.len !== 8 || h.seq !== 0 || h.block !== 0 || h.rawLen !== 0) return -1;
+  return readU64(buf, payloadOff);
+}
+
 export interface RecordHeader {
   len: number;
   seq: number;

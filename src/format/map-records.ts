@@ -12,6 +12,10 @@ import { readU32, readU64, writeU32, writeU64 } from './u64';
  *     0 1 'C'   1 3 reserved   4 4 chunkId   8 4 count   12 4 reserved
  *    16 count x 32-byte location entries (below)
  *
+ * 'S' sync frame (map log version 2), 16 bytes, first frame of every commit write:
+ *     0 1 'S'   1 7 reserved   8 8 offset in this segment up to which the log was
+ *     covered by a completed fdatasync when this write was made
+ *
  * location entry (32 bytes), in commits and checkpoint entry frames:
  *     0 8 block   8 8 seq   16 4 chunkId   20 4 offset of the record in the chunk
  *    24 4 len (stored payload length)   28 4 flags (bit 0: LZ4)
@@ -24,7 +28,9 @@ import { readU32, readU64, writeU32, writeU64 } from './u64';
  * 'F' checkpoint footer: 0 1 'F'  1 7 reserved  8 8 entry count (must match 'K')
  */
 export const LOCATION_ENTRY = 32;
-export const MAP_VERSION = 1;
+/** Map log segments: 2 = every commit write begins with an 'S' sync frame (1 is still read). */
+export const MAP_LOG_VERSION = 2;
+export const CHECKPOINT_VERSION = 1;
 
 export interface Location {
   block: number;
@@ -53,7 +59,7 @@ export interface CheckpointHeader {
 export function encodeMapLogHeader(h: Omit<MapLogHeader, 'version'>): Buffer {
   const p = Buffer.alloc(40);
   p.write('HVBFSMAP', 0, 'latin1');
-  p.writeUInt16LE(MAP_VERSION, 8);
+  p.writeUInt16LE(MAP_LOG_VERSION, 8);
   p.write(h.volumeId, 16, 16, 'hex');
   writeU64(p, 32, h.segment);
   return p;
@@ -93,6 +99,20 @@ export function allocCommit(chunkId: number, count: number): Buffer {
   return p;
 }
 
+/** An 'S' sync frame payload claiming `syncedTo`. */
+export function encodeSyncFrame(syncedTo: number): Buffer {
+  const p = Buffer.alloc(16);
+  p[0] = 0x53; // 'S'
+  writeU64(p, 8, syncedTo);
+  return p;
+}
+
+/** The claim of an 'S' payload, or null when the payload is not one. */
+export function decodeSyncFrame(p: Buffer): number | null {
+  if (p.length !== 16 || p[0] !== 0x53) return null;
+  return readU64(p, 8);
+}
+
 export const commitEntryOffset = (i: number): number => 16 + i * LOCATION_ENTRY;
 
 export function decodeCommit(p: Buffer): { chunkId: number; count: number } | null {
@@ -105,7 +125,7 @@ export function decodeCommit(p: Buffer): { chunkId: number; count: number } | nu
 export function encodeCheckpointHeader(h: Omit<CheckpointHeader, 'version'>): Buffer {
   const p = Buffer.alloc(64);
   p.write('KVBFSCKP', 0, 'latin1');
-  p.writeUInt16LE(MAP_VERSION, 8);
+  p.writeUInt16LE(CHECKPOINT_VERSION, 8);
   p.write(h.volumeId, 16, 16, 'hex');
   writeU64(p, 32, h.seq);
   writeU64(p, 40, h.mapSegment);

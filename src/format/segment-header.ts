@@ -6,7 +6,8 @@ import { readU16, readU32, readU64, writeU16, writeU32, writeU64 } from './u64';
  *
  *   off size field
  *     0    8 magic     "VBFSWAL\0" (WAL segment) or "VBFSCHK\0" (chunk object)
- *     8    2 version   format version (1)
+ *     8    2 version   WAL segment: 2 (records begin each batch with a sync
+ *                       marker; 1 = written before markers existed); chunk: 1
  *    10    2 reserved  0
  *    12    4 blockSize raw block size of the volume
  *    16   16 volumeId  the volume's id (raw bytes of the 32-hex-char id)
@@ -20,7 +21,9 @@ import { readU16, readU32, readU64, writeU16, writeU32, writeU64 } from './u64';
  * Block records (format/block-record.ts) follow from offset 64.
  */
 export const SEGMENT_HEADER = 64;
-export const FORMAT_VERSION = 1;
+/** WAL segments written by this build carry sync markers (format 2); version 1 segments are still read. */
+export const WAL_VERSION = 2;
+export const CHUNK_VERSION = 1;
 export const WAL_MAGIC = 'VBFSWAL\0';
 export const CHUNK_MAGIC = 'VBFSCHK\0';
 
@@ -37,7 +40,7 @@ export interface SegmentHeader {
 export function encodeSegmentHeader(h: Omit<SegmentHeader, 'version'>, out: Uint8Array = Buffer.alloc(SEGMENT_HEADER)): Uint8Array {
   out.fill(0, 0, SEGMENT_HEADER);
   Buffer.from(out.buffer, out.byteOffset, SEGMENT_HEADER).write(h.magic, 0, 8, 'latin1');
-  writeU16(out, 8, FORMAT_VERSION);
+  writeU16(out, 8, h.magic === WAL_MAGIC ? WAL_VERSION : CHUNK_VERSION);
   writeU32(out, 12, h.blockSize);
   out.set(Buffer.from(h.volumeId, 'hex'), 16);
   writeU64(out, 32, h.number);

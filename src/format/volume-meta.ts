@@ -4,11 +4,17 @@ import { COMPRESSIONS, DURABILITY_MODES } from '../store/types';
 
 /**
  * volume.json: the only JSON on disk, written once at create (temp + fsync + rename
- * + fsync dir) and rewritten only to change the default durability.
- *   { "formatVersion": 1, "name", "id" (32 hex), "size", "blockSize",
+ * + fsync dir) and rewritten (the same way) only to upgrade its format version.
+ *   { "formatVersion": 2, "name", "id" (32 hex), "size", "blockSize",
  *     "durability", "compression", "createdAt" (ISO 8601) }
+ *
+ * Format 2: WAL segments and map logs carry sync markers (docs/FORMAT.md). A version 1
+ * volume is read as it is and upgraded to 2 when first opened for writing, before
+ * any version 2 segment is written, so an older build refuses it instead of
+ * misreading a marker.
  */
-export const VOLUME_FORMAT_VERSION = 1;
+export const VOLUME_FORMAT_VERSION = 2;
+export const READABLE_VOLUME_VERSIONS: readonly number[] = [1, 2];
 export const MIN_BLOCK = 512;
 export const MAX_BLOCK = 65536;
 /** 2^48 bytes (256 TiB): keeps block numbers, byte offsets and index pages well inside exact JS numbers and Map limits. */
@@ -68,8 +74,8 @@ export function decodeVolumeMeta(buf: Buffer, path: string): VolumeInfo {
   } catch {
     throw new VbfsError('VBFS_CORRUPT', `${path}: not valid JSON`, { path });
   }
-  if (v.formatVersion !== VOLUME_FORMAT_VERSION) {
-    throw new VbfsError('VBFS_UNSUPPORTED_VERSION', `${path}: format version ${String(v.formatVersion)} is not supported (this build reads ${VOLUME_FORMAT_VERSION})`, { path });
+  if (!READABLE_VOLUME_VERSIONS.includes(v.formatVersion as number)) {
+    throw new VbfsError('VBFS_UNSUPPORTED_VERSION', `${path}: format version ${String(v.formatVersion)} is not supported (this build reads ${READABLE_VOLUME_VERSIONS.join(' and ')})`, { path });
   }
   try {
     const blockSize = checkBlockSize(v.blockSize);
@@ -82,7 +88,7 @@ export function decodeVolumeMeta(buf: Buffer, path: string): VolumeInfo {
       durability: checkDurability(v.durability),
       compression: checkCompression(v.compression),
       createdAt: String(v.createdAt),
-      formatVersion: VOLUME_FORMAT_VERSION,
+      formatVersion: v.formatVersion as number,
     };
   } catch (err) {
     throw new VbfsError('VBFS_CORRUPT', `${path}: invalid volume metadata (${(err as Error).message})`, { path });

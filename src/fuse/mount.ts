@@ -11,8 +11,14 @@
  *              stays mounted and keeps serving instead of being detached under its
  *              users. fuse-native's own unmount is a lazy `fusermount -uz`, which
  *              would leave a loop device writing into a dead process: not used.
+ *   stop():    shutdown() deferred: retried until the open files are closed and the
+ *              loop devices detached, for at most the stop timeout (see stop()).
  *   An unmount done by someone else (`umount`, `fusermount -u`, `vbfs unmount`) is
- *   noticed through the mount table and leads to the same close.
+ *   noticed through the mount table and leads to the same close. A LAZY unmount by
+ *   someone else (`umount -l`, `fusermount -uz`) removes the mount from the table
+ *   while the kernel still sends requests for the files in use (a loop device): we
+ *   keep serving until the kernel releases the connection (libfuse then closes
+ *   /dev/fuse), and only then close the volumes.
  */
 import * as fsp from 'node:fs/promises';
 import { VbfsError, isVbfsError } from '../errors';
@@ -21,6 +27,7 @@ import {
   canonicalMountpoint,
   checkFuseAvailable,
   findMount,
+  holdsFuseConnection,
   isVbfsMount,
   loopDevicesUnder,
   loopRefusal,
@@ -46,6 +53,8 @@ export interface MountOptions {
   defaultPermissions?: boolean;
   openOptions?: VolumeOpenOptions;
   debug?: boolean;
+  /** Mount over a non-empty directory (libfuse's `nonempty`), hiding what is in it. */
+  nonempty?: boolean;
   /** How often to look for an unmount done by someone else (ms). */
   watchIntervalMs?: number;
 }
@@ -71,11 +80,13 @@ export function loadFuse(load: (id: string) => unknown = require): FuseConstruct
 }
 
 /** libfuse options: placed in fsname because fuse-native has no switch for big_writes. */
-export function fsnameFor(storeDir: string): string {
+export function fsnameFor(storeDir: string, opts: { readOnly?: boolean; nonempty?: boolean } = {}): string {
   // The store path in the source column lets `vbfs unmount <mnt>` find the store.
   // libfuse splits options on ',' and a space would be escaped: keep such paths out.
   const source = /^[^,\s\\]+$/.test(storeDir) ? `vbfs:${storeDir}` : 'vbfs';
-  return `${source},big_writes,max_write=${MAX_WRITE}`;
+  // `ro` makes the kernel mount read-only too (the mount table then says so, and
+  // writes fail in the kernel without a round trip to us).
+  return `${source},big_writes,max_write=${MAX_WRITE}${opts.readOnly ? ',ro' : ''}${opts.nonempty ? ',nonempty' : ''}`;
 }
 
 /**
@@ -137,6 +148,10 @@ export class StoreMount {
   private readonly log: Logger;
   private watchTimer: NodeJS.Timeout | null = null;
   private shutdownPromise: Promise<void> | null = null;
+  private stopPromise: Promise<void> | null = null;
+  private forceRequested = false;
+  /** Consecutive watcher ticks that found us out of the mount table but still connected. */
+  private detachedTicks = 0;
   private resolveClosed!: (err: Error | null) => void;
   /**
    * Resolves once the mount is gone and the volumes are closed (after our unmount or
@@ -168,10 +183,22 @@ export class StoreMount {
       throw new VbfsError('VBFS_NOT_FOUND', `mountpoint ${mnt} does not exist (mkdir -p ${mnt})`, { errno: err.code });
     });
     if (!st.isDirectory()) throw new VbfsError('VBFS_INVALID_ARGUMENT', `mountpoint ${mnt} is not a directory`);
+    if (!opts.nonempty && !hadStaleMount) {
+      // libfuse refuses this too, but fuse-native reduces its reason to "fuse failed".
+      const entries = await fsp.readdir(mnt).catch(() => [] as string[]);
+      if (entries.length > 0) {
+        throw new VbfsError(
+          'VBFS_BUSY',
+          `mountpoint ${mnt} is not empty (${entries.length} entr${entries.length === 1 ? 'y' : 'ies'}, e.g. ${entries[0]}): ` +
+            'use an empty directory, or mount with -o nonempty to hide its contents while mounted',
+          { mountpoint: mnt },
+        );
+      }
+    }
 
     await openAllRetryingDeadHolders(m.fs, m.log, hadStaleMount);
     const fuse = new Fuse(mnt, m.fs.ops(), {
-      fsname: fsnameFor(opts.storeDir),
+      fsname: fsnameFor(opts.storeDir, { readOnly: opts.readOnly, nonempty: opts.nonempty }),
       subtype: 'vbfs',
       // fuse-native answers ETIMEDOUT after its timer (15 s by default) and crashes on
       // the late callback. Writes and fsyncs may legitimately wait on backpressure, and
@@ -197,20 +224,104 @@ export class StoreMount {
     return m;
   }
 
-  /** Notice an unmount done by someone else, then close the volumes. */
+  /**
+   * Notice an unmount done by someone else, then close the volumes. Leaving the mount
+   * table is not enough: after a lazy unmount the kernel keeps the connection (and
+   * sends requests) while a loop device or an open file still uses a volume file.
+   */
   private watch(intervalMs: number): void {
     this.watchTimer = setInterval(() => {
-      findMount(this.mountpoint).then(
-        (entry) => {
-          if (entry && isVbfsMount(entry)) return;
-          if (this.shutdownPromise) return;
-          this.log.info(`${this.mountpoint} was unmounted externally: closing volumes`);
-          // Errors reach the owner through `closed`.
-          this.shutdown({ force: false }).catch(() => undefined);
-        },
-        () => undefined,
-      );
+      if (this.shutdownPromise) return;
+      void (async () => {
+        const entry = await findMount(this.mountpoint);
+        if (entry && isVbfsMount(entry)) {
+          this.detachedTicks = 0;
+          return;
+        }
+        if (this.shutdownPromise) return;
+        if (await holdsFuseConnection()) {
+          // A plain unmount also leaves the table a moment before libfuse closes
+          // /dev/fuse: say something only when it lasts.
+          if (++this.detachedTicks === 2) {
+            this.log.warn(
+              `${this.mountpoint} was detached lazily by someone else, but the kernel still uses it (a loop device or an open file): ` +
+                'serving until it lets go, then closing the volumes',
+            );
+          }
+          return;
+        }
+        this.log.info(`${this.mountpoint} was unmounted externally: closing volumes`);
+        // Errors reach the owner through `closed`.
+        this.shutdown({ force: false }).catch(() => undefined);
+      })().catch(() => undefined);
     }, intervalMs);
+  }
+
+  /**
+   * A stop request (SIGTERM): shutdown() now if possible, else retry every
+   * `retryMs` while open files and loop devices keep the mount busy, refusing new
+   * opens meanwhile (requests on files already open are served as usual). After
+   * `timeoutMs`:
+   *   - only open files keep it busy: unmount as with `force` (lazily; the volumes
+   *     are still synced and closed; those files then get errors), so the process
+   *     ends within a bounded time;
+   *   - a loop device is attached (or the mount was detached lazily and is still in
+   *     use): keep serving and keep waiting, as `vbfs unmount` refuses to do then,
+   *     because forcing would corrupt the filesystem on the loop device. An error
+   *     says so once; SIGUSR2 (force()) still forces.
+   * Resolves once closed; rejects only on an error that retrying cannot fix.
+   */
+  stop(opts: { timeoutMs: number; retryMs?: number }): Promise<void> {
+    if (this.stopPromise) return this.stopPromise;
+    const p = this.runStop(opts.timeoutMs, opts.retryMs ?? 250);
+    this.stopPromise = p;
+    p.catch(() => {
+      if (this.stopPromise === p) this.stopPromise = null;
+    });
+    return p;
+  }
+
+  /** SIGUSR2 / `--force`: stop now, lazily if busy. Also ends a pending stop(). */
+  force(): Promise<void> {
+    this.forceRequested = true;
+    return this.shutdown({ force: true });
+  }
+
+  private async runStop(timeoutMs: number, retryMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    let reported = '';
+    let expiredReported = false;
+    for (;;) {
+      try {
+        await this.shutdown({ force: this.forceRequested });
+        return;
+      } catch (err) {
+        if (!isVbfsError(err, 'VBFS_BUSY')) throw err;
+        if (this.forceRequested) return this.shutdown({ force: true });
+        this.fs.setAccepting(false);
+        if (err.message !== reported) {
+          reported = err.message;
+          this.log.warn(`${err.message}; will unmount as soon as it is free (stop timeout ${Math.round(timeoutMs / 1000)}s)`);
+        }
+        if (Date.now() >= deadline) {
+          const loops = await loopDevicesUnder(this.mountpoint);
+          const detachedInUse = (await findMount(this.mountpoint)) === null && (await holdsFuseConnection());
+          if (loops.length === 0 && !detachedInUse) {
+            this.log.warn(`stop timeout (${Math.round(timeoutMs / 1000)}s) expired with files still open: unmounting lazily; they get errors from now on`);
+            this.forceRequested = true;
+            return this.shutdown({ force: true });
+          }
+          if (!expiredReported) {
+            expiredReported = true;
+            this.log.error(
+              `stop timeout (${Math.round(timeoutMs / 1000)}s) expired, but ${loops.length ? `loop device ${loops.map((l) => l.device).join(', ')} still uses` : 'the kernel still uses'} ` +
+                `${this.mountpoint}: not forcing (that would corrupt the filesystem on it); still serving, and unmounting as soon as it is free (SIGUSR2 forces)`,
+            );
+          }
+        }
+      }
+      await sleep(retryMs);
+    }
   }
 
   /**
@@ -228,12 +339,35 @@ export class StoreMount {
     return p;
   }
 
+  /**
+   * Is the kernel still using our connection, `graceMs` from now? Right after a plain
+   * unmount libfuse needs a moment to see the end and close /dev/fuse.
+   */
+  private async stillConnected(graceMs: number): Promise<boolean> {
+    const deadline = Date.now() + graceMs;
+    while (await holdsFuseConnection()) {
+      if (Date.now() >= deadline) return true;
+      await sleep(100);
+    }
+    return false;
+  }
+
   private async doShutdown(force: boolean): Promise<void> {
     const mnt = this.mountpoint;
     const stillMounted = async (): Promise<boolean> => {
       const e = await findMount(mnt);
       return e !== null && isVbfsMount(e);
     };
+    if (!(await stillMounted()) && !force && (await this.stillConnected(1000))) {
+      // Detached lazily by someone else, but a loop device or an open file still
+      // sends requests through the kernel: closing now would fail them.
+      throw new VbfsError(
+        'VBFS_BUSY',
+        `${mnt} was detached lazily but is still in use (a loop device or an open file): ` +
+          'serving until it is released; detach the loop device (losetup -d) or close the file',
+        { mountpoint: mnt },
+      );
+    }
     if (await stillMounted()) {
       const loops = await loopDevicesUnder(mnt);
       if (loops.length && !force) throw loopRefusal(mnt, loops);

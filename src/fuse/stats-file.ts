@@ -55,16 +55,23 @@ export function renderStats(mount: MountCounters, volumes: StatsSource[]): strin
   return out;
 }
 
+export interface ParsedStats {
+  /** The mount-wide counters (the lines before the first `[volume]` section). */
+  mount: Record<string, string | number>;
+  /** One entry per volume, by name: a volume may be called anything, `mount` too. */
+  volumes: Record<string, Record<string, string | number>>;
+}
+
 /** Parse the text back (for `vbfs stats --json`). */
-export function parseStats(text: string): Record<string, Record<string, string | number>> {
-  const out: Record<string, Record<string, string | number>> = { mount: {} };
-  let section = out['mount']!;
+export function parseStats(text: string): ParsedStats {
+  const out: ParsedStats = { mount: {}, volumes: {} };
+  let section = out.mount;
   for (const raw of text.split('\n')) {
     const l = raw.trim();
     if (!l || l.startsWith('#')) continue;
     const m = /^\[(.*)\]$/.exec(l);
     if (m) {
-      section = out[m[1]!] = {};
+      section = out.volumes[m[1]!] = {};
       continue;
     }
     const parts = l.split(/\s+/);

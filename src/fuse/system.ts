@@ -184,15 +184,74 @@ export async function unmountPath(mountpoint: string, opts: { lazy?: boolean } =
 }
 
 /**
- * The path the kernel records for a mountpoint: symlinks in its parent resolved
- * (the mountpoint itself may be a dead mount, so it is not stat'ed).
+ * The path the kernel records for a mountpoint: every symlink resolved, the last
+ * component too (a mountpoint given as a symlink is mounted on its target). The
+ * mountpoint itself may be a dead mount (stat gives ENOTCONN): then its parent is
+ * resolved and a symlink in the last component is followed by hand.
+ *
+ * Never call this from the process that serves a mount on a path below that mount:
+ * the stat calls would wait on this same process.
  */
 export function canonicalMountpoint(p: string): string {
-  const abs = path.resolve(p);
+  let abs = path.resolve(p);
+  for (let hops = 0; hops < 40; hops++) {
+    try {
+      return fs.realpathSync(abs);
+    } catch {
+      // dead mount or missing: resolve the parent and look at the last component
+    }
+    let joined: string;
+    try {
+      joined = path.join(fs.realpathSync(path.dirname(abs)), path.basename(abs));
+    } catch {
+      return abs;
+    }
+    let target: string;
+    try {
+      target = fs.readlinkSync(joined);
+    } catch {
+      return joined; // not a symlink (or a dead mount): this is the path
+    }
+    abs = path.resolve(path.dirname(joined), target);
+  }
+  return abs;
+}
+
+/**
+ * Does this process still hold a FUSE connection (an open /dev/fuse)? libfuse closes
+ * it only when the kernel has released the connection (a read returned ENODEV):
+ * after a lazy unmount by someone else that happens once the last user (an open
+ * file, a loop device) lets go, not when the mount leaves the mount table.
+ */
+export async function holdsFuseConnection(fdDir = '/proc/self/fd'): Promise<boolean> {
+  let fds: string[];
   try {
-    return path.join(fs.realpathSync(path.dirname(abs)), path.basename(abs));
+    fds = await fsp.readdir(fdDir);
   } catch {
-    return abs;
+    return false;
+  }
+  for (const fd of fds) {
+    try {
+      if ((await fsp.readlink(path.join(fdDir, fd))) === '/dev/fuse') return true;
+    } catch {
+      // closed while we looked
+    }
+  }
+  return false;
+}
+
+/**
+ * The start time of a process (clock ticks since boot, field 22 of /proc/<pid>/stat),
+ * or null. A pid and its start time name one process even after the pid is reused.
+ */
+export function processStartTime(pid: number): string | null {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Fields after the command name (which may hold spaces and parentheses): state is field 3.
+    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return rest[19] ?? null;
+  } catch {
+    return null;
   }
 }
 

@@ -8,10 +8,18 @@
  *    `read`/`write` answer with a byte count, never `cb(null)`;
  *  - the kernel's buffer is only valid until `cb` is called: a write is copied
  *    before it enters the engine, a read is copied into it before `cb`;
- *  - a callback is called exactly once and never throws back into fuse-native.
+ *  - a callback is called exactly once and never throws back into fuse-native,
+ *    whatever the handler does: ops() wraps every handler so that a synchronous
+ *    throw still answers (EIO) and a second answer is dropped (fuse-native posts
+ *    a per-thread semaphore: a stray second post could answer that thread's next
+ *    request with this one's result).
+ *    An unanswered request leaves its caller in D state until the process exits.
+ *  - what a reply needs travels with the request (the handle holds its volume
+ *    entry): shutdown empties the volume map while requests are still in flight.
  */
 import * as fsp from 'node:fs/promises';
 import { constants } from 'node:fs';
+import { isVbfsError } from '../errors';
 import type { Logger } from '../store/types';
 import { errno, toErrno } from './errno';
 import { renderStats } from './stats-file';
@@ -26,19 +34,28 @@ const RESCAN_MS = 250;
 /** An operation slower than this is logged (fuse-native timeouts are off, see mount.ts). */
 const SLOW_OP_MS = 10_000;
 
-interface Handle {
-  kind: 'volume' | 'stats';
-  name: string;
-  vol: MountableVolume | null;
-  writable: boolean;
-  statsText: Buffer | null; // snapshot taken at open, so one `cat` sees one consistent text
-  deferredError: number; // first error since the last flush, reported again by close()
-}
-
 interface VolumeEntry {
   vol: MountableVolume;
   mtimeMs: number;
 }
+
+/**
+ * An open file. A volume handle holds its entry, not a name to look up again: the
+ * entry outlives closeVolumes(), so a reply never depends on the volume map.
+ */
+type Handle =
+  | { kind: 'stats'; text: Buffer } // snapshot taken at open, so one `cat` sees one consistent text
+  | {
+      kind: 'volume';
+      entry: VolumeEntry;
+      writable: boolean;
+      deferredError: number; // first error since the last flush, reported again by close()
+    };
+
+/** A FUSE callback; `read`/`write` pass a byte count or a negative errno as `err`. */
+type Cb<V> = (err: number, value?: V) => void;
+/** A callback that goes through once; `answered` tells whether it has. */
+type Answer<V> = Cb<V> & { answered: boolean };
 
 export interface VolumeFsOptions {
   store: MountableStore;
@@ -57,6 +74,9 @@ export class VolumeFs {
   private readonly openOptions: Record<string, unknown>;
   private readonly volumes = new Map<string, VolumeEntry>();
   private readonly opening = new Map<string, Promise<VolumeEntry | null>>();
+  /** Volumes that failed to open because they are damaged: not served (no file), reason logged once. */
+  private readonly damaged = new Map<string, { id: string | undefined; why: string }>();
+  private knownIds = new Map<string, string>();
   private readonly handles = new Map<number, Handle>();
   private readonly inflight = new Map<number, { op: string; path: string; start: number }>();
   private readonly mountTime = new Date();
@@ -87,7 +107,7 @@ export class VolumeFs {
     try {
       for (const name of this.knownNames) {
         const entry = await this.openVolume(name);
-        if (entry === null) throw new Error(`volume ${name} disappeared while mounting`);
+        if (entry === null && !this.damaged.has(name)) throw new Error(`volume ${name} disappeared while mounting`);
       }
     } catch (err) {
       await this.closeVolumes().catch(() => undefined);
@@ -160,6 +180,9 @@ export class VolumeFs {
       .listVolumes()
       .then((list) => {
         this.knownNames = list.map((v) => v.name).sort();
+        this.knownIds = new Map(list.map((v) => [v.name, v.id]));
+        // A damaged volume deleted (and maybe created again: a new id) since: look at it afresh.
+        for (const [n, d] of this.damaged) if (this.knownIds.get(n) !== d.id) this.damaged.delete(n);
         this.lastScan = Date.now();
       })
       .finally(() => {
@@ -186,6 +209,14 @@ export class VolumeFs {
           this.log.info('volume opened', { volume: name, size: vol.size, durability: vol.durability });
           return entry;
         })
+        .catch((err: unknown) => {
+          // One damaged volume must not take the others down: serve no file for it.
+          if (!isDamage(err)) throw err;
+          const why = (err as Error).message;
+          this.damaged.set(name, { id: this.knownIds.get(name), why });
+          this.log.warn(`volume ${name} is damaged and not served: ${why}`, { volume: name, code: (err as { code?: string }).code });
+          return null;
+        })
         .finally(() => this.opening.delete(name));
       this.opening.set(name, p);
     }
@@ -198,20 +229,52 @@ export class VolumeFs {
     if (!name || name.includes('/')) return null;
     const open = this.volumes.get(name);
     if (open) return open;
-    await this.rescan();
+    await this.rescan(); // also forgets a damaged volume that was deleted since
     if (!this.knownNames.includes(name)) {
       // Not in a recent listing: it may have been created since (`vbfs create` while
       // mounted prints the path and users stat it right away). Look once more, fresh.
       await this.rescan(true);
       if (!this.knownNames.includes(name)) return null;
     }
+    if (this.damaged.has(name)) return null;
     return this.openVolume(name);
   }
 
   // ---- plumbing --------------------------------------------------------------
 
-  /** Run an async handler, answer exactly once, count errors, never throw into fuse-native. */
-  private call<T>(op: string, path: string, fn: () => Promise<T>, reply: (v: T) => void, fail: (errno: number) => void): void {
+  /**
+   * `cb` wrapped to go through exactly once and never throw into fuse-native: a
+   * second call is logged and dropped, a throwing fuse-native callback is logged.
+   */
+  private once<V>(op: string, path: string, cb: Cb<V>): Answer<V> {
+    // Already wrapped (ops() wraps every handler, call() runs inside one): reuse it.
+    if ((cb as Partial<Answer<V>>).answered === false) return cb as Answer<V>;
+    const answer = ((...args: Parameters<Cb<V>>) => {
+      if (answer.answered) {
+        this.log.error(`fuse reply for ${op} ${path} sent twice: dropped (bug)`, { op, path });
+        return;
+      }
+      answer.answered = true;
+      try {
+        cb(...args);
+      } catch (err) {
+        this.log.error(`fuse callback for ${op} threw: ${(err as Error)?.message ?? String(err)}`, { op, path });
+      }
+    }) as Answer<V>;
+    answer.answered = false;
+    return answer;
+  }
+
+  /**
+   * Run an async handler and answer exactly once: `reply` turns the result into
+   * the answer; if it throws or returns without answering, the kernel gets EIO.
+   * Failures answer `cb(errno)` after `onError` (which must not throw either, but
+   * is guarded the same way). Engine errors are counted and logged, unless the
+   * engine has logged them already (`details.logged`: damaged data is reported
+   * once by the volume, not once per request that meets it).
+   */
+  private call<T, V>(op: string, path: string, cb: Cb<V>, fn: () => Promise<T>, reply: (v: T, answer: Cb<V>) => void, onError?: (errno: number) => void): void {
+    const answer = this.once(op, path, cb);
     const id = this.nextOpId++;
     this.inflight.set(id, { op, path, start: Date.now() });
     let p: Promise<T>;
@@ -223,22 +286,35 @@ export class VolumeFs {
     p.then(
       (v) => {
         this.inflight.delete(id);
-        safe(() => reply(v), this.log, op);
+        try {
+          reply(v, answer);
+        } catch (err) {
+          this.fuseErrors++;
+          this.log.error(`reply to ${op} ${path} threw: ${(err as Error)?.message ?? String(err)}`, { op, path });
+        }
+        if (!answer.answered) answer(errno.EIO);
       },
       (err: unknown) => {
         this.inflight.delete(id);
         const n = typeof err === 'number' ? err : toErrno(err);
         if (typeof err !== 'number') {
-          // Counted and logged: engine failures. Not counted: deliberate answers
-          // such as ENOENT for a lookup of a name that is not a volume.
+          // Counted: engine failures. Not counted: deliberate answers such as
+          // ENOENT for a lookup of a name that is not a volume.
           this.fuseErrors++;
-          this.log.warn(`${op} ${path} failed: ${(err as Error)?.message ?? String(err)}`, {
-            op,
-            path,
-            code: (err as { code?: string })?.code,
-          });
+          if (!(isVbfsError(err) && err.details['logged'] === true)) {
+            this.log.warn(`${op} ${path} failed: ${(err as Error)?.message ?? String(err)}`, {
+              op,
+              path,
+              code: (err as { code?: string })?.code,
+            });
+          }
         }
-        safe(() => fail(n), this.log, op);
+        try {
+          onError?.(n);
+        } catch (e) {
+          this.log.error(`error hook of ${op} ${path} threw: ${(e as Error)?.message ?? String(e)}`, { op, path });
+        }
+        answer(n);
       },
     );
   }
@@ -271,7 +347,7 @@ export class VolumeFs {
   // ---- the operations --------------------------------------------------------
 
   ops(): FuseOps {
-    return {
+    return this.guarded({
       init: (cb) => cb(0),
 
       getattr: (path, cb) => this.getattr(path, cb),
@@ -281,43 +357,43 @@ export class VolumeFs {
         this.call(
           'readdir',
           path,
+          cb,
           async () => {
             if (path !== '/') throw errno.ENOENT;
             await this.rescan();
             // Also list volumes we hold open even if a rescan raced with a delete.
-            const names = new Set([...this.knownNames, ...this.volumes.keys()]);
+            const names = new Set([...this.knownNames.filter((n) => !this.damaged.has(n)), ...this.volumes.keys()]);
             return ['.', '..', STATS_NAME, ...[...names].sort()];
           },
-          (names) => cb(0, names),
-          (n) => cb(n),
+          (names, answer) => answer(0, names),
         );
       },
 
       statfs: (path, cb) => {
-        this.call('statfs', path, () => this.statfs(), (s) => cb(0, s), (n) => cb(n));
+        this.call('statfs', path, cb, () => this.statfs(), (s, answer) => answer(0, s));
       },
 
       open: (path, flags, cb) => {
         this.call(
           'open',
           path,
+          cb,
           async () => {
             const writable = (flags & O_ACCMODE) !== constants.O_RDONLY;
             if (path === '/' + STATS_NAME) {
               if (writable) throw errno.EACCES;
-              const h: Handle = { kind: 'stats', name: STATS_NAME, vol: null, writable: false, statsText: null, deferredError: 0 };
+              const h: Handle = { kind: 'stats', text: Buffer.alloc(0) };
               const fd = this.addHandle(h);
-              h.statsText = Buffer.from(this.statsText());
+              h.text = Buffer.from(this.statsText()); // after addHandle: counts itself in open_handles
               return fd;
             }
             if (!this.accepting) throw errno.EBUSY;
-            const e = await this.lookup(path);
-            if (!e) throw path === '/' ? errno.EISDIR : errno.ENOENT;
+            const entry = await this.lookup(path);
+            if (!entry) throw path === '/' ? errno.EISDIR : errno.ENOENT;
             if (writable && this.readOnly) throw errno.EROFS;
-            return this.addHandle({ kind: 'volume', name: e.vol.name, vol: e.vol, writable, statsText: null, deferredError: 0 });
+            return this.addHandle({ kind: 'volume', entry, writable, deferredError: 0 });
           },
-          (fd) => cb(0, fd),
-          (n) => cb(n),
+          (fd, answer) => answer(0, fd),
         );
       },
 
@@ -330,12 +406,11 @@ export class VolumeFs {
         const h = this.handles.get(fd);
         if (!h) return cb(errno.EBADF);
         if (h.kind === 'stats') {
-          const text = h.statsText!;
-          const n = Math.max(0, Math.min(len, text.length - pos));
-          if (n > 0) text.copy(buf, 0, pos, pos + n);
+          const n = Math.max(0, Math.min(len, h.text.length - pos));
+          if (n > 0) h.text.copy(buf, 0, pos, pos + n);
           return cb(n);
         }
-        const vol = h.vol!;
+        const vol = h.entry.vol;
         const n = Math.max(0, Math.min(len, vol.size - pos));
         if (n === 0) return cb(0);
         // Read straight into the kernel's buffer: it stays valid until cb (fuse-native
@@ -343,17 +418,17 @@ export class VolumeFs {
         this.call(
           'read',
           path,
+          cb,
           () => vol.readInto(pos, n === len ? buf : buf.subarray(0, n)),
-          () => cb(n),
-          (e) => cb(e),
+          (_v, answer) => answer(n),
         );
       },
 
       write: (path, fd, buf, len, pos, cb) => {
         const h = this.handles.get(fd);
-        if (!h || h.kind !== 'volume') return cb(errno.EBADF);
-        if (!h.writable) return cb(errno.EBADF);
-        const vol = h.vol!;
+        if (!h || h.kind !== 'volume' || !h.writable) return cb(errno.EBADF);
+        const entry = h.entry;
+        const vol = entry.vol;
         if (len === 0) return cb(0);
         if (pos >= vol.size) return cb(errno.ENOSPC);
         const n = Math.min(len, vol.size - pos);
@@ -362,14 +437,14 @@ export class VolumeFs {
         this.call(
           'write',
           path,
+          cb,
           () => vol.write(pos, n === len ? buf : buf.subarray(0, n)),
-          () => {
-            this.volumes.get(h.name)!.mtimeMs = Date.now();
-            cb(n);
+          (_v, answer) => {
+            answer(n);
+            entry.mtimeMs = Date.now();
           },
           (e) => {
             if (h.deferredError === 0) h.deferredError = e;
-            cb(e);
           },
         );
       },
@@ -382,7 +457,7 @@ export class VolumeFs {
       // write-back error reporting on close.
       flush: (_path, fd, cb) => {
         const h = this.handles.get(fd);
-        if (!h) return cb(0);
+        if (!h || h.kind !== 'volume') return cb(0);
         const e = h.deferredError;
         h.deferredError = 0;
         cb(e);
@@ -393,8 +468,8 @@ export class VolumeFs {
         const h = this.handles.get(fd);
         if (!h) return cb(errno.EBADF);
         if (h.kind === 'stats') return cb(0);
-        const vol = h.vol!;
-        this.call('fsync', path, () => vol.fsync(), () => cb(0), (e) => cb(e));
+        const vol = h.entry.vol;
+        this.call('fsync', path, cb, () => vol.fsync(), (_v, answer) => answer(0));
       },
 
       truncate: (path, size, cb) => this.truncate(path, size, cb),
@@ -404,14 +479,14 @@ export class VolumeFs {
         this.call(
           'utimens',
           path,
+          cb,
           async () => {
             if (path === '/' || path === '/' + STATS_NAME) return;
             const e = await this.lookup(path);
             if (!e) throw errno.ENOENT;
             e.mtimeMs = typeof mtime === 'number' && Number.isFinite(mtime) ? mtime : Date.now();
           },
-          () => cb(0),
-          (n) => cb(n),
+          (_v, answer) => answer(0),
         );
       },
 
@@ -422,7 +497,31 @@ export class VolumeFs {
       unlink: (_p, cb) => cb(errno.EPERM),
       rename: (_s, _d, cb) => cb(errno.EPERM),
       mkdir: (_p, _m, cb) => cb(errno.EPERM),
-    };
+    });
+  }
+
+  /**
+   * Every handler with its callback (always the last argument) made answer-once,
+   * and a synchronous throw turned into EIO, so no path can leave the kernel
+   * without an answer or give it two.
+   */
+  private guarded(ops: FuseOps): FuseOps {
+    const out: Record<string, unknown> = {};
+    for (const [op, handler] of Object.entries(ops) as Array<[string, (...args: unknown[]) => void]>) {
+      out[op] = (...args: unknown[]): void => {
+        const path = typeof args[0] === 'string' ? args[0] : '';
+        const answer = this.once(op, path, args[args.length - 1] as Cb<unknown>);
+        args[args.length - 1] = answer;
+        try {
+          handler(...args);
+        } catch (err) {
+          this.fuseErrors++;
+          this.log.error(`${op} ${path} threw: ${(err as Error)?.message ?? String(err)}`, { op, path });
+          if (!answer.answered) answer(errno.EIO);
+        }
+      };
+    }
+    return out as unknown as FuseOps;
   }
 
   private addHandle(h: Handle): number {
@@ -466,13 +565,13 @@ export class VolumeFs {
     this.call(
       'getattr',
       path,
+      cb,
       async () => {
         const e = await this.lookup(path);
         if (!e) throw errno.ENOENT;
         return this.volumeStat(e);
       },
-      (st) => cb(0, st),
-      (n) => cb(n),
+      (st, answer) => answer(0, st),
     );
   }
 
@@ -480,6 +579,7 @@ export class VolumeFs {
     this.call(
       'truncate',
       path,
+      cb,
       async () => {
         if (path === '/' + STATS_NAME) throw errno.EACCES;
         const e = await this.lookup(path);
@@ -488,8 +588,7 @@ export class VolumeFs {
         if (size !== e.vol.size) throw errno.EOPNOTSUPP;
         if (this.readOnly) throw errno.EROFS;
       },
-      () => cb(0),
-      (n) => cb(n),
+      (_v, answer) => answer(0),
     );
   }
 
@@ -529,10 +628,11 @@ export class VolumeFs {
   }
 }
 
-function safe(fn: () => void, log: Logger, op: string): void {
-  try {
-    fn();
-  } catch (err) {
-    log.error(`fuse callback for ${op} threw: ${(err as Error)?.message ?? String(err)}`);
-  }
+/** An error that says the volume's own data is broken (not the store, the disk or a lock). */
+function isDamage(err: unknown): boolean {
+  return (
+    isVbfsError(err, 'VBFS_CORRUPT') ||
+    isVbfsError(err, 'VBFS_UNSUPPORTED_VERSION') ||
+    (isVbfsError(err, 'VBFS_IO') && err.details['errno'] === 'EIO')
+  );
 }

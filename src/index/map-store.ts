@@ -8,7 +8,9 @@ import {
   decodeEntries,
   decodeFooter,
   decodeMapLogHeader,
+  decodeSyncFrame,
   encodeCheckpointHeader,
+  encodeSyncFrame,
   encodeFooter,
   encodeMapLogHeader,
   entriesEntryOffset,
@@ -119,6 +121,15 @@ export class MapStore {
     if (l.chunkId >= out.nextChunkId) out.nextChunkId = l.chunkId + 1;
   }
 
+  /**
+   * Replay one map log segment. Every commit write is fdatasync'ed before the next
+   * one starts, and (version 2) begins with an 'S' frame claiming the offset that
+   * the previous syncs covered. So in the newest segment, damage at or after the
+   * highest claim is a torn tail of the last, unacknowledged commit write (cut,
+   * even if some of its frames survived past a hole); damage before it, or in an
+   * older segment, is corruption. Version 1 segments keep the old rule (torn only
+   * when no valid frame follows).
+   */
   private async replayLog(buf: Buffer, path: string, n: number, isLast: boolean, readOnly: boolean, index: BlockIndex, out: MapLoad): Promise<void> {
     let off = 0;
     const first = checkFrame(buf, 0);
@@ -131,11 +142,22 @@ export class MapStore {
       }
       throw new VbfsError('VBFS_CORRUPT', `map log ${path} is damaged at offset 0 (bad header)`, { path, offset: 0 });
     }
-    if (h.volumeId !== this.volumeId || h.segment !== n) throw new VbfsError('VBFS_CORRUPT', `map log ${path} belongs to another volume or position`, { path, offset: 0 });
+    if (h.volumeId !== this.volumeId || h.segment !== n || (h.version !== 1 && h.version !== 2)) {
+      throw new VbfsError('VBFS_CORRUPT', `map log ${path} belongs to another volume or position, or has an unknown version`, { path, offset: 0 });
+    }
+    const markers = h.version >= 2;
+    let proven = first.end; // the header is fdatasync'ed before any commit
     off = first.end;
     while (off < buf.length) {
       const f = checkFrame(buf, off);
       if (f.ok) {
+        const claim = markers ? decodeSyncFrame(f.payload) : null;
+        if (claim !== null) {
+          if (claim > off) throw new VbfsError('VBFS_CORRUPT', `map log ${path}: sync frame at offset ${off} claims ${claim}`, { path, offset: off });
+          if (claim > proven) proven = claim;
+          off = f.end;
+          continue;
+        }
         const c = decodeCommit(f.payload);
         if (!c) throw new VbfsError('VBFS_CORRUPT', `map log ${path}: unknown frame at offset ${off}`, { path, offset: off });
         for (let i = 0; i < c.count; i++) this.apply(index, f.payload, commitEntryOffset(i), out, path, off);
@@ -143,10 +165,17 @@ export class MapStore {
         off = f.end;
         continue;
       }
-      if (!isLast || anyFrameAfter(buf, off)) {
+      if (!isLast) throw new VbfsError('VBFS_CORRUPT', `map log ${path} is damaged at offset ${off} (${f.reason}) in a segment that is not the newest`, { path, offset: off });
+      if (markers) {
+        const claim = maxSyncClaimAfter(buf, off);
+        if (claim > proven) proven = claim;
+        if (off < proven) {
+          throw new VbfsError('VBFS_CORRUPT', `map log ${path} is damaged at offset ${off} (${f.reason}) before offset ${proven}, which a completed fdatasync covered`, { path, offset: off });
+        }
+      } else if (anyFrameAfter(buf, off)) {
         throw new VbfsError('VBFS_CORRUPT', `map log ${path} is damaged at offset ${off} (${f.reason}) and is not a torn tail`, { path, offset: off });
       }
-      this.logger.warn('cutting torn map log tail', { file: path, offset: off });
+      this.logger.warn('cutting torn map log tail (a commit write that never completed its fdatasync)', { file: path, offset: off, bytes: buf.length - off, provenSynced: proven });
       if (!readOnly) {
         const fd = await this.fileIO.open(path, 'r+');
         await fd.truncate(off);
@@ -160,8 +189,9 @@ export class MapStore {
 
   /** Durably record where the blocks of some chunks now live ('C' payloads from allocCommit): one write, one fdatasync. */
   async commit(payloads: Buffer[]): Promise<void> {
-    const frame = Buffer.concat(payloads.map((p) => encodeFrame(p)));
     if (!this.fd) await this.openLog();
+    // Everything before this.pos was covered by the previous commit's fdatasync.
+    const frame = Buffer.concat([encodeFrame(encodeSyncFrame(this.pos)), ...payloads.map((p) => encodeFrame(p))]);
     const fd = this.fd as FileHandle;
     // A failed write (out of space) leaves pos alone: the next commit rewrites the
     // same range. A failed fdatasync is not retryable (the kernel may have dropped
@@ -261,4 +291,21 @@ export class MapStore {
       this.fd = null;
     }
   }
+}
+
+/** Highest 'S' claim among the well-formed frames anywhere after `from` (resynchronising byte by byte), or -1. */
+function maxSyncClaimAfter(buf: Buffer, from: number): number {
+  let best = -1;
+  let off = from + 1;
+  while (off + 8 <= buf.length) {
+    const f = checkFrame(buf, off);
+    if (!f.ok) {
+      off++;
+      continue;
+    }
+    const claim = decodeSyncFrame(f.payload);
+    if (claim !== null && claim <= off && claim > best) best = claim;
+    off = f.end;
+  }
+  return best;
 }

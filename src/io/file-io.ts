@@ -34,12 +34,20 @@ export interface FileHandle {
 export interface FileStat {
   size: number;
   isDirectory: boolean;
+  /** Last modification time, where the file layer knows it (tells leftovers of an earlier boot). */
+  mtimeMs?: number;
 }
 
 export interface FileIO {
   open(path: string, mode: OpenMode): Promise<FileHandle>;
   readFile(path: string): Promise<Buffer>;
   rename(from: string, to: string): Promise<void>;
+  /**
+   * Hard link: `to` becomes a second name of `from`. Fails (VbfsError with
+   * details.errno 'EEXIST') if `to` exists: an atomic create-if-absent of a file
+   * whose content is already complete.
+   */
+  link(from: string, to: string): Promise<void>;
   unlink(path: string): Promise<void>;
   mkdir(path: string): Promise<void>; // recursive, ok if it exists
   rmdir(path: string): Promise<void>; // recursive remove of a directory tree

@@ -1,5 +1,6 @@
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
+import * as nodePath from 'node:path';
 import type { FileHandle, FileIO, FileStat, OpenMode } from './file-io';
 import { ioError } from '../errors';
 
@@ -109,6 +110,14 @@ export class NodeFileIO implements FileIO {
     }
   }
 
+  async link(from: string, to: string): Promise<void> {
+    try {
+      await fsp.link(from, to);
+    } catch (err) {
+      throw ioError(`link ${from} -> ${to}`, err, { path: to });
+    }
+  }
+
   async unlink(path: string): Promise<void> {
     try {
       await fsp.unlink(path);
@@ -122,7 +131,7 @@ export class NodeFileIO implements FileIO {
     try {
       await fsp.mkdir(path, { recursive: true });
     } catch (err) {
-      throw ioError(`mkdir ${path}`, err, { path });
+      throw ioError(`mkdir ${path}`, await mkdirCause(path, err), { path });
     }
   }
 
@@ -146,7 +155,7 @@ export class NodeFileIO implements FileIO {
   async stat(path: string): Promise<FileStat | null> {
     try {
       const st = await fsp.stat(path);
-      return { size: st.size, isDirectory: st.isDirectory() };
+      return { size: st.size, isDirectory: st.isDirectory(), mtimeMs: st.mtimeMs };
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
       throw ioError(`stat ${path}`, err, { path });
@@ -164,4 +173,22 @@ export class NodeFileIO implements FileIO {
       if (fd !== undefined) fs.closeSync(fd);
     }
   }
+}
+
+/**
+ * Node's recursive mkdir reports ENOENT when a parent cannot be created (on a
+ * read-only filesystem, say): make the first missing level ourselves to get the
+ * real reason (EROFS, EACCES, ENOSPC ...).
+ */
+async function mkdirCause(path: string, err: unknown): Promise<unknown> {
+  if ((err as NodeJS.ErrnoException).code !== 'ENOENT') return err;
+  let missing = path;
+  for (let up = nodePath.dirname(missing); up !== missing && !fs.existsSync(up); up = nodePath.dirname(up)) missing = up;
+  try {
+    await fsp.mkdir(missing);
+    await fsp.rmdir(missing);
+  } catch (real) {
+    return real;
+  }
+  return err;
 }

@@ -15,8 +15,17 @@ import {
 } from '../format/volume-meta';
 import type { FileIO } from '../io/file-io';
 import { NodeFileIO } from '../io/node-file-io';
-import { isLockHeld, readLock, VolumeLock } from './lock';
-import { silentLogger, type Logger, type StoreOptions, type VolumeCreateOptions, type VolumeInfo, type VolumeOpenOptions } from './types';
+import { fsckVolume, type FsckOptions, type FsckReport } from './fsck';
+import { bootTimeMs, currentOwner, isLockHeld, isOwnerAlive, readLock, VolumeLock } from './lock';
+import {
+  silentLogger,
+  type Logger,
+  type StoreOptions,
+  type VolumeCreateOptions,
+  type VolumeInfo,
+  type VolumeOpenOptions,
+  type VolumeState,
+} from './types';
 import { Volume } from './volume';
 
 /**
@@ -27,9 +36,11 @@ import { Volume } from './volume';
  *   <dir>/volumes/<name>/wal/          WAL segments
  *   <dir>/volumes/<name>/map/          map log segments + checkpoint
  *   <dir>/objects/<volume id>/chunks/  chunk objects (FileBackend; or any Backend)
+ *   <dir>/volumes/.tmp-<pid>-<start>-<boot>-<rand>-<name>   a volume being created
  */
 export class Store {
   private readonly open = new Set<Volume>();
+  private readonly warnedDamaged = new Set<string>();
   private closed = false;
 
   private constructor(
@@ -45,7 +56,13 @@ export class Store {
     const abs = path.resolve(dir);
     const st = await fileIO.stat(abs);
     if (st && !st.isDirectory) throw new VbfsError('VBFS_INVALID_ARGUMENT', `store path ${abs} exists and is not a directory`, { path: abs });
-    await ensureDurableDir(fileIO, `${abs}/volumes`);
+    try {
+      await ensureDurableDir(fileIO, `${abs}/volumes`);
+    } catch (err) {
+      // A store this process cannot write (read-only filesystem, another owner) can
+      // still be listed and mounted read-only; a write says why when it is tried.
+      if (!st || !isVbfsError(err, 'VBFS_IO') || !CANNOT_WRITE.has(err.details['errno'] as string)) throw err;
+    }
     const backend = opts.backend ?? new FileBackend(`${abs}/objects`, fileIO);
     const store = new Store(abs, fileIO, backend, opts.logger ?? silentLogger, opts.failpoint ?? (() => undefined));
     await store.finishInterruptedDeletes();
@@ -74,22 +91,37 @@ export class Store {
     const final = this.volDir(name);
     if (await this.fileIO.stat(final)) throw new VbfsError('VBFS_EXISTS', `volume '${name}' already exists`, { name });
     // Build in a temp directory and rename, so a crash never leaves a half-made volume.
-    const tmp = `${this.dir}/volumes/.tmp-${name}-${randomBytes(4).toString('hex')}`;
-    await this.fileIO.mkdir(`${tmp}/wal`);
-    await this.fileIO.mkdir(`${tmp}/map`);
-    const fd = await this.fileIO.open(`${tmp}/volume.json`, 'wx');
-    await fd.write(encodeVolumeMeta(info), 0);
-    await fd.sync();
-    await fd.close();
-    await this.fileIO.fsyncDir(`${tmp}/wal`);
-    await this.fileIO.fsyncDir(`${tmp}/map`);
-    await this.fileIO.fsyncDir(tmp);
-    if (await this.fileIO.stat(final)) {
-      await this.fileIO.rmdir(tmp);
-      throw new VbfsError('VBFS_EXISTS', `volume '${name}' already exists`, { name });
+    // Its name says who builds it, so another process's Store.open leaves it alone
+    // while we are alive (and removes it once we are provably gone).
+    const tmp = `${this.dir}/volumes/${tmpDirName(name)}`;
+    const building = buildingDirs(this.fileIO);
+    building.add(tmp);
+    try {
+      await this.fileIO.mkdir(`${tmp}/wal`);
+      await this.fileIO.mkdir(`${tmp}/map`);
+      const fd = await this.fileIO.open(`${tmp}/volume.json`, 'wx');
+      try {
+        await fd.write(encodeVolumeMeta(info), 0);
+        await fd.sync();
+      } finally {
+        await fd.close();
+      }
+      await this.fileIO.fsyncDir(`${tmp}/wal`);
+      await this.fileIO.fsyncDir(`${tmp}/map`);
+      await this.fileIO.fsyncDir(tmp);
+      await this.failpoint('create:beforeRename');
+      if (await this.fileIO.stat(final)) throw new VbfsError('VBFS_EXISTS', `volume '${name}' already exists`, { name });
+      await this.fileIO.rename(tmp, final);
+      await this.fileIO.fsyncDir(`${this.dir}/volumes`);
+    } catch (err) {
+      await this.fileIO.rmdir(tmp).catch(() => undefined);
+      if (isVbfsError(err, 'VBFS_IO') && err.details['errno'] === 'EROFS') {
+        throw new VbfsError('VBFS_IO', `cannot create volume '${name}': the store ${this.dir} is on a read-only filesystem`, { name, errno: 'EROFS' }, { cause: err });
+      }
+      throw err;
+    } finally {
+      building.delete(tmp);
     }
-    await this.fileIO.rename(tmp, final);
-    await this.fileIO.fsyncDir(`${this.dir}/volumes`);
     this.logger.info('created volume', { volume: name, size: info.size, durability: info.durability });
     return info;
   }
@@ -102,14 +134,37 @@ export class Store {
     return decodeVolumeMeta(await this.fileIO.readFile(file), file);
   }
 
-  /** All volumes, sorted by name. Works while volumes are open (reads metadata only). */
-  async listVolumes(): Promise<VolumeInfo[]> {
+  /**
+   * One volume's metadata, or the reason it is damaged (volume.json missing or
+   * unreadable). VBFS_NOT_FOUND only when there is no such volume at all.
+   */
+  async volumeState(name: string): Promise<VolumeState> {
+    this.checkOpen();
+    checkVolumeName(name);
+    const st = await this.fileIO.stat(this.volDir(name));
+    if (!st?.isDirectory) throw new VbfsError('VBFS_NOT_FOUND', `no volume named '${name}' in store ${this.dir}`, { name });
+    try {
+      return { name, info: await this.volumeInfo(name) };
+    } catch (err) {
+      if (isVbfsError(err, 'VBFS_NOT_FOUND')) {
+        if (!(await this.fileIO.stat(this.volDir(name)))) throw err; // deleted meanwhile
+        return { name, damaged: `${this.volDir(name)}/volume.json is missing` };
+      }
+      if (isVbfsError(err, 'VBFS_CORRUPT') || isVbfsError(err, 'VBFS_UNSUPPORTED_VERSION') || isVbfsError(err, 'VBFS_IO')) {
+        return { name, damaged: err.message };
+      }
+      throw err;
+    }
+  }
+
+  /** Every volume, healthy or damaged, sorted by name (`vbfs list`). */
+  async listVolumeStates(): Promise<VolumeState[]> {
     this.checkOpen();
     const names = (await this.fileIO.readdir(`${this.dir}/volumes`)).filter((n) => !n.startsWith('.'));
-    const out: VolumeInfo[] = [];
+    const out: VolumeState[] = [];
     for (const n of names) {
       try {
-        out.push(await this.volumeInfo(n));
+        out.push(await this.volumeState(n));
       } catch (err) {
         if (isVbfsError(err, 'VBFS_NOT_FOUND') || isVbfsError(err, 'VBFS_INVALID_NAME')) continue;
         throw err;
@@ -118,9 +173,27 @@ export class Store {
     return out;
   }
 
-  /** Is the volume open for writing (in this process or another)? */
+  /**
+   * The healthy volumes, sorted by name. Works while volumes are open (reads metadata
+   * only). A damaged one is left out, with a warning (once), so it cannot stop the
+   * others from being listed or mounted.
+   */
+  async listVolumes(): Promise<VolumeInfo[]> {
+    const out: VolumeInfo[] = [];
+    for (const v of await this.listVolumeStates()) {
+      if (v.info) {
+        out.push(v.info);
+      } else if (!this.warnedDamaged.has(`${v.name}\0${v.damaged}`)) {
+        this.warnedDamaged.add(`${v.name}\0${v.damaged}`);
+        this.logger.warn(`volume ${v.name} is damaged and left out: ${v.damaged}`, { volume: v.name });
+      }
+    }
+    return out;
+  }
+
+  /** Is the volume open for writing (in this process or another)? Also for a damaged one. */
   async isVolumeOpen(name: string): Promise<boolean> {
-    await this.volumeInfo(name);
+    await this.volumeState(name);
     const lockPath = `${this.volDir(name)}/LOCK`;
     const holder = await readLock(this.fileIO, lockPath);
     return holder !== null && isLockHeld(this.fileIO, holder, lockPath);
@@ -135,13 +208,25 @@ export class Store {
   }
 
   /**
+   * Verify a volume end to end without opening it (see store/fsck.ts). Refused with
+   * VBFS_LOCKED while it is open for writing; with `repair`, holds its lock meanwhile.
+   */
+  async fsckVolume(name: string, opts: FsckOptions = {}): Promise<FsckReport> {
+    this.checkOpen();
+    const info = await this.volumeInfo(name);
+    return fsckVolume({ info, dir: this.volDir(name), fileIO: this.fileIO, backend: this.backend, logger: this.logger }, opts);
+  }
+
+  /**
    * Delete a volume and its chunk objects. Refused while it is open. The volume
    * directory is first renamed aside (atomic), so a crash mid-delete leaves either
    * the whole volume or a `.deleted-*` directory that the next open finishes off.
+   * A damaged volume can be deleted too (its chunk objects as well, if its id can
+   * still be read from what is left of volume.json).
    */
   async deleteVolume(name: string): Promise<void> {
     this.checkOpen();
-    const info = await this.volumeInfo(name);
+    const state = await this.volumeState(name);
     let lock: VolumeLock;
     try {
       lock = await VolumeLock.acquire(this.fileIO, `${this.volDir(name)}/LOCK`, `volume '${name}'`);
@@ -157,27 +242,51 @@ export class Store {
     } finally {
       await lock.release();
     }
-    await this.removeVolumeData(aside, info.id);
-    this.logger.info('deleted volume', { volume: name });
+    await this.removeVolumeData(aside, state.info?.id ?? (await this.volumeIdIn(aside)));
+    this.logger.info('deleted volume', { volume: name, damaged: state.damaged });
   }
 
-  private async removeVolumeData(dir: string, id: string): Promise<void> {
-    for (const key of await this.backend.list(`${id}/`)) await this.backend.delete(key);
+  private async removeVolumeData(dir: string, id: string | null): Promise<void> {
+    if (id) {
+      for (const key of await this.backend.list(`${id}/`)) await this.backend.delete(key);
+      // A deleted volume's id is never used again: drop what the backend kept for it
+      // (FileBackend: the now empty objects/<id>/chunks directories).
+      await this.backend.removeEmpty?.(`${id}/`);
+    }
     await this.fileIO.rmdir(dir);
     await this.fileIO.fsyncDir(`${this.dir}/volumes`);
   }
 
+  /** The volume id in `dir`/volume.json, also from a damaged one if the id is still legible. */
+  private async volumeIdIn(dir: string): Promise<string | null> {
+    const meta = `${dir}/volume.json`;
+    try {
+      const text = (await this.fileIO.readFile(meta)).toString('utf8');
+      return /"id"\s*:\s*"([0-9a-f]{32})"/.exec(text)?.[1] ?? null;
+    } catch {
+      return null;
+    }
+  }
+
+  /**
+   * Finish deletes a crash interrupted, and remove temp directories of creates whose
+   * creator is provably gone (never one a running `create` is building). Best effort:
+   * a store we cannot write (read-only) is still opened.
+   */
   private async finishInterruptedDeletes(): Promise<void> {
+    const building = buildingDirs(this.fileIO);
     for (const n of await this.fileIO.readdir(`${this.dir}/volumes`)) {
       const dir = `${this.dir}/volumes/${n}`;
-      if (n.startsWith('.tmp-')) {
-        await this.fileIO.rmdir(dir);
-      } else if (n.startsWith('.deleted-')) {
-        const meta = `${dir}/volume.json`;
-        let id: string | null = null;
-        if (await this.fileIO.stat(meta)) id = decodeVolumeMeta(await this.fileIO.readFile(meta), meta).id;
-        if (id) await this.removeVolumeData(dir, id);
-        else await this.fileIO.rmdir(dir);
+      try {
+        if (n.startsWith('.tmp-')) {
+          if (tmpCreatorGone(n, (await this.fileIO.stat(dir))?.mtimeMs, building.has(dir))) await this.fileIO.rmdir(dir);
+        } else if (n.startsWith('.deleted-')) {
+          await this.removeVolumeData(dir, await this.volumeIdIn(dir));
+        }
+      } catch (err) {
+        // Read-only store: leave it for a process that can write; anything else is a real error.
+        if (!isVbfsError(err, 'VBFS_IO') || !CANNOT_WRITE.has(err.details['errno'] as string)) throw err;
+        this.logger.warn(`could not clean up ${dir}: ${(err as Error).message}`, { path: dir });
       }
     }
   }
@@ -196,6 +305,46 @@ export class Store {
   private checkOpen(): void {
     if (this.closed) throw new VbfsError('VBFS_CLOSED', 'store is closed');
   }
+}
+
+/** errno values that mean "this process cannot write here" rather than "the store is broken". */
+const CANNOT_WRITE = new Set(['EROFS', 'EACCES', 'EPERM']);
+
+/** Temp directories of creates running in this process, per file layer (like the lock's set). */
+const building = new WeakMap<FileIO, Set<string>>();
+function buildingDirs(fileIO: FileIO): Set<string> {
+  let set = building.get(fileIO);
+  if (!set) building.set(fileIO, (set = new Set()));
+  return set;
+}
+
+const TMP_RE = /^\.tmp-(\d+)-(\d+)-([0-9a-f]{1,16})-[0-9a-f]{8}-/;
+
+/** The first 16 hex digits of the boot id: enough to tell boots apart. */
+function bootTag(): string {
+  return (currentOwner().boot ?? '').replace(/[^0-9a-f]/g, '').slice(0, 16) || '0';
+}
+
+/** `.tmp-<pid>-<start ticks>-<boot tag>-<rand>-<name>`: the creator is in the name, set atomically by mkdir. */
+function tmpDirName(name: string): string {
+  const me = currentOwner();
+  return `.tmp-${me.pid}-${me.start ?? 0}-${bootTag()}-${randomBytes(4).toString('hex')}-${name}`;
+}
+
+/**
+ * Is the creator of this temp directory provably gone? A name of an older version
+ * (no creator in it) counts as gone only if it is older than this boot.
+ */
+function tmpCreatorGone(n: string, mtimeMs: number | undefined, inThisProcess: boolean): boolean {
+  const m = TMP_RE.exec(n);
+  if (!m) {
+    const boot = bootTimeMs();
+    return mtimeMs !== undefined && boot !== null && mtimeMs < boot;
+  }
+  if (m[3] !== bootTag()) return true;
+  const me = currentOwner();
+  const start = Number(m[2]);
+  return !isOwnerAlive({ pid: Number(m[1]), host: me.host, start: start > 0 ? start : undefined }, inThisProcess);
 }
 
 /**

@@ -27,7 +27,8 @@ export interface StoreOptions {
    * Called at named points of the flush and checkpoint path
    * ('flush:beforeChunkWrite', 'flush:afterChunkWrite', 'flush:afterMapCommit',
    * 'flush:beforeWalReclaim', 'flush:afterWalReclaim', 'checkpoint:beforeRename',
-   * 'checkpoint:afterRename'), so crash tests can stop between any two steps.
+   * 'checkpoint:afterRename', 'create:beforeRename'), so crash tests can stop
+   * between any two steps.
    */
   failpoint?: (name: string) => void | Promise<void>;
 }
@@ -38,6 +39,14 @@ export interface VolumeCreateOptions {
   blockSize?: number; // default 4096, power of two 512..65536
   durability?: Durability; // default 'batched'
   compression?: Compression; // default 'none'
+}
+
+/** A volume as listed: its metadata, or why it cannot be used (the store lists it anyway). */
+export interface VolumeState {
+  name: string;
+  info?: VolumeInfo;
+  /** Set when the volume is damaged (volume.json missing or unreadable): the reason. */
+  damaged?: string;
 }
 
 export interface VolumeInfo {
@@ -92,5 +101,6 @@ export interface VolumeStats {
   cacheBytes: number;
   checkpoints: number;
   errors: number;
+  corruptReads: number; // reads refused (EIO) because stored data failed its checksum or identity check
   seq: number; // last sequence number handed out
 }

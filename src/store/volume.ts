@@ -1,5 +1,5 @@
 import { compress as lz4Compress, compressSync as lz4CompressSync, uncompressSync as lz4UncompressSync } from 'lz4-napi';
-import { VbfsError, ioError, isNoSpace } from '../errors';
+import { VbfsError, ioError, isNoSpace, isVbfsError } from '../errors';
 import { Arena } from '../arena/arena';
 import type { Backend } from '../backend/backend';
 import { BlockCache } from '../cache/block-cache';
@@ -16,7 +16,7 @@ import { replayWal } from '../wal/wal-reader';
 import { VolumeLock } from './lock';
 import { LatencyWindow } from './latency';
 import type { Durability, Logger, VolumeInfo, VolumeOpenOptions, VolumeStats, VolumeTunables } from './types';
-import { checkDurability } from '../format/volume-meta';
+import { checkDurability, encodeVolumeMeta, VOLUME_FORMAT_VERSION } from '../format/volume-meta';
 
 const MiB = 1024 * 1024;
 const RESOLVED: Promise<void> = Promise.resolve();
@@ -40,6 +40,8 @@ export const DEFAULT_TUNABLES: VolumeTunables = {
 const WAL_BUFFER_BYTES = 1 * MiB;
 /** Chunk objects written in parallel per flush wave (one map commit per wave). */
 const FLUSH_WAVE = 4;
+/** Damaged records remembered so each is logged once (beyond this, one line says so). */
+const DAMAGE_LOG_LIMIT = 10_000;
 /** Chunk building yields to the event loop after this many records. */
 const BUILD_SLICE = 128;
 
@@ -94,6 +96,7 @@ export class Volume {
   private batchTimer: NodeJS.Timeout | null = null;
   private flushTimer: NodeJS.Timeout | null = null;
   private readsInFlight = 0;
+  private readonly damageLogged = new Set<string>();
   private deadChunks: number[] = [];
   private readonly chunkPool: Buffer[] = [];
   private lastReadEnd = -1;
@@ -108,9 +111,16 @@ export class Volume {
     chunkFlushes: 0,
     flushedBytes: 0,
     errors: 0,
+    corruptReads: 0,
   };
 
-  private constructor(readonly info: VolumeInfo, private readonly ctx: VolumeContext, opts: VolumeOpenOptions) {
+  /** The volume's metadata (volume.json) as of open; only the format upgrade changes it. */
+  get info(): VolumeInfo {
+    return this.meta;
+  }
+
+  private constructor(private meta: VolumeInfo, private readonly ctx: VolumeContext, opts: VolumeOpenOptions) {
+    const info = meta;
     this.name = info.name;
     this.size = info.size;
     this.blockSize = info.blockSize;
@@ -195,6 +205,7 @@ export class Volume {
     this.nextChunkId = nextChunk;
 
     if (this.readOnly) return;
+    await this.upgradeFormat();
     for (const key of orphans) await backend.delete(key);
     this.wal = new WalWriter({
       dir: `${dir}/wal`,
@@ -215,6 +226,29 @@ export class Volume {
     }, this.t.flushIntervalMs);
     this.flushTimer.unref();
     if (this.arena.used * bs >= this.t.flushBytes) this.kickFlush();
+  }
+
+  /**
+   * A format 1 volume is rewritten as format 2 before the first format 2 WAL segment
+   * or map log is written, so an older build refuses it (unsupported version) instead
+   * of reading a sync marker as a block. Atomic: temp file, sync, rename, sync dir.
+   */
+  private async upgradeFormat(): Promise<void> {
+    if (this.info.formatVersion >= VOLUME_FORMAT_VERSION) return;
+    const { fileIO, dir, logger } = this.ctx;
+    const next: VolumeInfo = { ...this.info, formatVersion: VOLUME_FORMAT_VERSION };
+    const tmp = `${dir}/volume.json.tmp`;
+    const fd = await fileIO.open(tmp, 'w+');
+    try {
+      await fd.write(encodeVolumeMeta(next), 0);
+      await fd.sync();
+    } finally {
+      await fd.close();
+    }
+    await fileIO.rename(tmp, `${dir}/volume.json`);
+    await fileIO.fsyncDir(dir);
+    logger.info('upgraded volume format', { volume: this.name, from: this.info.formatVersion, to: VOLUME_FORMAT_VERSION });
+    this.meta = next;
   }
 
   // ---------------------------------------------------------------- write path
@@ -486,7 +520,17 @@ export class Volume {
     const ahead = sequential && this.t.readaheadBytes > 0;
     if (runStart >= 0) flushRun(last + 1, ahead);
     else if (ahead) this.startReadahead(last + 1);
-    if (fetches.length > 0) await Promise.all(fetches);
+    if (fetches.length > 0) {
+      // Wait for every fetch, failed or not: `out` may be the kernel's buffer, which
+      // must not be written after our promise settles (and the reply is sent).
+      const results = await Promise.allSettled(fetches);
+      for (const r of results) {
+        if (r.status === 'rejected') {
+          if (isVbfsError(r.reason, 'VBFS_CORRUPT')) this.s.corruptReads++;
+          throw r.reason;
+        }
+      }
+    }
   }
 
   /** Where block b's bytes go: [from, to) within the block, at out[dst]. */
@@ -561,17 +605,34 @@ export class Volume {
     let at = 0;
     for (let b = b0; b < fetchEnd; b++) {
       const seq = seqs[b - b0] as number;
-      let flags: number;
+      let data: Buffer;
+      let base: number;
+      const len = buf.length >= at + 8 ? buf.readUInt32LE(at + 4) : 0;
       try {
-        flags = verifyChunkRecord(buf, at, b, seq, bs, key, start + at);
+        const flags = verifyChunkRecord(buf, at, b, seq, bs, key, start + at);
+        // Raw payloads are used in place in the run buffer: no copy, no allocation per block.
+        data = flags & FLAG_LZ4 ? lz4UncompressSync(buf.subarray(at + RECORD_HEADER, at + RECORD_HEADER + len)) : buf;
+        base = flags & FLAG_LZ4 ? 0 : at + RECORD_HEADER;
+        const got = flags & FLAG_LZ4 ? data.length : len;
+        if (got !== bs) {
+          throw new VbfsError('VBFS_CORRUPT', `chunk object ${key}: record at offset ${start + at} holds ${got} bytes, not one block`, {
+            path: key,
+            offset: start + at,
+            block: b,
+          });
+        }
       } catch (err) {
         this.s.errors++;
-        throw err;
+        // A checksummed payload that LZ4 rejects is damage too (or a bug): never data.
+        const e = isVbfsError(err)
+          ? err
+          : new VbfsError('VBFS_CORRUPT', `chunk object ${key}: record at offset ${start + at} does not decompress: ${(err as Error)?.message ?? String(err)}`, {
+              path: key,
+              offset: start + at,
+              block: b,
+            });
+        throw this.damaged(e, key);
       }
-      const len = buf.readUInt32LE(at + 4);
-      // Raw payloads are used in place in the run buffer: no copy, no allocation per block.
-      const data = flags & FLAG_LZ4 ? lz4UncompressSync(buf.subarray(at + RECORD_HEADER, at + RECORD_HEADER + len)) : buf;
-      const base = flags & FLAG_LZ4 ? 0 : at + RECORD_HEADER;
       if (b < outEnd) {
         const [from, to, dst] = this.clip(b, offset, out.length);
         copyBytes(data, out, dst, base + from, base + to);
@@ -581,6 +642,35 @@ export class Volume {
       at += RECORD_HEADER + len;
     }
     this.processDeadChunks();
+  }
+
+  /**
+   * A record that failed verification: log it once per object and offset (every
+   * read of the block meets it again, and a flood of identical lines would bury
+   * other messages), and mark the error as logged for the callers. The damaged
+   * record is never cached, so each read of it fails the same way.
+   */
+  private damaged(err: unknown, key: string): unknown {
+    if (!isVbfsError(err, 'VBFS_CORRUPT')) return err;
+    const offset = err.details['offset'];
+    const id = `${key}@${String(offset)}`;
+    // Marked as logged in every branch: beyond the limit, one line has said so.
+    err.details['logged'] = true;
+    if (this.damageLogged.has(id)) return err;
+    if (this.damageLogged.size < DAMAGE_LOG_LIMIT) {
+      this.damageLogged.add(id);
+      const file = this.ctx.backend.describe?.(key) ?? key;
+      this.ctx.logger.error(`damaged data in ${file} at offset ${String(offset)}: reads of block ${String(err.details['block'])} fail with an I/O error (${err.message})`, {
+        volume: this.name,
+        file,
+        offset,
+        block: err.details['block'],
+      });
+    } else if (this.damageLogged.size === DAMAGE_LOG_LIMIT) {
+      this.damageLogged.add('(limit)');
+      this.ctx.logger.error(`more than ${DAMAGE_LOG_LIMIT} damaged records in volume '${this.name}': further ones are not logged individually`, { volume: this.name });
+    }
+    return err;
   }
 
   /** The block's current bytes if they are in memory (arena or cache); null if it is Empty. */

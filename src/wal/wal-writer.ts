@@ -1,5 +1,5 @@
 import { VbfsError, ioError, isNoSpace, syncFailed } from '../errors';
-import { encodeRecord, RECORD_HEADER } from '../format/block-record';
+import { encodeRecord, encodeSyncMarker, RECORD_HEADER, SYNC_MARKER_BYTES } from '../format/block-record';
 import { encodeSegmentHeader, SEGMENT_HEADER, WAL_MAGIC } from '../format/segment-header';
 import type { FileHandle, FileIO } from '../io/file-io';
 import type { Logger } from '../store/types';
@@ -61,6 +61,8 @@ interface SyncWaiter {
 export class WalWriter {
   writes = 0;
   syncs = 0;
+  /** Sync markers written (one per completed fdatasync of the open segment; also counted in `writes`). */
+  markers = 0;
   bytes = 0;
   unsyncedBlocks = 0;
   /** Highest seq known durable. Hot blocks at or below it are Pending. */
@@ -79,6 +81,9 @@ export class WalWriter {
   private fd: FileHandle | null = null;
   private fdSeg = -1;
   private fdPos = 0;
+  /** A sync marker, rewritten after every completed fdatasync (see writeSyncMarker). */
+  private readonly marker = Buffer.alloc(SYNC_MARKER_BYTES);
+  private readonly markerScratch = Buffer.alloc(8);
   private tail: Promise<unknown> = Promise.resolve();
   private waiters: SyncWaiter[] = [];
   private syncing = false;
@@ -271,6 +276,25 @@ export class WalWriter {
   }
 
   /**
+   * Record in the segment itself how far it is proven synced: a 40-byte marker
+   * claiming the current end of the file, written right after the fdatasync that
+   * covered it, with no sync of its own (the next sync covers it). It costs one
+   * small write() per fdatasync, never an extra fdatasync. After kill -9 the page
+   * cache keeps it, so all acknowledged bytes are inside the proven range and any
+   * damage to them is reported as corruption; after a power cut it may be lost,
+   * and recovery then relies on an earlier marker (wal-reader.ts).
+   */
+  private async writeSyncMarker(): Promise<void> {
+    const fd = this.fd as FileHandle;
+    encodeSyncMarker(this.marker, 0, this.fdPos, this.markerScratch);
+    await fd.write(this.marker, this.fdPos);
+    this.fdPos += SYNC_MARKER_BYTES;
+    this.writes++;
+    if (this.fdSeg === this.curSeg) this.segBytes += SYNC_MARKER_BYTES; // keeps segments near their size limit
+    this.markers++;
+  }
+
+  /**
    * Resolves when everything appended before this call is durable, or (with
    * `upTo`, a `position` value) everything before that position.
    */
@@ -306,13 +330,23 @@ export class WalWriter {
         await this.enqueue(async () => {
           const captured = this.writtenPos;
           const seq = this.writtenSeq;
-          try {
-            if (this.fd && captured > this.durablePos) {
+          if (this.fd && captured > this.durablePos) {
+            try {
               await this.fd.datasync();
-              this.syncs++;
+            } catch (err) {
+              throw this.fail(syncFailed('WAL fdatasync failed', err));
             }
-          } catch (err) {
-            throw this.fail(syncFailed('WAL fdatasync failed', err));
+            this.syncs++;
+            try {
+              // Before the waiters hear of it: once an fsync is acknowledged, the
+              // page cache holds the marker that proves it.
+              await this.writeSyncMarker();
+            } catch (err) {
+              // Out of space for the marker: the sync itself succeeded, fdPos did not
+              // move (the next batch overwrites what part of the marker was written)
+              // and the next sync writes a marker again. Anything else poisons.
+              if (!isNoSpace(err)) throw this.fail(err);
+            }
           }
           this.markDurable(captured, seq);
         });

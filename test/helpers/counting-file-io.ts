@@ -52,6 +52,10 @@ export class CountingFileIO implements FileIO {
     this.note('rename', from);
     return this.inner.rename(from, to);
   }
+  link(from: string, to: string): Promise<void> {
+    this.note('link', to);
+    return this.inner.link(from, to);
+  }
   unlink(path: string): Promise<void> {
     this.note('unlink', path);
     return this.inner.unlink(path);

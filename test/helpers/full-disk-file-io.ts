@@ -62,6 +62,9 @@ export class FullDiskFileIO implements FileIO {
   rename(from: string, to: string): Promise<void> {
     return this.inner.rename(from, to);
   }
+  link(from: string, to: string): Promise<void> {
+    return this.inner.link(from, to);
+  }
   unlink(path: string): Promise<void> {
     return this.inner.unlink(path);
   }

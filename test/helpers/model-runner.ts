@@ -4,6 +4,7 @@ import type { Volume } from '../../src/store/volume';
 import type { Durability, VolumeTunables } from '../../src/store/types';
 import type { FileIO } from '../../src/io/file-io';
 import { NodeFileIO } from '../../src/io/node-file-io';
+import { crc32c } from '../../src/format/crc32c';
 import { SimFS } from './sim-fs';
 import { Rng, envInt } from './rng';
 import { VolumeModel, firstDiff, randomData, randomRange } from './volume-model';
@@ -43,7 +44,25 @@ export async function runModel(seed: number, ops: number, diskDir: string | null
   await modelRun(seed, ops, diskDir ?? '/store', progress, diskDir !== null ? () => new NodeFileIO() : undefined);
 }
 
-async function modelRun(seed: number, ops: number, dir: string, progress: (msg: string) => void, realIO?: () => FileIO): Promise<void> {
+/**
+ * Run one seed on SimFS and return its op trace (every op with its arguments, and a
+ * digest of the final content). With `otherEngineState` the runner is told the engine
+ * holds pending bytes after every flush, as a slower or differently tuned engine
+ * would: the ops a seed runs must not depend on what the engine reports, or a seed
+ * replayed on another machine (other timing) runs other ops than the one that failed.
+ */
+export async function modelTrace(seed: number, ops: number, otherEngineState: boolean, progress: (msg: string) => void = () => {}): Promise<string[]> {
+  return modelRun(seed, ops, '/store', progress, undefined, otherEngineState ? () => 4096 : undefined);
+}
+
+async function modelRun(
+  seed: number,
+  ops: number,
+  dir: string,
+  progress: (msg: string) => void,
+  realIO?: () => FileIO,
+  pendingBytesOverride?: () => number,
+): Promise<string[]> {
   const rng = new Rng(seed);
   const blockSize = rng.pick([512, 1024, 4096]);
   const blocks = rng.pick([64, 128, 300]);
@@ -79,6 +98,8 @@ async function modelRun(seed: number, ops: number, dir: string, progress: (msg: 
 
   try {
     await body();
+    // The op trace: what ran, not what the engine reported (notes are indented).
+    return [...log.filter((l) => !l.startsWith(' ')), `final content crc32c ${crc32c(model.data).toString(16)}`];
   } finally {
     // After a failure, stop the volume's timers so mocha can exit (and other seeds run).
     if (!finished) await Promise.race([vol.close().catch(() => {}).then(() => store.close()).catch(() => {}), new Promise((r) => setTimeout(r, 2000))]);
@@ -189,7 +210,12 @@ async function modelRun(seed: number, ops: number, dir: string, progress: (msg: 
         case 'flush':
           log.push(`#${i} flush`);
           await guard(vol.flush(), `op #${i} flush`);
-          if (vol.stats().pendingBytes !== 0 && rng.bool(0.01)) log.push(`  pendingBytes after flush: ${vol.stats().pendingBytes}`);
+          {
+            // A note for the failure report, drawn from no RNG: a draw that depends on
+            // the engine's state would make the rest of the seed run other ops.
+            const pending = pendingBytesOverride?.() ?? vol.stats().pendingBytes;
+            if (pending !== 0) log.push(`  pendingBytes after flush: ${pending}`);
+          }
           break;
         case 'reopen': {
           const closeStore = rng.bool(0.5);

@@ -15,13 +15,21 @@ import { Rng } from './rng';
  *    open-create, rename, unlink, mkdir and rmdir change the volatile entries only;
  *    fsyncDir(dir) makes that directory's current entries durable. A file's own
  *    fsync does not make its directory entry durable.
- *  - After a crash, afterCrash(rng) builds what a reboot would find: the durable
- *    namespace from the root down, each file with its durable content plus, at random,
- *    nothing more, or its first unsynced ops in order with the next one torn (a
- *    prefix of a write; where the write extended the file, optionally zeros instead
- *    of the real bytes, like a size update that hit the disk before the data).
- *    Never a hole followed by later data: that would be mid-log corruption, which
- *    the engine is right to refuse.
+ *  - After a crash, afterCrash(rng, mode) builds what a reboot would find: the durable
+ *    namespace from the root down, each file with its durable content plus what the
+ *    TearMode lets survive of its unsynced ops:
+ *    'random' (the default): nothing more, or its first unsynced ops in order with
+ *    the next one torn (a prefix of a write; where the write extended the file,
+ *    optionally zeros instead of the real bytes, like a size update that hit the disk
+ *    before the data). Never a hole followed by later data.
+ *    'reorder': what a real disk can show after a power cut. Writeback sends dirty
+ *    pages in any order and a page write can be torn, so every page (PAGE_BYTES of
+ *    file offsets) of every unsynced write survives whole, as a prefix, or not at all,
+ *    each independently: holes followed by later data, and stale old bytes (or zeros
+ *    where the write extended the file) next to new ones. The file size is anything
+ *    between the durable and the volatile size (the size update and the data reach
+ *    the disk independently). Synced bytes never change; every byte is one that was
+ *    written there at some time, or a zero.
  *
  * It counts every operation per kind and per path, and crashes on a plan:
  * crashAt(n) (the n-th mutating op, see mutatingOps), crashWhen(predicate),
@@ -42,6 +50,7 @@ export type OpKind =
   | 'close'
   | 'readFile'
   | 'rename'
+  | 'link'
   | 'unlink'
   | 'mkdir'
   | 'rmdir'
@@ -79,8 +88,12 @@ export function isCrash(err: unknown): boolean {
 /** What survives of a file's unsynced ops in afterCrash(). */
 export type TearMode =
   | 'random' // per file: nothing, or some unsynced ops in order with the next one torn
+  | 'reorder' // per page of every unsynced write: whole, a prefix, or nothing; any size in between
   | 'none' // only durable content survives
   | 'all'; // every unsynced op survives whole (only the namespace is lost)
+
+/** Writeback granularity of the 'reorder' mode: file offsets are cut into pages of this size. */
+export const PAGE_BYTES = 4096;
 
 type PendingOp = { kind: 'write'; off: number; data: Buffer } | { kind: 'truncate'; len: number };
 
@@ -164,7 +177,7 @@ class DirNode {
 
 type Node = FileNode | DirNode;
 
-const MUTATING = new Set<OpKind>(['write', 'writev', 'datasync', 'sync', 'truncate', 'rename', 'unlink', 'mkdir', 'rmdir', 'fsyncDir']);
+const MUTATING = new Set<OpKind>(['write', 'writev', 'datasync', 'sync', 'truncate', 'rename', 'link', 'unlink', 'mkdir', 'rmdir', 'fsyncDir']);
 
 function fsError(code: string, what: string, p: string): never {
   const err = Object.assign(new Error(`${code}: ${what} '${p}'`), { code });
@@ -262,9 +275,10 @@ export class SimFS implements FileIO {
   /**
    * What a reboot finds after power loss at this moment (freezes this SimFS if it is
    * not already): a new SimFS holding the durable namespace and durable content, plus
-   * per file what `mode` lets survive of its unsynced ops.
+   * per file what `mode` lets survive of its unsynced ops ('reorder': cut into pages
+   * of `pageBytes`).
    */
-  afterCrash(rng: Rng, mode: TearMode = 'random'): SimFS {
+  afterCrash(rng: Rng, mode: TearMode = 'random', pageBytes = PAGE_BYTES): SimFS {
     if (this.frozen === undefined) this.freeze('afterCrash()');
     if (this.inflightSync !== undefined && rng.bool()) this.inflightSync();
     this.inflightSync = undefined;
@@ -284,7 +298,7 @@ export class SimFS implements FileIO {
       const nf = new FileNode();
       copies.set(f, nf);
       const content = f.durable.clone();
-      survive(content, f.pending, rng, mode);
+      survive(content, f.pending, rng, mode, pageBytes);
       nf.data = content;
       nf.durable = content.clone();
       return nf;
@@ -467,6 +481,20 @@ export class SimFS implements FileIO {
     dst.entries.set(path.posix.basename(b), node);
   }
 
+  async link(from: string, to: string): Promise<void> {
+    const a = norm(from);
+    const b = norm(to);
+    await this.enter({ kind: 'link', path: b });
+    const src = this.lookup(a);
+    const dst = this.lookup(path.posix.dirname(b));
+    if (src === undefined) fsError('ENOENT', 'link', a);
+    if (src.type === 'dir') fsError('EPERM', 'link', a);
+    if (dst?.type !== 'dir') fsError('ENOENT', 'link', b);
+    if (dst.entries.has(path.posix.basename(b))) fsError('EEXIST', 'link', b);
+    // A second name for the same inode: like open-create, durable after fsyncDir.
+    dst.entries.set(path.posix.basename(b), src);
+  }
+
   async unlink(p: string): Promise<void> {
     const abs = norm(p);
     await this.enter({ kind: 'unlink', path: abs });
@@ -646,10 +674,14 @@ class SimHandle implements FileHandle {
 }
 
 /** Apply to `content` what survives of a file's unsynced ops (see TearMode). */
-function survive(content: Bytes, pending: readonly PendingOp[], rng: Rng, mode: TearMode): void {
+function survive(content: Bytes, pending: readonly PendingOp[], rng: Rng, mode: TearMode, pageBytes: number): void {
   if (pending.length === 0 || mode === 'none') return;
   if (mode === 'all') {
     for (const op of pending) apply(content, op);
+    return;
+  }
+  if (mode === 'reorder') {
+    reorder(content, pending, rng, pageBytes);
     return;
   }
   if (rng.bool(0.35)) return; // nothing of it reached the disk
@@ -670,6 +702,49 @@ function survive(content: Bytes, pending: readonly PendingOp[], rng: Rng, mode: 
   } else {
     content.write(torn.off, torn.data.subarray(0, keep));
   }
+}
+
+/**
+ * The 'reorder' power cut: each page piece of each unsynced write independently
+ * survives whole, as a prefix (a torn page write), or not at all, leaving what was
+ * there before (durable bytes, an older unsynced write that survived, or zeros).
+ * Pieces are laid down in op order, which covers every order writeback could have
+ * used: a page written back twice shows its newer content, a page written back once,
+ * early, shows the older. A truncate's loss of data reaches the disk or not. Then
+ * the size: anything between the durable and the volatile size, bytes past it lost,
+ * zeros where it grew past the data that arrived.
+ */
+function reorder(content: Bytes, pending: readonly PendingOp[], rng: Rng, pageBytes: number): void {
+  const durableLen = content.len;
+  let volatileLen = durableLen;
+  // Per file, how much of its dirty data made it: a little, half, or nearly all (one
+  // hole in a mostly written log is the case recovery gets wrong most easily).
+  const keep = rng.pick([0.2, 0.5, 0.8]);
+  const torn = 0.1;
+  for (const op of pending) {
+    if (op.kind === 'truncate') {
+      if (op.len < content.len && rng.bool()) content.truncate(op.len);
+      volatileLen = op.len;
+      continue;
+    }
+    const end = op.off + op.data.length;
+    for (let a = op.off; a < end; ) {
+      const b = Math.min(end, (Math.floor(a / pageBytes) + 1) * pageBytes);
+      const r = rng.next();
+      if (r < keep) content.write(a, op.data.subarray(a - op.off, b - op.off));
+      else if (r < keep + torn) {
+        const n = rng.int(b - a);
+        if (n > 0) content.write(a, op.data.subarray(a - op.off, a - op.off + n));
+      }
+      a = b;
+    }
+    volatileLen = Math.max(volatileLen, end);
+  }
+  const lo = Math.min(durableLen, volatileLen);
+  const hi = Math.max(durableLen, volatileLen);
+  const r = rng.next();
+  const size = r < 0.4 ? hi : r < 0.55 ? lo : lo + rng.int(hi - lo + 1);
+  content.truncate(size);
 }
 
 function norm(p: string): string {

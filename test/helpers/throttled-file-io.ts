@@ -45,6 +45,9 @@ export class ThrottledFileIO implements FileIO {
   rename(from: string, to: string): Promise<void> {
     return this.inner.rename(from, to);
   }
+  link(from: string, to: string): Promise<void> {
+    return this.inner.link(from, to);
+  }
   unlink(path: string): Promise<void> {
     return this.inner.unlink(path);
   }

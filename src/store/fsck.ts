@@ -1,0 +1,656 @@
+import { VbfsError, isVbfsError } from '../errors';
+import type { Backend } from '../backend/backend';
+import { chunkKey, chunkPrefix, parseChunkKey } from '../chunk/chunk';
+import { checkRecord, FLAG_LZ4, RECORD_HEADER } from '../format/block-record';
+import { checkFrame } from '../format/frame';
+import { commitEntryOffset, decodeCheckpointHeader, decodeCommit, decodeEntries, decodeMapLogHeader, decodeSyncFrame, entriesEntryOffset, readLocation } from '../format/map-records';
+import { CHUNK_MAGIC, CHUNK_VERSION, decodeSegmentHeader, SEGMENT_HEADER } from '../format/segment-header';
+import { BlockIndex } from '../index/block-index';
+import { MapStore, mapSegmentName, type MapLoad } from '../index/map-store';
+import type { FileIO } from '../io/file-io';
+import { replayWal } from '../wal/wal-reader';
+import { isLockHeld, readLock, VolumeLock } from './lock';
+import type { Logger, VolumeInfo } from './types';
+
+/**
+ * `vbfs fsck`: verify a volume end to end without opening it for writing.
+ *
+ * The engine's own loaders decide what the map and the WAL mean (MapStore.load,
+ * replayWal, read-only), so fsck applies exactly the recovery rules an open would,
+ * including which damage is a torn tail and which is corruption. On top of that it
+ * reads every chunk object once, one at a time (memory: one chunk + the block
+ * index), checks every record's CRC and fields, and matches records and map
+ * entries both ways: every map entry must point at a record of that block and
+ * version inside an existing chunk, and no referenced chunk may hold a newer
+ * version of a block than the map knows.
+ *
+ * Severity: an 'error' is damage (data that was acknowledged may be unreadable, or
+ * the structures disagree); a 'warning' is something the engine cleans up by itself
+ * on the next open and that never held acknowledged data (orphan chunks, a torn
+ * WAL or map log tail, map log segments a checkpoint made redundant).
+ *
+ * `repair` takes the volume lock for the whole run. The check itself is always
+ * read-only; only when it found no error does repair do what an open would do: cut
+ * torn tails (through the same loaders, not read-only), delete map log segments the
+ * checkpoint made redundant, and delete orphan chunks. With any damage it changes
+ * nothing: a damaged map may have lost track of blocks whose only copy is in an
+ * "orphan". An orphan holding a newer version of a block than both the map and the
+ * WAL is itself damage (a lost map commit) and is never deleted. Nothing that fails
+ * a check is ever rewritten.
+ */
+export type FsckSeverity = 'error' | 'warning';
+
+export type FsckProblemKind =
+  | 'chunk-header' // a chunk object's header is damaged or belongs elsewhere
+  | 'bad-record' // a chunk record fails its CRC or length check
+  | 'record-mismatch' // a record and the map disagree (block, seq, length, flags, position)
+  | 'missing-chunk' // the map references a chunk object the backend does not have
+  | 'orphan-chunk' // a chunk object no map entry references (an error if it holds a block's newest version)
+  | 'map' // the map (checkpoint or map log) does not load
+  | 'map-inconsistent' // checkpoint and map log disagree (seq high-water, chunk ids)
+  | 'stale-map-segment' // a map log segment older than the checkpoint (redundant)
+  | 'torn-map-tail' // unsynced tail of the newest map log segment
+  | 'wal' // the WAL does not replay
+  | 'torn-wal-tail'; // unsynced tail of the newest WAL segment
+
+export interface FsckProblem {
+  kind: FsckProblemKind;
+  severity: FsckSeverity;
+  /** Backend key of a chunk object, or the path of a WAL / map file. */
+  object: string;
+  /** Byte offset in `object` (the start of the damaged record or frame), or null for the whole object. */
+  offset: number | null;
+  message: string;
+  /** Set by `repair` when it fixed this one. */
+  repaired?: boolean;
+}
+
+export interface FsckReport {
+  volume: string;
+  id: string;
+  size: number;
+  blockSize: number;
+  /** No problem of any severity. */
+  clean: boolean;
+  errors: number;
+  warnings: number;
+  /** Blocks with a location in a chunk (checkpoint + map log). */
+  mappedBlocks: number;
+  /** Blocks whose newest version is only in the WAL (an open replays them). */
+  walBlocks: number;
+  walRecords: number;
+  walBytes: number;
+  /** mappedBlocks x blockSize: the logical bytes the chunks are meant to hold. */
+  liveBytes: number;
+  /** Bytes of every chunk object on the backend (referenced and orphan). */
+  storedBytes: number;
+  /** storedBytes / liveBytes; null when nothing is mapped. */
+  spaceAmplification: number | null;
+  chunks: number;
+  referencedChunks: number;
+  orphanChunks: number;
+  orphanBytes: number;
+  /** Chunk records whose CRC was checked. */
+  checkedRecords: number;
+  repair: boolean;
+  /** Problems --repair fixed (0 when it found damage: then it changes nothing). */
+  repaired: number;
+  problems: FsckProblem[];
+  /** Problems not listed because there were more than the limit. */
+  problemsOmitted: number;
+}
+
+export interface FsckProgress {
+  phase: 'map' | 'wal' | 'chunks' | 'repair';
+  done: number;
+  total: number;
+}
+
+export interface FsckOptions {
+  repair?: boolean;
+  onProgress?: (p: FsckProgress) => void;
+  /** Problems listed in the report (the counts always include all); default 10000. */
+  maxProblems?: number;
+}
+
+export interface FsckContext {
+  info: VolumeInfo;
+  dir: string; // <store>/volumes/<name>
+  fileIO: FileIO;
+  backend: Backend;
+  logger: Logger;
+}
+
+/** Map entries checked one by one in a chunk whose records did not all match the map. */
+const MAX_ENTRIES_PER_SUSPECT_CHUNK = 1000;
+
+export async function fsckVolume(ctx: FsckContext, opts: FsckOptions = {}): Promise<FsckReport> {
+  const { info, dir, fileIO } = ctx;
+  const lockPath = `${dir}/LOCK`;
+  const repair = opts.repair === true;
+  let lock: VolumeLock | null = null;
+  if (repair) {
+    lock = await VolumeLock.acquire(fileIO, lockPath, `volume '${info.name}'`);
+  } else {
+    await refuseIfOpen(fileIO, lockPath, info.name, 'fsck needs it closed (unmount it first)');
+  }
+  try {
+    const report = await new Fsck(ctx, repair, opts).run();
+    // A read-only check raced a writer that opened the volume meanwhile: what it
+    // read may be a mix of before and after, so it proves nothing.
+    if (!repair) await refuseIfOpen(fileIO, lockPath, info.name, 'it was opened while fsck ran, so the result is not reliable: run fsck again once it is closed');
+    return report;
+  } finally {
+    await lock?.release();
+  }
+}
+
+async function refuseIfOpen(fileIO: FileIO, lockPath: string, name: string, why: string): Promise<void> {
+  const holder = await readLock(fileIO, lockPath);
+  if (holder && isLockHeld(fileIO, holder, lockPath)) {
+    throw new VbfsError('VBFS_LOCKED', `volume '${name}' is open for writing by process ${holder.pid} on ${holder.host}: ${why}`, { path: lockPath, pid: holder.pid });
+  }
+}
+
+class Fsck {
+  private readonly r: FsckReport;
+  private readonly bs: number;
+  private readonly blockCount: number;
+  private readonly index: BlockIndex;
+  private readonly max: number;
+  private readonly progress: (p: FsckProgress) => void;
+  /**
+   * Newest WAL seq of each block the WAL holds newer than the map (bounded by what
+   * a volume keeps unflushed: its write buffer).
+   */
+  private readonly walSeq = new Map<number, number>();
+  private readonly orphans: string[] = [];
+
+  constructor(private readonly ctx: FsckContext, private readonly repair: boolean, opts: FsckOptions) {
+    const { info } = ctx;
+    this.bs = info.blockSize;
+    this.blockCount = info.size / info.blockSize;
+    this.index = new BlockIndex(this.blockCount);
+    this.max = opts.maxProblems ?? 10_000;
+    this.progress = opts.onProgress ?? (() => undefined);
+    this.r = {
+      volume: info.name,
+      id: info.id,
+      size: info.size,
+      blockSize: info.blockSize,
+      clean: true,
+      errors: 0,
+      warnings: 0,
+      mappedBlocks: 0,
+      walBlocks: 0,
+      walRecords: 0,
+      walBytes: 0,
+      liveBytes: 0,
+      storedBytes: 0,
+      spaceAmplification: null,
+      chunks: 0,
+      referencedChunks: 0,
+      orphanChunks: 0,
+      orphanBytes: 0,
+      checkedRecords: 0,
+      repair,
+      repaired: 0,
+      problems: [],
+      problemsOmitted: 0,
+    };
+  }
+
+  private add(p: FsckProblem): FsckProblem {
+    if (p.severity === 'error') this.r.errors++;
+    else this.r.warnings++;
+    this.r.clean = false;
+    if (this.r.problems.length < this.max) this.r.problems.push(p);
+    else this.r.problemsOmitted++;
+    return p;
+  }
+
+  /** A loader's CORRUPT error becomes a problem; anything else (I/O, a bug) aborts fsck. */
+  private fromError(kind: FsckProblemKind, err: unknown, fallbackObject: string): void {
+    if (!isVbfsError(err, 'VBFS_CORRUPT')) throw err;
+    const d = err.details;
+    this.add({
+      kind,
+      severity: 'error',
+      object: typeof d['path'] === 'string' ? d['path'] : fallbackObject,
+      offset: typeof d['offset'] === 'number' ? d['offset'] : null,
+      message: err.message,
+    });
+  }
+
+  private torn(kind: 'torn-map-tail' | 'torn-wal-tail', object: string, offset: number, what: string): void {
+    this.add({
+      kind,
+      severity: 'warning',
+      object,
+      offset,
+      message: `torn tail: ${what}; never acknowledged, so the next open (or fsck --repair) cuts it`,
+    });
+  }
+
+  /**
+   * MapStore.load reports the torn tail it cuts (or would cut, read-only) only as a
+   * warning naming the file: collect it. Everything else it logs goes to debug.
+   */
+  private mapLogger(): Logger {
+    const base = this.ctx.logger;
+    return {
+      error: (m, meta) => base.error(m, meta),
+      info: (m, meta) => base.debug(m, meta),
+      debug: (m, meta) => base.debug(m, meta),
+      warn: (m, meta) => {
+        const file = meta?.['file'];
+        if (typeof file !== 'string') return base.warn(m, meta);
+        const offset = typeof meta?.['offset'] === 'number' ? meta['offset'] : 0;
+        const bytes = typeof meta?.['bytes'] === 'number' ? `${meta['bytes']} bytes, ` : '';
+        const proven = typeof meta?.['provenSynced'] === 'number' ? `, proven synced up to offset ${meta['provenSynced']}` : '';
+        this.torn('torn-map-tail', file, offset, `${bytes}${m}${proven}`);
+      },
+    };
+  }
+
+  async run(): Promise<FsckReport> {
+    const mapOk = await this.checkMap();
+    await this.checkWal();
+    await this.checkChunks(mapOk);
+    if (this.repair && this.r.errors === 0 && this.r.warnings > 0) await this.doRepair();
+    const r = this.r;
+    r.liveBytes = r.mappedBlocks * this.bs;
+    r.spaceAmplification = r.liveBytes > 0 ? Math.round((r.storedBytes / r.liveBytes) * 1000) / 1000 : null;
+    return r;
+  }
+
+  // ------------------------------------------------------------------ map
+
+  /** Load the map the way an open does, then check checkpoint and log against each other. True if it loaded. */
+  private async checkMap(): Promise<boolean> {
+    const { fileIO, dir, info } = this.ctx;
+    this.progress({ phase: 'map', done: 0, total: 1 });
+    const map = new MapStore(fileIO, `${dir}/map`, info.id, this.mapLogger(), () => undefined);
+    let loaded: MapLoad | null = null;
+    try {
+      await this.crossCheckMap();
+      loaded = await map.load(this.index, true);
+    } catch (err) {
+      this.fromError('map', err, `${dir}/map`);
+    } finally {
+      await map.close();
+    }
+    this.progress({ phase: 'map', done: 1, total: 1 });
+    if (!loaded) return false;
+    this.r.mappedBlocks = this.index.countPersisted();
+    return true;
+  }
+
+  /**
+   * What MapStore.load does not check because a running volume never needs it:
+   * the checkpoint's seq high-water and next chunk id cover its entries, and the
+   * log after it commits chunks in increasing id order, each above the checkpoint's
+   * next chunk id, with every entry naming the chunk of its commit. Damaged frames
+   * are left to load(), which knows which of them are torn tails.
+   */
+  private async crossCheckMap(): Promise<void> {
+    const { fileIO, dir } = this.ctx;
+    const mapDir = `${dir}/map`;
+    const ckPath = `${mapDir}/checkpoint`;
+    let firstSeg = 1;
+    let nextChunk = 1;
+    if (await fileIO.stat(ckPath)) {
+      const buf = await fileIO.readFile(ckPath);
+      const first = checkFrame(buf, 0);
+      const h = first.ok ? decodeCheckpointHeader(first.payload) : null;
+      if (!first.ok || !h) return;
+      firstSeg = h.mapSegment;
+      nextChunk = h.nextChunkId;
+      for (let off = first.end; ; ) {
+        const f = checkFrame(buf, off);
+        if (!f.ok) break;
+        const count = decodeEntries(f.payload);
+        if (count === null) break;
+        for (let i = 0; i < count; i++) {
+          const l = readLocation(f.payload, entriesEntryOffset(i));
+          if (l.seq > h.seq || l.chunkId >= h.nextChunkId) {
+            this.add({
+              kind: 'map-inconsistent',
+              severity: 'error',
+              object: ckPath,
+              offset: off,
+              message: `checkpoint entry for block ${l.block} (seq ${l.seq}, chunk ${l.chunkId}) is above the checkpoint's own high-water (seq ${h.seq}, next chunk ${h.nextChunkId})`,
+            });
+            break;
+          }
+        }
+        off = f.end;
+      }
+    }
+    const nums = (await fileIO.readdir(mapDir))
+      .filter((n) => /^[0-9a-f]{16}\.log$/.test(n))
+      .map((n) => parseInt(n.slice(0, 16), 16))
+      .sort((a, b) => a - b);
+    let lastChunk = nextChunk - 1;
+    for (const n of nums) {
+      const path = `${mapDir}/${mapSegmentName(n)}`;
+      if (n < firstSeg) {
+        this.add({
+          kind: 'stale-map-segment',
+          severity: 'warning',
+          object: path,
+          offset: null,
+          message: `map log segment ${n} is older than the checkpoint (which starts at segment ${firstSeg}): redundant, the next open (or fsck --repair) deletes it`,
+        });
+        continue;
+      }
+      const buf = await fileIO.readFile(path);
+      const first = checkFrame(buf, 0);
+      if (!first.ok || !decodeMapLogHeader(first.payload)) continue;
+      for (let off = first.end; off < buf.length; ) {
+        const f = checkFrame(buf, off);
+        if (f.ok && decodeSyncFrame(f.payload) !== null) {
+          off = f.end; // a sync frame (map log version 2): load() checks its claim
+          continue;
+        }
+        const c = f.ok ? decodeCommit(f.payload) : null;
+        if (!f.ok || !c) break;
+        const why =
+          c.chunkId <= lastChunk
+            ? `commits chunk ${c.chunkId} after chunk ${lastChunk} (chunk ids only grow${lastChunk === nextChunk - 1 ? `; the checkpoint's next chunk id is ${nextChunk}` : ''})`
+            : null;
+        const foreign = Array.from({ length: c.count }, (_, i) => readLocation(f.payload, commitEntryOffset(i))).find((l) => l.chunkId !== c.chunkId);
+        if (why || foreign) {
+          this.add({
+            kind: 'map-inconsistent',
+            severity: 'error',
+            object: path,
+            offset: off,
+            message: `map log commit ${why ?? `of chunk ${c.chunkId} holds an entry for block ${foreign?.block} in chunk ${foreign?.chunkId}`}`,
+          });
+        }
+        if (c.chunkId > lastChunk) lastChunk = c.chunkId;
+        off = f.end;
+      }
+    }
+  }
+
+  // ------------------------------------------------------------------ WAL
+
+  /** Replay the WAL with the engine's own reader; blocks newer than the map are marked in the index. */
+  private async checkWal(): Promise<void> {
+    const { fileIO, dir, info } = this.ctx;
+    const walDir = `${dir}/wal`;
+    this.progress({ phase: 'wal', done: 0, total: 1 });
+    for (const n of await fileIO.readdir(walDir)) {
+      if (n.endsWith('.wal')) this.r.walBytes += (await fileIO.stat(`${walDir}/${n}`))?.size ?? 0;
+    }
+    let beyond = 0;
+    let firstBeyond = -1;
+    try {
+      // Its cut warnings go to debug: the cuts come back in the result.
+      const base = this.ctx.logger;
+      const quiet: Logger = { error: (m, meta) => base.error(m, meta), warn: (m, meta) => base.debug(m, meta), info: (m, meta) => base.debug(m, meta), debug: (m, meta) => base.debug(m, meta) };
+      const replay = await replayWal(fileIO, walDir, info.id, this.bs, true, quiet, (h) => {
+        if (h.block >= this.blockCount) {
+          if (beyond++ === 0) firstBeyond = h.block;
+          return;
+        }
+        if (h.seq > this.index.persistedSeq(h.block)) this.walSeq.set(h.block, h.seq);
+      });
+      this.r.walRecords = replay.records;
+      for (const c of replay.cuts) {
+        const what =
+          c.offset === 0
+            ? `the segment's header is damaged (${c.reason}) and no sync was ever proven in it: the whole segment (${c.bytes} bytes, ${c.records} records) goes`
+            : `${c.bytes} bytes from here (damaged: ${c.reason}; ${c.records} valid records among them) lie after offset ${c.provenSynced}, the last one a completed fdatasync covered`;
+        this.torn('torn-wal-tail', c.path, c.offset, what);
+      }
+    } catch (err) {
+      this.fromError('wal', err, walDir);
+    }
+    if (beyond > 0) {
+      // Volume.open refuses these; replayWal itself does not know the volume size.
+      this.add({ kind: 'wal', severity: 'error', object: walDir, offset: null, message: `${beyond} WAL record(s) for blocks beyond the end of the volume (first: block ${firstBeyond})` });
+    }
+    this.r.walBlocks = this.walSeq.size;
+    this.progress({ phase: 'wal', done: 1, total: 1 });
+  }
+
+  // ------------------------------------------------------------------ chunks
+
+  private async checkChunks(mapOk: boolean): Promise<void> {
+    const { backend, info } = this.ctx;
+    const keys = await backend.list(chunkPrefix(info.id));
+    const present = new Set<number>();
+    const orphans: { key: string; bytes: number }[] = [];
+    /** Chunks where some map entry did not meet its record during the walk. */
+    const suspects = new Map<number, Map<number, FsckProblem>>();
+    let done = 0;
+    for (const key of keys) {
+      this.progress({ phase: 'chunks', done: done++, total: keys.length });
+      const id = parseChunkKey(info.id, key);
+      if (id === null) continue; // not a chunk object name (none are written under this prefix)
+      present.add(id);
+      const buf = await backend.get(key);
+      this.r.chunks++;
+      this.r.storedBytes += buf.length;
+      const refs = mapOk ? (this.index.chunkRefs.get(id) ?? 0) : -1;
+      if (refs === 0) {
+        orphans.push({ key, bytes: buf.length });
+        this.checkOrphan(buf, key);
+        continue;
+      }
+      if (refs > 0) this.r.referencedChunks++;
+      const walk = this.walkChunk(buf, key, id, mapOk);
+      if (mapOk && walk.matched !== refs) suspects.set(id, walk.damaged);
+    }
+    this.progress({ phase: 'chunks', done: keys.length, total: keys.length });
+
+    if (mapOk) {
+      for (const [id, refs] of this.index.chunkRefs) {
+        if (refs > 0 && !present.has(id)) {
+          this.add({
+            kind: 'missing-chunk',
+            severity: 'error',
+            object: chunkKey(info.id, id),
+            offset: null,
+            message: `chunk object is missing from the backend but the map points ${refs} block(s) into it: their data is lost`,
+          });
+        }
+      }
+      if (suspects.size > 0) await this.checkSuspects(suspects);
+    }
+
+    this.r.orphanChunks = orphans.length;
+    for (const o of orphans) this.r.orphanBytes += o.bytes;
+  }
+
+  /**
+   * An unreferenced chunk is redundant when the map or the WAL has every block in
+   * it at the same or a newer version: it was superseded, or its flush crashed
+   * before the map commit (the WAL is reclaimed only after the commit, so it still
+   * holds the data). A record newer than both means the map lost a commit: the
+   * orphan holds the only copy of that version, and it is damage, not garbage.
+   */
+  private checkOrphan(buf: Buffer, key: string): void {
+    const bs = this.bs;
+    let newest = 0;
+    let example = '';
+    for (let off = SEGMENT_HEADER; off < buf.length; ) {
+      const c = checkRecord(buf, off, buf.length, bs);
+      if (!c.ok) break; // a damaged record in a redundant object harms nothing; stop here
+      const { block, seq } = c.header;
+      if (block < this.blockCount && seq > this.index.persistedSeq(block) && seq > (this.walSeq.get(block) ?? 0)) {
+        if (newest++ === 0) example = `block ${block} seq ${seq} at offset ${off}`;
+      }
+      off = c.end;
+    }
+    if (newest > 0) {
+      this.add({
+        kind: 'orphan-chunk',
+        severity: 'error',
+        object: key,
+        offset: null,
+        message: `chunk object is not referenced by the map, yet holds the newest version of ${newest} block(s) (first: ${example}), newer than the map and the WAL: a map commit was lost; kept`,
+      });
+      return;
+    }
+    this.orphans.push(key);
+    this.add({
+      kind: 'orphan-chunk',
+      severity: 'warning',
+      object: key,
+      offset: null,
+      message: `chunk object (${buf.length} bytes) is not referenced by the map and every block in it has a newer or equal version in the map or the WAL (superseded, or left by a flush that crashed before its map commit): the next open (or fsck --repair) deletes it`,
+    });
+  }
+
+  /**
+   * Only after a check that found no damage: what an open would do, with the
+   * engine's own loaders (now not read-only) and the orphans just proven redundant.
+   */
+  private async doRepair(): Promise<void> {
+    const { fileIO, dir, info, backend, logger } = this.ctx;
+    const steps = 3 + this.orphans.length;
+    let done = 0;
+    this.progress({ phase: 'repair', done: done++, total: steps });
+    const quiet: Logger = { error: (m, meta) => logger.error(m, meta), warn: (m, meta) => logger.info(m, meta), info: (m, meta) => logger.debug(m, meta), debug: (m, meta) => logger.debug(m, meta) };
+    const map = new MapStore(fileIO, `${dir}/map`, info.id, quiet, () => undefined);
+    try {
+      await map.load(new BlockIndex(this.blockCount), false); // cuts a torn tail, deletes stale segments
+    } finally {
+      await map.close();
+    }
+    this.progress({ phase: 'repair', done: done++, total: steps });
+    await replayWal(fileIO, `${dir}/wal`, info.id, this.bs, false, quiet, () => undefined); // cuts a torn tail
+    this.progress({ phase: 'repair', done: done++, total: steps });
+    for (const key of this.orphans) {
+      await backend.delete(key);
+      this.progress({ phase: 'repair', done: done++, total: steps });
+    }
+    for (const p of this.r.problems) {
+      if (p.severity === 'warning') p.repaired = true;
+    }
+    this.r.repaired = this.r.warnings;
+  }
+
+  /**
+   * Every record of one chunk: CRC, header fields, and agreement with the map.
+   * Returns how many map entries met their record here, and the damaged records by offset.
+   */
+  private walkChunk(buf: Buffer, key: string, id: number, mapOk: boolean): { matched: number; damaged: Map<number, FsckProblem> } {
+    const bs = this.bs;
+    const ix = this.index;
+    const damaged = new Map<number, FsckProblem>();
+    const err = (kind: FsckProblemKind, offset: number | null, message: string): FsckProblem => this.add({ kind, severity: 'error', object: key, offset, message });
+    const h = decodeSegmentHeader(buf, CHUNK_MAGIC);
+    if (!h) {
+      err('chunk-header', 0, 'chunk header is damaged (bad magic or CRC)');
+    } else if (h.volumeId !== this.ctx.info.id || h.blockSize !== bs || h.number !== id || h.version !== CHUNK_VERSION) {
+      err('chunk-header', 0, `chunk header names volume ${h.volumeId}, chunk ${h.number}, block size ${h.blockSize}, version ${h.version}; expected ${this.ctx.info.id}, ${id}, ${bs}, ${CHUNK_VERSION}`);
+    }
+    let matched = 0;
+    let records = 0;
+    let maxSeq = 0;
+    let off = SEGMENT_HEADER;
+    while (off < buf.length) {
+      const c = checkRecord(buf, off, buf.length, bs);
+      if (!c.ok) {
+        const next = nextRecord(buf, off, bs, c.reason === 'bad-crc');
+        const p = err(
+          'bad-record',
+          off,
+          `block record is damaged (${c.reason})` + (next < 0 ? `; nothing valid follows in the last ${buf.length - off} bytes` : `; the next valid record starts at offset ${next}`),
+        );
+        damaged.set(off, p);
+        if (next < 0) break;
+        off = next;
+        continue;
+      }
+      const { block, seq, len, flags, rawLen } = c.header;
+      records++;
+      if (seq > maxSeq) maxSeq = seq;
+      if (rawLen !== bs || (flags & ~FLAG_LZ4) !== 0 || block >= this.blockCount || (flags === 0 && len !== bs)) {
+        err('record-mismatch', off, `record for block ${block} seq ${seq} has invalid fields (len ${len}, flags ${flags}, raw length ${rawLen}; volume has ${this.blockCount} blocks of ${bs})`);
+      } else if (mapOk && ix.persistedChunk(block) === id && ix.persistedOff(block) === off && ix.persistedSeq(block) > 0) {
+        const l = ix.location(block);
+        if (l && l.seq === seq && l.len === len && l.flags === flags) matched++;
+        // A disagreement here is reported by checkSuspects, once per map entry.
+      } else if (mapOk && seq > ix.persistedSeq(block)) {
+        err('record-mismatch', off, `record holds block ${block} seq ${seq}, newer than the map's version of that block (seq ${ix.persistedSeq(block)}): a map commit is missing`);
+      }
+      off = c.end;
+    }
+    this.r.checkedRecords += records;
+    if (h && damaged.size === 0) {
+      if (h.count !== records) err('chunk-header', 0, `chunk header says ${h.count} records, the object holds ${records}`);
+      else if (h.maxSeq !== maxSeq) err('chunk-header', 0, `chunk header says max seq ${h.maxSeq}, the records' highest is ${maxSeq}`);
+    }
+    return { matched, damaged };
+  }
+
+  /**
+   * Chunks where the walk did not meet every map entry: check each entry pointing
+   * into them (one pass over the index, then one read per chunk) and say which
+   * block is affected and why. A damaged record already reported gets the block
+   * named on its own line rather than a second line.
+   */
+  private async checkSuspects(suspects: Map<number, Map<number, FsckProblem>>): Promise<void> {
+    const { backend, info } = this.ctx;
+    const entries = new Map<number, { block: number; seq: number; off: number; len: number; flags: number }[]>();
+    const over = new Map<number, number>();
+    this.index.forEachPersisted((block, seq, chunk, off, len, flags) => {
+      if (!suspects.has(chunk)) return;
+      let list = entries.get(chunk);
+      if (!list) entries.set(chunk, (list = []));
+      if (list.length < MAX_ENTRIES_PER_SUSPECT_CHUNK) list.push({ block, seq, off, len, flags });
+      else over.set(chunk, (over.get(chunk) ?? 0) + 1);
+    });
+    for (const [id, list] of entries) {
+      const key = chunkKey(info.id, id);
+      const damaged = suspects.get(id) as Map<number, FsckProblem>;
+      const buf = await backend.get(key);
+      for (const e of list) {
+        const lost = `the map's version of block ${e.block} (seq ${e.seq})`;
+        const known = damaged.get(e.off);
+        if (known) {
+          known.message += `; it holds ${lost}: that block cannot be read`;
+          continue;
+        }
+        const mismatch = (message: string): void => {
+          this.add({ kind: 'record-mismatch', severity: 'error', object: key, offset: e.off, message });
+        };
+        if (e.off < SEGMENT_HEADER || e.off + RECORD_HEADER + e.len > buf.length) {
+          mismatch(`the map points block ${e.block} (seq ${e.seq}) at offset ${e.off} length ${e.len}, past the end of the object (${buf.length} bytes)`);
+          continue;
+        }
+        const c = checkRecord(buf, e.off, buf.length, this.bs);
+        if (!c.ok) {
+          mismatch(`the map points block ${e.block} (seq ${e.seq}) here, but no valid record starts at this offset (${c.reason})`);
+        } else if (c.header.block !== e.block || c.header.seq !== e.seq || c.header.len !== e.len || c.header.flags !== e.flags) {
+          const got = c.header;
+          mismatch(`record holds block ${got.block} seq ${got.seq} len ${got.len} flags ${got.flags}; the map expects block ${e.block} seq ${e.seq} len ${e.len} flags ${e.flags}`);
+        }
+      }
+      const more = over.get(id);
+      if (more) this.add({ kind: 'record-mismatch', severity: 'error', object: key, offset: null, message: `${more} more map entries into this chunk were not checked one by one` });
+    }
+  }
+}
+
+/**
+ * Where to resume after a damaged record: if only the CRC failed, the length field
+ * is probably right, so try just past it; otherwise scan for the next offset where
+ * a valid record starts. -1 if none.
+ */
+function nextRecord(buf: Buffer, off: number, blockSize: number, trustLength: boolean): number {
+  if (trustLength) {
+    const end = off + RECORD_HEADER + buf.readUInt32LE(off + 4);
+    if (end === buf.length || (end < buf.length && checkRecord(buf, end, buf.length, blockSize).ok)) return end;
+  }
+  for (let at = off + 1; at + RECORD_HEADER <= buf.length; at++) {
+    if (checkRecord(buf, at, buf.length, blockSize).ok) return at;
+  }
+  return -1;
+}

@@ -1,0 +1,29 @@
+/**
+ * A `create` in its own process for test/store-tmp.test.ts: it stops just before
+ * renaming its temp directory into place, says so, and goes on when told.
+ */
+import { Store } from '../../src/store/store';
+
+const dir = process.argv[2]!;
+const send = (m: unknown): void => {
+  process.send?.(m);
+};
+
+(async () => {
+  const store = await Store.open(dir, {
+    failpoint: async (name) => {
+      if (name !== 'create:beforeRename') return;
+      send({ type: 'paused' });
+      await new Promise<void>((resolve) => process.once('message', () => resolve()));
+    },
+  });
+  try {
+    await store.createVolume('v', { size: 1 << 20 });
+    send({ type: 'result', ok: true });
+  } catch (err) {
+    send({ type: 'result', ok: false, message: (err as Error).message });
+  } finally {
+    await store.close();
+    process.disconnect();
+  }
+})();
