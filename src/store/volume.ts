@@ -34,6 +34,7 @@ export const DEFAULT_TUNABLES: VolumeTunables = {
   checkpointBytes: 16 * MiB,
   readaheadBytes: 1 * MiB,
   noSpaceRetryMs: 1000,
+  idleTrimMs: 30_000,
 };
 
 /** One batch buffer of the WAL: records accumulate here between write() calls. */
@@ -59,6 +60,8 @@ export interface VolumeContext {
   backend: Backend;
   logger: Logger;
   failpoint: Failpoint;
+  /** Called once when the volume has closed (the store rebalances its memory budget). */
+  onClose?: () => void;
 }
 
 /**
@@ -89,6 +92,8 @@ export class Volume {
   /** The last flush failed for lack of space; retried every noSpaceRetryMs (not a failure). */
   private diskFull: VbfsError | null = null;
   private diskFullTimer: NodeJS.Timeout | null = null;
+  private idleTimer: NodeJS.Timeout | null = null;
+  private lastIo = performance.now();
   private writeTail: Promise<void> | null = null;
   private flushRun: Promise<void> | null = null;
   private flushAgain = false;
@@ -145,14 +150,40 @@ export class Volume {
    */
   static async open(info: VolumeInfo, ctx: VolumeContext, opts: VolumeOpenOptions = {}): Promise<Volume> {
     const v = new Volume(info, ctx, opts);
+    v.idleTimer = setInterval(() => v.trimIfIdle(), Math.max(10, Math.min(v.t.idleTrimMs, 5000)));
+    v.idleTimer.unref();
     if (!v.readOnly) v.lock = await VolumeLock.acquire(ctx.fileIO, `${ctx.dir}/LOCK`, `volume '${info.name}'`);
     try {
       await v.recover();
     } catch (err) {
+      if (v.idleTimer) clearInterval(v.idleTimer);
       await v.lock?.release().catch(() => undefined);
       throw err;
     }
     return v;
+  }
+
+  /**
+   * This volume's share of the store's memory budget: its write buffer and read
+   * cache hold at most this much (and at most their own tunables) from now on.
+   */
+  setMemoryShare(bytes: number): void {
+    const write = Math.min(this.t.writeBufferBytes, Math.floor(bytes * 0.8));
+    this.arena.setLimit(Math.floor(write / this.blockSize));
+    this.cache.setLimit(Math.min(this.t.cacheBytes, bytes - write));
+  }
+
+  /** Bytes held by the write buffer and the read cache (what the memory budget counts). */
+  get memoryBytes(): number {
+    return this.arena.bytes + this.cache.slabBytes;
+  }
+
+  /** No I/O for idleTrimMs and nothing left to flush: give the buffers back. */
+  private trimIfIdle(): void {
+    if (this.closed || performance.now() - this.lastIo < this.t.idleTrimMs || this.flushRun || this.readsInFlight > 0) return;
+    if (this.arena.used === 0) this.arena.trim();
+    this.cache.trim();
+    this.chunkPool.length = 0;
   }
 
   private async recover(): Promise<void> {
@@ -268,6 +299,7 @@ export class Volume {
       return Promise.reject(err);
     }
     if (data.length === 0) return RESOLVED;
+    this.lastIo = performance.now();
     this.s.writes++;
     this.s.writeBytes += data.length;
     // Fast path (the usual case behind FUSE, which sends one write at a time): no
@@ -483,6 +515,7 @@ export class Volume {
     this.checkRange(offset, length);
     this.s.reads++;
     this.s.readBytes += length;
+    this.lastIo = performance.now();
     if (length === 0) return;
     const bs = this.blockSize;
     const first = Math.floor(offset / bs);
@@ -842,7 +875,7 @@ export class Volume {
    * being written, and the wait for room stays one (small) wave.
    */
   private waveChunks(perChunk: number): number {
-    return Math.max(1, Math.min(FLUSH_WAVE, Math.floor(this.arena.capacity / 4 / perChunk)));
+    return Math.max(1, Math.min(FLUSH_WAVE, Math.floor(this.arena.limitSlots / 4 / perChunk)));
   }
 
   /** Slots holding the current version of their block, pinned, in block order. */
@@ -990,6 +1023,7 @@ export class Volume {
   private async doClose(): Promise<void> {
     if (this.flushTimer) clearInterval(this.flushTimer);
     if (this.diskFullTimer) clearTimeout(this.diskFullTimer);
+    if (this.idleTimer) clearInterval(this.idleTimer);
     if (this.batchTimer) clearTimeout(this.batchTimer);
     try {
       if (!this.readOnly && !this.failed) {
@@ -1010,6 +1044,7 @@ export class Volume {
       await this.wal?.close();
       await this.map.close().catch(() => undefined);
       await this.lock?.release().catch(() => undefined);
+      this.ctx.onClose?.();
     }
   }
 
