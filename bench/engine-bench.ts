@@ -8,6 +8,10 @@
  *  3. WAL write calls and syncs per block, counted by the file layer (bench/slow-file-io.ts).
  *  4. Bytes allocated per block written in steady state (process.memoryUsage deltas).
  *  5. Peak RSS while writing 4 GiB (--rss-size), against the configured memory bound.
+ *  6. Slow disk write latency: the whole store on a disk throttled to 4 MB/s
+ *     (--slow-disk-mbps), async durability, sequential 128 KiB writes of 4x the
+ *     write buffer; p50/p99/max of each write's latency (the steady state of a
+ *     writer that outruns the disk: how long does one write wait for the flusher?).
  *
  * One writer awaits each write in turn (the shape of the reference's loop and of
  * the kernel's one-write-at-a-time FUSE requests).
@@ -197,6 +201,66 @@ async function slowDevice(scratch: string, mode: Durability, delayMs: number, se
   }
 }
 
+interface SlowDiskRow {
+  mbps: number;
+  writeBufferMiB: number;
+  writeKiB: number;
+  writtenMiB: number;
+  seconds: number;
+  mibps: number;
+  p50ms: number;
+  p99ms: number;
+  maxMs: number;
+  /** seconds the throttled disk needs to write the whole write buffer once */
+  bufferAtDiskSpeedS: number;
+}
+
+/**
+ * A writer that outruns a slow disk: the store's FileIO (WAL, chunk objects, map)
+ * shares one throttled bandwidth, like a store on an SD card or a throttled loop
+ * device. Every write is timed; what matters is the tail: a FUSE write that waits
+ * for a whole write buffer to reach the disk hits the kernel's hung-task timer.
+ */
+async function slowDiskLatency(scratch: string, mbps: number, writeBufferBytes: number, writeSize: number): Promise<SlowDiskRow> {
+  const dir = path.join(scratch, 'slow-disk');
+  fs.rmSync(dir, { recursive: true, force: true });
+  const io = new SlowFileIO(0);
+  const store = await Store.open(dir, { fileIO: io });
+  await store.createVolume('v', { size: 8 * writeBufferBytes, durability: 'async' });
+  const vol = await store.openVolume('v', { writeBufferBytes });
+  io.writeBytesPerSec = mbps * 1e6;
+  const total = 4 * writeBufferBytes;
+  const lat = new Float64Array(total / writeSize);
+  try {
+    const buf = Buffer.alloc(writeSize, 0x42);
+    const t0 = performance.now();
+    let lastLog = t0;
+    for (let i = 0; i < lat.length; i++) {
+      buf.writeUInt32LE(i, 0);
+      const s = performance.now();
+      await vol.write(i * writeSize, buf);
+      const e = performance.now();
+      lat[i] = e - s;
+      if (e - lastLog > 10_000) {
+        lastLog = e;
+        log(`  slow disk: ${Math.round(((i + 1) * writeSize) / MiB)} of ${total / MiB} MiB written`);
+      }
+    }
+    const seconds = (performance.now() - t0) / 1000;
+    const sorted = lat.slice().sort();
+    return {
+      mbps, writeBufferMiB: writeBufferBytes / MiB, writeKiB: writeSize / KiB, writtenMiB: total / MiB, seconds, mibps: total / MiB / seconds,
+      p50ms: percentile(sorted, 50), p99ms: percentile(sorted, 99), maxMs: sorted[sorted.length - 1] as number,
+      bufferAtDiskSpeedS: writeBufferBytes / (mbps * 1e6),
+    };
+  } finally {
+    io.writeBytesPerSec = 0; // close flushes what is left at full speed: not measured
+    await vol.close();
+    await store.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 interface AllocRow {
   blocks: number;
   /** Buffer.alloc/allocUnsafe/allocUnsafeSlow/concat/from calls and bytes, counted by wrapping them */
@@ -375,6 +439,9 @@ async function main(): Promise<void> {
     .option('relaxed-every', { type: 'number', default: 1024, describe: 'relaxed mode: fsync every N blocks (1024 x 4 KiB = the reference loop\'s 4 MB flush)' })
     .option('alloc-blocks', { type: 'number', default: 20_000 })
     .option('rss-size', { type: 'string', describe: 'bytes to write for the peak-RSS test (default 4G, 1G with --quick)' })
+    .option('slow-disk-mbps', { type: 'number', default: 4, describe: 'slow disk write latency: disk bandwidth in MB/s' })
+    .option('slow-disk-buffer', { type: 'string', describe: 'slow disk write latency: write buffer (default 32M, 16M with --quick); 4x this is written' })
+    .option('only-slow-disk', { type: 'boolean', default: false, describe: 'run only the slow disk write latency section' })
     .option('dir', { type: 'string', default: path.join(REPO, 'bench', 'results', 'tmp', 'engine') })
     .option('out', { type: 'string', default: path.join(REPO, 'bench', 'results') })
     .strict()
@@ -387,6 +454,23 @@ async function main(): Promise<void> {
   if (!(globalThis as { gc?: unknown }).gc) log('note: run with node --expose-gc for the allocation figures (npm run bench:engine does)');
 
   const started = new Date();
+  const slowDiskBuffer = parseSize(argv['slow-disk-buffer'] ?? (argv.quick ? '16M' : '32M'));
+  const slowDiskSection = async (): Promise<{ row: SlowDiskRow; md: string }> => {
+    log(`slow disk write latency: ${argv['slow-disk-mbps']} MB/s, write buffer ${slowDiskBuffer / MiB} MiB`);
+    const row = await slowDiskLatency(argv.dir, argv['slow-disk-mbps'], slowDiskBuffer, 128 * KiB);
+    const md = [
+      `\nSlow disk write latency: the whole store (WAL, chunks, map) on one disk throttled to ${row.mbps} MB/s, async durability, write buffer ${row.writeBufferMiB} MiB, one writer writing ${row.writtenMiB} MiB (4x the buffer) sequentially in ${row.writeKiB} KiB writes, each awaited. The disk needs ${f1(row.bufferAtDiskSpeedS)} s to write the whole buffer once.\n`,
+      table(['disk MB/s', 'write buffer MiB', 'written MiB', 'MiB/s', 'p50 ms', 'p99 ms', 'max ms', 'buffer at disk speed s'],
+        [[row.mbps, row.writeBufferMiB, row.writtenMiB, f1(row.mibps), f3(row.p50ms), f1(row.p99ms), f1(row.maxMs), f1(row.bufferAtDiskSpeedS)]]),
+    ].join('\n');
+    return { row, md };
+  };
+  if (argv['only-slow-disk']) {
+    const { row, md } = await slowDiskSection();
+    process.stdout.write(md + '\n');
+    process.stdout.write(JSON.stringify({ git: gitDescribe(), slowDisk: row }) + '\n');
+    return;
+  }
   const modes: Durability[] = ['strict', 'batched', 'relaxed', 'async'];
   // First, while the process is fresh: freed memory is not always returned to the
   // OS, so after the other sections RSS would show their high-water mark instead.
@@ -408,6 +492,7 @@ async function main(): Promise<void> {
   }
   log('allocation per block');
   const alloc = await allocation(argv.dir, argv['alloc-blocks']);
+  const slowDisk = await slowDiskSection();
 
   const md: string[] = [];
   md.push(`Engine benchmark, ${started.toISOString()}, ${os.cpus().length} cores, node ${process.version}. One writer, each write awaited.\n`);
@@ -431,6 +516,7 @@ async function main(): Promise<void> {
   md.push(`\nPeak RSS writing ${Math.round(rss.bytesWritten / MiB)} MiB in 1 MiB writes (batched, default tunables: write buffer ${DEFAULT_TUNABLES.writeBufferBytes / MiB} MiB + read cache ${DEFAULT_TUNABLES.cacheBytes / MiB} MiB):\n`);
   md.push(table(['written MiB', 'MiB/s', 'RSS before MiB', 'peak RSS MiB', 'peak heap MiB', 'peak ArrayBuffers MiB', 'configured bound MiB'],
     [[Math.round(rss.bytesWritten / MiB), f1(rss.mibps), f1(rss.rssBeforeMiB), f1(rss.peakRssMiB), f1(rss.peakHeapMiB), f1(rss.peakArrayBuffersMiB), f1(rss.configuredBoundMiB)]]));
+  md.push(slowDisk.md);
   const checks: string[] = [];
   for (const d of delays) {
     const st = slow.find((r) => r.delayMs === d && r.mode === 'strict');
@@ -446,6 +532,7 @@ async function main(): Promise<void> {
     }
   }
   checks.push(`steady state: ${f3(alloc.bufferAllocsPerBlock)} Buffer allocations and ${f1(alloc.bufferBytesPerBlock)} Buffer bytes per block written (a per-block copy would be >= 1 and 4096)`);
+  checks.push(`slow disk (${slowDisk.row.mbps} MB/s): worst write waited ${f1(slowDisk.row.maxMs / 1000)} s, p99 ${f1(slowDisk.row.p99ms)} ms (the whole ${slowDisk.row.writeBufferMiB} MiB buffer takes ${f1(slowDisk.row.bufferAtDiskSpeedS)} s at disk speed)`);
   checks.push(`peak RSS ${f1(rss.peakRssMiB)} MiB while writing ${Math.round(rss.bytesWritten / MiB)} MiB (bound by configuration: ${f1(rss.configuredBoundMiB)} MiB of buffers + index + runtime)`);
   md.push('\n' + checks.map((c) => `- ${c}`).join('\n'));
   const text = md.join('\n');
@@ -453,7 +540,7 @@ async function main(): Promise<void> {
 
   const res = {
     meta: { git: gitDescribe(), date: started.toISOString(), command: ['npm run bench:engine', ...(process.argv.length > 2 ? ['--', ...process.argv.slice(2)] : [])].join(' '), cpus: os.cpus().length, kernel: os.release(), node: process.version, seconds, delays, relaxedEvery: argv['relaxed-every'], tunables: DEFAULT_TUNABLES },
-    throughput: tp, slowDevice: slow, allocation: alloc, peakRss: rss, checks,
+    throughput: tp, slowDevice: slow, allocation: alloc, peakRss: rss, slowDisk: slowDisk.row, checks,
   };
   const stamp = started.toISOString().replace(/[:]/g, '-').replace(/\..*/, 'Z');
   fs.mkdirSync(argv.out, { recursive: true });

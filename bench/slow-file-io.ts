@@ -6,6 +6,9 @@
  *  - counters of write calls and syncs, split into WAL files (any path with a
  *    `/wal/` component) and everything else, so the bench can show "one WAL write
  *    call per batch" from the outside instead of trusting the engine's own stats.
+ *  - optionally a write bandwidth (bytes/s) shared by every file, like one slow
+ *    disk (an SD card, a throttled loop device): writes queue for the disk and each
+ *    takes its size / bandwidth before it reaches the real file.
  */
 import type { FileHandle, FileIO, FileStat, OpenMode } from '../src/io/file-io';
 import { NodeFileIO } from '../src/io/node-file-io';
@@ -43,12 +46,15 @@ class SlowHandle implements FileHandle {
   get path(): string {
     return this.inner.path;
   }
-  write(buf: Uint8Array, position: number): Promise<void> {
+  async write(buf: Uint8Array, position: number): Promise<void> {
     this.countWrite(buf.length);
+    await this.io.throttle(buf.length);
     return this.inner.write(buf, position);
   }
-  writev(bufs: readonly Uint8Array[], position: number): Promise<void> {
-    this.countWrite(bufs.reduce((s, b) => s + b.length, 0));
+  async writev(bufs: readonly Uint8Array[], position: number): Promise<void> {
+    const n = bufs.reduce((s, b) => s + b.length, 0);
+    this.countWrite(n);
+    await this.io.throttle(n);
     return this.inner.writev(bufs, position);
   }
   read(buf: Uint8Array, position: number): Promise<number> {
@@ -88,7 +94,18 @@ class SlowHandle implements FileHandle {
 
 export class SlowFileIO implements FileIO {
   readonly counts = zeroCounts();
+  /** Write bandwidth in bytes/s shared by all files; 0 = unthrottled. */
+  writeBytesPerSec = 0;
+  private diskFreeAt = 0;
   constructor(public syncDelayMs = 0, private readonly inner: FileIO = new NodeFileIO()) {}
+
+  /** Wait for the disk: writes are served one after another at writeBytesPerSec. */
+  throttle(bytes: number): Promise<void> {
+    if (this.writeBytesPerSec <= 0) return Promise.resolve();
+    const now = performance.now();
+    this.diskFreeAt = Math.max(now, this.diskFreeAt) + (bytes / this.writeBytesPerSec) * 1000;
+    return delay(this.diskFreeAt - now);
+  }
 
   snapshot(): IoCounts {
     return { ...this.counts };

@@ -41,3 +41,33 @@ export function ioError(message: string, cause: unknown, details: Record<string,
   const why = cause instanceof Error ? cause.message : String(cause);
   return new VbfsError('VBFS_IO', `${message}: ${why}`, { ...details, errno }, { cause });
 }
+
+const NO_SPACE = new Set(['ENOSPC', 'EDQUOT']);
+
+/**
+ * A write that failed for lack of space (ENOSPC, EDQUOT) anywhere in the cause
+ * chain: retryable once space returns, because the caller still holds the data
+ * and rewrites it at the same place. Never true for a failed fsync/fdatasync
+ * (marked with details.syncFailed by syncFailed()): after one, the kernel may have
+ * dropped the dirty pages and a retried sync can report success for lost data.
+ */
+export function isNoSpace(err: unknown): boolean {
+  let found = false;
+  for (let e: unknown = err, depth = 0; e !== undefined && e !== null && depth < 10; depth++) {
+    if (e instanceof VbfsError) {
+      if (e.details['syncFailed'] === true) return false;
+      const errno = e.details['errno'];
+      if (typeof errno === 'string' && NO_SPACE.has(errno)) found = true;
+    } else if (NO_SPACE.has(String((e as NodeJS.ErrnoException).code))) {
+      found = true;
+    }
+    e = (e as { cause?: unknown }).cause;
+  }
+  return found;
+}
+
+/** Wrap the error of a failed fsync/fdatasync: never retryable (see isNoSpace). */
+export function syncFailed(message: string, cause: unknown): VbfsError {
+  const base = ioError(message, cause);
+  return new VbfsError('VBFS_IO', base.message, { ...base.details, syncFailed: true }, { cause });
+}

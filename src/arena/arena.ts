@@ -22,6 +22,8 @@ export class Arena {
   private pinned: Uint8Array;
   private released: Uint8Array; // released while pinned
   private waiters: Array<() => void> = [];
+  /** Slots that may be in use at once (<= capacity): this volume's share of a store-wide memory budget. */
+  private limit: number;
   /** Block number and sequence number of the version each slot holds. */
   blockOf: Float64Array;
   seqOf: Float64Array;
@@ -39,6 +41,34 @@ export class Arena {
     this.seqOf = new Float64Array(capSlots);
     this.rawCrc = new Uint32Array(capSlots);
     this.rawCrcOk = new Uint8Array(capSlots);
+    this.limit = capSlots;
+  }
+
+  /**
+   * Lower (or raise, up to the capacity) the number of slots in use at once. Slabs
+   * already allocated above it are kept until trim() (the arena empties, e.g. when idle).
+   */
+  setLimit(slots: number): void {
+    // Whole slabs (what memory is allocated in), at least one slab's worth or two slots.
+    const whole = Math.floor(slots / this.perSlab) * this.perSlab;
+    this.limit = Math.max(2, Math.min(this.free.length, whole > 0 ? whole : Math.min(this.perSlab, Math.floor(slots))));
+  }
+
+  get limitSlots(): number {
+    return this.limit;
+  }
+
+  /**
+   * Give every slab back (to the garbage collector) when no slot is in use: an idle
+   * volume holds no write buffer. False (nothing done) if a slot is in use.
+   */
+  trim(): boolean {
+    if (this.used !== 0) return false;
+    this.slabs.length = 0;
+    this.allocated = 0;
+    this.nextFresh = 0;
+    this.freeTop = 0;
+    return true;
   }
 
   get capacity(): number {
@@ -56,15 +86,20 @@ export class Arena {
 
   /** Slots alloc() can hand out right now without waiting. */
   get available(): number {
-    return this.freeTop + (this.free.length - this.nextFresh);
+    return Math.max(0, Math.min(this.freeTop + (this.free.length - this.nextFresh), this.limit - this.used));
   }
 
   get full(): boolean {
-    return this.freeTop === 0 && this.nextFresh >= this.free.length;
+    return this.used >= this.limit || (this.freeTop === 0 && this.nextFresh >= this.free.length);
   }
 
-  /** A free slot, or -1 at the cap. */
+  /** A free slot, or -1 at the cap (or the limit). */
   alloc(): number {
+    if (this.used >= this.limit) return -1;
+    return this.take();
+  }
+
+  private take(): number {
     let s: number;
     if (this.freeTop > 0) s = this.free[--this.freeTop] as number;
     else if (this.nextFresh < this.free.length) s = this.nextFresh++;
@@ -76,7 +111,7 @@ export class Arena {
 
   /** Allocate even above the cap (recovery replays whatever the WAL holds). */
   allocForce(): number {
-    const s = this.alloc();
+    const s = this.take();
     if (s >= 0) return s;
     const n = this.free.length * 2;
     const free = new Int32Array(n);
@@ -88,7 +123,7 @@ export class Arena {
     this.seqOf = widen(this.seqOf, new Float64Array(n));
     this.rawCrc = widen(this.rawCrc, new Uint32Array(n));
     this.rawCrcOk = widen(this.rawCrcOk, new Uint8Array(n));
-    return this.alloc();
+    return this.take();
   }
 
   private grow(slot: number): void {

@@ -15,6 +15,7 @@ export class BlockCache {
   private readonly slabs: Buffer[] = [];
   private readonly perSlab: number;
   private readonly capacity: number;
+  private limit: number; // blocks held at once (<= capacity): a share of a store-wide budget
   private readonly blockOf: Float64Array;
   private readonly prev: Int32Array;
   private readonly next: Int32Array;
@@ -31,6 +32,30 @@ export class BlockCache {
     this.blockOf = new Float64Array(this.capacity);
     this.prev = new Int32Array(this.capacity);
     this.next = new Int32Array(this.capacity);
+    this.limit = this.capacity;
+  }
+
+  /** Hold at most this many bytes from now on (slabs allocated above it are kept until trim()). */
+  setLimit(bytes: number): void {
+    // Whole slabs only (a slab is what is allocated): less than one slab means no cache.
+    this.limit = Math.max(0, Math.min(this.capacity, Math.floor(bytes / this.blockSize / this.perSlab) * this.perSlab));
+    while (this.slotOf.size > this.limit && this.tail >= 0) this.free.push(this.evictTail());
+  }
+
+  /** Drop every cached block and give the slabs back (an idle volume holds no cache). */
+  trim(): void {
+    for (const block of this.slotOf.keys()) this.onEvict(block);
+    this.slotOf.clear();
+    this.slabs.length = 0;
+    this.free.length = 0;
+    this.fresh = 0;
+    this.head = -1;
+    this.tail = -1;
+  }
+
+  /** Bytes of slabs held (what this cache costs in memory). */
+  get slabBytes(): number {
+    return this.slabs.length * this.perSlab * this.blockSize;
   }
 
   get bytes(): number {
@@ -66,7 +91,7 @@ export class BlockCache {
 
   /** Store a copy of src[start, start + blockSize); evicts the least recently used block if full. */
   set(block: number, src: Uint8Array, start = 0): boolean {
-    if (this.capacity === 0) return false;
+    if (this.limit === 0) return false;
     let slot = this.slotOf.get(block);
     if (slot === undefined) {
       slot = this.allocSlot();
@@ -90,8 +115,9 @@ export class BlockCache {
 
   private allocSlot(): number {
     const f = this.free.pop();
-    if (f !== undefined) return f;
-    if (this.fresh < this.capacity) {
+    if (f !== undefined && this.slotOf.size < this.limit) return f;
+    if (f !== undefined) this.free.push(f);
+    if (this.fresh < this.capacity && this.slotOf.size < this.limit) {
       const s = this.fresh++;
       if (Math.floor(s / this.perSlab) >= this.slabs.length) this.slabs.push(Buffer.allocUnsafeSlow(this.perSlab * this.blockSize));
       return s;

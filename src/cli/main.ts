@@ -10,6 +10,7 @@ import { closeLogger, createCliLogger, LOG_LEVELS, type CliLogger, type LogLevel
 import { runFsck } from './fsck-command';
 import { READY_FD_ENV, runMount, runUnmount, type CliContext } from './mount-command';
 import { parseMountFuseForm, parseMountOptions, parseStopTimeout, type MountFlags } from './mount-options';
+import { parseSize } from './size';
 import { defaultStoreDir } from './store';
 import { runCreate, runDelete, runInfo, runList, runStats } from './volume-commands';
 
@@ -54,6 +55,7 @@ export function rewriteArgv(argv: string[]): string[] | 'fake' {
   if (flags.allowRoot) out.push('--allow-root');
   if (flags.defaultPermissions) out.push('--default-permissions');
   if (flags.durability) out.push('--durability', flags.durability);
+  if (flags.memoryBytes !== undefined) out.push('--memory', String(flags.memoryBytes));
   if (flags.logFile) out.push('--log-file', flags.logFile);
   if (flags.nonempty) out.push('-o', 'nonempty');
   if (flags.stopTimeoutSeconds !== undefined) out.push('--stop-timeout', String(flags.stopTimeoutSeconds));
@@ -205,6 +207,7 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
             .option('allow-root', { type: 'boolean', default: false })
             .option('default-permissions', { type: 'boolean', default: false })
             .option('o', { type: 'string', array: true, describe: 'mount options: ro,allow_other,nonempty,stop_timeout=SECONDS,durability=MODE,... (see docs/cli.md)' })
+            .option('memory', { type: 'string', describe: 'memory for write buffers + read caches of all volumes together (e.g. 512M; default a quarter of RAM, 256M..1G)' })
             .option('timeout', { type: 'number', default: 120, describe: '--daemon: seconds to wait for the mount to be ready' })
             .option('stop-timeout', {
               type: 'string',
@@ -233,6 +236,7 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
             daemon: a.daemon,
             timeoutSeconds: a.timeout,
             stopTimeoutSeconds: stopTimeout,
+            memoryBytes: a.memory !== undefined ? parseSize(a.memory, '--memory') : flags.memoryBytes,
             requireStore: a['require-store'],
             debugFuse: a['debug-fuse'],
           });

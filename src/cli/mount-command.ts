@@ -166,7 +166,7 @@ export async function runMount(ctx: CliContext, args: MountArgs): Promise<number
         `store ${ctx.storeDir} is already mounted at ${running.mountpoint} (pid ${running.pid}); a store can be mounted once`,
       );
     }
-    const store = await openStore(ctx.storeDir, log);
+    const store = await openStore(ctx.storeDir, log, args.memoryBytes);
     let m: StoreMount;
     try {
       // Everything that can fail is done before the kernel mount: a failure after it
@@ -257,6 +257,7 @@ async function startDaemon(ctx: CliContext, args: MountArgs): Promise<number> {
   if (args.allowRoot) childArgs.push('--allow-root');
   if (args.defaultPermissions) childArgs.push('--default-permissions');
   if (args.durability) childArgs.push('--durability', args.durability);
+  if (args.memoryBytes !== undefined) childArgs.push('--memory', String(args.memoryBytes));
   if (args.debugFuse) childArgs.push('--debug-fuse');
   // The child's stderr goes to the log file too, so even a crash trace is kept.
   const errFd = fs.openSync(logFile, 'a');

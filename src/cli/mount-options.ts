@@ -5,6 +5,7 @@
  */
 import { DURABILITY_MODES, type Durability } from '../store/types';
 import { UsageError } from './exit-codes';
+import { parseSize } from './size';
 
 export interface MountFlags {
   readOnly?: boolean;
@@ -14,6 +15,8 @@ export interface MountFlags {
   durability?: Durability;
   logFile?: string;
   logLevel?: string;
+  /** Memory budget of the mount: write buffers + read caches of all volumes (bytes). */
+  memoryBytes?: number;
   /** Mount over a non-empty directory (libfuse `nonempty`). */
   nonempty?: boolean;
   /** The mount.fuse/fstab form may create a store that does not exist yet. */
@@ -67,6 +70,9 @@ export function parseMountOptions(list: string[], sloppy = false): MountFlags {
       case 'log_level':
         flags.logLevel = value;
         break;
+      case 'memory':
+        flags.memoryBytes = parseSize(value, 'memory');
+        break;
       case 'nonempty':
         flags.nonempty = true;
         break;
@@ -80,7 +86,7 @@ export function parseMountOptions(list: string[], sloppy = false): MountFlags {
         if (IGNORED.has(key) || key.startsWith('x-') || key === 'comment') break;
         if (!sloppy) {
           throw new UsageError(
-            `unknown mount option '${opt}' (known: ro, allow_other, allow_root, default_permissions, durability=MODE, log_file=PATH, log_level=LEVEL, nonempty, create, stop_timeout=SECONDS)`,
+            `unknown mount option '${opt}' (known: ro, allow_other, allow_root, default_permissions, durability=MODE, log_file=PATH, log_level=LEVEL, memory=SIZE, nonempty, create, stop_timeout=SECONDS)`,
           );
         }
     }

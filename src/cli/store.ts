@@ -28,8 +28,8 @@ export function defaultStoreDir(env: NodeJS.ProcessEnv = process.env): string {
   return path.join(os.homedir(), '.local', 'share', 'vbfs');
 }
 
-export async function openStore(dir: string, logger: Logger): Promise<CliStore> {
-  return Store.open(dir, { logger });
+export async function openStore(dir: string, logger: Logger, memoryBytes?: number): Promise<CliStore> {
+  return Store.open(dir, { logger, memoryBytes });
 }
 
 /**

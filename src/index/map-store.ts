@@ -1,4 +1,4 @@
-import { VbfsError } from '../errors';
+import { VbfsError, syncFailed } from '../errors';
 import { anyFrameAfter, checkFrame, encodeFrame } from '../format/frame';
 import {
   allocEntries,
@@ -193,8 +193,13 @@ export class MapStore {
     // Everything before this.pos was covered by the previous commit's fdatasync.
     const frame = Buffer.concat([encodeFrame(encodeSyncFrame(this.pos)), ...payloads.map((p) => encodeFrame(p))]);
     const fd = this.fd as FileHandle;
+    // A failed write (out of space) leaves pos alone: the next commit rewrites the
+    // same range. A failed fdatasync is not retryable (the kernel may have dropped
+    // the pages): syncFailed() makes the volume fail.
     await fd.write(frame, this.pos);
-    await fd.datasync();
+    await fd.datasync().catch((err: unknown) => {
+      throw syncFailed('map log fdatasync failed', err);
+    });
     this.pos += frame.length;
     this.logBytes += frame.length;
   }

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { VbfsError, isVbfsError } from '../errors';
 import type { Backend } from '../backend/backend';
@@ -49,6 +50,8 @@ export class Store {
     readonly backend: Backend,
     private readonly logger: Logger,
     private readonly failpoint: (name: string) => void | Promise<void>,
+    /** Write buffers + read caches of every open volume together (StoreOptions.memoryBytes). */
+    readonly memoryBytes: number,
   ) {}
 
   static async open(dir: string, opts: StoreOptions = {}): Promise<Store> {
@@ -64,7 +67,9 @@ export class Store {
       if (!st || !isVbfsError(err, 'VBFS_IO') || !CANNOT_WRITE.has(err.details['errno'] as string)) throw err;
     }
     const backend = opts.backend ?? new FileBackend(`${abs}/objects`, fileIO);
-    const store = new Store(abs, fileIO, backend, opts.logger ?? silentLogger, opts.failpoint ?? (() => undefined));
+    const memory = opts.memoryBytes ?? defaultMemoryBytes();
+    if (!Number.isSafeInteger(memory) || memory <= 0) throw new VbfsError('VBFS_INVALID_ARGUMENT', `invalid memoryBytes: ${String(opts.memoryBytes)}`);
+    const store = new Store(abs, fileIO, backend, opts.logger ?? silentLogger, opts.failpoint ?? (() => undefined), memory);
     await store.finishInterruptedDeletes();
     return store;
   }
@@ -202,9 +207,33 @@ export class Store {
   async openVolume(name: string, opts: VolumeOpenOptions = {}): Promise<Volume> {
     this.checkOpen();
     const info = await this.volumeInfo(name);
-    const vol = await Volume.open(info, { dir: this.volDir(name), fileIO: this.fileIO, backend: this.backend, logger: this.logger, failpoint: this.failpoint }, opts);
+    const vol = await Volume.open(
+      info,
+      { dir: this.volDir(name), fileIO: this.fileIO, backend: this.backend, logger: this.logger, failpoint: this.failpoint, onClose: () => this.rebalance() },
+      opts,
+    );
     this.open.add(vol);
+    this.rebalance();
     return vol;
+  }
+
+  /**
+   * One memory budget for all open volumes: each gets an equal share. A share that
+   * shrinks applies to new allocations at once; memory already held above it is
+   * given back as the volume's buffers empty (at the latest when it is idle).
+   */
+  private rebalance(): void {
+    for (const v of this.open) if (v.isClosed) this.open.delete(v);
+    if (this.open.size === 0) return;
+    const share = Math.floor(this.memoryBytes / this.open.size);
+    for (const v of this.open) v.setMemoryShare(share);
+  }
+
+  /** Bytes held by the write buffers and read caches of the open volumes. */
+  get memoryInUse(): number {
+    let n = 0;
+    for (const v of this.open) if (!v.isClosed) n += v.memoryBytes;
+    return n;
   }
 
   /**
@@ -360,4 +389,10 @@ async function ensureDurableDir(fileIO: FileIO, dir: string): Promise<void> {
   if (missing.length === 0) return;
   await fileIO.mkdir(dir);
   for (const d of missing.reverse()) await fileIO.fsyncDir(path.dirname(d));
+}
+
+/** A quarter of RAM, at least 256 MiB, at most 1 GiB: a small machine keeps room for the rest. */
+export function defaultMemoryBytes(): number {
+  const MiB = 1024 * 1024;
+  return Math.min(1024 * MiB, Math.max(256 * MiB, Math.floor(os.totalmem() / 4 / MiB) * MiB));
 }

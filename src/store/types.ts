@@ -31,6 +31,13 @@ export interface StoreOptions {
    * between any two steps.
    */
   failpoint?: (name: string) => void | Promise<void>;
+  /**
+   * Memory budget shared by every volume this store opens: write buffers plus read
+   * caches (default: a quarter of RAM, at least 256 MiB, at most 1 GiB). Each open
+   * volume gets an equal share (80% write buffer, 20% cache, each at most its own
+   * writeBufferBytes / cacheBytes), recomputed when a volume opens or closes.
+   */
+  memoryBytes?: number;
 }
 
 export interface VolumeCreateOptions {
@@ -72,6 +79,8 @@ export interface VolumeTunables {
   cacheBytes: number; // read cache size (default 64 MiB)
   checkpointBytes: number; // write a checkpoint when the map log exceeds this (default 16 MiB)
   readaheadBytes: number; // sequential-read readahead window (default 1 MiB, 0 = off)
+  noSpaceRetryMs: number; // store disk full: retry the failed WAL write / flush this often (default 1000)
+  idleTrimMs: number; // no I/O for this long: give the write buffer, cache and chunk buffers back (default 30000)
 }
 
 export interface VolumeOpenOptions extends Partial<VolumeTunables> {

@@ -1,5 +1,5 @@
 import { compress as lz4Compress, compressSync as lz4CompressSync, uncompressSync as lz4UncompressSync } from 'lz4-napi';
-import { VbfsError, isVbfsError } from '../errors';
+import { VbfsError, ioError, isNoSpace, isVbfsError } from '../errors';
 import { Arena } from '../arena/arena';
 import type { Backend } from '../backend/backend';
 import { BlockCache } from '../cache/block-cache';
@@ -33,6 +33,8 @@ export const DEFAULT_TUNABLES: VolumeTunables = {
   cacheBytes: 64 * MiB,
   checkpointBytes: 16 * MiB,
   readaheadBytes: 1 * MiB,
+  noSpaceRetryMs: 1000,
+  idleTrimMs: 30_000,
 };
 
 /** One batch buffer of the WAL: records accumulate here between write() calls. */
@@ -58,6 +60,8 @@ export interface VolumeContext {
   backend: Backend;
   logger: Logger;
   failpoint: Failpoint;
+  /** Called once when the volume has closed (the store rebalances its memory budget). */
+  onClose?: () => void;
 }
 
 /**
@@ -85,6 +89,11 @@ export class Volume {
   private closed = false;
   private closing: Promise<void> | null = null;
   private failed: VbfsError | null = null;
+  /** The last flush failed for lack of space; retried every noSpaceRetryMs (not a failure). */
+  private diskFull: VbfsError | null = null;
+  private diskFullTimer: NodeJS.Timeout | null = null;
+  private idleTimer: NodeJS.Timeout | null = null;
+  private lastIo = performance.now();
   private writeTail: Promise<void> | null = null;
   private flushRun: Promise<void> | null = null;
   private flushAgain = false;
@@ -141,14 +150,40 @@ export class Volume {
    */
   static async open(info: VolumeInfo, ctx: VolumeContext, opts: VolumeOpenOptions = {}): Promise<Volume> {
     const v = new Volume(info, ctx, opts);
+    v.idleTimer = setInterval(() => v.trimIfIdle(), Math.max(10, Math.min(v.t.idleTrimMs, 5000)));
+    v.idleTimer.unref();
     if (!v.readOnly) v.lock = await VolumeLock.acquire(ctx.fileIO, `${ctx.dir}/LOCK`, `volume '${info.name}'`);
     try {
       await v.recover();
     } catch (err) {
+      if (v.idleTimer) clearInterval(v.idleTimer);
       await v.lock?.release().catch(() => undefined);
       throw err;
     }
     return v;
+  }
+
+  /**
+   * This volume's share of the store's memory budget: its write buffer and read
+   * cache hold at most this much (and at most their own tunables) from now on.
+   */
+  setMemoryShare(bytes: number): void {
+    const write = Math.min(this.t.writeBufferBytes, Math.floor(bytes * 0.8));
+    this.arena.setLimit(Math.floor(write / this.blockSize));
+    this.cache.setLimit(Math.min(this.t.cacheBytes, bytes - write));
+  }
+
+  /** Bytes held by the write buffer and the read cache (what the memory budget counts). */
+  get memoryBytes(): number {
+    return this.arena.bytes + this.cache.slabBytes;
+  }
+
+  /** No I/O for idleTrimMs and nothing left to flush: give the buffers back. */
+  private trimIfIdle(): void {
+    if (this.closed || performance.now() - this.lastIo < this.t.idleTrimMs || this.flushRun || this.readsInFlight > 0) return;
+    if (this.arena.used === 0) this.arena.trim();
+    this.cache.trim();
+    this.chunkPool.length = 0;
   }
 
   private async recover(): Promise<void> {
@@ -213,6 +248,7 @@ export class Volume {
       nextSegment: replay.lastSegment + 1,
       existingSegments: replay.segments,
       logger,
+      noSpaceRetryMs: this.t.noSpaceRetryMs,
     });
     this.wal.durableSeq = maxSeq;
     if (replay.records > 0) logger.info('replayed WAL', { volume: this.name, records: replay.records, pendingBlocks: this.arena.used });
@@ -263,6 +299,7 @@ export class Volume {
       return Promise.reject(err);
     }
     if (data.length === 0) return RESOLVED;
+    this.lastIo = performance.now();
     this.s.writes++;
     this.s.writeBytes += data.length;
     // Fast path (the usual case behind FUSE, which sends one write at a time): no
@@ -283,7 +320,33 @@ export class Volume {
   private afterApply(): Promise<void> {
     if (this.durability === 'strict') return this.syncWal();
     if (this.durability === 'batched') return this.batchedCommit();
+    return this.walBackpressure();
+  }
+
+  /**
+   * Relaxed and async modes do not wait for the disk, but they must not run
+   * ahead of it without bound either: the WAL writes queued behind a slow disk
+   * are all waited for at the start of the next flush (its WAL sync), which
+   * stalls every writer for as long as the backlog takes. So a background sync
+   * starts at half of walBacklogBytes behind, and a writer waits for one at the
+   * full amount (one flush wave's worth).
+   */
+  private walBackpressure(): Promise<void> {
+    const wal = this.wal as WalWriter;
+    const cap = this.walBacklogBytes;
+    const behind = wal.unsyncedBytes;
+    // Proportional: wait only until the older half of the backlog is durable
+    // (usually the background sync started at half the cap), not all of it.
+    if (behind >= cap) return this.syncWal(wal.position - cap / 2);
+    if (behind >= cap / 2) wal.kickSync();
     return RESOLVED;
+  }
+
+  /** How far relaxed/async writers may run ahead of the WAL's disk: one flush wave. */
+  private get walBacklogBytes(): number {
+    const rec = RECORD_HEADER + this.blockSize;
+    const perChunk = Math.max(1, Math.floor((this.t.chunkBytes - SEGMENT_HEADER) / rec));
+    return perChunk * this.waveChunks(perChunk) * rec;
   }
 
   /**
@@ -381,6 +444,8 @@ export class Volume {
   }
 
   private async waitForSlot(): Promise<number> {
+    // The flusher cannot make room while the store disk is full: refuse, do not hang.
+    if (this.diskFull) throw this.diskFull;
     this.kickFlush();
     await this.arena.waitFree();
     this.checkWritable();
@@ -405,11 +470,11 @@ export class Volume {
     (this.wal as WalWriter).kickSync();
   }
 
-  private async syncWal(): Promise<void> {
+  private async syncWal(upTo?: number): Promise<void> {
     try {
-      await (this.wal as WalWriter).sync();
+      await (this.wal as WalWriter).sync(upTo);
     } catch (err) {
-      throw this.fail(err);
+      throw this.failUnlessNoSpace(err);
     }
   }
 
@@ -450,6 +515,7 @@ export class Volume {
     this.checkRange(offset, length);
     this.s.reads++;
     this.s.readBytes += length;
+    this.lastIo = performance.now();
     if (length === 0) return;
     const bs = this.blockSize;
     const first = Math.floor(offset / bs);
@@ -670,7 +736,7 @@ export class Volume {
       return;
     }
     this.startFlush().catch((err) => {
-      this.fail(err);
+      this.failUnlessNoSpace(err);
     });
   }
 
@@ -681,17 +747,29 @@ export class Volume {
    */
   private startFlush(): Promise<void> {
     let progress = false;
+    let noSpace = false;
     const run = this.flushOnce()
-      .then((n) => {
-        progress = n > 0;
-      })
+      .then(
+        (n) => {
+          progress = n > 0;
+          if (this.diskFull) {
+            this.diskFull = null;
+            this.ctx.logger.info('flush succeeded again after running out of space', { volume: this.name });
+          }
+        },
+        (err: unknown) => {
+          noSpace = this.noteDiskFull(err);
+          throw err;
+        },
+      )
       .finally(() => {
         this.flushRun = null;
         // Go again if asked while running, or if this one made progress and enough
         // is still pending. Never after an empty snapshot on its own: slots held by
         // a write still in progress (a read-modify-write) count as used but cannot
-        // be flushed, and re-kicking on them spins forever.
-        const again = this.flushAgain || (progress && (this.arena.used * this.blockSize >= this.t.flushBytes || this.arena.full));
+        // be flushed, and re-kicking on them spins forever. Nor after running out
+        // of space: the retry timer goes again.
+        const again = !noSpace && (this.flushAgain || (progress && (this.arena.used * this.blockSize >= this.t.flushBytes || this.arena.full)));
         this.flushAgain = false;
         if (again && this.arena.used > 0) this.kickFlush();
       });
@@ -708,8 +786,31 @@ export class Volume {
     try {
       await this.startFlush();
     } catch (err) {
-      throw this.fail(err);
+      throw this.failUnlessNoSpace(err);
     }
+  }
+
+  /**
+   * A flush that failed for lack of space is not a failure of the volume: its
+   * data is still in the write buffer and the WAL, the chunk objects of the failed
+   * wave were not committed, and the map log rewrites a failed append in place. So
+   * it is retried every noSpaceRetryMs; meanwhile writers that need room get the
+   * error instead of waiting. True if err was such a case.
+   */
+  private noteDiskFull(err: unknown): boolean {
+    if (!isNoSpace(err) || this.failed || this.wal?.error) return false;
+    if (!this.diskFull) this.ctx.logger.warn('store disk full: flush failed; retrying until space returns', { volume: this.name, error: String(err) });
+    this.diskFull = ioError(`volume '${this.name}': store disk full`, err);
+    if (!this.diskFullTimer && !this.closed && !this.closing) {
+      this.diskFullTimer = setTimeout(() => {
+        this.diskFullTimer = null;
+        if (this.arena.used > 0) this.kickFlush();
+      }, this.t.noSpaceRetryMs);
+      this.diskFullTimer.unref();
+    }
+    this.arena.wakeAll(); // writers waiting for room: refused now (waitForSlot)
+    this.processDeadChunks(); // the failed wave's written chunks: their space back
+    return true;
   }
 
   /**
@@ -737,17 +838,28 @@ export class Volume {
       for (const slot of entries) this.arena.unpin(slot);
       throw err;
     }
+    // Slots are unpinned wave by wave: a slot whose block the wave persisted (or
+    // that a newer write superseded meanwhile) is free as soon as its wave is
+    // committed, so a writer waiting for room waits for one wave, not for the
+    // whole snapshot (up to the whole write buffer) to reach the backend.
+    let unpinned = 0;
     try {
       // Group by raw size: compressed records are never larger, so a group never overflows a chunk.
       const perChunk = Math.max(1, Math.floor((this.t.chunkBytes - SEGMENT_HEADER) / (RECORD_HEADER + this.blockSize)));
-      const perWave = perChunk * FLUSH_WAVE;
+      const perWave = perChunk * this.waveChunks(perChunk);
       for (let i = 0; i < entries.length; i += perWave) {
+        // The WAL's queued writes go to the disk before the next wave's chunks: on a
+        // slow disk a writer waiting for WAL room (walBackpressure) then waits for
+        // at most one wave, instead of for every wave the flusher queues ahead of it.
+        if (i > 0) await wal.sync();
+        const end = Math.min(entries.length, i + perWave);
         const wave: number[][] = [];
-        for (let k = i; k < Math.min(entries.length, i + perWave); k += perChunk) wave.push(entries.slice(k, Math.min(k + perChunk, i + perWave)));
+        for (let k = i; k < end; k += perChunk) wave.push(entries.slice(k, Math.min(k + perChunk, end)));
         await this.writeWave(wave);
+        for (; unpinned < end; unpinned++) this.arena.unpin(entries[unpinned] as number);
       }
     } finally {
-      for (const slot of entries) this.arena.unpin(slot);
+      for (; unpinned < entries.length; unpinned++) this.arena.unpin(entries[unpinned] as number);
     }
     await this.ctx.failpoint('flush:beforeWalReclaim');
     await wal.reclaim(sealed);
@@ -755,6 +867,15 @@ export class Volume {
     if (this.map.logBytes >= this.t.checkpointBytes) await this.checkpoint();
     this.processDeadChunks();
     return entries.length;
+  }
+
+  /**
+   * Chunks per wave: FLUSH_WAVE, but a wave never pins more than a quarter of the
+   * write buffer, so with a small buffer writers still find room while a wave is
+   * being written, and the wait for room stays one (small) wave.
+   */
+  private waveChunks(perChunk: number): number {
+    return Math.max(1, Math.min(FLUSH_WAVE, Math.floor(this.arena.limitSlots / 4 / perChunk)));
   }
 
   /** Slots holding the current version of their block, pinned, in block order. */
@@ -781,7 +902,7 @@ export class Volume {
   private async writeWave(groups: number[][]): Promise<void> {
     const built: BuiltChunk[] = [];
     for (const slots of groups) built.push(await this.buildChunk(slots));
-    await Promise.all(
+    const puts = await Promise.allSettled(
       built.map(async (c) => {
         await this.ctx.failpoint('flush:beforeChunkWrite');
         await this.ctx.backend.put(chunkKey(this.info.id, c.id), c.buf);
@@ -789,6 +910,17 @@ export class Volume {
       }),
     );
     for (const c of built) if (this.chunkPool.length < FLUSH_WAVE) this.chunkPool.push(c.base);
+    const failed = puts.find((p): p is PromiseRejectedResult => p.status === 'rejected');
+    if (failed) {
+      // Nothing points at this wave's chunks: give the space of those written back
+      // now (recovery would delete them as orphans anyway).
+      if (isNoSpace(failed.reason)) {
+        for (let k = 0; k < built.length; k++) {
+          if (puts[k]?.status === 'fulfilled') this.deadChunks.push((built[k] as BuiltChunk).id);
+        }
+      }
+      throw failed.reason;
+    }
     await this.map.commit(built.map((c) => c.commit));
     await this.ctx.failpoint('flush:afterMapCommit');
     const a = this.arena;
@@ -890,6 +1022,8 @@ export class Volume {
 
   private async doClose(): Promise<void> {
     if (this.flushTimer) clearInterval(this.flushTimer);
+    if (this.diskFullTimer) clearTimeout(this.diskFullTimer);
+    if (this.idleTimer) clearInterval(this.idleTimer);
     if (this.batchTimer) clearTimeout(this.batchTimer);
     try {
       if (!this.readOnly && !this.failed) {
@@ -910,6 +1044,7 @@ export class Volume {
       await this.wal?.close();
       await this.map.close().catch(() => undefined);
       await this.lock?.release().catch(() => undefined);
+      this.ctx.onClose?.();
     }
   }
 
@@ -938,6 +1073,12 @@ export class Volume {
 
   // ---------------------------------------------------------------- checks
 
+  /** An out-of-space error that leaves the volume writable once space returns, or fail(). */
+  private failUnlessNoSpace(err: unknown): VbfsError {
+    if (isNoSpace(err) && !this.failed && !this.wal?.error) return ioError(`volume '${this.name}'`, err);
+    return this.fail(err);
+  }
+
   private fail(err: unknown): VbfsError {
     const e = err instanceof VbfsError ? err : new VbfsError('VBFS_IO', `volume '${this.name}': ${String((err as Error)?.message ?? err)}`, {}, { cause: err });
     if (!this.failed) {
@@ -959,6 +1100,13 @@ export class Volume {
     if (this.failed) throw this.failed;
     const walError = this.wal?.error;
     if (walError) throw this.fail(walError);
+    // The store disk is full and the WAL waits to rewrite a batch: refuse (the
+    // caller sees ENOSPC) rather than pile up more, and retry the WAL write now.
+    const noSpace = this.wal?.noSpace;
+    if (noSpace) {
+      (this.wal as WalWriter).retryNow();
+      throw noSpace;
+    }
   }
 
   private checkRange(offset: number, length: number): void {

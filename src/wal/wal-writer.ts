@@ -1,4 +1,4 @@
-import { VbfsError, ioError } from '../errors';
+import { VbfsError, ioError, isNoSpace, syncFailed } from '../errors';
 import { encodeRecord, encodeSyncMarker, RECORD_HEADER, SYNC_MARKER_BYTES } from '../format/block-record';
 import { encodeSegmentHeader, SEGMENT_HEADER, WAL_MAGIC } from '../format/segment-header';
 import type { FileHandle, FileIO } from '../io/file-io';
@@ -19,6 +19,8 @@ export interface WalWriterOptions {
   /** Segments already on disk (from before this open), reclaimable later. */
   existingSegments: number[];
   logger: Logger;
+  /** After a write failed for lack of space, retry it this often (default 1000 ms). */
+  noSpaceRetryMs?: number;
 }
 
 interface Batch {
@@ -45,8 +47,16 @@ interface SyncWaiter {
  * All file operations (writes, fdatasync, segment switch, reclaim, close) run on
  * one serial chain, so no two of them touch a descriptor at once. The durable
  * position only moves after the fdatasync that stands for it has completed, and a
- * failed write or sync poisons the writer for good (a retried fsync after an
+ * failed sync or write poisons the writer for good (a retried fsync after an
  * error can report success for data the kernel already dropped).
+ *
+ * Except a write that failed for lack of space (ENOSPC, EDQUOT): the batch is
+ * still in memory, so the chain stops there and rewrites the whole batch at the
+ * same offset (whatever part of it reached the file is overwritten) every
+ * noSpaceRetryMs until it succeeds. Nothing behind it runs before, so nothing is
+ * lost or reordered. Meanwhile `noSpace` is set, sync() rejects with it and so
+ * do the syncs that were waiting, without poisoning: the data is still held and
+ * a later sync covers it. On close(), one last attempt, then it gives up (poison).
  */
 export class WalWriter {
   writes = 0;
@@ -80,6 +90,9 @@ export class WalWriter {
   /** A background sync was asked for up to this position (no waiter, no promise). */
   private wantPos = 0;
   private failed: Error | null = null;
+  private noSpaceErr: Error | null = null;
+  private retryWake: (() => void) | null = null;
+  private closing = false;
   private readonly segments: number[];
 
   constructor(private readonly o: WalWriterOptions) {
@@ -91,6 +104,16 @@ export class WalWriter {
 
   get error(): Error | null {
     return this.failed;
+  }
+
+  /** Set while a write that failed for lack of space waits to be retried (not poisoned). */
+  get noSpace(): Error | null {
+    return this.failed ? null : this.noSpaceErr;
+  }
+
+  /** Retry the write that is waiting for space now instead of at the next timer. */
+  retryNow(): void {
+    this.retryWake?.();
   }
 
   /** Logical bytes appended so far (monotonic, across segments). */
@@ -160,18 +183,49 @@ export class WalWriter {
   }
 
   private async writeBatch(b: Batch): Promise<void> {
-    try {
-      await this.openSegment(b.seg);
-      await (this.fd as FileHandle).write(b.buf.subarray(0, b.len), this.fdPos);
-      this.fdPos += b.len;
-      this.writes++;
-      this.bytes += b.len;
-      this.writtenPos = b.endPos;
-      this.writtenSeq = b.lastSeq;
-      if (this.pool.length < 8) this.pool.push(b.buf);
-    } catch (err) {
-      throw this.fail(err);
+    for (;;) {
+      try {
+        await this.openSegment(b.seg);
+        await (this.fd as FileHandle).write(b.buf.subarray(0, b.len), this.fdPos);
+        this.fdPos += b.len;
+        this.writes++;
+        this.bytes += b.len;
+        this.writtenPos = b.endPos;
+        this.writtenSeq = b.lastSeq;
+        if (this.pool.length < 8) this.pool.push(b.buf);
+        if (this.noSpaceErr) {
+          this.noSpaceErr = null;
+          this.o.logger.info('WAL write succeeded again after running out of space');
+        }
+        return;
+      } catch (err) {
+        if (this.failed || this.closing || !isNoSpace(err)) throw this.fail(err);
+        // fdPos did not move: the retry rewrites the whole batch at the same offset.
+        await this.waitForSpace(err);
+      }
     }
+  }
+
+  private async waitForSpace(err: unknown): Promise<void> {
+    if (!this.noSpaceErr) {
+      this.noSpaceErr = ioError('WAL write failed for lack of space', err);
+      this.o.logger.warn('store disk full: WAL write failed; writes are refused until it succeeds (retried in place)', { error: String(err) });
+      const w = this.waiters;
+      this.waiters = [];
+      for (const x of w) x.reject(this.noSpaceErr);
+    }
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        this.retryWake = null;
+        resolve();
+      }, this.o.noSpaceRetryMs ?? 1000);
+      timer.unref();
+      this.retryWake = () => {
+        clearTimeout(timer);
+        this.retryWake = null;
+        resolve();
+      };
+    });
   }
 
   /** Make `seg` the open segment. The previous one is synced first, so a torn tail can only be in the newest segment. */
@@ -180,7 +234,9 @@ export class WalWriter {
     if (this.fd) {
       const captured = this.writtenPos;
       const seq = this.writtenSeq;
-      await this.fd.datasync();
+      await this.fd.datasync().catch((err: unknown) => {
+        throw this.fail(syncFailed('WAL fdatasync failed', err));
+      });
       this.syncs++;
       this.markDurable(captured, seq);
       await this.fd.close();
@@ -188,9 +244,19 @@ export class WalWriter {
     }
     const path = `${this.o.dir}/${walSegmentName(seg)}`;
     const fd = await this.o.fileIO.open(path, 'wx');
-    await fd.write(encodeSegmentHeader({ magic: WAL_MAGIC, blockSize: this.o.blockSize, volumeId: this.o.volumeId, number: seg, count: 0, maxSeq: 0 }), 0);
+    try {
+      await fd.write(encodeSegmentHeader({ magic: WAL_MAGIC, blockSize: this.o.blockSize, volumeId: this.o.volumeId, number: seg, count: 0, maxSeq: 0 }), 0);
+    } catch (err) {
+      // No record in it yet: remove it, so that a retry (out of space) can create it again.
+      await fd.close().catch(() => undefined);
+      await this.o.fileIO.unlink(path).catch(() => undefined);
+      throw err;
+    }
     // The new name must be durable before any sync of this file is relied upon.
-    await this.o.fileIO.fsyncDir(this.o.dir);
+    await this.o.fileIO.fsyncDir(this.o.dir).catch(async (err: unknown) => {
+      await fd.close().catch(() => undefined);
+      throw this.fail(syncFailed('WAL directory fsync failed', err));
+    });
     this.fd = fd;
     this.fdSeg = seg;
     this.fdPos = SEGMENT_HEADER;
@@ -228,10 +294,14 @@ export class WalWriter {
     this.markers++;
   }
 
-  /** Resolves when everything appended before this call is durable. */
-  sync(): Promise<void> {
+  /**
+   * Resolves when everything appended before this call is durable, or (with
+   * `upTo`, a `position` value) everything before that position.
+   */
+  sync(upTo?: number): Promise<void> {
     if (this.failed) return Promise.reject(this.failed);
-    const target = this.appendedPos;
+    if (this.noSpaceErr) return Promise.reject(this.noSpaceErr);
+    const target = upTo === undefined ? this.appendedPos : Math.min(upTo, this.appendedPos);
     if (target <= this.durablePos) return Promise.resolve();
     return new Promise<void>((resolve, reject) => {
       this.waiters.push({ target, resolve, reject });
@@ -260,16 +330,23 @@ export class WalWriter {
         await this.enqueue(async () => {
           const captured = this.writtenPos;
           const seq = this.writtenSeq;
-          try {
-            if (this.fd && captured > this.durablePos) {
+          if (this.fd && captured > this.durablePos) {
+            try {
               await this.fd.datasync();
-              this.syncs++;
+            } catch (err) {
+              throw this.fail(syncFailed('WAL fdatasync failed', err));
+            }
+            this.syncs++;
+            try {
               // Before the waiters hear of it: once an fsync is acknowledged, the
               // page cache holds the marker that proves it.
               await this.writeSyncMarker();
+            } catch (err) {
+              // Out of space for the marker: the sync itself succeeded, fdPos did not
+              // move (the next batch overwrites what part of the marker was written)
+              // and the next sync writes a marker again. Anything else poisons.
+              if (!isNoSpace(err)) throw this.fail(err);
             }
-          } catch (err) {
-            throw this.fail(err);
           }
           this.markDurable(captured, seq);
         });
@@ -317,6 +394,9 @@ export class WalWriter {
   }
 
   async close(): Promise<void> {
+    // A write waiting for space gets one last attempt, then gives up (poisons).
+    this.closing = true;
+    this.retryNow();
     await this.enqueue(async () => {
       if (this.fd) {
         await this.fd.close();
@@ -324,5 +404,11 @@ export class WalWriter {
         this.fdSeg = -1;
       }
     }).catch(() => undefined);
+    if (this.failed && this.fd) {
+      // Poisoned: the chain refused the close above, but nothing runs after it.
+      await this.fd.close().catch(() => undefined);
+      this.fd = null;
+      this.fdSeg = -1;
+    }
   }
 }

@@ -1,0 +1,86 @@
+import type { FileHandle, FileIO, OpenMode } from '../../src/io/file-io';
+import { ioError } from '../../src/errors';
+
+function enospc(what: string, path: string): never {
+  throw ioError(`${what} ${path}`, Object.assign(new Error(`ENOSPC: no space left on device, ${what} '${path}'`), { code: 'ENOSPC' }), { path });
+}
+
+/**
+ * Wraps any FileIO into a disk that can fill up. While `full`, a write/writev
+ * writes the first half of its data (what fit) and then fails with ENOSPC, like
+ * a real write() that ran out of blocks half way: the bytes at that offset are
+ * then neither the old nor the new ones. Creating a file fails with ENOSPC too.
+ * `failSyncs` makes datasync/sync fail instead (with `syncErrno`): a sync error is
+ * the one failure that must never be retried.
+ */
+export class FullDiskFileIO implements FileIO {
+  full = false;
+  failSyncs = false;
+  syncErrno = 'ENOSPC';
+  /** Writes and file creations refused with ENOSPC so far. */
+  refused = 0;
+
+  constructor(private readonly inner: FileIO) {}
+
+  private async write(fh: FileHandle, bufs: readonly Uint8Array[], pos: number): Promise<void> {
+    if (!this.full) return bufs.length === 1 ? fh.write(bufs[0] as Uint8Array, pos) : fh.writev(bufs, pos);
+    const all = Buffer.concat(bufs as Uint8Array[]);
+    const part = all.subarray(0, Math.floor(all.length / 2));
+    if (part.length > 0) await fh.write(part, pos);
+    this.refused++;
+    enospc('write', fh.path);
+  }
+
+  private async sync(fh: FileHandle, data: boolean): Promise<void> {
+    if (this.failSyncs) {
+      throw ioError(`fsync ${fh.path}`, Object.assign(new Error(`${this.syncErrno}: fsync '${fh.path}'`), { code: this.syncErrno }), { path: fh.path });
+    }
+    return data ? fh.datasync() : fh.sync();
+  }
+
+  async open(path: string, mode: OpenMode): Promise<FileHandle> {
+    if (this.full && (mode === 'wx' || mode === 'w+')) {
+      this.refused++;
+      enospc('open', path);
+    }
+    const fh = await this.inner.open(path, mode);
+    return {
+      path: fh.path,
+      write: (buf, pos) => this.write(fh, [buf], pos),
+      writev: (bufs, pos) => this.write(fh, bufs, pos),
+      read: (buf, pos) => fh.read(buf, pos),
+      datasync: () => this.sync(fh, true),
+      sync: () => this.sync(fh, false),
+      truncate: (n) => fh.truncate(n),
+      size: () => fh.size(),
+      close: () => fh.close(),
+    };
+  }
+  readFile(path: string): Promise<Buffer> {
+    return this.inner.readFile(path);
+  }
+  rename(from: string, to: string): Promise<void> {
+    return this.inner.rename(from, to);
+  }
+  link(from: string, to: string): Promise<void> {
+    return this.inner.link(from, to);
+  }
+  unlink(path: string): Promise<void> {
+    return this.inner.unlink(path);
+  }
+  mkdir(path: string): Promise<void> {
+    return this.inner.mkdir(path);
+  }
+  rmdir(path: string): Promise<void> {
+    return this.inner.rmdir(path);
+  }
+  readdir(path: string): Promise<string[]> {
+    return this.inner.readdir(path);
+  }
+  stat(path: string): ReturnType<FileIO['stat']> {
+    return this.inner.stat(path);
+  }
+  fsyncDir(path: string): Promise<void> {
+    return this.inner.fsyncDir(path);
+  }
+}
