@@ -145,6 +145,7 @@ describe('store disk full: recovery in place', () => {
 
         // Power loss now: everything above was acknowledged by a completed fsync.
         const after = e.sim.afterCrash(new Rng(seed));
+        await e.store.close().catch(() => undefined); // its timers; the old disk is frozen
         const r = await open(after);
         await assertContent(r.vol, expect, `after power loss (seed ${seed})`);
         await r.store.close();
@@ -163,6 +164,7 @@ describe('store disk full: recovery in place', () => {
       await writeBlocks(e.vol, 2, 0, 8, expect);
       await waitRefused(e.vol, expect);
       const r = await open(e.sim.afterCrash(new Rng(seed)));
+      await e.store.close().catch(() => undefined);
       for (let b = 0; b < BLOCKS; b++) {
         const got = await r.vol.read(b * BS, BS);
         const ok = [synced[b] ?? 0, expect[b] ?? 0].map((t) => (t === 0 ? Buffer.alloc(BS) : block(t, b)));
@@ -189,6 +191,7 @@ describe('store disk full: recovery in place', () => {
     assert.equal(e.vol.stats().errors, 0);
     assert.ok([PERSISTED, CACHED].includes(e.vol.blockState(0)), 'flushed into a chunk');
     const r = await open(e.sim.afterCrash(new Rng(7)));
+    await e.store.close().catch(() => undefined);
     await assertContent(r.vol, expect, 'after power loss');
     await r.store.close();
   });

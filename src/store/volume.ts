@@ -15,6 +15,7 @@ import { WalWriter } from '../wal/wal-writer';
 import { replayWal } from '../wal/wal-reader';
 import { VolumeLock } from './lock';
 import { LatencyWindow } from './latency';
+import { collectIdleGarbage } from './idle-gc';
 import type { Durability, Logger, VolumeInfo, VolumeOpenOptions, VolumeStats, VolumeTunables } from './types';
 import { checkDurability, encodeVolumeMeta, VOLUME_FORMAT_VERSION } from '../format/volume-meta';
 
@@ -181,9 +182,11 @@ export class Volume {
   /** No I/O for idleTrimMs and nothing left to flush: give the buffers back. */
   private trimIfIdle(): void {
     if (this.closed || performance.now() - this.lastIo < this.t.idleTrimMs || this.flushRun || this.readsInFlight > 0) return;
+    const before = this.memoryBytes + this.chunkPool.length;
     if (this.arena.used === 0) this.arena.trim();
     this.cache.trim();
     this.chunkPool.length = 0;
+    if (before > this.memoryBytes) collectIdleGarbage();
   }
 
   private async recover(): Promise<void> {
