@@ -10,7 +10,8 @@
  *    disk (an SD card, a throttled loop device): writes queue for the disk and each
  *    takes its size / bandwidth before it reaches the real file.
  */
-import type { FileHandle, FileIO, FileStat, OpenMode } from '../src/io/file-io';
+import { PassThroughFileIO } from '../src/io/pass-through-file-io';
+import type { FileHandle, FileIO, OpenMode } from '../src/io/file-io';
 import { NodeFileIO } from '../src/io/node-file-io';
 
 export interface IoCounts {
@@ -92,12 +93,14 @@ class SlowHandle implements FileHandle {
   }
 }
 
-export class SlowFileIO implements FileIO {
+export class SlowFileIO extends PassThroughFileIO {
   readonly counts = zeroCounts();
   /** Write bandwidth in bytes/s shared by all files; 0 = unthrottled. */
   writeBytesPerSec = 0;
   private diskFreeAt = 0;
-  constructor(public syncDelayMs = 0, private readonly inner: FileIO = new NodeFileIO()) {}
+  constructor(public syncDelayMs = 0, inner: FileIO = new NodeFileIO()) {
+    super(inner);
+  }
 
   /** Wait for the disk: writes are served one after another at writeBytesPerSec. */
   throttle(bytes: number): Promise<void> {
@@ -110,34 +113,10 @@ export class SlowFileIO implements FileIO {
   snapshot(): IoCounts {
     return { ...this.counts };
   }
-  async open(path: string, mode: OpenMode): Promise<FileHandle> {
+  override async open(path: string, mode: OpenMode): Promise<FileHandle> {
     return new SlowHandle(await this.inner.open(path, mode), this);
   }
-  readFile(path: string): Promise<Buffer> {
-    return this.inner.readFile(path);
-  }
-  rename(from: string, to: string): Promise<void> {
-    return this.inner.rename(from, to);
-  }
-  link(from: string, to: string): Promise<void> {
-    return this.inner.link(from, to);
-  }
-  unlink(path: string): Promise<void> {
-    return this.inner.unlink(path);
-  }
-  mkdir(path: string): Promise<void> {
-    return this.inner.mkdir(path);
-  }
-  rmdir(path: string): Promise<void> {
-    return this.inner.rmdir(path);
-  }
-  readdir(path: string): Promise<string[]> {
-    return this.inner.readdir(path);
-  }
-  stat(path: string): Promise<FileStat | null> {
-    return this.inner.stat(path);
-  }
-  fsyncDir(path: string): Promise<void> {
+  override fsyncDir(path: string): Promise<void> {
     this.counts.dirSyncs++;
     return this.inner.fsyncDir(path);
   }

@@ -1,3 +1,4 @@
+import { PassThroughFileIO } from '../../src/io/pass-through-file-io';
 import type { FileHandle, FileIO, OpenMode } from '../../src/io/file-io';
 import { ioError } from '../../src/errors';
 
@@ -13,14 +14,16 @@ function enospc(what: string, path: string): never {
  * `failSyncs` makes datasync/sync fail instead (with `syncErrno`): a sync error is
  * the one failure that must never be retried.
  */
-export class FullDiskFileIO implements FileIO {
+export class FullDiskFileIO extends PassThroughFileIO {
   full = false;
   failSyncs = false;
   syncErrno = 'ENOSPC';
   /** Writes and file creations refused with ENOSPC so far. */
   refused = 0;
 
-  constructor(private readonly inner: FileIO) {}
+  constructor(inner: FileIO) {
+    super(inner);
+  }
 
   private async write(fh: FileHandle, bufs: readonly Uint8Array[], pos: number): Promise<void> {
     if (!this.full) return bufs.length === 1 ? fh.write(bufs[0] as Uint8Array, pos) : fh.writev(bufs, pos);
@@ -38,7 +41,7 @@ export class FullDiskFileIO implements FileIO {
     return data ? fh.datasync() : fh.sync();
   }
 
-  async open(path: string, mode: OpenMode): Promise<FileHandle> {
+  override async open(path: string, mode: OpenMode): Promise<FileHandle> {
     if (this.full && (mode === 'wx' || mode === 'w+')) {
       this.refused++;
       enospc('open', path);
@@ -55,32 +58,5 @@ export class FullDiskFileIO implements FileIO {
       size: () => fh.size(),
       close: () => fh.close(),
     };
-  }
-  readFile(path: string): Promise<Buffer> {
-    return this.inner.readFile(path);
-  }
-  rename(from: string, to: string): Promise<void> {
-    return this.inner.rename(from, to);
-  }
-  link(from: string, to: string): Promise<void> {
-    return this.inner.link(from, to);
-  }
-  unlink(path: string): Promise<void> {
-    return this.inner.unlink(path);
-  }
-  mkdir(path: string): Promise<void> {
-    return this.inner.mkdir(path);
-  }
-  rmdir(path: string): Promise<void> {
-    return this.inner.rmdir(path);
-  }
-  readdir(path: string): Promise<string[]> {
-    return this.inner.readdir(path);
-  }
-  stat(path: string): ReturnType<FileIO['stat']> {
-    return this.inner.stat(path);
-  }
-  fsyncDir(path: string): Promise<void> {
-    return this.inner.fsyncDir(path);
   }
 }

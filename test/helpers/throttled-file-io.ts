@@ -1,3 +1,4 @@
+import { PassThroughFileIO } from '../../src/io/pass-through-file-io';
 import type { FileHandle, FileIO, OpenMode } from '../../src/io/file-io';
 
 /**
@@ -7,12 +8,17 @@ import type { FileHandle, FileIO, OpenMode } from '../../src/io/file-io';
  * the disk write while this call was blocked"), which does not depend on how fast
  * or busy the machine is, instead of in wall-clock time.
  */
-export class ThrottledFileIO implements FileIO {
+export class ThrottledFileIO extends PassThroughFileIO {
   /** Bytes of write/writev calls completed so far. */
   bytesWritten = 0;
   private diskFreeAt = 0;
 
-  constructor(private readonly inner: FileIO, public bytesPerSec: number) {}
+  constructor(
+    inner: FileIO,
+    public bytesPerSec: number,
+  ) {
+    super(inner);
+  }
 
   private async disk<T>(bytes: number, op: () => Promise<T>): Promise<T> {
     if (this.bytesPerSec > 0) {
@@ -25,7 +31,7 @@ export class ThrottledFileIO implements FileIO {
     return out;
   }
 
-  async open(path: string, mode: OpenMode): Promise<FileHandle> {
+  override async open(path: string, mode: OpenMode): Promise<FileHandle> {
     const fh = await this.inner.open(path, mode);
     return {
       path: fh.path,
@@ -38,32 +44,5 @@ export class ThrottledFileIO implements FileIO {
       size: () => fh.size(),
       close: () => fh.close(),
     };
-  }
-  readFile(path: string): Promise<Buffer> {
-    return this.inner.readFile(path);
-  }
-  rename(from: string, to: string): Promise<void> {
-    return this.inner.rename(from, to);
-  }
-  link(from: string, to: string): Promise<void> {
-    return this.inner.link(from, to);
-  }
-  unlink(path: string): Promise<void> {
-    return this.inner.unlink(path);
-  }
-  mkdir(path: string): Promise<void> {
-    return this.inner.mkdir(path);
-  }
-  rmdir(path: string): Promise<void> {
-    return this.inner.rmdir(path);
-  }
-  readdir(path: string): Promise<string[]> {
-    return this.inner.readdir(path);
-  }
-  stat(path: string): ReturnType<FileIO['stat']> {
-    return this.inner.stat(path);
-  }
-  fsyncDir(path: string): Promise<void> {
-    return this.inner.fsyncDir(path);
   }
 }
