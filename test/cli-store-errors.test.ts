@@ -92,11 +92,15 @@ describe('vbfs command line: store errors that say what happened', function () {
 
   it('list on an empty store this user cannot write works (no EACCES)', async function () {
     needRoot(this);
-    const store = path.join(root, 'rootowned');
+    // Someone else's store: owned by nobody, and this root process runs vbfs without
+    // the capabilities that let root write anywhere (so it still reads the checkout,
+    // wherever CI cloned it, but cannot write the store).
+    const store = path.join(root, 'othersstore');
     await fsp.mkdir(store);
-    await fsp.chmod(root, 0o755);
-    const r = await run('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, VBFS_BIN, 'list'], {
-      env: { ...process.env, VBFS_STORE: store, HOME: '/' },
+    await fsp.chown(store, 65534, 65534);
+    await fsp.chmod(store, 0o755);
+    const r = await run('setpriv', ['--bounding-set=-dac_override,-dac_read_search,-fowner', process.execPath, VBFS_BIN, 'list'], {
+      env: { ...process.env, VBFS_STORE: store },
     });
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /no volumes in/);
