@@ -7,6 +7,8 @@ import { checkFrame, encodeFrame } from '../src/format/frame';
 import { CHUNK_MAGIC, decodeSegmentHeader, encodeSegmentHeader, WAL_MAGIC } from '../src/format/segment-header';
 import {
   allocCommit,
+  allocPlacement,
+  encodeCommit,
   commitEntryOffset,
   decodeCheckpointHeader,
   decodeCommit,
@@ -146,6 +148,13 @@ describe('format', () => {
     assert.ok(c.ok);
     assert.deepEqual(decodeCommit(c.payload), { chunkId: 17, count: 2 });
     assert.deepEqual(readLocation(c.payload, commitEntryOffset(1)), { block: 11, seq: 101, chunkId: 17, offset: 4192, len: 1000, flags: 1 });
+    const pl = allocPlacement(17, 2);
+    pl.blocks.set([10, 11]);
+    pl.seqs.set([100, 101]);
+    pl.offsets.set([64, 4192]);
+    pl.lens.set([4096, 1000]);
+    pl.flags.set([0, 1]);
+    assert.deepEqual(encodeFrame(encodeCommit(pl)), savedCommit, 'a placement encodes to the same commit');
   });
 
   it('WAL sync marker (format 2): saved sample decodes, encoder reproduces it', () => {

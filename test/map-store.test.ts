@@ -1,7 +1,7 @@
 import * as assert from 'node:assert/strict';
 import { isVbfsError } from '../src/errors';
 import { FRAME_HEADER } from '../src/format/frame';
-import { allocCommit, commitEntryOffset, writeLocation } from '../src/format/map-records';
+import { ChunkPlacement, allocPlacement } from '../src/format/map-records';
 import { BlockIndex } from '../src/index/block-index';
 import { MapStore } from '../src/index/map-store';
 import { silentLogger, type Logger } from '../src/store/types';
@@ -16,9 +16,14 @@ import { SimFS } from './helpers/sim-fs';
 const ID = '00112233445566778899aabbccddeeff';
 const DIR = '/map';
 
-function commitOf(chunkId: number, firstBlock: number, n: number): Buffer {
-  const p = allocCommit(chunkId, n);
-  for (let i = 0; i < n; i++) writeLocation(p, commitEntryOffset(i), firstBlock + i, 100 * chunkId + i + 1, chunkId, 64 + i * 4128, 4096, 0);
+function commitOf(chunkId: number, firstBlock: number, n: number): ChunkPlacement {
+  const p = allocPlacement(chunkId, n);
+  for (let i = 0; i < n; i++) {
+    p.blocks[i] = firstBlock + i;
+    p.seqs[i] = 100 * chunkId + i + 1;
+    p.offsets[i] = 64 + i * 4128;
+    p.lens[i] = 4096;
+  }
   return p;
 }
 

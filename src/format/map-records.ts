@@ -90,6 +90,43 @@ export function readLocation(p: Uint8Array, off: number): Location {
   };
 }
 
+/**
+ * Where the records of one chunk object went: entry k describes the k-th record.
+ * Struct of arrays, so a flush builds no per-block objects. The flusher fills it
+ * while building the chunk; the map store encodes it (encodeCommit) and the index
+ * applies it, so the byte layout of a commit is known here alone.
+ */
+export interface ChunkPlacement {
+  chunkId: number;
+  count: number;
+  blocks: Float64Array;
+  seqs: Float64Array;
+  offsets: Uint32Array;
+  lens: Uint32Array;
+  flags: Uint8Array;
+}
+
+export function allocPlacement(chunkId: number, count: number): ChunkPlacement {
+  return {
+    chunkId,
+    count,
+    blocks: new Float64Array(count),
+    seqs: new Float64Array(count),
+    offsets: new Uint32Array(count),
+    lens: new Uint32Array(count),
+    flags: new Uint8Array(count),
+  };
+}
+
+/** The 'C' commit payload of a placement. */
+export function encodeCommit(pl: ChunkPlacement): Buffer {
+  const p = allocCommit(pl.chunkId, pl.count);
+  for (let k = 0; k < pl.count; k++) {
+    writeLocation(p, commitEntryOffset(k), pl.blocks[k] as number, pl.seqs[k] as number, pl.chunkId, pl.offsets[k] as number, pl.lens[k] as number, pl.flags[k] as number);
+  }
+  return p;
+}
+
 /** Allocate a commit payload for `count` entries; fill entries with writeLocation at commitEntryOffset(i). */
 export function allocCommit(chunkId: number, count: number): Buffer {
   const p = Buffer.alloc(16 + count * LOCATION_ENTRY);

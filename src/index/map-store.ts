@@ -2,7 +2,9 @@ import { VbfsError, syncFailed } from '../errors';
 import { anyFrameAfter, checkFrame, encodeFrame } from '../format/frame';
 import {
   allocEntries,
+  ChunkPlacement,
   commitEntryOffset,
+  encodeCommit,
   decodeCheckpointHeader,
   decodeCommit,
   decodeEntries,
@@ -187,11 +189,11 @@ export class MapStore {
     this.logBytes += off;
   }
 
-  /** Durably record where the blocks of some chunks now live ('C' payloads from allocCommit): one write, one fdatasync. */
-  async commit(payloads: Buffer[]): Promise<void> {
+  /** Durably record where the blocks of some chunks now live: one write, one fdatasync. */
+  async commit(placements: ChunkPlacement[]): Promise<void> {
     if (!this.fd) await this.openLog();
     // Everything before this.pos was covered by the previous commit's fdatasync.
-    const frame = Buffer.concat([encodeFrame(encodeSyncFrame(this.pos)), ...payloads.map((p) => encodeFrame(p))]);
+    const frame = Buffer.concat([encodeFrame(encodeSyncFrame(this.pos)), ...placements.map((p) => encodeFrame(encodeCommit(p)))]);
     const fd = this.fd as FileHandle;
     // A failed write (out of space) leaves pos alone: the next commit rewrites the
     // same range. A failed fdatasync is not retryable (the kernel may have dropped

@@ -6,7 +6,7 @@ import { BlockCache } from '../cache/block-cache';
 import { chunkKey, chunkPrefix, decodeChunkHeader, encodeChunkHeader, parseChunkKey, verifyChunkRecord } from '../chunk/chunk';
 import { encodeRecord, encodeRecordWithCrc, FLAG_LZ4, RECORD_HEADER } from '../format/block-record';
 import { copyBytes } from '../format/bytes';
-import { allocCommit, commitEntryOffset, writeLocation } from '../format/map-records';
+import { ChunkPlacement, allocPlacement } from '../format/map-records';
 import { SEGMENT_HEADER } from '../format/segment-header';
 import { BlockIndex, CACHED, EMPTY, HOT, PENDING, PERSISTED, type BlockState } from '../index/block-index';
 import { MapStore, type Failpoint } from '../index/map-store';
@@ -51,7 +51,7 @@ interface BuiltChunk {
   id: number;
   buf: Buffer; // the encoded object
   base: Buffer; // the pooled buffer it lives in
-  commit: Buffer; // its map log commit payload
+  placement: ChunkPlacement; // where each record went, for the map commit and the index
   slots: number[];
 }
 
@@ -924,17 +924,14 @@ export class Volume {
       }
       throw failed.reason;
     }
-    await this.map.commit(built.map((c) => c.commit));
+    await this.map.commit(built.map((c) => c.placement));
     await this.ctx.failpoint('flush:afterMapCommit');
     const a = this.arena;
     for (const c of built) {
       for (let k = 0; k < c.slots.length; k++) {
-        const at = commitEntryOffset(k);
         const slot = c.slots[k] as number;
-        const off = c.commit.readUInt32LE(at + 20);
-        const len = c.commit.readUInt32LE(at + 24);
-        const flags = c.commit.readUInt32LE(at + 28);
-        if (this.index.setPersisted(a.blockOf[slot] as number, a.seqOf[slot] as number, c.id, off, len, flags, slot)) a.release(slot);
+        const pl = c.placement;
+        if (this.index.setPersisted(pl.blocks[k] as number, pl.seqs[k] as number, c.id, pl.offsets[k] as number, pl.lens[k] as number, pl.flags[k] as number, slot)) a.release(slot);
       }
       this.s.chunkFlushes++;
       this.s.flushedBytes += c.buf.length;
@@ -971,7 +968,7 @@ export class Volume {
     const id = this.nextChunkId++;
     const base = this.takeChunkBuffer(size);
     const buf = base.subarray(0, size);
-    const commit = allocCommit(id, n);
+    const placement = allocPlacement(id, n);
     let pos = SEGMENT_HEADER;
     let maxSeq = 0;
     for (let k = 0; k < n; k++) {
@@ -987,11 +984,15 @@ export class Volume {
         : a.rawCrcOk[slot]
           ? encodeRecordWithCrc(buf, pos, a.rawCrc[slot] as number, seq, block, 0, bs, a.slab(slot), o, o + bs)
           : encodeRecord(buf, pos, seq, block, 0, bs, a.slab(slot), o, o + bs);
-      writeLocation(commit, commitEntryOffset(k), block, seq, id, pos, end - pos - RECORD_HEADER, c ? FLAG_LZ4 : 0);
+      placement.blocks[k] = block;
+      placement.seqs[k] = seq;
+      placement.offsets[k] = pos;
+      placement.lens[k] = end - pos - RECORD_HEADER;
+      placement.flags[k] = c ? FLAG_LZ4 : 0;
       pos = end;
     }
     encodeChunkHeader(buf, this.info.id, bs, id, n, maxSeq);
-    return { id, buf, base, commit, slots };
+    return { id, buf, base, placement, slots };
   }
 
   /** Chunk buffers are reused across flushes (a backend is done with the data when put() resolves). */
