@@ -3,7 +3,10 @@
  * in --log-file. `closeLogger` waits until the file has everything, so nothing
  * logged just before exit is lost.
  */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import * as winston from 'winston';
+import { mkdirPrivateSync, openAppendPrivateSync } from '../io/private-mode';
 import type { Logger } from '../store/types';
 
 export const LOG_LEVELS = ['error', 'warn', 'info', 'debug'] as const;
@@ -44,6 +47,14 @@ export function createCliLogger(opts: LoggerOptions): CliLogger {
     );
   }
   if (opts.file) {
+    // Created private (0600, in a 0700 directory if we make it) before winston opens
+    // it: a log names volumes, paths and errors. A failure is left for winston to report.
+    try {
+      mkdirPrivateSync(path.dirname(opts.file));
+      fs.closeSync(openAppendPrivateSync(opts.file));
+    } catch {
+      // winston's own open says what is wrong
+    }
     transports.push(
       new winston.transports.File({
         // A log file is read after the fact: keep at least the info events there

@@ -203,9 +203,14 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
             .option('daemon', { alias: 'd', type: 'boolean', default: false, describe: 'run in the background; return once the mount is ready' })
             .option('read-only', { alias: 'ro', type: 'boolean', default: false })
             .option('durability', { choices: DURABILITY_MODES, describe: 'override every volume\'s durability for this mount' })
-            .option('allow-other', { type: 'boolean', default: false, describe: 'let other users access the mount (needs user_allow_other in /etc/fuse.conf for non-root)' })
-            .option('allow-root', { type: 'boolean', default: false })
-            .option('default-permissions', { type: 'boolean', default: false })
+            .option('allow-other', {
+              type: 'boolean',
+              default: false,
+              describe:
+                'let every local user open the volume files: without --default-permissions any user can read AND overwrite every volume (vbfs checks no permissions); needs user_allow_other in /etc/fuse.conf for non-root',
+            })
+            .option('allow-root', { type: 'boolean', default: false, describe: 'let root (only) open the volume files too' })
+            .option('default-permissions', { type: 'boolean', default: false, describe: 'kernel checks the shown modes (volumes 0644): with --allow-other, others can read but not write' })
             .option('o', { type: 'string', array: true, describe: 'mount options: ro,allow_other,nonempty,stop_timeout=SECONDS,durability=MODE,... (see docs/cli.md)' })
             .option('memory', { type: 'string', describe: 'memory for write buffers + read caches of all volumes together (e.g. 512M; default a quarter of RAM, 256M..1G)' })
             .option('timeout', { type: 'number', default: 120, describe: '--daemon: seconds to wait for the mount to be ready' })

@@ -14,6 +14,7 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { VbfsError } from '../errors';
 import { StoreMount } from '../fuse/mount';
+import { mkdirPrivate, openAppendPrivateSync } from '../io/private-mode';
 import {
   canonicalMountpoint,
   findMount,
@@ -248,7 +249,7 @@ async function startDaemon(ctx: CliContext, args: MountArgs): Promise<number> {
   const logFile =
     ctx.logFile ??
     ((await writable(ctx.storeDir)) ? path.join(ctx.storeDir, 'mount.log') : runRecordPath(args.mountpoint).replace(/\.json$/, '.log'));
-  await fsp.mkdir(path.dirname(logFile), { recursive: true });
+  await mkdirPrivate(path.dirname(logFile));
   const childArgs = [binPath(), 'mount', args.mountpoint, '--store', ctx.storeDir, '--log-file', logFile, '--log-level', ctx.logLevel];
   childArgs.push('--stop-timeout', String(args.stopTimeoutSeconds ?? DEFAULT_STOP_TIMEOUT_SECONDS));
   if (args.nonempty) childArgs.push('-o', 'nonempty');
@@ -260,7 +261,7 @@ async function startDaemon(ctx: CliContext, args: MountArgs): Promise<number> {
   if (args.memoryBytes !== undefined) childArgs.push('--memory', String(args.memoryBytes));
   if (args.debugFuse) childArgs.push('--debug-fuse');
   // The child's stderr goes to the log file too, so even a crash trace is kept.
-  const errFd = fs.openSync(logFile, 'a');
+  const errFd = openAppendPrivateSync(logFile);
   const child = spawn(process.execPath, childArgs, {
     detached: true,
     stdio: ['ignore', 'ignore', errFd, 'pipe'],

@@ -11,6 +11,7 @@ import type { MountableStore } from '../fuse/types';
 import type { FsckOptions, FsckReport } from '../store/fsck';
 import type { Logger, VolumeCreateOptions, VolumeInfo, VolumeState } from '../store/types';
 import { pidAlive, processStartTime } from '../fuse/system';
+import { mkdirPrivate, writeNewPrivateFile } from '../io/private-mode';
 
 /** What the CLI needs from the engine's Store (see /tmp/api-contract.md). */
 export interface CliStore extends MountableStore {
@@ -110,7 +111,9 @@ export async function readMountRecordAt(mountpoint: string): Promise<MountRecord
 async function writeAtomically(file: string, text: string): Promise<void> {
   const tmp = `${file}.${process.pid}.tmp`;
   try {
-    await fsp.writeFile(tmp, text);
+    // A leftover temp of a crashed run with our pid would make the exclusive create fail.
+    await fsp.unlink(tmp).catch(() => undefined);
+    await writeNewPrivateFile(tmp, text);
     await fsp.rename(tmp, file);
   } catch (err) {
     await fsp.unlink(tmp).catch(() => undefined);
@@ -127,7 +130,8 @@ export async function writeMountRecord(storeDir: string, rec: Omit<MountRecord, 
   const full: MountRecord = { ...rec, startTime: processStartTime(rec.pid), store: storeDir };
   const text = JSON.stringify(full) + '\n';
   const runFile = runRecordPath(rec.mountpoint);
-  await fsp.mkdir(path.dirname(runFile), { recursive: true, mode: 0o755 });
+  // Private like the store: a record names the store path and the mountpoint.
+  await mkdirPrivate(path.dirname(runFile));
   await writeAtomically(runFile, text);
   try {
     await writeAtomically(pidFilePath(storeDir), text);

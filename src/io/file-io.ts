@@ -36,6 +36,8 @@ export interface FileStat {
   isDirectory: boolean;
   /** Last modification time, where the file layer knows it (tells leftovers of an earlier boot). */
   mtimeMs?: number;
+  /** Permission bits (st_mode & 0o7777), where the file layer knows them (private-mode.ts). */
+  mode?: number;
 }
 
 export interface FileIO {

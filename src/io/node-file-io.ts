@@ -3,6 +3,7 @@ import * as fsp from 'node:fs/promises';
 import * as nodePath from 'node:path';
 import type { FileHandle, FileIO, FileStat, OpenMode } from './file-io';
 import { ioError } from '../errors';
+import { createdDirs, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE } from './private-mode';
 
 const FLAGS: Record<OpenMode, string> = { r: 'r', 'r+': 'r+', wx: 'wx+', 'w+': 'w+' };
 
@@ -85,9 +86,16 @@ class NodeFileHandle implements FileHandle {
 export class NodeFileIO implements FileIO {
   async open(path: string, mode: OpenMode): Promise<FileHandle> {
     try {
+      // Created 0600 in the open itself (private from the first instant), then set
+      // to exactly 0600 whatever the umask (see private-mode.ts).
       const fd = await new Promise<number>((resolve, reject) =>
-        fs.open(path, FLAGS[mode], 0o644, (err, fd) => (err ? reject(err) : resolve(fd))),
+        fs.open(path, FLAGS[mode], PRIVATE_FILE_MODE, (err, fd) => (err ? reject(err) : resolve(fd))),
       );
+      if (mode === 'wx' || mode === 'w+') {
+        await new Promise<void>((resolve, reject) =>
+          fs.fchmod(fd, PRIVATE_FILE_MODE, (err) => (err ? fs.close(fd, () => reject(err)) : resolve())),
+        );
+      }
       return new NodeFileHandle(path, fd);
     } catch (err) {
       throw ioError(`open ${path}`, err, { path });
@@ -129,7 +137,11 @@ export class NodeFileIO implements FileIO {
 
   async mkdir(path: string): Promise<void> {
     try {
-      await fsp.mkdir(path, { recursive: true });
+      const first = await fsp.mkdir(path, { recursive: true, mode: PRIVATE_DIR_MODE });
+      // Only what this call created is set to 0700; existing directories keep their mode.
+      if (first !== undefined) {
+        for (const d of createdDirs(first, path)) await fsp.chmod(d, PRIVATE_DIR_MODE);
+      }
     } catch (err) {
       throw ioError(`mkdir ${path}`, await mkdirCause(path, err), { path });
     }
@@ -155,7 +167,7 @@ export class NodeFileIO implements FileIO {
   async stat(path: string): Promise<FileStat | null> {
     try {
       const st = await fsp.stat(path);
-      return { size: st.size, isDirectory: st.isDirectory(), mtimeMs: st.mtimeMs };
+      return { size: st.size, isDirectory: st.isDirectory(), mtimeMs: st.mtimeMs, mode: st.mode & 0o7777 };
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
       throw ioError(`stat ${path}`, err, { path });

@@ -8,6 +8,7 @@ import { CHUNK_MAGIC, CHUNK_VERSION, decodeSegmentHeader, SEGMENT_HEADER } from 
 import { BlockIndex } from '../index/block-index';
 import { MapStore, mapSegmentName, type MapLoad } from '../index/map-store';
 import type { FileIO } from '../io/file-io';
+import { findExposed, formatMode } from '../io/private-mode';
 import { replayWal } from '../wal/wal-reader';
 import { isLockHeld, readLock, VolumeLock } from './lock';
 import type { Logger, VolumeInfo } from './types';
@@ -51,7 +52,8 @@ export type FsckProblemKind =
   | 'stale-map-segment' // a map log segment older than the checkpoint (redundant)
   | 'torn-map-tail' // unsynced tail of the newest map log segment
   | 'wal' // the WAL does not replay
-  | 'torn-wal-tail'; // unsynced tail of the newest WAL segment
+  | 'torn-wal-tail' // unsynced tail of the newest WAL segment
+  | 'permissions'; // files or directories of the volume other users can open (never repaired: fix with chmod)
 
 export interface FsckProblem {
   kind: FsckProblemKind;
@@ -119,6 +121,8 @@ export interface FsckContext {
   fileIO: FileIO;
   backend: Backend;
   logger: Logger;
+  /** The store directory: when given, fsck also reports the volume's files other users can open. */
+  storeDir?: string;
 }
 
 /** Map entries checked one by one in a chunk whose records did not all match the map. */
@@ -165,6 +169,7 @@ class Fsck {
    */
   private readonly walSeq = new Map<number, number>();
   private readonly orphans: string[] = [];
+  private accessWarnings = 0;
 
   constructor(private readonly ctx: FsckContext, private readonly repair: boolean, opts: FsckOptions) {
     const { info } = ctx;
@@ -254,10 +259,11 @@ class Fsck {
   }
 
   async run(): Promise<FsckReport> {
+    await this.checkAccess();
     const mapOk = await this.checkMap();
     await this.checkWal();
     await this.checkChunks(mapOk);
-    if (this.repair && this.r.errors === 0 && this.r.warnings > 0) await this.doRepair();
+    if (this.repair && this.r.errors === 0 && this.r.warnings > this.accessWarnings) await this.doRepair();
     const r = this.r;
     r.liveBytes = r.mappedBlocks * this.bs;
     r.spaceAmplification = r.liveBytes > 0 ? Math.round((r.storedBytes / r.liveBytes) * 1000) / 1000 : null;
@@ -530,9 +536,33 @@ class Fsck {
       this.progress({ phase: 'repair', done: done++, total: steps });
     }
     for (const p of this.r.problems) {
-      if (p.severity === 'warning') p.repaired = true;
+      // Permissions are the user's call (a store may be shared on purpose): reported, never changed.
+      if (p.severity === 'warning' && p.kind !== 'permissions') p.repaired = true;
     }
-    this.r.repaired = this.r.warnings;
+    this.r.repaired = this.r.warnings - this.accessWarnings;
+  }
+
+  // ------------------------------------------------------------------ permissions
+
+  /**
+   * The volume's files and directories (its directory, its chunk objects, and the
+   * store directories on the way to them) that another user can reach and open:
+   * one warning finding, naming the first, with the count.
+   */
+  private async checkAccess(): Promise<void> {
+    const { storeDir, fileIO, info } = this.ctx;
+    if (storeDir === undefined) return;
+    const found = await findExposed(fileIO, storeDir, { scopes: [`volumes/${info.name}`, `objects/${info.id}`], limit: 1 });
+    const first = found.entries[0];
+    if (!first) return;
+    this.accessWarnings++;
+    this.add({
+      kind: 'permissions',
+      severity: 'warning',
+      object: first.path,
+      offset: null,
+      message: `${first.path} is ${formatMode(first.mode)}: ${found.count} file(s) and director(ies) of this volume can be opened by other users (vbfs creates 0600/0700; fix with chmod -R go-rwx ${storeDir})`,
+    });
   }
 
   /**

@@ -16,6 +16,7 @@ import {
 } from '../format/volume-meta';
 import type { FileIO } from '../io/file-io';
 import { NodeFileIO } from '../io/node-file-io';
+import { findExposed, formatMode } from '../io/private-mode';
 import { fsckVolume, type FsckOptions, type FsckReport } from './fsck';
 import { bootTimeMs, currentOwner, isLockHeld, isOwnerAlive, readLock, VolumeLock } from './lock';
 import {
@@ -71,7 +72,28 @@ export class Store {
     if (!Number.isSafeInteger(memory) || memory <= 0) throw new VbfsError('VBFS_INVALID_ARGUMENT', `invalid memoryBytes: ${String(opts.memoryBytes)}`);
     const store = new Store(abs, fileIO, backend, opts.logger ?? silentLogger, opts.failpoint ?? (() => undefined), memory);
     await store.finishInterruptedDeletes();
+    await store.warnIfExposed();
     return store;
+  }
+
+  /**
+   * One warning, naming the first path, when other users can open files of this
+   * store (one made by an older version, or opened up by hand). Stops at the first
+   * hit: on a private store (0700 root) it costs one stat. Modes are never changed
+   * here: sharing a store with a group may be deliberate.
+   */
+  private async warnIfExposed(): Promise<void> {
+    try {
+      const found = await findExposed(this.fileIO, this.dir, { limit: 1, stopAtLimit: true });
+      const first = found.entries[0];
+      if (!first) return;
+      this.logger.warn(
+        `store ${this.dir} is open to other users: ${first.path} is ${formatMode(first.mode)} (vbfs creates 0600/0700; fix with chmod -R go-rwx ${this.dir})`,
+        { path: first.path, mode: formatMode(first.mode) },
+      );
+    } catch (err) {
+      this.logger.debug(`could not check the permissions of ${this.dir}: ${(err as Error).message}`);
+    }
   }
 
   private volDir(name: string): string {
@@ -243,7 +265,7 @@ export class Store {
   async fsckVolume(name: string, opts: FsckOptions = {}): Promise<FsckReport> {
     this.checkOpen();
     const info = await this.volumeInfo(name);
-    return fsckVolume({ info, dir: this.volDir(name), fileIO: this.fileIO, backend: this.backend, logger: this.logger }, opts);
+    return fsckVolume({ info, dir: this.volDir(name), fileIO: this.fileIO, backend: this.backend, logger: this.logger, storeDir: this.dir }, opts);
   }
 
   /**
