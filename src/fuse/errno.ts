@@ -20,6 +20,7 @@ export const ERRNO_BY_CODE: Readonly<Record<VbfsErrorCode, number>> = {
   VBFS_CORRUPT: E.EIO,
   VBFS_UNSUPPORTED_VERSION: E.EIO,
   VBFS_BUSY: E.EBUSY,
+  VBFS_BAD_KEY: E.EACCES, // only at open; a mount refuses the volume before any file op
   VBFS_IO: E.EIO,
 };
 
