@@ -1,8 +1,7 @@
 import * as path from 'node:path';
-import type { Backend } from './backend';
+import { type Backend, checkRange, validKey } from './backend';
 import type { FileHandle, FileIO } from '../io/file-io';
 import { VbfsError, ioError } from '../errors';
-import { checkRange, validKey } from './memory-backend';
 
 /**
  * Objects as files under `root`; the '/' of a key becomes a subdirectory.
