@@ -4,7 +4,7 @@
  * logged just before exit is lost.
  */
 import * as winston from 'winston';
-import type { Logger } from '../store/types';
+import type { Logger } from '../types';
 
 export const LOG_LEVELS = ['error', 'warn', 'info', 'debug'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];

@@ -20,12 +20,11 @@ import {
   isVbfsMount,
   loopDevicesUnder,
   loopRefusal,
-  pidAlive,
-  sleep,
   statErrno,
   storeFromMount,
   unmountPath,
-} from '../fuse/system';
+} from '../os/mounts';
+import { pidAlive, sleep } from '../os/process';
 import type { CliLogger } from './logger';
 import { EXIT_FAILURE, EXIT_OK, ExitError, exitCodeFor } from './exit-codes';
 import type { MountFlags } from './mount-options';

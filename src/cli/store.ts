@@ -7,10 +7,11 @@ import * as fsp from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Store } from '../store/store';
-import type { MountableStore } from '../fuse/types';
+import type { MountableStore } from '../store/ports';
 import type { FsckOptions, FsckReport } from '../store/fsck';
-import type { Logger, VolumeCreateOptions, VolumeInfo, VolumeState } from '../store/types';
-import { pidAlive, processStartTime } from '../fuse/system';
+import type { VolumeCreateOptions, VolumeState } from '../store/types';
+import type { Logger, VolumeInfo } from '../types';
+import { pidAlive, processStartTime } from '../os/process';
 
 /** What the CLI needs from the engine's Store (see /tmp/api-contract.md). */
 export interface CliStore extends MountableStore {

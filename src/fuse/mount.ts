@@ -22,21 +22,13 @@
  */
 import * as fsp from 'node:fs/promises';
 import { VbfsError, isVbfsError } from '../errors';
-import type { Logger, VolumeOpenOptions } from '../store/types';
-import {
-  canonicalMountpoint,
-  checkFuseAvailable,
-  findMount,
-  holdsFuseConnection,
-  isVbfsMount,
-  loopDevicesUnder,
-  loopRefusal,
-  pidAlive,
-  sleep,
-  statErrno,
-  unmountPath,
-} from './system';
-import type { FuseOps, MountableStore } from './types';
+import type { VolumeOpenOptions } from '../store/types';
+import type { Logger } from '../types';
+import { canonicalMountpoint, findMount, isVbfsMount, loopDevicesUnder, loopRefusal, statErrno, unmountPath } from '../os/mounts';
+import { pidAlive, sleep } from '../os/process';
+import { checkFuseAvailable, holdsFuseConnection } from './system';
+import type { MountableStore } from '../store/ports';
+import type { FuseOps } from './types';
 import { VolumeFs } from './volume-fs';
 
 /** Largest write the kernel sends with big_writes (fuse 2.9 caps max_write at 128 KiB). */

@@ -20,10 +20,11 @@
 import * as fsp from 'node:fs/promises';
 import { constants } from 'node:fs';
 import { isVbfsError } from '../errors';
-import type { Logger } from '../store/types';
+import type { Logger } from '../types';
 import { errno, toErrno } from './errno';
 import { renderStats } from './stats-file';
-import type { ErrCb, FuseOps, FuseStat, FuseStatfs, MountableStore, MountableVolume, ValueCb } from './types';
+import type { MountableStore, MountableVolume } from '../store/ports';
+import type { ErrCb, FuseOps, FuseStat, FuseStatfs, ValueCb } from './types';
 
 export const STATS_NAME = '.stats';
 const S_IFDIR = 0o040000;

@@ -10,7 +10,7 @@ import { MapStore, mapSegmentName, type MapLoad } from '../index/map-store';
 import type { FileIO } from '../io/file-io';
 import { replayWal } from '../wal/wal-reader';
 import { isLockHeld, readLock, VolumeLock } from './lock';
-import type { Logger, VolumeInfo } from './types';
+import type { Logger, VolumeInfo } from '../types';
 
 /**
  * `vbfs fsck`: verify a volume end to end without opening it for writing.

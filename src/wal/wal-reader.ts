@@ -2,7 +2,7 @@ import { VbfsError } from '../errors';
 import { checkRecord, isSyncMarker, RECORD_HEADER, syncMarkerClaim, type RecordHeader } from '../format/block-record';
 import { decodeSegmentHeader, SEGMENT_HEADER, WAL_MAGIC } from '../format/segment-header';
 import type { FileIO } from '../io/file-io';
-import type { Logger } from '../store/types';
+import type { Logger } from '../types';
 import { walSegmentName } from './wal-writer';
 
 export interface WalReplay {
