@@ -14,7 +14,7 @@ import { VbfsError, ioError } from '../errors';
  *   crash could lose a whole subdirectory of durable objects.
  * Keys whose last part ends in the temp suffix are refused so list() stays exact.
  */
-export const TEMP_SUFFIX = '.vbfs-tmp';
+const TEMP_SUFFIX = '.vbfs-tmp';
 const READ_HANDLES = 64;
 
 interface CachedHandle {

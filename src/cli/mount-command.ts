@@ -51,7 +51,7 @@ export interface MountArgs extends MountFlags {
   debugFuse?: boolean;
 }
 
-export const DEFAULT_STOP_TIMEOUT_SECONDS = 60;
+const DEFAULT_STOP_TIMEOUT_SECONDS = 60;
 
 /**
  * Checks on the store path that must happen before anything is created (the daemon's

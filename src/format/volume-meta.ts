@@ -17,7 +17,7 @@ import { COMPRESSIONS, DURABILITY_MODES, type Compression, type Durability, type
  * is checked by store/volume-rules.ts.
  */
 export const VOLUME_FORMAT_VERSION = 2;
-export const READABLE_VOLUME_VERSIONS: readonly number[] = [1, 2];
+const READABLE_VOLUME_VERSIONS: readonly number[] = [1, 2];
 
 export function encodeVolumeMeta(info: VolumeInfo): Buffer {
   return Buffer.from(JSON.stringify(info, null, 2) + '\n');

@@ -381,7 +381,7 @@ async function ensureDurableDir(fileIO: FileIO, dir: string): Promise<void> {
 }
 
 /** A quarter of RAM, at least 256 MiB, at most 1 GiB: a small machine keeps room for the rest. */
-export function defaultMemoryBytes(): number {
+function defaultMemoryBytes(): number {
   const MiB = 1024 * 1024;
   return Math.min(1024 * MiB, Math.max(256 * MiB, Math.floor(os.totalmem() / 4 / MiB) * MiB));
 }

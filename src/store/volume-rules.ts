@@ -7,10 +7,10 @@ import { COMPRESSIONS, DURABILITY_MODES, type Compression, type Durability, type
  * the store checks the result against these rules (checkVolumeInfo), as it checks
  * the arguments of createVolume and openVolume.
  */
-export const MIN_BLOCK = 512;
-export const MAX_BLOCK = 65536;
+const MIN_BLOCK = 512;
+const MAX_BLOCK = 65536;
 /** 2^48 bytes (256 TiB): keeps block numbers, byte offsets and index pages well inside exact JS numbers and Map limits. */
-export const MAX_VOLUME_SIZE = 2 ** 48;
+const MAX_VOLUME_SIZE = 2 ** 48;
 
 /** A volume name is a directory name in the store and a file name in the mount: plain and safe. */
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;

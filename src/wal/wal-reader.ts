@@ -158,7 +158,7 @@ interface TailScan {
  * Records are self-checking (CRC over header and payload), so a match is a record
  * this writer wrote into this file, not an accident of stale bytes.
  */
-export function scanAfter(buf: Buffer, from: number, blockSize: number): TailScan {
+function scanAfter(buf: Buffer, from: number, blockSize: number): TailScan {
   const out: TailScan = { first: -1, records: 0, maxClaim: -1 };
   let off = from + 1;
   while (off + RECORD_HEADER <= buf.length) {
