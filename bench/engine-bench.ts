@@ -28,7 +28,7 @@ import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { Store } from '../src/store/store';
 import { DEFAULT_TUNABLES, type Volume } from '../src/store/volume';
-import type { Durability } from '../src/store/types';
+import type { Durability } from '../src/types';
 import { type IoCounts, SlowFileIO, diffCounts } from './slow-file-io';
 import { parseSize } from './null-fuse';
 

@@ -1,5 +1,6 @@
 export { Store } from './store/store';
 export { Volume, DEFAULT_TUNABLES } from './store/volume';
+export * from './types';
 export * from './store/types';
 export { VbfsError, isVbfsError, type VbfsErrorCode } from './errors';
 export type { Backend } from './backend/backend';

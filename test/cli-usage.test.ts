@@ -15,7 +15,7 @@ import { formatSize, parseSize } from '../src/cli/size';
 import { ERRNO_BY_CODE, toErrno } from '../src/fuse/errno';
 import { parseStats, renderStats } from '../src/fuse/stats-file';
 import { fsnameFor, loadFuse } from '../src/fuse/mount';
-import { canonicalMountpoint, loopDevicesUnder, parseMountInfo, storeFromMount } from '../src/fuse/system';
+import { canonicalMountpoint, loopDevicesUnder, parseMountInfo, storeFromMount } from '../src/os/mounts';
 import { tmpDir, vbfs } from './helpers/fuse-env';
 
 function oneLine(stderr: string): string {

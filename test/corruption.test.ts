@@ -1,6 +1,7 @@
 import * as assert from 'node:assert/strict';
 import { Store } from '../src/store/store';
-import type { Logger, VolumeTunables } from '../src/store/types';
+import type { VolumeTunables } from '../src/store/types';
+import type { Logger } from '../src/types';
 import { VbfsError, isVbfsError } from '../src/errors';
 import { SimFS } from './helpers/sim-fs';
 import { Rng } from './helpers/rng';

@@ -10,7 +10,7 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { isVbfsError } from '../src/errors';
 import { Store } from '../src/store/store';
-import type { Logger } from '../src/store/types';
+import type { Logger } from '../src/types';
 import { tmpDir } from './helpers/fuse-env';
 
 const BS = 4096;

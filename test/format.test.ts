@@ -1,7 +1,8 @@
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { crc32c, crc32cImplementation, crc32cJs } from '../src/format/crc32c';
+import { crc32c, crc32cImplementation, crc32cJs, setCrc32cAccelerator } from '../src/format/crc32c';
+import { installCrc32c, loadNativeCrc32c } from '../src/os/native-crc32c';
 import { checkRecord, encodeRecord, encodeSyncMarker, isSyncMarker, RECORD_HEADER, syncMarkerClaim, SYNC_MARKER_BYTES } from '../src/format/block-record';
 import { checkFrame, encodeFrame } from '../src/format/frame';
 import { CHUNK_MAGIC, decodeSegmentHeader, encodeSegmentHeader, WAL_MAGIC } from '../src/format/segment-header';
@@ -59,12 +60,27 @@ describe('format', () => {
     assert.equal(crc32c(b, crc32c(b, 0, 0, 333), 333, 1000), crc32c(b));
   });
 
-  it(`crc32c: the ${crc32cImplementation} implementation agrees with the table version at every length and offset`, () => {
+  const crcImpl = installCrc32c();
+  it(`crc32c: the ${crcImpl} implementation agrees with the table version at every length and offset`, () => {
     const b = payload(9000);
     for (const [start, end] of [[0, 0], [0, 255], [0, 256], [3, 4099], [1, 9000], [4096, 8192]] as const) {
       assert.equal(crc32c(b, 0, start, end), crc32cJs(b, 0, start, end), `[${start}, ${end})`);
       assert.equal(crc32c(b, 0x12345678, start, end), crc32cJs(b, 0x12345678, start, end), `continued [${start}, ${end})`);
     }
+  });
+
+  it('crc32c: an accelerator is taken only if it gives the check value; VBFS_CRC32C=js keeps the table', () => {
+    assert.equal(loadNativeCrc32c({ VBFS_CRC32C: 'js' }), null);
+    assert.equal(setCrc32cAccelerator(() => 0), false);
+    assert.equal(crc32cImplementation(), crcImpl);
+    const b = payload(4096);
+    try {
+      assert.equal(installCrc32c({ VBFS_CRC32C: 'js' }), 'js');
+      assert.equal(crc32c(b), crc32cJs(b));
+    } finally {
+      installCrc32c();
+    }
+    assert.equal(crc32cImplementation(), crcImpl);
   });
 
   it('u64 round-trips values up to 2^53', () => {

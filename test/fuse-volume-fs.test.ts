@@ -10,8 +10,10 @@ import { constants } from 'node:os';
 import { constants as fsc } from 'node:fs';
 import { Store } from '../src/store/store';
 import { VolumeFs } from '../src/fuse/volume-fs';
-import type { FuseOps, MountableStore, MountableVolume } from '../src/fuse/types';
-import { silentLogger, type Logger, type VolumeInfo, type VolumeStats } from '../src/store/types';
+import type { FuseOps } from '../src/fuse/types';
+import type { MountableStore, MountableVolume } from '../src/store/ports';
+import type { VolumeStats } from '../src/store/types';
+import { silentLogger, type Logger, type VolumeInfo } from '../src/types';
 import { tmpDir } from './helpers/fuse-env';
 import { VbfsError } from '../src/errors';
 

@@ -10,7 +10,8 @@ import * as fsp from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { NodeFileIO } from '../src/io/node-file-io';
-import { currentOwner, processStart, readLock, VolumeLock } from '../src/store/lock';
+import { processStart } from '../src/os/process';
+import { currentOwner, readLock, VolumeLock } from '../src/store/lock';
 import { tmpDir } from './helpers/fuse-env';
 
 const CHILD = path.join(__dirname, 'helpers', 'lock-child.js');

@@ -4,7 +4,7 @@ import { FRAME_HEADER } from '../src/format/frame';
 import { ChunkPlacement, allocPlacement } from '../src/format/map-records';
 import { BlockIndex } from '../src/index/block-index';
 import { MapStore } from '../src/index/map-store';
-import { silentLogger, type Logger } from '../src/store/types';
+import { silentLogger, type Logger } from '../src/types';
 import { SimFS } from './helpers/sim-fs';
 
 /**

@@ -7,7 +7,7 @@ import * as assert from 'node:assert/strict';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { Store } from '../src/store/store';
-import type { Logger } from '../src/store/types';
+import type { Logger } from '../src/types';
 import { NodeFileIO } from '../src/io/node-file-io';
 import { findExposed } from '../src/io/private-mode';
 import { cleanupUnder, fuseUnavailableReason, isMounted, tmpDir, vbfs } from './helpers/fuse-env';

@@ -5,6 +5,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Store } from '../src/store/store';
 import { isVbfsError, type VbfsErrorCode } from '../src/errors';
+import { crc32cImplementation, setCrc32cAccelerator } from '../src/format/crc32c';
+import { loadNativeCrc32c } from '../src/os/native-crc32c';
 import { SimFS } from './helpers/sim-fs';
 import { Rng } from './helpers/rng';
 
@@ -73,6 +75,34 @@ describe('Store and Volume API', () => {
     await store.createVolume('v', { size: 1 << 20 });
     await rejectsWith(store.createVolume('v', { size: 2 << 20 }), 'VBFS_EXISTS');
     assert.equal((await store.volumeInfo('v')).size, 1 << 20);
+  });
+
+  it('Store.open hands the hardware CRC-32C to format/ when the platform has it', async () => {
+    setCrc32cAccelerator(null);
+    const again = await Store.open('/s2', { fileIO: sim });
+    assert.equal(crc32cImplementation(), loadNativeCrc32c() !== null ? 'native' : 'js');
+    await again.close();
+  });
+
+  it('refuses a volume.json that decodes but breaks the store rules as corrupt, and lists it as damaged', async () => {
+    const good = await store.createVolume('v', { size: 1 << 20 });
+    const file = '/s/volumes/v/volume.json';
+    const cases: Array<[string, Record<string, unknown>]> = [
+      ['name', { name: '../x' }],
+      ['block size', { blockSize: 3000 }],
+      ['size', { size: 1000 }],
+      ['too large', { size: 2 ** 49 }],
+      ['durability', { durability: 'sometimes' }],
+      ['id', { id: 'XYZ' }],
+    ];
+    for (const [what, patch] of cases) {
+      sim.writeRaw(file, Buffer.from(JSON.stringify({ ...good, ...patch })));
+      await rejectsWith(store.volumeInfo('v'), 'VBFS_CORRUPT').catch((err: Error) => assert.fail(`${what}: ${err.message}`));
+      const state = await store.volumeState('v');
+      assert.ok(state.damaged !== undefined && state.info === undefined, what);
+    }
+    sim.writeRaw(file, Buffer.from(JSON.stringify(good)));
+    assert.deepEqual(await store.volumeInfo('v'), good);
   });
 
   it('refuses out-of-range and malformed I/O and leaves the data unchanged', async () => {

@@ -1,7 +1,7 @@
 import * as assert from 'node:assert/strict';
 import { WalWriter } from '../src/wal/wal-writer';
 import { replayWal } from '../src/wal/wal-reader';
-import { silentLogger } from '../src/store/types';
+import { silentLogger } from '../src/types';
 import { isVbfsError } from '../src/errors';
 import { SimFS } from './helpers/sim-fs';
 import { Rng } from './helpers/rng';

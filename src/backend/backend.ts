@@ -28,8 +28,23 @@ export interface Backend {
   describe?(key: string): string;
 }
 
-export function checkKey(key: string): void {
+/**
+ * The argument checks every backend makes before any I/O (the public methods call
+ * them; backend-suite.ts tests them on each implementation): a key is a relative
+ * '/'-path with no empty, '.' or '..' part, so no key reaches outside the backend's
+ * root, and a ranged read has a whole, non-negative offset and length.
+ */
+export function validKey(key: string): void {
   if (key.length === 0 || key.startsWith('/') || key.split('/').some((p) => p === '' || p === '.' || p === '..')) {
     throw new VbfsError('VBFS_INVALID_ARGUMENT', `invalid backend key '${key}'`, { key });
+  }
+}
+
+export function checkRange(offset: number, length: number | undefined): void {
+  if (!Number.isSafeInteger(offset) || offset < 0) {
+    throw new VbfsError('VBFS_INVALID_ARGUMENT', `invalid backend read offset ${offset}`);
+  }
+  if (length !== undefined && (!Number.isSafeInteger(length) || length < 0)) {
+    throw new VbfsError('VBFS_INVALID_ARGUMENT', `invalid backend read length ${length}`);
   }
 }

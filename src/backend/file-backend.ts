@@ -1,8 +1,7 @@
 import * as path from 'node:path';
-import type { Backend } from './backend';
+import { type Backend, checkRange, validKey } from './backend';
 import type { FileHandle, FileIO } from '../io/file-io';
 import { VbfsError, ioError } from '../errors';
-import { checkRange, validKey } from './memory-backend';
 
 /**
  * Objects as files under `root`; the '/' of a key becomes a subdirectory.
@@ -15,7 +14,7 @@ import { checkRange, validKey } from './memory-backend';
  *   crash could lose a whole subdirectory of durable objects.
  * Keys whose last part ends in the temp suffix are refused so list() stays exact.
  */
-export const TEMP_SUFFIX = '.vbfs-tmp';
+const TEMP_SUFFIX = '.vbfs-tmp';
 const READ_HANDLES = 64;
 
 interface CachedHandle {

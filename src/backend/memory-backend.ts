@@ -1,4 +1,4 @@
-import { type Backend, checkKey } from './backend';
+import { type Backend, checkRange, validKey } from './backend';
 import { VbfsError } from '../errors';
 
 /**
@@ -48,23 +48,5 @@ export class MemoryBackend implements Backend {
   private check(key: string): void {
     this.checkOpen();
     validKey(key);
-  }
-}
-
-/** checkKey() throws a plain Error; callers of a backend only ever see VbfsError. */
-export function validKey(key: string): void {
-  try {
-    checkKey(key);
-  } catch (err) {
-    throw new VbfsError('VBFS_INVALID_ARGUMENT', (err as Error).message, { key });
-  }
-}
-
-export function checkRange(offset: number, length: number | undefined): void {
-  if (!Number.isSafeInteger(offset) || offset < 0) {
-    throw new VbfsError('VBFS_INVALID_ARGUMENT', `invalid backend read offset ${offset}`);
-  }
-  if (length !== undefined && (!Number.isSafeInteger(length) || length < 0)) {
-    throw new VbfsError('VBFS_INVALID_ARGUMENT', `invalid backend read length ${length}`);
   }
 }

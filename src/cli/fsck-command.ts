@@ -38,7 +38,7 @@ export async function runFsck(ctx: CliContext, args: FsckArgs): Promise<number> 
 }
 
 /** One line per problem (severity, object, offset, kind, message), then the figures and a verdict. */
-export function renderReport(r: FsckReport): string[] {
+function renderReport(r: FsckReport): string[] {
   const out: string[] = [];
   for (const p of r.problems) {
     out.push(`${p.severity}: ${p.object}${p.offset === null ? '' : ` offset ${p.offset}`}: [${p.kind}]${p.repaired ? ' [repaired]' : ''} ${p.message}`);

@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as winston from 'winston';
 import { mkdirPrivateSync, openAppendPrivateSync } from '../io/private-mode';
-import type { Logger } from '../store/types';
+import type { Logger } from '../types';
 
 export const LOG_LEVELS = ['error', 'warn', 'info', 'debug'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];

@@ -4,7 +4,7 @@
  */
 import * as path from 'node:path';
 import yargs from 'yargs';
-import { DURABILITY_MODES, COMPRESSIONS, type Compression, type Durability } from '../store/types';
+import { DURABILITY_MODES, COMPRESSIONS, type Compression, type Durability } from '../types';
 import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError, exitCodeFor } from './exit-codes';
 import { closeLogger, createCliLogger, LOG_LEVELS, type CliLogger, type LogLevel } from './logger';
 import { runFsck } from './fsck-command';

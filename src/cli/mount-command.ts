@@ -21,12 +21,11 @@ import {
   isVbfsMount,
   loopDevicesUnder,
   loopRefusal,
-  pidAlive,
-  sleep,
   statErrno,
   storeFromMount,
   unmountPath,
-} from '../fuse/system';
+} from '../os/mounts';
+import { pidAlive, sleep } from '../os/process';
 import type { CliLogger } from './logger';
 import { EXIT_FAILURE, EXIT_OK, ExitError, exitCodeFor } from './exit-codes';
 import type { MountFlags } from './mount-options';
@@ -53,7 +52,7 @@ export interface MountArgs extends MountFlags {
   debugFuse?: boolean;
 }
 
-export const DEFAULT_STOP_TIMEOUT_SECONDS = 60;
+const DEFAULT_STOP_TIMEOUT_SECONDS = 60;
 
 /**
  * Checks on the store path that must happen before anything is created (the daemon's

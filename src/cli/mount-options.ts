@@ -3,7 +3,7 @@
  * `vbfs <store> <mountpoint> [-o opts] [-n] [-s] [-f] [-v] [-t type]` used by
  * mount(8) and /etc/fstab (through mount.fuse or a mount.fuse.vbfs symlink).
  */
-import { DURABILITY_MODES, type Durability } from '../store/types';
+import { DURABILITY_MODES, type Durability } from '../types';
 import { UsageError } from './exit-codes';
 import { parseSize } from './size';
 

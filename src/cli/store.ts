@@ -7,13 +7,14 @@ import * as fsp from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Store } from '../store/store';
-import type { MountableStore } from '../fuse/types';
+import type { MountableStore } from '../store/ports';
 import type { FsckOptions, FsckReport } from '../store/fsck';
-import type { Logger, VolumeCreateOptions, VolumeInfo, VolumeState } from '../store/types';
-import { pidAlive, processStartTime } from '../fuse/system';
+import type { VolumeCreateOptions, VolumeState } from '../store/types';
+import type { Logger, VolumeInfo } from '../types';
+import { pidAlive, processStartTime } from '../os/process';
 import { mkdirPrivate, writeNewPrivateFile } from '../io/private-mode';
 
-/** What the CLI needs from the engine's Store (see /tmp/api-contract.md). */
+/** What the CLI needs from the engine's Store, beyond what a mount needs (store/ports.ts). */
 export interface CliStore extends MountableStore {
   createVolume(name: string, opts: VolumeCreateOptions): Promise<VolumeInfo>;
   volumeInfo(name: string): Promise<VolumeInfo>;
@@ -55,12 +56,12 @@ export interface MountRecord {
 
 const PID_FILE = 'mount.pid';
 
-export function pidFilePath(storeDir: string): string {
+function pidFilePath(storeDir: string): string {
   return path.join(storeDir, PID_FILE);
 }
 
 /** Where records of running mounts live: $VBFS_RUN_DIR, else /run/vbfs (root) or the user's runtime dir. */
-export function runDir(env: NodeJS.ProcessEnv = process.env): string {
+function runDir(env: NodeJS.ProcessEnv = process.env): string {
   if (env['VBFS_RUN_DIR']) return path.resolve(env['VBFS_RUN_DIR']);
   const uid = typeof process.getuid === 'function' ? process.getuid() : -1;
   if (uid === 0) return '/run/vbfs';

@@ -31,7 +31,7 @@ export const FLAG_LZ4 = 1;
  * Recovery takes the highest claim found anywhere in the segment as the proven
  * sync point (see wal-reader.ts).
  */
-export const FLAG_SYNC_MARK = 2;
+const FLAG_SYNC_MARK = 2;
 export const SYNC_MARKER_BYTES = RECORD_HEADER + 8;
 
 /** Encode a sync marker at `off` claiming `syncedTo`; `scratch` is an 8-byte buffer (no allocation per batch). */
@@ -128,7 +128,7 @@ export function checkRecord(buf: Uint8Array, off: number, limit: number, maxLen:
   };
 }
 
-export function allZero(buf: Uint8Array, start: number, end: number): boolean {
+function allZero(buf: Uint8Array, start: number, end: number): boolean {
   for (let i = start; i < end; i++) if (buf[i] !== 0) return false;
   return true;
 }

@@ -20,26 +20,28 @@ for (let n = 0; n < 256; n++) {
 }
 
 /**
- * Hardware CRC-32C (SSE4.2 / ARMv8 CRC instructions) from @node-rs/crc32 when it is
- * installed for this platform: about 3x the table version on 4 KiB blocks, and
- * checksums are the largest CPU cost of both the write path (WAL records) and the
- * read path (every record read is verified). The table version below stays the
- * fallback and the reference the tests compare it with.
+ * An accelerated implementation handed in from outside (os/native-crc32c.ts loads
+ * the hardware one): this module stays pure, without environment or module
+ * loading. Same results as the table version, which is the fallback and the
+ * reference the tests compare an accelerated one with.
  */
-type NativeCrc = (input: Buffer, initialState?: number) => number;
-const native: NativeCrc | null = (() => {
-  if (process.env.VBFS_CRC32C === 'js') return null;
-  try {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const m = require('@node-rs/crc32') as { crc32c: NativeCrc };
-    return m.crc32c(Buffer.from('123456789')) === 0xe3069283 ? m.crc32c : null;
-  } catch {
-    return null;
-  }
-})();
+export type Crc32cAccelerator = (input: Buffer, initialState?: number) => number;
+let native: Crc32cAccelerator | null = null;
 
-/** Which implementation crc32c() uses ('native' or 'js'). */
-export const crc32cImplementation: 'native' | 'js' = native ? 'native' : 'js';
+/**
+ * Use `fn` for inputs of NATIVE_MIN bytes and more (null: the table version only).
+ * Refused (false, nothing changed) unless it gives the standard check value.
+ */
+export function setCrc32cAccelerator(fn: Crc32cAccelerator | null): boolean {
+  if (fn !== null && fn(Buffer.from('123456789')) !== 0xe3069283) return false;
+  native = fn;
+  return true;
+}
+
+/** Which implementation crc32c() uses for large inputs. */
+export function crc32cImplementation(): 'native' | 'js' {
+  return native !== null ? 'native' : 'js';
+}
 
 /** Below this length the call overhead of the native version outweighs its speed. */
 const NATIVE_MIN = 256;

@@ -29,8 +29,8 @@ import { readU32, readU64, writeU32, writeU64 } from './u64';
  */
 export const LOCATION_ENTRY = 32;
 /** Map log segments: 2 = every commit write begins with an 'S' sync frame (1 is still read). */
-export const MAP_LOG_VERSION = 2;
-export const CHECKPOINT_VERSION = 1;
+const MAP_LOG_VERSION = 2;
+const CHECKPOINT_VERSION = 1;
 
 export interface Location {
   block: number;

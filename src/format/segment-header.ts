@@ -22,7 +22,7 @@ import { readU16, readU32, readU64, writeU16, writeU32, writeU64 } from './u64';
  */
 export const SEGMENT_HEADER = 64;
 /** WAL segments written by this build carry sync markers (format 2); version 1 segments are still read. */
-export const WAL_VERSION = 2;
+const WAL_VERSION = 2;
 export const CHUNK_VERSION = 1;
 export const WAL_MAGIC = 'VBFSWAL\0';
 export const CHUNK_MAGIC = 'VBFSCHK\0';

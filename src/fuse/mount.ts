@@ -22,25 +22,17 @@
  */
 import * as fsp from 'node:fs/promises';
 import { VbfsError, isVbfsError } from '../errors';
-import type { Logger, VolumeOpenOptions } from '../store/types';
-import {
-  canonicalMountpoint,
-  checkFuseAvailable,
-  findMount,
-  holdsFuseConnection,
-  isVbfsMount,
-  loopDevicesUnder,
-  loopRefusal,
-  pidAlive,
-  sleep,
-  statErrno,
-  unmountPath,
-} from './system';
-import type { FuseOps, MountableStore } from './types';
+import type { VolumeOpenOptions } from '../store/types';
+import type { Logger } from '../types';
+import { canonicalMountpoint, findMount, isVbfsMount, loopDevicesUnder, loopRefusal, statErrno, unmountPath } from '../os/mounts';
+import { pidAlive, sleep } from '../os/process';
+import { checkFuseAvailable, holdsFuseConnection } from './system';
+import type { MountableStore } from '../store/ports';
+import type { FuseOps } from './types';
 import { VolumeFs } from './volume-fs';
 
 /** Largest write the kernel sends with big_writes (fuse 2.9 caps max_write at 128 KiB). */
-export const MAX_WRITE = 131072;
+const MAX_WRITE = 131072;
 
 export interface MountOptions {
   mountpoint: string;
@@ -93,7 +85,7 @@ export function fsnameFor(storeDir: string, opts: { readOnly?: boolean; nonempty
  * If `mountpoint` holds a dead FUSE mount (ENOTCONN: its process was killed),
  * unmount it. A live mount there is an error. Returns true if something was cleaned.
  */
-export async function recoverStaleMount(mountpoint: string, log: Logger): Promise<boolean> {
+async function recoverStaleMount(mountpoint: string, log: Logger): Promise<boolean> {
   const m = await findMount(mountpoint);
   if (!m) return false;
   const e = await statErrno(mountpoint);

@@ -1,29 +1,6 @@
-/**
- * The slice of the engine API the FUSE layer uses. `Store` and `Volume` from
- * src/store satisfy these structurally; tests may hand in a fake.
- */
-import type { Durability, VolumeInfo, VolumeOpenOptions, VolumeStats } from '../store/types';
+/** What fuse-native hands to our handlers and expects back (the engine's side is store/ports.ts). */
 
-export interface MountableVolume {
-  readonly name: string;
-  readonly size: number;
-  readonly blockSize: number;
-  readonly durability: Durability;
-  read(offset: number, length: number): Promise<Buffer>;
-  readInto(offset: number, out: Buffer): Promise<void>;
-  write(offset: number, data: Uint8Array): Promise<void>;
-  fsync(): Promise<void>;
-  stats(): VolumeStats;
-  close(): Promise<void>;
-}
-
-export interface MountableStore {
-  listVolumes(): Promise<VolumeInfo[]>;
-  openVolume(name: string, opts?: VolumeOpenOptions): Promise<MountableVolume>;
-  close(): Promise<void>;
-}
-
-/** The callback shapes fuse-native hands to our handlers (see node_modules/fuse-native/index.js). */
+/** The callback shapes (see node_modules/fuse-native/index.js). */
 export type ErrCb = (err: number) => void;
 export type ValueCb<T> = (err: number, value?: T) => void;
 

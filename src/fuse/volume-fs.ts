@@ -3,11 +3,14 @@
  * read-only `.stats`. This file does not import fuse-native (mount.ts does), so the
  * handlers can be driven directly by tests without a kernel.
  *
- * Rules every handler follows (see "fuse-native facts" in DESIGN.md):
+ * Rules every handler follows (from how fuse-native 2.2.6 behaves):
  *  - errors go to the kernel as negative errno (errno.ts has the one table);
  *    `read`/`write` answer with a byte count, never `cb(null)`;
- *  - the kernel's buffer is only valid until `cb` is called: a write is copied
- *    before it enters the engine, a read is copied into it before `cb`;
+ *  - the kernel's buffer is only valid until `cb` is called, so it is handed to the
+ *    engine without a copy and `cb` comes only after the engine's promise settles:
+ *    a write's data is read (into the arena and the WAL buffer) before then, a read
+ *    fills the buffer in place (readInto) before then (the contract is in
+ *    store/ports.ts);
  *  - a callback is called exactly once and never throws back into fuse-native,
  *    whatever the handler does: ops() wraps every handler so that a synchronous
  *    throw still answers (EIO) and a second answer is dropped (fuse-native posts
@@ -20,10 +23,11 @@
 import * as fsp from 'node:fs/promises';
 import { constants } from 'node:fs';
 import { isVbfsError } from '../errors';
-import type { Logger } from '../store/types';
+import type { Logger } from '../types';
 import { errno, toErrno } from './errno';
 import { renderStats } from './stats-file';
-import type { ErrCb, FuseOps, FuseStat, FuseStatfs, MountableStore, MountableVolume, ValueCb } from './types';
+import type { MountableStore, MountableVolume } from '../store/ports';
+import type { ErrCb, FuseOps, FuseStat, FuseStatfs, ValueCb } from './types';
 
 export const STATS_NAME = '.stats';
 const S_IFDIR = 0o040000;

@@ -21,7 +21,7 @@ import {
   writeLocation,
 } from '../format/map-records';
 import type { FileHandle, FileIO } from '../io/file-io';
-import type { Logger } from '../store/types';
+import type { Logger } from '../types';
 import type { BlockIndex } from './block-index';
 
 export const mapSegmentName = (n: number): string => n.toString(16).padStart(16, '0') + '.log';

@@ -11,7 +11,7 @@ import type { FileIO } from '../io/file-io';
 import { findExposed, formatMode } from '../io/private-mode';
 import { replayWal } from '../wal/wal-reader';
 import { isLockHeld, readLock, VolumeLock } from './lock';
-import type { Logger, VolumeInfo } from './types';
+import type { Logger, VolumeInfo } from '../types';
 
 /**
  * `vbfs fsck`: verify a volume end to end without opening it for writing.

@@ -3,6 +3,7 @@ import * as os from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { VbfsError, isVbfsError } from '../errors';
 import type { FileIO } from '../io/file-io';
+import { bootId, bootTimeMs, processStart, processStat } from '../os/process';
 
 /**
  * Single-writer lock of a volume: a LOCK file holding one line of JSON
@@ -251,51 +252,10 @@ export function isOwnerAlive(o: Owner, inThisProcess: boolean): boolean {
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EPERM') return false;
   }
-  const stat = procStat(o.pid);
+  const stat = processStat(o.pid);
   if (stat === null) return !fs.existsSync('/proc/self/stat'); // no /proc: trust kill(0)
   if (stat.state === 'Z') return false; // exited, not reaped yet: holds nothing
   return o.start === undefined || stat.start === o.start;
-}
-
-/** State and start time of a process from /proc/<pid>/stat, or null if it is gone. */
-function procStat(pid: number): { state: string; start: number } | null {
-  let text: string;
-  try {
-    text = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-  } catch {
-    return null;
-  }
-  // "pid (comm) S ppid ...": comm may contain spaces or parentheses, so split after the last ')'.
-  const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
-  // fields[0] is field 3 (state); field 22 (starttime) is fields[19].
-  return { state: fields[0] ?? '', start: Number(fields[19]) };
-}
-
-export function processStart(pid: number): number | null {
-  const s = procStat(pid);
-  return s && Number.isFinite(s.start) ? s.start : null;
-}
-
-function bootId(): string | undefined {
-  try {
-    return fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim() || undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-let bootMs: number | null | undefined;
-/** When this boot started (ms since the epoch), from /proc/stat btime. */
-export function bootTimeMs(): number | null {
-  if (bootMs === undefined) {
-    try {
-      const m = /^btime (\d+)$/m.exec(fs.readFileSync('/proc/stat', 'utf8'));
-      bootMs = m ? Number(m[1]) * 1000 : null;
-    } catch {
-      bootMs = null;
-    }
-  }
-  return bootMs;
 }
 
 function errnoOf(err: unknown): string | undefined {

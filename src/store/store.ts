@@ -4,31 +4,19 @@ import * as path from 'node:path';
 import { VbfsError, isVbfsError } from '../errors';
 import type { Backend } from '../backend/backend';
 import { FileBackend } from '../backend/file-backend';
-import {
-  checkBlockSize,
-  checkCompression,
-  checkDurability,
-  checkSize,
-  checkVolumeName,
-  decodeVolumeMeta,
-  encodeVolumeMeta,
-  VOLUME_FORMAT_VERSION,
-} from '../format/volume-meta';
+import { decodeVolumeMeta, encodeVolumeMeta, VOLUME_FORMAT_VERSION } from '../format/volume-meta';
 import type { FileIO } from '../io/file-io';
 import { NodeFileIO } from '../io/node-file-io';
 import { findExposed, formatMode } from '../io/private-mode';
+import { installCrc32c } from '../os/native-crc32c';
+import { bootTimeMs } from '../os/process';
 import { fsckVolume, type FsckOptions, type FsckReport } from './fsck';
-import { bootTimeMs, currentOwner, isLockHeld, isOwnerAlive, readLock, VolumeLock } from './lock';
-import {
-  silentLogger,
-  type Logger,
-  type StoreOptions,
-  type VolumeCreateOptions,
-  type VolumeInfo,
-  type VolumeOpenOptions,
-  type VolumeState,
-} from './types';
+import { currentOwner, isLockHeld, isOwnerAlive, readLock, VolumeLock } from './lock';
+import { silentLogger, type Logger, type VolumeInfo } from '../types';
+import type { StoreOptions, VolumeCreateOptions, VolumeOpenOptions, VolumeState } from './types';
+import type { MountableStore } from './ports';
 import { Volume } from './volume';
+import { checkBlockSize, checkCompression, checkDurability, checkSize, checkVolumeInfo, checkVolumeName } from './volume-rules';
 
 /**
  * A store is a directory of named volumes:
@@ -40,7 +28,7 @@ import { Volume } from './volume';
  *   <dir>/objects/<volume id>/chunks/  chunk objects (FileBackend; or any Backend)
  *   <dir>/volumes/.tmp-<pid>-<start>-<boot>-<rand>-<name>   a volume being created
  */
-export class Store {
+export class Store implements MountableStore {
   private readonly open = new Set<Volume>();
   private readonly warnedDamaged = new Set<string>();
   private closed = false;
@@ -56,6 +44,7 @@ export class Store {
   ) {}
 
   static async open(dir: string, opts: StoreOptions = {}): Promise<Store> {
+    installCrc32c(); // every checksum below this store: hardware CRC-32C when the platform has it
     const fileIO = opts.fileIO ?? new NodeFileIO();
     const abs = path.resolve(dir);
     const st = await fileIO.stat(abs);
@@ -158,7 +147,7 @@ export class Store {
     checkVolumeName(name);
     const file = `${this.volDir(name)}/volume.json`;
     if (!(await this.fileIO.stat(file))) throw new VbfsError('VBFS_NOT_FOUND', `no volume named '${name}' in store ${this.dir}`, { name });
-    return decodeVolumeMeta(await this.fileIO.readFile(file), file);
+    return checkVolumeInfo(decodeVolumeMeta(await this.fileIO.readFile(file), file), file);
   }
 
   /**
@@ -414,7 +403,7 @@ async function ensureDurableDir(fileIO: FileIO, dir: string): Promise<void> {
 }
 
 /** A quarter of RAM, at least 256 MiB, at most 1 GiB: a small machine keeps room for the rest. */
-export function defaultMemoryBytes(): number {
+function defaultMemoryBytes(): number {
   const MiB = 1024 * 1024;
   return Math.min(1024 * MiB, Math.max(256 * MiB, Math.floor(os.totalmem() / 4 / MiB) * MiB));
 }

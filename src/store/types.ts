@@ -1,21 +1,8 @@
 import type { Backend } from '../backend/backend';
 import type { FileIO } from '../io/file-io';
+import type { Compression, Durability, Logger, VolumeInfo } from '../types';
 
-/** See docs/FORMAT.md and README "Durability": what write()/fsync() wait for. */
-export type Durability = 'strict' | 'batched' | 'relaxed' | 'async';
-export const DURABILITY_MODES: readonly Durability[] = ['strict', 'batched', 'relaxed', 'async'];
-export type Compression = 'none' | 'lz4';
-export const COMPRESSIONS: readonly Compression[] = ['none', 'lz4'];
-
-/** Minimal logger interface (winston loggers satisfy it). Below the CLI the default is silent. */
-export interface Logger {
-  error(msg: string, meta?: Record<string, unknown>): void;
-  warn(msg: string, meta?: Record<string, unknown>): void;
-  info(msg: string, meta?: Record<string, unknown>): void;
-  debug(msg: string, meta?: Record<string, unknown>): void;
-}
-
-export const silentLogger: Logger = { error() {}, warn() {}, info() {}, debug() {} };
+/** Options and statistics of the store and its volumes (the shared types are in src/types.ts). */
 
 export interface StoreOptions {
   /** File layer for everything under the store directory (default: real node:fs). */
@@ -54,17 +41,6 @@ export interface VolumeState {
   info?: VolumeInfo;
   /** Set when the volume is damaged (volume.json missing or unreadable): the reason. */
   damaged?: string;
-}
-
-export interface VolumeInfo {
-  name: string;
-  id: string; // 32 hex chars, unique per volume (a recreated name gets a new id)
-  size: number;
-  blockSize: number;
-  durability: Durability;
-  compression: Compression;
-  createdAt: string; // ISO time
-  formatVersion: number;
 }
 
 /** Tunables. Every one has a default; tests use tiny values. */

@@ -16,8 +16,10 @@ import { replayWal } from '../wal/wal-reader';
 import { VolumeLock } from './lock';
 import { LatencyWindow } from './latency';
 import { collectIdleGarbage } from './idle-gc';
-import type { Durability, Logger, VolumeInfo, VolumeOpenOptions, VolumeStats, VolumeTunables } from './types';
-import { checkDurability, encodeVolumeMeta, VOLUME_FORMAT_VERSION } from '../format/volume-meta';
+import type { Durability, Logger, VolumeInfo } from '../types';
+import type { VolumeOpenOptions, VolumeStats, VolumeTunables } from './types';
+import { encodeVolumeMeta, VOLUME_FORMAT_VERSION } from '../format/volume-meta';
+import { checkDurability } from './volume-rules';
 
 const MiB = 1024 * 1024;
 const RESOLVED: Promise<void> = Promise.resolve();

@@ -2,7 +2,7 @@ import { VbfsError } from '../errors';
 import { checkRecord, isSyncMarker, RECORD_HEADER, syncMarkerClaim, type RecordHeader } from '../format/block-record';
 import { decodeSegmentHeader, SEGMENT_HEADER, WAL_MAGIC } from '../format/segment-header';
 import type { FileIO } from '../io/file-io';
-import type { Logger } from '../store/types';
+import type { Logger } from '../types';
 import { walSegmentName } from './wal-writer';
 
 export interface WalReplay {
@@ -158,7 +158,7 @@ interface TailScan {
  * Records are self-checking (CRC over header and payload), so a match is a record
  * this writer wrote into this file, not an accident of stale bytes.
  */
-export function scanAfter(buf: Buffer, from: number, blockSize: number): TailScan {
+function scanAfter(buf: Buffer, from: number, blockSize: number): TailScan {
   const out: TailScan = { first: -1, records: 0, maxClaim: -1 };
   let off = from + 1;
   while (off + RECORD_HEADER <= buf.length) {

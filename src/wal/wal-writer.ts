@@ -2,7 +2,7 @@ import { VbfsError, ioError, isNoSpace, syncFailed } from '../errors';
 import { encodeRecord, encodeSyncMarker, RECORD_HEADER, SYNC_MARKER_BYTES } from '../format/block-record';
 import { encodeSegmentHeader, SEGMENT_HEADER, WAL_MAGIC } from '../format/segment-header';
 import type { FileHandle, FileIO } from '../io/file-io';
-import type { Logger } from '../store/types';
+import type { Logger } from '../types';
 
 export const walSegmentName = (n: number): string => n.toString(16).padStart(16, '0') + '.wal';
 

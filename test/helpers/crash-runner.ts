@@ -1,7 +1,8 @@
 import * as assert from 'node:assert/strict';
 import { Store } from '../../src/store/store';
 import type { Volume } from '../../src/store/volume';
-import type { Durability, VolumeTunables } from '../../src/store/types';
+import type { VolumeTunables } from '../../src/store/types';
+import type { Durability } from '../../src/types';
 import { FileBackend } from '../../src/backend/file-backend';
 import { PAGE_BYTES, SimFS, isCrash, type TearMode } from './sim-fs';
 import { Rng, envInt } from './rng';

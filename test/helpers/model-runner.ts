@@ -1,7 +1,8 @@
 import * as assert from 'node:assert/strict';
 import { Store } from '../../src/store/store';
 import type { Volume } from '../../src/store/volume';
-import type { Durability, VolumeTunables } from '../../src/store/types';
+import type { VolumeTunables } from '../../src/store/types';
+import type { Durability } from '../../src/types';
 import type { FileIO } from '../../src/io/file-io';
 import { NodeFileIO } from '../../src/io/node-file-io';
 import { crc32c } from '../../src/format/crc32c';
