@@ -435,7 +435,7 @@ class Fsck {
       const buf = await backend.get(key);
       this.r.chunks++;
       this.r.storedBytes += buf.length;
-      const refs = mapOk ? (this.index.chunkRefs.get(id) ?? 0) : -1;
+      const refs = mapOk ? this.index.liveBlocks(id) : -1;
       if (refs === 0) {
         orphans.push({ key, bytes: buf.length });
         this.checkOrphan(buf, key);
@@ -448,8 +448,8 @@ class Fsck {
     this.progress({ phase: 'chunks', done: keys.length, total: keys.length });
 
     if (mapOk) {
-      for (const [id, refs] of this.index.chunkRefs) {
-        if (refs > 0 && !present.has(id)) {
+      this.index.forEachLiveChunk((id, refs) => {
+        if (!present.has(id)) {
           this.add({
             kind: 'missing-chunk',
             severity: 'error',
@@ -458,7 +458,7 @@ class Fsck {
             message: `chunk object is missing from the backend but the map points ${refs} block(s) into it: their data is lost`,
           });
         }
-      }
+      });
       if (suspects.size > 0) await this.checkSuspects(suspects);
     }
 
