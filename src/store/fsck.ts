@@ -37,6 +37,10 @@ import type { Logger, VolumeInfo } from './types';
  * "orphan". An orphan holding a newer version of a block than both the map and the
  * WAL is itself damage (a lost map commit) and is never deleted. Nothing that fails
  * a check is ever rewritten.
+ *
+ * Longer than the ~450 lines files here aim at, on purpose: its passes (map, WAL,
+ * chunks, cross-checks, repair) fill one report from one index, and read best in
+ * the order they run.
  */
 export type FsckSeverity = 'error' | 'warning';
 
