@@ -29,6 +29,7 @@ const RESOLVED: Promise<void> = Promise.resolve();
 export class Volume {
   private readonly core: VolumeCore;
   private readonly reader: Reader;
+  /** The writer and the flusher: writable mode only. */
   private writer: Writer | null = null;
   private flusher: Flusher | null = null;
   private lock: VolumeLock | null = null;
@@ -150,7 +151,7 @@ export class Volume {
   async flush(): Promise<void> {
     const writer = this.checkWritable();
     await writer.drain();
-    await (this.flusher as Flusher).flush();
+    await writer.flusher.flush();
   }
 
   /** Read `length` bytes at `offset`; never-written ranges read as zeros. */

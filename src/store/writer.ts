@@ -19,6 +19,8 @@ export interface FlushControl {
   readonly diskFull: VbfsError | null;
   /** Slots one flush wave pins (how far relaxed writers may run ahead of the WAL). */
   readonly waveRecords: number;
+  /** Volume.flush(): pack everything written so far into chunks. */
+  flush(): Promise<void>;
 }
 
 /** Where the WAL continues after recovery. */
@@ -59,7 +61,7 @@ export class Writer {
   private tail = 0; // next free (head === tail: empty)
 
   /** Set by connect(): the flusher is built on this writer's WAL, so it comes second. */
-  private flusher!: FlushControl;
+  flusher!: FlushControl;
 
   constructor(
     private readonly core: VolumeCore,
