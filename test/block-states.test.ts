@@ -70,6 +70,17 @@ describe('block states', () => {
     }
   });
 
+  it('thousands of blocks written before a sync all become Pending (no block is lost track of)', async () => {
+    const { vol, cleanup } = await setup('relaxed');
+    try {
+      await vol.write(0, Buffer.alloc(16 << 20, 9)); // 4096 blocks in one write: appended before any sync completes
+      await vol.fsync();
+      assert.deepEqual(counts(vol.stats()), [0, 4096, 0, 0]);
+    } finally {
+      await cleanup();
+    }
+  });
+
   it('batched mode: the group commit, not an fsync, makes blocks Pending', async () => {
     const { vol, cleanup } = await setup('batched', { batchBlocks: 4 });
     try {

@@ -75,10 +75,6 @@ export class Arena {
     return true;
   }
 
-  get capacity(): number {
-    return this.free.length;
-  }
-
   /** Slots ever handed out: every in-use slot is below this. */
   get highWater(): number {
     return this.nextFresh;

@@ -279,13 +279,12 @@ export class Writer {
     }
   }
 
+  /** Remember an appended record until a sync covers it (the ring doubles when full; its length is a power of two). */
   private pushUnsynced(slot: number, seq: number): void {
-    const mask = this.unsyncedSlots.length - 1;
-    if (((this.tail + 1) & mask) === (this.head & mask)) this.growUnsynced();
-    const m = this.unsyncedSlots.length - 1;
-    this.unsyncedSlots[this.tail & m] = slot;
-    this.unsyncedSeqs[this.tail & m] = seq;
-    this.tail = (this.tail + 1) & m;
+    if (((this.tail + 1) & (this.unsyncedSlots.length - 1)) === this.head) this.growUnsynced();
+    this.unsyncedSlots[this.tail] = slot;
+    this.unsyncedSeqs[this.tail] = seq;
+    this.tail = (this.tail + 1) & (this.unsyncedSlots.length - 1);
   }
 
   private growUnsynced(): void {
