@@ -168,7 +168,7 @@ describe('corruption detection', () => {
       let vol = await store.openVolume('c', KEEP_IN_WAL);
       const later = contents(30, 77);
       for (let b = 0; b < 30; b++) await vol.write((b + 20) * BS, later[b] as Buffer); // relaxed: buffered, never fsynced
-      await (vol as unknown as { wal: { rotate(): Promise<number> } }).wal.rotate(); // the batch reaches the file, no sync
+      await (vol as unknown as { writer: { wal: { rotate(): Promise<number> } } }).writer.wal.rotate(); // the batch reaches the file, no sync
       const after = sim.reopen();
       const wal = after.files(`${VOL}/wal/`).filter((f) => f.endsWith('.wal')).pop() as string;
       const raw = Buffer.from(after.readRaw(wal) as Buffer);

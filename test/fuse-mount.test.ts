@@ -166,6 +166,22 @@ describe('FUSE mount of a real store (bin/vbfs)', function () {
     assert.ok(s.volumes['disk']!['fsyncs']! > 0);
   });
 
+  it('.stats and vbfs stats count the blocks in each state (strict: none left Hot after a write)', async () => {
+    const fh = await fsp.open(path.join(mnt, 'strict'), 'r+');
+    try {
+      await fh.write(Buffer.alloc(64 * 1024, 5), 0, 64 * 1024, 8 * MiB);
+    } finally {
+      await fh.close();
+    }
+    const text = await fsp.readFile(path.join(mnt, '.stats'), 'utf8');
+    for (const k of ['blocks_hot', 'blocks_pending', 'blocks_persisted', 'blocks_cached']) assert.match(text, new RegExp(`^${k} +\\d+$`, 'm'));
+    const r = await vbfs(['stats', mnt, '--json'], store);
+    assert.equal(r.code, 0, r.stderr);
+    const v = (JSON.parse(r.stdout) as { volumes: Record<string, Record<string, number>> }).volumes['strict']!;
+    assert.equal(v['blocks_hot'], 0, 'strict: every write is synced before it returns');
+    assert.ok(v['blocks_pending']! + v['blocks_persisted']! + v['blocks_cached']! >= 16, '16 blocks written');
+  });
+
   it('fio --verify=crc32c with 4 concurrent jobs', async function () {
     if ((await run('fio', ['--version'])).code !== 0) {
       if (process.env['CI'] === 'true') throw new Error('fio is not installed (apt-get install fio)');

@@ -18,7 +18,7 @@ import { Rng } from './helpers/rng';
  */
 const BS = 4096;
 const REC = 32 + BS;
-/** The WAL's batch buffer is 1 MiB (volume.ts WAL_BUFFER_BYTES); a bound, not an exact count. */
+/** The WAL's batch buffer is 1 MiB (writer.ts WAL_BUFFER_BYTES); a bound, not an exact count. */
 const BATCH = 1 << 20;
 const NO_FLUSH: Partial<VolumeTunables> = {
   flushBytes: 1 << 30,

@@ -24,12 +24,15 @@ export class Arena {
   private waiters: Array<() => void> = [];
   /** Slots that may be in use at once (<= capacity): this volume's share of a store-wide memory budget. */
   private limit: number;
-  /** Block number and sequence number of the version each slot holds. */
-  blockOf: Float64Array;
-  seqOf: Float64Array;
-  /** CRC of the raw block record of this version, when known (rawCrcOk = 1). */
-  rawCrc: Uint32Array;
-  rawCrcOk: Uint8Array;
+  /** Block number and sequence number of the version each slot holds (setMeta). */
+  private blocks: Float64Array;
+  private seqs: Float64Array;
+  /** CRC of the WAL record of this version: the chunk record is the same bytes (setRecord). */
+  private crcs: Uint32Array;
+  /** The LZ4 payload of this version's record, or undefined when it is stored raw. */
+  private packed: (Buffer | undefined)[] = [];
+  /** Bytes held by `packed` (not in the slabs; counted in the volume's memory). */
+  packedBytes = 0;
   used = 0;
 
   constructor(readonly slotSize: number, readonly capSlots: number) {
@@ -37,10 +40,9 @@ export class Arena {
     this.free = new Int32Array(capSlots);
     this.pinned = new Uint8Array(capSlots);
     this.released = new Uint8Array(capSlots);
-    this.blockOf = new Float64Array(capSlots);
-    this.seqOf = new Float64Array(capSlots);
-    this.rawCrc = new Uint32Array(capSlots);
-    this.rawCrcOk = new Uint8Array(capSlots);
+    this.blocks = new Float64Array(capSlots);
+    this.seqs = new Float64Array(capSlots);
+    this.crcs = new Uint32Array(capSlots);
     this.limit = capSlots;
   }
 
@@ -68,11 +70,9 @@ export class Arena {
     this.allocated = 0;
     this.nextFresh = 0;
     this.freeTop = 0;
+    this.packed = [];
+    this.packedBytes = 0;
     return true;
-  }
-
-  get capacity(): number {
-    return this.free.length;
   }
 
   /** Slots ever handed out: every in-use slot is below this. */
@@ -119,10 +119,9 @@ export class Arena {
     this.free = free;
     this.pinned = widen(this.pinned, new Uint8Array(n));
     this.released = widen(this.released, new Uint8Array(n));
-    this.blockOf = widen(this.blockOf, new Float64Array(n));
-    this.seqOf = widen(this.seqOf, new Float64Array(n));
-    this.rawCrc = widen(this.rawCrc, new Uint32Array(n));
-    this.rawCrcOk = widen(this.rawCrcOk, new Uint8Array(n));
+    this.blocks = widen(this.blocks, new Float64Array(n));
+    this.seqs = widen(this.seqs, new Float64Array(n));
+    this.crcs = widen(this.crcs, new Uint32Array(n));
     return this.take();
   }
 
@@ -156,6 +155,54 @@ export class Arena {
     copyBytes(this.slab(slot), dst, dstStart, o + from, o + to);
   }
 
+  // ---- slot metadata: which version a slot holds, and its record
+
+  /** The slot now holds version `seq` of `block` (its record is set by setRecord). */
+  setMeta(slot: number, block: number, seq: number): void {
+    this.blocks[slot] = block;
+    this.seqs[slot] = seq;
+  }
+
+  blockOf(slot: number): number {
+    return this.blocks[slot] as number;
+  }
+
+  seqOf(slot: number): number {
+    return this.seqs[slot] as number;
+  }
+
+  /**
+   * The record this version was logged as: its CRC, and its LZ4 payload when it
+   * is stored compressed (null: raw, the payload is the slot's bytes). Keeping
+   * them lets the chunk record reuse both instead of checksumming or compressing again.
+   */
+  setRecord(slot: number, crc: number, packed: Buffer | null): void {
+    this.crcs[slot] = crc;
+    this.dropPacked(slot);
+    if (packed) {
+      this.packed[slot] = packed;
+      this.packedBytes += packed.length;
+    }
+  }
+
+  recordCrc(slot: number): number {
+    return this.crcs[slot] as number;
+  }
+
+  /** The slot's LZ4 payload, or undefined when its record is raw. */
+  packedOf(slot: number): Buffer | undefined {
+    return this.packed[slot];
+  }
+
+  private dropPacked(slot: number): void {
+    if (this.packedBytes === 0) return; // raw volumes never touch the array
+    const p = this.packed[slot];
+    if (p) {
+      this.packedBytes -= p.length;
+      this.packed[slot] = undefined;
+    }
+  }
+
   pin(slot: number): void {
     this.pinned[slot] = 1;
   }
@@ -175,6 +222,7 @@ export class Arena {
   }
 
   private pushFree(slot: number): void {
+    this.dropPacked(slot);
     this.free[this.freeTop++] = slot;
     this.used--;
     if (this.waiters.length > 0) {

@@ -48,10 +48,22 @@ export interface PersistedLocation {
   seq: number;
 }
 
+/** Blocks per state, for the stats (Empty is not counted: it is every block never written). */
+export interface StateCounts {
+  hot: number;
+  pending: number;
+  persisted: number;
+  cached: number;
+}
+
 export class BlockIndex {
   private readonly pages = new Map<number, Page>();
   /** Live block count per chunk id, so fully superseded chunks can be deleted. */
-  readonly chunkRefs = new Map<number, number>();
+  private readonly chunkRefs = new Map<number, number>();
+  /** Chunks whose live count reached 0 since the last takeDeadChunks() (may have duplicates). */
+  private deadCandidates: number[] = [];
+  /** Blocks per state, indexed by state; kept up to date by every transition. */
+  private readonly counts = new Float64Array(5);
 
   constructor(readonly blockCount: number) {}
 
@@ -105,13 +117,21 @@ export class BlockIndex {
     return (this.page(block)?.len[block & PAGE_MASK] as number | undefined) ?? 0;
   }
 
+  private setState(p: Page, i: number, to: BlockState): void {
+    const c = this.counts;
+    const from = p.state[i] as number;
+    c[from] = (c[from] as number) - 1;
+    c[to] = (c[to] as number) + 1;
+    p.state[i] = to;
+  }
+
   /** A new version in arena slot `slot`; returns the previous slot (-1 if none) for the caller to release. */
   setHot(block: number, slot: number, pending = false): number {
     const p = this.pageForWrite(block);
     const i = block & PAGE_MASK;
     const prev = p.slot[i] as number;
     p.slot[i] = slot;
-    p.state[i] = pending ? PENDING : HOT;
+    this.setState(p, i, pending ? PENDING : HOT);
     return prev;
   }
 
@@ -119,7 +139,7 @@ export class BlockIndex {
   markPending(block: number, slot: number): void {
     const p = this.page(block);
     const i = block & PAGE_MASK;
-    if (p && p.slot[i] === slot && p.state[i] === HOT) p.state[i] = PENDING;
+    if (p && p.slot[i] === slot && p.state[i] === HOT) this.setState(p, i, PENDING);
   }
 
   /**
@@ -141,17 +161,53 @@ export class BlockIndex {
     this.chunkRefs.set(chunk, (this.chunkRefs.get(chunk) ?? 0) + 1);
     if (slot >= 0 && p.slot[i] === slot) {
       p.slot[i] = -1;
-      p.state[i] = PERSISTED;
+      this.setState(p, i, PERSISTED);
       return true;
     }
-    if ((p.slot[i] as number) < 0) p.state[i] = PERSISTED;
+    if ((p.slot[i] as number) < 0) this.setState(p, i, PERSISTED);
     return false;
   }
 
   private unref(chunk: number): void {
     const n = (this.chunkRefs.get(chunk) ?? 0) - 1;
     if (n > 0) this.chunkRefs.set(chunk, n);
-    else this.chunkRefs.set(chunk, 0);
+    else {
+      this.chunkRefs.set(chunk, 0);
+      this.deadCandidates.push(chunk);
+    }
+  }
+
+  /**
+   * Chunk ids whose live block count dropped to 0 since the last call: nothing in
+   * the index points into them any more. The index forgets them (the caller
+   * deletes the objects). A chunk that came back to life meanwhile is not returned.
+   */
+  takeDeadChunks(): number[] {
+    if (this.deadCandidates.length === 0) return [];
+    const out: number[] = [];
+    for (const id of this.deadCandidates) {
+      if (this.chunkRefs.get(id) !== 0) continue; // revived, or a duplicate already taken
+      this.chunkRefs.delete(id);
+      out.push(id);
+    }
+    this.deadCandidates = [];
+    return out;
+  }
+
+  /** Blocks of the index that point into chunk `id` (0 for an unknown or dead chunk). */
+  liveBlocks(chunk: number): number {
+    return this.chunkRefs.get(chunk) ?? 0;
+  }
+
+  /** Visit every chunk at least one block points into, with its live block count. */
+  forEachLiveChunk(fn: (chunk: number, liveBlocks: number) => void): void {
+    for (const [id, n] of this.chunkRefs) if (n > 0) fn(id, n);
+  }
+
+  /** Blocks in each state (O(1): the counts are kept by every transition). */
+  stateCounts(): StateCounts {
+    const c = this.counts;
+    return { hot: c[HOT] as number, pending: c[PENDING] as number, persisted: c[PERSISTED] as number, cached: c[CACHED] as number };
   }
 
   setCached(block: number, cached: boolean): void {
@@ -159,8 +215,8 @@ export class BlockIndex {
     const i = block & PAGE_MASK;
     if (!p) return;
     const s = p.state[i];
-    if (cached && s === PERSISTED) p.state[i] = CACHED;
-    else if (!cached && s === CACHED) p.state[i] = PERSISTED;
+    if (cached && s === PERSISTED) this.setState(p, i, CACHED);
+    else if (!cached && s === CACHED) this.setState(p, i, PERSISTED);
   }
 
   /** Page numbers in ascending order (for visiting the index in pieces). */

@@ -80,6 +80,10 @@ export interface VolumeStats {
   chunkFlushes: number; // chunk objects written
   flushedBytes: number;
   pendingBytes: number; // Hot + Pending data not yet in chunks
+  blocksHot: number; // blocks whose current version is in the write buffer, its WAL record not yet synced
+  blocksPending: number; // ... in the write buffer and in a synced WAL record, not yet in a chunk
+  blocksPersisted: number; // blocks whose current version is in a chunk object only
+  blocksCached: number; // ... in a chunk object and in the read cache
   cacheHits: number;
   cacheMisses: number;
   cacheBytes: number;

@@ -21,6 +21,13 @@ export interface WalWriterOptions {
   logger: Logger;
   /** After a write failed for lack of space, retry it this often (default 1000 ms). */
   noSpaceRetryMs?: number;
+  /** Every seq up to this one is already durable (recovery: the replayed WAL and the chunks). */
+  durableSeq?: number;
+  /**
+   * Called when a completed fdatasync made every record up to `seq` durable, before
+   * the sync's waiters hear of it (the writer moves those blocks Hot -> Pending).
+   */
+  onDurable?: (seq: number) => void;
 }
 
 interface Batch {
@@ -65,8 +72,8 @@ export class WalWriter {
   markers = 0;
   bytes = 0;
   unsyncedBlocks = 0;
-  /** Highest seq known durable. Hot blocks at or below it are Pending. */
-  durableSeq = 0;
+  /** Highest seq known durable (records are appended in seq order). Hot blocks at or below it are Pending. */
+  durableSeq: number;
 
   private cur: Buffer;
   private curLen = 0;
@@ -95,11 +102,12 @@ export class WalWriter {
   private closing = false;
   private readonly segments: number[];
 
-  constructor(private readonly o: WalWriterOptions) {
-    if (o.bufferBytes < RECORD_HEADER + o.blockSize) throw new VbfsError('VBFS_INVALID_ARGUMENT', 'WAL buffer smaller than one record');
-    this.cur = Buffer.allocUnsafeSlow(o.bufferBytes);
-    this.curSeg = o.nextSegment;
-    this.segments = [...o.existingSegments];
+  constructor(private readonly opts: WalWriterOptions) {
+    if (opts.bufferBytes < RECORD_HEADER + opts.blockSize) throw new VbfsError('VBFS_INVALID_ARGUMENT', 'WAL buffer smaller than one record');
+    this.cur = Buffer.allocUnsafeSlow(opts.bufferBytes);
+    this.curSeg = opts.nextSegment;
+    this.segments = [...opts.existingSegments];
+    this.durableSeq = opts.durableSeq ?? 0;
   }
 
   get error(): Error | null {
@@ -134,7 +142,7 @@ export class WalWriter {
   append(seq: number, block: number, flags: number, rawLen: number, payload: Uint8Array, pStart: number, pEnd: number): number {
     if (this.failed) throw this.failed;
     const recLen = RECORD_HEADER + (pEnd - pStart);
-    if (this.segBytes + recLen > this.o.segmentBytes && this.segBytes > SEGMENT_HEADER) this.switchSegment();
+    if (this.segBytes + recLen > this.opts.segmentBytes && this.segBytes > SEGMENT_HEADER) this.switchSegment();
     if (this.curLen + recLen > this.cur.length) this.seal();
     const at = this.curLen;
     this.curLen = encodeRecord(this.cur, at, seq, block, flags, rawLen, payload, pStart, pEnd);
@@ -155,7 +163,7 @@ export class WalWriter {
   private seal(): void {
     if (this.curLen === 0) return;
     const batch: Batch = { buf: this.cur, len: this.curLen, seg: this.curSeg, endPos: this.appendedPos, lastSeq: this.curLastSeq };
-    this.cur = this.pool.pop() ?? Buffer.allocUnsafeSlow(this.o.bufferBytes);
+    this.cur = this.pool.pop() ?? Buffer.allocUnsafeSlow(this.opts.bufferBytes);
     this.curLen = 0;
     this.enqueue(() => this.writeBatch(batch)).catch(() => {
       /* recorded in this.failed; surfaced by sync() and append() */
@@ -174,7 +182,7 @@ export class WalWriter {
   private fail(err: unknown): Error {
     if (!this.failed) {
       this.failed = ioError('WAL failed; the volume must be reopened', err);
-      this.o.logger.error('WAL write failed', { error: String(err) });
+      this.opts.logger.error('WAL write failed', { error: String(err) });
       const w = this.waiters;
       this.waiters = [];
       for (const x of w) x.reject(this.failed);
@@ -195,7 +203,7 @@ export class WalWriter {
         if (this.pool.length < 8) this.pool.push(b.buf);
         if (this.noSpaceErr) {
           this.noSpaceErr = null;
-          this.o.logger.info('WAL write succeeded again after running out of space');
+          this.opts.logger.info('WAL write succeeded again after running out of space');
         }
         return;
       } catch (err) {
@@ -209,7 +217,7 @@ export class WalWriter {
   private async waitForSpace(err: unknown): Promise<void> {
     if (!this.noSpaceErr) {
       this.noSpaceErr = ioError('WAL write failed for lack of space', err);
-      this.o.logger.warn('store disk full: WAL write failed; writes are refused until it succeeds (retried in place)', { error: String(err) });
+      this.opts.logger.warn('store disk full: WAL write failed; writes are refused until it succeeds (retried in place)', { error: String(err) });
       const w = this.waiters;
       this.waiters = [];
       for (const x of w) x.reject(this.noSpaceErr);
@@ -218,7 +226,7 @@ export class WalWriter {
       const timer = setTimeout(() => {
         this.retryWake = null;
         resolve();
-      }, this.o.noSpaceRetryMs ?? 1000);
+      }, this.opts.noSpaceRetryMs ?? 1000);
       timer.unref();
       this.retryWake = () => {
         clearTimeout(timer);
@@ -242,18 +250,18 @@ export class WalWriter {
       await this.fd.close();
       this.fd = null;
     }
-    const path = `${this.o.dir}/${walSegmentName(seg)}`;
-    const fd = await this.o.fileIO.open(path, 'wx');
+    const path = `${this.opts.dir}/${walSegmentName(seg)}`;
+    const fd = await this.opts.fileIO.open(path, 'wx');
     try {
-      await fd.write(encodeSegmentHeader({ magic: WAL_MAGIC, blockSize: this.o.blockSize, volumeId: this.o.volumeId, number: seg, count: 0, maxSeq: 0 }), 0);
+      await fd.write(encodeSegmentHeader({ magic: WAL_MAGIC, blockSize: this.opts.blockSize, volumeId: this.opts.volumeId, number: seg, count: 0, maxSeq: 0 }), 0);
     } catch (err) {
       // No record in it yet: remove it, so that a retry (out of space) can create it again.
       await fd.close().catch(() => undefined);
-      await this.o.fileIO.unlink(path).catch(() => undefined);
+      await this.opts.fileIO.unlink(path).catch(() => undefined);
       throw err;
     }
     // The new name must be durable before any sync of this file is relied upon.
-    await this.o.fileIO.fsyncDir(this.o.dir).catch(async (err: unknown) => {
+    await this.opts.fileIO.fsyncDir(this.opts.dir).catch(async (err: unknown) => {
       await fd.close().catch(() => undefined);
       throw this.fail(syncFailed('WAL directory fsync failed', err));
     });
@@ -265,7 +273,10 @@ export class WalWriter {
 
   private markDurable(pos: number, seq: number): void {
     if (pos > this.durablePos) this.durablePos = pos;
-    if (seq > this.durableSeq) this.durableSeq = seq;
+    if (seq > this.durableSeq) {
+      this.durableSeq = seq;
+      this.opts.onDurable?.(seq);
+    }
     if (this.waiters.length === 0) return;
     const keep: SyncWaiter[] = [];
     for (const w of this.waiters) {
@@ -380,8 +391,8 @@ export class WalWriter {
           this.fd = null;
           this.fdSeg = -1;
         }
-        for (const s of doomed) await this.o.fileIO.unlink(`${this.o.dir}/${walSegmentName(s)}`);
-        await this.o.fileIO.fsyncDir(this.o.dir);
+        for (const s of doomed) await this.opts.fileIO.unlink(`${this.opts.dir}/${walSegmentName(s)}`);
+        await this.opts.fileIO.fsyncDir(this.opts.dir);
       } catch (err) {
         throw this.fail(err);
       }

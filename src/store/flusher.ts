@@ -1,0 +1,315 @@
+import { VbfsError, ioError, isNoSpace } from '../errors';
+import { ChunkBuilder, type BuiltChunk } from '../chunk/chunk-builder';
+import { chunkKey } from '../chunk/chunk';
+import type { WalWriter } from '../wal/wal-writer';
+import type { FlushControl, Writer } from './writer';
+import type { VolumeCore } from './volume-core';
+
+/** Chunk objects written in parallel per flush wave (one map commit per wave). */
+const FLUSH_WAVE = 4;
+
+/**
+ * The flush path: write-buffer slots -> chunk objects -> map commit -> WAL reclaim.
+ *
+ * Scheduling: a flush starts by size (the writer kicks it when flushBytes are in
+ * the buffer), by time (every flushIntervalMs), by backpressure (a writer waits
+ * for room), on flush() and on close(). One runs at a time; a request that
+ * arrives meanwhile makes it go again when it ends.
+ *
+ * One flush: snapshot the current version of every in-memory block (pinning the
+ * slots), sync the WAL and seal its segment, then wave by wave (FLUSH_WAVE chunks
+ * written in parallel): build the chunks, put them, commit their locations to the
+ * map log with one fdatasync, point the index at them and free the slots. Then
+ * drop the WAL segments the snapshot covered, write a checkpoint when the map log
+ * has grown, and delete the chunk objects no block points at any more.
+ */
+export class Flusher implements FlushControl {
+  /** The last flush failed for lack of space; retried every noSpaceRetryMs (not a failure). */
+  diskFull: VbfsError | null = null;
+  private run: Promise<void> | null = null;
+  private again = false;
+  private noMoreKicks = false;
+  private intervalTimer: NodeJS.Timeout | null = null;
+  private diskFullTimer: NodeJS.Timeout | null = null;
+  private deadChunks: number[] = [];
+  private readonly builder: ChunkBuilder;
+  private readonly wal: WalWriter;
+
+  constructor(
+    private readonly core: VolumeCore,
+    private readonly writer: Writer,
+  ) {
+    this.wal = writer.wal;
+    this.builder = new ChunkBuilder(core.info.id, core.blockSize, core.tunables.chunkBytes, FLUSH_WAVE);
+    // Chunks the index dropped while loading the map are orphans, which recovery deleted.
+    core.index.takeDeadChunks();
+    this.intervalTimer = setInterval(() => {
+      if (core.arena.used > 0) this.kick();
+    }, core.tunables.flushIntervalMs);
+    this.intervalTimer.unref();
+    if (core.arena.used * core.blockSize >= core.tunables.flushBytes) this.kick();
+  }
+
+  /** A flush is running. */
+  get running(): boolean {
+    return this.run !== null;
+  }
+
+  /** Chunk buffers held for reuse (an idle volume drops them). */
+  get pooledBuffers(): number {
+    return this.builder.pooled;
+  }
+
+  trimBuffers(): void {
+    this.builder.trim();
+  }
+
+  /**
+   * Records one flush wave writes: FLUSH_WAVE chunks, but a wave never pins more
+   * than a quarter of the write buffer, so with a small buffer writers still find
+   * room while a wave is being written, and the wait for room stays one (small) wave.
+   */
+  get waveRecords(): number {
+    const perChunk = this.core.recordsPerChunk;
+    return perChunk * Math.max(1, Math.min(FLUSH_WAVE, Math.floor(this.core.arena.limitSlots / 4 / perChunk)));
+  }
+
+  /** Start a background flush, or ask the running one to go again when it ends. */
+  kick(): void {
+    if (this.core.closed || this.noMoreKicks || this.core.failed) return;
+    if (this.run) {
+      this.again = true;
+      return;
+    }
+    this.start().catch((err) => {
+      this.writer.failUnlessNoSpace(err);
+    });
+  }
+
+  /** Pack everything written so far into chunk objects (waits for a running flush first). */
+  async flush(): Promise<void> {
+    await this.idle();
+    this.writer.check();
+    try {
+      await this.start();
+    } catch (err) {
+      throw this.writer.failUnlessNoSpace(err);
+    }
+  }
+
+  /**
+   * close(): no flush starts after this but the final one, which packs whatever
+   * is left; then the WAL is synced and a checkpoint written if the map log holds
+   * anything, so the next open loads one file.
+   */
+  async finish(): Promise<void> {
+    this.stopTimers();
+    this.noMoreKicks = true;
+    await this.idle();
+    if (this.core.failed) throw this.core.failed;
+    await this.start();
+    await this.writer.syncWal();
+    if (this.core.map.logBytes > 0) await this.checkpoint();
+    this.processDeadChunks();
+  }
+
+  stopTimers(): void {
+    if (this.intervalTimer) clearInterval(this.intervalTimer);
+    if (this.diskFullTimer) clearTimeout(this.diskFullTimer);
+    this.intervalTimer = null;
+    this.diskFullTimer = null;
+  }
+
+  private async idle(): Promise<void> {
+    while (this.run) await this.run.catch(() => undefined);
+  }
+
+  /**
+   * Every flush goes through here, whoever started it (size, timer, backpressure,
+   * flush(), close()), so a request that arrived while one was running is never
+   * dropped: when it ends, it goes again if asked or if enough is pending.
+   */
+  private start(): Promise<void> {
+    const { arena, blockSize, tunables } = this.core;
+    let progress = false;
+    let noSpace = false;
+    const run = this.flushOnce()
+      .then(
+        (n) => {
+          progress = n > 0;
+          if (this.diskFull) {
+            this.diskFull = null;
+            this.core.ctx.logger.info('flush succeeded again after running out of space', { volume: this.core.name });
+          }
+        },
+        (err: unknown) => {
+          noSpace = this.noteDiskFull(err);
+          throw err;
+        },
+      )
+      .finally(() => {
+        this.run = null;
+        // Go again if asked while running, or if this one made progress and enough
+        // is still pending. Never after an empty snapshot on its own: slots held by
+        // a write still in progress (a read-modify-write) count as used but cannot
+        // be flushed, and re-kicking on them spins forever. Nor after running out
+        // of space: the retry timer goes again.
+        const again = !noSpace && (this.again || (progress && (arena.used * blockSize >= tunables.flushBytes || arena.full)));
+        this.again = false;
+        if (again && arena.used > 0) this.kick();
+      });
+    this.run = run;
+    return run;
+  }
+
+  /**
+   * A flush that failed for lack of space is not a failure of the volume: its
+   * data is still in the write buffer and the WAL, the chunk objects of the failed
+   * wave were not committed, and the map log rewrites a failed append in place. So
+   * it is retried every noSpaceRetryMs; meanwhile writers that need room get the
+   * error instead of waiting. True if err was such a case.
+   */
+  private noteDiskFull(err: unknown): boolean {
+    const core = this.core;
+    if (!isNoSpace(err) || core.failed || this.wal.error) return false;
+    if (!this.diskFull) core.ctx.logger.warn('store disk full: flush failed; retrying until space returns', { volume: core.name, error: String(err) });
+    this.diskFull = ioError(`volume '${core.name}': store disk full`, err);
+    if (!this.diskFullTimer && !core.closed && !core.closing) {
+      this.diskFullTimer = setTimeout(() => {
+        this.diskFullTimer = null;
+        if (core.arena.used > 0) this.kick();
+      }, core.tunables.noSpaceRetryMs);
+      this.diskFullTimer.unref();
+    }
+    core.arena.wakeAll(); // writers waiting for room: refused now (Writer.waitForSlot)
+    this.processDeadChunks(); // the failed wave's written chunks: their space back
+    return true;
+  }
+
+  /**
+   * One flush. Everything in a sealed WAL segment is either in the snapshot or
+   * superseded by something that is, so after the commits the segment is redundant.
+   */
+  private async flushOnce(): Promise<number> {
+    const { arena } = this.core;
+    const wal = this.wal;
+    const entries = this.snapshot();
+    if (entries.length === 0) {
+      // Nothing in memory: every WAL record left (e.g. replayed ones already in
+      // chunks) is redundant. Seal and drop them so they are not replayed forever.
+      if (wal.segmentCount > 0 && arena.used === 0) await wal.reclaim(await wal.rotate());
+      return 0;
+    }
+    let sealed: number;
+    try {
+      // Both started in this same tick (the snapshot and the seal must agree), and
+      // both awaited together so a failing WAL leaves no unobserved rejection.
+      [, sealed] = await Promise.all([wal.sync(), wal.rotate()]);
+    } catch (err) {
+      for (const slot of entries) arena.unpin(slot);
+      throw err;
+    }
+    // Slots are unpinned wave by wave: a slot whose block the wave persisted (or
+    // that a newer write superseded meanwhile) is free as soon as its wave is
+    // committed, so a writer waiting for room waits for one wave, not for the
+    // whole snapshot (up to the whole write buffer) to reach the backend.
+    let unpinned = 0;
+    try {
+      // Grouped by raw size: compressed records are never larger, so a group never overflows a chunk.
+      const perChunk = this.core.recordsPerChunk;
+      const perWave = this.waveRecords;
+      for (let i = 0; i < entries.length; i += perWave) {
+        // The WAL's queued writes go to the disk before the next wave's chunks: on a
+        // slow disk a writer waiting for WAL room (walBackpressure) then waits for
+        // at most one wave, instead of for every wave the flusher queues ahead of it.
+        if (i > 0) await wal.sync();
+        const end = Math.min(entries.length, i + perWave);
+        const wave: number[][] = [];
+        for (let k = i; k < end; k += perChunk) wave.push(entries.slice(k, Math.min(k + perChunk, end)));
+        await this.writeWave(wave);
+        for (; unpinned < end; unpinned++) arena.unpin(entries[unpinned] as number);
+      }
+    } finally {
+      for (; unpinned < entries.length; unpinned++) arena.unpin(entries[unpinned] as number);
+    }
+    const { ctx, map, tunables } = this.core;
+    await ctx.failpoint('flush:beforeWalReclaim');
+    await wal.reclaim(sealed);
+    await ctx.failpoint('flush:afterWalReclaim');
+    if (map.logBytes >= tunables.checkpointBytes) await this.checkpoint();
+    this.processDeadChunks();
+    return entries.length;
+  }
+
+  /** Slots holding the current version of their block, pinned, in block order. */
+  private snapshot(): number[] {
+    const { arena: a, index } = this.core;
+    const out: number[] = [];
+    for (let slot = 0; slot < a.highWater; slot++) {
+      if (a.isPinned(slot)) continue;
+      if (index.slot(a.blockOf(slot)) === slot) {
+        out.push(slot);
+        a.pin(slot);
+      }
+    }
+    return out.sort((x, y) => a.blockOf(x) - a.blockOf(y));
+  }
+
+  /**
+   * Write a wave of chunk objects in parallel (their fdatasyncs overlap), then
+   * commit all their locations with one map log write + fdatasync, then point the
+   * index at them. A crash before the commit leaves orphan chunks, which recovery
+   * deletes; the WAL still holds their data.
+   */
+  private async writeWave(groups: number[][]): Promise<void> {
+    const { arena, index, ctx, counters } = this.core;
+    const built: BuiltChunk[] = [];
+    for (const slots of groups) built.push(await this.builder.build(arena, slots, this.core.nextChunkId++));
+    const puts = await Promise.allSettled(
+      built.map(async (c) => {
+        await ctx.failpoint('flush:beforeChunkWrite');
+        await ctx.backend.put(chunkKey(this.core.info.id, c.id), c.buf);
+        await ctx.failpoint('flush:afterChunkWrite');
+      }),
+    );
+    for (const c of built) this.builder.recycle(c);
+    const failed = puts.find((p): p is PromiseRejectedResult => p.status === 'rejected');
+    if (failed) {
+      // Nothing points at this wave's chunks: give the space of those written back
+      // now (recovery would delete them as orphans anyway).
+      if (isNoSpace(failed.reason)) {
+        for (let k = 0; k < built.length; k++) {
+          if (puts[k]?.status === 'fulfilled') this.deadChunks.push((built[k] as BuiltChunk).id);
+        }
+      }
+      throw failed.reason;
+    }
+    await this.core.map.commit(built.map((c) => c.placement));
+    await ctx.failpoint('flush:afterMapCommit');
+    for (const c of built) {
+      const pl = c.placement;
+      for (let k = 0; k < c.slots.length; k++) {
+        const slot = c.slots[k] as number;
+        if (index.setPersisted(pl.blocks[k] as number, pl.seqs[k] as number, c.id, pl.offsets[k] as number, pl.lens[k] as number, pl.flags[k] as number, slot)) arena.release(slot);
+      }
+      counters.chunkFlushes++;
+      counters.flushedBytes += c.buf.length;
+    }
+    for (const id of index.takeDeadChunks()) this.deadChunks.push(id);
+  }
+
+  /** Delete chunk objects no block points at any more, once no read may still be using them. */
+  processDeadChunks(): void {
+    const core = this.core;
+    if (core.readsInFlight > 0 || this.deadChunks.length === 0) return;
+    const dead = this.deadChunks;
+    this.deadChunks = [];
+    for (const id of dead) {
+      core.ctx.backend.delete(chunkKey(core.info.id, id)).catch((err) => core.ctx.logger.warn('could not delete unused chunk', { chunk: id, error: String(err) }));
+    }
+  }
+
+  private async checkpoint(): Promise<void> {
+    await this.core.map.checkpoint(this.core.index, this.core.seq, this.core.nextChunkId);
+  }
+}

@@ -1,0 +1,249 @@
+import { VbfsError, isVbfsError } from '../errors';
+import { chunkKey, verifyChunkRecord } from '../chunk/chunk';
+import { isCompressed, uncompressBlock } from '../chunk/codec';
+import { RECORD_HEADER } from '../format/block-record';
+import { copyBytes } from '../format/bytes';
+import { CACHED, EMPTY, HOT, PENDING, PERSISTED } from '../index/block-index';
+import type { VolumeCore } from './volume-core';
+
+const EMPTY_BUFFER = Buffer.alloc(0);
+/** Damaged records remembered so each is logged once (beyond this, one line says so). */
+const DAMAGE_LOG_LIMIT = 10_000;
+
+/**
+ * The read path: one index lookup per block. Hot and Pending blocks are copied
+ * from the write buffer, Cached ones from the read cache, Empty ones are zeros,
+ * and Persisted blocks that are adjacent records of one chunk object are fetched
+ * with one ranged backend read (a run), verified record by record and kept in the
+ * cache. Sequential reads start a readahead of the next window into the cache.
+ * A record that fails verification is damage: the read fails with VBFS_CORRUPT
+ * (EIO), logged once per record, and is never cached.
+ */
+export class Reader {
+  private readonly damageLogged = new Set<string>();
+  private lastReadEnd = -1;
+  private readahead: { start: number; end: number; done: Promise<void> } | null = null;
+
+  constructor(
+    private readonly core: VolumeCore,
+    /** Called after every backend read (dead chunks wait until no read may be using them). */
+    private readonly afterBackendRead: () => void,
+  ) {}
+
+  /** Read `out.length` bytes at `offset` (already checked) into `out`. */
+  async readInto(offset: number, out: Buffer): Promise<void> {
+    const { index, arena, cache, blockSize: bs, tunables } = this.core;
+    const length = out.length;
+    const c = this.core.counters;
+    c.reads++;
+    c.readBytes += length;
+    this.core.lastIo = performance.now();
+    if (length === 0) return;
+    const first = Math.floor(offset / bs);
+    const last = Math.floor((offset + length - 1) / bs);
+    const sequential = first === this.lastReadEnd || first === this.lastReadEnd + 1;
+    this.lastReadEnd = last;
+    // A readahead in flight over these blocks: wait for it rather than read them twice.
+    const ra = this.readahead;
+    if (ra && first < ra.end && last >= ra.start) await ra.done;
+    let runStart = -1;
+    const fetches: Promise<void>[] = [];
+    const flushRun = (endExclusive: number, readahead: boolean): void => {
+      if (runStart < 0) return;
+      fetches.push(this.readRun(runStart, endExclusive, endExclusive, out, offset));
+      if (readahead) this.startReadahead(endExclusive);
+      runStart = -1;
+    };
+    for (let b = first; b <= last; b++) {
+      const st = index.state(b);
+      if (st === PERSISTED) {
+        if (runStart >= 0 && !this.contiguous(b - 1, b)) flushRun(b, false);
+        if (runStart < 0) runStart = b;
+        continue;
+      }
+      flushRun(b, false);
+      const [from, to, dst] = this.clip(b, offset, length);
+      if (st === HOT || st === PENDING) {
+        arena.copyOut(index.slot(b), out, dst, from, to);
+      } else if (st === CACHED) {
+        if (!cache.copyOut(b, out, dst, from, to)) fetches.push(this.readRun(b, b + 1, b + 1, out, offset));
+      } else {
+        out.fill(0, dst, dst + (to - from));
+      }
+    }
+    const ahead = sequential && tunables.readaheadBytes > 0;
+    if (runStart >= 0) flushRun(last + 1, ahead);
+    else if (ahead) this.startReadahead(last + 1);
+    if (fetches.length > 0) {
+      // Wait for every fetch, failed or not: `out` may be the kernel's buffer, which
+      // must not be written after our promise settles (and the reply is sent).
+      const results = await Promise.allSettled(fetches);
+      for (const r of results) {
+        if (r.status === 'rejected') {
+          if (isVbfsError(r.reason, 'VBFS_CORRUPT')) c.corruptReads++;
+          throw r.reason;
+        }
+      }
+    }
+  }
+
+  /** The block's current bytes if they are in memory (arena or cache); null if it is Empty, undefined if only on the backend. */
+  inMemoryBlock(block: number): Buffer | null | undefined {
+    const { index } = this.core;
+    const st = index.state(block);
+    if (st === EMPTY) return null;
+    if (st === HOT || st === PENDING) return this.core.arena.view(index.slot(block));
+    if (st === CACHED) return this.core.cache.view(block);
+    return undefined;
+  }
+
+  /** The block's bytes from its chunk (a read-modify-write of a block not in memory). */
+  async fetchBlock(block: number): Promise<Buffer> {
+    const out = Buffer.allocUnsafe(this.core.blockSize);
+    await this.readRun(block, block + 1, block + 1, out, block * this.core.blockSize);
+    return out;
+  }
+
+  /** Where block b's bytes go: [from, to) within the block, at out[dst]. */
+  private clip(b: number, offset: number, length: number): [number, number, number] {
+    const bs = this.core.blockSize;
+    const start = b * bs;
+    const from = Math.max(offset, start) - start;
+    const to = Math.min(offset + length, start + bs) - start;
+    return [from, to, start + from - offset];
+  }
+
+  /** b and b+1 are adjacent records of the same chunk: one backend read covers both. */
+  private contiguous(a: number, b: number): boolean {
+    const ix = this.core.index;
+    return ix.persistedChunk(a) === ix.persistedChunk(b) && ix.persistedOff(a) + RECORD_HEADER + ix.persistedLen(a) === ix.persistedOff(b);
+  }
+
+  /**
+   * Sequential reads: fetch the next window into the cache in the background, so
+   * the request that triggered it does not wait for it and the next requests find
+   * their blocks cached (or wait for this fetch instead of issuing their own). The
+   * window starts at the first block after `from` that is persisted but not cached,
+   * and runs over blocks adjacent in the same chunk. One readahead at a time;
+   * errors are ignored (the read that needs the block fetches it again and reports).
+   */
+  private startReadahead(from: number): void {
+    const { index, tunables, blockCount } = this.core;
+    if (this.readahead || tunables.cacheBytes < tunables.readaheadBytes) return;
+    const window = Math.floor(tunables.readaheadBytes / this.core.blockSize);
+    const limit = Math.min(blockCount, from + window);
+    let b = from;
+    while (b < limit && index.state(b) !== PERSISTED) b++;
+    if (b >= limit) return;
+    let e = b + 1;
+    while (e < Math.min(blockCount, b + window) && index.state(e) === PERSISTED && this.contiguous(e - 1, e)) e++;
+    const ra = {
+      start: b,
+      end: e,
+      done: this.readRun(b, b, e, EMPTY_BUFFER, b * this.core.blockSize)
+        .catch(() => undefined)
+        .finally(() => {
+          if (this.readahead === ra) this.readahead = null;
+        }),
+    };
+    this.readahead = ra;
+  }
+
+  /**
+   * Fetch blocks [b0, fetchEnd) with one ranged backend read; copy [b0, outEnd)
+   * into `out`, and keep verified blocks in the read cache (the readahead part only
+   * goes to the cache).
+   */
+  private async readRun(b0: number, outEnd: number, fetchEnd: number, out: Buffer, offset: number): Promise<void> {
+    const core = this.core;
+    const ix = core.index;
+    const chunk = ix.persistedChunk(b0);
+    const start = ix.persistedOff(b0);
+    const lastB = fetchEnd - 1;
+    const end = ix.persistedOff(lastB) + RECORD_HEADER + ix.persistedLen(lastB);
+    const seqs: number[] = [];
+    for (let b = b0; b < fetchEnd; b++) seqs.push(ix.persistedSeq(b));
+    const key = chunkKey(core.info.id, chunk);
+    core.readsInFlight++;
+    let buf: Buffer;
+    try {
+      buf = await core.ctx.backend.get(key, start, end - start);
+    } catch (err) {
+      core.counters.errors++;
+      throw err;
+    } finally {
+      core.readsInFlight--;
+    }
+    const bs = core.blockSize;
+    let at = 0;
+    for (let b = b0; b < fetchEnd; b++) {
+      const seq = seqs[b - b0] as number;
+      let data: Buffer;
+      let base: number;
+      const len = buf.length >= at + 8 ? buf.readUInt32LE(at + 4) : 0;
+      try {
+        const lz4 = isCompressed(verifyChunkRecord(buf, at, b, seq, bs, key, start + at));
+        // Raw payloads are used in place in the run buffer: no copy, no allocation per block.
+        data = lz4 ? uncompressBlock(buf.subarray(at + RECORD_HEADER, at + RECORD_HEADER + len)) : buf;
+        base = lz4 ? 0 : at + RECORD_HEADER;
+        const got = lz4 ? data.length : len;
+        if (got !== bs) {
+          throw new VbfsError('VBFS_CORRUPT', `chunk object ${key}: record at offset ${start + at} holds ${got} bytes, not one block`, {
+            path: key,
+            offset: start + at,
+            block: b,
+          });
+        }
+      } catch (err) {
+        core.counters.errors++;
+        // A checksummed payload that LZ4 rejects is damage too (or a bug): never data.
+        const e = isVbfsError(err)
+          ? err
+          : new VbfsError('VBFS_CORRUPT', `chunk object ${key}: record at offset ${start + at} does not decompress: ${(err as Error)?.message ?? String(err)}`, {
+              path: key,
+              offset: start + at,
+              block: b,
+            });
+        throw this.damaged(e, key);
+      }
+      if (b < outEnd) {
+        const [from, to, dst] = this.clip(b, offset, out.length);
+        copyBytes(data, out, dst, base + from, base + to);
+      }
+      // Cache only if the block still has exactly this version and no newer in-memory one.
+      if (ix.persistedSeq(b) === seq && ix.state(b) === PERSISTED && core.cache.set(b, data, base)) ix.setCached(b, true);
+      at += RECORD_HEADER + len;
+    }
+    this.afterBackendRead();
+  }
+
+  /**
+   * A record that failed verification: log it once per object and offset (every
+   * read of the block meets it again, and a flood of identical lines would bury
+   * other messages), and mark the error as logged for the callers. The damaged
+   * record is never cached, so each read of it fails the same way.
+   */
+  private damaged(err: unknown, key: string): unknown {
+    if (!isVbfsError(err, 'VBFS_CORRUPT')) return err;
+    const { ctx, name } = this.core;
+    const offset = err.details['offset'];
+    const id = `${key}@${String(offset)}`;
+    // Marked as logged in every branch: beyond the limit, one line has said so.
+    err.details['logged'] = true;
+    if (this.damageLogged.has(id)) return err;
+    if (this.damageLogged.size < DAMAGE_LOG_LIMIT) {
+      this.damageLogged.add(id);
+      const file = ctx.backend.describe?.(key) ?? key;
+      ctx.logger.error(`damaged data in ${file} at offset ${String(offset)}: reads of block ${String(err.details['block'])} fail with an I/O error (${err.message})`, {
+        volume: name,
+        file,
+        offset,
+        block: err.details['block'],
+      });
+    } else if (this.damageLogged.size === DAMAGE_LOG_LIMIT) {
+      this.damageLogged.add('(limit)');
+      ctx.logger.error(`more than ${DAMAGE_LOG_LIMIT} damaged records in volume '${name}': further ones are not logged individually`, { volume: name });
+    }
+    return err;
+  }
+}

@@ -1,0 +1,140 @@
+import { VbfsError } from '../errors';
+import { Arena } from '../arena/arena';
+import type { Backend } from '../backend/backend';
+import { BlockCache } from '../cache/block-cache';
+import { RECORD_HEADER } from '../format/block-record';
+import { SEGMENT_HEADER } from '../format/segment-header';
+import { checkDurability } from './volume-rules';
+import { BlockIndex } from '../index/block-index';
+import { MapStore, type Failpoint } from '../index/map-store';
+import type { FileIO } from '../io/file-io';
+import type { Durability, Logger, VolumeInfo } from '../types';
+import type { VolumeOpenOptions, VolumeTunables } from './types';
+
+const MiB = 1024 * 1024;
+
+export const DEFAULT_TUNABLES: VolumeTunables = {
+  walSegmentBytes: 64 * MiB,
+  chunkBytes: 4 * MiB,
+  writeBufferBytes: 256 * MiB,
+  flushBytes: 32 * MiB,
+  flushIntervalMs: 5000,
+  batchBlocks: 1024,
+  batchMs: 5,
+  cacheBytes: 64 * MiB,
+  checkpointBytes: 16 * MiB,
+  readaheadBytes: 1 * MiB,
+  noSpaceRetryMs: 1000,
+  idleTrimMs: 30_000,
+};
+
+export interface VolumeContext {
+  dir: string; // <store>/volumes/<name>
+  fileIO: FileIO;
+  backend: Backend;
+  logger: Logger;
+  failpoint: Failpoint;
+  /** Called once when the volume has closed (the store rebalances its memory budget). */
+  onClose?: () => void;
+}
+
+/** The counters of VolumeStats that the engine parts count themselves. */
+export interface VolumeCounters {
+  writes: number;
+  writeBytes: number;
+  reads: number;
+  readBytes: number;
+  fsyncs: number;
+  chunkFlushes: number;
+  flushedBytes: number;
+  errors: number;
+  corruptReads: number;
+}
+
+/**
+ * What the parts of a volume share: its identity, tunables, the block index, the
+ * write buffer (arena), the read cache, the map store, the sequence counter and
+ * the open/failed state. Volume (the facade) owns one and hands it to the writer,
+ * reader, flusher and recovery; none of them owns another's state.
+ */
+export class VolumeCore {
+  readonly name: string;
+  readonly size: number;
+  readonly blockSize: number;
+  readonly blockCount: number;
+  readonly durability: Durability;
+  readonly readOnly: boolean;
+  readonly tunables: VolumeTunables;
+  readonly index: BlockIndex;
+  readonly arena: Arena;
+  readonly cache: BlockCache;
+  readonly map: MapStore;
+  /** The highest sequence number handed out (or recovered): only grows. */
+  seq = 0;
+  nextChunkId = 1;
+  lastIo = performance.now();
+  /** Backend reads in flight: chunk objects are not deleted under them. */
+  readsInFlight = 0;
+  /** close() has begun / ended. */
+  closing = false;
+  closed = false;
+  /** Set once: the volume is poisoned, writes are refused until it is reopened. */
+  failed: VbfsError | null = null;
+  readonly counters: VolumeCounters = { writes: 0, writeBytes: 0, reads: 0, readBytes: 0, fsyncs: 0, chunkFlushes: 0, flushedBytes: 0, errors: 0, corruptReads: 0 };
+
+  constructor(
+    /** volume.json as of open; only the format upgrade (recovery) replaces it. */
+    public info: VolumeInfo,
+    readonly ctx: VolumeContext,
+    opts: VolumeOpenOptions,
+  ) {
+    this.name = info.name;
+    this.size = info.size;
+    this.blockSize = info.blockSize;
+    this.durability = opts.durability !== undefined ? checkDurability(opts.durability) : info.durability;
+    this.readOnly = opts.readOnly === true;
+    this.tunables = resolveTunables(opts, info.blockSize);
+    this.blockCount = info.size / info.blockSize;
+    this.index = new BlockIndex(this.blockCount);
+    this.arena = new Arena(info.blockSize, Math.max(2, Math.floor(this.tunables.writeBufferBytes / info.blockSize)));
+    this.cache = new BlockCache(this.tunables.cacheBytes, info.blockSize, (b) => this.index.setCached(b, false));
+    this.map = new MapStore(ctx.fileIO, `${ctx.dir}/map`, info.id, ctx.logger, ctx.failpoint);
+  }
+
+  /** Raw records that fit in one chunk object (compressed ones are never larger). */
+  get recordsPerChunk(): number {
+    return Math.max(1, Math.floor((this.tunables.chunkBytes - SEGMENT_HEADER) / (RECORD_HEADER + this.blockSize)));
+  }
+
+  /** Poison the volume (once): log it, refuse writes from now on, wake writers waiting for room. */
+  fail(err: unknown): VbfsError {
+    const e = err instanceof VbfsError ? err : new VbfsError('VBFS_IO', `volume '${this.name}': ${String((err as Error)?.message ?? err)}`, {}, { cause: err });
+    if (!this.failed) {
+      this.failed = e;
+      this.counters.errors++;
+      this.ctx.logger.error('volume failed; further writes are refused until it is reopened', { volume: this.name, error: e.message });
+      this.arena.wakeAll();
+    }
+    return e;
+  }
+
+  checkOpen(): void {
+    if (this.closed || this.closing) throw new VbfsError('VBFS_CLOSED', `volume '${this.name}' is closed`);
+  }
+}
+
+function resolveTunables(opts: VolumeOpenOptions, blockSize: number): VolumeTunables {
+  const t: VolumeTunables = { ...DEFAULT_TUNABLES };
+  for (const k of Object.keys(DEFAULT_TUNABLES) as (keyof VolumeTunables)[]) {
+    const v = opts[k];
+    if (v === undefined) continue;
+    if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) throw new VbfsError('VBFS_INVALID_ARGUMENT', `invalid ${k}: ${String(v)}`);
+    t[k] = v;
+  }
+  const minChunk = SEGMENT_HEADER + RECORD_HEADER + blockSize;
+  if (t.chunkBytes < minChunk) throw new VbfsError('VBFS_INVALID_ARGUMENT', `chunkBytes must be at least ${minChunk}`);
+  if (t.walSegmentBytes < minChunk) throw new VbfsError('VBFS_INVALID_ARGUMENT', `walSegmentBytes must be at least ${minChunk}`);
+  if (t.writeBufferBytes < 2 * blockSize) throw new VbfsError('VBFS_INVALID_ARGUMENT', `writeBufferBytes must be at least two blocks`);
+  if (t.flushIntervalMs < 1) t.flushIntervalMs = 1;
+  return t;
+}
