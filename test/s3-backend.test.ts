@@ -3,30 +3,15 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Store } from '../src/store/store';
-import { S3Backend, parseS3Url, type S3BackendOptions } from '../src/backend/s3-backend';
+import { S3Backend, parseS3Url } from '../src/backend/s3-backend';
 import { backendSuite, pattern, rejectsWith } from './backend-suite';
-import { requireRgw, type RgwCluster, alive } from './helpers/rgw';
+import { TEST_BUCKET, alive, requireRgw, rgwOptions, rgwTestPrefix, type RgwCluster } from './helpers/rgw';
 
 /**
  * The S3 backend against a real Ceph RADOS Gateway (test/helpers/ceph/rgw-cluster.sh,
  * started once per run by test/helpers/rgw.ts). Each test gets a fresh key prefix in
  * one bucket, so the conformance suite's "empty backend" costs no bucket creation.
  */
-export const TEST_BUCKET = 'vbfs-test';
-const RUN = `run-${process.pid}-${Date.now().toString(36)}`;
-let seq = 0;
-
-export function rgwOptions(rgw: RgwCluster, extra: Partial<S3BackendOptions> = {}): S3BackendOptions {
-  return {
-    bucket: TEST_BUCKET,
-    prefix: `${RUN}/t${++seq}`,
-    endpoint: rgw.endpoint,
-    region: rgw.region,
-    credentials: { accessKeyId: rgw.accessKeyId, secretAccessKey: rgw.secretAccessKey },
-    ...extra,
-  };
-}
-
 describe('parseS3Url', () => {
   it('splits bucket and prefix, normalizing the prefix to end in one /', () => {
     assert.deepEqual(parseS3Url('s3://bucket'), { bucket: 'bucket', prefix: '' });
@@ -155,7 +140,7 @@ describe('S3Backend against Ceph RGW', function () {
       process.env['AWS_ACCESS_KEY_ID'] = rgw.accessKeyId;
       process.env['AWS_SECRET_ACCESS_KEY'] = rgw.secretAccessKey;
       process.env['AWS_ENDPOINT_URL_S3'] = rgw.endpoint;
-      const { bucket, prefix } = parseS3Url(`s3://${TEST_BUCKET}/${RUN}/env-${++seq}`);
+      const { bucket, prefix } = parseS3Url(`s3://${TEST_BUCKET}/${rgwTestPrefix()}`);
       const be = new S3Backend({ bucket, prefix }); // no region either: defaulted for a custom endpoint
       await be.put('x', pattern(100, 1));
       assert.deepEqual(await be.get('x'), pattern(100, 1));

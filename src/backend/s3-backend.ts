@@ -366,14 +366,15 @@ function retryReason(err: unknown): RetryReason | null {
   }
   const status = statusOf(err);
   if (status !== undefined && status >= 500) return 'serverError';
-  if (code === 'RequestTimeout' || (err instanceof Error && err.name === 'TimeoutError')) return 'timeout';
   // Network failures carry no HTTP status; look through the cause chain for an errno.
+  // (Before the name check: the SDK renames a reset connection to 'TimeoutError'.)
   for (let e: unknown = err, depth = 0; e !== undefined && e !== null && depth < 5; depth++) {
     const errno = (e as NodeJS.ErrnoException).code;
-    if (typeof errno === 'string' && CONNECTION_ERRNOS.has(errno)) return 'connection';
-    if (e instanceof Error && /socket hang up|aborted|premature close/i.test(e.message)) return 'connection';
+    if (typeof errno === 'string' && CONNECTION_ERRNOS.has(errno)) return errno === 'ETIMEDOUT' ? 'timeout' : 'connection';
+    if (e instanceof Error && /socket hang up|premature close/i.test(e.message)) return 'connection';
     e = (e as { cause?: unknown }).cause;
   }
+  if (code === 'RequestTimeout' || (err instanceof Error && err.name === 'TimeoutError')) return 'timeout';
   return null;
 }
 

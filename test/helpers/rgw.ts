@@ -10,6 +10,7 @@ import { execFile, execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import type { S3BackendOptions } from '../../src/backend/s3-backend';
 import { REPO } from './fuse-env';
 
 export const RGW_SCRIPT = path.join(REPO, 'test', 'helpers', 'ceph', 'rgw-cluster.sh');
@@ -26,6 +27,28 @@ export interface RgwCluster {
   /** How long the script took to get a signed-request-ready endpoint. */
   startMs: number;
   dir: string;
+}
+
+/** The bucket the S3 tests share; each backend gets its own fresh prefix in it. */
+export const TEST_BUCKET = 'vbfs-test';
+const RUN = `run-${process.pid}-${Date.now().toString(36)}`;
+let seq = 0;
+
+/** A key prefix no other backend of this run uses: an empty backend, no bucket to create. */
+export function rgwTestPrefix(): string {
+  return `${RUN}/t${++seq}`;
+}
+
+/** S3Backend options for the test cluster, with a fresh prefix. */
+export function rgwOptions(rgw: RgwCluster, extra: Partial<S3BackendOptions> = {}): S3BackendOptions {
+  return {
+    bucket: TEST_BUCKET,
+    prefix: rgwTestPrefix(),
+    endpoint: rgw.endpoint,
+    region: rgw.region,
+    credentials: { accessKeyId: rgw.accessKeyId, secretAccessKey: rgw.secretAccessKey },
+    ...extra,
+  };
 }
 
 let started: Promise<RgwCluster> | undefined;
