@@ -3,9 +3,10 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Store } from '../src/store/store';
+import { run } from './helpers/fuse-env';
 import { S3Backend, parseS3Url } from '../src/backend/s3-backend';
 import { backendSuite, pattern, rejectsWith } from './backend-suite';
-import { TEST_BUCKET, alive, requireRgw, rgwOptions, rgwTestPrefix, type RgwCluster } from './helpers/rgw';
+import { RGW_SCRIPT, TEST_BUCKET, alive, processesUnder, requireCeph, requireRgw, rgwOptions, rgwTestPrefix, type RgwCluster } from './helpers/rgw';
 
 /**
  * The S3 backend against a real Ceph RADOS Gateway (test/helpers/ceph/rgw-cluster.sh,
@@ -24,6 +25,51 @@ describe('parseS3Url', () => {
     for (const bad of ['', 'bucket/prefix', 'http://bucket/x', 's3://', 's3:///x', 's3://Bucket/x', 's3://ab/x', 's3://a..b/x', 's3://b_c/x', 's3://bucket/a//b', 's3://bucket/../x', 's3://bucket//x']) {
       assert.throws(() => parseS3Url(bad), (e: { code?: string }) => e.code === 'VBFS_INVALID_ARGUMENT', bad);
     }
+  });
+});
+
+describe('rgw-cluster.sh refuses to touch what it did not make', () => {
+  let dir: string;
+  beforeEach(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbfs-rgwsh-'));
+    fs.writeFileSync(path.join(dir, 'precious'), 'x');
+  });
+  afterEach(() => {
+    // If the script failed to, stop the daemons it started here: their command lines
+    // name this test's own temp directory, so they are ours.
+    for (const pid of processesUnder(fs.realpathSync(dir))) process.kill(pid, 'SIGKILL');
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('stop leaves a directory without its marker alone', async () => {
+    const r = await run(RGW_SCRIPT, ['stop', dir]);
+    assert.equal(r.code, 1, r.stderr);
+    assert.deepEqual(fs.readdirSync(dir), ['precious']);
+  });
+
+  it('start refuses a directory that is not empty, and starts nothing', async () => {
+    const r = await run(RGW_SCRIPT, ['start', dir]);
+    assert.equal(r.code, 1, r.stderr);
+    assert.equal(r.stdout, '');
+    assert.deepEqual(fs.readdirSync(dir), ['precious']);
+  });
+
+  it('a start that fails stops every daemon it started; stop then removes the directory', async function () {
+    requireCeph(this);
+    const cluster = path.join(dir, 'cluster');
+    // Too short for radosgw to come up: the start fails after the mon and OSD are running.
+    const r = await run(RGW_SCRIPT, ['start', cluster], { env: { ...process.env, RGW_CLUSTER_START_TIMEOUT: '1' } });
+    assert.equal(r.code, 1, r.stderr);
+    const pids = fs.readFileSync(path.join(cluster, 'pids'), 'utf8').trim().split('\n');
+    assert.equal(pids.length, 3, 'mon, osd and rgw were started');
+    assert.deepEqual(processesUnder(fs.realpathSync(cluster)), [], 'nothing left running');
+    assert.equal((await run(RGW_SCRIPT, ['stop', cluster])).code, 0);
+    assert.deepEqual(fs.readdirSync(dir), ['precious']);
+  });
+
+  it('stop of a directory that does not exist is a no-op', async () => {
+    const r = await run(RGW_SCRIPT, ['stop', path.join(dir, 'nope')]);
+    assert.equal(r.code, 0, r.stderr);
   });
 });
 

@@ -69,15 +69,33 @@ export function rgwUnavailableReason(): string | null {
  * started on first use. Skips the suite when Ceph is missing, except in CI.
  */
 export async function requireRgw(ctx: Mocha.Context): Promise<RgwCluster> {
-  const why = rgwUnavailableReason();
-  if (why !== null) {
-    if (process.env['CI'] === 'true') throw new Error(`S3 tests cannot run in CI: ${why}`);
-    // eslint-disable-next-line no-console
-    console.log(`      SKIPPED (no Ceph: ${why}; set CI=true to make this a failure)`);
-    ctx.skip();
-  }
+  requireCeph(ctx);
   started ??= startCluster();
   return started;
+}
+
+/** Skip (or, in CI, fail) when the Ceph packages are missing. */
+export function requireCeph(ctx: Mocha.Context): void {
+  const why = rgwUnavailableReason();
+  if (why === null) return;
+  if (process.env['CI'] === 'true') throw new Error(`S3 tests cannot run in CI: ${why}`);
+  // eslint-disable-next-line no-console
+  console.log(`      SKIPPED (no Ceph: ${why}; set CI=true to make this a failure)`);
+  ctx.skip();
+}
+
+/** PIDs of live processes whose command line names `dir` (a cluster's daemons). */
+export function processesUnder(dir: string): number[] {
+  const out: number[] = [];
+  for (const name of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      if (fs.readFileSync(`/proc/${name}/cmdline`, 'utf8').includes(dir) && alive(Number(name))) out.push(Number(name));
+    } catch {
+      // gone while we looked
+    }
+  }
+  return out;
 }
 
 function startCluster(): Promise<RgwCluster> {

@@ -97,6 +97,17 @@ http_up() {
   [[ $line == HTTP/* ]]
 }
 
+# A failed start stops what it started (the directory stays, for its logs; `stop DIR`
+# removes it). Nothing in here may fail: set -e would end the handler half-way.
+on_start_error() {
+  trap - ERR
+  set +e
+  log "start failed; stopping what was started"
+  if [ -n "$MKFS_PID" ]; then kill -KILL "$MKFS_PID" 2>/dev/null; wait "$MKFS_PID" 2>/dev/null; fi
+  stop_daemons
+  exit 1
+}
+
 start() {
   local t0 fsid mon_port rgw_port osd_uuid access secret
   t0=$(now_ms)
@@ -109,7 +120,7 @@ start() {
   touch "$DIR/$MARKER" "$DIR/pids"
   mkdir -p "$DIR"/{mon,osd,rgw,log,run,crash}
   # From here on a failed start cleans up after itself.
-  trap 'log "start failed; stopping what was started"; [ -z "$MKFS_PID" ] || kill -KILL "$MKFS_PID" 2>/dev/null; stop_daemons; exit 1' ERR
+  trap on_start_error ERR
 
   fsid=$(cat /proc/sys/kernel/random/uuid)
   osd_uuid=$(cat /proc/sys/kernel/random/uuid)
@@ -186,7 +197,10 @@ EOF
   # Register the OSD (waits for the mon quorum), then make its bluestore and start it.
   ceph_cli osd new "$osd_uuid" 0 >/dev/null 2>>"$DIR/log/cli.out"
   alive_or_die mon
-  wait "$MKFS_PID" || { log "osd mkfs failed:"; tail -n 5 "$DIR/log/osd-mkfs.out" >&2; false; }
+  local mkfs_ok=0
+  wait "$MKFS_PID" || mkfs_ok=$?
+  MKFS_PID= # reaped: its PID may be reused from now on
+  [ "$mkfs_ok" = 0 ] || { log "osd mkfs failed:"; tail -n 5 "$DIR/log/osd-mkfs.out" >&2; false; }
   spawn osd ceph-osd "${conf[@]}" -f -i 0
   # radosgw creates its pools itself and waits for the OSD to come up.
   spawn rgw radosgw "${conf[@]}" -f -n client.rgw.vbfs
@@ -204,6 +218,14 @@ EOF
   secret=$(head -c 30 /dev/urandom | base64 | tr -d '=\n/+')
   timeout "$CLI_TIMEOUT" radosgw-admin "${conf[@]}" user create --uid=vbfs --display-name=vbfs \
     --access-key="$access" --secret-key="$secret" >/dev/null 2>>"$DIR/log/cli.out"
+  # One signed request with the new user, when curl is there to sign it (its
+  # --aws-sigv4 sends no x-amz-content-sha256, which RGW requires: give it one).
+  if command -v curl >/dev/null; then
+    local code
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 --aws-sigv4 "aws:amz:us-east-1:s3" --user "$access:$secret" \
+      -H "x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855" "http://127.0.0.1:$rgw_port/") || true
+    [ "$code" = 200 ] || { log "a signed ListBuckets got HTTP $code"; false; }
+  fi
   trap - ERR
   log "ready ($(( $(now_ms) - t0 )) ms)"
 
