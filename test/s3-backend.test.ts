@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Store } from '../src/store/store';
-import { run } from './helpers/fuse-env';
+import { REPO, run } from './helpers/fuse-env';
 import { S3Backend, parseS3Url } from '../src/backend/s3-backend';
 import { backendSuite, pattern, rejectsWith } from './backend-suite';
 import { RGW_SCRIPT, TEST_BUCKET, alive, processesUnder, requireCeph, requireRgw, rgwOptions, rgwTestPrefix, type RgwCluster } from './helpers/rgw';
@@ -70,6 +70,32 @@ describe('rgw-cluster.sh refuses to touch what it did not make', () => {
   it('stop of a directory that does not exist is a no-op', async () => {
     const r = await run(RGW_SCRIPT, ['stop', path.join(dir, 'nope')]);
     assert.equal(r.code, 0, r.stderr);
+  });
+});
+
+describe('S3 tests where Ceph is not installed', () => {
+  // Run one S3 test file in a child mocha whose PATH has no Ceph binaries.
+  const mocha = path.join(REPO, 'node_modules', 'mocha', 'bin', 'mocha.js');
+  const file = path.join(REPO, 'dist', 'test', 's3-faults.test.js');
+  const env = (ci: boolean): NodeJS.ProcessEnv => {
+    const e: NodeJS.ProcessEnv = { ...process.env, PATH: '/nonexistent' };
+    if (ci) e['CI'] = 'true';
+    else delete e['CI'];
+    return e;
+  };
+
+  it('fails in CI (CI=true): a missing Ceph is not a pass', async () => {
+    const r = await run(process.execPath, [mocha, '--no-config', file], { env: env(true) });
+    assert.notEqual(r.code, 0, r.stdout);
+    assert.match(r.stdout + r.stderr, /S3 tests cannot run in CI: .*not installed/);
+  });
+
+  it('is skipped visibly elsewhere', async () => {
+    const r = await run(process.execPath, [mocha, '--no-config', file], { env: env(false) });
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    assert.match(r.stdout, /SKIPPED \(no Ceph: /);
+    assert.match(r.stdout, /0 passing/);
+    assert.match(r.stdout, /pending/);
   });
 });
 
