@@ -128,7 +128,7 @@ describe('S3Backend through a fault-injecting proxy (RGW behind it)', function (
     assert.equal(be.stats.retries + denied.stats.retries, 0);
   });
 
-  it('createIfAbsent whose answer was lost: its own create counts as created, another holder\'s does not', async () => {
+  it('createIfAbsent whose answer was lost (reset, 500): its own create counts as created, another holder\'s does not', async () => {
     const be = viaProxy();
     proxy.next('resetAfterUpstream');
     assert.equal(await be.createIfAbsent('lease', Buffer.from('holder-A nonce-1')), true, 'created by the first, unanswered attempt');
@@ -137,5 +137,11 @@ describe('S3Backend through a fault-injecting proxy (RGW behind it)', function (
     assert.equal(await be.createIfAbsent('lease', Buffer.from('holder-B nonce-2')), false);
     assert.equal((await be.get('lease')).toString(), 'holder-A nonce-1');
     assert.equal(be.stats.retryReasons.connection, 2);
+    // A 500 leaves the outcome open too: the create may have happened.
+    proxy.next('500AfterUpstream');
+    assert.equal(await be.createIfAbsent('lease2', Buffer.from('holder-A nonce-3')), true, 'created by the attempt that got a 500');
+    proxy.next('503');
+    assert.equal(await be.createIfAbsent('lease2', Buffer.from('holder-C nonce-4')), false);
+    assert.equal((await be.get('lease2')).toString(), 'holder-A nonce-3');
   });
 });

@@ -148,14 +148,15 @@ export class S3Backend implements Backend {
   /**
    * Create `key` only if no object has that name (PUT with If-None-Match: *): true if
    * this call created it, false if it already existed. For the lease, which must be
-   * taken by exactly one writer. When an attempt failed without an answer and a retry
-   * then finds the object, the first attempt may have created it: the object is read
-   * back and counts as ours if it holds exactly `data` (callers make `data` unique,
-   * e.g. with a holder id and a nonce).
+   * taken by exactly one writer. When an attempt failed with an unknown outcome (no
+   * answer, a 500) and a retry then finds the object, that attempt may have created
+   * it: the object is read back and counts as ours if it holds exactly `data`
+   * (callers make `data` unique, e.g. with a holder id and a nonce). AWS answers 409
+   * ConditionalRequestConflict to a create racing another: retried, like a 5xx.
    */
   async createIfAbsent(key: string, data: Uint8Array): Promise<boolean> {
     const Key = this.objectKey(key);
-    let unanswered = false;
+    let unanswered = false; // an attempt may have created it without our knowing
     const created = await this.retrying(
       `create '${key}'`,
       key,
@@ -171,7 +172,9 @@ export class S3Backend implements Backend {
         }
       },
       (reason) => {
-        if (reason === 'timeout' || reason === 'connection') unanswered = true;
+        // Only a SlowDown says for sure that the PUT was turned away; after a lost
+        // answer or a 500 it may have taken effect.
+        if (reason !== 'slowDown') unanswered = true;
       },
     );
     if (created) {
@@ -365,7 +368,7 @@ function retryReason(err: unknown): RetryReason | null {
     return 'slowDown';
   }
   const status = statusOf(err);
-  if (status !== undefined && status >= 500) return 'serverError';
+  if ((status !== undefined && status >= 500) || code === 'ConditionalRequestConflict') return 'serverError';
   // Network failures carry no HTTP status; look through the cause chain for an errno.
   // (Before the name check: the SDK renames a reset connection to 'TimeoutError'.)
   for (let e: unknown = err, depth = 0; e !== undefined && e !== null && depth < 5; depth++) {

@@ -7,6 +7,7 @@
  *   proxy.next('503', 3);          // the next 3 requests get 503 SlowDown
  *   proxy.next('reset');           // the next request's connection is reset (RST)
  *   proxy.next('resetAfterUpstream'); // forwarded, answered, then the client sees a reset
+ *   proxy.next('500AfterUpstream');   // forwarded, answered, the client gets a 500
  *   proxy.next('delay', 1, 2000);  // forwarded after 2 s
  *   proxy.outage = 'blackhole';    // every request hangs without an answer
  *   proxy.outage = '503' | 'reset' | null;
@@ -16,11 +17,11 @@
 import * as http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 
-export type Fault = '503' | '500' | 'reset' | 'resetAfterUpstream' | 'delay' | 'blackhole';
+export type Fault = '503' | '500' | 'reset' | 'resetAfterUpstream' | '500AfterUpstream' | 'delay' | 'blackhole';
 
 export class FaultProxy {
   /** Applies to every request while set (after queued faults run out). */
-  outage: Exclude<Fault, 'delay' | 'resetAfterUpstream'> | null = null;
+  outage: Exclude<Fault, 'delay' | 'resetAfterUpstream' | '500AfterUpstream'> | null = null;
   readonly counts = { requests: 0, forwarded: 0, faulted: 0 };
   private readonly queue: { fault: Fault; delayMs: number }[] = [];
   private readonly sockets = new Set<Socket>();
@@ -67,7 +68,7 @@ export class FaultProxy {
     this.counts.requests++;
     const queued = this.queue.shift();
     const fault = queued?.fault ?? this.outage;
-    if (fault === null || fault === undefined) return this.forward(req, res, false);
+    if (fault === null || fault === undefined) return this.forward(req, res, 'pass');
     this.counts.faulted++;
     switch (fault) {
       case '503':
@@ -81,34 +82,42 @@ export class FaultProxy {
         req.resume(); // read the body, never answer
         return;
       case 'delay':
-        setTimeout(() => this.forward(req, res, false), queued?.delayMs ?? 0);
+        setTimeout(() => this.forward(req, res, 'pass'), queued?.delayMs ?? 0);
         return;
       case 'resetAfterUpstream':
-        return this.forward(req, res, true);
+        return this.forward(req, res, 'reset');
+      case '500AfterUpstream':
+        return this.forward(req, res, '500');
     }
   }
 
   private answer(req: http.IncomingMessage, res: http.ServerResponse, status: number, code: string, message: string): void {
-    // Drain the request body first, or the client may see a reset instead of the answer.
-    req.resume();
-    req.on('end', () => {
+    const send = (): void => {
       const body = `<?xml version="1.0" encoding="UTF-8"?><Error><Code>${code}</Code><Message>${message}</Message></Error>`;
       res.writeHead(status, { 'content-type': 'application/xml', 'content-length': Buffer.byteLength(body) });
       res.end(body);
-    });
+    };
+    // Drain the request body first, or the client may see a reset instead of the answer.
+    if (req.readableEnded) return send();
+    req.resume();
+    req.on('end', send);
   }
 
-  private forward(req: http.IncomingMessage, res: http.ServerResponse, resetAfter: boolean): void {
+  /** `then`: pass the answer on, or drop it and reset / answer 500 instead. */
+  private forward(req: http.IncomingMessage, res: http.ServerResponse, then: 'pass' | 'reset' | '500'): void {
     const headers = { ...req.headers };
     // Node's server already answered the 100-continue; the upstream need not.
     delete headers['expect'];
     const up = http.request(
       { host: this.target.hostname, port: this.target.port, method: req.method, path: req.url, headers, agent: this.agent },
       (upRes) => {
-        if (resetAfter) {
+        if (then !== 'pass') {
           // The request took effect upstream; the client never learns the outcome.
           upRes.resume();
-          upRes.on('end', () => req.socket.resetAndDestroy());
+          upRes.on('end', () => {
+            if (then === 'reset') req.socket.resetAndDestroy();
+            else this.answer(req, res, 500, 'InternalError', 'We encountered an internal error. Please try again.');
+          });
           return;
         }
         this.counts.forwarded++;
