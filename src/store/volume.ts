@@ -202,7 +202,7 @@ export class Volume {
       const id = parseChunkKey(this.info.id, key);
       if (id === null) continue;
       present.add(id);
-      if ((this.index.chunkRefs.get(id) ?? 0) > 0) continue;
+      if (this.index.chunkLive(id).blocks > 0) continue;
       if (id >= loaded.nextChunkId) {
         // Written by a flush that crashed before its map commit: its seqs still count.
         const h = await backend.get(key, 0, SEGMENT_HEADER).then((b) => decodeChunkHeader(b, key, this.info.id)).catch(() => null);
@@ -211,13 +211,15 @@ export class Volume {
       if (id >= nextChunk) nextChunk = id + 1;
       orphans.push(key);
     }
-    for (const [id, refs] of this.index.chunkRefs) {
-      if (refs > 0 && !present.has(id)) {
+    this.index.forEachLiveChunk((id, refs) => {
+      if (!present.has(id)) {
         throw new VbfsError('VBFS_CORRUPT', `volume '${this.name}': chunk object ${chunkKey(this.info.id, id)} holds ${refs} blocks but is missing from the backend`, {
           path: chunkKey(this.info.id, id),
         });
       }
-    }
+    });
+    // Chunks the map load found superseded are orphans in the listing above.
+    this.index.takeDeadChunks();
 
     const bs = this.blockSize;
     const replay = await replayWal(fileIO, `${dir}/wal`, this.info.id, bs, this.readOnly, logger, (h, buf, off) => {
@@ -936,12 +938,7 @@ export class Volume {
       this.s.chunkFlushes++;
       this.s.flushedBytes += c.buf.length;
     }
-    for (const [cid, refs] of this.index.chunkRefs) {
-      if (refs === 0) {
-        this.index.chunkRefs.delete(cid);
-        this.deadChunks.push(cid);
-      }
-    }
+    for (const cid of this.index.takeDeadChunks()) this.deadChunks.push(cid);
   }
 
   /**
