@@ -454,6 +454,10 @@ export class BlockIndex {
             this.pe++;
             return true;
           }
+        } else {
+          // Past the leaf's last extent: in the gap before the next leaf (or after all).
+          const next = (this.pb as Bucket).leaves[this.pl + 1];
+          if (!next || lo < (next.a[0] as number)) return false;
         }
       }
     }
@@ -621,6 +625,12 @@ export class BlockIndex {
     this.write(a, e * STRIDE, lo, chunk, off, len, n, seq, flags);
     leaf.n++;
     this.extents++;
+    // The cursor at the new extent: the next block in order is found in one step.
+    this.pgen = this.gen;
+    this.pb = b;
+    this.phi = b.hi;
+    this.pl = b.leaves.indexOf(leaf, Math.max(0, li));
+    this.pe = e;
   }
 
   private removeExtent(b: Bucket, li: number, e: number): void {
