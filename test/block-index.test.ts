@@ -43,6 +43,8 @@ describe('BlockIndex', () => {
     ix.setPersisted(2, 9, 2, 0, 1, 0);
     assert.deepEqual(ix.chunkLive(1), { blocks: 0, bytes: 0 }, 'chunk 1 is dead');
     assert.deepEqual(ix.chunkLive(2), { blocks: 2, bytes: 2 * (RECORD_HEADER + 1) });
+    assert.equal(ix.liveBlocks(2), 2);
+    assert.equal(ix.liveBlocks(1), 0);
     assert.deepEqual(ix.takeDeadChunks(), [1]);
     assert.deepEqual(ix.takeDeadChunks(), [], 'the index forgets a dead chunk once it is handed out');
   });

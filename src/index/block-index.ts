@@ -342,6 +342,12 @@ export class BlockIndex {
     return i < 0 ? { blocks: 0, bytes: 0 } : { blocks: this.chunkRefs.v1[i] as number, bytes: this.chunkRefs.v2[i] as number };
   }
 
+  /** Live blocks in a chunk (0 for a dead or unknown one). */
+  liveBlocks(chunk: number): number {
+    const i = this.chunkRefs.find(chunk);
+    return i < 0 ? 0 : (this.chunkRefs.v1[i] as number);
+  }
+
   /** Every chunk that holds live blocks. */
   forEachLiveChunk(fn: (id: number, blocks: number, bytes: number) => void): void {
     this.chunkRefs.forEach(fn);
