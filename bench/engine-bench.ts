@@ -12,6 +12,8 @@
  *     (--slow-disk-mbps), async durability, sequential 128 KiB writes of 4x the
  *     write buffer; p50/p99/max of each write's latency (the steady state of a
  *     writer that outruns the disk: how long does one write wait for the flusher?).
+ *  7. Index bytes per block (scattered over 16 TiB / sequential / mixed), checkpoint
+ *     bytes per block and open time per million mapped blocks (bench/index-cost.ts).
  *
  * One writer awaits each write in turn (the shape of the reference's loop and of
  * the kernel's one-write-at-a-time FUSE requests).
@@ -31,6 +33,7 @@ import { DEFAULT_TUNABLES, type Volume } from '../src/store/volume';
 import type { Durability } from '../src/types';
 import { type IoCounts, SlowFileIO, diffCounts } from './slow-file-io';
 import { parseSize } from './null-fuse';
+import { PATTERNS, indexCost, indexCostTable, type IndexCostRow } from './index-cost';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -442,6 +445,8 @@ async function main(): Promise<void> {
     .option('slow-disk-mbps', { type: 'number', default: 4, describe: 'slow disk write latency: disk bandwidth in MB/s' })
     .option('slow-disk-buffer', { type: 'string', describe: 'slow disk write latency: write buffer (default 32M, 16M with --quick); 4x this is written' })
     .option('only-slow-disk', { type: 'boolean', default: false, describe: 'run only the slow disk write latency section' })
+    .option('index-blocks', { type: 'number', describe: 'mapped blocks per pattern in the index section (default 1000000, 200000 with --quick)' })
+    .option('only-index', { type: 'boolean', default: false, describe: 'run only the index bytes per block / open time section' })
     .option('dir', { type: 'string', default: path.join(REPO, 'bench', 'results', 'tmp', 'engine') })
     .option('out', { type: 'string', default: path.join(REPO, 'bench', 'results') })
     .strict()
@@ -465,6 +470,38 @@ async function main(): Promise<void> {
     ].join('\n');
     return { row, md };
   };
+  const indexBlocks = argv['index-blocks'] ?? (argv.quick ? 200_000 : 1_000_000);
+  const indexSection = async (): Promise<{ rows: IndexCostRow[]; md: string; checks: string[] }> => {
+    const rows: IndexCostRow[] = [];
+    for (const p of PATTERNS) {
+      log(`index bytes per block: ${p}, ${indexBlocks} blocks`);
+      rows.push(await indexCost(p, indexBlocks, argv.dir));
+    }
+    const md = [
+      `\nIndex bytes per block: ${indexBlocks} mapped 4 KiB blocks per pattern on a 16 TiB volume (scattered: single blocks at random; sequential: blocks 0..n-1; mixed: half in random runs of 1..256 blocks, half scattered), placed as flushes place them (1024 per chunk). Index memory measured (heap + ArrayBuffers growth after GC, the index alive) and as the index reports it; checkpoint of 90% of the blocks, map log of the rest; open = checkpoint load + log replay into a fresh index (wall time on this machine, and CPU time).\n`,
+      indexCostTable(rows),
+    ].join('\n');
+    const by = (p: string): IndexCostRow | undefined => rows.find((r) => r.pattern === p);
+    const checks: string[] = [];
+    const sc = by('scattered');
+    const sq = by('sequential');
+    const mx = by('mixed');
+    if (sc && sq && mx) {
+      const worst = Math.max(sc.measuredBytesPerBlock, sq.measuredBytesPerBlock, mx.measuredBytesPerBlock);
+      checks.push(`index: ${worst.toFixed(1)} bytes per block at worst over scattered/sequential/mixed (target <= 32: ${worst <= 32 ? 'met' : 'NOT met'}); sequential ${sq.measuredBytesPerBlock.toFixed(2)} (target <= 8: ${sq.measuredBytesPerBlock <= 8 ? 'met' : 'NOT met'})`);
+      checks.push(`checkpoint: ${sc.checkpointBytesPerBlock.toFixed(1)} bytes per scattered block (target <= 40: ${sc.checkpointBytesPerBlock <= 40 ? 'met' : 'NOT met'}), ${sq.checkpointBytesPerBlock.toFixed(3)} per sequential block (target <= 2: ${sq.checkpointBytesPerBlock <= 2 ? 'met' : 'NOT met'})`);
+      const slowest = Math.max(sc.openSecondsPerMillion, sq.openSecondsPerMillion, mx.openSecondsPerMillion);
+      const slowestCpu = Math.max(sc.openCpuSecondsPerMillion, sq.openCpuSecondsPerMillion, mx.openCpuSecondsPerMillion);
+      checks.push(`open: ${slowest.toFixed(2)} s wall (${slowestCpu.toFixed(2)} s CPU) per million mapped blocks at worst (target <= 2 s: ${slowest <= 2 ? 'met' : slowestCpu <= 2 ? 'met in CPU time; wall time includes waiting for a core on this machine' : 'NOT met'}); ${Math.max(sc.openMeasuredBytesPerBlock, mx.openMeasuredBytesPerBlock).toFixed(1)} bytes per block held after the open`);
+    }
+    return { rows, md, checks };
+  };
+  if (argv['only-index']) {
+    const { rows, md, checks } = await indexSection();
+    process.stdout.write(md + '\n\n' + checks.map((c) => `- ${c}`).join('\n') + '\n');
+    process.stdout.write(JSON.stringify({ git: gitDescribe(), indexCost: rows }) + '\n');
+    return;
+  }
   if (argv['only-slow-disk']) {
     const { row, md } = await slowDiskSection();
     process.stdout.write(md + '\n');
@@ -493,6 +530,7 @@ async function main(): Promise<void> {
   log('allocation per block');
   const alloc = await allocation(argv.dir, argv['alloc-blocks']);
   const slowDisk = await slowDiskSection();
+  const index = await indexSection();
 
   const md: string[] = [];
   md.push(`Engine benchmark, ${started.toISOString()}, ${os.cpus().length} cores, node ${process.version}. One writer, each write awaited.\n`);
@@ -517,7 +555,8 @@ async function main(): Promise<void> {
   md.push(table(['written MiB', 'MiB/s', 'RSS before MiB', 'peak RSS MiB', 'peak heap MiB', 'peak ArrayBuffers MiB', 'configured bound MiB'],
     [[Math.round(rss.bytesWritten / MiB), f1(rss.mibps), f1(rss.rssBeforeMiB), f1(rss.peakRssMiB), f1(rss.peakHeapMiB), f1(rss.peakArrayBuffersMiB), f1(rss.configuredBoundMiB)]]));
   md.push(slowDisk.md);
-  const checks: string[] = [];
+  md.push(index.md);
+  const checks: string[] = [...index.checks];
   for (const d of delays) {
     const st = slow.find((r) => r.delayMs === d && r.mode === 'strict');
     const ba = slow.find((r) => r.delayMs === d && r.mode === 'batched' && !r.yields);
@@ -540,7 +579,7 @@ async function main(): Promise<void> {
 
   const res = {
     meta: { git: gitDescribe(), date: started.toISOString(), command: ['npm run bench:engine', ...(process.argv.length > 2 ? ['--', ...process.argv.slice(2)] : [])].join(' '), cpus: os.cpus().length, kernel: os.release(), node: process.version, seconds, delays, relaxedEvery: argv['relaxed-every'], tunables: DEFAULT_TUNABLES },
-    throughput: tp, slowDevice: slow, allocation: alloc, peakRss: rss, slowDisk: slowDisk.row, checks,
+    throughput: tp, slowDevice: slow, allocation: alloc, peakRss: rss, slowDisk: slowDisk.row, indexCost: index.rows, checks,
   };
   const stamp = started.toISOString().replace(/[:]/g, '-').replace(/\..*/, 'Z');
   fs.mkdirSync(argv.out, { recursive: true });

@@ -9,6 +9,15 @@ import { CHUNK_MAGIC, decodeSegmentHeader, encodeSegmentHeader, WAL_MAGIC } from
 import {
   allocCommit,
   allocPlacement,
+  allocRuns,
+  decodeExtentCommit,
+  decodeRuns,
+  encodeExtentCommit,
+  EXTENT_ENTRY,
+  extentCommitEntryOffset,
+  readExtent,
+  runsEntryOffset,
+  writeExtent,
   encodeCommit,
   commitEntryOffset,
   decodeCheckpointHeader,
@@ -143,13 +152,15 @@ describe('format', () => {
     writeLocation(p, commitEntryOffset(0), 10, 100, 17, 64, 4096, 0);
     writeLocation(p, commitEntryOffset(1), 11, 101, 17, 4192, 1000, 1);
     const commit = encodeFrame(p);
-    const savedHdr = sample('maplog-header-v2.bin', hdr);
+    const savedHdr = oldSample('maplog-header-v2.bin');
     const savedCommit = oldSample('maplog-commit-v1.bin'); // unchanged in format 2
-    assert.deepEqual(hdr, savedHdr);
     assert.deepEqual(commit, savedCommit);
     const f = checkFrame(savedHdr, 0);
     assert.ok(f.ok);
     assert.deepEqual(decodeMapLogHeader(f.payload), { version: 2, volumeId: VOLUME_ID, segment: 3 });
+    const f3 = checkFrame(sample('maplog-header-v3.bin', hdr), 0);
+    assert.ok(f3.ok);
+    assert.deepEqual(decodeMapLogHeader(f3.payload), { version: 3, volumeId: VOLUME_ID, segment: 3 });
     const f1 = checkFrame(oldSample('maplog-header-v1.bin'), 0);
     assert.ok(f1.ok);
     assert.deepEqual(decodeMapLogHeader(f1.payload), { version: 1, volumeId: VOLUME_ID, segment: 3 });
@@ -190,13 +201,49 @@ describe('format', () => {
     assert.equal(syncMarkerClaim(rb.header, bad, RECORD_HEADER), -1, 'a malformed marker is refused');
   });
 
-  it('checkpoint header: saved sample decodes', () => {
+  it('checkpoint header: saved samples decode (v1 and v2)', () => {
     const h = encodeFrame(encodeCheckpointHeader({ volumeId: VOLUME_ID, seq: 2 ** 40, mapSegment: 9, nextChunkId: 300, entryCount: 123 }));
-    const saved = sample('checkpoint-header-v1.bin', h);
+    const f1 = checkFrame(oldSample('checkpoint-header-v1.bin'), 0);
+    assert.ok(f1.ok);
+    assert.deepEqual(decodeCheckpointHeader(f1.payload), { version: 1, volumeId: VOLUME_ID, seq: 2 ** 40, mapSegment: 9, nextChunkId: 300, entryCount: 123 });
+    const saved = sample('checkpoint-header-v2.bin', h);
     assert.deepEqual(h, saved);
     const f = checkFrame(saved, 0);
     assert.ok(f.ok);
-    assert.deepEqual(decodeCheckpointHeader(f.payload), { version: 1, volumeId: VOLUME_ID, seq: 2 ** 40, mapSegment: 9, nextChunkId: 300, entryCount: 123 });
+    assert.deepEqual(decodeCheckpointHeader(f.payload), { version: 2, volumeId: VOLUME_ID, seq: 2 ** 40, mapSegment: 9, nextChunkId: 300, entryCount: 123 });
+  });
+
+  it('extents (map log v3 and checkpoint v2): a placement encodes to the saved commit, runs to the saved checkpoint frame', () => {
+    // Blocks 2^32-2 .. 2^32 raw and back to back (one extent across the 16 TiB edge), then
+    // an LZ4 block, then a block far away (256 TiB - 1).
+    const stride = RECORD_HEADER + 4096;
+    const pl = allocPlacement(17, 5);
+    pl.blocks.set([2 ** 32 - 2, 2 ** 32 - 1, 2 ** 32, 2 ** 32 + 1, 2 ** 36 - 1]);
+    pl.seqs.set([100, 101, 102, 103, 104]);
+    pl.offsets.set([64, 64 + stride, 64 + 2 * stride, 64 + 3 * stride, 64 + 3 * stride + RECORD_HEADER + 1000]);
+    pl.lens.set([4096, 4096, 4096, 1000, 4096]);
+    pl.flags.set([0, 0, 0, 1, 0]);
+    const commit = encodeFrame(encodeExtentCommit(pl));
+    const saved = sample('maplog-extent-commit-v3.bin', commit);
+    assert.deepEqual(commit, saved);
+    const c = checkFrame(saved, 0);
+    assert.ok(c.ok);
+    assert.deepEqual(decodeExtentCommit(c.payload), { chunkId: 17, extents: 3, blocks: 5 });
+    assert.deepEqual(readExtent(c.payload, extentCommitEntryOffset(0)), { block: 2 ** 32 - 2, count: 3, seq: 100, chunkId: 17, offset: 64, len: 4096, flags: 0 });
+    assert.deepEqual(readExtent(c.payload, extentCommitEntryOffset(1)), { block: 2 ** 32 + 1, count: 1, seq: 103, chunkId: 17, offset: 64 + 3 * stride, len: 1000, flags: 1 });
+    assert.equal(decodeCommit(c.payload), null, "an 'X' frame is not a 'C' frame");
+
+    const r = allocRuns(2);
+    writeExtent(r, runsEntryOffset(0), 5, 1024, 2 ** 40, 300, 64, 4096, 0);
+    writeExtent(r, runsEntryOffset(1), 2 ** 36 - 1, 1, 2 ** 40 + 5000, 301, 4192, 77, 1);
+    const rf = encodeFrame(r);
+    const savedRuns = sample('checkpoint-runs-v2.bin', rf);
+    assert.deepEqual(rf, savedRuns);
+    const f = checkFrame(savedRuns, 0);
+    assert.ok(f.ok);
+    assert.equal(decodeRuns(f.payload), 2);
+    assert.deepEqual(readExtent(f.payload, runsEntryOffset(1)), { block: 2 ** 36 - 1, count: 1, seq: 2 ** 40 + 5000, chunkId: 301, offset: 4192, len: 77, flags: 1 });
+    assert.equal(rf.length, 8 + 8 + 2 * EXTENT_ENTRY, '32 bytes per extent');
   });
 
   it('frames: damage is detected, a zero tail reads as zero', () => {

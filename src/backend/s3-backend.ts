@@ -12,7 +12,7 @@ import {
 import type { Readable } from 'node:stream';
 import type { Backend } from './backend';
 import { VbfsError } from '../errors';
-import { checkRange, validKey } from './memory-backend';
+import { checkRange, validKey } from './backend';
 
 /**
  * Objects in an S3-compatible bucket (AWS S3, Ceph RGW, MinIO, R2), under a key

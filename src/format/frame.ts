@@ -10,7 +10,7 @@ import { readU32, writeU32 } from './u64';
  *     8  len payload; payload[0] is the frame type (one ASCII letter)
  */
 export const FRAME_HEADER = 8;
-const MAX_FRAME = 64 * 1024 * 1024;
+export const MAX_FRAME = 64 * 1024 * 1024;
 
 export function encodeFrame(payload: Uint8Array): Buffer {
   const out = Buffer.allocUnsafe(FRAME_HEADER + payload.length);

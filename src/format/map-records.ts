@@ -1,3 +1,4 @@
+import { RECORD_HEADER } from './block-record';
 import { readU32, readU64, writeU32, writeU64 } from './u64';
 
 /**
@@ -26,11 +27,34 @@ import { readU32, readU64, writeU32, writeU64 } from './u64';
  *    48 4 next chunk id   52 4 reserved   56 8 entry count
  * 'E' checkpoint entries: 0 1 'E'  1 3 reserved  4 4 count  8 count x location entry
  * 'F' checkpoint footer: 0 1 'F'  1 7 reserved  8 8 entry count (must match 'K')
+ *
+ * Version 2 of the checkpoint and version 3 of the map log record extents: a run
+ * of blocks whose records lie back to back in one chunk, with consecutive seqs and
+ * one stored length and flags (a scattered block is an extent of one).
+ *
+ * extent entry (32 bytes):
+ *     0 8 first block   8 8 seq of the first block   16 4 chunkId
+ *    20 4 offset of the first block's record in the chunk
+ *    24 4 len (stored payload length of every record, bits 0..23) | flags << 24
+ *    28 4 block count (>= 1)
+ *   block k of the extent: seq + k, record at offset + k * (32 + len)
+ *
+ * 'X' extent commit (map log version 3), replaces 'C':
+ *     0 1 'X'   1 3 reserved   4 4 chunkId   8 4 extent count   12 4 block count
+ *    16 extent count x extent entry (each with the frame's chunkId)
+ * 'K' header version 2: as above, entry count = mapped blocks (not extents)
+ * 'R' checkpoint extents (version 2), replaces 'E':
+ *     0 1 'R'   1 3 reserved   4 4 extent count   8 extent count x extent entry
+ * 'F' footer: as above (the block count of the 'K' header)
  */
 export const LOCATION_ENTRY = 32;
-/** Map log segments: 2 = every commit write begins with an 'S' sync frame (1 is still read). */
-const MAP_LOG_VERSION = 2;
-const CHECKPOINT_VERSION = 1;
+/**
+ * Map log segments: 2 = every commit write begins with an 'S' sync frame; 3 =
+ * chunk commits are 'X' extent frames instead of 'C' (1 and 2 are still read).
+ */
+export const MAP_LOG_VERSION = 3;
+/** Checkpoint: 2 = 'R' extent frames instead of 'E' location frames (1 is still read). */
+export const CHECKPOINT_VERSION = 2;
 
 export interface Location {
   block: number;
@@ -208,4 +232,107 @@ export function encodeFooter(entryCount: number): Buffer {
 export function decodeFooter(p: Buffer): number | null {
   if (p.length !== 16 || p[0] !== 0x46) return null;
   return readU64(p, 8);
+}
+
+// ------------------------------------------------------------------ extents (v2)
+
+export const EXTENT_ENTRY = 32;
+/** len is 24 bits in an extent entry (a block is at most 64 KiB). */
+export const EXTENT_MAX_LEN = 0xffffff;
+
+export interface Extent {
+  block: number;
+  count: number;
+  seq: number;
+  chunkId: number;
+  offset: number;
+  len: number;
+  flags: number;
+}
+
+export function writeExtent(p: Uint8Array, off: number, block: number, count: number, seq: number, chunkId: number, offset: number, len: number, flags: number): void {
+  writeU64(p, off, block);
+  writeU64(p, off + 8, seq);
+  writeU32(p, off + 16, chunkId);
+  writeU32(p, off + 20, offset);
+  writeU32(p, off + 24, ((len & EXTENT_MAX_LEN) | ((flags & 0xff) << 24)) >>> 0);
+  writeU32(p, off + 28, count);
+}
+
+export function readExtent(p: Uint8Array, off: number): Extent {
+  const lf = readU32(p, off + 24);
+  return {
+    block: readU64(p, off),
+    seq: readU64(p, off + 8),
+    chunkId: readU32(p, off + 16),
+    offset: readU32(p, off + 20),
+    len: lf & EXTENT_MAX_LEN,
+    flags: lf >>> 24,
+    count: readU32(p, off + 28),
+  };
+}
+
+/**
+ * Group a placement into extents: entry k continues the extent before it when its
+ * block, seq and record offset are the next ones and its length and flags match.
+ * Calls fn(first entry, entry count) per extent, in order; returns the count.
+ */
+export function forEachPlacementRun(pl: ChunkPlacement, fn: (k: number, n: number) => void, recordHeader = RECORD_HEADER): number {
+  let runs = 0;
+  let k0 = 0;
+  for (let k = 1; k <= pl.count; k++) {
+    const p = k - 1;
+    const joins =
+      k < pl.count &&
+      pl.blocks[k] === (pl.blocks[p] as number) + 1 &&
+      pl.seqs[k] === (pl.seqs[p] as number) + 1 &&
+      pl.lens[k] === pl.lens[p] &&
+      pl.flags[k] === pl.flags[p] &&
+      pl.offsets[k] === (pl.offsets[p] as number) + recordHeader + (pl.lens[p] as number);
+    if (joins) continue;
+    fn(k0, k - k0);
+    runs++;
+    k0 = k;
+  }
+  return runs;
+}
+
+/** The 'X' extent commit payload of a placement (map log version 3). */
+export function encodeExtentCommit(pl: ChunkPlacement): Buffer {
+  const runs = forEachPlacementRun(pl, () => undefined);
+  const p = Buffer.alloc(16 + runs * EXTENT_ENTRY);
+  p[0] = 0x58; // 'X'
+  writeU32(p, 4, pl.chunkId);
+  writeU32(p, 8, runs);
+  writeU32(p, 12, pl.count);
+  let i = 0;
+  forEachPlacementRun(pl, (k, n) => {
+    writeExtent(p, extentCommitEntryOffset(i++), pl.blocks[k] as number, n, pl.seqs[k] as number, pl.chunkId, pl.offsets[k] as number, pl.lens[k] as number, pl.flags[k] as number);
+  });
+  return p;
+}
+
+export const extentCommitEntryOffset = (i: number): number => 16 + i * EXTENT_ENTRY;
+
+export function decodeExtentCommit(p: Buffer): { chunkId: number; extents: number; blocks: number } | null {
+  if (p.length < 16 || p[0] !== 0x58) return null;
+  const extents = readU32(p, 8);
+  if (p.length !== 16 + extents * EXTENT_ENTRY) return null;
+  return { chunkId: readU32(p, 4), extents, blocks: readU32(p, 12) };
+}
+
+/** A checkpoint 'R' payload for `count` extents; fill with writeExtent at runsEntryOffset(i). */
+export function allocRuns(count: number): Buffer {
+  const p = Buffer.alloc(8 + count * EXTENT_ENTRY);
+  p[0] = 0x52; // 'R'
+  writeU32(p, 4, count);
+  return p;
+}
+
+export const runsEntryOffset = (i: number): number => 8 + i * EXTENT_ENTRY;
+
+export function decodeRuns(p: Buffer): number | null {
+  if (p.length < 8 || p[0] !== 0x52) return null;
+  const count = readU32(p, 4);
+  return p.length === 8 + count * EXTENT_ENTRY ? count : null;
 }

@@ -1,32 +1,43 @@
 import { VbfsError, syncFailed } from '../errors';
-import { anyFrameAfter, checkFrame, encodeFrame } from '../format/frame';
+import { anyFrameAfter, checkFrame, encodeFrame, FRAME_HEADER, MAX_FRAME, type FrameCheck } from '../format/frame';
 import {
-  allocEntries,
+  allocRuns,
   ChunkPlacement,
   commitEntryOffset,
-  encodeCommit,
   decodeCheckpointHeader,
   decodeCommit,
   decodeEntries,
+  decodeExtentCommit,
   decodeFooter,
   decodeMapLogHeader,
+  decodeRuns,
   decodeSyncFrame,
   encodeCheckpointHeader,
-  encodeSyncFrame,
+  encodeExtentCommit,
   encodeFooter,
   encodeMapLogHeader,
+  encodeSyncFrame,
   entriesEntryOffset,
-  LOCATION_ENTRY,
+  EXTENT_ENTRY,
+  extentCommitEntryOffset,
+  readExtent,
   readLocation,
-  writeLocation,
+  runsEntryOffset,
+  writeExtent,
+  type Extent,
 } from '../format/map-records';
+import { RECORD_HEADER } from '../format/block-record';
 import type { FileHandle, FileIO } from '../io/file-io';
 import type { Logger } from '../types';
-import type { BlockIndex } from './block-index';
+import { MAX_LEN, type BlockIndex } from './block-index';
 
+/** Record header bytes before each stored payload in a chunk (format/block-record.ts). */
+const RECORD_STRIDE = RECORD_HEADER;
 export const mapSegmentName = (n: number): string => n.toString(16).padStart(16, '0') + '.log';
 const CHECKPOINT = 'checkpoint';
 const ENTRIES_PER_FRAME = 8192;
+/** Bytes of the checkpoint read at a time: the checkpoint is streamed in, never read whole. */
+const READ_WINDOW = 1024 * 1024;
 
 export interface MapLoad {
   seq: number; // highest seq in the checkpoint and log
@@ -65,9 +76,7 @@ export class MapStore {
     const out: MapLoad = { seq: 0, nextChunkId: 1 };
     let firstSeg = 1;
     const ckPath = `${this.dir}/${CHECKPOINT}`;
-    if (await this.fileIO.stat(ckPath)) {
-      firstSeg = this.loadCheckpoint(await this.fileIO.readFile(ckPath), ckPath, index, out);
-    }
+    if (await this.fileIO.stat(ckPath)) firstSeg = await this.loadCheckpoint(ckPath, index, out);
     const names = (await this.fileIO.readdir(this.dir)).filter((n) => /^[0-9a-f]{16}\.log$/.test(n));
     const nums = names.map((n) => parseInt(n.slice(0, 16), 16)).sort((a, b) => a - b);
     const live = nums.filter((n) => n >= firstSeg);
@@ -84,43 +93,71 @@ export class MapStore {
     return out;
   }
 
-  private loadCheckpoint(buf: Buffer, path: string, index: BlockIndex, out: MapLoad): number {
+  /**
+   * Read the checkpoint frame by frame through a window of READ_WINDOW bytes, so a
+   * large map never sits in memory twice (file bytes and index). Version 1 holds
+   * one location per block ('E' frames), version 2 extents ('R'); both go into the
+   * index, and the next checkpoint is written as version 2.
+   */
+  private async loadCheckpoint(path: string, index: BlockIndex, out: MapLoad): Promise<number> {
     const bad = (off: number, why: string): VbfsError =>
       new VbfsError('VBFS_CORRUPT', `checkpoint ${path} is damaged at offset ${off} (${why})`, { path, offset: off });
-    const first = checkFrame(buf, 0);
-    if (!first.ok) throw bad(0, first.reason);
-    const h = decodeCheckpointHeader(first.payload);
-    if (!h) throw bad(0, 'not a checkpoint header');
-    if (h.volumeId !== this.volumeId) throw bad(0, 'belongs to another volume');
-    out.seq = Math.max(out.seq, h.seq);
-    out.nextChunkId = Math.max(out.nextChunkId, h.nextChunkId);
-    let off = first.end;
-    let seen = 0;
-    for (;;) {
-      const f = checkFrame(buf, off);
-      if (!f.ok) throw bad(off, f.reason);
-      if (f.payload[0] === 0x46) {
-        if (decodeFooter(f.payload) !== h.entryCount || seen !== h.entryCount) throw bad(off, 'entry count mismatch');
-        if (f.end !== buf.length) throw bad(f.end, 'trailing bytes');
-        break;
+    const fd = await this.fileIO.open(path, 'r');
+    try {
+      const frames = new FrameReader(fd, await fd.size());
+      const first = await frames.next();
+      if (!first.ok) throw bad(0, first.reason);
+      const h = decodeCheckpointHeader(first.payload);
+      if (!h) throw bad(0, 'not a checkpoint header');
+      if (h.volumeId !== this.volumeId) throw bad(0, 'belongs to another volume');
+      if (h.version !== 1 && h.version !== 2) {
+        throw new VbfsError('VBFS_UNSUPPORTED_VERSION', `checkpoint ${path} has format version ${h.version}, which this build does not know`, { path });
       }
-      const count = decodeEntries(f.payload);
-      if (count === null) throw bad(off, 'unknown frame');
-      for (let i = 0; i < count; i++) this.apply(index, f.payload, entriesEntryOffset(i), out, path, off);
-      seen += count;
-      off = f.end;
+      out.seq = Math.max(out.seq, h.seq);
+      out.nextChunkId = Math.max(out.nextChunkId, h.nextChunkId);
+      let seen = 0;
+      for (;;) {
+        const off = frames.pos;
+        const f = await frames.next();
+        if (!f.ok) throw bad(off, f.reason);
+        if (f.payload[0] === 0x46) {
+          if (decodeFooter(f.payload) !== h.entryCount || seen !== h.entryCount) throw bad(off, 'entry count mismatch');
+          if (frames.pos !== frames.size) throw bad(frames.pos, 'trailing bytes');
+          break;
+        }
+        if (h.version === 1) {
+          const count = decodeEntries(f.payload);
+          if (count === null) throw bad(off, 'unknown frame');
+          for (let i = 0; i < count; i++) this.applyLocation(index, f.payload, entriesEntryOffset(i), out, path, off);
+          seen += count;
+        } else {
+          const count = decodeRuns(f.payload);
+          if (count === null) throw bad(off, 'unknown frame');
+          for (let i = 0; i < count; i++) seen += this.applyExtent(index, readExtent(f.payload, runsEntryOffset(i)), out, path, off);
+        }
+      }
+      return h.mapSegment;
+    } finally {
+      await fd.close();
     }
-    return h.mapSegment;
   }
 
-  private apply(index: BlockIndex, p: Buffer, at: number, out: MapLoad, path: string, frameOff: number): void {
+  private applyLocation(index: BlockIndex, p: Buffer, at: number, out: MapLoad, path: string, frameOff: number): void {
     const l = readLocation(p, at);
-    if (l.block >= index.blockCount || l.seq === 0 || l.chunkId === 0) {
-      throw new VbfsError('VBFS_CORRUPT', `${path}: location entry in frame at offset ${frameOff} is out of range (block ${l.block})`, { path, offset: frameOff });
+    this.applyExtent(index, { block: l.block, count: 1, seq: l.seq, chunkId: l.chunkId, offset: l.offset, len: l.len, flags: l.flags }, out, path, frameOff);
+  }
+
+  /** Point the index at one extent of the map (per block, newer seqs win); returns its block count. */
+  private applyExtent(index: BlockIndex, e: Extent, out: MapLoad, path: string, frameOff: number): number {
+    const lastSeq = e.seq + e.count - 1;
+    if (e.count < 1 || e.block + e.count > index.blockCount || e.seq === 0 || lastSeq >= 2 ** 53 || e.chunkId === 0 || e.len > MAX_LEN || e.flags > 0xff) {
+      throw new VbfsError('VBFS_CORRUPT', `${path}: location entry in frame at offset ${frameOff} is out of range (block ${e.block})`, { path, offset: frameOff });
     }
-    index.setPersisted(l.block, l.seq, l.chunkId, l.offset, l.len, l.flags);
-    if (l.seq > out.seq) out.seq = l.seq;
-    if (l.chunkId >= out.nextChunkId) out.nextChunkId = l.chunkId + 1;
+    const stride = RECORD_STRIDE + e.len;
+    for (let k = 0; k < e.count; k++) index.setPersisted(e.block + k, e.seq + k, e.chunkId, e.offset + k * stride, e.len, e.flags);
+    if (lastSeq > out.seq) out.seq = lastSeq;
+    if (e.chunkId >= out.nextChunkId) out.nextChunkId = e.chunkId + 1;
+    return e.count;
   }
 
   /**
@@ -144,7 +181,7 @@ export class MapStore {
       }
       throw new VbfsError('VBFS_CORRUPT', `map log ${path} is damaged at offset 0 (bad header)`, { path, offset: 0 });
     }
-    if (h.volumeId !== this.volumeId || h.segment !== n || (h.version !== 1 && h.version !== 2)) {
+    if (h.volumeId !== this.volumeId || h.segment !== n || h.version < 1 || h.version > 3) {
       throw new VbfsError('VBFS_CORRUPT', `map log ${path} belongs to another volume or position, or has an unknown version`, { path, offset: 0 });
     }
     const markers = h.version >= 2;
@@ -160,10 +197,23 @@ export class MapStore {
           off = f.end;
           continue;
         }
-        const c = decodeCommit(f.payload);
-        if (!c) throw new VbfsError('VBFS_CORRUPT', `map log ${path}: unknown frame at offset ${off}`, { path, offset: off });
-        for (let i = 0; i < c.count; i++) this.apply(index, f.payload, commitEntryOffset(i), out, path, off);
-        if (c.chunkId >= out.nextChunkId) out.nextChunkId = c.chunkId + 1;
+        if (h.version >= 3) {
+          const x = decodeExtentCommit(f.payload);
+          if (!x) throw new VbfsError('VBFS_CORRUPT', `map log ${path}: unknown frame at offset ${off}`, { path, offset: off });
+          let blocks = 0;
+          for (let i = 0; i < x.extents; i++) {
+            const e = readExtent(f.payload, extentCommitEntryOffset(i));
+            if (e.chunkId !== x.chunkId) throw new VbfsError('VBFS_CORRUPT', `map log ${path}: extent of another chunk in the commit at offset ${off}`, { path, offset: off });
+            blocks += this.applyExtent(index, e, out, path, off);
+          }
+          if (blocks !== x.blocks) throw new VbfsError('VBFS_CORRUPT', `map log ${path}: commit at offset ${off} counts ${x.blocks} blocks but holds ${blocks}`, { path, offset: off });
+          if (x.chunkId >= out.nextChunkId) out.nextChunkId = x.chunkId + 1;
+        } else {
+          const c = decodeCommit(f.payload);
+          if (!c) throw new VbfsError('VBFS_CORRUPT', `map log ${path}: unknown frame at offset ${off}`, { path, offset: off });
+          for (let i = 0; i < c.count; i++) this.applyLocation(index, f.payload, commitEntryOffset(i), out, path, off);
+          if (c.chunkId >= out.nextChunkId) out.nextChunkId = c.chunkId + 1;
+        }
         off = f.end;
         continue;
       }
@@ -193,7 +243,8 @@ export class MapStore {
   async commit(placements: ChunkPlacement[]): Promise<void> {
     if (!this.fd) await this.openLog();
     // Everything before this.pos was covered by the previous commit's fdatasync.
-    const frame = Buffer.concat([encodeFrame(encodeSyncFrame(this.pos)), ...placements.map((p) => encodeFrame(encodeCommit(p)))]);
+    // One 'X' frame per chunk: its extents (runs of blocks stored back to back).
+    const frame = Buffer.concat([encodeFrame(encodeSyncFrame(this.pos)), ...placements.map((p) => encodeFrame(encodeExtentCommit(p)))]);
     const fd = this.fd as FileHandle;
     // A failed write (out of space) leaves pos alone: the next commit rewrites the
     // same range. A failed fdatasync is not retryable (the kernel may have dropped
@@ -219,16 +270,19 @@ export class MapStore {
   }
 
   /**
-   * Write a compacted checkpoint of every persisted location. Must not run
-   * concurrently with commit() (the volume holds its flush lock).
+   * Write a compacted checkpoint of every persisted location, as the index's
+   * extents (version 2). Must not run concurrently with commit() (the volume holds
+   * its flush lock), so the persisted map does not change while it is visited.
    */
   async checkpoint(index: BlockIndex, seq: number, nextChunkId: number): Promise<void> {
     const newSeg = this.seg + 1;
     const count = index.countPersisted();
+    const extents = index.extentCount;
     const tmp = `${this.dir}/${CHECKPOINT}.tmp`;
     const fd = await this.fileIO.open(tmp, 'w+');
-    // Streamed: entry frames go out every few MiB, and the event loop gets a turn
-    // between index pages, so a large map neither piles up in memory nor stalls I/O.
+    // Streamed: one frame of up to ENTRIES_PER_FRAME extents at a time, written out
+    // every few MiB, with an event-loop turn between frames, so a large map neither
+    // piles up in memory nor stalls I/O.
     let parts: Buffer[] = [encodeFrame(encodeCheckpointHeader({ volumeId: this.volumeId, seq, mapSegment: newSeg, nextChunkId, entryCount: count }))];
     let partBytes = 0;
     let pos = 0;
@@ -240,31 +294,29 @@ export class MapStore {
       await fd.writev(group, pos);
       for (const g of group) pos += g.length;
     };
-    let frame = allocEntries(Math.min(ENTRIES_PER_FRAME, count));
-    let inFrame = 0;
-    let written = 0;
-    const add = (block: number, s: number, chunk: number, off: number, len: number, flags: number): void => {
-      writeLocation(frame, entriesEntryOffset(inFrame), block, s, chunk, off, len, flags);
-      inFrame++;
-      written++;
-      if (inFrame * LOCATION_ENTRY + 8 === frame.length) {
+    try {
+      let blocks = 0;
+      let seen = 0;
+      let from = 0;
+      while (from >= 0 && seen < extents) {
+        const frame = allocRuns(Math.min(ENTRIES_PER_FRAME, extents - seen));
+        let i = 0;
+        const max = (frame.length - 8) / EXTENT_ENTRY;
+        from = index.visitExtents(from, max, (block, n, s, chunk, off, len, flags) => {
+          writeExtent(frame, runsEntryOffset(i++), block, n, s, chunk, off, len, flags);
+          blocks += n;
+        });
+        if (i !== max) break;
+        seen += i;
         const f = encodeFrame(frame);
         parts.push(f);
         partBytes += f.length;
-        frame = allocEntries(Math.min(ENTRIES_PER_FRAME, Math.max(0, count - written)));
-        inFrame = 0;
-      }
-    };
-    try {
-      for (const k of index.pageKeys()) {
-        if (written >= count) break;
-        index.forEachPersistedIn(k, (b, s, c, o, l, f) => {
-          if (written < count) add(b, s, c, o, l, f);
-        });
         if (partBytes >= 4 * 1024 * 1024) await drain();
         else await new Promise<void>((r) => setImmediate(r));
       }
-      if (written !== count) throw new VbfsError('VBFS_CORRUPT', `checkpoint: index reports ${count} persisted blocks but holds ${written}`);
+      if (seen !== extents || blocks !== count) {
+        throw new VbfsError('VBFS_CORRUPT', `checkpoint: index reports ${count} persisted blocks in ${extents} extents but holds ${blocks} in ${seen}`);
+      }
       parts.push(encodeFrame(encodeFooter(count)));
       await drain();
       await fd.datasync();
@@ -310,4 +362,54 @@ function maxSyncClaimAfter(buf: Buffer, from: number): number {
     off = f.end;
   }
   return best;
+}
+
+/**
+ * Frames of a file, read front to back through a window: `next()` returns the
+ * frame at `pos` (its payload is a view, valid until the following call).
+ */
+class FrameReader {
+  pos = 0;
+  private buf = Buffer.allocUnsafe(READ_WINDOW);
+  private start = 0; // file offset of buf[0]
+  private filled = 0;
+
+  constructor(
+    private readonly fd: FileHandle,
+    readonly size: number,
+  ) {}
+
+  async next(): Promise<FrameCheck> {
+    await this.ensure(FRAME_HEADER);
+    const at = this.pos - this.start;
+    if (this.filled - at >= FRAME_HEADER) {
+      const len = this.buf.readUInt32LE(at + 4);
+      if (len <= MAX_FRAME) await this.ensure(FRAME_HEADER + len);
+    }
+    const view = this.buf.subarray(0, this.filled);
+    const f = checkFrame(view, this.pos - this.start);
+    if (f.ok) this.pos = this.start + f.end;
+    return f.ok ? { ok: true, payload: f.payload, end: this.pos } : f;
+  }
+
+  /** At least n bytes from pos in the window, or all that is left of the file. */
+  private async ensure(n: number): Promise<void> {
+    const want = Math.min(n, this.size - this.pos);
+    if (this.start + this.filled - this.pos >= want) return;
+    const keep = this.start + this.filled - this.pos;
+    if (this.buf.length < n) {
+      const grown = Buffer.allocUnsafe(Math.max(n, this.buf.length * 2));
+      this.buf.copy(grown, 0, this.pos - this.start, this.filled);
+      this.buf = grown;
+    } else {
+      this.buf.copy(this.buf, 0, this.pos - this.start, this.filled);
+    }
+    this.start = this.pos;
+    this.filled = keep;
+    while (this.filled < want) {
+      const got = await this.fd.read(this.buf.subarray(this.filled), this.start + this.filled);
+      if (got <= 0) break;
+      this.filled += got;
+    }
+  }
 }

@@ -3,7 +3,22 @@ import type { Backend } from '../backend/backend';
 import { chunkKey, chunkPrefix, parseChunkKey } from '../chunk/chunk';
 import { checkRecord, FLAG_LZ4, RECORD_HEADER } from '../format/block-record';
 import { checkFrame } from '../format/frame';
-import { commitEntryOffset, decodeCheckpointHeader, decodeCommit, decodeEntries, decodeMapLogHeader, decodeSyncFrame, entriesEntryOffset, readLocation } from '../format/map-records';
+import {
+  commitEntryOffset,
+  decodeCheckpointHeader,
+  decodeCommit,
+  decodeEntries,
+  decodeExtentCommit,
+  decodeMapLogHeader,
+  decodeRuns,
+  decodeSyncFrame,
+  entriesEntryOffset,
+  extentCommitEntryOffset,
+  readExtent,
+  readLocation,
+  runsEntryOffset,
+  type Location,
+} from '../format/map-records';
 import { CHUNK_MAGIC, CHUNK_VERSION, decodeSegmentHeader, SEGMENT_HEADER } from '../format/segment-header';
 import { BlockIndex } from '../index/block-index';
 import { MapStore, mapSegmentName, type MapLoad } from '../index/map-store';
@@ -319,10 +334,17 @@ class Fsck {
       for (let off = first.end; ; ) {
         const f = checkFrame(buf, off);
         if (!f.ok) break;
-        const count = decodeEntries(f.payload);
+        // Version 1: one location per block ('E'); version 2: extents ('R'), checked by their last seq.
+        const count = h.version >= 2 ? decodeRuns(f.payload) : decodeEntries(f.payload);
         if (count === null) break;
         for (let i = 0; i < count; i++) {
-          const l = readLocation(f.payload, entriesEntryOffset(i));
+          let l: Location;
+          if (h.version >= 2) {
+            const e = readExtent(f.payload, runsEntryOffset(i));
+            l = { block: e.block, seq: e.seq + e.count - 1, chunkId: e.chunkId, offset: e.offset, len: e.len, flags: e.flags };
+          } else {
+            l = readLocation(f.payload, entriesEntryOffset(i));
+          }
           if (l.seq > h.seq || l.chunkId >= h.nextChunkId) {
             this.add({
               kind: 'map-inconsistent',
@@ -356,20 +378,24 @@ class Fsck {
       }
       const buf = await fileIO.readFile(path);
       const first = checkFrame(buf, 0);
-      if (!first.ok || !decodeMapLogHeader(first.payload)) continue;
+      const lh = first.ok ? decodeMapLogHeader(first.payload) : null;
+      if (!first.ok || !lh) continue;
       for (let off = first.end; off < buf.length; ) {
         const f = checkFrame(buf, off);
         if (f.ok && decodeSyncFrame(f.payload) !== null) {
           off = f.end; // a sync frame (map log version 2): load() checks its claim
           continue;
         }
-        const c = f.ok ? decodeCommit(f.payload) : null;
+        // Version 3 commits are 'X' extent frames, versions 1 and 2 'C' location frames.
+        const x = f.ok && lh.version >= 3 ? decodeExtentCommit(f.payload) : null;
+        const c = !f.ok ? null : x ? { chunkId: x.chunkId, count: x.extents } : lh.version < 3 ? decodeCommit(f.payload) : null;
         if (!f.ok || !c) break;
+        const entryAt = (i: number): { block: number; chunkId: number } => (x ? readExtent(f.payload, extentCommitEntryOffset(i)) : readLocation(f.payload, commitEntryOffset(i)));
         const why =
           c.chunkId <= lastChunk
             ? `commits chunk ${c.chunkId} after chunk ${lastChunk} (chunk ids only grow${lastChunk === nextChunk - 1 ? `; the checkpoint's next chunk id is ${nextChunk}` : ''})`
             : null;
-        const foreign = Array.from({ length: c.count }, (_, i) => readLocation(f.payload, commitEntryOffset(i))).find((l) => l.chunkId !== c.chunkId);
+        const foreign = Array.from({ length: c.count }, (_, i) => entryAt(i)).find((l) => l.chunkId !== c.chunkId);
         if (why || foreign) {
           this.add({
             kind: 'map-inconsistent',

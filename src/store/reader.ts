@@ -115,8 +115,7 @@ export class Reader {
 
   /** b and b+1 are adjacent records of the same chunk: one backend read covers both. */
   private contiguous(a: number, b: number): boolean {
-    const ix = this.core.index;
-    return ix.persistedChunk(a) === ix.persistedChunk(b) && ix.persistedOff(a) + RECORD_HEADER + ix.persistedLen(a) === ix.persistedOff(b);
+    return this.core.index.contiguous(a, b);
   }
 
   /**

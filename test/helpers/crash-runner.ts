@@ -26,7 +26,7 @@ import { VolumeModel, randomData, randomRange } from './volume-model';
  */
 const WORK_OPS = envInt('VBFS_CRASH_OPS', 120);
 export const MODE_OF_SEED: readonly Durability[] = ['strict', 'batched', 'relaxed', 'async'];
-export const SEEDS_DEFAULT: readonly number[] = [11, 12, 13, 14, 16, 17, 18, 19];
+export const SEEDS_DEFAULT: readonly number[] = [11, 12, 13, 14, 16, 17, 18, 19, 33];
 export const DIR = '/store';
 export const OBJECTS = '/store/objects';
 export const BLOCK = 512;
@@ -45,6 +45,51 @@ export const TUNABLES: Partial<VolumeTunables> = {
   checkpointBytes: 512,
   readaheadBytes: 0,
 };
+
+/**
+ * Seeds from 32 on run on a sparse 256 TiB volume (2^39 blocks of 512 bytes): the
+ * model's 96 blocks stand for six runs of 16 volume blocks where the block index
+ * changes representation or a volume ends: block 0, 2^24, 2^31, the 2^32 edge (its
+ * buckets), the last blocks of a 16 TiB volume (2^35 - 1) and of this one (2^39 - 1).
+ */
+export const SPARSE_SIZE = 256 * 2 ** 40;
+const SPARSE_RUN = 16;
+export const SPARSE_RUNS = [0, 2 ** 24 - 8, 2 ** 31 - 8, 2 ** 32 - 8, 2 ** 35 - SPARSE_RUN, 2 ** 39 - SPARSE_RUN];
+
+export function sparseOf(seed: number): boolean {
+  return seed >= 32;
+}
+
+/** The part of a Volume the workload uses, in the model's byte space. */
+type Vol = Pick<Volume, 'write' | 'read' | 'fsync' | 'flush' | 'close'>;
+
+/** A model byte range as volume byte ranges: [volume offset, model offset, length]. */
+function pieces(offset: number, length: number): [number, number, number][] {
+  const out: [number, number, number][] = [];
+  const runBytes = SPARSE_RUN * BLOCK;
+  for (let p = offset; p < offset + length; ) {
+    const r = Math.floor(p / runBytes);
+    const n = Math.min(offset + length, (r + 1) * runBytes) - p;
+    out.push([(SPARSE_RUNS[r] as number) * BLOCK + (p - r * runBytes), p, n]);
+    p += n;
+  }
+  return out;
+}
+
+/** The volume as the workload sees it: itself, or (sparse seeds) its six runs side by side. */
+function view(vol: Volume, seed: number): Vol {
+  if (!sparseOf(seed)) return vol;
+  return {
+    // Pieces are issued in order, synchronously: concurrent writes keep their arrival order per block.
+    write: async (offset: number, data: Uint8Array) => {
+      await Promise.all(pieces(offset, data.length).map(([v, m, n]) => vol.write(v, data.subarray(m - offset, m - offset + n))));
+    },
+    read: async (offset: number, length: number) => Buffer.concat(await Promise.all(pieces(offset, length).map(([v, , n]) => vol.read(v, n)))),
+    fsync: () => vol.fsync(),
+    flush: () => vol.flush(),
+    close: () => vol.close(),
+  };
+}
 
 export type Plan = { at: number } | { failpoint: string; nth: number } | { none: true };
 
@@ -118,7 +163,7 @@ async function runPlanned(seed: number, plan: Plan, opts: { crashInRecovery?: bo
 }
 
 /** The workload, identical for a seed whatever the crash plan; records what must survive in `model`. */
-async function workload(store: Store, volRef: { vol: Volume }, model: VolumeModel, rng: Rng, mode: Durability, tun: Partial<VolumeTunables>): Promise<void> {
+async function workload(store: Store, volRef: { vol: Vol }, model: VolumeModel, rng: Rng, mode: Durability, tun: Partial<VolumeTunables>, seed: number): Promise<void> {
   for (let i = 0; i < WORK_OPS; i++) {
     const op = rng.weighted<string>([
       ['write', 60],
@@ -198,7 +243,7 @@ async function workload(store: Store, volRef: { vol: Volume }, model: VolumeMode
         const snap = model.snapshot();
         await vol.close();
         model.durable(snap); // close = flush + sync + checkpoint, in every mode
-        volRef.vol = await store.openVolume('c', { ...tun, durability: mode });
+        volRef.vol = view(await store.openVolume('c', { ...tun, durability: mode }), seed);
         break;
       }
     }
@@ -230,8 +275,8 @@ export async function crashRun(seed: number, plan: Plan, opts: { crashInRecovery
   const sim = new SimFS();
   let store = await openStore(sim);
   const compression = lz4Of(seed) ? 'lz4' : 'none';
-  await store.createVolume('c', { size: SIZE, blockSize: BLOCK, durability: mode, compression });
-  const volRef = { vol: await store.openVolume('c', { ...tun, durability: mode }) };
+  await store.createVolume('c', { size: sparseOf(seed) ? SPARSE_SIZE : SIZE, blockSize: BLOCK, durability: mode, compression });
+  const volRef = { vol: view(await store.openVolume('c', { ...tun, durability: mode }), seed) };
   const model = new VolumeModel(SIZE, BLOCK);
   const base = sim.mutatingOps;
   // Failpoints hit during the setup above (createVolume's) are not the workload's: count from here.
@@ -240,7 +285,7 @@ export async function crashRun(seed: number, plan: Plan, opts: { crashInRecovery
   if ('failpoint' in plan) sim.crashAtFailpoint(plan.failpoint, (fpBase.get(plan.failpoint) ?? 0) + plan.nth);
 
   try {
-    await workload(store, volRef, model, workRng, mode, tun);
+    await workload(store, volRef, model, workRng, mode, tun, seed);
   } catch (err) {
     if (!isCrash(err)) throw new Error(`${replay}: the workload failed with a non-crash error: ${String(err)}`, { cause: err });
   }
@@ -272,7 +317,7 @@ export async function crashRun(seed: number, plan: Plan, opts: { crashInRecovery
     after = after.afterCrash(tearRng, tear, pageBytes);
   }
 
-  const where = `${replay} (crash at ${result.where}${opts.crashInRecovery ? ', then again during recovery' : ''}, mode ${mode}, compression ${compression}, tear ${tear}${tear === 'reorder' ? ` in ${pageBytes}-byte pages` : ''})`;
+  const where = `${replay} (crash at ${result.where}${opts.crashInRecovery ? ', then again during recovery' : ''}, mode ${mode}, compression ${compression}${sparseOf(seed) ? ', sparse 256 TiB' : ''}, tear ${tear}${tear === 'reorder' ? ` in ${pageBytes}-byte pages` : ''})`;
   try {
     store = await openStore(after);
   } catch (err) {
@@ -281,15 +326,15 @@ export async function crashRun(seed: number, plan: Plan, opts: { crashInRecovery
   // Read-only inspection first: it cannot repair anything, but must show the same data.
   let roData: Buffer;
   try {
-    const ro = await store.openVolume('c', { readOnly: true });
+    const ro = view(await store.openVolume('c', { readOnly: true }), seed);
     roData = await ro.read(0, SIZE);
     await ro.close();
   } catch (err) {
     assert.fail(`${where}: the volume does not open read-only after the crash: ${String(err)}`);
   }
-  let vol: Volume;
+  let vol: Vol;
   try {
-    vol = await store.openVolume('c', { ...TUNABLES });
+    vol = view(await store.openVolume('c', { ...TUNABLES }), seed);
   } catch (err) {
     assert.fail(`${where}: the volume does not open after the crash: ${String(err)}`);
   }
@@ -317,7 +362,7 @@ export async function crashRun(seed: number, plan: Plan, opts: { crashInRecovery
   await store.close();
   const again = after.reopen();
   store = await openStore(again);
-  vol = await store.openVolume('c', { ...TUNABLES });
+  vol = view(await store.openVolume('c', { ...TUNABLES }), seed);
   const final = await vol.read(0, SIZE);
   for (let b = 0; b < BLOCKS; b++) {
     const want = model.data.subarray(b * BLOCK, (b + 1) * BLOCK);

@@ -261,7 +261,8 @@ export async function runSparseModel(seed: number, ops: number, progress: (msg: 
   const blocks = size / blockSize;
   const model = new Map<number, Buffer>();
   const blockOf = (b: number): Buffer => model.get(b) ?? Buffer.alloc(blockSize);
-  const hot = [0, 2 ** 16, 2 ** 24, 2 ** 31, 2 ** 32, 2 ** 33, blocks - 1].filter((b) => b < blocks);
+  // 2^32 - 1 / 2^35 - 1: the last block of a 16 TiB volume (4 KiB / 512-byte blocks); 2^36 - 1: of 256 TiB in 4 KiB blocks.
+  const hot = [0, 2 ** 16, 2 ** 24, 2 ** 31, 2 ** 32 - 1, 2 ** 32, 2 ** 33, 2 ** 35 - 1, 2 ** 36 - 1, blocks - 1].filter((b) => b < blocks);
   const pickOffset = (): number => {
     const base = rng.bool(0.7) ? rng.pick(hot) : rng.int(blocks);
     const b = Math.min(blocks - 1, Math.max(0, base + rng.range(-3, 3)));
@@ -291,10 +292,11 @@ export async function runSparseModel(seed: number, ops: number, progress: (msg: 
   try {
     for (let i = 0; i < ops; i++) {
       if (i % 25 === 0) progress(`sparse seed ${seed}, op #${i}`);
-      const op = rng.weighted<string>([['write', 50], ['read', 30], ['flush', 8], ['reopen', 4], ['fsync', 8]]);
-      if (op === 'write') {
-        const offset = pickOffset();
-        const length = Math.min(size - offset, rng.range(1, 3 * blockSize));
+      const op = rng.weighted<string>([['write', 40], ['run', 10], ['read', 30], ['flush', 8], ['reopen', 4], ['fsync', 8]]);
+      if (op === 'write' || op === 'run') {
+        // 'run': a sequential stretch of blocks (the index keeps it as one extent), often across an edge.
+        const offset = op === 'run' ? Math.max(0, pickOffset() - rng.int(40) * blockSize) : pickOffset();
+        const length = Math.min(size - offset, op === 'run' ? rng.range(8, 48) * blockSize : rng.range(1, 3 * blockSize));
         const data = randomData(rng, length);
         log.push(`#${i} write(${offset}, ${length})`);
         for (let p = offset; p < offset + length; ) {
