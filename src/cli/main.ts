@@ -4,7 +4,7 @@
  */
 import * as path from 'node:path';
 import yargs from 'yargs';
-import { DURABILITY_MODES, COMPRESSIONS, type Compression, type Durability } from '../store/types';
+import { DURABILITY_MODES, COMPRESSIONS, type Durability } from '../store/types';
 import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError, exitCodeFor } from './exit-codes';
 import { closeLogger, createCliLogger, LOG_LEVELS, type CliLogger, type LogLevel } from './logger';
 import { runFsck } from './fsck-command';
@@ -122,7 +122,7 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
         defaultDescription: '$VBFS_STORE or ~/.local/share/vbfs',
         global: true,
       })
-      .option('log-level', { choices: LOG_LEVELS, default: 'warn' as LogLevel, describe: 'stderr/log-file verbosity', global: true })
+      .option('log-level', { choices: LOG_LEVELS, default: 'warn' as const, describe: 'stderr/log-file verbosity', global: true })
       .option('log-file', { type: 'string', describe: 'also log JSON lines to this file', global: true })
       .command(
         'create <volume>',
@@ -136,11 +136,11 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
             .option('block-size', { type: 'string', describe: 'block size, power of two 512..65536 (default 4096)' }),
         async (a) => {
           commandRan = true;
-          status = await runCreate(context(a as GlobalArgs), {
+          status = await runCreate(context(a), {
             volume: a.volume,
             size: a.size,
-            durability: a.durability as Durability | undefined,
-            compression: a.compression as Compression | undefined,
+            durability: a.durability,
+            compression: a.compression,
             blockSize: a['block-size'],
           });
         },
@@ -151,7 +151,7 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
         (y) => y.option('json', { type: 'boolean', default: false }),
         async (a) => {
           commandRan = true;
-          status = await runList(context(a as GlobalArgs), { json: a.json });
+          status = await runList(context(a), { json: a.json });
         },
       )
       .command(
@@ -160,7 +160,7 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
         (y) => y.positional('volume', { type: 'string', demandOption: true }).option('json', { type: 'boolean', default: false }),
         async (a) => {
           commandRan = true;
-          status = await runInfo(context(a as GlobalArgs), { volume: a.volume, json: a.json });
+          status = await runInfo(context(a), { volume: a.volume, json: a.json });
         },
       )
       .command(
@@ -172,7 +172,7 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
             .option('yes', { alias: 'y', type: 'boolean', default: false, describe: 'do not ask' }),
         async (a) => {
           commandRan = true;
-          status = await runDelete(context(a as GlobalArgs), { volume: a.volume, yes: a.yes });
+          status = await runDelete(context(a), { volume: a.volume, yes: a.yes });
         },
       )
       .command(
@@ -185,7 +185,7 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
             .option('json', { type: 'boolean', default: false, describe: 'print the report as one JSON object' }),
         async (a) => {
           commandRan = true;
-          status = await runFsck(context(a as GlobalArgs), {
+          status = await runFsck(context(a), {
             volume: a.volume,
             json: a.json,
             repair: a.repair,
@@ -220,7 +220,7 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
             .option('quiet', { alias: 'q', type: 'boolean', default: false, describe: 'print nothing on success' }),
         async (a) => {
           commandRan = true;
-          const flags = mountOptionsFrom(a as never);
+          const flags = mountOptionsFrom(a);
           const g = { ...(a as GlobalArgs) };
           if (flags.logFile && !g['log-file']) g['log-file'] = flags.logFile;
           if (flags.logLevel) {
@@ -252,7 +252,7 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
             .option('timeout', { type: 'number', default: 300, describe: 'seconds to wait for the mount process to close its volumes' }),
         async (a) => {
           commandRan = true;
-          status = await runUnmount(context(a as GlobalArgs), { mountpoint: a.mountpoint, force: a.force, timeoutSeconds: a.timeout });
+          status = await runUnmount(context(a), { mountpoint: a.mountpoint, force: a.force, timeoutSeconds: a.timeout });
         },
       )
       .command(
@@ -261,7 +261,7 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
         (y) => y.positional('mountpoint', { type: 'string', demandOption: true }).option('json', { type: 'boolean', default: false }),
         async (a) => {
           commandRan = true;
-          status = await runStats(context(a as GlobalArgs), { mountpoint: a.mountpoint, json: a.json });
+          status = await runStats(context(a), { mountpoint: a.mountpoint, json: a.json });
         },
       )
       .demandCommand(1, 'no command given')
