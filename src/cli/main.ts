@@ -2,6 +2,7 @@
  * The vbfs command line. The only code that reads argv, writes to the console and
  * calls process.exit (in `run`, after the log file has been flushed).
  */
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import yargs from 'yargs';
 import { DURABILITY_MODES, COMPRESSIONS, type Durability } from '../store/types';
@@ -13,6 +14,19 @@ import { parseMountFuseForm, parseMountOptions, parseStopTimeout, type MountFlag
 import { parseSize } from './size';
 import { defaultStoreDir } from './store';
 import { runCreate, runDelete, runInfo, runList, runStats } from './volume-commands';
+
+/**
+ * The version of the package this file was built in: package.json sits three levels
+ * above dist/src/cli/, in a checkout and in an installed package alike.
+ */
+export function packageVersion(): string {
+  try {
+    const pkg = JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', '..', 'package.json'), 'utf8')) as { version?: unknown };
+    return typeof pkg.version === 'string' ? pkg.version : 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}
 
 const COMMANDS = new Set(['create', 'list', 'ls', 'info', 'delete', 'rm', 'fsck', 'mount', 'unmount', 'umount', 'stats', 'help']);
 
@@ -269,7 +283,7 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
       .strict()
       .help()
       .alias('help', 'h')
-      .version(false)
+      .version(packageVersion())
       .showHelpOnFail(false)
       .exitProcess(false)
       .wrap(Math.min(110, process.stdout.columns ?? 100))
