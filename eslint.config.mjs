@@ -2,12 +2,13 @@
 // test/, bench/ and examples/ (the files tsconfig.json includes). Formatting is
 // prettier's job (`npm run lint` runs both); nothing here is about layout.
 import js from '@eslint/js';
+import { defineConfig, globalIgnores } from 'eslint/config';
 import tseslint from 'typescript-eslint';
 
-export default tseslint.config(
-  { ignores: ['dist/', 'node_modules/', 'coverage/', 'test/fixtures/', 'bench/results/'] },
+export default defineConfig(
+  globalIgnores(['dist/', 'node_modules/', 'coverage/', 'test/fixtures/', 'bench/results/']),
   js.configs.recommended,
-  ...tseslint.configs.recommendedTypeChecked,
+  tseslint.configs.recommendedTypeChecked,
   {
     languageOptions: { parserOptions: { projectService: true, tsconfigRootDir: import.meta.dirname } },
     // An eslint-disable comment that suppresses nothing is an error, so the ones
@@ -45,5 +46,5 @@ export default tseslint.config(
       ],
     },
   },
-  { files: ['**/*.mjs', '**/*.cjs', '**/*.js'], ...tseslint.configs.disableTypeChecked },
+  { files: ['**/*.mjs', '**/*.cjs', '**/*.js'], extends: [tseslint.configs.disableTypeChecked] },
 );

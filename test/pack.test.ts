@@ -89,7 +89,9 @@ describe('npm pack: the tarball installs and runs', function () {
     for (const f of ['package.json', 'README.md', 'LICENSE', 'CHANGELOG.md', 'bin/vbfs', 'dist/src/index.js', 'dist/src/index.d.ts', 'dist/src/cli/main.js']) {
       assert.ok(files.has(f), `${f} is missing from the tarball`);
     }
-    const stray = [...files].filter((f) => f.startsWith('test/') || f.startsWith('dist/test/') || f.endsWith('.map') || (f.endsWith('.ts') && !f.endsWith('.d.ts')));
+    const stray = [...files].filter(
+      (f) => f.startsWith('test/') || f.startsWith('dist/test/') || f.endsWith('.map') || (f.endsWith('.ts') && !f.endsWith('.d.ts')),
+    );
     assert.deepEqual(stray, []);
   });
 
