@@ -36,10 +36,10 @@ async function ensureTools(needS3backer: boolean): Promise<void> {
   if (missing.length === 0) return;
   log(`installing missing packages: ${missing.join(' ')}`);
   const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
-  let r = await run('apt-get', ['install', '-y', ...missing], { allowFail: true, env, timeoutMs: 900_000 });
+  const r = await run('apt-get', ['install', '-y', ...missing], { allowFail: true, env, timeoutMs: 900_000 });
   if (r.code !== 0) {
     await run('apt-get', ['update'], { env, timeoutMs: 900_000 });
-    r = await run('apt-get', ['install', '-y', ...missing], { env, timeoutMs: 900_000 });
+    await run('apt-get', ['install', '-y', ...missing], { env, timeoutMs: 900_000 });
   }
 }
 
@@ -79,7 +79,7 @@ async function main(): Promise<void> {
   if (argv.render) {
     const saved = JSON.parse(fs.readFileSync(argv.render, 'utf8')) as Results;
     saved.checks = computeChecks(saved);
-    const date = String(saved.meta.date ?? '').slice(0, 10);
+    const date = typeof saved.meta.date === 'string' ? saved.meta.date.slice(0, 10) : '';
     fs.writeFileSync(path.join(argv.out, 'latest.json'), JSON.stringify(saved, null, 2) + '\n');
     fs.writeFileSync(path.join(argv.out, 'latest.md'), renderTables(saved) + '\n');
     fs.writeFileSync(path.join(argv.out, 'chart.svg'), renderSvg(saved, `vbfs fio bench, ${date} (${String(saved.meta.cpus)} cores)`));

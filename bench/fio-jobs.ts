@@ -55,42 +55,42 @@ export const JOBS: Job[] = [
   {
     id: 'randread-4k-cold', label: '4K rand read, cold', metric: 'IOPS', dir: 'read', prep: 'cold',
     describe: 'psync, bs=4k, randread, --direct=1, after a remount and drop_caches',
-    fio: (f, s) => ['--rw=randread', '--bs=4k', '--direct=1', `--size=${s.workingSet}`, '--time_based', `--runtime=${s.runtime}`],
+    fio: (_file, s) => ['--rw=randread', '--bs=4k', '--direct=1', `--size=${s.workingSet}`, '--time_based', `--runtime=${s.runtime}`],
   },
   {
     id: 'seqread-1m-cold', label: '1M seq read, cold', metric: 'MiB/s', dir: 'read', prep: 'cold',
     describe: 'psync, bs=1M, read, --direct=1, one pass over the working set (time-capped), after a remount and drop_caches',
-    fio: (f, s) => ['--rw=read', '--bs=1M', '--direct=1', `--size=${s.workingSet}`, `--runtime=${s.runtime}`],
+    fio: (_file, s) => ['--rw=read', '--bs=1M', '--direct=1', `--size=${s.workingSet}`, `--runtime=${s.runtime}`],
   },
   {
     id: 'randread-4k-warm', label: '4K rand read, warm', metric: 'IOPS', dir: 'read', prep: 'warm',
     describe: 'as cold, after one untimed --direct=1 pass over the working set',
-    fio: (f, s) => ['--rw=randread', '--bs=4k', '--direct=1', `--size=${s.workingSet}`, '--time_based', `--runtime=${s.runtime}`],
+    fio: (_file, s) => ['--rw=randread', '--bs=4k', '--direct=1', `--size=${s.workingSet}`, '--time_based', `--runtime=${s.runtime}`],
   },
   {
     id: 'seqread-1m-warm', label: '1M seq read, warm', metric: 'MiB/s', dir: 'read', prep: 'warm',
     describe: 'as cold, after one untimed --direct=1 pass over the working set',
-    fio: (f, s) => ['--rw=read', '--bs=1M', '--direct=1', `--size=${s.workingSet}`, `--runtime=${s.runtime}`],
+    fio: (_file, s) => ['--rw=read', '--bs=1M', '--direct=1', `--size=${s.workingSet}`, `--runtime=${s.runtime}`],
   },
   {
     id: 'randwrite-4k', label: '4K rand write', metric: 'IOPS', dir: 'write', prep: 'none',
     describe: 'psync, bs=4k, randwrite (buffered), time-based',
-    fio: (f, s) => ['--rw=randwrite', '--bs=4k', `--size=${s.workingSet}`, '--time_based', `--runtime=${s.runtime}`],
+    fio: (_file, s) => ['--rw=randwrite', '--bs=4k', `--size=${s.workingSet}`, '--time_based', `--runtime=${s.runtime}`],
   },
   {
     id: 'randwrite-4k-fsync', label: '4K rand write + fsync', metric: 'IOPS', dir: 'write', prep: 'none',
     describe: 'psync, bs=4k, randwrite, --fsync=1 (an fsync after every write), time-based',
-    fio: (f, s) => ['--rw=randwrite', '--bs=4k', '--fsync=1', `--size=${s.workingSet}`, '--time_based', `--runtime=${s.runtime}`],
+    fio: (_file, s) => ['--rw=randwrite', '--bs=4k', '--fsync=1', `--size=${s.workingSet}`, '--time_based', `--runtime=${s.runtime}`],
   },
   {
     id: 'randwrite-4k-4jobs', label: '4K rand write x4 jobs', metric: 'IOPS', dir: 'write', prep: 'none',
     describe: 'psync, bs=4k, randwrite, --numjobs=4 on the same file, group reporting, time-based',
-    fio: (f, s) => ['--rw=randwrite', '--bs=4k', '--numjobs=4', '--group_reporting', `--size=${s.workingSet}`, '--time_based', `--runtime=${s.runtime}`],
+    fio: (_file, s) => ['--rw=randwrite', '--bs=4k', '--numjobs=4', '--group_reporting', `--size=${s.workingSet}`, '--time_based', `--runtime=${s.runtime}`],
   },
   {
     id: 'seqwrite-1m', label: '1M seq write (sustained)', metric: 'MiB/s', dir: 'write', prep: 'none',
     describe: 'psync, bs=1M, write of the sequential size (>= 1 GiB in a full run, so chunk flushing is included), capped in time',
-    fio: (f, s) => ['--rw=write', '--bs=1M', `--size=${s.seqWrite}`, `--runtime=${s.capSeconds}`],
+    fio: (_file, s) => ['--rw=write', '--bs=1M', `--size=${s.seqWrite}`, `--runtime=${s.capSeconds}`],
   },
   {
     id: 'dd-ext4', label: 'dd via loop ext4 + fsync', metric: 'MiB/s', dir: 'write', prep: 'none',
@@ -232,6 +232,7 @@ export async function runDdExt4(
       for (let attempt = 0; isMounted(mnt); attempt++) {
         const r = await run('umount', [mnt], { allowFail: true, timeoutMs: 900_000 });
         if (r.code === 0) break;
+        // eslint-disable-next-line no-unsafe-finally -- a mount left behind breaks every later target: this error outranks the body's
         if (attempt > 20) throw new Error(`cannot umount ${mnt}: ${r.stderr}`);
         await sleep(500);
       }
@@ -239,6 +240,7 @@ export async function runDdExt4(
     if (loop) {
       await run('losetup', ['-d', loop], { allowFail: true, timeoutMs: 120_000 });
       for (let attempt = 0; loopDevicesFor(file).length > 0; attempt++) {
+        // eslint-disable-next-line no-unsafe-finally -- as above, for a loop device left attached
         if (attempt > 100) throw new Error(`loop device ${loop} still attached to ${file}`);
         await sleep(100);
       }

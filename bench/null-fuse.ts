@@ -29,7 +29,7 @@ type FuseCtor = (new (mnt: string, ops: Record<string, unknown>, opts: Record<st
   EINVAL: number;
   EFBIG: number;
 };
-// eslint-disable-next-line @typescript-eslint/no-var-requires
+// eslint-disable-next-line @typescript-eslint/no-require-imports -- fuse-native ships no types (FuseCtor above)
 const Fuse = require('fuse-native') as FuseCtor;
 
 /** Mount options shared with vbfs's mount (they reach libfuse through fsname). */

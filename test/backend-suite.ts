@@ -1,4 +1,5 @@
 import * as assert from 'node:assert/strict';
+import { inspect } from 'node:util';
 import type { Backend } from '../src/backend/backend';
 import { isVbfsError, type VbfsErrorCode } from '../src/errors';
 
@@ -188,6 +189,6 @@ export async function rejectsWith(fn: () => Promise<unknown>, code: VbfsErrorCod
     caught = err;
   }
   assert.ok(caught !== undefined, `${what}: expected ${code}, but it resolved`);
-  assert.ok(isVbfsError(caught, code), `${what}: expected ${code}, got ${String((caught as { code?: string }).code)}: ${String(caught)}`);
+  assert.ok(isVbfsError(caught, code), `${what}: expected ${code}, got ${String((caught as { code?: string }).code)}: ${inspect(caught)}`);
   return caught;
 }

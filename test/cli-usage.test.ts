@@ -46,6 +46,13 @@ describe('vbfs command line: exit statuses and messages', function () {
     }
   });
 
+  it('--version prints the version of package.json and exits 0', async () => {
+    const pkg = JSON.parse(await fsp.readFile(path.join(__dirname, '..', '..', 'package.json'), 'utf8')) as { version: string };
+    const r = await vbfs(['--version'], store);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout.trim(), pkg.version);
+  });
+
   const usage: Array<[string, string[], RegExp]> = [
     ['no command', [], /no command given/],
     ['unknown command', ['frobnicate'], /Unknown argument: frobnicate/],

@@ -29,8 +29,8 @@ interface Writer {
 function startWriter(file: string, offset: number, seconds: number): Writer {
   let out = '';
   const child = spawn(process.execPath, [WRITER, file, String(offset), String(64 * MiB), String(seconds)], { stdio: ['ignore', 'pipe', 'pipe'] });
-  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (out += d.toString()));
   const exited = new Promise<void>((r) => child.on('exit', () => r()));
   return { child, out: () => out, exited };
 }

@@ -230,7 +230,7 @@ describe('volume-fs: every request is answered exactly once', function () {
     const fd = (await o.first)[1] as number;
 
     const w = collect();
-    ops.write('/held', fd, Buffer.alloc(4096, 1), 4096, 0, w.cb as (n: number) => void);
+    ops.write('/held', fd, Buffer.alloc(4096, 1), 4096, 0, w.cb);
     await tick();
     assert.equal(vol.held.length, 1, 'the write is in flight');
     await vfs.closeVolumes(); // clears the map, then close() lets the held write complete
@@ -240,7 +240,7 @@ describe('volume-fs: every request is answered exactly once', function () {
 
     // After close: an error, once.
     const late = collect();
-    ops.write('/held', fd, Buffer.alloc(4096, 1), 4096, 0, late.cb as (n: number) => void);
+    ops.write('/held', fd, Buffer.alloc(4096, 1), 4096, 0, late.cb);
     await late.first;
     await tick();
     assert.deepEqual(late.answers, [[-E.EIO]]);
@@ -259,7 +259,7 @@ describe('volume-fs: every request is answered exactly once', function () {
 
     Object.defineProperty(vol, 'size', { get: () => { throw new Error('boom'); } });
     const r = collect();
-    ops.read('/held', fd, Buffer.alloc(4096), 4096, 0, r.cb as (n: number) => void);
+    ops.read('/held', fd, Buffer.alloc(4096), 4096, 0, r.cb);
     await r.first;
     await tick();
     assert.deepEqual(r.answers, [[-E.EIO]]);

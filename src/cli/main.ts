@@ -2,6 +2,7 @@
  * The vbfs command line. The only code that reads argv, writes to the console and
  * calls process.exit (in `run`, after the log file has been flushed).
  */
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import yargs from 'yargs';
 import { DURABILITY_MODES, COMPRESSIONS, type Compression, type Durability } from '../types';
@@ -13,6 +14,19 @@ import { parseMountFuseForm, parseMountOptions, parseStopTimeout, type MountFlag
 import { parseSize } from './size';
 import { defaultStoreDir } from './store';
 import { runCreate, runDelete, runInfo, runList, runStats } from './volume-commands';
+
+/**
+ * The version of the package this file was built in: package.json sits three levels
+ * above dist/src/cli/, in a checkout and in an installed package alike.
+ */
+export function packageVersion(): string {
+  try {
+    const pkg = JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', '..', 'package.json'), 'utf8')) as { version?: unknown };
+    return typeof pkg.version === 'string' ? pkg.version : 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}
 
 const COMMANDS = new Set(['create', 'list', 'ls', 'info', 'delete', 'rm', 'fsck', 'mount', 'unmount', 'umount', 'stats', 'help']);
 
@@ -122,7 +136,7 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
         defaultDescription: '$VBFS_STORE or ~/.local/share/vbfs',
         global: true,
       })
-      .option('log-level', { choices: LOG_LEVELS, default: 'warn' as LogLevel, describe: 'stderr/log-file verbosity', global: true })
+      .option('log-level', { choices: LOG_LEVELS, default: 'warn' as const, describe: 'stderr/log-file verbosity', global: true })
       .option('log-file', { type: 'string', describe: 'also log JSON lines to this file', global: true })
       .command(
         'create <volume>',
@@ -136,11 +150,11 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
             .option('block-size', { type: 'string', describe: 'block size, power of two 512..65536 (default 4096)' }),
         async (a) => {
           commandRan = true;
-          status = await runCreate(context(a as GlobalArgs), {
+          status = await runCreate(context(a), {
             volume: a.volume,
             size: a.size,
-            durability: a.durability as Durability | undefined,
-            compression: a.compression as Compression | undefined,
+            durability: a.durability,
+            compression: a.compression,
             blockSize: a['block-size'],
           });
         },
@@ -151,7 +165,7 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
         (y) => y.option('json', { type: 'boolean', default: false }),
         async (a) => {
           commandRan = true;
-          status = await runList(context(a as GlobalArgs), { json: a.json });
+          status = await runList(context(a), { json: a.json });
         },
       )
       .command(
@@ -160,7 +174,7 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
         (y) => y.positional('volume', { type: 'string', demandOption: true }).option('json', { type: 'boolean', default: false }),
         async (a) => {
           commandRan = true;
-          status = await runInfo(context(a as GlobalArgs), { volume: a.volume, json: a.json });
+          status = await runInfo(context(a), { volume: a.volume, json: a.json });
         },
       )
       .command(
@@ -172,7 +186,7 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
             .option('yes', { alias: 'y', type: 'boolean', default: false, describe: 'do not ask' }),
         async (a) => {
           commandRan = true;
-          status = await runDelete(context(a as GlobalArgs), { volume: a.volume, yes: a.yes });
+          status = await runDelete(context(a), { volume: a.volume, yes: a.yes });
         },
       )
       .command(
@@ -185,7 +199,7 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
             .option('json', { type: 'boolean', default: false, describe: 'print the report as one JSON object' }),
         async (a) => {
           commandRan = true;
-          status = await runFsck(context(a as GlobalArgs), {
+          status = await runFsck(context(a), {
             volume: a.volume,
             json: a.json,
             repair: a.repair,
@@ -225,7 +239,7 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
             .option('quiet', { alias: 'q', type: 'boolean', default: false, describe: 'print nothing on success' }),
         async (a) => {
           commandRan = true;
-          const flags = mountOptionsFrom(a as never);
+          const flags = mountOptionsFrom(a);
           const g = { ...(a as GlobalArgs) };
           if (flags.logFile && !g['log-file']) g['log-file'] = flags.logFile;
           if (flags.logLevel) {
@@ -257,7 +271,7 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
             .option('timeout', { type: 'number', default: 300, describe: 'seconds to wait for the mount process to close its volumes' }),
         async (a) => {
           commandRan = true;
-          status = await runUnmount(context(a as GlobalArgs), { mountpoint: a.mountpoint, force: a.force, timeoutSeconds: a.timeout });
+          status = await runUnmount(context(a), { mountpoint: a.mountpoint, force: a.force, timeoutSeconds: a.timeout });
         },
       )
       .command(
@@ -266,7 +280,7 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
         (y) => y.positional('mountpoint', { type: 'string', demandOption: true }).option('json', { type: 'boolean', default: false }),
         async (a) => {
           commandRan = true;
-          status = await runStats(context(a as GlobalArgs), { mountpoint: a.mountpoint, json: a.json });
+          status = await runStats(context(a), { mountpoint: a.mountpoint, json: a.json });
         },
       )
       .demandCommand(1, 'no command given')
@@ -274,7 +288,7 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
       .strict()
       .help()
       .alias('help', 'h')
-      .version(false)
+      .version(packageVersion())
       .showHelpOnFail(false)
       .exitProcess(false)
       .wrap(Math.min(110, process.stdout.columns ?? 100))

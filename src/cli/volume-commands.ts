@@ -101,7 +101,7 @@ export async function runInfo(ctx: CliContext, args: { volume: string; json: boo
     return EXIT_OK;
   }
   for (const [k, v] of Object.entries(rec)) {
-    const shown = k === 'size' ? `${v} (${formatSize(v as number)})` : k === 'open' ? (v ? 'yes' : 'no') : String(v);
+    const shown = k === 'size' ? `${v as number} (${formatSize(v as number)})` : k === 'open' ? (v ? 'yes' : 'no') : String(v);
     ctx.out(`${k.padEnd(14)}${shown}`);
   }
   return EXIT_OK;

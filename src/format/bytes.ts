@@ -1,4 +1,6 @@
-const bufferCopy = Buffer.prototype.copy;
+// Buffer#copy off the prototype (typed any in @types/node), called on any Uint8Array.
+type CopyFn = (this: Uint8Array, target: Uint8Array, targetStart: number, sourceStart: number, sourceEnd: number) => number;
+const bufferCopy = (Buffer.prototype as { copy: CopyFn }).copy;
 
 /**
  * Copy src[start, end) to dst at `at`. Buffer#copy instead of

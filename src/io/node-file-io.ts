@@ -30,7 +30,7 @@ class NodeFileHandle implements FileHandle {
         if (err) return reject(ioError(`writev ${this.path}`, err, { path: this.path }));
         if (n === total) return resolve();
         // Short gather write (rare): finish the rest with plain writes.
-        const rest = Buffer.concat(bufs as Uint8Array[]).subarray(n);
+        const rest = Buffer.concat(bufs).subarray(n);
         this.write(rest, position + n).then(resolve, reject);
       });
     });

@@ -23,7 +23,7 @@ export class CountingFileIO implements FileIO {
 
   note(kind: string, path: string): void {
     let m = this.counts.get(kind);
-    if (m === undefined) this.counts.set(kind, (m = new Map()));
+    if (m === undefined) this.counts.set(kind, (m = new Map<string, number>()));
     m.set(path, (m.get(path) ?? 0) + 1);
   }
 

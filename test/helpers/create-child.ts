@@ -26,4 +26,8 @@ const send = (m: unknown): void => {
     await store.close();
     process.disconnect();
   }
-})();
+})().catch((err: unknown) => {
+  // Say what failed and exit, rather than leave it to the unhandled-rejection crash.
+  process.stderr.write(`create-child: ${(err as Error)?.stack ?? 'non-Error rejection'}\n`);
+  process.exit(1);
+});

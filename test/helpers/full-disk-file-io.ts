@@ -27,7 +27,7 @@ export class FullDiskFileIO extends PassThroughFileIO {
 
   private async write(fh: FileHandle, bufs: readonly Uint8Array[], pos: number): Promise<void> {
     if (!this.full) return bufs.length === 1 ? fh.write(bufs[0] as Uint8Array, pos) : fh.writev(bufs, pos);
-    const all = Buffer.concat(bufs as Uint8Array[]);
+    const all = Buffer.concat(bufs);
     const part = all.subarray(0, Math.floor(all.length / 2));
     if (part.length > 0) await fh.write(part, pos);
     this.refused++;

@@ -54,6 +54,7 @@ export function fuseUnavailableReason(): string | null {
   if (typeof process.getuid !== 'function' || process.getuid() !== 0) return 'not root (losetup and mount need root)';
   if (!fs.existsSync('/dev/fuse')) return '/dev/fuse is missing';
   try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports -- only whether the native addon loads
     require('fuse-native');
   } catch (err) {
     return `fuse-native does not load: ${(err as Error).message}`;
@@ -69,7 +70,6 @@ export function requireFuse(ctx: Mocha.Context): void {
   const why = fuseUnavailableReason();
   if (!why) return;
   if (process.env['CI'] === 'true') throw new Error(`FUSE tests cannot run in CI: ${why}`);
-  // eslint-disable-next-line no-console
   console.log(`      SKIPPED (FUSE unavailable: ${why}; set CI=true to make this a failure)`);
   ctx.skip();
 }
@@ -136,8 +136,8 @@ export function spawnForegroundMount(store: string, mountpoint: string, extra: s
   const child = spawn(process.execPath, [VBFS_BIN, 'mount', mountpoint, '--store', store, ...extra], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
-  child.stdout!.on('data', (d: Buffer) => (output += d.toString()));
-  child.stderr!.on('data', (d: Buffer) => (output += d.toString()));
+  child.stdout.on('data', (d: Buffer) => (output += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (output += d.toString()));
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
   return { child, exited, output: () => output };
 }

@@ -573,7 +573,7 @@ export class SimFS implements FileIO {
     this.ops++;
     if (mutating) this.mutatingOps++;
     let byPath = this.counts.get(what.kind);
-    if (byPath === undefined) this.counts.set(what.kind, (byPath = new Map()));
+    if (byPath === undefined) this.counts.set(what.kind, (byPath = new Map<string, number>()));
     byPath.set(what.path, (byPath.get(what.path) ?? 0) + 1);
     const info: OpInfo = { n: this.ops, m: mutating ? this.mutatingOps : 0, ...what };
     const plan = this.crashPlan;
@@ -586,7 +586,8 @@ export class SimFS implements FileIO {
     }
     if (this.failPlan !== undefined && this.failPlan.pred(info)) fsError(this.failPlan.code, what.kind, what.path);
     if (this.yieldEachOp) await new Promise<void>((resolve) => setImmediate(resolve));
-    if (this.frozen !== undefined) throw new CrashError(`${what.kind} ${what.path} interrupted by crash (${this.frozen})`);
+    // Another op may have frozen this SimFS during the await (TS still narrows frozen to undefined).
+    if (this.frozen !== undefined) throw new CrashError(`${what.kind} ${what.path} interrupted by crash (${this.frozen as string})`);
   }
 
   private freeze(why: string): void {
@@ -625,7 +626,7 @@ class SimHandle implements FileHandle {
   }
 
   async writev(bufs: readonly Uint8Array[], position: number): Promise<void> {
-    const op: PendingOp = { kind: 'write', off: position, data: Buffer.concat(bufs as Uint8Array[]) };
+    const op: PendingOp = { kind: 'write', off: position, data: Buffer.concat(bufs) };
     await this.fs.enter({ kind: 'writev', path: this.path }, true, undefined, () => this.node.change(op));
     this.check('writev', true);
     this.node.change(op);
