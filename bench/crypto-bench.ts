@@ -67,7 +67,9 @@ async function main(): Promise<void> {
   const t0 = process.hrtime.bigint();
   await VolumeCipher.create({ source: 'bench', bytes: Buffer.from('a passphrase') }, volumeId);
   const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-  console.log(`scrypt N=2^${Math.log2(DEFAULT_SCRYPT.N)} r=${DEFAULT_SCRYPT.r} p=${DEFAULT_SCRYPT.p} (create with a passphrase, thread pool): ${ms.toFixed(0)} ms`);
+  console.log(
+    `scrypt N=2^${Math.log2(DEFAULT_SCRYPT.N)} r=${DEFAULT_SCRYPT.r} p=${DEFAULT_SCRYPT.p} (create with a passphrase, thread pool): ${ms.toFixed(0)} ms`,
+  );
 }
 
 main().catch((err) => {

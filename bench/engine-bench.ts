@@ -112,7 +112,7 @@ async function throughput(scratch: string, mode: Durability, seconds: number): P
     const c0 = o.io.snapshot();
     const t0 = performance.now();
     const end = t0 + seconds * 1000;
-    for (let now = t0; now < end; ) {
+    for (let now = t0; now < end;) {
       buf.writeUInt32LE(n, 0);
       await o.vol.write(randomBlockOffset(256 * MiB), buf);
       const t = performance.now();
@@ -173,7 +173,15 @@ interface SlowRow {
 }
 
 /** Sequential 4 KiB blocks (block++), like the reference's loop; ends with an fsync. */
-async function slowDevice(scratch: string, mode: Durability, delayMs: number, seconds: number, maxBlocks: number, relaxedEvery: number, yields = false): Promise<SlowRow> {
+async function slowDevice(
+  scratch: string,
+  mode: Durability,
+  delayMs: number,
+  seconds: number,
+  maxBlocks: number,
+  relaxedEvery: number,
+  yields = false,
+): Promise<SlowRow> {
   const o = await openFresh(scratch, `slow-${mode}-${delayMs}`, mode, 2 * 1024 * MiB, delayMs);
   try {
     const buf = Buffer.alloc(BS, 0x33);
@@ -194,8 +202,14 @@ async function slowDevice(scratch: string, mode: Durability, delayMs: number, se
     const ms = performance.now() - t0;
     const c: IoCounts = diffCounts(c0, o.io.snapshot());
     return {
-      delayMs, mode, yields, walSyncs: c.walSyncs, blocks: n, msPerBlock: ms / n,
-      walWritesPerBlock: c.walWrites / n, walSyncsPerBlock: c.walSyncs / n,
+      delayMs,
+      mode,
+      yields,
+      walSyncs: c.walSyncs,
+      blocks: n,
+      msPerBlock: ms / n,
+      walWritesPerBlock: c.walWrites / n,
+      walSyncsPerBlock: c.walSyncs / n,
       blocksPerWalWrite: c.walWrites ? n / c.walWrites : NaN,
       fsyncEvery: mode === 'relaxed' ? relaxedEvery : undefined,
     };
@@ -252,8 +266,15 @@ async function slowDiskLatency(scratch: string, mbps: number, writeBufferBytes: 
     const seconds = (performance.now() - t0) / 1000;
     const sorted = lat.slice().sort();
     return {
-      mbps, writeBufferMiB: writeBufferBytes / MiB, writeKiB: writeSize / KiB, writtenMiB: total / MiB, seconds, mibps: total / MiB / seconds,
-      p50ms: percentile(sorted, 50), p99ms: percentile(sorted, 99), maxMs: sorted[sorted.length - 1] as number,
+      mbps,
+      writeBufferMiB: writeBufferBytes / MiB,
+      writeKiB: writeSize / KiB,
+      writtenMiB: total / MiB,
+      seconds,
+      mibps: total / MiB / seconds,
+      p50ms: percentile(sorted, 50),
+      p99ms: percentile(sorted, 99),
+      maxMs: sorted[sorted.length - 1] as number,
       bufferAtDiskSpeedS: writeBufferBytes / (mbps * 1e6),
     };
   } finally {
@@ -358,10 +379,16 @@ async function allocation(scratch: string, blocks: number): Promise<AllocRow> {
       ext.push((m1.external - m0.external) / per);
     }
     return {
-      blocks, windows, windowsWithoutGc: heap.length,
+      blocks,
+      windows,
+      windowsWithoutGc: heap.length,
       bufferAllocsPerBlock: counted.calls / blocks,
       bufferBytesPerBlock: counted.bytes / blocks,
-      bufferAllocSizes: Object.fromEntries(Object.entries(counted.sizes).sort((a, b) => b[1] - a[1]).slice(0, 8)),
+      bufferAllocSizes: Object.fromEntries(
+        Object.entries(counted.sizes)
+          .sort((a, b) => b[1] - a[1])
+          .slice(0, 8),
+      ),
       heapBytesPerBlock: medianOf(heap),
       arrayBufferBytesPerBlock: medianOf(ab),
       externalBytesPerBlock: medianOf(ext),
@@ -413,8 +440,13 @@ async function peakRss(scratch: string, total: number): Promise<RssRow> {
     const seconds = (performance.now() - t0) / 1000;
     sample();
     return {
-      bytesWritten: total, seconds, mibps: total / MiB / seconds,
-      rssBeforeMiB: before / MiB, peakRssMiB: peak / MiB, peakHeapMiB: peakHeap / MiB, peakArrayBuffersMiB: peakAb / MiB,
+      bytesWritten: total,
+      seconds,
+      mibps: total / MiB / seconds,
+      rssBeforeMiB: before / MiB,
+      peakRssMiB: peak / MiB,
+      peakHeapMiB: peakHeap / MiB,
+      peakArrayBuffersMiB: peakAb / MiB,
       configuredBoundMiB: (DEFAULT_TUNABLES.writeBufferBytes + DEFAULT_TUNABLES.cacheBytes) / MiB,
     };
   } finally {
@@ -439,7 +471,7 @@ async function main(): Promise<void> {
     .option('quick', { type: 'boolean', default: false })
     .option('seconds', { type: 'number', describe: 'seconds per timed section (default 3, 1 with --quick)' })
     .option('delays', { type: 'string', default: '2,10', describe: 'extra ms per fdatasync to simulate' })
-    .option('relaxed-every', { type: 'number', default: 1024, describe: 'relaxed mode: fsync every N blocks (1024 x 4 KiB = the reference loop\'s 4 MB flush)' })
+    .option('relaxed-every', { type: 'number', default: 1024, describe: "relaxed mode: fsync every N blocks (1024 x 4 KiB = the reference loop's 4 MB flush)" })
     .option('alloc-blocks', { type: 'number', default: 20_000 })
     .option('rss-size', { type: 'string', describe: 'bytes to write for the peak-RSS test (default 4G, 1G with --quick)' })
     .option('slow-disk-mbps', { type: 'number', default: 4, describe: 'slow disk write latency: disk bandwidth in MB/s' })
@@ -465,8 +497,10 @@ async function main(): Promise<void> {
     const row = await slowDiskLatency(argv.dir, argv['slow-disk-mbps'], slowDiskBuffer, 128 * KiB);
     const md = [
       `\nSlow disk write latency: the whole store (WAL, chunks, map) on one disk throttled to ${row.mbps} MB/s, async durability, write buffer ${row.writeBufferMiB} MiB, one writer writing ${row.writtenMiB} MiB (4x the buffer) sequentially in ${row.writeKiB} KiB writes, each awaited. The disk needs ${f1(row.bufferAtDiskSpeedS)} s to write the whole buffer once.\n`,
-      table(['disk MB/s', 'write buffer MiB', 'written MiB', 'MiB/s', 'p50 ms', 'p99 ms', 'max ms', 'buffer at disk speed s'],
-        [[row.mbps, row.writeBufferMiB, row.writtenMiB, f1(row.mibps), f3(row.p50ms), f1(row.p99ms), f1(row.maxMs), f1(row.bufferAtDiskSpeedS)]]),
+      table(
+        ['disk MB/s', 'write buffer MiB', 'written MiB', 'MiB/s', 'p50 ms', 'p99 ms', 'max ms', 'buffer at disk speed s'],
+        [[row.mbps, row.writeBufferMiB, row.writtenMiB, f1(row.mibps), f3(row.p50ms), f1(row.p99ms), f1(row.maxMs), f1(row.bufferAtDiskSpeedS)]],
+      ),
     ].join('\n');
     return { row, md };
   };
@@ -488,11 +522,17 @@ async function main(): Promise<void> {
     const mx = by('mixed');
     if (sc && sq && mx) {
       const worst = Math.max(sc.measuredBytesPerBlock, sq.measuredBytesPerBlock, mx.measuredBytesPerBlock);
-      checks.push(`index: ${worst.toFixed(1)} bytes per block at worst over scattered/sequential/mixed (target <= 32: ${worst <= 32 ? 'met' : 'NOT met'}); sequential ${sq.measuredBytesPerBlock.toFixed(2)} (target <= 8: ${sq.measuredBytesPerBlock <= 8 ? 'met' : 'NOT met'})`);
-      checks.push(`checkpoint: ${sc.checkpointBytesPerBlock.toFixed(1)} bytes per scattered block (target <= 40: ${sc.checkpointBytesPerBlock <= 40 ? 'met' : 'NOT met'}), ${sq.checkpointBytesPerBlock.toFixed(3)} per sequential block (target <= 2: ${sq.checkpointBytesPerBlock <= 2 ? 'met' : 'NOT met'})`);
+      checks.push(
+        `index: ${worst.toFixed(1)} bytes per block at worst over scattered/sequential/mixed (target <= 32: ${worst <= 32 ? 'met' : 'NOT met'}); sequential ${sq.measuredBytesPerBlock.toFixed(2)} (target <= 8: ${sq.measuredBytesPerBlock <= 8 ? 'met' : 'NOT met'})`,
+      );
+      checks.push(
+        `checkpoint: ${sc.checkpointBytesPerBlock.toFixed(1)} bytes per scattered block (target <= 40: ${sc.checkpointBytesPerBlock <= 40 ? 'met' : 'NOT met'}), ${sq.checkpointBytesPerBlock.toFixed(3)} per sequential block (target <= 2: ${sq.checkpointBytesPerBlock <= 2 ? 'met' : 'NOT met'})`,
+      );
       const slowest = Math.max(sc.openSecondsPerMillion, sq.openSecondsPerMillion, mx.openSecondsPerMillion);
       const slowestCpu = Math.max(sc.openCpuSecondsPerMillion, sq.openCpuSecondsPerMillion, mx.openCpuSecondsPerMillion);
-      checks.push(`open: ${slowest.toFixed(2)} s wall (${slowestCpu.toFixed(2)} s CPU) per million mapped blocks at worst (target <= 2 s: ${slowest <= 2 ? 'met' : slowestCpu <= 2 ? 'met in CPU time; wall time includes waiting for a core on this machine' : 'NOT met'}); ${Math.max(sc.openMeasuredBytesPerBlock, mx.openMeasuredBytesPerBlock).toFixed(1)} bytes per block held after the open`);
+      checks.push(
+        `open: ${slowest.toFixed(2)} s wall (${slowestCpu.toFixed(2)} s CPU) per million mapped blocks at worst (target <= 2 s: ${slowest <= 2 ? 'met' : slowestCpu <= 2 ? 'met in CPU time; wall time includes waiting for a core on this machine' : 'NOT met'}); ${Math.max(sc.openMeasuredBytesPerBlock, mx.openMeasuredBytesPerBlock).toFixed(1)} bytes per block held after the open`,
+      );
     }
     return { rows, md, checks };
   };
@@ -534,52 +574,154 @@ async function main(): Promise<void> {
 
   const md: string[] = [];
   md.push(`Engine benchmark, ${started.toISOString()}, ${os.cpus().length} cores, node ${process.version}. One writer, each write awaited.\n`);
-  md.push('Throughput per durability mode (real disk, library API, no FUSE; 4 KiB random writes over 256 MiB; then, after an untimed flush, 1 MiB sequential writes; each phase ends with an fsync):\n');
-  md.push(table(['mode', '4K writes/s', '4K MiB/s', '4K p50 us', '4K p99 us', '1M seq MiB/s', '4K writes', 'WAL write calls', 'WAL syncs', 'WAL writes/block'],
-    tp.map((r) => [r.mode, f1(r.writesPerSec4k), f1(r.mibps4k), f1(r.p50us4k), f1(r.p99us4k), f1(r.mibpsSeq1m), r.writes4k, r.walWrites, r.walSyncs, f3(r.walWritesPerBlock)])));
-  md.push(`\nSlow-device simulation: +N ms on every fdatasync/fsync; sequential 4 KiB blocks, ms per block including a final fsync. relaxed: fsync every ${argv['relaxed-every']} blocks. The reference's Viperblock did 5 O_SYNC writes per block, i.e. about 5 x N ms per block.\n`);
+  md.push(
+    'Throughput per durability mode (real disk, library API, no FUSE; 4 KiB random writes over 256 MiB; then, after an untimed flush, 1 MiB sequential writes; each phase ends with an fsync):\n',
+  );
+  md.push(
+    table(
+      ['mode', '4K writes/s', '4K MiB/s', '4K p50 us', '4K p99 us', '1M seq MiB/s', '4K writes', 'WAL write calls', 'WAL syncs', 'WAL writes/block'],
+      tp.map((r) => [
+        r.mode,
+        f1(r.writesPerSec4k),
+        f1(r.mibps4k),
+        f1(r.p50us4k),
+        f1(r.p99us4k),
+        f1(r.mibpsSeq1m),
+        r.writes4k,
+        r.walWrites,
+        r.walSyncs,
+        f3(r.walWritesPerBlock),
+      ]),
+    ),
+  );
+  md.push(
+    `\nSlow-device simulation: +N ms on every fdatasync/fsync; sequential 4 KiB blocks, ms per block including a final fsync. relaxed: fsync every ${argv['relaxed-every']} blocks. The reference's Viperblock did 5 O_SYNC writes per block, i.e. about 5 x N ms per block.\n`,
+  );
   const slowRows: (string | number)[][] = [];
   for (const d of delays) {
     const get = (m: Durability): SlowRow | undefined => slow.find((r) => r.delayMs === d && r.mode === m);
     const st = get('strict');
     for (const r of slow.filter((x) => x.delayMs === d)) {
-      slowRows.push([`+${d} ms`, r.mode + (r.yields ? ' (yielding writer)' : ''), r.blocks, f3(r.msPerBlock), st ? `${f1(st.msPerBlock / r.msPerBlock)}x` : '-', `${5 * d}`, f3(r.walWritesPerBlock), r.walSyncs, f1(r.walSyncs ? r.blocks / r.walSyncs : NaN), f1(r.blocksPerWalWrite)]);
+      slowRows.push([
+        `+${d} ms`,
+        r.mode + (r.yields ? ' (yielding writer)' : ''),
+        r.blocks,
+        f3(r.msPerBlock),
+        st ? `${f1(st.msPerBlock / r.msPerBlock)}x` : '-',
+        `${5 * d}`,
+        f3(r.walWritesPerBlock),
+        r.walSyncs,
+        f1(r.walSyncs ? r.blocks / r.walSyncs : NaN),
+        f1(r.blocksPerWalWrite),
+      ]);
     }
   }
-  md.push(table(['sync delay', 'mode', 'blocks', 'ms/block', 'vs strict', 'Viperblock model ms/block', 'WAL writes/block', 'WAL syncs', 'blocks/sync', 'blocks/WAL write'], slowRows));
-  md.push(`\nAllocation per 4 KiB block written (batched, 4 KiB random writes over 64 MiB, steady state after ${alloc.blocks} warm-up blocks, chunk flushes included). Buffer columns: every Buffer.alloc/allocUnsafe/allocUnsafeSlow/concat/from call during ${alloc.blocks} writes, counted by wrapping them. memoryUsage columns: growth across windows of ${Math.floor(alloc.blocks / alloc.windows)} blocks, median of the ${alloc.windowsWithoutGc} of ${alloc.windows} windows in which no GC ran (a GC hides allocations)${alloc.gcExposed ? '' : '; gc not exposed'}:\n`);
-  md.push(table(['Buffer allocs/block', 'Buffer bytes/block', 'heapUsed bytes/block', 'arrayBuffers bytes/block'],
-    [[f3(alloc.bufferAllocsPerBlock), f1(alloc.bufferBytesPerBlock), f1(alloc.heapBytesPerBlock), f1(alloc.arrayBufferBytesPerBlock)]]));
-  md.push(`\nBuffer allocations during those ${alloc.blocks} writes, by call(size): ${Object.entries(alloc.bufferAllocSizes).map(([k, v]) => `${k} x${v}`).join(', ') || 'none'}`);
-  md.push(`\nPeak RSS writing ${Math.round(rss.bytesWritten / MiB)} MiB in 1 MiB writes (batched, default tunables: write buffer ${DEFAULT_TUNABLES.writeBufferBytes / MiB} MiB + read cache ${DEFAULT_TUNABLES.cacheBytes / MiB} MiB):\n`);
-  md.push(table(['written MiB', 'MiB/s', 'RSS before MiB', 'peak RSS MiB', 'peak heap MiB', 'peak ArrayBuffers MiB', 'configured bound MiB'],
-    [[Math.round(rss.bytesWritten / MiB), f1(rss.mibps), f1(rss.rssBeforeMiB), f1(rss.peakRssMiB), f1(rss.peakHeapMiB), f1(rss.peakArrayBuffersMiB), f1(rss.configuredBoundMiB)]]));
+  md.push(
+    table(
+      [
+        'sync delay',
+        'mode',
+        'blocks',
+        'ms/block',
+        'vs strict',
+        'Viperblock model ms/block',
+        'WAL writes/block',
+        'WAL syncs',
+        'blocks/sync',
+        'blocks/WAL write',
+      ],
+      slowRows,
+    ),
+  );
+  md.push(
+    `\nAllocation per 4 KiB block written (batched, 4 KiB random writes over 64 MiB, steady state after ${alloc.blocks} warm-up blocks, chunk flushes included). Buffer columns: every Buffer.alloc/allocUnsafe/allocUnsafeSlow/concat/from call during ${alloc.blocks} writes, counted by wrapping them. memoryUsage columns: growth across windows of ${Math.floor(alloc.blocks / alloc.windows)} blocks, median of the ${alloc.windowsWithoutGc} of ${alloc.windows} windows in which no GC ran (a GC hides allocations)${alloc.gcExposed ? '' : '; gc not exposed'}:\n`,
+  );
+  md.push(
+    table(
+      ['Buffer allocs/block', 'Buffer bytes/block', 'heapUsed bytes/block', 'arrayBuffers bytes/block'],
+      [[f3(alloc.bufferAllocsPerBlock), f1(alloc.bufferBytesPerBlock), f1(alloc.heapBytesPerBlock), f1(alloc.arrayBufferBytesPerBlock)]],
+    ),
+  );
+  md.push(
+    `\nBuffer allocations during those ${alloc.blocks} writes, by call(size): ${
+      Object.entries(alloc.bufferAllocSizes)
+        .map(([k, v]) => `${k} x${v}`)
+        .join(', ') || 'none'
+    }`,
+  );
+  md.push(
+    `\nPeak RSS writing ${Math.round(rss.bytesWritten / MiB)} MiB in 1 MiB writes (batched, default tunables: write buffer ${DEFAULT_TUNABLES.writeBufferBytes / MiB} MiB + read cache ${DEFAULT_TUNABLES.cacheBytes / MiB} MiB):\n`,
+  );
+  md.push(
+    table(
+      ['written MiB', 'MiB/s', 'RSS before MiB', 'peak RSS MiB', 'peak heap MiB', 'peak ArrayBuffers MiB', 'configured bound MiB'],
+      [
+        [
+          Math.round(rss.bytesWritten / MiB),
+          f1(rss.mibps),
+          f1(rss.rssBeforeMiB),
+          f1(rss.peakRssMiB),
+          f1(rss.peakHeapMiB),
+          f1(rss.peakArrayBuffersMiB),
+          f1(rss.configuredBoundMiB),
+        ],
+      ],
+    ),
+  );
   md.push(slowDisk.md);
   md.push(index.md);
   const checks: string[] = [...index.checks];
   for (const d of delays) {
     const st = slow.find((r) => r.delayMs === d && r.mode === 'strict');
     const ba = slow.find((r) => r.delayMs === d && r.mode === 'batched' && !r.yields);
-    if (st && ba) checks.push(`+${d} ms/sync: batched is ${f1(st.msPerBlock / ba.msPerBlock)}x faster per block than strict${d === 10 ? ` (issue 4 wants >= 20x: ${st.msPerBlock / ba.msPerBlock >= 20 ? 'met' : 'NOT met'})` : ''}`);
+    if (st && ba)
+      checks.push(
+        `+${d} ms/sync: batched is ${f1(st.msPerBlock / ba.msPerBlock)}x faster per block than strict${d === 10 ? ` (issue 4 wants >= 20x: ${st.msPerBlock / ba.msPerBlock >= 20 ? 'met' : 'NOT met'})` : ''}`,
+      );
   }
   const bt = tp.find((r) => r.mode === 'batched');
   if (bt) {
     checks.push(`batched: ${f3(bt.walWritesPerBlock)} WAL write calls per block (${f1(1 / bt.walWritesPerBlock)} blocks per write call)`);
     const want = bt.writes4k / DEFAULT_TUNABLES.batchBlocks;
     if (bt.walSyncs < want / 2) {
-      checks.push(`WARNING batched: ${bt.walSyncs} WAL syncs for ${bt.writes4k} awaited writes (batchBlocks=${DEFAULT_TUNABLES.batchBlocks} implies ~${Math.round(want)}): fewer group commits than the batch size implies`);
+      checks.push(
+        `WARNING batched: ${bt.walSyncs} WAL syncs for ${bt.writes4k} awaited writes (batchBlocks=${DEFAULT_TUNABLES.batchBlocks} implies ~${Math.round(want)}): fewer group commits than the batch size implies`,
+      );
     }
   }
-  checks.push(`steady state: ${f3(alloc.bufferAllocsPerBlock)} Buffer allocations and ${f1(alloc.bufferBytesPerBlock)} Buffer bytes per block written (a per-block copy would be >= 1 and 4096)`);
-  checks.push(`slow disk (${slowDisk.row.mbps} MB/s): worst write waited ${f1(slowDisk.row.maxMs / 1000)} s, p99 ${f1(slowDisk.row.p99ms)} ms (the whole ${slowDisk.row.writeBufferMiB} MiB buffer takes ${f1(slowDisk.row.bufferAtDiskSpeedS)} s at disk speed)`);
-  checks.push(`peak RSS ${f1(rss.peakRssMiB)} MiB while writing ${Math.round(rss.bytesWritten / MiB)} MiB (bound by configuration: ${f1(rss.configuredBoundMiB)} MiB of buffers + index + runtime)`);
+  checks.push(
+    `steady state: ${f3(alloc.bufferAllocsPerBlock)} Buffer allocations and ${f1(alloc.bufferBytesPerBlock)} Buffer bytes per block written (a per-block copy would be >= 1 and 4096)`,
+  );
+  checks.push(
+    `slow disk (${slowDisk.row.mbps} MB/s): worst write waited ${f1(slowDisk.row.maxMs / 1000)} s, p99 ${f1(slowDisk.row.p99ms)} ms (the whole ${slowDisk.row.writeBufferMiB} MiB buffer takes ${f1(slowDisk.row.bufferAtDiskSpeedS)} s at disk speed)`,
+  );
+  checks.push(
+    `peak RSS ${f1(rss.peakRssMiB)} MiB while writing ${Math.round(rss.bytesWritten / MiB)} MiB (bound by configuration: ${f1(rss.configuredBoundMiB)} MiB of buffers + index + runtime)`,
+  );
   md.push('\n' + checks.map((c) => `- ${c}`).join('\n'));
   const text = md.join('\n');
   process.stdout.write(text + '\n');
 
   const res = {
-    meta: { git: gitDescribe(), date: started.toISOString(), command: ['npm run bench:engine', ...(process.argv.length > 2 ? ['--', ...process.argv.slice(2)] : [])].join(' '), cpus: os.cpus().length, kernel: os.release(), node: process.version, seconds, delays, relaxedEvery: argv['relaxed-every'], tunables: DEFAULT_TUNABLES },
-    throughput: tp, slowDevice: slow, allocation: alloc, peakRss: rss, slowDisk: slowDisk.row, indexCost: index.rows, checks,
+    meta: {
+      git: gitDescribe(),
+      date: started.toISOString(),
+      command: ['npm run bench:engine', ...(process.argv.length > 2 ? ['--', ...process.argv.slice(2)] : [])].join(' '),
+      cpus: os.cpus().length,
+      kernel: os.release(),
+      node: process.version,
+      seconds,
+      delays,
+      relaxedEvery: argv['relaxed-every'],
+      tunables: DEFAULT_TUNABLES,
+    },
+    throughput: tp,
+    slowDevice: slow,
+    allocation: alloc,
+    peakRss: rss,
+    slowDisk: slowDisk.row,
+    indexCost: index.rows,
+    checks,
   };
   const stamp = started.toISOString().replace(/[:]/g, '-').replace(/\..*/, 'Z');
   fs.mkdirSync(argv.out, { recursive: true });

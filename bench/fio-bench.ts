@@ -17,9 +17,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import {
-  type Figures, type Sizes, JOBS, ensureRandomFile, fioFill, fioWarm, runDdExt4, runFio,
-} from './fio-jobs';
+import { type Figures, type Sizes, JOBS, ensureRandomFile, fioFill, fioWarm, runDdExt4, runFio } from './fio-jobs';
 import { type Cell, type Results, computeChecks, medianFigures, renderSvg, renderTables } from './report';
 import { NULL_FUSE_FSNAME, parseSize } from './null-fuse';
 import { dropCaches, killCommands, log, run, setVerbose, which } from './sh';
@@ -29,7 +27,12 @@ const MiB = 1024 * 1024;
 const REPO = path.resolve(__dirname, '..', '..');
 
 async function ensureTools(needS3backer: boolean): Promise<void> {
-  const want: [string, string][] = [['fio', 'fio'], ['losetup', 'mount'], ['mkfs.ext4', 'e2fsprogs'], ['fusermount', 'fuse']];
+  const want: [string, string][] = [
+    ['fio', 'fio'],
+    ['losetup', 'mount'],
+    ['mkfs.ext4', 'e2fsprogs'],
+    ['fusermount', 'fuse'],
+  ];
   if (needS3backer) want.push(['s3backer', 's3backer']);
   const missing: string[] = [];
   for (const [cmd, pkg] of want) if (!(await which(cmd))) missing.push(pkg);
@@ -97,7 +100,10 @@ async function main(): Promise<void> {
   };
   const runs = argv.runs ?? (q ? 1 : 3);
   const fileBytes = 2 * 1024 ** 3;
-  const jobFilter = argv.jobs?.split(',').map((s) => s.trim()).filter(Boolean);
+  const jobFilter = argv.jobs
+    ?.split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   const jobs = jobFilter ? JOBS.filter((j) => jobFilter.includes(j.id)) : JOBS;
   if (jobFilter) for (const id of jobFilter) if (!JOBS.some((j) => j.id === id)) throw new Error(`unknown job ${id}`);
   let targetIds = expandTargetFilter(argv.targets);
@@ -130,11 +136,18 @@ async function main(): Promise<void> {
       date: started.toISOString(),
       command: ['npm run bench', ...(process.argv.length > 2 ? ['--', ...process.argv.slice(2)] : [])].join(' '),
       git: await gitDescribe(),
-      host: os.hostname(), kernel: os.release(), cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model,
-      memGiB: Math.round(os.totalmem() / 1024 ** 3), node: process.version,
+      host: os.hostname(),
+      kernel: os.release(),
+      cpus: os.cpus().length,
+      cpuModel: os.cpus()[0]?.model,
+      memGiB: Math.round(os.totalmem() / 1024 ** 3),
+      node: process.version,
       fio: await toolVersion('fio', ['--version']),
       s3backer: targetIds.some((t) => t.startsWith('s3b-')) ? await toolVersion('s3backer', ['--version']) : undefined,
-      runs, quick: q, sizes, fileBytes,
+      runs,
+      quick: q,
+      sizes,
+      fileBytes,
       nullFuseOptions: `fsname=${NULL_FUSE_FSNAME}`,
       s3backerFlags: {
         cached: s3backerFlags('cached', s3backerCacheBlocks, fileBytes).join(' '),

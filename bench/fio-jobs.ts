@@ -53,47 +53,83 @@ const MiB = 1024 * 1024;
 
 export const JOBS: Job[] = [
   {
-    id: 'randread-4k-cold', label: '4K rand read, cold', metric: 'IOPS', dir: 'read', prep: 'cold',
+    id: 'randread-4k-cold',
+    label: '4K rand read, cold',
+    metric: 'IOPS',
+    dir: 'read',
+    prep: 'cold',
     describe: 'psync, bs=4k, randread, --direct=1, after a remount and drop_caches',
     fio: (_file, s) => ['--rw=randread', '--bs=4k', '--direct=1', `--size=${s.workingSet}`, '--time_based', `--runtime=${s.runtime}`],
   },
   {
-    id: 'seqread-1m-cold', label: '1M seq read, cold', metric: 'MiB/s', dir: 'read', prep: 'cold',
+    id: 'seqread-1m-cold',
+    label: '1M seq read, cold',
+    metric: 'MiB/s',
+    dir: 'read',
+    prep: 'cold',
     describe: 'psync, bs=1M, read, --direct=1, one pass over the working set (time-capped), after a remount and drop_caches',
     fio: (_file, s) => ['--rw=read', '--bs=1M', '--direct=1', `--size=${s.workingSet}`, `--runtime=${s.runtime}`],
   },
   {
-    id: 'randread-4k-warm', label: '4K rand read, warm', metric: 'IOPS', dir: 'read', prep: 'warm',
+    id: 'randread-4k-warm',
+    label: '4K rand read, warm',
+    metric: 'IOPS',
+    dir: 'read',
+    prep: 'warm',
     describe: 'as cold, after one untimed --direct=1 pass over the working set',
     fio: (_file, s) => ['--rw=randread', '--bs=4k', '--direct=1', `--size=${s.workingSet}`, '--time_based', `--runtime=${s.runtime}`],
   },
   {
-    id: 'seqread-1m-warm', label: '1M seq read, warm', metric: 'MiB/s', dir: 'read', prep: 'warm',
+    id: 'seqread-1m-warm',
+    label: '1M seq read, warm',
+    metric: 'MiB/s',
+    dir: 'read',
+    prep: 'warm',
     describe: 'as cold, after one untimed --direct=1 pass over the working set',
     fio: (_file, s) => ['--rw=read', '--bs=1M', '--direct=1', `--size=${s.workingSet}`, `--runtime=${s.runtime}`],
   },
   {
-    id: 'randwrite-4k', label: '4K rand write', metric: 'IOPS', dir: 'write', prep: 'none',
+    id: 'randwrite-4k',
+    label: '4K rand write',
+    metric: 'IOPS',
+    dir: 'write',
+    prep: 'none',
     describe: 'psync, bs=4k, randwrite (buffered), time-based',
     fio: (_file, s) => ['--rw=randwrite', '--bs=4k', `--size=${s.workingSet}`, '--time_based', `--runtime=${s.runtime}`],
   },
   {
-    id: 'randwrite-4k-fsync', label: '4K rand write + fsync', metric: 'IOPS', dir: 'write', prep: 'none',
+    id: 'randwrite-4k-fsync',
+    label: '4K rand write + fsync',
+    metric: 'IOPS',
+    dir: 'write',
+    prep: 'none',
     describe: 'psync, bs=4k, randwrite, --fsync=1 (an fsync after every write), time-based',
     fio: (_file, s) => ['--rw=randwrite', '--bs=4k', '--fsync=1', `--size=${s.workingSet}`, '--time_based', `--runtime=${s.runtime}`],
   },
   {
-    id: 'randwrite-4k-4jobs', label: '4K rand write x4 jobs', metric: 'IOPS', dir: 'write', prep: 'none',
+    id: 'randwrite-4k-4jobs',
+    label: '4K rand write x4 jobs',
+    metric: 'IOPS',
+    dir: 'write',
+    prep: 'none',
     describe: 'psync, bs=4k, randwrite, --numjobs=4 on the same file, group reporting, time-based',
     fio: (_file, s) => ['--rw=randwrite', '--bs=4k', '--numjobs=4', '--group_reporting', `--size=${s.workingSet}`, '--time_based', `--runtime=${s.runtime}`],
   },
   {
-    id: 'seqwrite-1m', label: '1M seq write (sustained)', metric: 'MiB/s', dir: 'write', prep: 'none',
+    id: 'seqwrite-1m',
+    label: '1M seq write (sustained)',
+    metric: 'MiB/s',
+    dir: 'write',
+    prep: 'none',
     describe: 'psync, bs=1M, write of the sequential size (>= 1 GiB in a full run, so chunk flushing is included), capped in time',
     fio: (_file, s) => ['--rw=write', '--bs=1M', `--size=${s.seqWrite}`, `--runtime=${s.capSeconds}`],
   },
   {
-    id: 'dd-ext4', label: 'dd via loop ext4 + fsync', metric: 'MiB/s', dir: 'write', prep: 'none',
+    id: 'dd-ext4',
+    label: 'dd via loop ext4 + fsync',
+    metric: 'MiB/s',
+    dir: 'write',
+    prep: 'none',
     describe: 'losetup on the target file, mkfs.ext4, mount; dd bs=1M of random data with conv=fsync (time includes the fsync)',
   },
 ];
@@ -129,7 +165,9 @@ export function parseFio(json: string, dir: 'read' | 'write'): Figures {
   const iops = d.iops;
   const mibps = d.bw_bytes / MiB;
   const f: Figures = {
-    value: 0, iops, mibps,
+    value: 0,
+    iops,
+    mibps,
     p50Ms: pct(d.clat_ns?.percentile, '50.000000'),
     p99Ms: pct(d.clat_ns?.percentile, '99.000000'),
     bytes: d.io_bytes,
@@ -144,10 +182,7 @@ export function parseFio(json: string, dir: 'read' | 'write'): Figures {
 
 export async function runFio(job: Job, file: string, s: Sizes): Promise<Figures> {
   if (!job.fio) throw new Error(`${job.id} is not a fio job`);
-  const args = [
-    `--name=${job.id}`, `--filename=${file}`, '--ioengine=psync', '--fallocate=none',
-    '--output-format=json', ...job.fio(file, s),
-  ];
+  const args = [`--name=${job.id}`, `--filename=${file}`, '--ioengine=psync', '--fallocate=none', '--output-format=json', ...job.fio(file, s)];
   const timeoutMs = (Math.max(s.runtime, s.capSeconds) + 180) * 1000;
   const r = await run('fio', args, { timeoutMs });
   const f = parseFio(r.stdout, job.dir);
@@ -157,10 +192,21 @@ export async function runFio(job: Job, file: string, s: Sizes): Promise<Figures>
 
 /** Untimed sequential write of the first `bytes` of `file` (prefill). */
 export async function fioFill(file: string, bytes: number): Promise<void> {
-  await run('fio', [
-    '--name=prefill', `--filename=${file}`, '--ioengine=psync', '--fallocate=none', '--rw=write', '--bs=1M',
-    `--size=${bytes}`, '--end_fsync=1', '--output-format=json',
-  ], { timeoutMs: 1_800_000 });
+  await run(
+    'fio',
+    [
+      '--name=prefill',
+      `--filename=${file}`,
+      '--ioengine=psync',
+      '--fallocate=none',
+      '--rw=write',
+      '--bs=1M',
+      `--size=${bytes}`,
+      '--end_fsync=1',
+      '--output-format=json',
+    ],
+    { timeoutMs: 1_800_000 },
+  );
 }
 
 /**
@@ -171,10 +217,22 @@ export async function fioFill(file: string, bytes: number): Promise<void> {
 export async function fioWarm(file: string, bytes: number): Promise<void> {
   const readers = 16;
   const slice = Math.floor(bytes / readers / MiB) * MiB;
-  await run('fio', [
-    '--name=warm', `--filename=${file}`, '--ioengine=psync', '--rw=read', '--bs=1M', '--direct=1',
-    `--numjobs=${readers}`, `--size=${slice}`, `--offset_increment=${slice}`, '--output-format=json',
-  ], { timeoutMs: 1_800_000 });
+  await run(
+    'fio',
+    [
+      '--name=warm',
+      `--filename=${file}`,
+      '--ioengine=psync',
+      '--rw=read',
+      '--bs=1M',
+      '--direct=1',
+      `--numjobs=${readers}`,
+      `--size=${slice}`,
+      `--offset_increment=${slice}`,
+      '--output-format=json',
+    ],
+    { timeoutMs: 1_800_000 },
+  );
 }
 
 /** A file of random bytes for dd to copy (random so no zero-block shortcut applies). */
@@ -199,7 +257,12 @@ export function ensureRandomFile(file: string, bytes: number): void {
  * then may the caller unmount the FUSE file system under it.
  */
 export async function runDdExt4(
-  file: string, mnt: string, randomFile: string, mibs: number[], capSeconds: number, onRun: (i: number, f: Figures) => void,
+  file: string,
+  mnt: string,
+  randomFile: string,
+  mibs: number[],
+  capSeconds: number,
+  onRun: (i: number, f: Figures) => void,
 ): Promise<number> {
   let done = 0;
   let loop: string | undefined;

@@ -125,7 +125,8 @@ async function memNow(): Promise<number> {
 
 function apply(ix: BlockIndex, pls: ChunkPlacement[]): void {
   for (const pl of pls) {
-    for (let k = 0; k < pl.count; k++) ix.setPersisted(pl.blocks[k] as number, pl.seqs[k] as number, pl.chunkId, pl.offsets[k] as number, pl.lens[k] as number, pl.flags[k] as number);
+    for (let k = 0; k < pl.count; k++)
+      ix.setPersisted(pl.blocks[k] as number, pl.seqs[k] as number, pl.chunkId, pl.offsets[k] as number, pl.lens[k] as number, pl.flags[k] as number);
   }
 }
 
@@ -158,7 +159,10 @@ export async function indexCost(pattern: Pattern, n: number, scratch: string): P
     for (let i = inCheckpoint; i < pls.length; i += 16) await store.commit(pls.slice(i, i + 16));
     await store.close();
     const logBlocks = n - ckBlocks;
-    const logBytes = fs.readdirSync(dir).filter((f) => f.endsWith('.log')).reduce((s, f) => s + fs.statSync(path.join(dir, f)).size, 0);
+    const logBytes = fs
+      .readdirSync(dir)
+      .filter((f) => f.endsWith('.log'))
+      .reduce((s, f) => s + fs.statSync(path.join(dir, f)).size, 0);
     pls = null;
 
     // Open: checkpoint + log replay into a fresh index.
@@ -197,8 +201,34 @@ export async function indexCost(pattern: Pattern, n: number, scratch: string): P
 const f1 = (x: number): string => (Number.isFinite(x) ? (x >= 100 ? Math.round(x).toLocaleString('en-US') : x.toFixed(2)) : '-');
 
 export function indexCostTable(rows: IndexCostRow[]): string {
-  const header = ['pattern', 'blocks', 'extents', 'index B/block (measured)', 'index B/block (reported)', 'checkpoint B/block', 'map log B/block', 'open s', 'open s per 1M blocks', 'open CPU s per 1M', 'B/block after open (measured)', 'peak RSS during open MiB'];
-  const rowsS = rows.map((r) => [r.pattern, String(r.blocks), r.extents === null ? '-' : String(r.extents), f1(r.measuredBytesPerBlock), f1(r.reportedBytesPerBlock), f1(r.checkpointBytesPerBlock), f1(r.logBytesPerBlock), f1(r.openSeconds), f1(r.openSecondsPerMillion), f1(r.openCpuSecondsPerMillion), f1(r.openMeasuredBytesPerBlock), f1(r.peakRssDuringOpenMiB)]);
+  const header = [
+    'pattern',
+    'blocks',
+    'extents',
+    'index B/block (measured)',
+    'index B/block (reported)',
+    'checkpoint B/block',
+    'map log B/block',
+    'open s',
+    'open s per 1M blocks',
+    'open CPU s per 1M',
+    'B/block after open (measured)',
+    'peak RSS during open MiB',
+  ];
+  const rowsS = rows.map((r) => [
+    r.pattern,
+    String(r.blocks),
+    r.extents === null ? '-' : String(r.extents),
+    f1(r.measuredBytesPerBlock),
+    f1(r.reportedBytesPerBlock),
+    f1(r.checkpointBytesPerBlock),
+    f1(r.logBytesPerBlock),
+    f1(r.openSeconds),
+    f1(r.openSecondsPerMillion),
+    f1(r.openCpuSecondsPerMillion),
+    f1(r.openMeasuredBytesPerBlock),
+    f1(r.peakRssDuringOpenMiB),
+  ]);
   const w = header.map((h, i) => Math.max(h.length, ...rowsS.map((r) => (r[i] ?? '').length)));
   const line = (c: string[]): string => `| ${c.map((x, i) => (i === 0 ? x.padEnd(w[i] ?? 0) : x.padStart(w[i] ?? 0))).join(' | ')} |`;
   return [line(header), `|${w.map((x, i) => (i === 0 ? '-'.repeat(x + 2) : `${'-'.repeat(x + 1)}:`)).join('|')}|`, ...rowsS.map(line)].join('\n');

@@ -51,7 +51,7 @@ class PagedFile {
   read(into: Buffer, len: number, pos: number): number {
     const end = Math.min(pos + len, this.size);
     let done = 0;
-    for (let p = pos; p < end; ) {
+    for (let p = pos; p < end;) {
       const idx = Math.floor(p / PAGE);
       const off = p - idx * PAGE;
       const n = Math.min(PAGE - off, end - p);
@@ -66,7 +66,7 @@ class PagedFile {
 
   write(from: Buffer, len: number, pos: number): void {
     let done = 0;
-    for (let p = pos; p < pos + len; ) {
+    for (let p = pos; p < pos + len;) {
       const idx = Math.floor(p / PAGE);
       const off = p - idx * PAGE;
       const n = Math.min(PAGE - off, pos + len - p);
@@ -104,7 +104,14 @@ function main(): void {
   const filePath = `/${name}`;
   const now = new Date();
   const fileStat = (): Record<string, unknown> => ({
-    mtime: now, atime: now, ctime: now, size: file.size, mode: 0o100644, uid: 0, gid: 0, nlink: 1,
+    mtime: now,
+    atime: now,
+    ctime: now,
+    size: file.size,
+    mode: 0o100644,
+    uid: 0,
+    gid: 0,
+    nlink: 1,
   });
   const dirStat = { mtime: now, atime: now, ctime: now, size: 4096, mode: 0o040755, uid: 0, gid: 0, nlink: 2 };
 
@@ -139,7 +146,19 @@ function main(): void {
       return cb(len);
     },
     statfs: (_p: string, cb: Cb) =>
-      cb(0, { bsize: PAGE, frsize: PAGE, blocks: Math.ceil(file.size / PAGE), bfree: 0, bavail: 0, files: 1, ffree: 0, favail: 0, fsid: 0, flag: 0, namemax: 255 }),
+      cb(0, {
+        bsize: PAGE,
+        frsize: PAGE,
+        blocks: Math.ceil(file.size / PAGE),
+        bfree: 0,
+        bavail: 0,
+        files: 1,
+        ffree: 0,
+        favail: 0,
+        fsid: 0,
+        flag: 0,
+        namemax: 255,
+      }),
   };
 
   fs.mkdirSync(mnt, { recursive: true });

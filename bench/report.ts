@@ -96,7 +96,8 @@ export function renderTables(res: Results): string {
   // 1. Values (median of runs) + ratio of the headline vbfs mode to each reference.
   const header = ['job', 'unit', ...ts.map((t) => t.label + (t.realSync ? '' : ' *')), ...(headline ? refs.map((r) => `${headline.label} / ${r.label}`) : [])];
   const rows = res.jobs.map((j) => [
-    j.label, j.metric,
+    j.label,
+    j.metric,
     ...ts.map((t) => {
       const c = res.cells[j.id]?.[t.id];
       if (c?.error) return 'error';
@@ -142,7 +143,12 @@ export function renderTables(res: Results): string {
   }
   if (res.checks?.length) {
     parts.push('\nIssue 4 targets (vbfs batched, ratios from this run):\n');
-    parts.push(mdTable(['target', 'want', 'got', 'met'], res.checks.map((c) => [c.what, c.want, c.got, c.pass === null ? 'n/a' : c.pass ? 'yes' : 'NO'])));
+    parts.push(
+      mdTable(
+        ['target', 'want', 'got', 'met'],
+        res.checks.map((c) => [c.what, c.want, c.got, c.pass === null ? 'n/a' : c.pass ? 'yes' : 'NO']),
+      ),
+    );
   }
   return parts.join('\n');
 }
@@ -178,8 +184,14 @@ export function computeChecks(res: Results): Check[] {
 }
 
 const COLORS: Record<string, string> = {
-  plain: '#7f7f7f', null: '#bcbd22', 's3b-cached': '#9ecae1', 's3b-sync': '#3182bd',
-  'vbfs-batched': '#d62728', 'vbfs-strict': '#ff9896', 'vbfs-relaxed': '#e6550d', 'vbfs-async': '#fdae6b',
+  plain: '#7f7f7f',
+  null: '#bcbd22',
+  's3b-cached': '#9ecae1',
+  's3b-sync': '#3182bd',
+  'vbfs-batched': '#d62728',
+  'vbfs-strict': '#ff9896',
+  'vbfs-relaxed': '#e6550d',
+  'vbfs-async': '#fdae6b',
 };
 
 function esc(s: string): string {
@@ -203,10 +215,14 @@ export function renderSvg(res: Results, title: string): string {
   const groupH = ts.length * (barH + gap) + groupPad + 14;
   const height = top + res.jobs.length * groupH + 30;
   const o: string[] = [];
-  o.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="Helvetica, Arial, sans-serif" font-size="11">`);
+  o.push(
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="Helvetica, Arial, sans-serif" font-size="11">`,
+  );
   o.push(`<rect width="100%" height="100%" fill="#ffffff"/>`);
   o.push(`<text x="${width / 2}" y="20" text-anchor="middle" font-size="14" font-weight="bold">${esc(title)}</text>`);
-  o.push(`<text x="${width / 2}" y="36" text-anchor="middle" fill="#555">median of runs; bars scaled to the best target of each job; * = fsync does not reach stable storage</text>`);
+  o.push(
+    `<text x="${width / 2}" y="36" text-anchor="middle" fill="#555">median of runs; bars scaled to the best target of each job; * = fsync does not reach stable storage</text>`,
+  );
   ts.forEach((t, i) => {
     const x = 20 + (i % 4) * 205;
     const y = 50 + Math.floor(i / 4) * 18;

@@ -41,7 +41,10 @@ function delay(ms: number): Promise<void> {
 
 class SlowHandle implements FileHandle {
   private readonly wal: boolean;
-  constructor(private readonly inner: FileHandle, private readonly io: SlowFileIO) {
+  constructor(
+    private readonly inner: FileHandle,
+    private readonly io: SlowFileIO,
+  ) {
     this.wal = isWal(inner.path);
   }
   get path(): string {
@@ -98,7 +101,10 @@ export class SlowFileIO extends PassThroughFileIO {
   /** Write bandwidth in bytes/s shared by all files; 0 = unthrottled. */
   writeBytesPerSec = 0;
   private diskFreeAt = 0;
-  constructor(public syncDelayMs = 0, inner: FileIO = new NodeFileIO()) {
+  constructor(
+    public syncDelayMs = 0,
+    inner: FileIO = new NodeFileIO(),
+  ) {
     super(inner);
   }
 

@@ -10,9 +10,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import {
-  type Daemon, debug, isMounted, log, loopDevicesFor, run, sleep, startDaemon, waitFor, within,
-} from './sh';
+import { type Daemon, debug, isMounted, log, loopDevicesFor, run, sleep, startDaemon, waitFor, within } from './sh';
 import { NULL_FUSE_FSNAME } from './null-fuse';
 
 export type TargetGroup = 'reference' | 'peer' | 'vbfs';
@@ -164,7 +162,8 @@ export function s3backerFlags(mode: 'cached' | 'sync', cacheBlocks: number, file
     '--minWriteDelay=0',
     '--listBlocks',
     '--quiet',
-    '-o', 'big_writes,max_write=131072',
+    '-o',
+    'big_writes,max_write=131072',
   ];
   if (mode === 'sync') flags.push('--blockCacheSync', '--blockCacheWriteDelay=0');
   return flags;
@@ -180,16 +179,21 @@ class S3backerTarget implements Target {
   private daemon: Daemon | undefined;
   private readonly data: string;
   private readonly mnt: string;
-  constructor(private readonly env: TargetEnv, private readonly mode: 'cached' | 'sync', private readonly cacheBlocks: number) {
+  constructor(
+    private readonly env: TargetEnv,
+    private readonly mode: 'cached' | 'sync',
+    private readonly cacheBlocks: number,
+  ) {
     this.id = `s3b-${mode}`;
     this.label = mode === 'cached' ? 's3backer cached' : 's3backer write-through';
     // In write-through mode a write returns once the block file is written, but
     // --test mode does not fsync those files either: "durable" here means "on the
     // backend", the same promise s3backer makes against S3.
     this.realSync = mode === 'sync';
-    this.note = mode === 'cached'
-      ? 'write-back block cache: fast, NOT durable (fsync is a no-op)'
-      : 'write-through (--blockCacheSync --blockCacheWriteDelay=0): a write returns when the block is on the backend';
+    this.note =
+      mode === 'cached'
+        ? 'write-back block cache: fast, NOT durable (fsync is a no-op)'
+        : 'write-through (--blockCacheSync --blockCacheWriteDelay=0): a write returns when the block is on the backend';
     this.data = path.join(env.tmp, `${this.id}-data`);
     this.mnt = path.join(env.tmp, `${this.id}-mnt`);
   }
@@ -265,7 +269,11 @@ class VbfsTarget implements Target {
   private readonly store: string;
   private readonly mnt: string;
   private readonly volume = 'bench';
-  constructor(private readonly env: TargetEnv, private readonly mode: VbfsMode, private readonly cmd: string[]) {
+  constructor(
+    private readonly env: TargetEnv,
+    private readonly mode: VbfsMode,
+    private readonly cmd: string[],
+  ) {
     this.id = `vbfs-${mode}`;
     this.label = `vbfs ${mode}`;
     this.realSync = mode !== 'async';
@@ -313,15 +321,16 @@ class VbfsTarget implements Target {
   }
 }
 
-export const TARGET_IDS = [
-  'plain', 'null', 's3b-cached', 's3b-sync', 'vbfs-batched', 'vbfs-strict', 'vbfs-relaxed', 'vbfs-async',
-] as const;
+export const TARGET_IDS = ['plain', 'null', 's3b-cached', 's3b-sync', 'vbfs-batched', 'vbfs-strict', 'vbfs-relaxed', 'vbfs-async'] as const;
 
 /** Letters from the issue: a = local file, b = null FUSE, c = s3backer (both), d = vbfs (all modes). */
 export function expandTargetFilter(spec: string | undefined): string[] {
   if (!spec) return [...TARGET_IDS];
   const out: string[] = [];
-  for (const raw of spec.split(',').map((s) => s.trim()).filter(Boolean)) {
+  for (const raw of spec
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)) {
     const add = (ids: string[]): void => ids.forEach((id) => out.includes(id) || out.push(id));
     if (raw === 'a') add(['plain']);
     else if (raw === 'b') add(['null']);

@@ -234,7 +234,8 @@ describe('BlockIndex', () => {
               let n = 1;
               for (;;) {
                 const m = ref.get(b + n);
-                if (!m || m.chunk !== l.chunk || m.off !== l.off + n * (RECORD_HEADER + l.len) || m.seq !== l.seq + n || m.len !== l.len || m.flags !== l.flags) break;
+                if (!m || m.chunk !== l.chunk || m.off !== l.off + n * (RECORD_HEADER + l.len) || m.seq !== l.seq + n || m.len !== l.len || m.flags !== l.flags)
+                  break;
                 n++;
               }
               const r = ix.runLength(b);

@@ -130,7 +130,14 @@ describe('vbfs command line: store errors that say what happened', function () {
     assert.match(list.stdout, /^b .*damaged: .*volume\.json: not valid JSON$/m);
     assert.match(list.stdout, /^c .* ok$/m);
     const rows = JSON.parse((await vbfs(['list', '--json'], store)).stdout) as Array<Record<string, unknown>>;
-    assert.deepEqual(rows.map((r) => [r['name'], r['state']]), [['a', 'ok'], ['b', 'damaged'], ['c', 'ok']]);
+    assert.deepEqual(
+      rows.map((r) => [r['name'], r['state']]),
+      [
+        ['a', 'ok'],
+        ['b', 'damaged'],
+        ['c', 'ok'],
+      ],
+    );
     assert.match(String(rows[1]!['reason']), /not valid JSON/);
     const info = await vbfs(['info', 'b'], store);
     assert.equal(info.code, 1);

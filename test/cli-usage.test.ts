@@ -122,7 +122,10 @@ describe('vbfs command line: exit statuses and messages', function () {
     const logFile = path.join(root, 'log.json');
     const r = await vbfs(['info', 'missing-volume', '--log-file', logFile], store);
     assert.equal(r.code, 1);
-    const lines = (await fsp.readFile(logFile, 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    const lines = (await fsp.readFile(logFile, 'utf8'))
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
     const err = lines.find((l) => l['level'] === 'error')!;
     assert.match(String(err['message']), /missing-volume/);
     assert.equal(err['code'], 'VBFS_NOT_FOUND');
@@ -145,11 +148,29 @@ describe('vbfs argument parsing', () => {
 
   it('rewrites the mount.fuse form into a daemon mount', () => {
     assert.deepEqual(rewriteArgv(['/var/lib/vbfs', '/mnt/v', '-o', 'rw,_netdev,allow_other,durability=strict']), [
-      'mount', '/mnt/v', '--store', '/var/lib/vbfs', '--daemon', '--allow-other', '--durability', 'strict', '--require-store', '--quiet',
+      'mount',
+      '/mnt/v',
+      '--store',
+      '/var/lib/vbfs',
+      '--daemon',
+      '--allow-other',
+      '--durability',
+      'strict',
+      '--require-store',
+      '--quiet',
     ]);
     // fstab: only `-o create` may create a store that does not exist yet.
     assert.deepEqual(rewriteArgv(['/s', '/m', '-o', 'create,nonempty,stop_timeout=5']), [
-      'mount', '/m', '--store', '/s', '--daemon', '-o', 'nonempty', '--stop-timeout', '5', '--quiet',
+      'mount',
+      '/m',
+      '--store',
+      '/s',
+      '--daemon',
+      '-o',
+      'nonempty',
+      '--stop-timeout',
+      '5',
+      '--quiet',
     ]);
     assert.deepEqual(rewriteArgv(['list', '--json']), ['list', '--json']);
     assert.deepEqual(rewriteArgv(['typo']), ['typo']); // left to the parser: "Unknown argument"
@@ -198,12 +219,15 @@ describe('mount table, loop devices, .stats text', () => {
     const missing = (): never => {
       throw new Error('libfuse.so.2: cannot open shared object file: No such file or directory');
     };
-    assert.throws(() => loadFuse(missing), (err: Error) => {
-      assert.equal((err as VbfsError).code, 'VBFS_IO');
-      assert.match(err.message, /install the Debian package 'libfuse2'/);
-      assert.doesNotMatch(err.message, /\n/);
-      return true;
-    });
+    assert.throws(
+      () => loadFuse(missing),
+      (err: Error) => {
+        assert.equal((err as VbfsError).code, 'VBFS_IO');
+        assert.match(err.message, /install the Debian package 'libfuse2'/);
+        assert.doesNotMatch(err.message, /\n/);
+        return true;
+      },
+    );
   });
 
   it('parses /proc/self/mountinfo lines, with escaped spaces', () => {
@@ -242,7 +266,11 @@ describe('mount table, loop devices, .stats text', () => {
   it('finds loop devices backed by files under a mountpoint (from /sys/block)', async () => {
     const sys = await tmpDir('sys');
     try {
-      for (const [dev, file] of [['loop0', '/mnt/v/disk\n'], ['loop1', '/mnt/vother/x\n'], ['loop2', '/mnt/v/old (deleted)\n']]) {
+      for (const [dev, file] of [
+        ['loop0', '/mnt/v/disk\n'],
+        ['loop1', '/mnt/vother/x\n'],
+        ['loop2', '/mnt/v/old (deleted)\n'],
+      ]) {
         await fsp.mkdir(path.join(sys, dev!, 'loop'), { recursive: true });
         await fsp.writeFile(path.join(sys, dev!, 'loop', 'backing_file'), file!);
       }

@@ -145,7 +145,10 @@ describe('corruption detection', () => {
         const got = await openAndRead(sim, logger);
         assert.ok(!(got instanceof VbfsError), `torn tail (${keep} bytes of the last record) refused: ${String(got)}`);
         assert.deepEqual(got, expected(data.slice(0, 9)), 'records before the torn one must survive, the torn one must not be replayed');
-        assert.ok(logger.warnings.some((w) => w.includes(wal) || w.includes('wal')), `no warning about the cut tail: ${logger.warnings.join('; ')}`);
+        assert.ok(
+          logger.warnings.some((w) => w.includes(wal) || w.includes('wal')),
+          `no warning about the cut tail: ${logger.warnings.join('; ')}`,
+        );
       }
     });
 
@@ -170,7 +173,10 @@ describe('corruption detection', () => {
       for (let b = 0; b < 30; b++) await vol.write((b + 20) * BS, later[b] as Buffer); // relaxed: buffered, never fsynced
       await (vol as unknown as { writer: { wal: { rotate(): Promise<number> } } }).writer.wal.rotate(); // the batch reaches the file, no sync
       const after = sim.reopen();
-      const wal = after.files(`${VOL}/wal/`).filter((f) => f.endsWith('.wal')).pop() as string;
+      const wal = after
+        .files(`${VOL}/wal/`)
+        .filter((f) => f.endsWith('.wal'))
+        .pop() as string;
       const raw = Buffer.from(after.readRaw(wal) as Buffer);
       assert.equal(raw.length, HDR + 30 * REC, 'the unsynced records reached the file (and no sync marker: nothing was synced)');
       raw.fill(0, HDR + 10 * REC, HDR + 10 * REC + 4096); // a lost page early in the unsynced batch
@@ -181,10 +187,13 @@ describe('corruption detection', () => {
       const want = expected(data);
       // Blocks written after the last fsync may or may not survive; fsynced ones must.
       assert.deepEqual(got.subarray(0, 10 * BS), want.subarray(0, 10 * BS));
-      assert.ok(logger.warnings.some((w) => w.includes('torn WAL tail') && w.includes('droppedRecords')), logger.warnings.join('; '));
+      assert.ok(
+        logger.warnings.some((w) => w.includes('torn WAL tail') && w.includes('droppedRecords')),
+        logger.warnings.join('; '),
+      );
       store = await Store.open(DIR, { fileIO: after });
       vol = await store.openVolume('c', KEEP_IN_WAL);
-      assert.deepEqual((await vol.read(0, 10 * BS)), want.subarray(0, 10 * BS), 'and it opens again after the cut');
+      assert.deepEqual(await vol.read(0, 10 * BS), want.subarray(0, 10 * BS), 'and it opens again after the cut');
       await store.close();
     });
 

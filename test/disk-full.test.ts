@@ -169,7 +169,10 @@ describe('store disk full: recovery in place', () => {
       for (let b = 0; b < BLOCKS; b++) {
         const got = await r.vol.read(b * BS, BS);
         const ok = [synced[b] ?? 0, expect[b] ?? 0].map((t) => (t === 0 ? Buffer.alloc(BS) : block(t, b)));
-        assert.ok(ok.some((x) => x.equals(got)), `seed ${seed}: block ${b} holds neither the synced nor the newer version`);
+        assert.ok(
+          ok.some((x) => x.equals(got)),
+          `seed ${seed}: block ${b} holds neither the synced nor the newer version`,
+        );
       }
       await r.store.close();
     }

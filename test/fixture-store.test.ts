@@ -43,7 +43,9 @@ async function generate(): Promise<void> {
     await v.write(700_000, content(4, 9000));
     await v.write(10, content(5, 100));
     await v.fsync(); // in the WAL only
-    expected[name] = createHash('sha256').update(await v.read(0, SIZE)).digest('hex');
+    expected[name] = createHash('sha256')
+      .update(await v.read(0, SIZE))
+      .digest('hex');
     // Abandon the volume without close(): the WAL keeps the last writes.
   }
   for (const name of VOLUMES) fs.rmSync(path.join(FIX, 'volumes', name, 'LOCK'), { force: true });
@@ -77,21 +79,34 @@ describe('format v1 store fixture', () => {
         fs.cpSync(FIX, tmp, { recursive: true });
         const expected = JSON.parse(fs.readFileSync(path.join(FIX, 'expected.json'), 'utf8')) as Record<string, string>;
         const store = await Store.open(tmp);
-        const meta = (): number => (JSON.parse(fs.readFileSync(path.join(tmp, 'volumes', name, 'volume.json'), 'utf8')) as { formatVersion: number }).formatVersion;
+        const meta = (): number =>
+          (JSON.parse(fs.readFileSync(path.join(tmp, 'volumes', name, 'volume.json'), 'utf8')) as { formatVersion: number }).formatVersion;
         const ro = await store.openVolume(name, { readOnly: true });
-        assert.equal(createHash('sha256').update(await ro.read(0, SIZE)).digest('hex'), expected[name]);
+        assert.equal(
+          createHash('sha256')
+            .update(await ro.read(0, SIZE))
+            .digest('hex'),
+          expected[name],
+        );
         await ro.close();
         assert.equal(meta(), 1, 'a read-only open leaves a format 1 volume as it is');
         const v = await store.openVolume(name);
         assert.equal(meta(), 2, 'opened for writing, the volume is upgraded to format 2 before any format 2 segment is written');
-        const got = createHash('sha256').update(await v.read(0, SIZE)).digest('hex');
+        const got = createHash('sha256')
+          .update(await v.read(0, SIZE))
+          .digest('hex');
         assert.equal(got, expected[name]);
         // And it stays readable after a clean close (flush + checkpoint of the replayed WAL),
         // which writes the checkpoint in format 2 (extents).
         await v.close();
         assert.equal(checkpointVersion(path.join(tmp, 'volumes', name, 'map', 'checkpoint')), 2, 'the next checkpoint is rewritten as version 2');
         const again = await store.openVolume(name);
-        assert.equal(createHash('sha256').update(await again.read(0, SIZE)).digest('hex'), expected[name]);
+        assert.equal(
+          createHash('sha256')
+            .update(await again.read(0, SIZE))
+            .digest('hex'),
+          expected[name],
+        );
         await store.close();
       } finally {
         fs.rmSync(tmp, { recursive: true, force: true });

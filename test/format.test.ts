@@ -72,7 +72,14 @@ describe('format', () => {
   const crcImpl = installCrc32c();
   it(`crc32c: the ${crcImpl} implementation agrees with the table version at every length and offset`, () => {
     const b = payload(9000);
-    for (const [start, end] of [[0, 0], [0, 255], [0, 256], [3, 4099], [1, 9000], [4096, 8192]] as const) {
+    for (const [start, end] of [
+      [0, 0],
+      [0, 255],
+      [0, 256],
+      [3, 4099],
+      [1, 9000],
+      [4096, 8192],
+    ] as const) {
       assert.equal(crc32c(b, 0, start, end), crc32cJs(b, 0, start, end), `[${start}, ${end})`);
       assert.equal(crc32c(b, 0x12345678, start, end), crc32cJs(b, 0x12345678, start, end), `continued [${start}, ${end})`);
     }
@@ -80,7 +87,10 @@ describe('format', () => {
 
   it('crc32c: an accelerator is taken only if it gives the check value; VBFS_CRC32C=js keeps the table', () => {
     assert.equal(loadNativeCrc32c({ VBFS_CRC32C: 'js' }), null);
-    assert.equal(setCrc32cAccelerator(() => 0), false);
+    assert.equal(
+      setCrc32cAccelerator(() => 0),
+      false,
+    );
     assert.equal(crc32cImplementation(), crcImpl);
     const b = payload(4096);
     try {
@@ -229,8 +239,24 @@ describe('format', () => {
     const c = checkFrame(saved, 0);
     assert.ok(c.ok);
     assert.deepEqual(decodeExtentCommit(c.payload), { chunkId: 17, extents: 3, blocks: 5 });
-    assert.deepEqual(readExtent(c.payload, extentCommitEntryOffset(0)), { block: 2 ** 32 - 2, count: 3, seq: 100, chunkId: 17, offset: 64, len: 4096, flags: 0 });
-    assert.deepEqual(readExtent(c.payload, extentCommitEntryOffset(1)), { block: 2 ** 32 + 1, count: 1, seq: 103, chunkId: 17, offset: 64 + 3 * stride, len: 1000, flags: 1 });
+    assert.deepEqual(readExtent(c.payload, extentCommitEntryOffset(0)), {
+      block: 2 ** 32 - 2,
+      count: 3,
+      seq: 100,
+      chunkId: 17,
+      offset: 64,
+      len: 4096,
+      flags: 0,
+    });
+    assert.deepEqual(readExtent(c.payload, extentCommitEntryOffset(1)), {
+      block: 2 ** 32 + 1,
+      count: 1,
+      seq: 103,
+      chunkId: 17,
+      offset: 64 + 3 * stride,
+      len: 1000,
+      flags: 1,
+    });
     assert.equal(decodeCommit(c.payload), null, "an 'X' frame is not a 'C' frame");
 
     const r = allocRuns(2);
@@ -242,7 +268,15 @@ describe('format', () => {
     const f = checkFrame(savedRuns, 0);
     assert.ok(f.ok);
     assert.equal(decodeRuns(f.payload), 2);
-    assert.deepEqual(readExtent(f.payload, runsEntryOffset(1)), { block: 2 ** 36 - 1, count: 1, seq: 2 ** 40 + 5000, chunkId: 301, offset: 4192, len: 77, flags: 1 });
+    assert.deepEqual(readExtent(f.payload, runsEntryOffset(1)), {
+      block: 2 ** 36 - 1,
+      count: 1,
+      seq: 2 ** 40 + 5000,
+      chunkId: 301,
+      offset: 4192,
+      len: 77,
+      flags: 1,
+    });
     assert.equal(rf.length, 8 + 8 + 2 * EXTENT_ENTRY, '32 bytes per extent');
   });
 

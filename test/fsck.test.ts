@@ -74,7 +74,7 @@ async function fsck(sim: SimFS, opts: { repair?: boolean; backend?: Backend } = 
 /** Offsets of the block records in a WAL segment (not its sync markers), found with the engine's decoder. */
 function walRecordOffsets(buf: Buffer, blockSize: number): number[] {
   const out: number[] = [];
-  for (let off = HDR; ; ) {
+  for (let off = HDR; ;) {
     const r = checkRecord(buf, off, buf.length, blockSize);
     if (!r.ok) return out;
     if (!isSyncMarker(r.header)) out.push(off);
@@ -321,7 +321,7 @@ describe('fsck (library)', () => {
     sim.crashWhen((op) => op.kind === 'datasync' && op.path.includes('/map/') && op.path.endsWith('.log'));
     await vol.flush().catch((e: unknown) => assert.ok(isCrash(e), String(e)));
     await Promise.race([store.close().catch(() => undefined), new Promise((r) => setTimeout(r, 2000))]);
-    assert.ok(sim.crashed, 'the power cut came during the second flush\'s commit');
+    assert.ok(sim.crashed, "the power cut came during the second flush's commit");
     const after = sim.afterCrash(new Rng(1), 'all'); // the unsynced commit write reached the disk whole ...
     const log = after.files(`${VOL}/map/`).find((f) => f.endsWith('.log')) as string;
     const raw = after.readRaw(log) as Buffer;
@@ -500,7 +500,16 @@ describe('fsck after simulated power cuts', function () {
     const rng = new Rng(seed);
     const store = await Store.open(DIR, { fileIO: sim });
     await store.createVolume('c', { size: SIZE, blockSize: BS, durability: mode, compression: seed % 2 === 0 ? 'lz4' : 'none' });
-    const tun: Partial<VolumeTunables> = { chunkBytes: HDR + 4 * REC, walSegmentBytes: 4096, writeBufferBytes: 32 * BS, flushBytes: 6 * BS, flushIntervalMs: 1_000_000, batchBlocks: 8, batchMs: 1_000_000, checkpointBytes: 512 };
+    const tun: Partial<VolumeTunables> = {
+      chunkBytes: HDR + 4 * REC,
+      walSegmentBytes: 4096,
+      writeBufferBytes: 32 * BS,
+      flushBytes: 6 * BS,
+      flushIntervalMs: 1_000_000,
+      batchBlocks: 8,
+      batchMs: 1_000_000,
+      checkpointBytes: 512,
+    };
     try {
       let vol = await store.openVolume('c', tun);
       for (let i = 0; i < 120; i++) {
@@ -557,7 +566,10 @@ describe('fsck after simulated power cuts', function () {
         const before = await readAll(after);
         const fixed = await fsck(after, { repair: true });
         assert.equal(fixed.errors, 0, `${where} (repair): ${JSON.stringify(fixed.problems, null, 1)}`);
-        assert.ok(fixed.problems.every((p) => p.repaired), `${where}: --repair left something: ${JSON.stringify(fixed.problems, null, 1)}`);
+        assert.ok(
+          fixed.problems.every((p) => p.repaired),
+          `${where}: --repair left something: ${JSON.stringify(fixed.problems, null, 1)}`,
+        );
         assertClean(await fsck(after));
         assert.ok((await readAll(after)).equals(before), `${where}: --repair changed what the volume reads`);
       }
@@ -666,7 +678,13 @@ describe('vbfs fsck (command line)', function () {
     await exited;
 
     const walDir = path.join(store, 'volumes', 'v', 'wal');
-    const wal = path.join(walDir, (await fsp.readdir(walDir)).filter((n) => n.endsWith('.wal')).sort().pop() as string);
+    const wal = path.join(
+      walDir,
+      (await fsp.readdir(walDir))
+        .filter((n) => n.endsWith('.wal'))
+        .sort()
+        .pop() as string,
+    );
     const size = (await fsp.stat(wal)).size;
     const offs = walRecordOffsets(await fsp.readFile(wal), 4096);
     assert.equal(offs.length, 6);

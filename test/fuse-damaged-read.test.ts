@@ -20,7 +20,7 @@ const REC = 32; // record header: crc, len, seq, block, flags, rawLen
 
 /** Where block `block`'s record sits in a chunk object, or null (walks the records). */
 function findRecord(obj: Buffer, block: number): { offset: number; len: number } | null {
-  for (let at = HDR; at + REC <= obj.length; ) {
+  for (let at = HDR; at + REC <= obj.length;) {
     const len = obj.readUInt32LE(at + 4);
     if (Number(obj.readBigUInt64LE(at + 16)) === block) return { offset: at, len };
     at += REC + len;
@@ -63,7 +63,15 @@ describe('FUSE: reads of damaged chunk data (bin/vbfs)', function () {
   async function mount(): Promise<ForegroundMount> {
     const m = spawnForegroundMount(store, mnt);
     fg = m;
-    await waitFor('foreground mount', async () => (await isMounted(mnt)) && (await fsp.stat(path.join(mnt, '.stats')).then(() => true, () => false)));
+    await waitFor(
+      'foreground mount',
+      async () =>
+        (await isMounted(mnt)) &&
+        (await fsp.stat(path.join(mnt, '.stats')).then(
+          () => true,
+          () => false,
+        )),
+    );
     return m;
   }
 

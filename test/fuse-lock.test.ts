@@ -9,17 +9,7 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import {
-  cleanupUnder,
-  isMounted,
-  requireFuse,
-  spawnForegroundMount,
-  tmpDir,
-  vbfs,
-  VBFS_BIN,
-  waitFor,
-  type ForegroundMount,
-} from './helpers/fuse-env';
+import { cleanupUnder, isMounted, requireFuse, spawnForegroundMount, tmpDir, vbfs, VBFS_BIN, waitFor, type ForegroundMount } from './helpers/fuse-env';
 
 describe('FUSE: two mounts of one store racing for the volume lock (bin/vbfs)', function () {
   this.timeout(180_000);
@@ -55,8 +45,24 @@ describe('FUSE: two mounts of one store racing for the volume lock (bin/vbfs)', 
     // the content into an already created, empty LOCK: the window the second one hit).
     const child = spawn(
       'strace',
-      ['-f', '-qq', '-o', '/dev/null', '-P', lock, '-e', 'trace=write,pwrite64,pwritev,link,linkat', '-e', 'inject=write,pwrite64,pwritev,link,linkat:delay_enter=15000000',
-        process.execPath, VBFS_BIN, 'mount', mnts[0]!, '--store', store],
+      [
+        '-f',
+        '-qq',
+        '-o',
+        '/dev/null',
+        '-P',
+        lock,
+        '-e',
+        'trace=write,pwrite64,pwritev,link,linkat',
+        '-e',
+        'inject=write,pwrite64,pwritev,link,linkat:delay_enter=15000000',
+        process.execPath,
+        VBFS_BIN,
+        'mount',
+        mnts[0]!,
+        '--store',
+        store,
+      ],
       { stdio: ['ignore', 'pipe', 'pipe'] },
     );
     let out1 = '';

@@ -63,7 +63,13 @@ describe('FUSE mount life: signals, lazy unmounts, symlinks, read-only stores (b
   const foreground: ForegroundMount[] = [];
 
   async function served(m = mnt): Promise<boolean> {
-    return (await isMounted(m)) && (await fsp.stat(path.join(m, 'disk')).then(() => true, () => false));
+    return (
+      (await isMounted(m)) &&
+      (await fsp.stat(path.join(m, 'disk')).then(
+        () => true,
+        () => false,
+      ))
+    );
   }
 
   function foregroundMount(mountpoint: string, extra: string[] = [], st = store): ForegroundMount {
@@ -93,7 +99,13 @@ describe('FUSE mount life: signals, lazy unmounts, symlinks, read-only stores (b
     }
     // A test that failed may leave a dead mount: do not let it fail the next ones too.
     for (const m of fuseMounts) {
-      if ((await isMounted(m)) && (await fsp.stat(m).then(() => null, (e: NodeJS.ErrnoException) => e.code)) === 'ENOTCONN') {
+      if (
+        (await isMounted(m)) &&
+        (await fsp.stat(m).then(
+          () => null,
+          (e: NodeJS.ErrnoException) => e.code,
+        )) === 'ENOTCONN'
+      ) {
         await run('fusermount', ['-u', m]);
       }
     }
@@ -244,7 +256,10 @@ describe('FUSE mount life: signals, lazy unmounts, symlinks, read-only stores (b
       await fh.write(data, 0, data.length, 7 * MiB);
       await fh.datasync();
       // New opens are refused while stopping.
-      const extra = await fsp.open(path.join(mnt, 'disk'), 'r').then((h) => h, (e: NodeJS.ErrnoException) => e);
+      const extra = await fsp.open(path.join(mnt, 'disk'), 'r').then(
+        (h) => h,
+        (e: NodeJS.ErrnoException) => e,
+      );
       if (!(extra instanceof Error)) {
         await extra.close();
         assert.fail('a new open must be refused while stopping');

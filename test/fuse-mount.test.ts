@@ -259,7 +259,15 @@ describe('FUSE mount of a real store (bin/vbfs)', function () {
     await unmount();
     const fg = spawnForegroundMount(store, mnt);
     foreground.push(fg);
-    await waitFor('foreground mount', async () => (await isMounted(mnt)) && (await fsp.stat(path.join(mnt, 'disk')).then(() => true, () => false)));
+    await waitFor(
+      'foreground mount',
+      async () =>
+        (await isMounted(mnt)) &&
+        (await fsp.stat(path.join(mnt, 'disk')).then(
+          () => true,
+          () => false,
+        )),
+    );
 
     const a = randomBytes(6 * MiB + 123);
     const b = randomBytes(2 * MiB);
@@ -276,7 +284,10 @@ describe('FUSE mount of a real store (bin/vbfs)', function () {
 
     assert.ok(fg.child.kill('SIGKILL'));
     await fg.exited;
-    const st = await fsp.stat(mnt).then(() => 'ok', (e: NodeJS.ErrnoException) => e.code);
+    const st = await fsp.stat(mnt).then(
+      () => 'ok',
+      (e: NodeJS.ErrnoException) => e.code,
+    );
     assert.equal(st, 'ENOTCONN', 'a killed mount leaves a stale ENOTCONN mount behind');
 
     await mountDaemon(); // recovers the stale mount itself
@@ -307,7 +318,15 @@ describe('FUSE mount of a real store (bin/vbfs)', function () {
     await unmount();
     const fg = spawnForegroundMount(store, mnt);
     foreground.push(fg);
-    await waitFor('foreground mount', async () => (await isMounted(mnt)) && (await fsp.stat(path.join(mnt, 'disk')).then(() => true, () => false)));
+    await waitFor(
+      'foreground mount',
+      async () =>
+        (await isMounted(mnt)) &&
+        (await fsp.stat(path.join(mnt, 'disk')).then(
+          () => true,
+          () => false,
+        )),
+    );
     const data = randomBytes(MiB);
     await fsp.writeFile(path.join(mnt, 'disk'), data, { flag: 'r+' }); // no fsync: the clean shutdown must keep it
 

@@ -35,7 +35,16 @@ describe('FUSE: scattered writes over a 16 TiB volume keep the mount within its 
   async function mount(): Promise<ForegroundMount> {
     const fg = spawnForegroundMount(store, mnt, ['--memory', String(MEMORY)]);
     mounts.push(fg);
-    await waitFor('the mount to serve', async () => (await isMounted(mnt)) && (await fsp.stat(path.join(mnt, 'disk')).then(() => true, () => false)), 60_000);
+    await waitFor(
+      'the mount to serve',
+      async () =>
+        (await isMounted(mnt)) &&
+        (await fsp.stat(path.join(mnt, 'disk')).then(
+          () => true,
+          () => false,
+        )),
+      60_000,
+    );
     return fg;
   }
 
@@ -107,7 +116,9 @@ describe('FUSE: scattered writes over a 16 TiB volume keep the mount within its 
     }
     const afterRead = Math.max(after, rssOf(fg2.child.pid as number));
     assert.ok(afterRead <= limit, `RSS after the remount: ${Math.round(afterRead / MiB)} MiB > ${limit / MiB} MiB`);
-    process.stdout.write(`      ${BLOCKS} scattered writes: peak RSS ${Math.round(peak / MiB)} MiB while writing, ${Math.round(afterRead / MiB)} MiB after the remount (limit ${limit / MiB} MiB)\n`);
+    process.stdout.write(
+      `      ${BLOCKS} scattered writes: peak RSS ${Math.round(peak / MiB)} MiB while writing, ${Math.round(afterRead / MiB)} MiB after the remount (limit ${limit / MiB} MiB)\n`,
+    );
     await unmount(fg2);
   });
 });

@@ -98,9 +98,21 @@ describe('FUSE: unmount and SIGTERM while 4 writers are mid-write (bin/vbfs)', f
   async function mountForeground(): Promise<ForegroundMount> {
     const fg = spawnForegroundMount(store, mnt);
     mounts.push(fg);
-    await waitFor('foreground mount', async () => (await isMounted(mnt)) && (await fsp.stat(path.join(mnt, 'v')).then(() => true, () => false)));
+    await waitFor(
+      'foreground mount',
+      async () =>
+        (await isMounted(mnt)) &&
+        (await fsp.stat(path.join(mnt, 'v')).then(
+          () => true,
+          () => false,
+        )),
+    );
     const info = await fsp.readFile('/proc/self/mountinfo', 'utf8');
-    const dev = info.split('\n').find((l) => l.split(' ')[4] === mnt)?.split(' ')[2] ?? '';
+    const dev =
+      info
+        .split('\n')
+        .find((l) => l.split(' ')[4] === mnt)
+        ?.split(' ')[2] ?? '';
     conn = `/sys/fs/fuse/connections/${dev.split(':')[1] ?? ''}`;
     return fg;
   }
@@ -136,7 +148,10 @@ describe('FUSE: unmount and SIGTERM while 4 writers are mid-write (bin/vbfs)', f
     assert.equal(busy.code, 1, busy.stdout + busy.stderr);
     assert.match(busy.stderr, /busy/);
     assert.ok(await isMounted(mnt), 'a refused unmount stays mounted');
-    assert.ok(ws.every((w) => w.child.exitCode === null), 'the writers keep writing');
+    assert.ok(
+      ws.every((w) => w.child.exitCode === null),
+      'the writers keep writing',
+    );
 
     const forced = await vbfs(['unmount', mnt, '--force'], store);
     assert.equal(forced.code, 0, forced.stdout + forced.stderr);

@@ -139,7 +139,13 @@ describe('volume-fs handlers (driven without a kernel)', function () {
     await assert.rejects(second.openAll(), { code: 'VBFS_LOCKED' });
     await vfs.closeVolumes(); // the holder goes away
     await second.openAll();
-    assert.deepEqual(second.openVolumes().map((v) => v.name).sort(), ['a', 'later']);
+    assert.deepEqual(
+      second
+        .openVolumes()
+        .map((v) => v.name)
+        .sort(),
+      ['a', 'later'],
+    );
     await second.closeVolumes();
   });
 });
@@ -234,7 +240,12 @@ describe('volume-fs: every request is answered exactly once', function () {
     await tick();
     assert.equal(vol.held.length, 1, 'the write is in flight');
     await vfs.closeVolumes(); // clears the map, then close() lets the held write complete
-    await Promise.race([w.first, tick().then(tick).then(() => assert.fail(`the in-flight write was never answered; log: ${log.lines.join(' | ')}`))]);
+    await Promise.race([
+      w.first,
+      tick()
+        .then(tick)
+        .then(() => assert.fail(`the in-flight write was never answered; log: ${log.lines.join(' | ')}`)),
+    ]);
     await tick();
     assert.deepEqual(w.answers, [[4096]]);
 
@@ -244,7 +255,10 @@ describe('volume-fs: every request is answered exactly once', function () {
     await late.first;
     await tick();
     assert.deepEqual(late.answers, [[-E.EIO]]);
-    assert.deepEqual(log.lines.filter((l) => /threw|twice/.test(l)), []);
+    assert.deepEqual(
+      log.lines.filter((l) => /threw|twice/.test(l)),
+      [],
+    );
   });
 
   it('a handler that throws synchronously answers EIO once; a callback that throws is not called again', async () => {
@@ -257,13 +271,20 @@ describe('volume-fs: every request is answered exactly once', function () {
     ops.open('/held', fsc.O_RDWR, o.cb);
     const fd = (await o.first)[1] as number;
 
-    Object.defineProperty(vol, 'size', { get: () => { throw new Error('boom'); } });
+    Object.defineProperty(vol, 'size', {
+      get: () => {
+        throw new Error('boom');
+      },
+    });
     const r = collect();
     ops.read('/held', fd, Buffer.alloc(4096), 4096, 0, r.cb);
     await r.first;
     await tick();
     assert.deepEqual(r.answers, [[-E.EIO]]);
-    assert.ok(log.lines.some((l) => /read \/held threw: boom/.test(l)), log.lines.join(' | '));
+    assert.ok(
+      log.lines.some((l) => /read \/held threw: boom/.test(l)),
+      log.lines.join(' | '),
+    );
 
     // fuse-native's own callback throwing (it validates what we pass) must not
     // lead to a second answer.
@@ -277,4 +298,3 @@ describe('volume-fs: every request is answered exactly once', function () {
     await vfs.closeVolumes();
   });
 });
-

@@ -191,7 +191,11 @@ describe('layering: imports point down only', () => {
       /store\/f\.ts:1 .* reaches outside src\//,
       /'newthing\/' has no floor/,
     ];
-    for (const re of expect) assert.ok(found.some((l) => re.test(l)), `missing ${re}:\n${found.join('\n')}`);
+    for (const re of expect)
+      assert.ok(
+        found.some((l) => re.test(l)),
+        `missing ${re}:\n${found.join('\n')}`,
+      );
     assert.equal(found.length, expect.length, found.join('\n'));
   });
 });

@@ -33,10 +33,12 @@ async function race(n: number, lockPath: string): Promise<Result[]> {
       const c = fork(CHILD, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: [] });
       children.push(c);
       exited.push(new Promise((r) => c.on('exit', () => r())));
-      ready.push(new Promise((r, j) => {
-        c.on('message', (m: { type: string }) => m.type === 'ready' && r());
-        c.on('exit', (code) => j(new Error(`opener ${i} exited (${code}) before it was ready`)));
-      }));
+      ready.push(
+        new Promise((r, j) => {
+          c.on('message', (m: { type: string }) => m.type === 'ready' && r());
+          c.on('exit', (code) => j(new Error(`opener ${i} exited (${code}) before it was ready`)));
+        }),
+      );
       results.push(new Promise((r) => c.on('message', (m: { type: string } & Result) => m.type === 'result' && r(m))));
     }
     await Promise.all(ready);
@@ -173,7 +175,7 @@ describe('VolumeLock: one writer per volume, across processes', function () {
     });
   });
 
-  it('temp and claim files left by openers that died are removed by the next one; a live opener\'s are kept', async () => {
+  it("temp and claim files left by openers that died are removed by the next one; a live opener's are kept", async () => {
     const lock = await fresh();
     const dead = await deadPid();
     const boot = currentOwner().boot;

@@ -69,12 +69,21 @@ describe('private store files (0600/0700)', function () {
       await vol.fsync();
       // While open: the LOCK and the live WAL segment are there.
       const live = await walk(dir);
-      assert.ok(live.some((e) => e.path.endsWith('/LOCK')), 'LOCK exists while open');
-      assert.ok(live.some((e) => e.path.includes('/wal/') && !e.dir), 'a WAL segment exists');
+      assert.ok(
+        live.some((e) => e.path.endsWith('/LOCK')),
+        'LOCK exists while open',
+      );
+      assert.ok(
+        live.some((e) => e.path.includes('/wal/') && !e.dir),
+        'a WAL segment exists',
+      );
       assert.deepEqual(notPrivate(live), []);
       await vol.flush();
       const flushed = await walk(dir);
-      assert.ok(flushed.some((e) => e.path.includes('/map/') && !e.dir), 'map files exist after a flush');
+      assert.ok(
+        flushed.some((e) => e.path.includes('/map/') && !e.dir),
+        'map files exist after a flush',
+      );
       assert.deepEqual(notPrivate(flushed), []);
       await vol.close();
       const stats = await store.openVolume('v');
@@ -83,9 +92,18 @@ describe('private store files (0600/0700)', function () {
       await store.close();
     }
     const after = await walk(dir);
-    assert.ok(after.some((e) => e.path.includes('/objects/') && !e.dir), 'chunk objects exist');
-    assert.ok(after.some((e) => e.path.endsWith('/map/checkpoint')), 'a checkpoint exists');
-    assert.ok(after.some((e) => e.path.endsWith('/volume.json')), 'volume.json exists');
+    assert.ok(
+      after.some((e) => e.path.includes('/objects/') && !e.dir),
+      'chunk objects exist',
+    );
+    assert.ok(
+      after.some((e) => e.path.endsWith('/map/checkpoint')),
+      'a checkpoint exists',
+    );
+    assert.ok(
+      after.some((e) => e.path.endsWith('/volume.json')),
+      'volume.json exists',
+    );
     assert.deepEqual(notPrivate(after), []);
     assert.deepEqual(notPrivate(await walk(path.join(root, 'a'))), []);
   });
@@ -151,7 +169,6 @@ describe('private store files (0600/0700)', function () {
   it('FUSE: mount records, mount.pid, mount.log and the run directory are private too', async function () {
     const why = fuseUnavailableReason();
     if (why) {
-      // eslint-disable-next-line no-console
       console.log(`      SKIPPED (FUSE unavailable: ${why})`);
       if (process.env['CI'] === 'true') throw new Error(why);
       this.skip();
@@ -176,8 +193,15 @@ describe('private store files (0600/0700)', function () {
         await fh.close();
       }
       const mounted = [...(await walk(dir)), ...(await walk(runDir))];
-      for (const f of ['mount.pid', 'mount.log', 'LOCK']) assert.ok(mounted.some((e) => e.path.endsWith(`/${f}`)), `${f} exists while mounted`);
-      assert.ok(mounted.some((e) => e.path.startsWith(runDir) && e.path.endsWith('.json')), 'a run record exists');
+      for (const f of ['mount.pid', 'mount.log', 'LOCK'])
+        assert.ok(
+          mounted.some((e) => e.path.endsWith(`/${f}`)),
+          `${f} exists while mounted`,
+        );
+      assert.ok(
+        mounted.some((e) => e.path.startsWith(runDir) && e.path.endsWith('.json')),
+        'a run record exists',
+      );
       assert.deepEqual(notPrivate(mounted), []);
       r = await vbfs(['unmount', mnt], dir, { env });
       assert.equal(r.code, 0, r.stderr);

@@ -22,8 +22,25 @@ describe('parseS3Url', () => {
   });
 
   it('refuses what is not an s3 URL, bad bucket names and bad prefixes', () => {
-    for (const bad of ['', 'bucket/prefix', 'http://bucket/x', 's3://', 's3:///x', 's3://Bucket/x', 's3://ab/x', 's3://a..b/x', 's3://b_c/x', 's3://bucket/a//b', 's3://bucket/../x', 's3://bucket//x']) {
-      assert.throws(() => parseS3Url(bad), (e: { code?: string }) => e.code === 'VBFS_INVALID_ARGUMENT', bad);
+    for (const bad of [
+      '',
+      'bucket/prefix',
+      'http://bucket/x',
+      's3://',
+      's3:///x',
+      's3://Bucket/x',
+      's3://ab/x',
+      's3://a..b/x',
+      's3://b_c/x',
+      's3://bucket/a//b',
+      's3://bucket/../x',
+      's3://bucket//x',
+    ]) {
+      assert.throws(
+        () => parseS3Url(bad),
+        (e: { code?: string }) => e.code === 'VBFS_INVALID_ARGUMENT',
+        bad,
+      );
     }
   });
 });
@@ -118,7 +135,7 @@ describe('S3Backend against Ceph RGW', function () {
       const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
       assert.ok(cmd.includes(`${fs.realpathSync(rgw.dir)}/ceph.conf`), cmd.join(' '));
     }
-    // eslint-disable-next-line no-console
+
     console.log(`      (cluster ready in ${rgw.startMs} ms)`);
   });
 
@@ -176,7 +193,7 @@ describe('S3Backend against Ceph RGW', function () {
     assert.equal(be.stats.bytesPut, 4 << 20);
     assert.equal(be.stats.bytesGot, (4 << 20) + 65536);
     assert.equal(be.stats.retries, 0);
-    // eslint-disable-next-line no-console
+
     console.log(`      (4 MiB PUT ${t1 - t0} ms, GET ${t2 - t1} ms)`);
     await be.close();
   });

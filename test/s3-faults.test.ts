@@ -128,7 +128,7 @@ describe('S3Backend through a fault-injecting proxy (RGW behind it)', function (
     assert.equal(be.stats.retries + denied.stats.retries, 0);
   });
 
-  it('createIfAbsent whose answer was lost (reset, 500): its own create counts as created, another holder\'s does not', async () => {
+  it("createIfAbsent whose answer was lost (reset, 500): its own create counts as created, another holder's does not", async () => {
     const be = viaProxy();
     proxy.next('resetAfterUpstream');
     assert.equal(await be.createIfAbsent('lease', Buffer.from('holder-A nonce-1')), true, 'created by the first, unanswered attempt');

@@ -256,7 +256,11 @@ describe('SimFS', () => {
           // Offsets an unsynced op touched: only those may differ from the durable content.
           let touched = new Uint8Array(8 * P);
           for (let k = rng.range(1, 12); k > 0; k--) {
-            const what = rng.weighted<string>([['write', 6], ['sync', 2], ['truncate', 1]]);
+            const what = rng.weighted<string>([
+              ['write', 6],
+              ['sync', 2],
+              ['truncate', 1],
+            ]);
             if (what === 'write') {
               const off = rng.int(5 * P);
               const data = rng.bytes(rng.range(1, 2 * P));

@@ -60,7 +60,10 @@ describe('Store: temp directories of creates', function () {
       if (child.exitCode === null) child.kill('SIGKILL');
     }
     const s = await Store.open(store);
-    assert.deepEqual((await s.listVolumes()).map((v) => v.name), ['v']);
+    assert.deepEqual(
+      (await s.listVolumes()).map((v) => v.name),
+      ['v'],
+    );
     await s.close();
     assert.deepEqual(await tmpDirs(store), []);
   });

@@ -34,12 +34,18 @@ describe('Store and Volume API', () => {
     await store.createVolume('beta', { size: 16 * 2 ** 40, blockSize: 65536, durability: 'strict', compression: 'lz4' });
     assert.equal(a.blockSize, 4096);
     assert.equal(a.durability, 'batched');
-    assert.deepEqual((await store.listVolumes()).map((v) => v.name), ['alpha', 'beta']);
+    assert.deepEqual(
+      (await store.listVolumes()).map((v) => v.name),
+      ['alpha', 'beta'],
+    );
     const b = await store.volumeInfo('beta');
     assert.equal(b.size, 16 * 2 ** 40);
     assert.equal(b.compression, 'lz4');
     await store.deleteVolume('alpha');
-    assert.deepEqual((await store.listVolumes()).map((v) => v.name), ['beta']);
+    assert.deepEqual(
+      (await store.listVolumes()).map((v) => v.name),
+      ['beta'],
+    );
     await rejectsWith(store.volumeInfo('alpha'), 'VBFS_NOT_FOUND');
   });
 
@@ -125,7 +131,15 @@ describe('Store and Volume API', () => {
     await store.createVolume('v', { size: 64 * 1024, blockSize: 512 });
     const v = await store.openVolume('v', { chunkBytes: 2048, flushBytes: 1024, writeBufferBytes: 4096 });
     const model = Buffer.alloc(64 * 1024);
-    const writes: [number, number][] = [[1, 1], [511, 2], [1000, 3000], [5000, 10], [4090, 700], [0, 513], [60000, 5536]];
+    const writes: [number, number][] = [
+      [1, 1],
+      [511, 2],
+      [1000, 3000],
+      [5000, 10],
+      [4090, 700],
+      [0, 513],
+      [60000, 5536],
+    ];
     let k = 1;
     for (const [off, len] of writes) {
       const d = Buffer.alloc(len, k++);
@@ -152,7 +166,10 @@ describe('Store and Volume API', () => {
     const p3 = v.write(4100, Buffer.alloc(5, 4));
     await Promise.all([p1, p2, p3]);
     const got = await v.read(0, 8192);
-    assert.ok(got.subarray(0, 4096).every((x) => x === 3), 'the later full-block write must win');
+    assert.ok(
+      got.subarray(0, 4096).every((x) => x === 3),
+      'the later full-block write must win',
+    );
     assert.deepEqual(got.subarray(4100, 4105), Buffer.alloc(5, 4));
   });
 

@@ -33,7 +33,11 @@ interface Counter {
   resetCounts(): void;
 }
 
-async function setup(durability: Durability, onDisk = false, extra: Partial<VolumeTunables> = {}): Promise<{ vol: Volume; store: Store; io: Counter; wal: string; cleanup: () => Promise<void> }> {
+async function setup(
+  durability: Durability,
+  onDisk = false,
+  extra: Partial<VolumeTunables> = {},
+): Promise<{ vol: Volume; store: Store; io: Counter; wal: string; cleanup: () => Promise<void> }> {
   const dir = onDisk ? fs.mkdtempSync(path.join(os.tmpdir(), 'vbfs-wp-')) : '/store';
   const io = onDisk ? new CountingFileIO(new NodeFileIO()) : new SimFS();
   const store = await Store.open(dir, { fileIO: io });
@@ -145,7 +149,10 @@ describe('write path: one WAL write per batch', () => {
     const statWrites = after.walWrites - before.walWrites;
     const statSyncs = after.walSyncs - before.walSyncs;
     // Segment headers may or may not be counted by the engine: allow one per segment.
-    assert.ok(statWrites <= c.writes && statWrites >= c.writes - c.segments, `stats say ${statWrites} WAL writes, the file layer saw ${c.writes} (${c.segments} segments)`);
+    assert.ok(
+      statWrites <= c.writes && statWrites >= c.writes - c.segments,
+      `stats say ${statWrites} WAL writes, the file layer saw ${c.writes} (${c.segments} segments)`,
+    );
     assert.equal(statSyncs, c.syncs, `stats say ${statSyncs} WAL syncs, the file layer saw ${c.syncs}`);
     await cleanup();
   });

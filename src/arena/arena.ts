@@ -35,7 +35,10 @@ export class Arena {
   packedBytes = 0;
   used = 0;
 
-  constructor(readonly slotSize: number, readonly capSlots: number) {
+  constructor(
+    readonly slotSize: number,
+    readonly capSlots: number,
+  ) {
     this.perSlab = Math.max(1, Math.floor(SLAB_BYTES / slotSize));
     this.free = new Int32Array(capSlots);
     this.pinned = new Uint8Array(capSlots);

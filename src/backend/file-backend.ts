@@ -33,7 +33,10 @@ export class FileBackend implements Backend {
   private readonly generation = new Map<string, number>();
   private closed = false;
 
-  constructor(root: string, private readonly fileIO: FileIO) {
+  constructor(
+    root: string,
+    private readonly fileIO: FileIO,
+  ) {
     this.root = path.resolve(root);
   }
 

@@ -226,7 +226,10 @@ export class S3Backend implements Backend {
     let token: string | undefined;
     do {
       const page = await this.retrying(`list '${prefix}'`, prefix, (signal) =>
-        this.client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: this.prefix + prefix, ContinuationToken: token, MaxKeys: this.opts.listPageSize }), { abortSignal: signal }),
+        this.client.send(
+          new ListObjectsV2Command({ Bucket: this.bucket, Prefix: this.prefix + prefix, ContinuationToken: token, MaxKeys: this.opts.listPageSize }),
+          { abortSignal: signal },
+        ),
       );
       for (const o of page.Contents ?? []) if (o.Key !== undefined) out.push(o.Key.slice(this.prefix.length));
       token = page.IsTruncated === true ? page.NextContinuationToken : undefined;
@@ -359,7 +362,17 @@ class AttemptTimeout extends Error {
   }
 }
 
-const CONNECTION_ERRNOS = new Set(['ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDOUT', 'ECONNABORTED', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'ERR_STREAM_PREMATURE_CLOSE']);
+const CONNECTION_ERRNOS = new Set([
+  'ECONNRESET',
+  'ECONNREFUSED',
+  'EPIPE',
+  'ETIMEDOUT',
+  'ECONNABORTED',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'EAI_AGAIN',
+  'ERR_STREAM_PREMATURE_CLOSE',
+]);
 
 function retryReason(err: unknown): RetryReason | null {
   if (err instanceof AttemptTimeout) return 'timeout';

@@ -26,7 +26,11 @@ export class BlockCache {
   hits = 0;
   misses = 0;
 
-  constructor(readonly maxBytes: number, readonly blockSize: number, private readonly onEvict: (block: number) => void) {
+  constructor(
+    readonly maxBytes: number,
+    readonly blockSize: number,
+    private readonly onEvict: (block: number) => void,
+  ) {
     this.capacity = Math.max(0, Math.floor(maxBytes / blockSize));
     this.perSlab = Math.max(1, Math.floor(SLAB_BYTES / blockSize));
     this.blockOf = new Float64Array(this.capacity);

@@ -67,7 +67,9 @@ export class ChunkBuilder {
       const packed = src.packedOf(slot);
       const crc = src.recordCrc(slot);
       const o = src.offset(slot);
-      const end = packed ? encodeRecordWithCrc(buf, pos, crc, seq, block, FLAG_LZ4, bs, packed, 0, packed.length) : encodeRecordWithCrc(buf, pos, crc, seq, block, 0, bs, src.slab(slot), o, o + bs);
+      const end = packed
+        ? encodeRecordWithCrc(buf, pos, crc, seq, block, FLAG_LZ4, bs, packed, 0, packed.length)
+        : encodeRecordWithCrc(buf, pos, crc, seq, block, 0, bs, src.slab(slot), o, o + bs);
       placement.blocks[k] = block;
       placement.seqs[k] = seq;
       placement.offsets[k] = pos;

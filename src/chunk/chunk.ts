@@ -35,9 +35,14 @@ export function decodeChunkHeader(buf: Buffer, key: string, volumeId: string): {
  */
 export function verifyChunkRecord(buf: Buffer, at: number, block: number, seq: number, blockSize: number, key: string, objOff: number): number {
   const r = checkRecord(buf, at, buf.length, blockSize);
-  if (!r.ok) throw new VbfsError('VBFS_CORRUPT', `chunk object ${key}: block record at offset ${objOff} is damaged (${r.reason})`, { path: key, offset: objOff, block });
+  if (!r.ok)
+    throw new VbfsError('VBFS_CORRUPT', `chunk object ${key}: block record at offset ${objOff} is damaged (${r.reason})`, { path: key, offset: objOff, block });
   if (r.header.block !== block || r.header.seq !== seq) {
-    throw new VbfsError('VBFS_CORRUPT', `chunk object ${key}: record at offset ${objOff} holds block ${r.header.block} seq ${r.header.seq}, expected block ${block} seq ${seq}`, { path: key, offset: objOff, block });
+    throw new VbfsError(
+      'VBFS_CORRUPT',
+      `chunk object ${key}: record at offset ${objOff} holds block ${r.header.block} seq ${r.header.seq}, expected block ${block} seq ${seq}`,
+      { path: key, offset: objOff, block },
+    );
   }
   return r.header.flags;
 }

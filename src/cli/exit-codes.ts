@@ -19,7 +19,10 @@ export class UsageError extends Error {
 
 /** A failure whose exit status was decided elsewhere (e.g. by the daemon child). */
 export class ExitError extends Error {
-  constructor(message: string, readonly exitCode: number) {
+  constructor(
+    message: string,
+    readonly exitCode: number,
+  ) {
     super(message);
     this.name = 'ExitError';
   }

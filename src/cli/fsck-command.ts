@@ -25,7 +25,11 @@ export async function runFsck(ctx: CliContext, args: FsckArgs): Promise<number> 
     // Open for writing: most likely by this store's mount, which the user can name.
     const m = isVbfsError(err, 'VBFS_LOCKED') ? await readMountRecord(ctx.storeDir) : null;
     if (m && (err as VbfsError).details['pid'] === m.pid) {
-      throw new VbfsError('VBFS_LOCKED', `volume ${args.volume} is open for writing by the mount at ${m.mountpoint} (pid ${m.pid}): run 'vbfs unmount ${m.mountpoint}' first, then fsck`, (err as VbfsError).details);
+      throw new VbfsError(
+        'VBFS_LOCKED',
+        `volume ${args.volume} is open for writing by the mount at ${m.mountpoint} (pid ${m.pid}): run 'vbfs unmount ${m.mountpoint}' first, then fsck`,
+        (err as VbfsError).details,
+      );
     }
     throw err;
   } finally {
@@ -46,11 +50,14 @@ function renderReport(r: FsckReport): string[] {
   if (r.problemsOmitted > 0) out.push(`... and ${r.problemsOmitted} more problems (use --json for the counts)`);
   const amp = r.spaceAmplification === null ? '-' : r.spaceAmplification.toFixed(2);
   out.push(`volume ${r.volume} (${r.id}): ${formatSize(r.size)}, block size ${r.blockSize}`);
-  out.push(`  mapped blocks  ${r.mappedBlocks} (${formatSize(r.liveBytes)} live), ${r.walBlocks} more only in the WAL (${r.walRecords} records, ${formatSize(r.walBytes)})`);
+  out.push(
+    `  mapped blocks  ${r.mappedBlocks} (${formatSize(r.liveBytes)} live), ${r.walBlocks} more only in the WAL (${r.walRecords} records, ${formatSize(r.walBytes)})`,
+  );
   out.push(`  chunks         ${r.chunks} (${r.orphanChunks} orphan, ${formatSize(r.orphanBytes)}), ${r.checkedRecords} records checked`);
   out.push(`  stored         ${formatSize(r.storedBytes)}, space amplification ${amp}`);
   const verdict = r.clean ? 'clean' : r.errors > 0 ? `DAMAGED: ${r.errors} error(s), ${r.warnings} warning(s)` : `no damage, ${r.warnings} warning(s)`;
-  const repair = !r.repair || r.clean ? '' : r.errors > 0 ? '; changed nothing (it never repairs a damaged volume)' : `; repaired ${r.repaired}: run fsck again to confirm`;
+  const repair =
+    !r.repair || r.clean ? '' : r.errors > 0 ? '; changed nothing (it never repairs a damaged volume)' : `; repaired ${r.repaired}: run fsck again to confirm`;
   out.push(`${r.repair ? 'fsck --repair' : 'fsck'}: ${verdict}${repair}`);
   return out;
 }

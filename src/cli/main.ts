@@ -5,7 +5,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import yargs from 'yargs';
-import { DURABILITY_MODES, COMPRESSIONS, type Compression, type Durability } from '../types';
+import { DURABILITY_MODES, COMPRESSIONS, type Durability } from '../types';
 import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError, exitCodeFor } from './exit-codes';
 import { closeLogger, createCliLogger, LOG_LEVELS, type CliLogger, type LogLevel } from './logger';
 import { runFsck } from './fsck-command';
@@ -110,7 +110,14 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
     const argv = rewriteArgv(rawArgv);
     if (argv === 'fake') return EXIT_OK;
 
-    const mountOptionsFrom = (a: { o?: string[]; 'read-only'?: boolean; 'allow-other'?: boolean; 'allow-root'?: boolean; 'default-permissions'?: boolean; durability?: string }): MountFlags => {
+    const mountOptionsFrom = (a: {
+      o?: string[];
+      'read-only'?: boolean;
+      'allow-other'?: boolean;
+      'allow-root'?: boolean;
+      'default-permissions'?: boolean;
+      durability?: string;
+    }): MountFlags => {
       const fromO = parseMountOptions(a.o ?? []);
       return {
         ...fromO,
@@ -181,9 +188,7 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
         ['delete <volume>', 'rm <volume>'],
         'delete a volume and its data (refused while it is mounted)',
         (y) =>
-          y
-            .positional('volume', { type: 'string', demandOption: true })
-            .option('yes', { alias: 'y', type: 'boolean', default: false, describe: 'do not ask' }),
+          y.positional('volume', { type: 'string', demandOption: true }).option('yes', { alias: 'y', type: 'boolean', default: false, describe: 'do not ask' }),
         async (a) => {
           commandRan = true;
           status = await runDelete(context(a), { volume: a.volume, yes: a.yes });
@@ -195,7 +200,11 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
         (y) =>
           y
             .positional('volume', { type: 'string', demandOption: true })
-            .option('repair', { type: 'boolean', default: false, describe: 'cut torn WAL/map tails and delete orphan chunks (never rewrites damaged data); takes the volume lock' })
+            .option('repair', {
+              type: 'boolean',
+              default: false,
+              describe: 'cut torn WAL/map tails and delete orphan chunks (never rewrites damaged data); takes the volume lock',
+            })
             .option('json', { type: 'boolean', default: false, describe: 'print the report as one JSON object' }),
         async (a) => {
           commandRan = true;
@@ -216,7 +225,7 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
             .positional('mountpoint', { type: 'string', demandOption: true })
             .option('daemon', { alias: 'd', type: 'boolean', default: false, describe: 'run in the background; return once the mount is ready' })
             .option('read-only', { alias: 'ro', type: 'boolean', default: false })
-            .option('durability', { choices: DURABILITY_MODES, describe: 'override every volume\'s durability for this mount' })
+            .option('durability', { choices: DURABILITY_MODES, describe: "override every volume's durability for this mount" })
             .option('allow-other', {
               type: 'boolean',
               default: false,
@@ -224,9 +233,20 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
                 'let every local user open the volume files: without --default-permissions any user can read AND overwrite every volume (vbfs checks no permissions); needs user_allow_other in /etc/fuse.conf for non-root',
             })
             .option('allow-root', { type: 'boolean', default: false, describe: 'let root (only) open the volume files too' })
-            .option('default-permissions', { type: 'boolean', default: false, describe: 'kernel checks the shown modes (volumes 0644): with --allow-other, others can read but not write' })
-            .option('o', { type: 'string', array: true, describe: 'mount options: ro,allow_other,nonempty,stop_timeout=SECONDS,durability=MODE,... (see docs/cli.md)' })
-            .option('memory', { type: 'string', describe: 'memory for write buffers + read caches of all volumes together (e.g. 512M; default a quarter of RAM, 256M..1G)' })
+            .option('default-permissions', {
+              type: 'boolean',
+              default: false,
+              describe: 'kernel checks the shown modes (volumes 0644): with --allow-other, others can read but not write',
+            })
+            .option('o', {
+              type: 'string',
+              array: true,
+              describe: 'mount options: ro,allow_other,nonempty,stop_timeout=SECONDS,durability=MODE,... (see docs/cli.md)',
+            })
+            .option('memory', {
+              type: 'string',
+              describe: 'memory for write buffers + read caches of all volumes together (e.g. 512M; default a quarter of RAM, 256M..1G)',
+            })
             .option('timeout', { type: 'number', default: 120, describe: '--daemon: seconds to wait for the mount to be ready' })
             .option('stop-timeout', {
               type: 'string',
@@ -267,7 +287,12 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
         (y) =>
           y
             .positional('mountpoint', { type: 'string', demandOption: true })
-            .option('force', { alias: 'f', type: 'boolean', default: false, describe: 'unmount lazily even if busy or a loop device is attached (the loop device gets I/O errors)' })
+            .option('force', {
+              alias: 'f',
+              type: 'boolean',
+              default: false,
+              describe: 'unmount lazily even if busy or a loop device is attached (the loop device gets I/O errors)',
+            })
             .option('timeout', { type: 'number', default: 300, describe: 'seconds to wait for the mount process to close its volumes' }),
         async (a) => {
           commandRan = true;

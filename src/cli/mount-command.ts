@@ -15,16 +15,7 @@ import * as path from 'node:path';
 import { VbfsError } from '../errors';
 import { StoreMount } from '../fuse/mount';
 import { mkdirPrivate, openAppendPrivateSync } from '../io/private-mode';
-import {
-  canonicalMountpoint,
-  findMount,
-  isVbfsMount,
-  loopDevicesUnder,
-  loopRefusal,
-  statErrno,
-  storeFromMount,
-  unmountPath,
-} from '../os/mounts';
+import { canonicalMountpoint, findMount, isVbfsMount, loopDevicesUnder, loopRefusal, statErrno, storeFromMount, unmountPath } from '../os/mounts';
 import { pidAlive, sleep } from '../os/process';
 import type { CliLogger } from './logger';
 import { EXIT_FAILURE, EXIT_OK, ExitError, exitCodeFor } from './exit-codes';
@@ -161,10 +152,7 @@ export async function runMount(ctx: CliContext, args: MountArgs): Promise<number
   try {
     const running = await readMountRecord(ctx.storeDir);
     if (running && running.pid !== process.pid) {
-      throw new VbfsError(
-        'VBFS_BUSY',
-        `store ${ctx.storeDir} is already mounted at ${running.mountpoint} (pid ${running.pid}); a store can be mounted once`,
-      );
+      throw new VbfsError('VBFS_BUSY', `store ${ctx.storeDir} is already mounted at ${running.mountpoint} (pid ${running.pid}); a store can be mounted once`);
     }
     const store = await openStore(ctx.storeDir, log, args.memoryBytes);
     let m: StoreMount;
@@ -246,8 +234,7 @@ function binPath(): string {
 async function startDaemon(ctx: CliContext, args: MountArgs): Promise<number> {
   // A read-only store (mounted --read-only) has no room for the log: use the run directory.
   const logFile =
-    ctx.logFile ??
-    ((await writable(ctx.storeDir)) ? path.join(ctx.storeDir, 'mount.log') : runRecordPath(args.mountpoint).replace(/\.json$/, '.log'));
+    ctx.logFile ?? ((await writable(ctx.storeDir)) ? path.join(ctx.storeDir, 'mount.log') : runRecordPath(args.mountpoint).replace(/\.json$/, '.log'));
   await mkdirPrivate(path.dirname(logFile));
   const childArgs = [binPath(), 'mount', args.mountpoint, '--store', ctx.storeDir, '--log-file', logFile, '--log-level', ctx.logLevel];
   childArgs.push('--stop-timeout', String(args.stopTimeoutSeconds ?? DEFAULT_STOP_TIMEOUT_SECONDS));

@@ -33,15 +33,44 @@ export function parseStopTimeout(value: string | number, what: string): number {
 
 /** Options mount(8)/fstab pass that mean nothing to a FUSE store: accepted and ignored. */
 const IGNORED = new Set([
-  'rw', 'defaults', 'auto', 'noauto', 'user', 'nouser', 'users', 'owner', 'group', '_netdev', 'nofail',
-  'dev', 'nodev', 'suid', 'nosuid', 'exec', 'noexec', 'atime', 'noatime', 'relatime', 'norelatime',
-  'strictatime', 'diratime', 'nodiratime', 'async', 'lazytime', 'nolazytime', 'loud', 'silent',
+  'rw',
+  'defaults',
+  'auto',
+  'noauto',
+  'user',
+  'nouser',
+  'users',
+  'owner',
+  'group',
+  '_netdev',
+  'nofail',
+  'dev',
+  'nodev',
+  'suid',
+  'nosuid',
+  'exec',
+  'noexec',
+  'atime',
+  'noatime',
+  'relatime',
+  'norelatime',
+  'strictatime',
+  'diratime',
+  'nodiratime',
+  'async',
+  'lazytime',
+  'nolazytime',
+  'loud',
+  'silent',
   'big_writes', // always on
 ]);
 
 export function parseMountOptions(list: string[], sloppy = false): MountFlags {
   const flags: MountFlags = {};
-  for (const opt of list.flatMap((s) => s.split(',')).map((s) => s.trim()).filter(Boolean)) {
+  for (const opt of list
+    .flatMap((s) => s.split(','))
+    .map((s) => s.trim())
+    .filter(Boolean)) {
     const eq = opt.indexOf('=');
     const key = eq < 0 ? opt : opt.slice(0, eq);
     const value = eq < 0 ? '' : opt.slice(eq + 1);

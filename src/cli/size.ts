@@ -14,7 +14,12 @@ export function parseSize(text: string, what = 'size'): number {
 }
 
 export function formatSize(bytes: number): string {
-  for (const [unit, mult] of [['T', 2 ** 40], ['G', 2 ** 30], ['M', 2 ** 20], ['K', 2 ** 10]] as const) {
+  for (const [unit, mult] of [
+    ['T', 2 ** 40],
+    ['G', 2 ** 30],
+    ['M', 2 ** 20],
+    ['K', 2 ** 10],
+  ] as const) {
     if (bytes >= mult) {
       const v = bytes / mult;
       return `${Number.isInteger(v) ? v : v.toFixed(1)}${unit}iB`;

@@ -40,9 +40,7 @@ export async function runCreate(ctx: CliContext, args: CreateArgs): Promise<numb
   if (blockSize === undefined && size % 4096 !== 0) {
     throw new UsageError(`size ${size} is not a multiple of the block size 4096`);
   }
-  const info = await withStore(ctx, (s) =>
-    s.createVolume(args.volume, { size, blockSize, durability: args.durability, compression: args.compression }),
-  );
+  const info = await withStore(ctx, (s) => s.createVolume(args.volume, { size, blockSize, durability: args.durability, compression: args.compression }));
   ctx.out(`created volume ${info.name}: ${formatSize(info.size)}, block size ${info.blockSize}, ${info.durability}, compression ${info.compression}`);
   const mounted = await readMountRecord(ctx.storeDir);
   if (mounted) {
@@ -90,7 +88,13 @@ export async function runList(ctx: CliContext, args: { json: boolean }): Promise
     ),
   );
   const widths = table[0]!.map((_, i) => Math.max(...table.map((row) => row[i]!.length)));
-  for (const row of table) ctx.out(row.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd());
+  for (const row of table)
+    ctx.out(
+      row
+        .map((c, i) => c.padEnd(widths[i]!))
+        .join('  ')
+        .trimEnd(),
+    );
   return EXIT_OK;
 }
 

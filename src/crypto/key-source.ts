@@ -48,7 +48,10 @@ async function readKeyFile(file: string): Promise<KeyMaterial> {
     const fh = await fsp.open(file, 'r');
     try {
       const size = (await fh.stat()).size;
-      if (size > MAX_KEY_FILE) throw new VbfsError('VBFS_INVALID_ARGUMENT', `key file ${file} is ${size} bytes: a key is 32 bytes and a passphrase at most ${MAX_KEY_FILE}`, { path: file });
+      if (size > MAX_KEY_FILE)
+        throw new VbfsError('VBFS_INVALID_ARGUMENT', `key file ${file} is ${size} bytes: a key is 32 bytes and a passphrase at most ${MAX_KEY_FILE}`, {
+          path: file,
+        });
       bytes = Buffer.alloc(size);
       const { bytesRead } = await fh.read(bytes, 0, size, 0);
       bytes = bytes.subarray(0, bytesRead);
@@ -68,7 +71,8 @@ async function readKeyFile(file: string): Promise<KeyMaterial> {
 function readKeyEnv(name: string, env: NodeJS.ProcessEnv): KeyMaterial {
   if (!ENV_NAME_RE.test(name)) throw new VbfsError('VBFS_INVALID_ARGUMENT', `invalid environment variable name ${JSON.stringify(name)}`);
   const value = env[name];
-  if (value === undefined || value === '') throw new VbfsError('VBFS_INVALID_ARGUMENT', `environment variable ${name} (the key) is not set or empty`, { env: name });
+  if (value === undefined || value === '')
+    throw new VbfsError('VBFS_INVALID_ARGUMENT', `environment variable ${name} (the key) is not set or empty`, { env: name });
   return { source: `$${name}`, bytes: Buffer.from(value, 'utf8') };
 }
 

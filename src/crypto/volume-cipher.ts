@@ -128,7 +128,10 @@ export class VolumeCipher {
     let master: Buffer;
     if (meta.kdf === 'none') {
       const raw = rawKeyOf(material);
-      if (!raw) throw new VbfsError('VBFS_BAD_KEY', `volume ${volumeId} was created with a raw 32-byte key, and ${material.source} does not hold one`, { volume: volumeId });
+      if (!raw)
+        throw new VbfsError('VBFS_BAD_KEY', `volume ${volumeId} was created with a raw 32-byte key, and ${material.source} does not hold one`, {
+          volume: volumeId,
+        });
       master = raw;
     } else {
       const s = meta.scrypt!;
@@ -206,7 +209,11 @@ export function checkEncryptionMeta(v: unknown, where: string): EncryptionMeta {
   if (typeof v !== 'object' || v === null) throw bad('are missing or not an object');
   const m = v as Record<string, unknown>;
   if (m['version'] !== ENCRYPTION_VERSION || m['cipher'] !== CIPHER) {
-    throw new VbfsError('VBFS_UNSUPPORTED_VERSION', `${where}: encryption ${String(m['cipher'])} version ${String(m['version'])} is not supported (this build knows ${CIPHER} version ${ENCRYPTION_VERSION})`, { path: where });
+    throw new VbfsError(
+      'VBFS_UNSUPPORTED_VERSION',
+      `${where}: encryption ${String(m['cipher'])} version ${String(m['version'])} is not supported (this build knows ${CIPHER} version ${ENCRYPTION_VERSION})`,
+      { path: where },
+    );
   }
   if (typeof m['keyCheck'] !== 'string' || !/^[0-9a-f]{64}$/.test(m['keyCheck'])) throw bad('have no valid key check value');
   if (m['kdf'] === 'none') return { version: ENCRYPTION_VERSION, cipher: CIPHER, kdf: 'none', keyCheck: m['keyCheck'] };
@@ -227,7 +234,10 @@ function checkScrypt(p: ScryptParams, what: string): ScryptParams {
   const { N, r, p: par } = p;
   const pow2 = Number.isInteger(N) && N >= 2 ** 10 && N <= 2 ** 20 && (N & (N - 1)) === 0;
   if (!pow2 || !Number.isInteger(r) || r < 1 || r > 32 || !Number.isInteger(par) || par < 1 || par > 16 || 128 * N * r > 1024 ** 3) {
-    throw new VbfsError('VBFS_INVALID_ARGUMENT', `${what} out of range: N a power of two from 2^10 to 2^20, r 1..32, p 1..16, 128*N*r at most 1 GiB (got N=${N}, r=${r}, p=${par})`);
+    throw new VbfsError(
+      'VBFS_INVALID_ARGUMENT',
+      `${what} out of range: N a power of two from 2^10 to 2^20, r 1..32, p 1..16, 128*N*r at most 1 GiB (got N=${N}, r=${r}, p=${par})`,
+    );
   }
   return { N, r, p: par };
 }
@@ -238,7 +248,7 @@ async function stretch(material: KeyMaterial, p: ScryptParams, salt: Buffer): Pr
   try {
     return await new Promise<Buffer>((resolve, reject) =>
       scrypt(pass, salt, KEY_BYTES, { N: p.N, r: p.r, p: p.p, maxmem: 256 * p.N * p.r + 1024 * 1024 }, (err, key) =>
-        err ? reject(new VbfsError('VBFS_IO', `scrypt failed (${(err as NodeJS.ErrnoException).code ?? "error"})`)) : resolve(key),
+        err ? reject(new VbfsError('VBFS_IO', `scrypt failed (${(err as NodeJS.ErrnoException).code ?? 'error'})`)) : resolve(key),
       ),
     );
   } finally {

@@ -104,9 +104,7 @@ export function encodeRecordWithCrc(
   return off + RECORD_HEADER + len;
 }
 
-export type RecordCheck =
-  | { ok: true; header: RecordHeader; end: number }
-  | { ok: false; reason: 'short' | 'zero' | 'bad-length' | 'bad-crc' };
+export type RecordCheck = { ok: true; header: RecordHeader; end: number } | { ok: false; reason: 'short' | 'zero' | 'bad-length' | 'bad-crc' };
 
 /**
  * Check the record at `off`. `maxLen` bounds the payload (the raw block size), so a

@@ -20,9 +20,7 @@ export function encodeFrame(payload: Uint8Array): Buffer {
   return out;
 }
 
-export type FrameCheck =
-  | { ok: true; payload: Buffer; end: number }
-  | { ok: false; reason: 'short' | 'zero' | 'bad-length' | 'bad-crc' };
+export type FrameCheck = { ok: true; payload: Buffer; end: number } | { ok: false; reason: 'short' | 'zero' | 'bad-length' | 'bad-crc' };
 
 export function checkFrame(buf: Buffer, off: number): FrameCheck {
   const limit = buf.length;

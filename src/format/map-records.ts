@@ -146,7 +146,16 @@ export function allocPlacement(chunkId: number, count: number): ChunkPlacement {
 export function encodeCommit(pl: ChunkPlacement): Buffer {
   const p = allocCommit(pl.chunkId, pl.count);
   for (let k = 0; k < pl.count; k++) {
-    writeLocation(p, commitEntryOffset(k), pl.blocks[k] as number, pl.seqs[k] as number, pl.chunkId, pl.offsets[k] as number, pl.lens[k] as number, pl.flags[k] as number);
+    writeLocation(
+      p,
+      commitEntryOffset(k),
+      pl.blocks[k] as number,
+      pl.seqs[k] as number,
+      pl.chunkId,
+      pl.offsets[k] as number,
+      pl.lens[k] as number,
+      pl.flags[k] as number,
+    );
   }
   return p;
 }
@@ -250,7 +259,17 @@ export interface Extent {
   flags: number;
 }
 
-export function writeExtent(p: Uint8Array, off: number, block: number, count: number, seq: number, chunkId: number, offset: number, len: number, flags: number): void {
+export function writeExtent(
+  p: Uint8Array,
+  off: number,
+  block: number,
+  count: number,
+  seq: number,
+  chunkId: number,
+  offset: number,
+  len: number,
+  flags: number,
+): void {
   writeU64(p, off, block);
   writeU64(p, off + 8, seq);
   writeU32(p, off + 16, chunkId);
@@ -307,7 +326,17 @@ export function encodeExtentCommit(pl: ChunkPlacement): Buffer {
   writeU32(p, 12, pl.count);
   let i = 0;
   forEachPlacementRun(pl, (k, n) => {
-    writeExtent(p, extentCommitEntryOffset(i++), pl.blocks[k] as number, n, pl.seqs[k] as number, pl.chunkId, pl.offsets[k] as number, pl.lens[k] as number, pl.flags[k] as number);
+    writeExtent(
+      p,
+      extentCommitEntryOffset(i++),
+      pl.blocks[k] as number,
+      n,
+      pl.seqs[k] as number,
+      pl.chunkId,
+      pl.offsets[k] as number,
+      pl.lens[k] as number,
+      pl.flags[k] as number,
+    );
   });
   return p;
 }

@@ -31,7 +31,11 @@ export function decodeVolumeMeta(buf: Buffer, path: string): VolumeInfo {
     throw new VbfsError('VBFS_CORRUPT', `${path}: not valid JSON`, { path });
   }
   if (!READABLE_VOLUME_VERSIONS.includes(v.formatVersion as number)) {
-    throw new VbfsError('VBFS_UNSUPPORTED_VERSION', `${path}: format version ${String(v.formatVersion)} is not supported (this build reads ${READABLE_VOLUME_VERSIONS.join(' and ')})`, { path });
+    throw new VbfsError(
+      'VBFS_UNSUPPORTED_VERSION',
+      `${path}: format version ${String(v.formatVersion)} is not supported (this build reads ${READABLE_VOLUME_VERSIONS.join(' and ')})`,
+      { path },
+    );
   }
   const bad = (what: string): VbfsError => new VbfsError('VBFS_CORRUPT', `${path}: invalid volume metadata (${what})`, { path });
   if (typeof v.name !== 'string') throw bad('name is not a string');

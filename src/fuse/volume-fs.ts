@@ -376,7 +376,13 @@ export class VolumeFs {
       },
 
       statfs: (path, cb) => {
-        this.call('statfs', path, cb, () => this.statfs(), (s, answer) => answer(0, s));
+        this.call(
+          'statfs',
+          path,
+          cb,
+          () => this.statfs(),
+          (s, answer) => answer(0, s),
+        );
       },
 
       open: (path, flags, cb) => {
@@ -475,7 +481,13 @@ export class VolumeFs {
         if (!h) return cb(errno.EBADF);
         if (h.kind === 'stats') return cb(0);
         const vol = h.entry.vol;
-        this.call('fsync', path, cb, () => vol.fsync(), (_v, answer) => answer(0));
+        this.call(
+          'fsync',
+          path,
+          cb,
+          () => vol.fsync(),
+          (_v, answer) => answer(0),
+        );
       },
 
       truncate: (path, size, cb) => this.truncate(path, size, cb),
@@ -636,9 +648,5 @@ export class VolumeFs {
 
 /** An error that says the volume's own data is broken (not the store, the disk or a lock). */
 function isDamage(err: unknown): boolean {
-  return (
-    isVbfsError(err, 'VBFS_CORRUPT') ||
-    isVbfsError(err, 'VBFS_UNSUPPORTED_VERSION') ||
-    (isVbfsError(err, 'VBFS_IO') && err.details['errno'] === 'EIO')
-  );
+  return isVbfsError(err, 'VBFS_CORRUPT') || isVbfsError(err, 'VBFS_UNSUPPORTED_VERSION') || (isVbfsError(err, 'VBFS_IO') && err.details['errno'] === 'EIO');
 }

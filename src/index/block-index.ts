@@ -208,7 +208,13 @@ export class BlockIndex {
   /** Persisted location, or null if the block has never reached a chunk. Allocates: not for per-block hot loops. */
   location(block: number): PersistedLocation | null {
     if (!this.lookup(block)) return null;
-    return { chunk: this.persistedChunk(block), off: this.persistedOff(block), len: this.persistedLen(block), flags: this.persistedFlags(block), seq: this.persistedSeq(block) };
+    return {
+      chunk: this.persistedChunk(block),
+      off: this.persistedOff(block),
+      len: this.persistedLen(block),
+      flags: this.persistedFlags(block),
+      seq: this.persistedSeq(block),
+    };
   }
 
   /** The leaf words holding the block's extent (at word pe * STRIDE), or null. */
@@ -266,7 +272,7 @@ export class BlockIndex {
     const lo = b - this.phi * TWO32;
     if (lo >= (w[j] as number) && lo < (w[j] as number) + run(w, j)) return true; // same extent
     const chunk = w[j + 1] as number;
-    const end = (w[j + 2] as number) + ((a - this.phi * TWO32 - (w[j] as number)) + 1) * (this.recordHeader + lenOf(w, j));
+    const end = (w[j + 2] as number) + (a - this.phi * TWO32 - (w[j] as number) + 1) * (this.recordHeader + lenOf(w, j));
     return this.lookup(b) && this.persistedChunk(b) === chunk && this.persistedOff(b) === end;
   }
 
@@ -401,7 +407,14 @@ export class BlockIndex {
 
   /** Bytes this index holds (leaves with their headers, the three hash tables). */
   get memoryBytes(): number {
-    return this.leafBytes + this.leafCount * (LEAF_OVERHEAD + 8) + this.buckets.size * 64 + this.hot.memoryBytes + this.cached.memoryBytes + this.chunkRefs.memoryBytes;
+    return (
+      this.leafBytes +
+      this.leafCount * (LEAF_OVERHEAD + 8) +
+      this.buckets.size * 64 +
+      this.hot.memoryBytes +
+      this.cached.memoryBytes +
+      this.chunkRefs.memoryBytes
+    );
   }
 
   // ------------------------------------------------------------- the extent tree
@@ -567,7 +580,11 @@ export class BlockIndex {
         if (next) {
           const nj = ne * STRIDE;
           const na = next.a;
-          if (na[nj] === lo + 1 && n + run(na, nj) <= MAX_RUN && this.follows(a, j, lo + 1, seqOf(na, nj), na[nj + 1] as number, na[nj + 2] as number, lenOf(na, nj), flagsOf(na, nj))) {
+          if (
+            na[nj] === lo + 1 &&
+            n + run(na, nj) <= MAX_RUN &&
+            this.follows(a, j, lo + 1, seqOf(na, nj), na[nj + 1] as number, na[nj + 2] as number, lenOf(na, nj), flagsOf(na, nj))
+          ) {
             a[j + 3] = (len | ((n + run(na, nj) - 1) << LEN_BITS)) >>> 0;
             this.removeExtent(b, nl, ne);
           }
@@ -582,7 +599,15 @@ export class BlockIndex {
       const na = next.a;
       const nj = ne * STRIDE;
       const n = run(na, nj);
-      if (na[nj] === lo + 1 && n < MAX_RUN && na[nj + 1] === chunk && lenOf(na, nj) === len && flagsOf(na, nj) === flags && seqOf(na, nj) === seq + 1 && na[nj + 2] === off + this.recordHeader + len) {
+      if (
+        na[nj] === lo + 1 &&
+        n < MAX_RUN &&
+        na[nj + 1] === chunk &&
+        lenOf(na, nj) === len &&
+        flagsOf(na, nj) === flags &&
+        seqOf(na, nj) === seq + 1 &&
+        na[nj + 2] === off + this.recordHeader + len
+      ) {
         this.write(na, nj, lo, chunk, off, len, n + 1, seq, flags);
         return;
       }

@@ -151,7 +151,10 @@ export class MapStore {
   private applyExtent(index: BlockIndex, e: Extent, out: MapLoad, path: string, frameOff: number): number {
     const lastSeq = e.seq + e.count - 1;
     if (e.count < 1 || e.block + e.count > index.blockCount || e.seq === 0 || lastSeq >= 2 ** 53 || e.chunkId === 0 || e.len > MAX_LEN || e.flags > 0xff) {
-      throw new VbfsError('VBFS_CORRUPT', `${path}: location entry in frame at offset ${frameOff} is out of range (block ${e.block})`, { path, offset: frameOff });
+      throw new VbfsError('VBFS_CORRUPT', `${path}: location entry in frame at offset ${frameOff} is out of range (block ${e.block})`, {
+        path,
+        offset: frameOff,
+      });
     }
     const stride = RECORD_STRIDE + e.len;
     for (let k = 0; k < e.count; k++) index.setPersisted(e.block + k, e.seq + k, e.chunkId, e.offset + k * stride, e.len, e.flags);
@@ -170,7 +173,6 @@ export class MapStore {
    * when no valid frame follows).
    */
   private async replayLog(buf: Buffer, path: string, n: number, isLast: boolean, readOnly: boolean, index: BlockIndex, out: MapLoad): Promise<void> {
-    let off = 0;
     const first = checkFrame(buf, 0);
     const h = first.ok ? decodeMapLogHeader(first.payload) : null;
     if (!first.ok || !h) {
@@ -186,7 +188,7 @@ export class MapStore {
     }
     const markers = h.version >= 2;
     let proven = first.end; // the header is fdatasync'ed before any commit
-    off = first.end;
+    let off = first.end;
     while (off < buf.length) {
       const f = checkFrame(buf, off);
       if (f.ok) {
@@ -203,10 +205,15 @@ export class MapStore {
           let blocks = 0;
           for (let i = 0; i < x.extents; i++) {
             const e = readExtent(f.payload, extentCommitEntryOffset(i));
-            if (e.chunkId !== x.chunkId) throw new VbfsError('VBFS_CORRUPT', `map log ${path}: extent of another chunk in the commit at offset ${off}`, { path, offset: off });
+            if (e.chunkId !== x.chunkId)
+              throw new VbfsError('VBFS_CORRUPT', `map log ${path}: extent of another chunk in the commit at offset ${off}`, { path, offset: off });
             blocks += this.applyExtent(index, e, out, path, off);
           }
-          if (blocks !== x.blocks) throw new VbfsError('VBFS_CORRUPT', `map log ${path}: commit at offset ${off} counts ${x.blocks} blocks but holds ${blocks}`, { path, offset: off });
+          if (blocks !== x.blocks)
+            throw new VbfsError('VBFS_CORRUPT', `map log ${path}: commit at offset ${off} counts ${x.blocks} blocks but holds ${blocks}`, {
+              path,
+              offset: off,
+            });
           if (x.chunkId >= out.nextChunkId) out.nextChunkId = x.chunkId + 1;
         } else {
           const c = decodeCommit(f.payload);
@@ -217,17 +224,30 @@ export class MapStore {
         off = f.end;
         continue;
       }
-      if (!isLast) throw new VbfsError('VBFS_CORRUPT', `map log ${path} is damaged at offset ${off} (${f.reason}) in a segment that is not the newest`, { path, offset: off });
+      if (!isLast)
+        throw new VbfsError('VBFS_CORRUPT', `map log ${path} is damaged at offset ${off} (${f.reason}) in a segment that is not the newest`, {
+          path,
+          offset: off,
+        });
       if (markers) {
         const claim = maxSyncClaimAfter(buf, off);
         if (claim > proven) proven = claim;
         if (off < proven) {
-          throw new VbfsError('VBFS_CORRUPT', `map log ${path} is damaged at offset ${off} (${f.reason}) before offset ${proven}, which a completed fdatasync covered`, { path, offset: off });
+          throw new VbfsError(
+            'VBFS_CORRUPT',
+            `map log ${path} is damaged at offset ${off} (${f.reason}) before offset ${proven}, which a completed fdatasync covered`,
+            { path, offset: off },
+          );
         }
       } else if (anyFrameAfter(buf, off)) {
         throw new VbfsError('VBFS_CORRUPT', `map log ${path} is damaged at offset ${off} (${f.reason}) and is not a torn tail`, { path, offset: off });
       }
-      this.logger.warn('cutting torn map log tail (a commit write that never completed its fdatasync)', { file: path, offset: off, bytes: buf.length - off, provenSynced: proven });
+      this.logger.warn('cutting torn map log tail (a commit write that never completed its fdatasync)', {
+        file: path,
+        offset: off,
+        bytes: buf.length - off,
+        provenSynced: proven,
+      });
       if (!readOnly) {
         const fd = await this.fileIO.open(path, 'r+');
         await fd.truncate(off);

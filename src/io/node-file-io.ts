@@ -8,7 +8,10 @@ import { createdDirs, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE } from './private-mode
 const FLAGS: Record<OpenMode, string> = { r: 'r', 'r+': 'r+', wx: 'wx+', 'w+': 'w+' };
 
 class NodeFileHandle implements FileHandle {
-  constructor(readonly path: string, private readonly fd: number) {}
+  constructor(
+    readonly path: string,
+    private readonly fd: number,
+  ) {}
 
   write(buf: Uint8Array, position: number): Promise<void> {
     return new Promise((resolve, reject) => {
@@ -58,9 +61,7 @@ class NodeFileHandle implements FileHandle {
   }
 
   sync(): Promise<void> {
-    return new Promise((resolve, reject) =>
-      fs.fsync(this.fd, (err) => (err ? reject(ioError(`fsync ${this.path}`, err, { path: this.path })) : resolve())),
-    );
+    return new Promise((resolve, reject) => fs.fsync(this.fd, (err) => (err ? reject(ioError(`fsync ${this.path}`, err, { path: this.path })) : resolve())));
   }
 
   truncate(length: number): Promise<void> {
@@ -76,9 +77,7 @@ class NodeFileHandle implements FileHandle {
   }
 
   close(): Promise<void> {
-    return new Promise((resolve, reject) =>
-      fs.close(this.fd, (err) => (err ? reject(ioError(`close ${this.path}`, err, { path: this.path })) : resolve())),
-    );
+    return new Promise((resolve, reject) => fs.close(this.fd, (err) => (err ? reject(ioError(`close ${this.path}`, err, { path: this.path })) : resolve())));
   }
 }
 
@@ -88,13 +87,9 @@ export class NodeFileIO implements FileIO {
     try {
       // Created 0600 in the open itself (private from the first instant), then set
       // to exactly 0600 whatever the umask (see private-mode.ts).
-      const fd = await new Promise<number>((resolve, reject) =>
-        fs.open(path, FLAGS[mode], PRIVATE_FILE_MODE, (err, fd) => (err ? reject(err) : resolve(fd))),
-      );
+      const fd = await new Promise<number>((resolve, reject) => fs.open(path, FLAGS[mode], PRIVATE_FILE_MODE, (err, fd) => (err ? reject(err) : resolve(fd))));
       if (mode === 'wx' || mode === 'w+') {
-        await new Promise<void>((resolve, reject) =>
-          fs.fchmod(fd, PRIVATE_FILE_MODE, (err) => (err ? fs.close(fd, () => reject(err)) : resolve())),
-        );
+        await new Promise<void>((resolve, reject) => fs.fchmod(fd, PRIVATE_FILE_MODE, (err) => (err ? fs.close(fd, () => reject(err)) : resolve())));
       }
       return new NodeFileHandle(path, fd);
     } catch (err) {

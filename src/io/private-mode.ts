@@ -109,8 +109,7 @@ export async function findExposed(fileIO: FileIO, root: string, opts: FindExpose
   const scopes = (opts.scopes ?? ['']).map((s) => s.replace(/^\/+|\/+$/g, ''));
   const limit = opts.limit ?? 10;
   const report: ExposureReport = { entries: [], count: 0 };
-  const wanted = (rel: string): boolean =>
-    scopes.some((s) => s === '' || rel === s || s.startsWith(`${rel}/`) || rel.startsWith(`${s}/`));
+  const wanted = (rel: string): boolean => scopes.some((s) => s === '' || rel === s || s.startsWith(`${rel}/`) || rel.startsWith(`${s}/`));
 
   // `reach`: the classes (GROUP and/or OTHER bits) that can get down to this entry.
   const visit = async (abs: string, rel: string, reach: number, depth: number): Promise<boolean> => {

@@ -167,11 +167,10 @@ export async function unmountPath(mountpoint: string, opts: { lazy?: boolean } =
     if (r.ok || (await findMount(mountpoint)) === null) return;
     failures.push(`${cmd}: ${r.out}`);
     if (/busy/i.test(r.out)) {
-      throw new VbfsError(
-        'VBFS_BUSY',
-        `${mountpoint} is busy: a process still has a volume file open (see 'fuser -vm ${mountpoint}')`,
-        { mountpoint, output: r.out },
-      );
+      throw new VbfsError('VBFS_BUSY', `${mountpoint} is busy: a process still has a volume file open (see 'fuser -vm ${mountpoint}')`, {
+        mountpoint,
+        output: r.out,
+      });
     }
   }
   if ((await findMount(mountpoint)) === null) return;
@@ -217,8 +216,6 @@ export function canonicalMountpoint(p: string): string {
   }
   return abs;
 }
-
-
 
 /** errno of stat(mountpoint): 'ENOTCONN' is the mark of a mount whose process died. */
 export async function statErrno(p: string): Promise<string | null> {

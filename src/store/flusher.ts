@@ -290,7 +290,8 @@ export class Flusher implements FlushControl {
       const pl = c.placement;
       for (let k = 0; k < c.slots.length; k++) {
         const slot = c.slots[k] as number;
-        if (index.setPersisted(pl.blocks[k] as number, pl.seqs[k] as number, c.id, pl.offsets[k] as number, pl.lens[k] as number, pl.flags[k] as number, slot)) arena.release(slot);
+        if (index.setPersisted(pl.blocks[k] as number, pl.seqs[k] as number, c.id, pl.offsets[k] as number, pl.lens[k] as number, pl.flags[k] as number, slot))
+          arena.release(slot);
       }
       counters.chunkFlushes++;
       counters.flushedBytes += c.buf.length;
@@ -305,7 +306,9 @@ export class Flusher implements FlushControl {
     const dead = this.deadChunks;
     this.deadChunks = [];
     for (const id of dead) {
-      core.ctx.backend.delete(chunkKey(core.info.id, id)).catch((err) => core.ctx.logger.warn('could not delete unused chunk', { chunk: id, error: String(err) }));
+      core.ctx.backend
+        .delete(chunkKey(core.info.id, id))
+        .catch((err) => core.ctx.logger.warn('could not delete unused chunk', { chunk: id, error: String(err) }));
     }
   }
 

@@ -161,7 +161,8 @@ export async function fsckVolume(ctx: FsckContext, opts: FsckOptions = {}): Prom
     const report = await new Fsck(ctx, repair, opts).run();
     // A read-only check raced a writer that opened the volume meanwhile: what it
     // read may be a mix of before and after, so it proves nothing.
-    if (!repair) await refuseIfOpen(fileIO, lockPath, info.name, 'it was opened while fsck ran, so the result is not reliable: run fsck again once it is closed');
+    if (!repair)
+      await refuseIfOpen(fileIO, lockPath, info.name, 'it was opened while fsck ran, so the result is not reliable: run fsck again once it is closed');
     return report;
   } finally {
     await lock?.release();
@@ -171,7 +172,10 @@ export async function fsckVolume(ctx: FsckContext, opts: FsckOptions = {}): Prom
 async function refuseIfOpen(fileIO: FileIO, lockPath: string, name: string, why: string): Promise<void> {
   const holder = await readLock(fileIO, lockPath);
   if (holder && isLockHeld(fileIO, holder, lockPath)) {
-    throw new VbfsError('VBFS_LOCKED', `volume '${name}' is open for writing by process ${holder.pid} on ${holder.host}: ${why}`, { path: lockPath, pid: holder.pid });
+    throw new VbfsError('VBFS_LOCKED', `volume '${name}' is open for writing by process ${holder.pid} on ${holder.host}: ${why}`, {
+      path: lockPath,
+      pid: holder.pid,
+    });
   }
 }
 
@@ -190,7 +194,11 @@ class Fsck {
   private readonly orphans: string[] = [];
   private accessWarnings = 0;
 
-  constructor(private readonly ctx: FsckContext, private readonly repair: boolean, opts: FsckOptions) {
+  constructor(
+    private readonly ctx: FsckContext,
+    private readonly repair: boolean,
+    opts: FsckOptions,
+  ) {
     const { info } = ctx;
     this.bs = info.blockSize;
     this.blockCount = info.size / info.blockSize;
@@ -331,7 +339,7 @@ class Fsck {
       if (!first.ok || !h) return;
       firstSeg = h.mapSegment;
       nextChunk = h.nextChunkId;
-      for (let off = first.end; ; ) {
+      for (let off = first.end; ;) {
         const f = checkFrame(buf, off);
         if (!f.ok) break;
         // Version 1: one location per block ('E'); version 2: extents ('R'), checked by their last seq.
@@ -380,7 +388,7 @@ class Fsck {
       const first = checkFrame(buf, 0);
       const lh = first.ok ? decodeMapLogHeader(first.payload) : null;
       if (!first.ok || !lh) continue;
-      for (let off = first.end; off < buf.length; ) {
+      for (let off = first.end; off < buf.length;) {
         const f = checkFrame(buf, off);
         if (f.ok && decodeSyncFrame(f.payload) !== null) {
           off = f.end; // a sync frame (map log version 2): load() checks its claim
@@ -390,7 +398,8 @@ class Fsck {
         const x = f.ok && lh.version >= 3 ? decodeExtentCommit(f.payload) : null;
         const c = !f.ok ? null : x ? { chunkId: x.chunkId, count: x.extents } : lh.version < 3 ? decodeCommit(f.payload) : null;
         if (!f.ok || !c) break;
-        const entryAt = (i: number): { block: number; chunkId: number } => (x ? readExtent(f.payload, extentCommitEntryOffset(i)) : readLocation(f.payload, commitEntryOffset(i)));
+        const entryAt = (i: number): { block: number; chunkId: number } =>
+          x ? readExtent(f.payload, extentCommitEntryOffset(i)) : readLocation(f.payload, commitEntryOffset(i));
         const why =
           c.chunkId <= lastChunk
             ? `commits chunk ${c.chunkId} after chunk ${lastChunk} (chunk ids only grow${lastChunk === nextChunk - 1 ? `; the checkpoint's next chunk id is ${nextChunk}` : ''})`
@@ -426,7 +435,12 @@ class Fsck {
     try {
       // Its cut warnings go to debug: the cuts come back in the result.
       const base = this.ctx.logger;
-      const quiet: Logger = { error: (m, meta) => base.error(m, meta), warn: (m, meta) => base.debug(m, meta), info: (m, meta) => base.debug(m, meta), debug: (m, meta) => base.debug(m, meta) };
+      const quiet: Logger = {
+        error: (m, meta) => base.error(m, meta),
+        warn: (m, meta) => base.debug(m, meta),
+        info: (m, meta) => base.debug(m, meta),
+        debug: (m, meta) => base.debug(m, meta),
+      };
       const replay = await replayWal(fileIO, walDir, info.id, this.bs, true, quiet, (h) => {
         if (h.block >= this.blockCount) {
           if (beyond++ === 0) firstBeyond = h.block;
@@ -447,7 +461,13 @@ class Fsck {
     }
     if (beyond > 0) {
       // Volume.open refuses these; replayWal itself does not know the volume size.
-      this.add({ kind: 'wal', severity: 'error', object: walDir, offset: null, message: `${beyond} WAL record(s) for blocks beyond the end of the volume (first: block ${firstBeyond})` });
+      this.add({
+        kind: 'wal',
+        severity: 'error',
+        object: walDir,
+        offset: null,
+        message: `${beyond} WAL record(s) for blocks beyond the end of the volume (first: block ${firstBeyond})`,
+      });
     }
     this.r.walBlocks = this.walSeq.size;
     this.progress({ phase: 'wal', done: 1, total: 1 });
@@ -513,7 +533,7 @@ class Fsck {
     const bs = this.bs;
     let newest = 0;
     let example = '';
-    for (let off = SEGMENT_HEADER; off < buf.length; ) {
+    for (let off = SEGMENT_HEADER; off < buf.length;) {
       const c = checkRecord(buf, off, buf.length, bs);
       if (!c.ok) break; // a damaged record in a redundant object harms nothing; stop here
       const { block, seq } = c.header;
@@ -551,7 +571,12 @@ class Fsck {
     const steps = 3 + this.orphans.length;
     let done = 0;
     this.progress({ phase: 'repair', done: done++, total: steps });
-    const quiet: Logger = { error: (m, meta) => logger.error(m, meta), warn: (m, meta) => logger.info(m, meta), info: (m, meta) => logger.debug(m, meta), debug: (m, meta) => logger.debug(m, meta) };
+    const quiet: Logger = {
+      error: (m, meta) => logger.error(m, meta),
+      warn: (m, meta) => logger.info(m, meta),
+      info: (m, meta) => logger.debug(m, meta),
+      debug: (m, meta) => logger.debug(m, meta),
+    };
     const map = new MapStore(fileIO, `${dir}/map`, info.id, quiet, () => undefined);
     try {
       await map.load(new BlockIndex(this.blockCount), false); // cuts a torn tail, deletes stale segments
@@ -603,12 +628,17 @@ class Fsck {
     const bs = this.bs;
     const ix = this.index;
     const damaged = new Map<number, FsckProblem>();
-    const err = (kind: FsckProblemKind, offset: number | null, message: string): FsckProblem => this.add({ kind, severity: 'error', object: key, offset, message });
+    const err = (kind: FsckProblemKind, offset: number | null, message: string): FsckProblem =>
+      this.add({ kind, severity: 'error', object: key, offset, message });
     const h = decodeSegmentHeader(buf, CHUNK_MAGIC);
     if (!h) {
       err('chunk-header', 0, 'chunk header is damaged (bad magic or CRC)');
     } else if (h.volumeId !== this.ctx.info.id || h.blockSize !== bs || h.number !== id || h.version !== CHUNK_VERSION) {
-      err('chunk-header', 0, `chunk header names volume ${h.volumeId}, chunk ${h.number}, block size ${h.blockSize}, version ${h.version}; expected ${this.ctx.info.id}, ${id}, ${bs}, ${CHUNK_VERSION}`);
+      err(
+        'chunk-header',
+        0,
+        `chunk header names volume ${h.volumeId}, chunk ${h.number}, block size ${h.blockSize}, version ${h.version}; expected ${this.ctx.info.id}, ${id}, ${bs}, ${CHUNK_VERSION}`,
+      );
     }
     let matched = 0;
     let records = 0;
@@ -621,7 +651,8 @@ class Fsck {
         const p = err(
           'bad-record',
           off,
-          `block record is damaged (${c.reason})` + (next < 0 ? `; nothing valid follows in the last ${buf.length - off} bytes` : `; the next valid record starts at offset ${next}`),
+          `block record is damaged (${c.reason})` +
+            (next < 0 ? `; nothing valid follows in the last ${buf.length - off} bytes` : `; the next valid record starts at offset ${next}`),
         );
         damaged.set(off, p);
         if (next < 0) break;
@@ -632,13 +663,21 @@ class Fsck {
       records++;
       if (seq > maxSeq) maxSeq = seq;
       if (rawLen !== bs || (flags & ~FLAG_LZ4) !== 0 || block >= this.blockCount || (flags === 0 && len !== bs)) {
-        err('record-mismatch', off, `record for block ${block} seq ${seq} has invalid fields (len ${len}, flags ${flags}, raw length ${rawLen}; volume has ${this.blockCount} blocks of ${bs})`);
+        err(
+          'record-mismatch',
+          off,
+          `record for block ${block} seq ${seq} has invalid fields (len ${len}, flags ${flags}, raw length ${rawLen}; volume has ${this.blockCount} blocks of ${bs})`,
+        );
       } else if (mapOk && ix.persistedChunk(block) === id && ix.persistedOff(block) === off && ix.persistedSeq(block) > 0) {
         const l = ix.location(block);
         if (l && l.seq === seq && l.len === len && l.flags === flags) matched++;
         // A disagreement here is reported by checkSuspects, once per map entry.
       } else if (mapOk && seq > ix.persistedSeq(block)) {
-        err('record-mismatch', off, `record holds block ${block} seq ${seq}, newer than the map's version of that block (seq ${ix.persistedSeq(block)}): a map commit is missing`);
+        err(
+          'record-mismatch',
+          off,
+          `record holds block ${block} seq ${seq}, newer than the map's version of that block (seq ${ix.persistedSeq(block)}): a map commit is missing`,
+        );
       }
       off = c.end;
     }
@@ -690,11 +729,20 @@ class Fsck {
           mismatch(`the map points block ${e.block} (seq ${e.seq}) here, but no valid record starts at this offset (${c.reason})`);
         } else if (c.header.block !== e.block || c.header.seq !== e.seq || c.header.len !== e.len || c.header.flags !== e.flags) {
           const got = c.header;
-          mismatch(`record holds block ${got.block} seq ${got.seq} len ${got.len} flags ${got.flags}; the map expects block ${e.block} seq ${e.seq} len ${e.len} flags ${e.flags}`);
+          mismatch(
+            `record holds block ${got.block} seq ${got.seq} len ${got.len} flags ${got.flags}; the map expects block ${e.block} seq ${e.seq} len ${e.len} flags ${e.flags}`,
+          );
         }
       }
       const more = over.get(id);
-      if (more) this.add({ kind: 'record-mismatch', severity: 'error', object: key, offset: null, message: `${more} more map entries into this chunk were not checked one by one` });
+      if (more)
+        this.add({
+          kind: 'record-mismatch',
+          severity: 'error',
+          object: key,
+          offset: null,
+          message: `${more} more map entries into this chunk were not checked one by one`,
+        });
     }
   }
 }

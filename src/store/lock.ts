@@ -60,7 +60,11 @@ export function currentOwner(): Owner {
 const MAX_ATTEMPTS = 100;
 
 export class VolumeLock {
-  private constructor(private readonly fileIO: FileIO, readonly path: string, readonly token: string) {}
+  private constructor(
+    private readonly fileIO: FileIO,
+    readonly path: string,
+    readonly token: string,
+  ) {}
 
   static async acquire(fileIO: FileIO, path: string, what: string): Promise<VolumeLock> {
     let set = held.get(fileIO);
@@ -94,7 +98,12 @@ export class VolumeLock {
           return new VolumeLock(fileIO, path, token);
         } catch (err) {
           if (errnoOf(err) !== 'EEXIST') {
-            throw new VbfsError('VBFS_IO', `${what}: could not take the lock ${path}: ${(err as Error).message}`, { path, errno: errnoOf(err) }, { cause: err });
+            throw new VbfsError(
+              'VBFS_IO',
+              `${what}: could not take the lock ${path}: ${(err as Error).message}`,
+              { path, errno: errnoOf(err) },
+              { cause: err },
+            );
           }
         }
         const holder = await readLock(fileIO, path);

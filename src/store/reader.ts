@@ -198,11 +198,15 @@ export class Reader {
         // A checksummed payload that LZ4 rejects is damage too (or a bug): never data.
         const e = isVbfsError(err)
           ? err
-          : new VbfsError('VBFS_CORRUPT', `chunk object ${key}: record at offset ${start + at} does not decompress: ${(err as Error)?.message ?? String(err)}`, {
-              path: key,
-              offset: start + at,
-              block: b,
-            });
+          : new VbfsError(
+              'VBFS_CORRUPT',
+              `chunk object ${key}: record at offset ${start + at} does not decompress: ${(err as Error)?.message ?? String(err)}`,
+              {
+                path: key,
+                offset: start + at,
+                block: b,
+              },
+            );
         throw this.damaged(e, key);
       }
       if (b < outEnd) {
@@ -233,12 +237,15 @@ export class Reader {
     if (this.damageLogged.size < DAMAGE_LOG_LIMIT) {
       this.damageLogged.add(id);
       const file = ctx.backend.describe?.(key) ?? key;
-      ctx.logger.error(`damaged data in ${file} at offset ${String(offset)}: reads of block ${String(err.details['block'])} fail with an I/O error (${err.message})`, {
-        volume: name,
-        file,
-        offset,
-        block: err.details['block'],
-      });
+      ctx.logger.error(
+        `damaged data in ${file} at offset ${String(offset)}: reads of block ${String(err.details['block'])} fail with an I/O error (${err.message})`,
+        {
+          volume: name,
+          file,
+          offset,
+          block: err.details['block'],
+        },
+      );
     } else if (this.damageLogged.size === DAMAGE_LOG_LIMIT) {
       this.damageLogged.add('(limit)');
       ctx.logger.error(`more than ${DAMAGE_LOG_LIMIT} damaged records in volume '${name}': further ones are not logged individually`, { volume: name });

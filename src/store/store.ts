@@ -132,7 +132,12 @@ export class Store implements MountableStore {
     } catch (err) {
       await this.fileIO.rmdir(tmp).catch(() => undefined);
       if (isVbfsError(err, 'VBFS_IO') && err.details['errno'] === 'EROFS') {
-        throw new VbfsError('VBFS_IO', `cannot create volume '${name}': the store ${this.dir} is on a read-only filesystem`, { name, errno: 'EROFS' }, { cause: err });
+        throw new VbfsError(
+          'VBFS_IO',
+          `cannot create volume '${name}': the store ${this.dir} is on a read-only filesystem`,
+          { name, errno: 'EROFS' },
+          { cause: err },
+        );
       }
       throw err;
     } finally {
@@ -271,7 +276,8 @@ export class Store implements MountableStore {
     try {
       lock = await VolumeLock.acquire(this.fileIO, `${this.volDir(name)}/LOCK`, `volume '${name}'`);
     } catch (err) {
-      if (isVbfsError(err, 'VBFS_LOCKED')) throw new VbfsError('VBFS_BUSY', `volume '${name}' is open (mounted?); close or unmount it before deleting`, { name });
+      if (isVbfsError(err, 'VBFS_LOCKED'))
+        throw new VbfsError('VBFS_BUSY', `volume '${name}' is open (mounted?); close or unmount it before deleting`, { name });
       throw err;
     }
     const aside = `${this.dir}/volumes/.deleted-${name}-${randomBytes(4).toString('hex')}`;

@@ -80,7 +80,17 @@ export class VolumeCore {
   closed = false;
   /** Set once: the volume is poisoned, writes are refused until it is reopened. */
   failed: VbfsError | null = null;
-  readonly counters: VolumeCounters = { writes: 0, writeBytes: 0, reads: 0, readBytes: 0, fsyncs: 0, chunkFlushes: 0, flushedBytes: 0, errors: 0, corruptReads: 0 };
+  readonly counters: VolumeCounters = {
+    writes: 0,
+    writeBytes: 0,
+    reads: 0,
+    readBytes: 0,
+    fsyncs: 0,
+    chunkFlushes: 0,
+    flushedBytes: 0,
+    errors: 0,
+    corruptReads: 0,
+  };
 
   constructor(
     /** volume.json as of open; only the format upgrade (recovery) replaces it. */

@@ -56,7 +56,8 @@ export async function replayWal(
   const nums = names.map((n) => parseInt(n.slice(0, 16), 16)).sort((a, b) => a - b);
   const out: WalReplay = { segments: [], lastSegment: nums.length > 0 ? (nums[nums.length - 1] as number) : 0, maxSeq: 0, records: 0, cuts: [] };
   let lastSeq = 0;
-  const corrupt = (path: string, off: number, why: string): VbfsError => new VbfsError('VBFS_CORRUPT', `WAL record at ${path} offset ${off} ${why}`, { path, offset: off });
+  const corrupt = (path: string, off: number, why: string): VbfsError =>
+    new VbfsError('VBFS_CORRUPT', `WAL record at ${path} offset ${off} ${why}`, { path, offset: off });
   const cut = async (c: WalCut): Promise<void> => {
     logger.warn('cutting torn WAL tail (bytes written after the last proven fdatasync, never acknowledged)', {
       file: c.path,
@@ -97,10 +98,14 @@ export async function replayWal(
       throw new VbfsError('VBFS_CORRUPT', `WAL segment ${path}: bad header at offset 0`, { path, offset: 0 });
     }
     if (h.volumeId !== volumeId || h.blockSize !== blockSize || h.number !== seg || (h.version !== 1 && h.version !== 2)) {
-      throw new VbfsError('VBFS_CORRUPT', `WAL segment ${path} belongs to another volume or position, or has an unknown version (volume ${h.volumeId}, segment ${h.number}, version ${h.version})`, {
-        path,
-        offset: 0,
-      });
+      throw new VbfsError(
+        'VBFS_CORRUPT',
+        `WAL segment ${path} belongs to another volume or position, or has an unknown version (volume ${h.volumeId}, segment ${h.number}, version ${h.version})`,
+        {
+          path,
+          offset: 0,
+        },
+      );
     }
     const markers = h.version >= 2;
     out.segments.push(seg);

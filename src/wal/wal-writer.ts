@@ -253,7 +253,10 @@ export class WalWriter {
     const path = `${this.opts.dir}/${walSegmentName(seg)}`;
     const fd = await this.opts.fileIO.open(path, 'wx');
     try {
-      await fd.write(encodeSegmentHeader({ magic: WAL_MAGIC, blockSize: this.opts.blockSize, volumeId: this.opts.volumeId, number: seg, count: 0, maxSeq: 0 }), 0);
+      await fd.write(
+        encodeSegmentHeader({ magic: WAL_MAGIC, blockSize: this.opts.blockSize, volumeId: this.opts.volumeId, number: seg, count: 0, maxSeq: 0 }),
+        0,
+      );
     } catch (err) {
       // No record in it yet: remove it, so that a retry (out of space) can create it again.
       await fd.close().catch(() => undefined);

@@ -67,7 +67,7 @@ type Vol = Pick<Volume, 'write' | 'read' | 'fsync' | 'flush' | 'close'>;
 function pieces(offset: number, length: number): [number, number, number][] {
   const out: [number, number, number][] = [];
   const runBytes = SPARSE_RUN * BLOCK;
-  for (let p = offset; p < offset + length; ) {
+  for (let p = offset; p < offset + length;) {
     const r = Math.floor(p / runBytes);
     const n = Math.min(offset + length, (r + 1) * runBytes) - p;
     out.push([(SPARSE_RUNS[r] as number) * BLOCK + (p - r * runBytes), p, n]);
@@ -163,7 +163,15 @@ async function runPlanned(seed: number, plan: Plan, opts: { crashInRecovery?: bo
 }
 
 /** The workload, identical for a seed whatever the crash plan; records what must survive in `model`. */
-async function workload(store: Store, volRef: { vol: Vol }, model: VolumeModel, rng: Rng, mode: Durability, tun: Partial<VolumeTunables>, seed: number): Promise<void> {
+async function workload(
+  store: Store,
+  volRef: { vol: Vol },
+  model: VolumeModel,
+  rng: Rng,
+  mode: Durability,
+  tun: Partial<VolumeTunables>,
+  seed: number,
+): Promise<void> {
   for (let i = 0; i < WORK_OPS; i++) {
     const op = rng.weighted<string>([
       ['write', 60],
@@ -214,7 +222,12 @@ async function workload(store: Store, volRef: { vol: Vol }, model: VolumeModel, 
         const ps: Promise<unknown>[] = [];
         let synced = false;
         for (let k = rng.range(3, 7); k > 0; k--) {
-          const what = rng.weighted<string>([['w', 5], ['r', 2], ['flush', 1], ['fsync', 2]]);
+          const what = rng.weighted<string>([
+            ['w', 5],
+            ['r', 2],
+            ['flush', 1],
+            ['fsync', 2],
+          ]);
           const { offset, length } = randomRange(rng, SIZE, BLOCK, TUNABLES.chunkBytes as number);
           if (what === 'w') {
             const data = randomData(rng, length);
@@ -375,7 +388,6 @@ export async function crashRun(seed: number, plan: Plan, opts: { crashInRecovery
   return result;
 }
 
-
 /** What a sweep did, for the test title and the totals. */
 export interface SweepResult {
   crashes: number;
@@ -386,7 +398,13 @@ export interface SweepResult {
  * dry run's op count. Every planned crash must fire: one that does not means the
  * replay did not reach that op, and the test fails naming it.
  */
-export async function crashSweep(seed: number, points: number, onlyAt: number | null, tear: TearMode, progress: (msg: string) => void = () => {}): Promise<SweepResult> {
+export async function crashSweep(
+  seed: number,
+  points: number,
+  onlyAt: number | null,
+  tear: TearMode,
+  progress: (msg: string) => void = () => {},
+): Promise<SweepResult> {
   const dry = await crashRun(seed, { none: true }, { tear });
   assert.ok(dry.mutatingOps > 20, `the workload did only ${dry.mutatingOps} mutating ops`);
   const pick = new Rng(seed * 7919);
@@ -403,7 +421,11 @@ export async function crashSweep(seed: number, points: number, onlyAt: number | 
     assert.fail(
       `VBFS_SEED=${seed} VBFS_CRASH_TEAR=${tear}: ${missed.length} of ${list.length} planned crashes did not fire: ${missed.join(', ')}; ` +
         `planned up to op ${limit} from a dry run of ${dry.mutatingOps} mutating ops` +
-        (onlyAt !== null && onlyAt > dry.mutatingOps ? ' (VBFS_CRASH_AT is past the end of the workload)' : timingDependent(seed) ? ' (a timing-dependent seed: its replays did fewer ops than that)' : ' (a deterministic seed: the workload is not replayable)'),
+        (onlyAt !== null && onlyAt > dry.mutatingOps
+          ? ' (VBFS_CRASH_AT is past the end of the workload)'
+          : timingDependent(seed)
+            ? ' (a timing-dependent seed: its replays did fewer ops than that)'
+            : ' (a deterministic seed: the workload is not replayable)'),
     );
   }
   return { crashes: list.length };
@@ -433,12 +455,19 @@ export async function failpointSweep(seed: number, only: string | null, tear: Te
   for (const p of plans) {
     progress(`VBFS_SEED=${seed} VBFS_CRASH_TEAR=${tear} VBFS_CRASH_FAILPOINT=${p.failpoint}:${p.nth}`);
     const r = await runPlanned(seed, p, { tear });
-    if (!r.crashed) missed.push(`${p.failpoint}:${p.nth} (reached ${r.failpoints.get(p.failpoint) ?? 0} times in the last of ${r.tries} replay(s), ${dry.failpoints.get(p.failpoint) ?? 0} in the dry run)`);
+    if (!r.crashed)
+      missed.push(
+        `${p.failpoint}:${p.nth} (reached ${r.failpoints.get(p.failpoint) ?? 0} times in the last of ${r.tries} replay(s), ${dry.failpoints.get(p.failpoint) ?? 0} in the dry run)`,
+      );
   }
   if (missed.length > 0) {
     assert.fail(
       `VBFS_SEED=${seed} VBFS_CRASH_TEAR=${tear}: ${missed.length} of ${plans.length} planned failpoint crashes did not fire: ${missed.join(', ')}` +
-        (only !== null ? ' (VBFS_CRASH_FAILPOINT asks for more hits than the workload makes)' : timingDependent(seed) ? ' (a timing-dependent seed: its replays reached the failpoint less often)' : ' (a deterministic seed: the workload is not replayable)'),
+        (only !== null
+          ? ' (VBFS_CRASH_FAILPOINT asks for more hits than the workload makes)'
+          : timingDependent(seed)
+            ? ' (a timing-dependent seed: its replays reached the failpoint less often)'
+            : ' (a deterministic seed: the workload is not replayable)'),
     );
   }
   return { crashes: plans.length };
@@ -448,8 +477,14 @@ export async function failpointSweep(seed: number, only: string | null, tear: Te
 export async function checkFailpointNames(seed: number): Promise<void> {
   const dry = await crashRun(seed, { none: true });
   const names = [...dry.failpoints.keys()];
-  assert.ok(names.some((n) => /flush|chunk/i.test(n)), `no flush failpoint among ${names.join(', ')}`);
-  assert.ok(names.some((n) => /checkpoint/i.test(n)), `no checkpoint failpoint among ${names.join(', ')}`);
+  assert.ok(
+    names.some((n) => /flush|chunk/i.test(n)),
+    `no flush failpoint among ${names.join(', ')}`,
+  );
+  assert.ok(
+    names.some((n) => /checkpoint/i.test(n)),
+    `no checkpoint failpoint among ${names.join(', ')}`,
+  );
 }
 
 /**
@@ -536,7 +571,13 @@ export async function lifecycleCrashSweep(seed: number, tear: TearMode, progress
  * Run `op` until the crash planned on `sim` hits (or it completes), cut the power,
  * and open the store on what survived. `completed` says whether `op` returned.
  */
-async function cutPowerDuring(sim: SimFS, store: Store, rng: Rng, tear: TearMode, op: () => Promise<unknown>): Promise<{ completed: boolean; s2: Store; after: SimFS }> {
+async function cutPowerDuring(
+  sim: SimFS,
+  store: Store,
+  rng: Rng,
+  tear: TearMode,
+  op: () => Promise<unknown>,
+): Promise<{ completed: boolean; s2: Store; after: SimFS }> {
   let completed = true;
   try {
     await op();

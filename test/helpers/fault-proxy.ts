@@ -108,23 +108,20 @@ export class FaultProxy {
     const headers = { ...req.headers };
     // Node's server already answered the 100-continue; the upstream need not.
     delete headers['expect'];
-    const up = http.request(
-      { host: this.target.hostname, port: this.target.port, method: req.method, path: req.url, headers, agent: this.agent },
-      (upRes) => {
-        if (then !== 'pass') {
-          // The request took effect upstream; the client never learns the outcome.
-          upRes.resume();
-          upRes.on('end', () => {
-            if (then === 'reset') req.socket.resetAndDestroy();
-            else this.answer(req, res, 500, 'InternalError', 'We encountered an internal error. Please try again.');
-          });
-          return;
-        }
-        this.counts.forwarded++;
-        res.writeHead(upRes.statusCode ?? 502, upRes.headers);
-        upRes.pipe(res);
-      },
-    );
+    const up = http.request({ host: this.target.hostname, port: this.target.port, method: req.method, path: req.url, headers, agent: this.agent }, (upRes) => {
+      if (then !== 'pass') {
+        // The request took effect upstream; the client never learns the outcome.
+        upRes.resume();
+        upRes.on('end', () => {
+          if (then === 'reset') req.socket.resetAndDestroy();
+          else this.answer(req, res, 500, 'InternalError', 'We encountered an internal error. Please try again.');
+        });
+        return;
+      }
+      this.counts.forwarded++;
+      res.writeHead(upRes.statusCode ?? 502, upRes.headers);
+      upRes.pipe(res);
+    });
     up.on('error', () => req.socket.resetAndDestroy());
     req.pipe(up);
   }

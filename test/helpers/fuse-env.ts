@@ -27,7 +27,7 @@ export function run(cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv
       args,
       { env: opts.env ?? process.env, timeout: opts.timeoutMs ?? 120_000, maxBuffer: 64 * 1024 * 1024, encoding: 'utf8' },
       (err, stdout, stderr) => {
-        const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? ((err as { code: number }).code) : 1) : 0;
+        const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : 1) : 0;
         resolve({ code, stdout, stderr });
       },
     );
@@ -88,7 +88,7 @@ export async function sha256File(file: string, offset = 0, length?: number): Pro
   try {
     const end = length === undefined ? (await fh.stat()).size : offset + length;
     const buf = Buffer.alloc(1 << 20);
-    for (let pos = offset; pos < end; ) {
+    for (let pos = offset; pos < end;) {
       const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, end - pos), pos);
       if (bytesRead === 0) break;
       h.update(buf.subarray(0, bytesRead));

@@ -50,7 +50,11 @@ export function runInWorker<T = unknown>(modulePath: string, fn: string, args: r
       else resolve(value as T);
     };
     const timer = setTimeout(() => {
-      finish(new Error(`${fn}(${args.map((a) => JSON.stringify(a)).join(', ')}) did not finish in ${timeoutMs} ms: an engine hang or a synchronous spin. Last progress: ${last}`));
+      finish(
+        new Error(
+          `${fn}(${args.map((a) => JSON.stringify(a)).join(', ')}) did not finish in ${timeoutMs} ms: an engine hang or a synchronous spin. Last progress: ${last}`,
+        ),
+      );
     }, timeoutMs);
     child.on('message', (m: { progress?: string; done?: boolean; value?: unknown; error?: string; message?: string }) => {
       if (m.progress !== undefined) last = m.progress;

@@ -30,10 +30,13 @@ process.on('message', (m: Go | { type: 'release' }) => {
       );
     };
     // Sleep most of the way, then spin: a timer alone is off by a millisecond or more.
-    setTimeout(() => {
-      while (Date.now() < m.at);
-      start();
-    }, Math.max(0, m.at - Date.now() - 5));
+    setTimeout(
+      () => {
+        while (Date.now() < m.at);
+        start();
+      },
+      Math.max(0, m.at - Date.now() - 5),
+    );
   } else if (m.type === 'release') {
     const done = (): void => {
       send({ type: 'released' });

@@ -73,10 +73,11 @@ async function modelRun(
   const io = (): FileIO => (realIO ? realIO() : sim);
   const model = new VolumeModel(size, blockSize);
   const log: string[] = [];
-  if (process.env.VBFS_MODEL_TRACE) log.push = (...items: string[]): number => {
-    for (const it of items) process.stderr.write(it + '\n');
-    return Array.prototype.push.apply(log, items);
-  };
+  if (process.env.VBFS_MODEL_TRACE)
+    log.push = (...items: string[]): number => {
+      for (const it of items) process.stderr.write(it + '\n');
+      return Array.prototype.push.apply(log, items);
+    };
   const fail = (msg: string): never => {
     assert.fail(`${msg}\n  replay: VBFS_SEED=${seed} VBFS_MODEL_OPS=${ops}\n  last ops:\n    ${log.slice(-25).join('\n    ')}`);
   };
@@ -94,7 +95,9 @@ async function modelRun(
     const dog = new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(new Error(`${what} did not complete in ${HANG_MS} ms`)), HANG_MS);
     });
-    return Promise.race([p, dog]).finally(() => clearTimeout(timer)).catch((err: unknown) => fail(`${what}: ${String(err)}`));
+    return Promise.race([p, dog])
+      .finally(() => clearTimeout(timer))
+      .catch((err: unknown) => fail(`${what}: ${String(err)}`));
   };
 
   try {
@@ -103,7 +106,15 @@ async function modelRun(
     return [...log.filter((l) => !l.startsWith(' ')), `final content crc32c ${crc32c(model.data).toString(16)}`];
   } finally {
     // After a failure, stop the volume's timers so mocha can exit (and other seeds run).
-    if (!finished) await Promise.race([vol.close().catch(() => {}).then(() => store.close()).catch(() => {}), new Promise((r) => setTimeout(r, 2000))]);
+    if (!finished)
+      await Promise.race([
+        vol
+          .close()
+          .catch(() => {})
+          .then(() => store.close())
+          .catch(() => {}),
+        new Promise((r) => setTimeout(r, 2000)),
+      ]);
   }
 
   async function body(): Promise<void> {
@@ -174,7 +185,12 @@ async function modelRun(
           const ps: Promise<unknown>[] = [];
           const desc: string[] = [];
           for (let k = rng.range(3, 8); k > 0; k--) {
-            const what = rng.weighted<string>([['w', 4], ['r', 4], ['flush', 1], ['fsync', 1]]);
+            const what = rng.weighted<string>([
+              ['w', 4],
+              ['r', 4],
+              ['flush', 1],
+              ['fsync', 1],
+            ]);
             const r = rng.bool(0.6) ? { offset: base.offset, length: base.length } : randomRange(rng, size, blockSize, chunkBytes);
             if (what === 'w') {
               const data = randomData(rng, r.length);
@@ -275,7 +291,8 @@ export async function runSparseModel(seed: number, ops: number, progress: (msg: 
   const tun: Partial<VolumeTunables> = { chunkBytes: 64 + 8 * (32 + blockSize), flushBytes: 4 * blockSize, checkpointBytes: 4096, cacheBytes: 4 * blockSize };
   let vol = await store.openVolume('s', tun);
   const log: string[] = [];
-  const fail = (msg: string): never => assert.fail(`${msg}\n  replay: sparse VBFS_SEED=${seed} (size ${size}, blockSize ${blockSize})\n  last ops:\n    ${log.slice(-15).join('\n    ')}`);
+  const fail = (msg: string): never =>
+    assert.fail(`${msg}\n  replay: sparse VBFS_SEED=${seed} (size ${size}, blockSize ${blockSize})\n  last ops:\n    ${log.slice(-15).join('\n    ')}`);
   const check = async (offset: number, length: number, what: string): Promise<void> => {
     const got = await vol.read(offset, length);
     const want = Buffer.alloc(length);
@@ -292,14 +309,21 @@ export async function runSparseModel(seed: number, ops: number, progress: (msg: 
   try {
     for (let i = 0; i < ops; i++) {
       if (i % 25 === 0) progress(`sparse seed ${seed}, op #${i}`);
-      const op = rng.weighted<string>([['write', 40], ['run', 10], ['read', 30], ['flush', 8], ['reopen', 4], ['fsync', 8]]);
+      const op = rng.weighted<string>([
+        ['write', 40],
+        ['run', 10],
+        ['read', 30],
+        ['flush', 8],
+        ['reopen', 4],
+        ['fsync', 8],
+      ]);
       if (op === 'write' || op === 'run') {
         // 'run': a sequential stretch of blocks (the index keeps it as one extent), often across an edge.
         const offset = op === 'run' ? Math.max(0, pickOffset() - rng.int(40) * blockSize) : pickOffset();
         const length = Math.min(size - offset, op === 'run' ? rng.range(8, 48) * blockSize : rng.range(1, 3 * blockSize));
         const data = randomData(rng, length);
         log.push(`#${i} write(${offset}, ${length})`);
-        for (let p = offset; p < offset + length; ) {
+        for (let p = offset; p < offset + length;) {
           const b = Math.floor(p / blockSize);
           const blk = Buffer.from(blockOf(b));
           const n = Math.min(blockSize - (p - b * blockSize), offset + length - p);

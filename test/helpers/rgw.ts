@@ -79,7 +79,7 @@ export function requireCeph(ctx: Mocha.Context): void {
   const why = rgwUnavailableReason();
   if (why === null) return;
   if (process.env['CI'] === 'true') throw new Error(`S3 tests cannot run in CI: ${why}`);
-  // eslint-disable-next-line no-console
+
   console.log(`      SKIPPED (no Ceph: ${why}; set CI=true to make this a failure)`);
   ctx.skip();
 }
@@ -132,7 +132,7 @@ function startCluster(): Promise<RgwCluster> {
         resolve(running);
       } catch (e) {
         stopSync();
-        reject(e as Error);
+        reject(e);
       }
     });
   });
@@ -180,10 +180,11 @@ export function alive(pid: number): boolean {
 
 // Root-level hook (this module is loaded once per run): the shared cluster is stopped
 // after the last test of the whole run, and also if the run ends early.
-if (typeof after === 'function') after(async function () {
-  this.timeout(90_000);
-  await stopRgw();
-});
+if (typeof after === 'function')
+  after(async function () {
+    this.timeout(90_000);
+    await stopRgw();
+  });
 process.on('exit', stopSync);
 // A run stopped by a signal (timeout, Ctrl-C) does not reach 'exit' handlers by itself:
 // stop the cluster, then let the signal do what it would have done.

@@ -729,7 +729,7 @@ function reorder(content: Bytes, pending: readonly PendingOp[], rng: Rng, pageBy
       continue;
     }
     const end = op.off + op.data.length;
-    for (let a = op.off; a < end; ) {
+    for (let a = op.off; a < end;) {
       const b = Math.min(end, (Math.floor(a / pageBytes) + 1) * pageBytes);
       const r = rng.next();
       if (r < keep) content.write(a, op.data.subarray(a - op.off, b - op.off));

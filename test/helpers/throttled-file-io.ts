@@ -36,7 +36,11 @@ export class ThrottledFileIO extends PassThroughFileIO {
     return {
       path: fh.path,
       write: (buf, pos) => this.disk(buf.length, () => fh.write(buf, pos)),
-      writev: (bufs, pos) => this.disk(bufs.reduce((s, b) => s + b.length, 0), () => fh.writev(bufs, pos)),
+      writev: (bufs, pos) =>
+        this.disk(
+          bufs.reduce((s, b) => s + b.length, 0),
+          () => fh.writev(bufs, pos),
+        ),
       read: (buf, pos) => fh.read(buf, pos),
       datasync: () => fh.datasync(),
       sync: () => fh.sync(),
