@@ -19,8 +19,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { allocPlacement, type ChunkPlacement } from '../src/format/map-records';
-import { BlockIndex } from '../src/index/block-index';
-import { MapStore } from '../src/index/map-store';
+import { BlockIndex } from '../src/map/block-index';
+import { MapStore } from '../src/map/map-store';
 import { NodeFileIO } from '../src/io/node-file-io';
 import { silentLogger } from '../src/types';
 

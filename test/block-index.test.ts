@@ -1,7 +1,7 @@
 import * as assert from 'node:assert/strict';
 import { RECORD_HEADER } from '../src/format/block-record';
-import { BlockIndex, CACHED, EMPTY, HOT, LEAF_MAX, MAX_RUN, PENDING, PERSISTED, type BlockState } from '../src/index/block-index';
-import { NumTable } from '../src/index/num-table';
+import { BlockIndex, CACHED, EMPTY, HOT, LEAF_MAX, MAX_RUN, PENDING, PERSISTED, type BlockState } from '../src/map/block-index';
+import { NumTable } from '../src/map/num-table';
 import { Rng } from './helpers/rng';
 
 /** Blocks where the index changes representation or a volume ends: 2^24, 2^31, 2^32 (a bucket edge), 16 TiB and 256 TiB of 4 KiB blocks. */

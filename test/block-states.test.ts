@@ -6,7 +6,7 @@ import { Store } from '../src/store/store';
 import type { Volume } from '../src/store/volume';
 import type { Durability } from '../src/types';
 import type { VolumeStats, VolumeTunables } from '../src/store/types';
-import { CACHED, HOT, PENDING, PERSISTED } from '../src/index/block-index';
+import { CACHED, HOT, PENDING, PERSISTED } from '../src/map/block-index';
 import { NodeFileIO } from '../src/io/node-file-io';
 
 /**

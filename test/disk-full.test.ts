@@ -6,7 +6,7 @@ import type { Durability } from '../src/types';
 import { FileBackend } from '../src/backend/file-backend';
 import { isNoSpace, isVbfsError } from '../src/errors';
 import { toErrno, errno } from '../src/fuse/errno';
-import { CACHED, PERSISTED } from '../src/index/block-index';
+import { CACHED, PERSISTED } from '../src/map/block-index';
 import { SimFS } from './helpers/sim-fs';
 import { FullDiskFileIO } from './helpers/full-disk-file-io';
 import { Rng } from './helpers/rng';

@@ -12,14 +12,13 @@ import * as ts from 'typescript';
 
 /**
  * The floors, bottom first. A module is a folder under src/ ('format/') or a file
- * directly in src/ ('errors.ts'); `src/index/` (the block index) and `src/index.ts`
- * (the package entry) are different modules.
+ * directly in src/ ('errors.ts').
  */
 const FLOORS: ReadonlyArray<{ modules: readonly string[]; holds: string }> = [
   { modules: ['errors.ts', 'types.ts'], holds: 'error codes; types and mode lists every floor shares' },
   { modules: ['format/'], holds: 'pure encoders/decoders of the on-disk structures: no I/O, no environment' },
   { modules: ['io/', 'os/', 'crypto/'], holds: 'the file layer; the host (processes, mount table, loop devices, hardware CRC); keys and ciphers' },
-  { modules: ['arena/', 'cache/', 'chunk/', 'wal/', 'index/', 'backend/'], holds: 'one concept per folder' },
+  { modules: ['arena/', 'cache/', 'chunk/', 'wal/', 'map/', 'backend/'], holds: 'one concept per folder' },
   { modules: ['store/'], holds: 'Store and Volume: wires the floors below; the ports the front ends use' },
   { modules: ['fuse/'], holds: 'the FUSE front end' },
   { modules: ['cli/'], holds: 'the command line' },
@@ -96,7 +95,7 @@ export function violations(files: ReadonlyMap<string, string>): string[] {
         continue;
       }
       // No '/' left: a file directly in src/ ('../errors', or the entry './index');
-      // anything in a folder keeps the folder ('./index/block-index').
+      // anything in a folder keeps the folder ('./map/block-index').
       const to = target.includes('/') ? moduleOf(target) : `${target}.ts`;
       if (to === from) continue;
       const toFloor = floorOf(to);
@@ -178,7 +177,7 @@ describe('layering: imports point down only', () => {
         ['arena/e.ts', "import { d } from '../cache/d';"],
         ['store/f.ts', "import { x } from '../../test/helpers/rng';"],
         ['newthing/g.ts', "import { VbfsError } from '../errors';"],
-        ['index.ts', "export { Store } from './store/store';\nimport { BlockIndex } from './index/block-index';"],
+        ['index.ts', "export { Store } from './store/store';\nimport { BlockIndex } from './map/block-index';"],
       ]),
     );
     const expect = [

@@ -2,8 +2,8 @@ import * as assert from 'node:assert/strict';
 import { isVbfsError } from '../src/errors';
 import { FRAME_HEADER } from '../src/format/frame';
 import { ChunkPlacement, allocPlacement } from '../src/format/map-records';
-import { BlockIndex } from '../src/index/block-index';
-import { MapStore } from '../src/index/map-store';
+import { BlockIndex } from '../src/map/block-index';
+import { MapStore } from '../src/map/map-store';
 import { silentLogger, type Logger } from '../src/types';
 import { SimFS } from './helpers/sim-fs';
 

@@ -19,6 +19,10 @@
  *    An unanswered request leaves its caller in D state until the process exits.
  *  - what a reply needs travels with the request (the handle holds its volume
  *    entry): shutdown empties the volume map while requests are still in flight.
+ *
+ * Why one file of ~650 lines: every handler must follow the rules above, and a
+ * reviewer checks that by reading the handlers side by side; the pieces that do not
+ * need the rules (errno table, stats text, types) are already in their own files.
  */
 import * as fsp from 'node:fs/promises';
 import { constants } from 'node:fs';

@@ -20,8 +20,8 @@ import {
   type Location,
 } from '../format/map-records';
 import { CHUNK_MAGIC, CHUNK_VERSION, decodeSegmentHeader, SEGMENT_HEADER } from '../format/segment-header';
-import { BlockIndex } from '../index/block-index';
-import { MapStore, mapSegmentName, type MapLoad } from '../index/map-store';
+import { BlockIndex } from '../map/block-index';
+import { MapStore, mapSegmentName, type MapLoad } from '../map/map-store';
 import type { FileIO } from '../io/file-io';
 import { findExposed, formatMode } from '../io/private-mode';
 import { replayWal } from '../wal/wal-reader';

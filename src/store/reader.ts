@@ -3,7 +3,7 @@ import { chunkKey, verifyChunkRecord } from '../chunk/chunk';
 import { isCompressed, uncompressBlock } from '../chunk/codec';
 import { RECORD_HEADER } from '../format/block-record';
 import { copyBytes } from '../format/bytes';
-import { CACHED, EMPTY, HOT, PENDING, PERSISTED } from '../index/block-index';
+import { CACHED, EMPTY, HOT, PENDING, PERSISTED } from '../map/block-index';
 import type { VolumeCore } from './volume-core';
 
 const EMPTY_BUFFER = Buffer.alloc(0);

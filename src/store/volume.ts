@@ -1,5 +1,5 @@
 import { VbfsError } from '../errors';
-import type { BlockState } from '../index/block-index';
+import type { BlockState } from '../map/block-index';
 import { VolumeLock } from './lock';
 import { LatencyWindow } from './latency';
 import { collectIdleGarbage } from './idle-gc';
