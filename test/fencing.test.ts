@@ -1,4 +1,7 @@
 import * as assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import {
   checkpointKey,
   decodeEpochRecord,
@@ -13,7 +16,8 @@ import {
   type EpochRecord,
   type Position,
 } from '../src/backend/fencing';
-import { decodeLease } from '../src/backend/lease';
+import { checkLeaseTtl, decodeLease } from '../src/backend/lease';
+import { Store } from '../src/store/store';
 import type { VbfsError } from '../src/errors';
 
 /**
@@ -177,5 +181,20 @@ describe('fencing: which deltas a reader replays (planReplay)', () => {
     const r6 = nextEpochRecord(plan, 6, { firstSeq: 1 });
     assert.deepEqual(r6.adopted, [{ epoch: 5, firstSeq: 1, lastSeq: 0 }], 'an empty run is kept: a checkpoint may sit at its start');
     assert.deepEqual(planReplay({ deltas: [], checkpoints: [P(5, 0)], records: [r6] }).checkpoint, P(5, 0));
+  });
+});
+
+describe('lease TTL option', () => {
+  it('is 1 s .. 1 h in whole ms; Store.open refuses another with VBFS_INVALID_ARGUMENT before touching the directory', async () => {
+    assert.equal(checkLeaseTtl(1000), 1000);
+    for (const bad of [999, 3_600_001, 1500.5, NaN])
+      assert.throws(
+        () => checkLeaseTtl(bad),
+        (e: VbfsError) => e.code === 'VBFS_INVALID_ARGUMENT',
+        String(bad),
+      );
+    const dir = path.join(os.tmpdir(), `vbfs-ttl-${process.pid}`);
+    await assert.rejects(Store.open(dir, { leaseTtlMs: 10 }), (e: VbfsError) => e.code === 'VBFS_INVALID_ARGUMENT');
+    assert.equal(fs.existsSync(dir), false, 'nothing created');
   });
 });
