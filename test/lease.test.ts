@@ -208,6 +208,28 @@ describe('lease and fencing against RGW', function () {
     assert.equal(b.epoch, 2);
   });
 
+  it('lost is final: a renewal whose answer comes back after the deadline does not revive the lease', async () => {
+    const be = backend();
+    proxy = await FaultProxy.start(rgw.endpoint);
+    const viaProxy = backend(be, { endpoint: proxy.url, attemptTimeoutMs: 5000, operationTimeoutMs: 6000 });
+    // Deadline 1750 ms after the acquire; the first renewal is sent at 600 ms and
+    // answered at about 2000 ms: in time for its own 600 + 1750, too late for the lease.
+    const a = await acquire(viaProxy, 'vol', { ttlMs: 2000, renewIntervalMs: 600 });
+    const losses: VbfsError[] = [];
+    a.onLost((e) => losses.push(e));
+    proxy.next('delay', 1, 1400);
+    await sleep(2300);
+    assert.equal(proxy.counts.faulted, 1, 'the delayed renewal went through');
+    assert.equal(decodeLease(await be.get(leaseKey('vol', 1)), 'lease').renewals, 1, 'and landed');
+    assert.equal(losses.length, 1);
+    assert.equal(losses[0]!.details['reason'], 'expired');
+    assert.equal(a.renewals, 0, 'not counted as ours');
+    assert.throws(
+      () => a.assertLive(),
+      (e: VbfsError) => e.code === 'VBFS_LEASE_LOST',
+    );
+  });
+
   it('two processes: a holder SIGSTOPped past its TTL is taken over; after SIGCONT its writes fail and the new epoch stays intact', async function () {
     this.timeout(60_000);
     const be = backend();
