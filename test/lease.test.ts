@@ -2,18 +2,8 @@ import * as assert from 'node:assert/strict';
 import { fork, type ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
 import { S3Backend, type S3BackendOptions } from '../src/backend/s3-backend';
-import { acquireLease, createFenced, decodeLease, encodeLease, type Lease } from '../src/backend/lease';
-import {
-  decodeEpochRecord,
-  deltaKey,
-  encodeEpochRecord,
-  epochRecordKey,
-  leaseKey,
-  nextEpochRecord,
-  planReplay,
-  sortListing,
-  type EpochRecord,
-} from '../src/backend/fencing';
+import { acquireLease, beginEpoch, createFenced, decodeLease, encodeLease, type Lease } from '../src/backend/lease';
+import { decodeEpochRecord, deltaKey, epochRecordKey, leaseKey, planReplay, sortListing } from '../src/backend/fencing';
 import { isVbfsError, type VbfsError } from '../src/errors';
 import { pattern, rejectsWith } from './backend-suite';
 import { FaultProxy } from './helpers/fault-proxy';
@@ -262,9 +252,9 @@ describe('lease and fencing against RGW', function () {
       ask({ type: 'acquire', backend: { ...rgwOptions(rgw), prefix: be.prefix }, volumeKey: vol, ttlMs: 2000 });
       assert.equal((await next('acquired'))['epoch'], 1);
       // The child writes as epoch 1: its epoch record, a chunk, the delta naming it.
-      const rec1 = nextEpochRecord(planReplay({ deltas: [], checkpoints: [], records: [] }), 1);
+      ask({ type: 'begin' });
+      assert.deepEqual(await next('begun'), { type: 'begun', firstSeq: 1, adopted: [] });
       for (const [key, data] of [
-        [epochRecordKey(vol, 1), encodeEpochRecord(rec1)],
         [`${vol}/chunks/00000001`, pattern(100, 1)],
         [deltaKey(vol, 1, 1), pattern(50, 11)],
       ] as const) {
@@ -281,13 +271,10 @@ describe('lease and fencing against RGW', function () {
       const b = await acquire(backend(be), vol, { ttlMs: 2000, waitMs: 15_000 });
       assert.equal(b.epoch, 2);
       assert.ok(Date.now() - stoppedAt >= 2000, `took over ${Date.now() - stoppedAt} ms after the stop`);
-      const listing = sortListing(vol, await be.list(`${vol}/`));
-      const records: EpochRecord[] = [];
-      for (const e of listing.recordEpochs) records.push(decodeEpochRecord(await be.get(epochRecordKey(vol, e)), `record ${e}`));
-      const rec2 = nextEpochRecord(planReplay({ ...listing, records }), 2);
+      const { plan: taken, record: rec2 } = await beginEpoch(be, b);
+      assert.deepEqual(taken.replay, [{ epoch: 1, seq: 1 }]);
       assert.deepEqual(rec2.adopted, [{ epoch: 1, firstSeq: 1, lastSeq: 1 }]);
       assert.equal(rec2.firstSeq, 2);
-      assert.ok(await createFenced(be, b, epochRecordKey(vol, 2), encodeEpochRecord(rec2)));
       assert.ok(await createFenced(be, b, `${vol}/chunks/00000002`, pattern(100, 2)));
       assert.ok(await createFenced(be, b, deltaKey(vol, 2, 2), pattern(50, 22)));
 

@@ -3,7 +3,19 @@ import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { VbfsError, isVbfsError } from '../errors';
 import type { Logger } from '../types';
-import { leaseKey, leasePrefix, parseEpochKey } from './fencing';
+import {
+  decodeEpochRecord,
+  encodeEpochRecord,
+  epochRecordKey,
+  leaseKey,
+  leasePrefix,
+  nextEpochRecord,
+  parseEpochKey,
+  planReplay,
+  sortListing,
+  type EpochRecord,
+  type ReplayPlan,
+} from './fencing';
 
 /**
  * One writer per volume across machines: a lease in the bucket, one object per epoch
@@ -436,4 +448,32 @@ export async function createFenced(backend: Pick<LeaseBackend, 'createIfAbsent'>
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
+}
+
+/**
+ * Step 1 of the fencing rule (docs/FORMAT.md, "Epochs and fencing"), for a writer
+ * that has just taken `lease`: list the map and checkpoints (after the lease object
+ * exists, so after the old holder's deadline), read the newest epoch record, plan
+ * the replay, and create this epoch's record adopting everything the plan counts.
+ * Returns the plan to build the map from and the record (its firstSeq is the seq of
+ * this epoch's first delta). VBFS_LEASE_LOST if a newer epoch already wrote a record.
+ */
+export async function beginEpoch(
+  backend: Pick<LeaseBackend, 'createIfAbsent' | 'list'> & { get(key: string): Promise<Buffer> },
+  lease: Lease,
+  opts: { firstSeq?: number } = {},
+): Promise<{ plan: ReplayPlan; record: EpochRecord }> {
+  lease.assertLive();
+  const vol = lease.volumeKey;
+  const listing = sortListing(vol, [...(await backend.list(`${vol}/map/`)), ...(await backend.list(`${vol}/checkpoint/`))]);
+  const newest = listing.recordEpochs[listing.recordEpochs.length - 1];
+  const records = newest === undefined ? [] : [decodeEpochRecord(await backend.get(epochRecordKey(vol, newest)), epochRecordKey(vol, newest))];
+  const plan = planReplay({ ...listing, records });
+  const record = nextEpochRecord(plan, lease.epoch, { ...opts, holder: lease.holder });
+  const key = epochRecordKey(vol, lease.epoch);
+  if (!(await createFenced(backend, lease, key, encodeEpochRecord(record)))) {
+    // Only the holder of this epoch writes this key, and a create whose answer was lost is recognised by its content.
+    throw new VbfsError('VBFS_CORRUPT', `epoch record ${key} exists already, with other content`, { key });
+  }
+  return { plan, record };
 }

@@ -4,17 +4,18 @@
  * SIGCONT it and then ask it to write. It reports every outcome (and its lease's
  * loss) as a message; it never decides what the test expects.
  *
- * Messages in: acquire, write (a fenced create: lease check, then If-None-Match),
+ * Messages in: acquire, begin (write the epoch record), write (a fenced create: lease check, then If-None-Match),
  * check (assertLive now), late-write (a create WITHOUT a new check: what a writer
  * that passed its check and then stalled before its PUT does), exit.
  */
 import { S3Backend, type S3BackendOptions } from '../../src/backend/s3-backend';
-import { acquireLease, createFenced, type Lease } from '../../src/backend/lease';
+import { acquireLease, beginEpoch, createFenced, type Lease } from '../../src/backend/lease';
 
 type In =
   | { type: 'acquire'; backend: S3BackendOptions; volumeKey: string; ttlMs: number }
   | { type: 'write' | 'late-write'; key: string; data: string }
   | { type: 'check' }
+  | { type: 'begin' }
   | { type: 'exit' };
 
 let backend: S3Backend | null = null;
@@ -43,6 +44,14 @@ process.on('message', (m: In) => {
           send({ type: 'wrote', key: m.key, created });
         } catch (err) {
           send({ type: 'write-failed', key: m.key, code: codeOf(err) });
+        }
+        return;
+      case 'begin':
+        try {
+          const { record } = await beginEpoch(backend!, lease!);
+          send({ type: 'begun', firstSeq: record.firstSeq, adopted: record.adopted });
+        } catch (err) {
+          send({ type: 'begin-failed', code: codeOf(err) });
         }
         return;
       case 'check':
