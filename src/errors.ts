@@ -16,6 +16,8 @@ export type VbfsErrorCode =
   | 'VBFS_UNSUPPORTED_VERSION' // on-disk format version this build does not know
   | 'VBFS_BUSY' // e.g. delete of a volume that is open
   | 'VBFS_BAD_KEY' // the key (or passphrase) given does not match the volume's key check value
+  | 'VBFS_LEASE_HELD' // the volume's lease in the bucket is live and held by another writer (any machine)
+  | 'VBFS_LEASE_LOST' // this writer's lease expired or was taken over: it is fenced and must not write
   | 'VBFS_IO'; // an I/O error from the file layer or the backend
 
 export class VbfsError extends Error {

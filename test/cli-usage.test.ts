@@ -10,7 +10,7 @@ import { constants } from 'node:os';
 import { VbfsError } from '../src/errors';
 import { rewriteArgv } from '../src/cli/main';
 import { exitCodeFor, UsageError, EXIT_BY_CODE } from '../src/cli/exit-codes';
-import { parseMountFuseForm, parseMountOptions } from '../src/cli/mount-options';
+import { parseLeaseTtl, parseMountFuseForm, parseMountOptions } from '../src/cli/mount-options';
 import { formatSize, parseSize } from '../src/cli/size';
 import { ERRNO_BY_CODE, toErrno } from '../src/fuse/errno';
 import { parseStats, renderStats } from '../src/fuse/stats-file';
@@ -64,6 +64,8 @@ describe('vbfs command line: exit statuses and messages', function () {
     ['bad name', ['create', '../x', '--size', '1M'], /invalid volume name/],
     ['unknown option', ['list', '--colour'], /Unknown argument/],
     ['bad -o option', ['mount', '/nonexistent-mnt', '-o', 'frob'], /unknown mount option 'frob'/],
+    ['bad --lease-ttl', ['mount', '/nonexistent-mnt', '--lease-ttl', '0'], /invalid --lease-ttl '0'/],
+    ['bad -o lease_ttl', ['mount', '/nonexistent-mnt', '-o', 'lease_ttl=soon'], /invalid mount option 'lease_ttl=soon'/],
     ['delete without --yes and no terminal', ['delete', 'v1'], /without --yes/],
   ];
   for (const [what, args, msg] of usage) {
@@ -160,7 +162,7 @@ describe('vbfs argument parsing', () => {
       '--quiet',
     ]);
     // fstab: only `-o create` may create a store that does not exist yet.
-    assert.deepEqual(rewriteArgv(['/s', '/m', '-o', 'create,nonempty,stop_timeout=5']), [
+    assert.deepEqual(rewriteArgv(['/s', '/m', '-o', 'create,nonempty,stop_timeout=5,lease_ttl=12']), [
       'mount',
       '/m',
       '--store',
@@ -170,6 +172,8 @@ describe('vbfs argument parsing', () => {
       'nonempty',
       '--stop-timeout',
       '5',
+      '--lease-ttl',
+      '12',
       '--quiet',
     ]);
     assert.deepEqual(rewriteArgv(['list', '--json']), ['list', '--json']);
@@ -196,6 +200,9 @@ describe('vbfs argument parsing', () => {
     assert.deepEqual(parseMountOptions(['nonempty,create,stop_timeout=2.5']), { nonempty: true, create: true, stopTimeoutSeconds: 2.5 });
     assert.throws(() => parseMountOptions(['stop_timeout=soon']), UsageError);
     assert.throws(() => parseMountOptions(['stop_timeout=-1']), UsageError);
+    assert.deepEqual(parseMountOptions(['lease_ttl=10']), { leaseTtlSeconds: 10 });
+    assert.equal(parseLeaseTtl('2.5', '--lease-ttl'), 2.5);
+    for (const bad of ['0', '0.5', '3601', 'soon', '', '1.0001', '-5']) assert.throws(() => parseLeaseTtl(bad, '--lease-ttl'), UsageError, bad);
   });
 
   it('has one exit status and one errno for every error code', () => {
@@ -204,6 +211,8 @@ describe('vbfs argument parsing', () => {
     assert.equal(exitCodeFor(new UsageError('x')), 2);
     assert.equal(exitCodeFor(new VbfsError('VBFS_INVALID_NAME', 'x')), 2);
     assert.equal(exitCodeFor(new VbfsError('VBFS_NOT_FOUND', 'x')), 1);
+    assert.equal(exitCodeFor(new VbfsError('VBFS_LEASE_HELD', 'x')), 1);
+    assert.equal(toErrno(new VbfsError('VBFS_LEASE_LOST', 'x')), -constants.errno.EIO, 'a fenced writer gets EIO');
     assert.equal(exitCodeFor(new Error('bug')), 1);
     assert.equal(toErrno(new VbfsError('VBFS_NOT_FOUND', 'x')), -constants.errno.ENOENT);
     assert.equal(toErrno(new VbfsError('VBFS_READ_ONLY', 'x')), -constants.errno.EROFS);

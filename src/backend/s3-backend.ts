@@ -215,6 +215,36 @@ export class S3Backend implements Backend {
     return got;
   }
 
+  /**
+   * The whole object with two times from the server's clock: when it was last written
+   * (Last-Modified) and the server's time of this answer (the HTTP Date header), both
+   * in whole seconds. The lease judges expiry by their difference, so neither the
+   * client's clock nor its skew against the writer's enters (src/backend/lease.ts).
+   * `serverNowMs` falls back to the client's clock if a server sends no Date.
+   */
+  async getStamped(key: string): Promise<{ data: Buffer; modifiedMs: number; serverNowMs: number }> {
+    const Key = this.objectKey(key);
+    const got = await this.retrying(`get '${key}'`, key, async (signal, attemptDeadline) => {
+      let date: string | undefined;
+      const cmd = new GetObjectCommand({ Bucket: this.bucket, Key });
+      cmd.middlewareStack.add(
+        (next) => async (args) => {
+          const out = await next(args);
+          date = (out.response as { headers?: Record<string, string> }).headers?.['date'];
+          return out;
+        },
+        { step: 'deserialize', name: 'vbfsServerDate' },
+      );
+      const res = await this.client.send(cmd, { abortSignal: signal });
+      const data = await readBody(res.Body as Readable | undefined, attemptDeadline);
+      const serverNow = date !== undefined ? Date.parse(date) : NaN;
+      return { data, modifiedMs: res.LastModified?.getTime() ?? NaN, serverNowMs: Number.isFinite(serverNow) ? serverNow : Date.now() };
+    });
+    if (!Number.isFinite(got.modifiedMs)) throw new VbfsError('VBFS_IO', `S3 get '${key}': no Last-Modified in the answer`, { key });
+    this.stats.bytesGot += got.data.length;
+    return got;
+  }
+
   async delete(key: string): Promise<void> {
     const Key = this.objectKey(key);
     await this.retrying(`delete '${key}'`, key, (signal) => this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key }), { abortSignal: signal }));

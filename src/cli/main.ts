@@ -10,7 +10,7 @@ import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError, exitCodeFor } from './ex
 import { closeLogger, createCliLogger, LOG_LEVELS, type CliLogger, type LogLevel } from './logger';
 import { runFsck } from './fsck-command';
 import { READY_FD_ENV, runMount, runUnmount, type CliContext } from './mount-command';
-import { parseMountFuseForm, parseMountOptions, parseStopTimeout, type MountFlags } from './mount-options';
+import { parseMountFuseForm, parseMountOptions, parseLeaseTtl, parseStopTimeout, type MountFlags } from './mount-options';
 import { parseSize } from './size';
 import { defaultStoreDir } from './store';
 import { runCreate, runDelete, runInfo, runList, runStats } from './volume-commands';
@@ -73,6 +73,7 @@ export function rewriteArgv(argv: string[]): string[] | 'fake' {
   if (flags.logFile) out.push('--log-file', flags.logFile);
   if (flags.nonempty) out.push('-o', 'nonempty');
   if (flags.stopTimeoutSeconds !== undefined) out.push('--stop-timeout', String(flags.stopTimeoutSeconds));
+  if (flags.leaseTtlSeconds !== undefined) out.push('--lease-ttl', String(flags.leaseTtlSeconds));
   // fstab: a mistyped store path must not silently become a new, empty store.
   if (!flags.create) out.push('--require-store');
   if (flags.logLevel) out.push('--log-level', flags.logLevel);
@@ -254,6 +255,12 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
                 'seconds a SIGTERM/SIGINT waits for open files and loop devices to let go (new opens are refused meanwhile); ' +
                 'then it unmounts lazily if only files are open, or keeps serving while a loop device is attached (default 60)',
             })
+            .option('lease-ttl', {
+              type: 'string',
+              describe:
+                'seconds the lease of a volume kept in a bucket lives without renewal (1..3600, default 30): a mount that cannot renew it ' +
+                'for that long stops writing (EIO), and another machine may take the volume over after it',
+            })
             .option('require-store', { type: 'boolean', default: false, hidden: true })
             .option('debug-fuse', { type: 'boolean', default: false, hidden: true })
             .option('quiet', { alias: 'q', type: 'boolean', default: false, describe: 'print nothing on success' }),
@@ -275,6 +282,7 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
             daemon: a.daemon,
             timeoutSeconds: a.timeout,
             stopTimeoutSeconds: stopTimeout,
+            leaseTtlSeconds: a['lease-ttl'] !== undefined ? parseLeaseTtl(a['lease-ttl'], '--lease-ttl') : flags.leaseTtlSeconds,
             memoryBytes: a.memory !== undefined ? parseSize(a.memory, '--memory') : flags.memoryBytes,
             requireStore: a['require-store'],
             debugFuse: a['debug-fuse'],

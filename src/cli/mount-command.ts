@@ -154,7 +154,7 @@ export async function runMount(ctx: CliContext, args: MountArgs): Promise<number
     if (running && running.pid !== process.pid) {
       throw new VbfsError('VBFS_BUSY', `store ${ctx.storeDir} is already mounted at ${running.mountpoint} (pid ${running.pid}); a store can be mounted once`);
     }
-    const store = await openStore(ctx.storeDir, log, args.memoryBytes);
+    const store = await openStore(ctx.storeDir, log, args.memoryBytes, args.leaseTtlSeconds);
     let m: StoreMount;
     try {
       // Everything that can fail is done before the kernel mount: a failure after it
@@ -245,6 +245,7 @@ async function startDaemon(ctx: CliContext, args: MountArgs): Promise<number> {
   if (args.defaultPermissions) childArgs.push('--default-permissions');
   if (args.durability) childArgs.push('--durability', args.durability);
   if (args.memoryBytes !== undefined) childArgs.push('--memory', String(args.memoryBytes));
+  if (args.leaseTtlSeconds !== undefined) childArgs.push('--lease-ttl', String(args.leaseTtlSeconds));
   if (args.debugFuse) childArgs.push('--debug-fuse');
   // The child's stderr goes to the log file too, so even a crash trace is kept.
   const errFd = openAppendPrivateSync(logFile);

@@ -22,12 +22,27 @@ export interface MountFlags {
   /** The mount.fuse/fstab form may create a store that does not exist yet. */
   create?: boolean;
   stopTimeoutSeconds?: number;
+  /** TTL of the lease of a volume whose state lives in a bucket (src/backend/lease.ts). */
+  leaseTtlSeconds?: number;
 }
 
 /** A stop timeout in seconds: a non-negative number. */
 export function parseStopTimeout(value: string | number, what: string): number {
   const n = typeof value === 'number' ? value : value.trim() === '' ? NaN : Number(value);
   if (!Number.isFinite(n) || n < 0) throw new UsageError(`invalid ${what} '${value}': a number of seconds, 0 or more`);
+  return n;
+}
+
+/**
+ * A lease TTL in seconds: 1 to 3600, in whole milliseconds. Shorter cannot outlive
+ * one slow PUT (the holder would fence itself for nothing); longer keeps a dead
+ * holder's volume unmountable elsewhere for over an hour.
+ */
+export function parseLeaseTtl(value: string | number, what: string): number {
+  const n = typeof value === 'number' ? value : value.trim() === '' ? NaN : Number(value);
+  if (!Number.isFinite(n) || n < 1 || n > 3600 || !Number.isInteger(n * 1000)) {
+    throw new UsageError(`invalid ${what} '${value}': a number of seconds from 1 to 3600 (default 30)`);
+  }
   return n;
 }
 
@@ -111,11 +126,14 @@ export function parseMountOptions(list: string[], sloppy = false): MountFlags {
       case 'stop_timeout':
         flags.stopTimeoutSeconds = parseStopTimeout(value, `mount option '${opt}'`);
         break;
+      case 'lease_ttl':
+        flags.leaseTtlSeconds = parseLeaseTtl(value, `mount option '${opt}'`);
+        break;
       default:
         if (IGNORED.has(key) || key.startsWith('x-') || key === 'comment') break;
         if (!sloppy) {
           throw new UsageError(
-            `unknown mount option '${opt}' (known: ro, allow_other, allow_root, default_permissions, durability=MODE, log_file=PATH, log_level=LEVEL, memory=SIZE, nonempty, create, stop_timeout=SECONDS)`,
+            `unknown mount option '${opt}' (known: ro, allow_other, allow_root, default_permissions, durability=MODE, log_file=PATH, log_level=LEVEL, memory=SIZE, nonempty, create, stop_timeout=SECONDS, lease_ttl=SECONDS)`,
           );
         }
     }

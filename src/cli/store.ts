@@ -30,8 +30,8 @@ export function defaultStoreDir(env: NodeJS.ProcessEnv = process.env): string {
   return path.join(os.homedir(), '.local', 'share', 'vbfs');
 }
 
-export async function openStore(dir: string, logger: Logger, memoryBytes?: number): Promise<CliStore> {
-  return Store.open(dir, { logger, memoryBytes });
+export async function openStore(dir: string, logger: Logger, memoryBytes?: number, leaseTtlSeconds?: number): Promise<CliStore> {
+  return Store.open(dir, { logger, memoryBytes, ...(leaseTtlSeconds !== undefined ? { leaseTtlMs: Math.round(leaseTtlSeconds * 1000) } : {}) });
 }
 
 /**

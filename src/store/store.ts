@@ -3,6 +3,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { VbfsError, isVbfsError } from '../errors';
 import type { Backend } from '../backend/backend';
+import { checkLeaseTtl } from '../backend/lease';
 import { FileBackend } from '../backend/file-backend';
 import { decodeVolumeMeta, encodeVolumeMeta, VOLUME_FORMAT_VERSION } from '../format/volume-meta';
 import type { FileIO } from '../io/file-io';
@@ -45,6 +46,7 @@ export class Store implements MountableStore {
 
   static async open(dir: string, opts: StoreOptions = {}): Promise<Store> {
     installCrc32c(); // every checksum below this store: hardware CRC-32C when the platform has it
+    if (opts.leaseTtlMs !== undefined) checkLeaseTtl(opts.leaseTtlMs); // used by bucket-backed volumes (issue 11)
     const fileIO = opts.fileIO ?? new NodeFileIO();
     const abs = path.resolve(dir);
     const st = await fileIO.stat(abs);

@@ -25,6 +25,12 @@ export interface StoreOptions {
    * writeBufferBytes / cacheBytes), recomputed when a volume opens or closes.
    */
   memoryBytes?: number;
+  /**
+   * TTL of the lease a writer takes on a volume whose state lives in a bucket
+   * (src/backend/lease.ts; default 30 s, `vbfs mount --lease-ttl`). Volumes in a
+   * local store directory have their LOCK file instead and ignore it.
+   */
+  leaseTtlMs?: number;
 }
 
 export interface VolumeCreateOptions {
