@@ -1,0 +1,244 @@
+import * as assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import type { Backend } from '../src/backend/backend';
+import { MemoryBackend } from '../src/backend/memory-backend';
+import { S3Backend } from '../src/backend/s3-backend';
+import { chunkKey } from '../src/chunk/chunk';
+import { BucketMapMedium } from '../src/map/bucket-map-medium';
+import { Store } from '../src/store/store';
+import type { VolumeOpenOptions } from '../src/store/types';
+import { pattern, rejectsWith } from './backend-suite';
+import { requireRgw, rgwOptions, type RgwCluster } from './helpers/rgw';
+
+/**
+ * A store whose volumes live in the backend (StoreOptions.metadata 'backend'): the
+ * store directory keeps only the WAL and the LOCK, so a new, empty directory opens
+ * the same volumes from the bucket alone. Run on the memory backend (fast, no Ceph)
+ * and on a real Ceph RGW.
+ */
+const TINY: VolumeOpenOptions = { chunkBytes: 64 * 1024, flushBytes: 32 * 1024, checkpointBytes: 4 * 1024 };
+
+function bucketStoreSuite(name: string, newBackend: () => Backend | Promise<Backend>, sameBucket: (b: Backend) => Backend): void {
+  describe(name, function () {
+    this.timeout(180_000);
+    const dirs: string[] = [];
+    const stores: Store[] = [];
+    const tmpDir = (): string => {
+      const d = fs.mkdtempSync(path.join(os.tmpdir(), 'vbfs-s3store-'));
+      dirs.push(d);
+      return d;
+    };
+    const open = async (backend: Backend, dir = tmpDir()): Promise<Store> => {
+      const s = await Store.open(dir, { backend, metadata: 'backend' });
+      stores.push(s);
+      return s;
+    };
+    afterEach(async () => {
+      for (const s of stores.splice(0)) await s.close().catch(() => undefined);
+      for (const d of dirs.splice(0)) fs.rmSync(d, { recursive: true, force: true });
+    });
+
+    it('opens a volume from a new, empty store directory: metadata, map deltas and checkpoints are in the bucket', async () => {
+      const backend = await newBackend();
+      const a = await open(backend);
+      await a.createVolume('v', { size: 4 * 1024 * 1024, durability: 'strict' });
+      await a.createVolume('w', { size: 1024 * 1024 });
+      const v = await a.openVolume('v', TINY);
+      const data = pattern(3 * 64 * 1024 + 4096, 7);
+      await v.write(8192, data);
+      await v.flush();
+      await v.write(1024 * 1024, pattern(4096, 9)); // a second flush: a second delta
+      await v.flush();
+      await v.write(8192, pattern(4096, 11)); // overwrite: the first chunk loses a block
+      await v.close(); // final flush + checkpoint
+      const keys = await backend.list('');
+      const id = (await a.volumeInfo('v')).id;
+      assert.ok(keys.includes('index/v') && keys.includes('index/w'), 'name index');
+      assert.ok(keys.includes(`${id}/volume.json`), 'volume.json in the bucket');
+      assert.ok(
+        keys.some((k) => new RegExp(`^${id}/checkpoint/00000001/[0-9a-f]{12}/000000-[0-9a-f]{8}-end$`).test(k)),
+        `a complete checkpoint object: ${keys.join(' ')}`,
+      );
+      assert.ok(!fs.existsSync(path.join(a.dir, 'volumes', 'v', 'map')), 'no local map');
+      assert.ok(!fs.existsSync(path.join(a.dir, 'volumes', 'v', 'volume.json')), 'no local volume.json');
+      await a.close();
+
+      // Another machine: a new directory, the same bucket.
+      const b = await open(sameBucket(backend));
+      assert.deepEqual(
+        (await b.listVolumes()).map((i) => i.name),
+        ['v', 'w'],
+      );
+      const v2 = await b.openVolume('v', TINY);
+      const want = Buffer.from(data);
+      pattern(4096, 11).copy(want, 0);
+      assert.deepEqual(await v2.read(8192, data.length), want);
+      assert.deepEqual(await v2.read(1024 * 1024, 4096), pattern(4096, 9));
+      assert.deepEqual(await v2.read(0, 8192), Buffer.alloc(8192));
+      await v2.close();
+      const report = await b.fsckVolume('v');
+      assert.equal(report.errors, 0, JSON.stringify(report.problems));
+      assert.equal(report.mappedBlocks, (data.length + 4096) / 4096);
+    });
+
+    it('map deltas without a checkpoint (a crash before close) are replayed on the new machine', async () => {
+      const backend = await newBackend();
+      const a = await open(backend);
+      await a.createVolume('v', { size: 1024 * 1024 });
+      const v = await a.openVolume('v', { ...TINY, checkpointBytes: 1 << 30 });
+      await v.write(0, pattern(128 * 1024, 3));
+      await v.flush();
+      await v.write(4096, pattern(4096, 4));
+      await v.flush();
+      const id = (await a.volumeInfo('v')).id;
+      const deltas = (await backend.list(`${id}/map/`)).filter((k) => /^[0-9a-f]{32}\/map\/00000001\/[0-9a-f]{12}$/.test(k));
+      assert.ok(deltas.length >= 2, `one delta object per commit: ${deltas.join(' ')}`);
+      assert.equal((await backend.list(`${id}/checkpoint/`)).length, 0);
+      // The first machine is gone without closing (its WAL with it).
+      const b = await open(sameBucket(backend));
+      const v2 = await b.openVolume('v', TINY);
+      const want = pattern(128 * 1024, 3);
+      pattern(4096, 4).copy(want, 4096);
+      assert.deepEqual(await v2.read(0, want.length), want);
+      await v2.close();
+    });
+
+    it('GC: a chunk leaves the bucket only once a durable map no longer needs it; orphans are removed on open', async () => {
+      const backend = await newBackend();
+      const a = await open(backend);
+      await a.createVolume('v', { size: 1024 * 1024 });
+      const v = await a.openVolume('v', TINY);
+      await v.write(0, pattern(4096, 1));
+      await v.flush();
+      const id = (await a.volumeInfo('v')).id;
+      const first = chunkKey(id, 1);
+      assert.ok((await backend.list(`${id}/chunks/`)).includes(first));
+      await v.write(0, pattern(4096, 2)); // supersedes chunk 1's only block
+      await v.flush();
+      await v.close();
+      assert.ok(!(await backend.list(`${id}/chunks/`)).includes(first), 'the dead chunk was deleted after the commit that superseded it');
+      // A flush that crashed before its map commit leaves an object no map knows.
+      const orphan = chunkKey(id, 0x99);
+      await backend.put(orphan, Buffer.alloc(64));
+      const b = await open(sameBucket(backend));
+      const v2 = await b.openVolume('v', TINY);
+      assert.ok(!(await backend.list(`${id}/chunks/`)).includes(orphan), 'orphan removed on open');
+      assert.deepEqual(await v2.read(0, 4096), pattern(4096, 2));
+      await v2.close();
+    });
+
+    it('a checkpoint whose last part never arrived is ignored: the previous one and its deltas still hold the map', async () => {
+      const backend = await newBackend();
+      const a = await open(backend);
+      await a.createVolume('v', { size: 1024 * 1024 });
+      const v = await a.openVolume('v', TINY);
+      await v.write(0, pattern(64 * 1024, 5));
+      await v.close();
+      const id = (await a.volumeInfo('v')).id;
+      // A later checkpoint was being streamed when the writer died: a part without -end.
+      const torn = `${id}/checkpoint/00000001/00000000ffff/000000-00000010`;
+      await backend.put(torn, Buffer.alloc(16, 0xee));
+      const b = await open(sameBucket(backend));
+      const v2 = await b.openVolume('v', TINY);
+      assert.deepEqual(await v2.read(0, 64 * 1024), pattern(64 * 1024, 5));
+      assert.ok(!(await backend.list(`${id}/checkpoint/`)).includes(torn), 'the incomplete checkpoint is removed by a writable open');
+      await v2.close();
+    });
+
+    it('names are unique in the bucket, delete removes every object of the volume', async () => {
+      const backend = await newBackend();
+      const a = await open(backend);
+      await a.createVolume('v', { size: 1024 * 1024 });
+      const b = await open(sameBucket(backend));
+      await rejectsWith(() => b.createVolume('v', { size: 1024 * 1024 }), 'VBFS_EXISTS');
+      const id = (await a.volumeInfo('v')).id;
+      const v = await a.openVolume('v', TINY);
+      await v.write(0, pattern(8192, 1));
+      await v.close();
+      await b.deleteVolume('v');
+      await rejectsWith(() => a.volumeInfo('v'), 'VBFS_NOT_FOUND');
+      assert.deepEqual(await backend.list(`${id}/`), []);
+      assert.deepEqual(await backend.list('index/'), []);
+    });
+  });
+}
+
+describe('BucketMapMedium checkpoint parts', () => {
+  it('streams a checkpoint as part objects, the last marked -end, and reads them back as one byte stream across part boundaries', async () => {
+    const backend = new MemoryBackend();
+    const id = '00112233445566778899aabbccddeeff';
+    const m = new BucketMapMedium(backend, id, 3);
+    const groups = [pattern(1000, 1), pattern(10, 2), pattern(5000, 3)];
+    const sink = await m.createCheckpoint(0x42);
+    for (const g of groups) await sink.write([g.subarray(0, 7), g.subarray(7)]);
+    await sink.sync();
+    await sink.close();
+    assert.equal(await m.openCheckpoint(), null, 'not current before publish (the -end part is held back)');
+    await sink.publish();
+    assert.deepEqual(await backend.list(`${id}/checkpoint/`), [
+      `${id}/checkpoint/00000003/000000000042/000000-000003e8`,
+      `${id}/checkpoint/00000003/000000000042/000001-0000000a`,
+      `${id}/checkpoint/00000003/000000000042/000002-00001388-end`,
+    ]);
+    const src = await m.openCheckpoint();
+    assert.ok(src);
+    const all = Buffer.concat(groups);
+    assert.equal(await src.size(), all.length);
+    const got = Buffer.alloc(all.length);
+    let at = 0;
+    while (at < all.length) {
+      const n = await src.read(got.subarray(at, Math.min(all.length, at + 777)), at); // windows that straddle parts
+      assert.ok(n > 0);
+      at += n;
+    }
+    assert.deepEqual(got, all);
+    // A newer one, published, replaces it: the older parts are deleted.
+    const next = await m.createCheckpoint(0x50);
+    await next.write([pattern(9, 4)]);
+    await next.publish();
+    assert.deepEqual(await backend.list(`${id}/checkpoint/`), [`${id}/checkpoint/00000003/000000000050/000000-00000009-end`]);
+  });
+});
+
+/** One memory "bucket" shared by two stores: closing a store must not empty it. */
+function unclosable(b: Backend): Backend {
+  return { kind: b.kind, put: (k, d) => b.put(k, d), get: (k, o, l) => b.get(k, o, l), delete: (k) => b.delete(k), list: (p) => b.list(p), close: async () => undefined };
+}
+
+bucketStoreSuite(
+  'bucket store on the memory backend',
+  () => unclosable(new MemoryBackend()),
+  (b) => b,
+);
+
+describe('bucket store on Ceph RGW', function () {
+  this.timeout(300_000);
+  let rgw: RgwCluster;
+  const opened: S3Backend[] = [];
+  before(async function () {
+    this.timeout(300_000);
+    rgw = await requireRgw(this);
+    const be = new S3Backend(rgwOptions(rgw));
+    await be.ensureBucket();
+    await be.close();
+  });
+  after(async () => {
+    for (const b of opened) await b.close();
+  });
+  bucketStoreSuite(
+    'S3Backend',
+    () => {
+      const b = new S3Backend(rgwOptions(rgw));
+      opened.push(b);
+      return b;
+    },
+    (b) => {
+      const s3 = b as S3Backend;
+      const again = new S3Backend({ ...rgwOptions(rgw), prefix: s3.prefix });
+      opened.push(again);
+      return again;
+    },
+  );
+});
