@@ -15,12 +15,16 @@ import type { CheckpointSink, MapMedium, MapSegmentWriter, MapSource } from './m
  *
  * The writer's epoch is in every key it writes, so a writer fenced off by a newer
  * epoch never overwrites what the newer writer wrote. Where two epochs wrote the
- * same segment number, the higher epoch's object is the one read. (The lease module
- * decides what a fenced writer's late objects mean; this medium only keeps them apart.)
+ * same segment number, the higher epoch's object is the one read; the current
+ * checkpoint is the complete one of the highest epoch (then the highest first
+ * segment), and a writer never deletes an object of an epoch above its own. (The lease
+ * module decides what a fenced writer's late deltas mean; this medium keeps them apart.)
  */
 export class BucketMapMedium implements MapMedium {
   readonly tornTails = false;
   readonly segmentPerCommit = true;
+  /** Deltas are small (one flush wave each) and each is one GET on open: a checkpoint every this many bounds open time. */
+  readonly maxSegments: number;
   /** Segment number -> every epoch that wrote it (from the last listing). */
   private readonly seen = new Map<number, number[]>();
 
@@ -28,7 +32,9 @@ export class BucketMapMedium implements MapMedium {
     private readonly backend: Backend,
     private readonly volumeId: string,
     readonly epoch = 1,
+    maxSegments = 256,
   ) {
+    this.maxSegments = maxSegments;
     if (!Number.isSafeInteger(epoch) || epoch < 1 || epoch > 0xffffffff) throw new VbfsError('VBFS_INVALID_ARGUMENT', `invalid writer epoch ${epoch}`);
   }
 
@@ -69,8 +75,11 @@ export class BucketMapMedium implements MapMedium {
   }
 
   async deleteSegment(n: number): Promise<void> {
-    for (const e of this.seen.get(n) ?? [this.epoch]) await this.backend.delete(this.segKey(n, e));
-    this.seen.delete(n);
+    const epochs = this.seen.get(n) ?? [this.epoch];
+    for (const e of epochs) if (e <= this.epoch) await this.backend.delete(this.segKey(n, e));
+    const kept = epochs.filter((e) => e > this.epoch);
+    if (kept.length > 0) this.seen.set(n, kept);
+    else this.seen.delete(n);
   }
 
   async syncDeletes(): Promise<void> {
@@ -133,16 +142,16 @@ export class BucketMapMedium implements MapMedium {
     for (const key of stale) await this.backend.delete(key);
   }
 
-  /** The newest complete checkpoint's parts, and every key of the other ones (older, or never completed). */
+  /** The current checkpoint's parts, and the keys of the others this writer may delete (older, or never completed). */
   private async scanCheckpoints(): Promise<{ current: Part[] | null; stale: string[] }> {
     const groups = new Map<string, Part[]>();
     const stale: string[] = [];
     for (const key of await this.backend.list(this.ckPrefix)) {
       const m = /^([0-9a-f]{8})\/([0-9a-f]{12})\/([0-9a-f]{6})-([0-9a-f]{8})(-end)?$/.exec(key.slice(this.ckPrefix.length));
       if (!m) continue;
-      const group = `${m[2]}/${m[1]}`; // sorts by first segment, then epoch
+      const group = `${m[1]}/${m[2]}`; // sorts by epoch, then first segment
       const parts = groups.get(group) ?? [];
-      parts.push({ key, index: parseInt(m[3] as string, 16), bytes: parseInt(m[4] as string, 16), end: m[5] !== undefined });
+      parts.push({ key, epoch: parseInt(m[1] as string, 16), index: parseInt(m[3] as string, 16), bytes: parseInt(m[4] as string, 16), end: m[5] !== undefined });
       groups.set(group, parts);
     }
     let current: Part[] | null = null;
@@ -150,7 +159,7 @@ export class BucketMapMedium implements MapMedium {
       const parts = (groups.get(name) as Part[]).sort((a, b) => a.index - b.index);
       const complete = parts.every((p, i) => p.index === i && p.end === (i === parts.length - 1));
       if (complete && !current) current = parts;
-      else for (const p of parts) stale.push(p.key);
+      else for (const p of parts) if (p.epoch <= this.epoch) stale.push(p.key);
     }
     return { current, stale };
   }
@@ -158,6 +167,7 @@ export class BucketMapMedium implements MapMedium {
 
 interface Part {
   key: string;
+  epoch: number;
   index: number;
   bytes: number;
   end: boolean;

@@ -18,6 +18,11 @@ export interface MapMedium {
   readonly tornTails: boolean;
   /** One segment per commit (a bucket: objects are never appended to) or many (a file). */
   readonly segmentPerCommit: boolean;
+  /**
+   * Checkpoint once this many segments wait to be replayed, whatever their bytes (a
+   * bucket: every delta is one GET on open). Undefined: bytes alone decide.
+   */
+  readonly maxSegments?: number;
   /** Where segment `n` (or the checkpoint) lives, for messages and fsck reports. */
   describe(what: number | 'checkpoint'): string;
   /** The current checkpoint, for reading frame by frame; null if there is none. */

@@ -80,6 +80,12 @@ export class MapStore {
     this.medium = medium ?? new FileMapMedium(fileIO, dir);
   }
 
+  /** The medium wants a checkpoint now (too many segments to replay), whatever checkpointBytes says. */
+  get checkpointDue(): boolean {
+    const max = this.medium.maxSegments;
+    return max !== undefined && this.segments.length >= max;
+  }
+
   async load(index: BlockIndex, readOnly: boolean): Promise<MapLoad> {
     const out: MapLoad = { seq: 0, nextChunkId: 1 };
     let firstSeg = 1;
