@@ -52,7 +52,7 @@ describe('vbfs --backend s3:// (Ceph RGW)', function () {
     assert.deepEqual(JSON.parse(cfg), { backend: `${url}/` });
     assert.ok(!cfg.includes(rgw.secretAccessKey) && !cfg.includes(rgw.accessKeyId), 'no credential on disk');
     for (const f of await fsp.readdir(store, { recursive: true })) {
-      const p = path.join(store, f as string);
+      const p = path.join(store, f);
       if (fs.statSync(p).isFile()) assert.ok(!fs.readFileSync(p, 'utf8').includes(rgw.secretAccessKey), `secret in ${p}`);
     }
 

@@ -253,7 +253,14 @@ describe('BucketMapMedium epochs', () => {
 
 /** One memory "bucket" shared by two stores: closing a store must not empty it. */
 function unclosable(b: Backend): Backend {
-  return { kind: b.kind, put: (k, d) => b.put(k, d), get: (k, o, l) => b.get(k, o, l), delete: (k) => b.delete(k), list: (p) => b.list(p), close: async () => undefined };
+  return {
+    kind: b.kind,
+    put: (k, d) => b.put(k, d),
+    get: (k, o, l) => b.get(k, o, l),
+    delete: (k) => b.delete(k),
+    list: (p) => b.list(p),
+    close: async () => undefined,
+  };
 }
 
 bucketStoreSuite(

@@ -40,11 +40,7 @@ export async function runCreate(ctx: CliContext, args: CreateArgs): Promise<numb
   if (blockSize === undefined && size % 4096 !== 0) {
     throw new UsageError(`size ${size} is not a multiple of the block size 4096`);
   }
-  const info = await withStore(
-    ctx,
-    (s) => s.createVolume(args.volume, { size, blockSize, durability: args.durability, compression: args.compression }),
-    true,
-  );
+  const info = await withStore(ctx, (s) => s.createVolume(args.volume, { size, blockSize, durability: args.durability, compression: args.compression }), true);
   ctx.out(`created volume ${info.name}: ${formatSize(info.size)}, block size ${info.blockSize}, ${info.durability}, compression ${info.compression}`);
   const mounted = await readMountRecord(ctx.storeDir);
   if (mounted) {

@@ -151,7 +151,13 @@ export class BucketMapMedium implements MapMedium {
       if (!m) continue;
       const group = `${m[1]}/${m[2]}`; // sorts by epoch, then first segment
       const parts = groups.get(group) ?? [];
-      parts.push({ key, epoch: parseInt(m[1] as string, 16), index: parseInt(m[3] as string, 16), bytes: parseInt(m[4] as string, 16), end: m[5] !== undefined });
+      parts.push({
+        key,
+        epoch: parseInt(m[1] as string, 16),
+        index: parseInt(m[3] as string, 16),
+        bytes: parseInt(m[4] as string, 16),
+        end: m[5] !== undefined,
+      });
       groups.set(group, parts);
     }
     let current: Part[] | null = null;

@@ -770,7 +770,7 @@ function nextRecord(buf: Buffer, off: number, blockSize: number, trustLength: bo
 async function readWhole(src: MapSource): Promise<Buffer> {
   try {
     const out = Buffer.alloc(await src.size());
-    for (let at = 0; at < out.length; ) {
+    for (let at = 0; at < out.length;) {
       const got = await src.read(out.subarray(at), at);
       if (got <= 0) return out.subarray(0, at);
       at += got;

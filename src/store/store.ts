@@ -309,7 +309,15 @@ export class Store implements MountableStore {
     this.checkOpen();
     const info = await this.volumeInfo(name);
     return fsckVolume(
-      { info, dir: await this.localDir(name), fileIO: this.fileIO, backend: this.backend, logger: this.logger, storeDir: this.dir, mapMedium: this.mapMediumFor(info) },
+      {
+        info,
+        dir: await this.localDir(name),
+        fileIO: this.fileIO,
+        backend: this.backend,
+        logger: this.logger,
+        storeDir: this.dir,
+        mapMedium: this.mapMediumFor(info),
+      },
       opts,
     );
   }
