@@ -93,6 +93,23 @@ describe('vbfs --backend s3:// (Ceph RGW)', function () {
     assert.match(help.stdout, /--s3-path-style/);
   });
 
+  it('--s3-path-style=false reaches the SDK (virtual-hosted: BUCKET.localhost does not resolve) and is remembered; --s3-path-style turns it back', async () => {
+    const url = `s3://${TEST_BUCKET}/${rgwTestPrefix()}`;
+    const store = path.join(root, 'ps-store');
+    // A host name, not an IP address: the SDK uses path-style for an IP whatever it is told.
+    const byName = { env: { ...env, AWS_ENDPOINT_URL_S3: rgw.endpoint.replace('127.0.0.1', 'localhost') }, timeoutMs: 120_000 };
+    const run2 = (args: string[]) => vbfs(args, store, byName);
+    assert.equal((await run2(['create', 'v', '--size', '8M', '--backend', url])).code, 0);
+    const off = await run2(['list', '--s3-path-style=false']);
+    assert.equal(off.code, 1, off.stdout + off.stderr);
+    assert.match(off.stderr, /vbfs-test\.localhost|ENOTFOUND/);
+    assert.equal((JSON.parse(fs.readFileSync(path.join(store, 'store.json'), 'utf8')) as { s3PathStyle?: boolean }).s3PathStyle, false);
+    assert.equal((await run2(['list'])).code, 1, 'remembered');
+    const on = await run2(['list', '--s3-path-style']);
+    assert.equal(on.code, 0, on.stderr);
+    assert.match(on.stdout, /\bv\b/);
+  });
+
   it('real mount: ext4 on a loop device, unmount, wipe the store directory, mount from a new one: fsck.ext4 clean, same files; vbfs fsck clean', async function () {
     requireFuse(this);
     const url = `s3://${TEST_BUCKET}/${rgwTestPrefix()}`;
