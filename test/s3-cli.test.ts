@@ -110,7 +110,7 @@ describe('vbfs --backend s3:// (Ceph RGW)', function () {
     assert.match(on.stdout, /\bv\b/);
   });
 
-  it('real mount: ext4 on a loop device, unmount, wipe the store directory, mount from a new one: fsck.ext4 clean, same files; vbfs fsck clean', async function () {
+  it('real FUSE mount: ext4 on a loop device, unmount, wipe the store directory, mount from a new one: fsck.ext4 clean, same files; vbfs fsck clean', async function () {
     requireFuse(this);
     const url = `s3://${TEST_BUCKET}/${rgwTestPrefix()}`;
     const store = path.join(root, 'm-store');
