@@ -180,8 +180,9 @@ export class Store implements MountableStore {
     this.checkOpen();
     checkVolumeName(name);
     if (this.catalog) {
-      if ((await this.catalog.volumeId(name)) === null) throw new VbfsError('VBFS_NOT_FOUND', `no volume named '${name}' in store ${this.dir}`, { name });
       try {
+        // No index entry: no volume. A damaged entry or volume.json: listed as damaged.
+        if ((await this.catalog.volumeId(name)) === null) throw new VbfsError('VBFS_NOT_FOUND', `no volume named '${name}' in store ${this.dir}`, { name });
         return { name, info: await this.catalog.info(name) };
       } catch (err) {
         if (isVbfsError(err, 'VBFS_CORRUPT') || isVbfsError(err, 'VBFS_UNSUPPORTED_VERSION')) return { name, damaged: err.message };
