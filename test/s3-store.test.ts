@@ -165,6 +165,25 @@ function bucketStoreSuite(name: string, newBackend: () => Backend | Promise<Back
       await v.close();
     });
 
+    it('a damaged index entry lists the volume as damaged; the others still list', async () => {
+      const backend = await newBackend();
+      const a = await open(backend);
+      await a.createVolume('good', { size: 1024 * 1024 });
+      await backend.put('index/bad', Buffer.from('not a volume id'));
+      const states = await a.listVolumeStates();
+      assert.deepEqual(
+        states.map((s) => [s.name, s.info ? 'ok' : 'damaged']),
+        [
+          ['bad', 'damaged'],
+          ['good', 'ok'],
+        ],
+      );
+      assert.deepEqual(
+        (await a.listVolumes()).map((i) => i.name),
+        ['good'],
+      );
+    });
+
     it('names are unique in the bucket, delete removes every object of the volume', async () => {
       const backend = await newBackend();
       const a = await open(backend);
