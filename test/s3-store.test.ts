@@ -147,23 +147,24 @@ function bucketStoreSuite(name: string, newBackend: () => Backend | Promise<Back
       await v2.close();
     });
 
-    it('writes a checkpoint after 256 deltas even when their bytes are far below checkpointBytes (each delta is a GET on open)', async function () {
-      if (backendIsS3) this.skip(); // 256 flushes: the memory backend shows the rule in a second
-      const backend = await newBackend();
-      const a = await open(backend);
-      await a.createVolume('v', { size: 4 * 1024 * 1024 });
-      const v = await a.openVolume('v', { ...TINY, checkpointBytes: 1 << 30 });
-      const id = (await a.volumeInfo('v')).id;
-      for (let i = 0; i < 300; i++) {
-        await v.write((i % 1000) * 4096, pattern(4096, i));
-        await v.flush();
-      }
-      const deltas = await backend.list(`${id}/map/`);
-      assert.ok(deltas.length < 256 && deltas.length > 0, `deltas left after the automatic checkpoint: ${deltas.length}`);
-      assert.equal((await backend.list(`${id}/checkpoint/`)).length, 1);
-      assert.equal(v.stats().checkpoints, 1);
-      await v.close();
-    });
+    // 300 flushes: on the memory backend only (the rule is the map store's, not the backend's).
+    if (!backendIsS3)
+      it('writes a checkpoint after 256 deltas even when their bytes are far below checkpointBytes (each delta is a GET on open)', async () => {
+        const backend = await newBackend();
+        const a = await open(backend);
+        await a.createVolume('v', { size: 4 * 1024 * 1024 });
+        const v = await a.openVolume('v', { ...TINY, checkpointBytes: 1 << 30 });
+        const id = (await a.volumeInfo('v')).id;
+        for (let i = 0; i < 300; i++) {
+          await v.write((i % 1000) * 4096, pattern(4096, i));
+          await v.flush();
+        }
+        const deltas = await backend.list(`${id}/map/`);
+        assert.ok(deltas.length < 256 && deltas.length > 0, `deltas left after the automatic checkpoint: ${deltas.length}`);
+        assert.equal((await backend.list(`${id}/checkpoint/`)).length, 1);
+        assert.equal(v.stats().checkpoints, 1);
+        await v.close();
+      });
 
     it('a damaged index entry lists the volume as damaged; the others still list', async () => {
       const backend = await newBackend();
