@@ -47,6 +47,8 @@ const defaultIO: MainIO = {
 
 interface GlobalArgs {
   store?: string;
+  backend?: string;
+  's3-path-style'?: boolean;
   'log-level': LogLevel;
   'log-file'?: string;
 }
@@ -102,6 +104,8 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
       logFile: a['log-file'] ? path.resolve(a['log-file']) : undefined,
       logLevel: level,
       out,
+      backend: a.backend,
+      s3PathStyle: a['s3-path-style'],
     };
   };
 
@@ -142,6 +146,19 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
         type: 'string',
         describe: 'store directory',
         defaultDescription: '$VBFS_STORE or ~/.local/share/vbfs',
+        global: true,
+      })
+      .option('backend', {
+        type: 'string',
+        describe:
+          'keep the volumes (metadata, chunks, map) in an S3 bucket: s3://BUCKET/PREFIX; the store directory keeps the WAL, lock and caches ' +
+          'and remembers the backend (later commands need no --backend). Credentials, region and endpoint from AWS_ACCESS_KEY_ID, ' +
+          'AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, AWS_PROFILE; never written to disk',
+        global: true,
+      })
+      .option('s3-path-style', {
+        type: 'boolean',
+        describe: 'path-style S3 URLs (default: on with a custom endpoint, e.g. RGW or MinIO; --s3-path-style=false for virtual-hosted)',
         global: true,
       })
       .option('log-level', { choices: LOG_LEVELS, default: 'warn' as const, describe: 'stderr/log-file verbosity', global: true })

@@ -30,6 +30,9 @@ export interface CliContext {
   logFile?: string;
   logLevel: string;
   out(line: string): void;
+  /** `--backend s3://BUCKET/PREFIX` and `--s3-path-style`, if given (else the store's own). */
+  backend?: string;
+  s3PathStyle?: boolean;
 }
 
 export interface MountArgs extends MountFlags {
@@ -154,7 +157,7 @@ export async function runMount(ctx: CliContext, args: MountArgs): Promise<number
     if (running && running.pid !== process.pid) {
       throw new VbfsError('VBFS_BUSY', `store ${ctx.storeDir} is already mounted at ${running.mountpoint} (pid ${running.pid}); a store can be mounted once`);
     }
-    const store = await openStore(ctx.storeDir, log, args.memoryBytes, args.leaseTtlSeconds);
+    const store = await openStore(ctx.storeDir, log, args.memoryBytes, { url: ctx.backend, pathStyle: ctx.s3PathStyle }, args.leaseTtlSeconds);
     let m: StoreMount;
     try {
       // Everything that can fail is done before the kernel mount: a failure after it
@@ -247,6 +250,8 @@ async function startDaemon(ctx: CliContext, args: MountArgs): Promise<number> {
   if (args.memoryBytes !== undefined) childArgs.push('--memory', String(args.memoryBytes));
   if (args.leaseTtlSeconds !== undefined) childArgs.push('--lease-ttl', String(args.leaseTtlSeconds));
   if (args.debugFuse) childArgs.push('--debug-fuse');
+  if (ctx.backend !== undefined) childArgs.push('--backend', ctx.backend);
+  if (ctx.s3PathStyle !== undefined) childArgs.push(`--s3-path-style=${ctx.s3PathStyle}`);
   // The child's stderr goes to the log file too, so even a crash trace is kept.
   const errFd = openAppendPrivateSync(logFile);
   const child = spawn(process.execPath, childArgs, {

@@ -13,6 +13,8 @@ import type { VolumeCreateOptions, VolumeState } from '../store/types';
 import type { Logger, VolumeInfo } from '../types';
 import { pidAlive, processStartTime } from '../os/process';
 import { mkdirPrivate, writeNewPrivateFile } from '../io/private-mode';
+import { VbfsError } from '../errors';
+import { backendFor, resolveBackendConfig, type BackendChoice } from './store-config';
 
 /** What the CLI needs from the engine's Store, beyond what a mount needs (store/ports.ts). */
 export interface CliStore extends MountableStore {
@@ -30,8 +32,37 @@ export function defaultStoreDir(env: NodeJS.ProcessEnv = process.env): string {
   return path.join(os.homedir(), '.local', 'share', 'vbfs');
 }
 
-export async function openStore(dir: string, logger: Logger, memoryBytes?: number, leaseTtlSeconds?: number): Promise<CliStore> {
-  return Store.open(dir, { logger, memoryBytes, ...(leaseTtlSeconds !== undefined ? { leaseTtlMs: Math.round(leaseTtlSeconds * 1000) } : {}) });
+/**
+ * Open the store with its backend: the local directory, or the bucket that
+ * `--backend` names or the store remembers (store-config.ts). `ensureBucket`
+ * (`vbfs create`) makes the bucket if it is missing and checks that it honours
+ * conditional creates, which keep two volumes from taking one name.
+ */
+export async function openStore(
+  dir: string,
+  logger: Logger,
+  memoryBytes?: number,
+  backend: BackendChoice & { ensureBucket?: boolean } = {},
+  leaseTtlSeconds?: number,
+): Promise<CliStore> {
+  const lease = leaseTtlSeconds !== undefined ? { leaseTtlMs: Math.round(leaseTtlSeconds * 1000) } : {};
+  const config = await resolveBackendConfig(dir, backend);
+  if (!config) return Store.open(dir, { logger, memoryBytes, ...lease });
+  const s3 = backendFor(config);
+  try {
+    if (backend.ensureBucket) {
+      await s3.ensureBucket();
+      if (!(await s3.supportsConditionalCreate())) {
+        throw new VbfsError('VBFS_IO', `the object store behind ${config.backend} ignores If-None-Match: * (a conditional create); vbfs needs it`, {
+          backend: config.backend,
+        });
+      }
+    }
+    return await Store.open(dir, { logger, memoryBytes, backend: s3, metadata: 'backend', ...lease });
+  } catch (err) {
+    await s3.close();
+    throw err;
+  }
 }
 
 /**

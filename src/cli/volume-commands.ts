@@ -13,8 +13,8 @@ import type { CliContext } from './mount-command';
 import { formatSize, parseSize } from './size';
 import { openStore, readMountRecord, type CliStore } from './store';
 
-async function withStore<T>(ctx: CliContext, fn: (store: CliStore) => Promise<T>): Promise<T> {
-  const store = await openStore(ctx.storeDir, ctx.logger);
+async function withStore<T>(ctx: CliContext, fn: (store: CliStore) => Promise<T>, ensureBucket = false): Promise<T> {
+  const store = await openStore(ctx.storeDir, ctx.logger, undefined, { url: ctx.backend, pathStyle: ctx.s3PathStyle, ensureBucket });
   try {
     return await fn(store);
   } finally {
@@ -40,7 +40,7 @@ export async function runCreate(ctx: CliContext, args: CreateArgs): Promise<numb
   if (blockSize === undefined && size % 4096 !== 0) {
     throw new UsageError(`size ${size} is not a multiple of the block size 4096`);
   }
-  const info = await withStore(ctx, (s) => s.createVolume(args.volume, { size, blockSize, durability: args.durability, compression: args.compression }));
+  const info = await withStore(ctx, (s) => s.createVolume(args.volume, { size, blockSize, durability: args.durability, compression: args.compression }), true);
   ctx.out(`created volume ${info.name}: ${formatSize(info.size)}, block size ${info.blockSize}, ${info.durability}, compression ${info.compression}`);
   const mounted = await readMountRecord(ctx.storeDir);
   if (mounted) {

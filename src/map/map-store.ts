@@ -1,4 +1,4 @@
-import { VbfsError, syncFailed } from '../errors';
+import { VbfsError } from '../errors';
 import { anyFrameAfter, checkFrame, encodeFrame, FRAME_HEADER, MAX_FRAME, type FrameCheck } from '../format/frame';
 import {
   allocRuns,
@@ -27,14 +27,15 @@ import {
   type Extent,
 } from '../format/map-records';
 import { RECORD_HEADER } from '../format/block-record';
-import type { FileHandle, FileIO } from '../io/file-io';
+import type { FileIO } from '../io/file-io';
 import type { Logger } from '../types';
 import { MAX_LEN, type BlockIndex } from './block-index';
+import { FileMapMedium, type MapMedium, type MapSegmentWriter, type MapSource } from './map-medium';
+
+export { mapSegmentName } from './map-medium';
 
 /** Record header bytes before each stored payload in a chunk (format/block-record.ts). */
 const RECORD_STRIDE = RECORD_HEADER;
-export const mapSegmentName = (n: number): string => n.toString(16).padStart(16, '0') + '.log';
-const CHECKPOINT = 'checkpoint';
 const ENTRIES_PER_FRAME = 8192;
 /** Bytes of the checkpoint read at a time: the checkpoint is streamed in, never read whole. */
 const READ_WINDOW = 1024 * 1024;
@@ -55,38 +56,52 @@ export type Failpoint = (name: string) => void | Promise<void>;
  * Checkpoint creation is atomic: checkpoint.tmp, fdatasync, rename, fsync dir. The
  * checkpoint names the first log segment to replay after it; older segments are
  * deleted only after the rename is durable.
+ *
+ * Where the bytes go is the medium's business (map-medium.ts): the local directory
+ * by default, or a bucket (bucket-map-medium.ts), with the same frames in both.
  */
 export class MapStore {
   logBytes = 0;
   checkpoints = 0;
   private seg = 1;
-  private fd: FileHandle | null = null;
+  private fd: MapSegmentWriter | null = null;
+  private readonly medium: MapMedium;
   private pos = 0;
   private readonly segments: number[] = [];
 
   constructor(
-    private readonly fileIO: FileIO,
-    private readonly dir: string,
+    fileIO: FileIO,
+    dir: string,
     private readonly volumeId: string,
     private readonly logger: Logger,
     private readonly failpoint: Failpoint,
-  ) {}
+    medium?: MapMedium,
+  ) {
+    this.medium = medium ?? new FileMapMedium(fileIO, dir);
+  }
+
+  /** The medium wants a checkpoint now (too many segments to replay), whatever checkpointBytes says. */
+  get checkpointDue(): boolean {
+    const max = this.medium.maxSegments;
+    return max !== undefined && this.segments.length >= max;
+  }
 
   async load(index: BlockIndex, readOnly: boolean): Promise<MapLoad> {
     const out: MapLoad = { seq: 0, nextChunkId: 1 };
     let firstSeg = 1;
-    const ckPath = `${this.dir}/${CHECKPOINT}`;
-    if (await this.fileIO.stat(ckPath)) firstSeg = await this.loadCheckpoint(ckPath, index, out);
-    const names = (await this.fileIO.readdir(this.dir)).filter((n) => /^[0-9a-f]{16}\.log$/.test(n));
-    const nums = names.map((n) => parseInt(n.slice(0, 16), 16)).sort((a, b) => a - b);
+    const medium = this.medium;
+    if (!readOnly) await medium.cleanup?.();
+    const ck = await medium.openCheckpoint();
+    if (ck) firstSeg = await this.loadCheckpoint(ck, medium.describe('checkpoint'), index, out);
+    const nums = await medium.listSegments();
     const live = nums.filter((n) => n >= firstSeg);
     for (const n of nums) {
-      if (n < firstSeg && !readOnly) await this.fileIO.unlink(`${this.dir}/${mapSegmentName(n)}`);
+      if (n < firstSeg && !readOnly) await medium.deleteSegment(n);
     }
     for (let k = 0; k < live.length; k++) {
       const n = live[k] as number;
-      const path = `${this.dir}/${mapSegmentName(n)}`;
-      await this.replayLog(await this.fileIO.readFile(path), path, n, k === live.length - 1, readOnly, index, out);
+      const path = medium.describe(n);
+      await this.replayLog(await medium.readSegment(n), path, n, k === live.length - 1 && medium.tornTails, readOnly, index, out);
       this.segments.push(n);
     }
     this.seg = Math.max(firstSeg, (nums[nums.length - 1] ?? 0) + 1);
@@ -99,10 +114,9 @@ export class MapStore {
    * one location per block ('E' frames), version 2 extents ('R'); both go into the
    * index, and the next checkpoint is written as version 2.
    */
-  private async loadCheckpoint(path: string, index: BlockIndex, out: MapLoad): Promise<number> {
+  private async loadCheckpoint(fd: MapSource, path: string, index: BlockIndex, out: MapLoad): Promise<number> {
     const bad = (off: number, why: string): VbfsError =>
       new VbfsError('VBFS_CORRUPT', `checkpoint ${path} is damaged at offset ${off} (${why})`, { path, offset: off });
-    const fd = await this.fileIO.open(path, 'r');
     try {
       const frames = new FrameReader(fd, await fd.size());
       const first = await frames.next();
@@ -178,7 +192,7 @@ export class MapStore {
     if (!first.ok || !h) {
       if (isLast && !anyFrameAfter(buf, 0)) {
         this.logger.warn('map log segment with a torn header: removing', { file: path });
-        if (!readOnly) await this.fileIO.unlink(path);
+        if (!readOnly) await this.medium.deleteSegment(n);
         return;
       }
       throw new VbfsError('VBFS_CORRUPT', `map log ${path} is damaged at offset 0 (bad header)`, { path, offset: 0 });
@@ -248,12 +262,7 @@ export class MapStore {
         bytes: buf.length - off,
         provenSynced: proven,
       });
-      if (!readOnly) {
-        const fd = await this.fileIO.open(path, 'r+');
-        await fd.truncate(off);
-        await fd.datasync();
-        await fd.close();
-      }
+      if (!readOnly) await this.medium.truncateSegment(n, off);
       break;
     }
     this.logBytes += off;
@@ -265,26 +274,20 @@ export class MapStore {
     // Everything before this.pos was covered by the previous commit's fdatasync.
     // One 'X' frame per chunk: its extents (runs of blocks stored back to back).
     const frame = Buffer.concat([encodeFrame(encodeSyncFrame(this.pos)), ...placements.map((p) => encodeFrame(encodeExtentCommit(p)))]);
-    const fd = this.fd as FileHandle;
-    // A failed write (out of space) leaves pos alone: the next commit rewrites the
-    // same range. A failed fdatasync is not retryable (the kernel may have dropped
-    // the pages): syncFailed() makes the volume fail.
-    await fd.write(frame, this.pos);
-    await fd.datasync().catch((err: unknown) => {
-      throw syncFailed('map log fdatasync failed', err);
-    });
+    // Durable when it resolves; a failure leaves pos alone (see the medium).
+    await (this.fd as MapSegmentWriter).append(frame, this.pos);
     this.pos += frame.length;
     this.logBytes += frame.length;
+    if (this.medium.segmentPerCommit) {
+      // An object is never appended to: the next commit starts the next segment.
+      await this.close();
+      this.seg++;
+    }
   }
 
   private async openLog(): Promise<void> {
-    const path = `${this.dir}/${mapSegmentName(this.seg)}`;
-    const fd = await this.fileIO.open(path, 'w+');
     const hdr = encodeFrame(encodeMapLogHeader({ volumeId: this.volumeId, segment: this.seg }));
-    await fd.write(hdr, 0);
-    await fd.datasync();
-    await this.fileIO.fsyncDir(this.dir);
-    this.fd = fd;
+    this.fd = await this.medium.createSegment(this.seg, hdr);
     this.pos = hdr.length;
     this.segments.push(this.seg);
   }
@@ -298,21 +301,18 @@ export class MapStore {
     const newSeg = this.seg + 1;
     const count = index.countPersisted();
     const extents = index.extentCount;
-    const tmp = `${this.dir}/${CHECKPOINT}.tmp`;
-    const fd = await this.fileIO.open(tmp, 'w+');
+    const fd = await this.medium.createCheckpoint(newSeg);
     // Streamed: one frame of up to ENTRIES_PER_FRAME extents at a time, written out
     // every few MiB, with an event-loop turn between frames, so a large map neither
     // piles up in memory nor stalls I/O.
     let parts: Buffer[] = [encodeFrame(encodeCheckpointHeader({ volumeId: this.volumeId, seq, mapSegment: newSeg, nextChunkId, entryCount: count }))];
     let partBytes = 0;
-    let pos = 0;
     const drain = async (): Promise<void> => {
       if (parts.length === 0) return;
       const group = parts;
       parts = [];
       partBytes = 0;
-      await fd.writev(group, pos);
-      for (const g of group) pos += g.length;
+      await fd.write(group);
     };
     try {
       let blocks = 0;
@@ -339,21 +339,20 @@ export class MapStore {
       }
       parts.push(encodeFrame(encodeFooter(count)));
       await drain();
-      await fd.datasync();
+      await fd.sync();
     } finally {
       await fd.close();
     }
     await this.failpoint('checkpoint:beforeRename');
-    await this.fileIO.rename(tmp, `${this.dir}/${CHECKPOINT}`);
-    await this.fileIO.fsyncDir(this.dir);
+    await fd.publish();
     await this.failpoint('checkpoint:afterRename');
     if (this.fd) {
       await this.fd.close();
       this.fd = null;
     }
     const old = this.segments.splice(0);
-    for (const n of old) await this.fileIO.unlink(`${this.dir}/${mapSegmentName(n)}`);
-    if (old.length > 0) await this.fileIO.fsyncDir(this.dir);
+    for (const n of old) await this.medium.deleteSegment(n);
+    if (old.length > 0) await this.medium.syncDeletes();
     this.seg = newSeg;
     this.logBytes = 0;
     this.checkpoints++;
@@ -395,7 +394,7 @@ class FrameReader {
   private filled = 0;
 
   constructor(
-    private readonly fd: FileHandle,
+    private readonly fd: MapSource,
     readonly size: number,
   ) {}
 

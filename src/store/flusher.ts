@@ -236,7 +236,7 @@ export class Flusher implements FlushControl {
     await ctx.failpoint('flush:beforeWalReclaim');
     await wal.reclaim(sealed);
     await ctx.failpoint('flush:afterWalReclaim');
-    if (map.logBytes >= tunables.checkpointBytes) await this.checkpoint();
+    if (map.logBytes >= tunables.checkpointBytes || map.checkpointDue) await this.checkpoint();
     this.processDeadChunks();
     return entries.length;
   }

@@ -21,7 +21,8 @@ import {
 } from '../format/map-records';
 import { CHUNK_MAGIC, CHUNK_VERSION, decodeSegmentHeader, SEGMENT_HEADER } from '../format/segment-header';
 import { BlockIndex } from '../map/block-index';
-import { MapStore, mapSegmentName, type MapLoad } from '../map/map-store';
+import { MapStore, type MapLoad } from '../map/map-store';
+import { FileMapMedium, type MapMedium, type MapSource } from '../map/map-medium';
 import type { FileIO } from '../io/file-io';
 import { findExposed, formatMode } from '../io/private-mode';
 import { replayWal } from '../wal/wal-reader';
@@ -142,6 +143,8 @@ export interface FsckContext {
   logger: Logger;
   /** The store directory: when given, fsck also reports the volume's files other users can open. */
   storeDir?: string;
+  /** Where the map lives (default: the local directory `<dir>/map`). */
+  mapMedium?: MapMedium;
 }
 
 /** Map entries checked one by one in a chunk whose records did not all match the map. */
@@ -193,12 +196,15 @@ class Fsck {
   private readonly walSeq = new Map<number, number>();
   private readonly orphans: string[] = [];
   private accessWarnings = 0;
+  /** Where the map lives: the bucket for a bucket store, else `<dir>/map`. */
+  private readonly medium: MapMedium;
 
   constructor(
     private readonly ctx: FsckContext,
     private readonly repair: boolean,
     opts: FsckOptions,
   ) {
+    this.medium = ctx.mapMedium ?? new FileMapMedium(ctx.fileIO, `${ctx.dir}/map`);
     const { info } = ctx;
     this.bs = info.blockSize;
     this.blockCount = info.size / info.blockSize;
@@ -303,13 +309,13 @@ class Fsck {
   private async checkMap(): Promise<boolean> {
     const { fileIO, dir, info } = this.ctx;
     this.progress({ phase: 'map', done: 0, total: 1 });
-    const map = new MapStore(fileIO, `${dir}/map`, info.id, this.mapLogger(), () => undefined);
+    const map = new MapStore(fileIO, `${dir}/map`, info.id, this.mapLogger(), () => undefined, this.medium);
     let loaded: MapLoad | null = null;
     try {
       await this.crossCheckMap();
       loaded = await map.load(this.index, true);
     } catch (err) {
-      this.fromError('map', err, `${dir}/map`);
+      this.fromError('map', err, this.ctx.mapMedium ? this.medium.describe('checkpoint') : `${dir}/map`);
     } finally {
       await map.close();
     }
@@ -327,13 +333,13 @@ class Fsck {
    * are left to load(), which knows which of them are torn tails.
    */
   private async crossCheckMap(): Promise<void> {
-    const { fileIO, dir } = this.ctx;
-    const mapDir = `${dir}/map`;
-    const ckPath = `${mapDir}/checkpoint`;
+    const medium = this.medium;
+    const ckPath = medium.describe('checkpoint');
     let firstSeg = 1;
     let nextChunk = 1;
-    if (await fileIO.stat(ckPath)) {
-      const buf = await fileIO.readFile(ckPath);
+    const ck = await medium.openCheckpoint();
+    if (ck) {
+      const buf = await readWhole(ck);
       const first = checkFrame(buf, 0);
       const h = first.ok ? decodeCheckpointHeader(first.payload) : null;
       if (!first.ok || !h) return;
@@ -367,13 +373,10 @@ class Fsck {
         off = f.end;
       }
     }
-    const nums = (await fileIO.readdir(mapDir))
-      .filter((n) => /^[0-9a-f]{16}\.log$/.test(n))
-      .map((n) => parseInt(n.slice(0, 16), 16))
-      .sort((a, b) => a - b);
+    const nums = await medium.listSegments();
     let lastChunk = nextChunk - 1;
     for (const n of nums) {
-      const path = `${mapDir}/${mapSegmentName(n)}`;
+      const path = medium.describe(n);
       if (n < firstSeg) {
         this.add({
           kind: 'stale-map-segment',
@@ -384,7 +387,7 @@ class Fsck {
         });
         continue;
       }
-      const buf = await fileIO.readFile(path);
+      const buf = await medium.readSegment(n);
       const first = checkFrame(buf, 0);
       const lh = first.ok ? decodeMapLogHeader(first.payload) : null;
       if (!first.ok || !lh) continue;
@@ -577,7 +580,7 @@ class Fsck {
       info: (m, meta) => logger.debug(m, meta),
       debug: (m, meta) => logger.debug(m, meta),
     };
-    const map = new MapStore(fileIO, `${dir}/map`, info.id, quiet, () => undefined);
+    const map = new MapStore(fileIO, `${dir}/map`, info.id, quiet, () => undefined, this.medium);
     try {
       await map.load(new BlockIndex(this.blockCount), false); // cuts a torn tail, deletes stale segments
     } finally {
@@ -761,4 +764,19 @@ function nextRecord(buf: Buffer, off: number, blockSize: number, trustLength: bo
     if (checkRecord(buf, at, buf.length, blockSize).ok) return at;
   }
   return -1;
+}
+
+/** A whole checkpoint (fsck's cross-check reads it into memory, as it always has). */
+async function readWhole(src: MapSource): Promise<Buffer> {
+  try {
+    const out = Buffer.alloc(await src.size());
+    for (let at = 0; at < out.length;) {
+      const got = await src.read(out.subarray(at), at);
+      if (got <= 0) return out.subarray(0, at);
+      at += got;
+    }
+    return out;
+  } finally {
+    await src.close();
+  }
 }

@@ -5,6 +5,8 @@ import { VbfsError, isVbfsError } from '../errors';
 import type { Backend } from '../backend/backend';
 import { checkLeaseTtl } from '../backend/lease';
 import { FileBackend } from '../backend/file-backend';
+import { BucketMapMedium } from '../map/bucket-map-medium';
+import { BucketCatalog } from './bucket-catalog';
 import { decodeVolumeMeta, encodeVolumeMeta, VOLUME_FORMAT_VERSION } from '../format/volume-meta';
 import type { FileIO } from '../io/file-io';
 import { NodeFileIO } from '../io/node-file-io';
@@ -28,6 +30,11 @@ import { checkBlockSize, checkCompression, checkDurability, checkSize, checkVolu
  *   <dir>/volumes/<name>/map/          map log segments + checkpoint
  *   <dir>/objects/<volume id>/chunks/  chunk objects (FileBackend; or any Backend)
  *   <dir>/volumes/.tmp-<pid>-<start>-<boot>-<rand>-<name>   a volume being created
+ *
+ * With `metadata: 'backend'` (an S3 bucket) the directory keeps only the WAL, the
+ * LOCK and caches (`<dir>/volumes/<name>/`, made on first use); the volume index,
+ * volume.json, the chunks and the map live in the backend (bucket-catalog.ts,
+ * map/bucket-map-medium.ts), so another machine can open the volumes from the bucket.
  */
 export class Store implements MountableStore {
   private readonly open = new Set<Volume>();
@@ -42,6 +49,8 @@ export class Store implements MountableStore {
     private readonly failpoint: (name: string) => void | Promise<void>,
     /** Write buffers + read caches of every open volume together (StoreOptions.memoryBytes). */
     readonly memoryBytes: number,
+    /** Set when volume metadata and maps live in the backend (StoreOptions.metadata 'backend'). */
+    private readonly catalog: BucketCatalog | null = null,
   ) {}
 
   static async open(dir: string, opts: StoreOptions = {}): Promise<Store> {
@@ -61,7 +70,9 @@ export class Store implements MountableStore {
     const backend = opts.backend ?? new FileBackend(`${abs}/objects`, fileIO);
     const memory = opts.memoryBytes ?? defaultMemoryBytes();
     if (!Number.isSafeInteger(memory) || memory <= 0) throw new VbfsError('VBFS_INVALID_ARGUMENT', `invalid memoryBytes: ${String(opts.memoryBytes)}`);
-    const store = new Store(abs, fileIO, backend, opts.logger ?? silentLogger, opts.failpoint ?? (() => undefined), memory);
+    if (opts.metadata === 'backend' && !opts.backend) throw new VbfsError('VBFS_INVALID_ARGUMENT', "metadata 'backend' needs a backend");
+    const catalog = opts.metadata === 'backend' ? new BucketCatalog(backend) : null;
+    const store = new Store(abs, fileIO, backend, opts.logger ?? silentLogger, opts.failpoint ?? (() => undefined), memory, catalog);
     await store.finishInterruptedDeletes();
     await store.warnIfExposed();
     return store;
@@ -106,6 +117,11 @@ export class Store implements MountableStore {
       createdAt: new Date().toISOString(),
       formatVersion: VOLUME_FORMAT_VERSION,
     };
+    if (this.catalog) {
+      await this.catalog.create(info);
+      this.logger.info('created volume', { volume: name, size: info.size, durability: info.durability, backend: this.backend.describe?.('') });
+      return info;
+    }
     const final = this.volDir(name);
     if (await this.fileIO.stat(final)) throw new VbfsError('VBFS_EXISTS', `volume '${name}' already exists`, { name });
     // Build in a temp directory and rename, so a crash never leaves a half-made volume.
@@ -152,6 +168,7 @@ export class Store implements MountableStore {
   async volumeInfo(name: string): Promise<VolumeInfo> {
     this.checkOpen();
     checkVolumeName(name);
+    if (this.catalog) return this.catalog.info(name);
     const file = `${this.volDir(name)}/volume.json`;
     if (!(await this.fileIO.stat(file))) throw new VbfsError('VBFS_NOT_FOUND', `no volume named '${name}' in store ${this.dir}`, { name });
     return checkVolumeInfo(decodeVolumeMeta(await this.fileIO.readFile(file), file), file);
@@ -164,6 +181,16 @@ export class Store implements MountableStore {
   async volumeState(name: string): Promise<VolumeState> {
     this.checkOpen();
     checkVolumeName(name);
+    if (this.catalog) {
+      try {
+        // No index entry: no volume. A damaged entry or volume.json: listed as damaged.
+        if ((await this.catalog.volumeId(name)) === null) throw new VbfsError('VBFS_NOT_FOUND', `no volume named '${name}' in store ${this.dir}`, { name });
+        return { name, info: await this.catalog.info(name) };
+      } catch (err) {
+        if (isVbfsError(err, 'VBFS_CORRUPT') || isVbfsError(err, 'VBFS_UNSUPPORTED_VERSION')) return { name, damaged: err.message };
+        throw err;
+      }
+    }
     const st = await this.fileIO.stat(this.volDir(name));
     if (!st?.isDirectory) throw new VbfsError('VBFS_NOT_FOUND', `no volume named '${name}' in store ${this.dir}`, { name });
     try {
@@ -183,7 +210,7 @@ export class Store implements MountableStore {
   /** Every volume, healthy or damaged, sorted by name (`vbfs list`). */
   async listVolumeStates(): Promise<VolumeState[]> {
     this.checkOpen();
-    const names = (await this.fileIO.readdir(`${this.dir}/volumes`)).filter((n) => !n.startsWith('.'));
+    const names = this.catalog ? await this.catalog.names() : (await this.fileIO.readdir(`${this.dir}/volumes`)).filter((n) => !n.startsWith('.'));
     const out: VolumeState[] = [];
     for (const n of names) {
       try {
@@ -227,12 +254,35 @@ export class Store implements MountableStore {
     const info = await this.volumeInfo(name);
     const vol = await Volume.open(
       info,
-      { dir: this.volDir(name), fileIO: this.fileIO, backend: this.backend, logger: this.logger, failpoint: this.failpoint, onClose: () => this.rebalance() },
+      {
+        dir: await this.localDir(name),
+        fileIO: this.fileIO,
+        backend: this.backend,
+        logger: this.logger,
+        failpoint: this.failpoint,
+        onClose: () => this.rebalance(),
+        mapMedium: this.mapMediumFor(info),
+      },
       opts,
     );
     this.open.add(vol);
     this.rebalance();
     return vol;
+  }
+
+  /**
+   * The volume's local directory. A volume whose metadata is in the bucket gets it on
+   * first use (a new machine starts with none): the WAL and the LOCK live there.
+   */
+  private async localDir(name: string): Promise<string> {
+    const dir = this.volDir(name);
+    if (this.catalog) await ensureDurableDir(this.fileIO, `${dir}/wal`);
+    return dir;
+  }
+
+  /** Where the volume's map lives: the bucket for a bucket store, else the local map/ directory (undefined). */
+  private mapMediumFor(info: VolumeInfo): BucketMapMedium | undefined {
+    return this.catalog ? new BucketMapMedium(this.backend, info.id) : undefined;
   }
 
   /**
@@ -261,7 +311,18 @@ export class Store implements MountableStore {
   async fsckVolume(name: string, opts: FsckOptions = {}): Promise<FsckReport> {
     this.checkOpen();
     const info = await this.volumeInfo(name);
-    return fsckVolume({ info, dir: this.volDir(name), fileIO: this.fileIO, backend: this.backend, logger: this.logger, storeDir: this.dir }, opts);
+    return fsckVolume(
+      {
+        info,
+        dir: await this.localDir(name),
+        fileIO: this.fileIO,
+        backend: this.backend,
+        logger: this.logger,
+        storeDir: this.dir,
+        mapMedium: this.mapMediumFor(info),
+      },
+      opts,
+    );
   }
 
   /**
@@ -274,6 +335,8 @@ export class Store implements MountableStore {
   async deleteVolume(name: string): Promise<void> {
     this.checkOpen();
     const state = await this.volumeState(name);
+    const bucketId = this.catalog ? await this.catalog.volumeId(name) : null;
+    if (this.catalog) await this.localDir(name);
     let lock: VolumeLock;
     try {
       lock = await VolumeLock.acquire(this.fileIO, `${this.volDir(name)}/LOCK`, `volume '${name}'`);
@@ -284,13 +347,15 @@ export class Store implements MountableStore {
     }
     const aside = `${this.dir}/volumes/.deleted-${name}-${randomBytes(4).toString('hex')}`;
     try {
+      // A bucket volume is gone once its name is (then its objects go, below).
+      if (this.catalog) await this.catalog.remove(name);
       // Renamed aside while still locked, so no opener can slip in between.
       await this.fileIO.rename(this.volDir(name), aside);
       await this.fileIO.fsyncDir(`${this.dir}/volumes`);
     } finally {
       await lock.release();
     }
-    await this.removeVolumeData(aside, state.info?.id ?? (await this.volumeIdIn(aside)));
+    await this.removeVolumeData(aside, state.info?.id ?? bucketId ?? (await this.volumeIdIn(aside)));
     this.logger.info('deleted volume', { volume: name, damaged: state.damaged });
   }
 

@@ -9,6 +9,12 @@ export interface StoreOptions {
   fileIO?: FileIO;
   /** Where chunk objects go (default: FileBackend in `<store>/objects`). */
   backend?: Backend;
+  /**
+   * Where volume metadata and block maps live: 'local' (default: `<store>/volumes/<name>/`)
+   * or 'backend' (the bucket: a volume opens on any machine from the backend alone;
+   * the store directory keeps the WAL, the LOCK and caches). Needs `backend`.
+   */
+  metadata?: 'local' | 'backend';
   logger?: Logger;
   /**
    * Called at named points of the flush and checkpoint path

@@ -7,6 +7,7 @@ import { SEGMENT_HEADER } from '../format/segment-header';
 import { checkDurability } from './volume-rules';
 import { BlockIndex } from '../map/block-index';
 import { MapStore, type Failpoint } from '../map/map-store';
+import type { MapMedium } from '../map/map-medium';
 import type { FileIO } from '../io/file-io';
 import type { Durability, Logger, VolumeInfo } from '../types';
 import type { VolumeOpenOptions, VolumeTunables } from './types';
@@ -34,6 +35,8 @@ export interface VolumeContext {
   backend: Backend;
   logger: Logger;
   failpoint: Failpoint;
+  /** Where the map lives (default: the local directory `<dir>/map`). */
+  mapMedium?: MapMedium;
   /** Called once when the volume has closed (the store rebalances its memory budget). */
   onClose?: () => void;
 }
@@ -108,7 +111,7 @@ export class VolumeCore {
     this.index = new BlockIndex(this.blockCount);
     this.arena = new Arena(info.blockSize, Math.max(2, Math.floor(this.tunables.writeBufferBytes / info.blockSize)));
     this.cache = new BlockCache(this.tunables.cacheBytes, info.blockSize, (b) => this.index.setCached(b, false));
-    this.map = new MapStore(ctx.fileIO, `${ctx.dir}/map`, info.id, ctx.logger, ctx.failpoint);
+    this.map = new MapStore(ctx.fileIO, `${ctx.dir}/map`, info.id, ctx.logger, ctx.failpoint, ctx.mapMedium);
   }
 
   /** Raw records that fit in one chunk object (compressed ones are never larger). */
