@@ -10,12 +10,14 @@ import {
   decodeExtentCommit,
   decodeFooter,
   decodeMapLogHeader,
+  decodeReservation,
   decodeRuns,
   decodeSyncFrame,
   encodeCheckpointHeader,
   encodeExtentCommit,
   encodeFooter,
   encodeMapLogHeader,
+  encodeReservation,
   encodeSyncFrame,
   entriesEntryOffset,
   EXTENT_ENTRY,
@@ -42,6 +44,7 @@ const READ_WINDOW = 1024 * 1024;
 export interface MapLoad {
   seq: number; // highest seq in the checkpoint and log
   nextChunkId: number; // one past the highest chunk id the map knows
+  reserved: number; // highest seq reservation ('Q') in the log: seqs up to it may be in use (0: none)
 }
 
 export type Failpoint = (name: string) => void | Promise<void>;
@@ -63,6 +66,10 @@ export class MapStore {
   private fd: FileHandle | null = null;
   private pos = 0;
   private readonly segments: number[] = [];
+  /** Highest durable seq reservation (loaded or written); checkpoints carry it forward. */
+  reserved = 0;
+  /** Appends, checkpoints and close run one at a time: reservations come from the writer, commits from the flusher. */
+  private serial: Promise<unknown> = Promise.resolve();
 
   constructor(
     private readonly fileIO: FileIO,
@@ -73,7 +80,7 @@ export class MapStore {
   ) {}
 
   async load(index: BlockIndex, readOnly: boolean): Promise<MapLoad> {
-    const out: MapLoad = { seq: 0, nextChunkId: 1 };
+    const out: MapLoad = { seq: 0, nextChunkId: 1, reserved: 0 };
     let firstSeg = 1;
     const ckPath = `${this.dir}/${CHECKPOINT}`;
     if (await this.fileIO.stat(ckPath)) firstSeg = await this.loadCheckpoint(ckPath, index, out);
@@ -90,6 +97,7 @@ export class MapStore {
       this.segments.push(n);
     }
     this.seg = Math.max(firstSeg, (nums[nums.length - 1] ?? 0) + 1);
+    this.reserved = out.reserved;
     return out;
   }
 
@@ -199,6 +207,12 @@ export class MapStore {
           off = f.end;
           continue;
         }
+        const reserved = h.version >= 3 ? decodeReservation(f.payload) : null;
+        if (reserved !== null) {
+          if (reserved > out.reserved) out.reserved = reserved;
+          off = f.end;
+          continue;
+        }
         if (h.version >= 3) {
           const x = decodeExtentCommit(f.payload);
           if (!x) throw new VbfsError('VBFS_CORRUPT', `map log ${path}: unknown frame at offset ${off}`, { path, offset: off });
@@ -259,8 +273,44 @@ export class MapStore {
     this.logBytes += off;
   }
 
+  /** Run fn after every append, checkpoint or close queued before it (a failure does not block the next). */
+  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.serial.then(fn, fn);
+    this.serial = run.catch(() => undefined);
+    return run;
+  }
+
+  /**
+   * Durably record that seqs up to `upTo` may be in use: an 'S' and a 'Q' frame in
+   * one write, one fdatasync, like a commit. The writer hands out no seq above the
+   * highest reservation that completed, and open starts above it, so a seq whose
+   * WAL record was cut as a torn tail is never given to other data.
+   */
+  reserve(upTo: number): Promise<void> {
+    return this.exclusive(async () => {
+      if (upTo <= this.reserved) return;
+      if (!this.fd) await this.openLog();
+      const frame = Buffer.concat([encodeFrame(encodeSyncFrame(this.pos)), encodeFrame(encodeReservation(upTo))]);
+      const fd = this.fd as FileHandle;
+      await this.failpoint('reserve:beforeWrite');
+      // As in commit(): a failed write leaves pos alone, a failed fdatasync fails the volume.
+      await fd.write(frame, this.pos);
+      await fd.datasync().catch((err: unknown) => {
+        throw syncFailed('map log fdatasync failed', err);
+      });
+      this.pos += frame.length;
+      this.logBytes += frame.length;
+      this.reserved = upTo;
+      await this.failpoint('reserve:afterSync');
+    });
+  }
+
   /** Durably record where the blocks of some chunks now live: one write, one fdatasync. */
-  async commit(placements: ChunkPlacement[]): Promise<void> {
+  commit(placements: ChunkPlacement[]): Promise<void> {
+    return this.exclusive(() => this.appendCommit(placements));
+  }
+
+  private async appendCommit(placements: ChunkPlacement[]): Promise<void> {
     if (!this.fd) await this.openLog();
     // Everything before this.pos was covered by the previous commit's fdatasync.
     // One 'X' frame per chunk: its extents (runs of blocks stored back to back).
@@ -293,8 +343,14 @@ export class MapStore {
    * Write a compacted checkpoint of every persisted location, as the index's
    * extents (version 2). Must not run concurrently with commit() (the volume holds
    * its flush lock), so the persisted map does not change while it is visited.
+   * Its seq high-water is at least the seq reservation, which the log segments
+   * it replaces held.
    */
-  async checkpoint(index: BlockIndex, seq: number, nextChunkId: number): Promise<void> {
+  checkpoint(index: BlockIndex, seq: number, nextChunkId: number): Promise<void> {
+    return this.exclusive(() => this.writeCheckpoint(index, Math.max(seq, this.reserved), nextChunkId));
+  }
+
+  private async writeCheckpoint(index: BlockIndex, seq: number, nextChunkId: number): Promise<void> {
     const newSeg = this.seg + 1;
     const count = index.countPersisted();
     const extents = index.extentCount;
@@ -359,11 +415,13 @@ export class MapStore {
     this.checkpoints++;
   }
 
-  async close(): Promise<void> {
-    if (this.fd) {
-      await this.fd.close();
-      this.fd = null;
-    }
+  close(): Promise<void> {
+    return this.exclusive(async () => {
+      if (this.fd) {
+        await this.fd.close();
+        this.fd = null;
+      }
+    });
   }
 }
 
