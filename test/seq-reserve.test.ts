@@ -1,4 +1,5 @@
 import * as assert from 'node:assert/strict';
+import { isNoSpace } from '../src/errors';
 import { Store } from '../src/store/store';
 import type { Volume } from '../src/store/volume';
 import type { VolumeTunables } from '../src/store/types';
@@ -287,6 +288,24 @@ describe('seq reservation: a seq is never reused in a volume', function () {
       `fsck missed the repeated commit: ${JSON.stringify(report.problems)}`,
     );
     await s2.close();
+  });
+
+  it('a full store disk at open: the volume opens and reads, writes get ENOSPC until a reservation succeeds', async () => {
+    const { sim, store, vol } = await fresh('relaxed', 1000);
+    const data = randomData(new Rng(9), 3 * BLOCK);
+    await vol.write(0, data);
+    await vol.close();
+    const full = (op: { kind: string; path: string }): boolean => (op.kind === 'write' || op.kind === 'writev') && op.path.includes('/map/');
+    sim.failWhen(full, 'ENOSPC');
+    const v2 = await store.openVolume('c', { ...TUNABLES, seqReserveStep: 1000 });
+    assert.deepEqual(await v2.read(0, data.length), data);
+    await assert.rejects(v2.write(0, data), (err: unknown) => isNoSpace(err));
+    sim.failWhen(undefined);
+    await v2.write(BLOCK, data.subarray(0, BLOCK));
+    const st = v2.stats();
+    assert.ok(st.seq > 1000 && st.seq <= st.seqReserved, `seq ${st.seq}, reserved ${st.seqReserved}`);
+    await v2.close();
+    await store.close();
   });
 
   it('seqReserveStep must be a positive integer', async () => {

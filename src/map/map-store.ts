@@ -331,9 +331,15 @@ export class MapStore {
     const path = `${this.dir}/${mapSegmentName(this.seg)}`;
     const fd = await this.fileIO.open(path, 'w+');
     const hdr = encodeFrame(encodeMapLogHeader({ volumeId: this.volumeId, segment: this.seg }));
-    await fd.write(hdr, 0);
-    await fd.datasync();
-    await this.fileIO.fsyncDir(this.dir);
+    try {
+      await fd.write(hdr, 0);
+      await fd.datasync();
+      await this.fileIO.fsyncDir(this.dir);
+    } catch (err) {
+      // Out of space: the next append opens it again (w+ starts it over).
+      await fd.close().catch(() => undefined);
+      throw err;
+    }
     this.fd = fd;
     this.pos = hdr.length;
     this.segments.push(this.seg);

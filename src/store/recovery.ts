@@ -1,4 +1,4 @@
-import { VbfsError } from '../errors';
+import { VbfsError, isNoSpace } from '../errors';
 import { chunkKey, chunkPrefix, decodeChunkHeader, parseChunkKey } from '../chunk/chunk';
 import { isCompressed, uncompressBlock } from '../chunk/codec';
 import { RECORD_HEADER } from '../format/block-record';
@@ -78,8 +78,13 @@ export async function recover(core: VolumeCore): Promise<WalStart> {
   if (!readOnly) {
     await upgradeFormat(core);
     for (const key of orphans) await ctx.backend.delete(key);
-    // Reserve before the first write of this open (seq-reserve.ts); read-only opens reserve nothing.
-    await core.map.reserve(maxSeq + core.tunables.seqReserveStep);
+    // Reserve before the first write of this open (seq-reserve.ts); read-only opens reserve
+    // nothing. On a full disk the volume still opens: its writes wait for a reservation
+    // and get the out-of-space error until one succeeds.
+    await core.map.reserve(maxSeq + core.tunables.seqReserveStep).catch((err: unknown) => {
+      if (!isNoSpace(err)) throw err;
+      ctx.logger.warn('store disk full: no seq reservation at open; writes are refused until one succeeds', { volume: name, error: String(err) });
+    });
     if (replay.records > 0) ctx.logger.info('replayed WAL', { volume: name, records: replay.records, pendingBlocks: arena.used });
   }
   return { lastSegment: replay.lastSegment, segments: replay.segments };
