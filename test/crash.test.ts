@@ -87,5 +87,6 @@ describe('crash simulation (SimFS power loss)', function () {
     await again.close();
   });
 
-  it('names failpoints in the flush and the checkpoint path', () => runInWorker(RUNNER, 'checkFailpointNames', [SEEDS[0] ?? 11], DEADLINE_MS));
+  it('names failpoints in the flush and the checkpoint path, and around the seq reservation', () =>
+    runInWorker(RUNNER, 'checkFailpointNames', [SEEDS[0] ?? 11], DEADLINE_MS));
 });

@@ -24,6 +24,16 @@ describe('FileBackend durability (SimFS power loss)', () => {
     assert.deepEqual(await new FileBackend('/store/objects', after).get('vol/chunks/1'), pattern(3000, 1));
   });
 
+  it('a put succeeds beside a stray temp file a crashed process with the same pid left under the name it would pick', async () => {
+    const sim = new SimFS();
+    await new FileBackend('/o', sim).put('v/chunks/1', pattern(100, 1));
+    // The same process id after a reboot (early-boot pids repeat), and the same counter.
+    sim.writeRaw(`/o/v/chunks/2.${process.pid}-1.vbfs-tmp`, pattern(50, 9));
+    const be = new FileBackend('/o', sim.afterCrash(new Rng(1), 'none'));
+    await be.put('v/chunks/2', pattern(100, 2));
+    assert.deepEqual(await be.get('v/chunks/2'), pattern(100, 2));
+  });
+
   it('a completed delete survives power loss', async () => {
     const sim = new SimFS();
     const be = new FileBackend('/o', sim);

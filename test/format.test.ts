@@ -24,6 +24,8 @@ import {
   decodeCommit,
   decodeMapLogHeader,
   decodeSyncFrame,
+  decodeReservation,
+  encodeReservation,
   encodeCheckpointHeader,
   encodeMapLogHeader,
   encodeSyncFrame,
@@ -192,6 +194,21 @@ describe('format', () => {
     pl.lens.set([4096, 1000]);
     pl.flags.set([0, 1]);
     assert.deepEqual(encodeFrame(encodeCommit(pl)), savedCommit, 'a placement encodes to the same commit');
+  });
+
+  it("map log seq reservation ('Q' frame): saved sample decodes, encoder reproduces it, no other frame reads as one", () => {
+    const q = encodeFrame(encodeReservation(2 ** 40 + 5));
+    const saved = sample('maplog-reservation-v3.bin', q);
+    assert.deepEqual(q, saved);
+    assert.equal(saved.length, 24);
+    assert.equal(saved[8], 0x51); // 'Q'
+    assert.equal(readU64(saved, 16), 2 ** 40 + 5);
+    const f = checkFrame(saved, 0);
+    assert.ok(f.ok);
+    assert.equal(decodeReservation(f.payload), 2 ** 40 + 5);
+    assert.equal(decodeSyncFrame(f.payload), null, 'a reservation is not a sync frame');
+    assert.equal(decodeReservation(encodeSyncFrame(7)), null, 'a sync frame is not a reservation');
+    assert.equal(decodeReservation(Buffer.concat([encodeReservation(7), Buffer.alloc(1)])), null, 'wrong length');
   });
 
   it('WAL sync marker (format 2): saved sample decodes, encoder reproduces it', () => {

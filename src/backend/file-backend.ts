@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import * as path from 'node:path';
 import { type Backend, checkRange, validKey } from './backend';
 import type { FileHandle, FileIO } from '../io/file-io';
@@ -7,7 +8,7 @@ import { VbfsError, ioError } from '../errors';
  * Objects as files under `root`; the '/' of a key becomes a subdirectory.
  *
  * put() is atomic and durable when it resolves, also across power loss:
- *   write `<name>.<n>.vbfs-tmp` in the target directory, fdatasync it, rename it over
+ *   write `<name>.<pid>-<n>-<rand>.vbfs-tmp` in the target directory, fdatasync it, rename it over
  *   the final name, fsync the directory. A crash leaves either the old object (plus
  *   maybe a stray temp file, which list() ignores) or the new one, never a torn one.
  *   Directories created on the way are made durable by fsyncing their parents, or a
@@ -44,7 +45,9 @@ export class FileBackend implements Backend {
     const file = this.pathOf(key);
     const dir = path.dirname(file);
     await this.ensureDir(dir);
-    const tmp = `${file}.${process.pid}-${++this.tempCounter}${TEMP_SUFFIX}`;
+    // Random too: a process that crashed earlier with the same pid (pids repeat after a
+    // reboot) and counter may have left a temp file under the name pid-counter alone.
+    const tmp = `${file}.${process.pid}-${++this.tempCounter}-${randomBytes(4).toString('hex')}${TEMP_SUFFIX}`;
     let fh: FileHandle | undefined;
     try {
       fh = await this.fileIO.open(tmp, 'wx');

@@ -17,6 +17,10 @@ import { readU32, readU64, writeU32, writeU64 } from './u64';
  *     0 1 'S'   1 7 reserved   8 8 offset in this segment up to which the log was
  *     covered by a completed fdatasync when this write was made
  *
+ * 'Q' seq reservation (map log version 3 segments), 16 bytes, alone in a synced write
+ *     after an 'S' frame: 0 1 'Q'   1 7 reserved   8 8 R: seqs up to R may be in use
+ *     (the writer hands out no seq above the highest durable R; open starts above it)
+ *
  * location entry (32 bytes), in commits and checkpoint entry frames:
  *     0 8 block   8 8 seq   16 4 chunkId   20 4 offset of the record in the chunk
  *    24 4 len (stored payload length)   28 4 flags (bit 0: LZ4)
@@ -180,6 +184,20 @@ export function encodeSyncFrame(syncedTo: number): Buffer {
 /** The claim of an 'S' payload, or null when the payload is not one. */
 export function decodeSyncFrame(p: Buffer): number | null {
   if (p.length !== 16 || p[0] !== 0x53) return null;
+  return readU64(p, 8);
+}
+
+/** A 'Q' seq reservation payload: seqs up to `upTo` may be in use. */
+export function encodeReservation(upTo: number): Buffer {
+  const p = Buffer.alloc(16);
+  p[0] = 0x51; // 'Q'
+  writeU64(p, 8, upTo);
+  return p;
+}
+
+/** The R of a 'Q' payload, or null when the payload is not one. */
+export function decodeReservation(p: Buffer): number | null {
+  if (p.length !== 16 || p[0] !== 0x51) return null;
   return readU64(p, 8);
 }
 

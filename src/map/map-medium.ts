@@ -125,9 +125,15 @@ export class FileMapMedium implements MapMedium {
 
   async createSegment(n: number, header: Buffer): Promise<MapSegmentWriter> {
     const fd = await this.fileIO.open(this.describe(n), 'w+');
-    await fd.write(header, 0);
-    await fd.datasync();
-    await this.fileIO.fsyncDir(this.dir);
+    try {
+      await fd.write(header, 0);
+      await fd.datasync();
+      await this.fileIO.fsyncDir(this.dir);
+    } catch (err) {
+      // Out of space: the next append opens it again (w+ starts it over).
+      await fd.close().catch(() => undefined);
+      throw err;
+    }
     return {
       append: async (bytes, position) => {
         // A failed write (out of space) leaves the caller's position alone: the next

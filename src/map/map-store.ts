@@ -10,12 +10,14 @@ import {
   decodeExtentCommit,
   decodeFooter,
   decodeMapLogHeader,
+  decodeReservation,
   decodeRuns,
   decodeSyncFrame,
   encodeCheckpointHeader,
   encodeExtentCommit,
   encodeFooter,
   encodeMapLogHeader,
+  encodeReservation,
   encodeSyncFrame,
   entriesEntryOffset,
   EXTENT_ENTRY,
@@ -43,6 +45,7 @@ const READ_WINDOW = 1024 * 1024;
 export interface MapLoad {
   seq: number; // highest seq in the checkpoint and log
   nextChunkId: number; // one past the highest chunk id the map knows
+  reserved: number; // highest seq reservation ('Q') in the log: seqs up to it may be in use (0: none)
 }
 
 export type Failpoint = (name: string) => void | Promise<void>;
@@ -68,6 +71,10 @@ export class MapStore {
   private readonly medium: MapMedium;
   private pos = 0;
   private readonly segments: number[] = [];
+  /** Highest durable seq reservation (loaded or written); checkpoints carry it forward. */
+  reserved = 0;
+  /** Appends, checkpoints and close run one at a time: reservations come from the writer, commits from the flusher. */
+  private serial: Promise<unknown> = Promise.resolve();
 
   constructor(
     fileIO: FileIO,
@@ -87,7 +94,7 @@ export class MapStore {
   }
 
   async load(index: BlockIndex, readOnly: boolean): Promise<MapLoad> {
-    const out: MapLoad = { seq: 0, nextChunkId: 1 };
+    const out: MapLoad = { seq: 0, nextChunkId: 1, reserved: 0 };
     let firstSeg = 1;
     const medium = this.medium;
     if (!readOnly) await medium.cleanup?.();
@@ -105,6 +112,7 @@ export class MapStore {
       this.segments.push(n);
     }
     this.seg = Math.max(firstSeg, (nums[nums.length - 1] ?? 0) + 1);
+    this.reserved = out.reserved;
     return out;
   }
 
@@ -213,6 +221,12 @@ export class MapStore {
           off = f.end;
           continue;
         }
+        const reserved = h.version >= 3 ? decodeReservation(f.payload) : null;
+        if (reserved !== null) {
+          if (reserved > out.reserved) out.reserved = reserved;
+          off = f.end;
+          continue;
+        }
         if (h.version >= 3) {
           const x = decodeExtentCommit(f.payload);
           if (!x) throw new VbfsError('VBFS_CORRUPT', `map log ${path}: unknown frame at offset ${off}`, { path, offset: off });
@@ -268,8 +282,46 @@ export class MapStore {
     this.logBytes += off;
   }
 
+  /** Run fn after every append, checkpoint or close queued before it (a failure does not block the next). */
+  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.serial.then(fn, fn);
+    this.serial = run.catch(() => undefined);
+    return run;
+  }
+
+  /**
+   * Durably record that seqs up to `upTo` may be in use: an 'S' and a 'Q' frame in
+   * one write, one fdatasync, like a commit. The writer hands out no seq above the
+   * highest reservation that completed, and open starts above it, so a seq whose
+   * WAL record was cut as a torn tail is never given to other data.
+   */
+  reserve(upTo: number): Promise<void> {
+    return this.exclusive(async () => {
+      if (upTo <= this.reserved) return;
+      if (!this.fd) await this.openLog();
+      const frame = Buffer.concat([encodeFrame(encodeSyncFrame(this.pos)), encodeFrame(encodeReservation(upTo))]);
+      await this.failpoint('reserve:beforeWrite');
+      // As in commit(): durable when it resolves; a failed write leaves pos alone, a
+      // failed fdatasync fails the volume (see the medium).
+      await (this.fd as MapSegmentWriter).append(frame, this.pos);
+      this.pos += frame.length;
+      this.logBytes += frame.length;
+      this.reserved = upTo;
+      if (this.medium.segmentPerCommit) {
+        // A bucket delta is never appended to: the reservation is a delta of its own.
+        await this.closeLog();
+        this.seg++;
+      }
+      await this.failpoint('reserve:afterSync');
+    });
+  }
+
   /** Durably record where the blocks of some chunks now live: one write, one fdatasync. */
-  async commit(placements: ChunkPlacement[]): Promise<void> {
+  commit(placements: ChunkPlacement[]): Promise<void> {
+    return this.exclusive(() => this.appendCommit(placements));
+  }
+
+  private async appendCommit(placements: ChunkPlacement[]): Promise<void> {
     if (!this.fd) await this.openLog();
     // Everything before this.pos was covered by the previous commit's fdatasync.
     // One 'X' frame per chunk: its extents (runs of blocks stored back to back).
@@ -280,7 +332,7 @@ export class MapStore {
     this.logBytes += frame.length;
     if (this.medium.segmentPerCommit) {
       // An object is never appended to: the next commit starts the next segment.
-      await this.close();
+      await this.closeLog();
       this.seg++;
     }
   }
@@ -296,8 +348,14 @@ export class MapStore {
    * Write a compacted checkpoint of every persisted location, as the index's
    * extents (version 2). Must not run concurrently with commit() (the volume holds
    * its flush lock), so the persisted map does not change while it is visited.
+   * Its seq high-water is at least the seq reservation, which the log segments
+   * it replaces held.
    */
-  async checkpoint(index: BlockIndex, seq: number, nextChunkId: number): Promise<void> {
+  checkpoint(index: BlockIndex, seq: number, nextChunkId: number): Promise<void> {
+    return this.exclusive(() => this.writeCheckpoint(index, Math.max(seq, this.reserved), nextChunkId));
+  }
+
+  private async writeCheckpoint(index: BlockIndex, seq: number, nextChunkId: number): Promise<void> {
     const newSeg = this.seg + 1;
     const count = index.countPersisted();
     const extents = index.extentCount;
@@ -358,7 +416,12 @@ export class MapStore {
     this.checkpoints++;
   }
 
-  async close(): Promise<void> {
+  close(): Promise<void> {
+    return this.exclusive(() => this.closeLog());
+  }
+
+  /** close() for callers already inside exclusive() (it would wait for itself). */
+  private async closeLog(): Promise<void> {
     if (this.fd) {
       await this.fd.close();
       this.fd = null;

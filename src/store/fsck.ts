@@ -12,6 +12,7 @@ import {
   decodeMapLogHeader,
   decodeRuns,
   decodeSyncFrame,
+  decodeReservation,
   entriesEntryOffset,
   extentCommitEntryOffset,
   readExtent,
@@ -393,8 +394,8 @@ class Fsck {
       if (!first.ok || !lh) continue;
       for (let off = first.end; off < buf.length;) {
         const f = checkFrame(buf, off);
-        if (f.ok && decodeSyncFrame(f.payload) !== null) {
-          off = f.end; // a sync frame (map log version 2): load() checks its claim
+        if (f.ok && (decodeSyncFrame(f.payload) !== null || decodeReservation(f.payload) !== null)) {
+          off = f.end; // a sync frame (map log version 2): load() checks its claim; or a seq reservation
           continue;
         }
         // Version 3 commits are 'X' extent frames, versions 1 and 2 'C' location frames.

@@ -1,4 +1,4 @@
-import { VbfsError } from '../errors';
+import { VbfsError, isNoSpace } from '../errors';
 import { chunkKey, chunkPrefix, decodeChunkHeader, parseChunkKey } from '../chunk/chunk';
 import { isCompressed, uncompressBlock } from '../chunk/codec';
 import { RECORD_HEADER } from '../format/block-record';
@@ -14,7 +14,8 @@ import type { WalStart } from './writer';
  * objects newer than the map (a flush that crashed before its commit) are
  * orphans, deleted after their seqs are counted; the WAL replays every record
  * newer than its block's persisted version into the arena as Pending. Sequence
- * numbers restart above the maximum of all of these, so they never go backwards.
+ * numbers restart above the maximum of all of these and of the seq reservation,
+ * so they never go backwards nor repeat; a writable open reserves the next ones.
  * A writable open also upgrades an older volume format first. Returns where the
  * WAL continues (the writer appends after the replayed segments).
  */
@@ -22,7 +23,9 @@ export async function recover(core: VolumeCore): Promise<WalStart> {
   const { ctx, index, arena, readOnly, blockSize: bs, blockCount, name } = core;
   const volumeId = core.info.id;
   const loaded = await core.map.load(index, readOnly);
-  let maxSeq = loaded.seq;
+  // A seq reservation counts too: seqs up to it may have reached the disk in a WAL
+  // tail that is cut below (never acknowledged, but its bytes may survive somewhere).
+  let maxSeq = Math.max(loaded.seq, loaded.reserved);
   let nextChunk = loaded.nextChunkId;
 
   const keys = await ctx.backend.list(chunkPrefix(volumeId));
@@ -75,6 +78,13 @@ export async function recover(core: VolumeCore): Promise<WalStart> {
   if (!readOnly) {
     await upgradeFormat(core);
     for (const key of orphans) await ctx.backend.delete(key);
+    // Reserve before the first write of this open (seq-reserve.ts); read-only opens reserve
+    // nothing. On a full disk the volume still opens: its writes wait for a reservation
+    // and get the out-of-space error until one succeeds.
+    await core.map.reserve(maxSeq + core.tunables.seqReserveStep).catch((err: unknown) => {
+      if (!isNoSpace(err)) throw err;
+      ctx.logger.warn('store disk full: no seq reservation at open; writes are refused until one succeeds', { volume: name, error: String(err) });
+    });
     if (replay.records > 0) ctx.logger.info('replayed WAL', { volume: name, records: replay.records, pendingBlocks: arena.used });
   }
   return { lastSegment: replay.lastSegment, segments: replay.segments };

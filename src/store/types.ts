@@ -20,7 +20,8 @@ export interface StoreOptions {
    * Called at named points of the flush and checkpoint path
    * ('flush:beforeChunkWrite', 'flush:afterChunkWrite', 'flush:afterMapCommit',
    * 'flush:beforeWalReclaim', 'flush:afterWalReclaim', 'checkpoint:beforeRename',
-   * 'checkpoint:afterRename', 'create:beforeRename'), so crash tests can stop
+   * 'checkpoint:afterRename', 'create:beforeRename', and around the seq reservation
+   * 'reserve:beforeWrite', 'reserve:afterSync'), so crash tests can stop
    * between any two steps.
    */
   failpoint?: (name: string) => void | Promise<void>;
@@ -69,6 +70,7 @@ export interface VolumeTunables {
   readaheadBytes: number; // sequential-read readahead window (default 1 MiB, 0 = off)
   noSpaceRetryMs: number; // store disk full: retry the failed WAL write / flush this often (default 1000)
   idleTrimMs: number; // no I/O for this long: give the write buffer, cache and chunk buffers back (default 30000)
+  seqReserveStep: number; // seqs reserved ahead in the map log per reservation, one synced write each (default 2^20)
 }
 
 export interface VolumeOpenOptions extends Partial<VolumeTunables> {
@@ -103,4 +105,7 @@ export interface VolumeStats {
   errors: number;
   corruptReads: number; // reads refused (EIO) because stored data failed its checksum or identity check
   seq: number; // last sequence number handed out
+  seqReserved: number; // seqs up to this one are reserved durably in the map log (0 when read-only)
+  seqReservations: number; // reservations written in the background since open (the one at open not counted)
+  seqReserveWaits: number; // writes that had to wait for a reservation
 }

@@ -27,6 +27,7 @@ export const DEFAULT_TUNABLES: VolumeTunables = {
   readaheadBytes: 1 * MiB,
   noSpaceRetryMs: 1000,
   idleTrimMs: 30_000,
+  seqReserveStep: 2 ** 20,
 };
 
 export interface VolumeContext {
@@ -149,5 +150,8 @@ function resolveTunables(opts: VolumeOpenOptions, blockSize: number): VolumeTuna
   if (t.walSegmentBytes < minChunk) throw new VbfsError('VBFS_INVALID_ARGUMENT', `walSegmentBytes must be at least ${minChunk}`);
   if (t.writeBufferBytes < 2 * blockSize) throw new VbfsError('VBFS_INVALID_ARGUMENT', `writeBufferBytes must be at least two blocks`);
   if (t.flushIntervalMs < 1) t.flushIntervalMs = 1;
+  if (!Number.isInteger(t.seqReserveStep) || t.seqReserveStep < 1 || t.seqReserveStep > 2 ** 40) {
+    throw new VbfsError('VBFS_INVALID_ARGUMENT', `seqReserveStep must be an integer from 1 to 2^40`);
+  }
   return t;
 }

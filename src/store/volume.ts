@@ -230,6 +230,9 @@ export class Volume {
       checkpoints: map.checkpoints,
       errors: counters.errors,
       seq,
+      seqReserved: this.writer?.seqs.reserved ?? 0,
+      seqReservations: this.writer?.seqs.reservations ?? 0,
+      seqReserveWaits: this.writer?.seqs.waits ?? 0,
     };
   }
 

@@ -4,6 +4,7 @@ import { FLAG_LZ4, RECORD_HEADER } from '../format/block-record';
 import { copyBytes } from '../format/bytes';
 import { WalWriter } from '../wal/wal-writer';
 import type { Reader } from './reader';
+import { SeqReserve } from './seq-reserve';
 import type { VolumeCore } from './volume-core';
 
 const RESOLVED: Promise<void> = Promise.resolve();
@@ -47,6 +48,8 @@ export interface WalStart {
  */
 export class Writer {
   readonly wal: WalWriter;
+  /** No seq is handed out above a durable reservation (seq-reserve.ts). */
+  readonly seqs: SeqReserve;
   private writeTail: Promise<void> | null = null;
   private batchTimer: NodeJS.Timeout | null = null;
   /**
@@ -83,6 +86,7 @@ export class Writer {
       durableSeq: core.seq,
       onDurable: (seq) => this.markDurable(seq),
     });
+    this.seqs = new SeqReserve(core, (err) => this.failUnlessNoSpace(err));
   }
 
   connect(flusher: FlushControl): void {
@@ -120,6 +124,7 @@ export class Writer {
     const first = Math.floor(offset / bs);
     const last = Math.floor((offset + data.length - 1) / bs);
     if (last - first + 1 > arena.available) return false;
+    if (!this.seqs.covers(last - first + 1)) return false;
     if (offset % bs !== 0 && this.reader.inMemoryBlock(first) === undefined) return false;
     if ((offset + data.length) % bs !== 0 && this.reader.inMemoryBlock(last) === undefined) return false;
     let pos = offset;
@@ -148,6 +153,8 @@ export class Writer {
       const block = Math.floor(pos / bs);
       const inOff = pos - block * bs;
       const n = Math.min(bs - inOff, end - pos);
+      // Writes are applied one at a time: nothing takes a seq between here and commitSlot.
+      if (!this.seqs.covers(1)) await this.seqs.wait(1);
       let slot = arena.alloc();
       while (slot < 0) slot = await this.waitForSlot();
       if (n === bs) {

@@ -44,6 +44,9 @@ export const TUNABLES: Partial<VolumeTunables> = {
   cacheBytes: 8 * BLOCK,
   checkpointBytes: 512,
   readaheadBytes: 0,
+  // Seq reservations in the background every few dozen writes, not only at open, so
+  // the sweeps also cut the power while one is being written.
+  seqReserveStep: 64,
 };
 
 /**
@@ -485,6 +488,7 @@ export async function checkFailpointNames(seed: number): Promise<void> {
     names.some((n) => /checkpoint/i.test(n)),
     `no checkpoint failpoint among ${names.join(', ')}`,
   );
+  assert.ok(names.includes('reserve:beforeWrite') && names.includes('reserve:afterSync'), `no seq reservation failpoints among ${names.join(', ')}`);
 }
 
 /**
