@@ -153,7 +153,7 @@ export class Reader {
    * into `out`, and keep verified blocks in the read cache (the readahead part only
    * goes to the cache).
    */
-  private async readRun(b0: number, outEnd: number, fetchEnd: number, out: Buffer, offset: number): Promise<void> {
+  private async readRun(b0: number, outEnd: number, fetchEnd: number, out: Buffer, offset: number, refetched = false): Promise<void> {
     const core = this.core;
     const ix = core.index;
     const chunk = ix.persistedChunk(b0);
@@ -166,7 +166,7 @@ export class Reader {
     core.readsInFlight++;
     let buf: Buffer;
     try {
-      buf = await core.ctx.backend.get(key, start, end - start);
+      buf = await this.fetch(key, start, end - start);
     } catch (err) {
       core.counters.errors++;
       throw err;
@@ -194,6 +194,12 @@ export class Reader {
           });
         }
       } catch (err) {
+        if (!refetched && core.ctx.backend.invalidate && (isVbfsError(err, 'VBFS_CORRUPT') || !isVbfsError(err))) {
+          // Damage may be in a local copy (the disk chunk cache): drop it and read
+          // the object itself once more; damage there too is reported below.
+          await core.ctx.backend.invalidate(key);
+          return this.readRun(b0, outEnd, fetchEnd, out, offset, true);
+        }
         core.counters.errors++;
         // A checksummed payload that LZ4 rejects is damage too (or a bug): never data.
         const e = isVbfsError(err)
@@ -218,6 +224,41 @@ export class Reader {
       at += RECORD_HEADER + len;
     }
     this.afterBackendRead();
+  }
+
+  /**
+   * One ranged backend read, failed with VBFS_IO (EIO) if it has no answer within
+   * backendReadTimeoutMs (0: no limit here, the backend's own deadline applies): a
+   * read of data that is only in an unreachable bucket never hangs. A late answer
+   * is dropped: nothing is copied into the caller's buffer after we gave up.
+   */
+  private fetch(key: string, offset: number, length: number): Promise<Buffer> {
+    const { ctx, tunables } = this.core;
+    const get = ctx.backend.get(key, offset, length);
+    const ms = tunables.backendReadTimeoutMs;
+    if (ms <= 0) return get;
+    return new Promise<Buffer>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        reject(
+          new VbfsError('VBFS_IO', `read of ${ctx.backend.describe?.(key) ?? key} got no answer within ${ms} ms (backend down?)`, {
+            key,
+            offset,
+            length,
+            timedOut: true,
+          }),
+        );
+      }, ms);
+      get.then(
+        (b) => {
+          clearTimeout(timer);
+          resolve(b);
+        },
+        (e: unknown) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      );
+    });
   }
 
   /**

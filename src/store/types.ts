@@ -25,6 +25,13 @@ export interface StoreOptions {
    * writeBufferBytes / cacheBytes), recomputed when a volume opens or closes.
    */
   memoryBytes?: number;
+  /**
+   * Local disk cache of chunk objects in `<store>/cache`, in bytes, in front of a
+   * remote backend (S3; src/backend/disk-cache.ts): LRU, kept across restarts.
+   * Default 1 GiB for a remote backend, none for the local file backend (whose
+   * objects are on this disk already); 0 turns it off. CLI: `--disk-cache-bytes`.
+   */
+  diskCacheBytes?: number;
 }
 
 export interface VolumeCreateOptions {
@@ -57,6 +64,8 @@ export interface VolumeTunables {
   readaheadBytes: number; // sequential-read readahead window (default 1 MiB, 0 = off)
   noSpaceRetryMs: number; // store disk full: retry the failed WAL write / flush this often (default 1000)
   idleTrimMs: number; // no I/O for this long: give the write buffer, cache and chunk buffers back (default 30000)
+  backendReadTimeoutMs: number; // a read that needs the backend fails with EIO (VBFS_IO) after this long (default 60000)
+  backendRetryMs: number; // backend down: a failed flush is tried again after this long, doubling up to 30 s (default 1000)
 }
 
 export interface VolumeOpenOptions extends Partial<VolumeTunables> {
@@ -91,4 +100,12 @@ export interface VolumeStats {
   errors: number;
   corruptReads: number; // reads refused (EIO) because stored data failed its checksum or identity check
   seq: number; // last sequence number handed out
+  // The store's backend (shared by its volumes): 0 where it does not count them.
+  backendRequests: number; // requests sent (S3: HTTP attempts, retries included)
+  backendRetries: number; // retried attempts (5xx, SlowDown, timeout, reset)
+  backendErrors: number; // backend operations that failed for good
+  backendDown: number; // 1 while flushes fail because the backend does not answer (writes wait in the WAL)
+  diskCacheHits: number; // backend reads served by the local disk chunk cache
+  diskCacheMisses: number; // ... that had to go to the backend
+  diskCacheBytes: number; // bytes the disk chunk cache holds
 }

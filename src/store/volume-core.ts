@@ -26,6 +26,8 @@ export const DEFAULT_TUNABLES: VolumeTunables = {
   readaheadBytes: 1 * MiB,
   noSpaceRetryMs: 1000,
   idleTrimMs: 30_000,
+  backendReadTimeoutMs: 60_000,
+  backendRetryMs: 1000,
 };
 
 export interface VolumeContext {
