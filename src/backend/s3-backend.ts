@@ -315,7 +315,7 @@ export class S3Backend implements Backend {
     try {
       for (let attempt = 1; ; attempt++) {
         const r = await this.attempt(what, key, fn, attempt, start, deadline);
-        if (r.done) return r.value as T;
+        if (r.done) return r.value;
         const { reason, lastErr } = r;
         const delay = Math.random() * Math.min(this.opts.backoffMaxMs, this.opts.backoffBaseMs * 2 ** (attempt - 1));
         if (attempt >= this.opts.maxAttempts || Date.now() + delay >= deadline) throw this.gaveUp(what, key, lastErr, attempt, start);
