@@ -62,9 +62,9 @@ export interface S3BackendOptions {
   /** Keys per ListObjectsV2 page (S3's default and maximum: 1000); small in tests. */
   listPageSize?: number;
   /**
-   * Retries in flight at once over the whole backend (default 8). When the store
-   * is in trouble every operation wants to retry at once; past this cap, retries
-   * queue (within their own deadline) instead of piling on: no retry storm.
+   * Retry attempts in flight at once over the whole backend (default 8). When the
+   * store is in trouble every operation wants to retry at once; past this cap,
+   * retries queue (within their own deadline) instead of piling on: no retry storm.
    */
   maxConcurrentRetries?: number;
 }
@@ -81,6 +81,8 @@ export interface S3Stats {
   failed: number;
   /** Retries that had to wait for one of the maxConcurrentRetries places. */
   retriesQueued: number;
+  /** Most retry attempts in flight at once (at most maxConcurrentRetries). */
+  retryPeak: number;
   bytesPut: number;
   bytesGot: number;
 }
@@ -108,6 +110,7 @@ export class S3Backend implements Backend {
     gaveUp: 0,
     failed: 0,
     retriesQueued: 0,
+    retryPeak: 0,
     bytesPut: 0,
     bytesGot: 0,
   };
@@ -311,10 +314,17 @@ export class S3Backend implements Backend {
     this.checkOpen();
     const start = Date.now();
     const deadline = start + this.opts.operationTimeoutMs;
-    let holdsRetryPlace = false;
     try {
       for (let attempt = 1; ; attempt++) {
-        const r = await this.attempt(what, key, fn, attempt, start, deadline);
+        // A retry waits for one of maxConcurrentRetries places, held for the attempt only.
+        if (attempt > 1 && !(await this.takeRetryPlace(deadline)))
+          throw this.gaveUp(what, key, new Error('no place for a retry before the deadline (maxConcurrentRetries)'), attempt - 1, start);
+        let r: Awaited<ReturnType<typeof this.attempt<T>>>;
+        try {
+          r = await this.attempt(what, key, fn, attempt, start, deadline);
+        } finally {
+          if (attempt > 1) this.releaseRetryPlace();
+        }
         if (r.done) return r.value;
         const { reason, lastErr } = r;
         const delay = Math.random() * Math.min(this.opts.backoffMaxMs, this.opts.backoffBaseMs * 2 ** (attempt - 1));
@@ -324,16 +334,10 @@ export class S3Backend implements Backend {
         onRetry?.(reason);
         await new Promise((res) => setTimeout(res, delay));
         this.checkOpen();
-        if (!holdsRetryPlace) {
-          if (!(await this.takeRetryPlace(deadline))) throw this.gaveUp(what, key, lastErr, attempt, start);
-          holdsRetryPlace = true;
-        }
       }
     } catch (err) {
       if (!(err instanceof VbfsError && (err.code === 'VBFS_NOT_FOUND' || err.code === 'VBFS_CLOSED'))) this.stats.failed++;
       throw err;
-    } finally {
-      if (holdsRetryPlace) this.releaseRetryPlace();
     }
   }
 
@@ -343,13 +347,15 @@ export class S3Backend implements Backend {
   }
 
   /**
-   * One of maxConcurrentRetries places for an operation that retries (held until it
-   * ends). False if the deadline passed while waiting. The first attempt of an
-   * operation never waits: only retries are capped.
+   * One of maxConcurrentRetries places for a retry attempt. False if the deadline
+   * passed while waiting. First attempts never wait: only retries are capped, so a
+   * store that stops answering sees at most that many retries at once, whatever
+   * the number of operations that want one.
    */
   private async takeRetryPlace(deadline: number): Promise<boolean> {
     if (this.retriesRunning < this.opts.maxConcurrentRetries) {
       this.retriesRunning++;
+      this.stats.retryPeak = Math.max(this.stats.retryPeak, this.retriesRunning);
       return true;
     }
     this.stats.retriesQueued++;
@@ -357,6 +363,7 @@ export class S3Backend implements Backend {
       const wake = (): void => {
         clearTimeout(timer);
         this.retriesRunning++;
+        this.stats.retryPeak = Math.max(this.stats.retryPeak, this.retriesRunning);
         resolve(true);
       };
       const timer = setTimeout(

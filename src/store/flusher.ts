@@ -240,6 +240,7 @@ export class Flusher implements FlushControl {
       core.ctx.logger.warn('backend down: flush failed; writes stay in the WAL, retrying until the backend answers', { volume: core.name, error: err.message });
     }
     this.backendDown = err;
+    if (core.closing) core.arena.wakeAll(); // closing: writers waiting for room give up (Volume.doClose)
     if (!this.backendTimer && !core.closed && !core.closing) {
       const delay = Math.min(BACKEND_RETRY_MAX_MS, core.tunables.backendRetryMs * 2 ** Math.min(this.backendRetries++, 20));
       this.backendTimer = setTimeout(() => {

@@ -207,6 +207,10 @@ export class Volume {
     this.flusher?.stopTimers();
     this.writer?.stopTimers();
     if (this.idleTimer) clearInterval(this.idleTimer);
+    // Writers waiting for room while the backend is down would wait for good (no
+    // flush is retried from here on): they fail with VBFS_CLOSED; none of them was
+    // acknowledged, and what was is in the WAL.
+    if (this.flusher?.backendDown) core.arena.wakeAll();
     try {
       if (this.writer && this.flusher && !core.failed) {
         // Writers still queued may need background flushes to make room.
