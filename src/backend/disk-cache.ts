@@ -200,6 +200,8 @@ export class DiskCacheBackend implements Backend {
     const last = Math.floor((offset + length - 1) / P);
     // Each piece's bytes: from the disk, from a fetch in flight, or from a new fetch
     // (consecutive missing pieces are fetched in parallel, one ranged GET each).
+    // Cached pieces are read straight into `out` (no copy); fetched ones are copied in.
+    const out = Buffer.allocUnsafe(length);
     const parts: Promise<PiecePart>[] = [];
     let missed = false;
     for (let p = first; p <= last; p++) {
@@ -208,7 +210,7 @@ export class DiskCacheBackend implements Backend {
       if (inFlight) {
         parts.push(inFlight.then(wholePiece));
       } else if (this.entries.has(name)) {
-        parts.push(this.readPiece(key, h, p, name, offset, length));
+        parts.push(this.readPiece(key, h, p, name, offset, out));
       } else {
         missed = true;
         parts.push(this.fetchPiece(key, h, p, name).then(wholePiece));
@@ -218,7 +220,6 @@ export class DiskCacheBackend implements Backend {
     else this.hits++;
     const got = await Promise.all(parts);
     // Assemble [offset, offset + length) from the pieces; an object ends at its first short piece.
-    const out = Buffer.allocUnsafe(length);
     let n = 0;
     for (let p = first; p <= last; p++) {
       const part = got[p - first] as PiecePart;
@@ -226,7 +227,7 @@ export class DiskCacheBackend implements Backend {
       const from = Math.max(offset, pieceStart) - pieceStart;
       const to = Math.min(offset + length - pieceStart, part.pieceLength);
       if (to > from) {
-        part.data.copy(out, n, from - part.at, to - part.at);
+        part.data?.copy(out, n, from - part.at, to - part.at);
         n += to - from;
       }
       if (part.pieceLength < P) break;
@@ -271,7 +272,8 @@ export class DiskCacheBackend implements Backend {
   }
 
   /** Bytes [offset, offset + length) ∩ piece p from its file, or null if the file is not usable (then fetched again). */
-  private async readPiece(key: string, h: string, p: number, name: string, offset: number, length: number): Promise<PiecePart> {
+  private async readPiece(key: string, h: string, p: number, name: string, offset: number, out: Buffer): Promise<PiecePart> {
+    const length = out.length;
     let op: OpenPiece | null = null;
     try {
       op = await this.openPiece(key, name);
@@ -284,7 +286,8 @@ export class DiskCacheBackend implements Backend {
       const pieceStart = p * this.pieceBytes;
       const from = Math.max(offset, pieceStart) - pieceStart;
       const to = Math.min(offset + length - pieceStart, op.payload);
-      const buf = Buffer.allocUnsafe(Math.max(0, to - from));
+      const dst = pieceStart + from - offset;
+      const buf = out.subarray(dst, dst + Math.max(0, to - from));
       const got = buf.length === 0 ? 0 : await op.fh.read(buf, op.payloadAt + from);
       if (got !== buf.length) {
         // Shorter than its header said: truncated under us. Not served.
@@ -292,7 +295,7 @@ export class DiskCacheBackend implements Backend {
         await this.remove(name);
         return wholePiece(await this.refetch(key, h, p, name));
       }
-      return { data: buf, at: from, pieceLength: op.payload };
+      return { data: null, at: from, pieceLength: op.payload };
     } finally {
       if (op) this.releaseHandle(op);
     }
@@ -466,9 +469,9 @@ export class DiskCacheBackend implements Backend {
   }
 }
 
-/** Bytes of one piece: `data` holds the piece's bytes [at, at + data.length); the piece is pieceLength long. */
+/** Bytes of one piece: `data` holds the piece's bytes [at, at + data.length) (null: already read into place); the piece is pieceLength long. */
 interface PiecePart {
-  data: Buffer;
+  data: Buffer | null;
   at: number;
   pieceLength: number;
 }
