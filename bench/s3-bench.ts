@@ -156,6 +156,8 @@ async function main(): Promise<void> {
       return mibs;
     };
 
+    // Warm-up, not counted: the SDK client's first requests (connections, credentials), RGW's caches.
+    await ceiling();
     const figures = { ceiling: [] as number[], cold: [] as number[], warm: [] as number[], file: [] as number[] };
     let warmRequests = 0;
     for (let rep = 1; rep <= argv.reps; rep++) {
