@@ -211,7 +211,7 @@ describe('S3Backend against Ceph RGW', function () {
       await store.close();
       const be = new S3Backend(opts);
       assert.ok((await be.list(`${info.id}/chunks/`)).length > 0, 'chunk objects in the bucket');
-      const again = await Store.open(dir, { backend: be });
+      const again = await Store.open(dir, { backend: be, diskCacheBytes: 0 }); // no disk cache: every read from the bucket
       const v2 = await again.openVolume('v');
       assert.ok((await v2.read(4096, data.length)).equals(data));
       assert.ok(be.stats.bytesGot >= data.length, `read from the bucket (${be.stats.bytesGot} bytes)`);

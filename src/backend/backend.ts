@@ -26,6 +26,32 @@ export interface Backend {
   close(): Promise<void>;
   /** Where the object for `key` lives (a file path, a URL), for messages that name it. */
   describe?(key: string): string;
+  /**
+   * Optional: a network store (S3), where each request pays a round trip, so the
+   * reader keeps several requests in flight and reads further ahead.
+   */
+  readonly remote?: boolean;
+  /** Optional: counters for a volume's `.stats` (shared by every volume of the store). */
+  counters?(): BackendCounters;
+  /**
+   * Optional: drop any local copy of `key` (a disk cache). The reader calls it when
+   * a record read through the backend fails its checksum, then reads once more.
+   */
+  invalidate?(key: string): Promise<void>;
+}
+
+/** What a backend counts (all optional: a local directory has no retries or cache). */
+export interface BackendCounters {
+  /** Requests sent (S3: HTTP attempts, retries included). */
+  requests?: number;
+  /** Requests that were retries of a failed attempt (5xx, SlowDown, timeout, reset). */
+  retries?: number;
+  /** Operations that failed for good (after their retries, or not retryable; a missing object not counted). */
+  errors?: number;
+  /** Disk chunk cache: ranged reads answered from the local disk / that went to the bucket, bytes held. */
+  diskCacheHits?: number;
+  diskCacheMisses?: number;
+  diskCacheBytes?: number;
 }
 
 /**

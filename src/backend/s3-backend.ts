@@ -10,7 +10,7 @@ import {
   type S3ClientConfig,
 } from '@aws-sdk/client-s3';
 import type { Readable } from 'node:stream';
-import type { Backend } from './backend';
+import type { Backend, BackendCounters } from './backend';
 import { VbfsError } from '../errors';
 import { checkRange, validKey } from './backend';
 
@@ -61,6 +61,12 @@ export interface S3BackendOptions {
   maxSockets?: number;
   /** Keys per ListObjectsV2 page (S3's default and maximum: 1000); small in tests. */
   listPageSize?: number;
+  /**
+   * Retry attempts in flight at once over the whole backend (default 8). When the
+   * store is in trouble every operation wants to retry at once; past this cap,
+   * retries queue (within their own deadline) instead of piling on: no retry storm.
+   */
+  maxConcurrentRetries?: number;
 }
 
 export interface S3Stats {
@@ -71,6 +77,12 @@ export interface S3Stats {
   retryReasons: { serverError: number; slowDown: number; timeout: number; connection: number };
   /** Operations that failed for good after retrying (outage, deadline). */
   gaveUp: number;
+  /** Operations that failed for good, retried or not (gaveUp included; a missing object is not a failure). */
+  failed: number;
+  /** Retries that had to wait for one of the maxConcurrentRetries places. */
+  retriesQueued: number;
+  /** Most retry attempts in flight at once (at most maxConcurrentRetries). */
+  retryPeak: number;
   bytesPut: number;
   bytesGot: number;
 }
@@ -83,10 +95,12 @@ const DEFAULTS = {
   backoffMaxMs: 5_000,
   maxSockets: 64,
   listPageSize: 1000,
+  maxConcurrentRetries: 8,
 };
 
 export class S3Backend implements Backend {
   readonly kind = 's3';
+  readonly remote = true;
   readonly bucket: string;
   readonly prefix: string;
   readonly stats: S3Stats = {
@@ -94,12 +108,18 @@ export class S3Backend implements Backend {
     retries: 0,
     retryReasons: { serverError: 0, slowDown: 0, timeout: 0, connection: 0 },
     gaveUp: 0,
+    failed: 0,
+    retriesQueued: 0,
+    retryPeak: 0,
     bytesPut: 0,
     bytesGot: 0,
   };
   private readonly client: S3Client;
   private readonly opts: typeof DEFAULTS;
   private closed = false;
+  /** Retries in flight, and the ones waiting for a place (FIFO). */
+  private retriesRunning = 0;
+  private readonly retryWaiters: (() => void)[] = [];
 
   constructor(options: S3BackendOptions) {
     checkBucket(options.bucket);
@@ -113,6 +133,7 @@ export class S3Backend implements Backend {
       backoffMaxMs: options.backoffMaxMs ?? DEFAULTS.backoffMaxMs,
       maxSockets: options.maxSockets ?? DEFAULTS.maxSockets,
       listPageSize: options.listPageSize ?? DEFAULTS.listPageSize,
+      maxConcurrentRetries: Math.max(1, options.maxConcurrentRetries ?? DEFAULTS.maxConcurrentRetries),
     };
     const env = process.env;
     const customEndpoint = options.endpoint ?? env['AWS_ENDPOINT_URL_S3'] ?? env['AWS_ENDPOINT_URL'];
@@ -135,6 +156,10 @@ export class S3Backend implements Backend {
 
   describe(key: string): string {
     return `s3://${this.bucket}/${this.prefix}${key}`;
+  }
+
+  counters(): BackendCounters {
+    return { requests: this.stats.requests, retries: this.stats.retries, errors: this.stats.failed };
   }
 
   async put(key: string, data: Uint8Array): Promise<void> {
@@ -319,33 +344,98 @@ export class S3Backend implements Backend {
     this.checkOpen();
     const start = Date.now();
     const deadline = start + this.opts.operationTimeoutMs;
-    for (let attempt = 1; ; attempt++) {
-      const attemptDeadline = Math.min(deadline, Date.now() + this.opts.attemptTimeoutMs);
-      const ac = new AbortController();
-      const timer = setTimeout(() => ac.abort(new AttemptTimeout()), Math.max(0, attemptDeadline - Date.now()));
-      this.stats.requests++;
-      let reason: RetryReason | null;
-      let lastErr: unknown;
-      try {
-        return await fn(ac.signal, attemptDeadline);
-      } catch (err) {
-        if (this.closed) throw new VbfsError('VBFS_CLOSED', 'backend is closed', { key }, { cause: err });
-        lastErr = ac.signal.aborted ? new AttemptTimeout() : err;
-        reason = retryReason(lastErr);
-        if (reason === null) throw this.s3Error(what, key, lastErr, attempt, start);
-      } finally {
+    try {
+      for (let attempt = 1; ; attempt++) {
+        // A retry waits for one of maxConcurrentRetries places, held for the attempt only.
+        if (attempt > 1 && !(await this.takeRetryPlace(deadline)))
+          throw this.gaveUp(what, key, new Error('no place for a retry before the deadline (maxConcurrentRetries)'), attempt - 1, start);
+        let r: Awaited<ReturnType<typeof this.attempt<T>>>;
+        try {
+          r = await this.attempt(what, key, fn, attempt, start, deadline);
+        } finally {
+          if (attempt > 1) this.releaseRetryPlace();
+        }
+        if (r.done) return r.value;
+        const { reason, lastErr } = r;
+        const delay = Math.random() * Math.min(this.opts.backoffMaxMs, this.opts.backoffBaseMs * 2 ** (attempt - 1));
+        if (attempt >= this.opts.maxAttempts || Date.now() + delay >= deadline) throw this.gaveUp(what, key, lastErr, attempt, start);
+        this.stats.retries++;
+        this.stats.retryReasons[reason]++;
+        onRetry?.(reason);
+        await new Promise((res) => setTimeout(res, delay));
+        this.checkOpen();
+      }
+    } catch (err) {
+      if (!(err instanceof VbfsError && (err.code === 'VBFS_NOT_FOUND' || err.code === 'VBFS_CLOSED'))) this.stats.failed++;
+      throw err;
+    }
+  }
+
+  private gaveUp(what: string, key: string, lastErr: unknown, attempts: number, start: number): VbfsError {
+    this.stats.gaveUp++;
+    return this.s3Error(what, key, lastErr, attempts, start, true);
+  }
+
+  /**
+   * One of maxConcurrentRetries places for a retry attempt. False if the deadline
+   * passed while waiting. First attempts never wait: only retries are capped, so a
+   * store that stops answering sees at most that many retries at once, whatever
+   * the number of operations that want one.
+   */
+  private async takeRetryPlace(deadline: number): Promise<boolean> {
+    if (this.retriesRunning < this.opts.maxConcurrentRetries) {
+      this.retriesRunning++;
+      this.stats.retryPeak = Math.max(this.stats.retryPeak, this.retriesRunning);
+      return true;
+    }
+    this.stats.retriesQueued++;
+    return new Promise<boolean>((resolve) => {
+      const wake = (): void => {
         clearTimeout(timer);
-      }
-      const delay = Math.random() * Math.min(this.opts.backoffMaxMs, this.opts.backoffBaseMs * 2 ** (attempt - 1));
-      if (attempt >= this.opts.maxAttempts || Date.now() + delay >= deadline) {
-        this.stats.gaveUp++;
-        throw this.s3Error(what, key, lastErr, attempt, start, true);
-      }
-      this.stats.retries++;
-      this.stats.retryReasons[reason]++;
-      onRetry?.(reason);
-      await new Promise((r) => setTimeout(r, delay));
-      this.checkOpen();
+        this.retriesRunning++;
+        this.stats.retryPeak = Math.max(this.stats.retryPeak, this.retriesRunning);
+        resolve(true);
+      };
+      const timer = setTimeout(
+        () => {
+          const i = this.retryWaiters.indexOf(wake);
+          if (i >= 0) this.retryWaiters.splice(i, 1);
+          resolve(false);
+        },
+        Math.max(0, deadline - Date.now()),
+      );
+      this.retryWaiters.push(wake);
+    });
+  }
+
+  private releaseRetryPlace(): void {
+    this.retriesRunning--;
+    this.retryWaiters.shift()?.();
+  }
+
+  /** One HTTP attempt with its own timeout: its value, or why it failed (retryable), or a throw (not retryable). */
+  private async attempt<T>(
+    what: string,
+    key: string,
+    fn: (signal: AbortSignal, attemptDeadline: number) => Promise<T>,
+    attempt: number,
+    start: number,
+    deadline: number,
+  ): Promise<{ done: true; value: T } | { done: false; reason: RetryReason; lastErr: unknown }> {
+    const attemptDeadline = Math.min(deadline, Date.now() + this.opts.attemptTimeoutMs);
+    const ac = new AbortController();
+    const timer = setTimeout(() => ac.abort(new AttemptTimeout()), Math.max(0, attemptDeadline - Date.now()));
+    this.stats.requests++;
+    try {
+      return { done: true, value: await fn(ac.signal, attemptDeadline) };
+    } catch (err) {
+      if (this.closed) throw new VbfsError('VBFS_CLOSED', 'backend is closed', { key }, { cause: err });
+      const lastErr = ac.signal.aborted ? new AttemptTimeout() : err;
+      const reason = retryReason(lastErr);
+      if (reason === null) throw this.s3Error(what, key, lastErr, attempt, start);
+      return { done: false, reason, lastErr };
+    } finally {
+      clearTimeout(timer);
     }
   }
 

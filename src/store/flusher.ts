@@ -1,4 +1,4 @@
-import { VbfsError, ioError, isNoSpace } from '../errors';
+import { VbfsError, ioError, isNoSpace, isVbfsError } from '../errors';
 import { ChunkBuilder, type BuiltChunk } from '../chunk/chunk-builder';
 import { chunkKey } from '../chunk/chunk';
 import type { WalWriter } from '../wal/wal-writer';
@@ -7,6 +7,17 @@ import type { VolumeCore } from './volume-core';
 
 /** Chunk objects written in parallel per flush wave (one map commit per wave). */
 const FLUSH_WAVE = 4;
+/** Longest wait between flush attempts while the backend is down. */
+const BACKEND_RETRY_MAX_MS = 30_000;
+
+/**
+ * A flush failed because the backend did not take a chunk object (S3 unreachable,
+ * 5xx past the retries, ...): the data is still in the write buffer and the WAL,
+ * so the volume is not failed; flushes are retried until the backend answers.
+ */
+export function isBackendDown(err: unknown): err is VbfsError {
+  return isVbfsError(err) && err.details['backendDown'] === true;
+}
 
 /**
  * The flush path: write-buffer slots -> chunk objects -> map commit -> WAL reclaim.
@@ -26,6 +37,10 @@ const FLUSH_WAVE = 4;
 export class Flusher implements FlushControl {
   /** The last flush failed for lack of space; retried every noSpaceRetryMs (not a failure). */
   diskFull: VbfsError | null = null;
+  /** Flushes fail because the backend does not take chunk objects; retried with backoff, writers wait meanwhile. */
+  backendDown: VbfsError | null = null;
+  private backendRetries = 0;
+  private backendTimer: NodeJS.Timeout | null = null;
   private run: Promise<void> | null = null;
   private again = false;
   private noMoreKicks = false;
@@ -74,9 +89,15 @@ export class Flusher implements FlushControl {
     return perChunk * Math.max(1, Math.min(FLUSH_WAVE, Math.floor(this.core.arena.limitSlots / 4 / perChunk)));
   }
 
-  /** Start a background flush, or ask the running one to go again when it ends. */
-  kick(): void {
+  /**
+   * Start a background flush, or ask the running one to go again when it ends.
+   * While the backend is down only the retry timer starts one (`retry`): writers
+   * waiting for room kick on every wake-up, and must not turn an outage into a
+   * storm of doomed PUTs.
+   */
+  kick(retry = false): void {
     if (this.core.closed || this.noMoreKicks || this.core.failed) return;
+    if (this.backendDown && !retry) return;
     if (this.run) {
       this.again = true;
       return;
@@ -107,7 +128,20 @@ export class Flusher implements FlushControl {
     this.noMoreKicks = true;
     await this.idle();
     if (this.core.failed) throw this.core.failed;
-    await this.start();
+    try {
+      await this.start();
+    } catch (err) {
+      if (!isBackendDown(err)) throw err;
+      // The data is in the WAL, synced below: the next open replays it and flushes
+      // it then. Closing must not wait for a backend that may be gone for hours.
+      await this.writer.syncWal();
+      this.core.ctx.logger.warn('closed while the backend is down: unflushed writes stay in the WAL until the volume is opened again', {
+        volume: this.core.name,
+        pendingBytes: this.core.arena.used * this.core.blockSize,
+        error: err.message,
+      });
+      return;
+    }
     await this.writer.syncWal();
     if (this.core.map.logBytes > 0) await this.checkpoint();
     this.processDeadChunks();
@@ -116,8 +150,10 @@ export class Flusher implements FlushControl {
   stopTimers(): void {
     if (this.intervalTimer) clearInterval(this.intervalTimer);
     if (this.diskFullTimer) clearTimeout(this.diskFullTimer);
+    if (this.backendTimer) clearTimeout(this.backendTimer);
     this.intervalTimer = null;
     this.diskFullTimer = null;
+    this.backendTimer = null;
   }
 
   private async idle(): Promise<void> {
@@ -141,9 +177,14 @@ export class Flusher implements FlushControl {
             this.diskFull = null;
             this.core.ctx.logger.info('flush succeeded again after running out of space', { volume: this.core.name });
           }
+          if (this.backendDown) {
+            this.backendDown = null;
+            this.backendRetries = 0;
+            this.core.ctx.logger.info('the backend answers again: flushing resumed', { volume: this.core.name });
+          }
         },
         (err: unknown) => {
-          noSpace = this.noteDiskFull(err);
+          noSpace = this.noteDiskFull(err) || this.noteBackendDown(err);
           throw err;
         },
       )
@@ -183,6 +224,32 @@ export class Flusher implements FlushControl {
     }
     core.arena.wakeAll(); // writers waiting for room: refused now (Writer.waitForSlot)
     this.processDeadChunks(); // the failed wave's written chunks: their space back
+    return true;
+  }
+
+  /**
+   * The backend did not take a wave's chunk objects: keep the data where it is
+   * (write buffer + WAL), try again after backendRetryMs, doubling up to 30 s,
+   * and let writers wait for room meanwhile (they are woken when a flush
+   * succeeds). True if err was such a case.
+   */
+  private noteBackendDown(err: unknown): boolean {
+    const core = this.core;
+    if (!isBackendDown(err) || core.failed || this.wal.error) return false;
+    if (!this.backendDown) {
+      core.ctx.logger.warn('backend down: flush failed; writes stay in the WAL, retrying until the backend answers', { volume: core.name, error: err.message });
+    }
+    this.backendDown = err;
+    if (core.closing) core.arena.wakeAll(); // closing: writers waiting for room give up (Volume.doClose)
+    if (!this.backendTimer && !core.closed && !core.closing) {
+      const delay = Math.min(BACKEND_RETRY_MAX_MS, core.tunables.backendRetryMs * 2 ** Math.min(this.backendRetries++, 20));
+      this.backendTimer = setTimeout(() => {
+        this.backendTimer = null;
+        if (core.arena.used > 0) this.kick(true);
+      }, delay);
+      this.backendTimer.unref();
+    }
+    this.processDeadChunks(); // chunks of the failed wave that did land: nothing points at them
     return true;
   }
 
@@ -275,12 +342,19 @@ export class Flusher implements FlushControl {
     for (const c of built) this.builder.recycle(c);
     const failed = puts.find((p): p is PromiseRejectedResult => p.status === 'rejected');
     if (failed) {
+      // A remote backend that refused or never answered (after its own retries): an
+      // outage, waited out. A local backend's I/O error stays a failure of the volume.
+      const down = ctx.backend.remote === true && isVbfsError(failed.reason, 'VBFS_IO') && !isNoSpace(failed.reason);
       // Nothing points at this wave's chunks: give the space of those written back
       // now (recovery would delete them as orphans anyway).
-      if (isNoSpace(failed.reason)) {
+      if (down || isNoSpace(failed.reason)) {
         for (let k = 0; k < built.length; k++) {
           if (puts[k]?.status === 'fulfilled') this.deadChunks.push((built[k] as BuiltChunk).id);
         }
+      }
+      if (down) {
+        const e = failed.reason as VbfsError;
+        throw new VbfsError('VBFS_IO', `volume '${this.core.name}': backend down: ${e.message}`, { ...e.details, backendDown: true }, { cause: e });
       }
       throw failed.reason;
     }

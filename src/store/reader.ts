@@ -9,6 +9,14 @@ import type { VolumeCore } from './volume-core';
 const EMPTY_BUFFER = Buffer.alloc(0);
 /** Damaged records remembered so each is logged once (beyond this, one line says so). */
 const DAMAGE_LOG_LIMIT = 10_000;
+/**
+ * Largest single backend read: a longer run (a large read, a readahead window) is
+ * split into reads of this size that go out in parallel. Against S3 one GET
+ * streams at the speed of one connection; several in flight fill the link.
+ */
+const MAX_RUN_BYTES = 1024 * 1024;
+/** Readahead reads in flight at once (each up to MAX_RUN_BYTES). */
+const MAX_READAHEADS = 16;
 
 /**
  * The read path: one index lookup per block. Hot and Pending blocks are copied
@@ -22,7 +30,9 @@ const DAMAGE_LOG_LIMIT = 10_000;
 export class Reader {
   private readonly damageLogged = new Set<string>();
   private lastReadEnd = -1;
-  private readahead: { start: number; end: number; done: Promise<void> } | null = null;
+  /** Readahead reads in flight, and the first block after what readahead has covered. */
+  private readonly readaheads = new Set<{ start: number; end: number; done: Promise<void> }>();
+  private readaheadEnd = 0;
 
   constructor(
     private readonly core: VolumeCore,
@@ -43,14 +53,20 @@ export class Reader {
     const last = Math.floor((offset + length - 1) / bs);
     const sequential = first === this.lastReadEnd || first === this.lastReadEnd + 1;
     this.lastReadEnd = last;
-    // A readahead in flight over these blocks: wait for it rather than read them twice.
-    const ra = this.readahead;
-    if (ra && first < ra.end && last >= ra.start) await ra.done;
+    // Readaheads in flight over these blocks: wait for them rather than read them twice.
+    const overlapping: Promise<void>[] = [];
+    for (const ra of this.readaheads) if (first < ra.end && last >= ra.start) overlapping.push(ra.done);
+    if (overlapping.length > 0) await Promise.all(overlapping);
     let runStart = -1;
     const fetches: Promise<void>[] = [];
+    const maxRun = Math.max(1, Math.floor(MAX_RUN_BYTES / bs));
     const flushRun = (endExclusive: number, readahead: boolean): void => {
       if (runStart < 0) return;
-      fetches.push(this.readRun(runStart, endExclusive, endExclusive, out, offset));
+      // A long run goes out as several ranged reads in parallel.
+      for (let b = runStart; b < endExclusive; b += maxRun) {
+        const e = Math.min(endExclusive, b + maxRun);
+        fetches.push(this.readRun(b, e, e, out, offset));
+      }
       if (readahead) this.startReadahead(endExclusive);
       runStart = -1;
     };
@@ -119,33 +135,44 @@ export class Reader {
   }
 
   /**
-   * Sequential reads: fetch the next window into the cache in the background, so
-   * the request that triggered it does not wait for it and the next requests find
-   * their blocks cached (or wait for this fetch instead of issuing their own). The
-   * window starts at the first block after `from` that is persisted but not cached,
-   * and runs over blocks adjacent in the same chunk. One readahead at a time;
-   * errors are ignored (the read that needs the block fetches it again and reports).
+   * Sequential reads: keep the next readaheadBytes after `from` being fetched into
+   * the cache in the background, so the request that triggered it does not wait
+   * for it and the next requests find their blocks cached (or wait for these
+   * fetches instead of issuing their own). Only what is not covered yet is
+   * fetched, as runs of blocks adjacent in one chunk, up to MAX_RUN_BYTES each and
+   * MAX_READAHEADS in flight: a stream of reads keeps a window of parallel fetches
+   * ahead of it (what makes a remote backend fast). Errors are ignored (the read
+   * that needs the block fetches it again and reports).
    */
   private startReadahead(from: number): void {
     const { index, tunables, blockCount } = this.core;
-    if (this.readahead || tunables.cacheBytes < tunables.readaheadBytes) return;
-    const window = Math.floor(tunables.readaheadBytes / this.core.blockSize);
+    if (tunables.cacheBytes < tunables.readaheadBytes) return;
+    const bs = this.core.blockSize;
+    const window = Math.floor(tunables.readaheadBytes / bs);
+    const maxRun = Math.max(1, Math.floor(MAX_RUN_BYTES / bs));
     const limit = Math.min(blockCount, from + window);
-    let b = from;
-    while (b < limit && index.state(b) !== PERSISTED) b++;
-    if (b >= limit) return;
-    let e = b + 1;
-    while (e < Math.min(blockCount, b + window) && index.state(e) === PERSISTED && this.contiguous(e - 1, e)) e++;
-    const ra = {
-      start: b,
-      end: e,
-      done: this.readRun(b, b, e, EMPTY_BUFFER, b * this.core.blockSize)
-        .catch(() => undefined)
-        .finally(() => {
-          if (this.readahead === ra) this.readahead = null;
-        }),
-    };
-    this.readahead = ra;
+    // Continue where the last readahead stopped if it is inside this window; start over after a jump.
+    let b = this.readaheadEnd > from && this.readaheadEnd <= limit ? this.readaheadEnd : from;
+    while (b < limit && this.readaheads.size < MAX_READAHEADS) {
+      if (index.state(b) !== PERSISTED) {
+        b++;
+        continue;
+      }
+      let e = b + 1;
+      while (e < limit && e - b < maxRun && index.state(e) === PERSISTED && this.contiguous(e - 1, e)) e++;
+      const ra = {
+        start: b,
+        end: e,
+        done: this.readRun(b, b, e, EMPTY_BUFFER, b * bs)
+          .catch(() => undefined)
+          .finally(() => {
+            this.readaheads.delete(ra);
+          }),
+      };
+      this.readaheads.add(ra);
+      b = e;
+    }
+    this.readaheadEnd = b;
   }
 
   /**
@@ -153,7 +180,7 @@ export class Reader {
    * into `out`, and keep verified blocks in the read cache (the readahead part only
    * goes to the cache).
    */
-  private async readRun(b0: number, outEnd: number, fetchEnd: number, out: Buffer, offset: number): Promise<void> {
+  private async readRun(b0: number, outEnd: number, fetchEnd: number, out: Buffer, offset: number, refetched = false): Promise<void> {
     const core = this.core;
     const ix = core.index;
     const chunk = ix.persistedChunk(b0);
@@ -166,7 +193,7 @@ export class Reader {
     core.readsInFlight++;
     let buf: Buffer;
     try {
-      buf = await core.ctx.backend.get(key, start, end - start);
+      buf = await this.fetch(key, start, end - start);
     } catch (err) {
       core.counters.errors++;
       throw err;
@@ -194,6 +221,12 @@ export class Reader {
           });
         }
       } catch (err) {
+        if (!refetched && core.ctx.backend.invalidate && (isVbfsError(err, 'VBFS_CORRUPT') || !isVbfsError(err))) {
+          // Damage may be in a local copy (the disk chunk cache): drop it and read
+          // the object itself once more; damage there too is reported below.
+          await core.ctx.backend.invalidate(key);
+          return this.readRun(b0, outEnd, fetchEnd, out, offset, true);
+        }
         core.counters.errors++;
         // A checksummed payload that LZ4 rejects is damage too (or a bug): never data.
         const e = isVbfsError(err)
@@ -218,6 +251,41 @@ export class Reader {
       at += RECORD_HEADER + len;
     }
     this.afterBackendRead();
+  }
+
+  /**
+   * One ranged backend read, failed with VBFS_IO (EIO) if it has no answer within
+   * backendReadTimeoutMs (0: no limit here, the backend's own deadline applies): a
+   * read of data that is only in an unreachable bucket never hangs. A late answer
+   * is dropped: nothing is copied into the caller's buffer after we gave up.
+   */
+  private fetch(key: string, offset: number, length: number): Promise<Buffer> {
+    const { ctx, tunables } = this.core;
+    const get = ctx.backend.get(key, offset, length);
+    const ms = tunables.backendReadTimeoutMs;
+    if (ms <= 0) return get;
+    return new Promise<Buffer>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        reject(
+          new VbfsError('VBFS_IO', `read of ${ctx.backend.describe?.(key) ?? key} got no answer within ${ms} ms (backend down?)`, {
+            key,
+            offset,
+            length,
+            timedOut: true,
+          }),
+        );
+      }, ms);
+      get.then(
+        (b) => {
+          clearTimeout(timer);
+          resolve(b);
+        },
+        (e: unknown) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      );
+    });
   }
 
   /**

@@ -7,6 +7,7 @@ import { checkLeaseTtl } from '../backend/lease';
 import { FileBackend } from '../backend/file-backend';
 import { BucketMapMedium } from '../map/bucket-map-medium';
 import { BucketCatalog } from './bucket-catalog';
+import { DiskCacheBackend } from '../backend/disk-cache';
 import { decodeVolumeMeta, encodeVolumeMeta, VOLUME_FORMAT_VERSION } from '../format/volume-meta';
 import type { FileIO } from '../io/file-io';
 import { NodeFileIO } from '../io/node-file-io';
@@ -67,7 +68,7 @@ export class Store implements MountableStore {
       // still be listed and mounted read-only; a write says why when it is tried.
       if (!st || !isVbfsError(err, 'VBFS_IO') || !CANNOT_WRITE.has(err.details['errno'] as string)) throw err;
     }
-    const backend = opts.backend ?? new FileBackend(`${abs}/objects`, fileIO);
+    const backend = await withDiskCache(opts.backend ?? new FileBackend(`${abs}/objects`, fileIO), abs, fileIO, opts);
     const memory = opts.memoryBytes ?? defaultMemoryBytes();
     if (!Number.isSafeInteger(memory) || memory <= 0) throw new VbfsError('VBFS_INVALID_ARGUMENT', `invalid memoryBytes: ${String(opts.memoryBytes)}`);
     if (opts.metadata === 'backend' && !opts.backend) throw new VbfsError('VBFS_INVALID_ARGUMENT', "metadata 'backend' needs a backend");
@@ -473,6 +474,27 @@ async function ensureDurableDir(fileIO: FileIO, dir: string): Promise<void> {
   if (missing.length === 0) return;
   await fileIO.mkdir(dir);
   for (const d of missing.reverse()) await fileIO.fsyncDir(path.dirname(d));
+}
+
+/** StoreOptions.diskCacheBytes when none is given, for a remote backend. */
+export const DEFAULT_DISK_CACHE_BYTES = 1024 * 1024 * 1024;
+
+/**
+ * A remote backend (S3) gets the disk chunk cache in `<store>/cache` in front of it
+ * (diskCacheBytes, default 1 GiB); the file backend none unless asked for. A store
+ * where the cache directory cannot be made (read-only) runs without it.
+ */
+async function withDiskCache(backend: Backend, dir: string, fileIO: FileIO, opts: StoreOptions): Promise<Backend> {
+  const bytes = opts.diskCacheBytes ?? (backend.remote === true ? DEFAULT_DISK_CACHE_BYTES : 0);
+  if (!Number.isSafeInteger(bytes) || bytes < 0) throw new VbfsError('VBFS_INVALID_ARGUMENT', `invalid diskCacheBytes: ${String(opts.diskCacheBytes)}`);
+  if (bytes === 0) return backend;
+  try {
+    return await DiskCacheBackend.open(backend, { dir: `${dir}/cache`, fileIO, maxBytes: bytes, logger: opts.logger });
+  } catch (err) {
+    if (!isVbfsError(err, 'VBFS_IO') || !CANNOT_WRITE.has(err.details['errno'] as string)) throw err;
+    opts.logger?.warn(`no disk cache: ${(err as Error).message}`);
+    return backend;
+  }
 }
 
 /** A quarter of RAM, at least 256 MiB, at most 1 GiB: a small machine keeps room for the rest. */

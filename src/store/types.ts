@@ -38,6 +38,13 @@ export interface StoreOptions {
    * local store directory have their LOCK file instead and ignore it.
    */
   leaseTtlMs?: number;
+  /**
+   * Local disk cache of chunk objects in `<store>/cache`, in bytes, in front of a
+   * remote backend (S3; src/backend/disk-cache.ts): LRU, kept across restarts.
+   * Default 1 GiB for a remote backend, none for the local file backend (whose
+   * objects are on this disk already); 0 turns it off. CLI: `--disk-cache-bytes`.
+   */
+  diskCacheBytes?: number;
 }
 
 export interface VolumeCreateOptions {
@@ -71,6 +78,8 @@ export interface VolumeTunables {
   noSpaceRetryMs: number; // store disk full: retry the failed WAL write / flush this often (default 1000)
   idleTrimMs: number; // no I/O for this long: give the write buffer, cache and chunk buffers back (default 30000)
   seqReserveStep: number; // seqs reserved ahead in the map log per reservation, one synced write each (default 2^20)
+  backendReadTimeoutMs: number; // a read that needs the backend fails with EIO (VBFS_IO) after this long (default 60000)
+  backendRetryMs: number; // backend down: a failed flush is tried again after this long, doubling up to 30 s (default 1000)
 }
 
 export interface VolumeOpenOptions extends Partial<VolumeTunables> {
@@ -108,4 +117,12 @@ export interface VolumeStats {
   seqReserved: number; // seqs up to this one are reserved durably in the map log (0 when read-only)
   seqReservations: number; // reservations written in the background since open (the one at open not counted)
   seqReserveWaits: number; // writes that had to wait for a reservation
+  // The store's backend (shared by its volumes): 0 where it does not count them.
+  backendRequests: number; // requests sent (S3: HTTP attempts, retries included)
+  backendRetries: number; // retried attempts (5xx, SlowDown, timeout, reset)
+  backendErrors: number; // backend operations that failed for good
+  backendDown: number; // 1 while flushes fail because the backend does not answer (writes wait in the WAL)
+  diskCacheHits: number; // backend reads served by the local disk chunk cache
+  diskCacheMisses: number; // ... that had to go to the backend
+  diskCacheBytes: number; // bytes the disk chunk cache holds
 }

@@ -28,6 +28,8 @@ export const DEFAULT_TUNABLES: VolumeTunables = {
   noSpaceRetryMs: 1000,
   idleTrimMs: 30_000,
   seqReserveStep: 2 ** 20,
+  backendReadTimeoutMs: 60_000,
+  backendRetryMs: 1000,
 };
 
 export interface VolumeContext {
@@ -107,7 +109,7 @@ export class VolumeCore {
     this.blockSize = info.blockSize;
     this.durability = opts.durability !== undefined ? checkDurability(opts.durability) : info.durability;
     this.readOnly = opts.readOnly === true;
-    this.tunables = resolveTunables(opts, info.blockSize);
+    this.tunables = resolveTunables(opts, info.blockSize, ctx.backend.remote === true);
     this.blockCount = info.size / info.blockSize;
     this.index = new BlockIndex(this.blockCount);
     this.arena = new Arena(info.blockSize, Math.max(2, Math.floor(this.tunables.writeBufferBytes / info.blockSize)));
@@ -137,8 +139,12 @@ export class VolumeCore {
   }
 }
 
-function resolveTunables(opts: VolumeOpenOptions, blockSize: number): VolumeTunables {
+/** Readahead over a remote backend (S3) when none is given: 8 reads of 1 MiB in flight, the round trips overlap. */
+export const REMOTE_READAHEAD_BYTES = 8 * MiB;
+
+function resolveTunables(opts: VolumeOpenOptions, blockSize: number, remote: boolean): VolumeTunables {
   const t: VolumeTunables = { ...DEFAULT_TUNABLES };
+  if (remote) t.readaheadBytes = REMOTE_READAHEAD_BYTES;
   for (const k of Object.keys(DEFAULT_TUNABLES) as (keyof VolumeTunables)[]) {
     const v = opts[k];
     if (v === undefined) continue;

@@ -1,4 +1,5 @@
 import { VbfsError } from '../errors';
+import type { BackendCounters } from '../backend/backend';
 import type { BlockState } from '../map/block-index';
 import { VolumeLock } from './lock';
 import { LatencyWindow } from './latency';
@@ -10,6 +11,20 @@ import type { Durability, VolumeInfo } from '../types';
 import type { VolumeOpenOptions, VolumeStats } from './types';
 import { VolumeCore, type VolumeContext } from './volume-core';
 import { Writer } from './writer';
+
+/** The backend's counters as VolumeStats fields (0 where the backend does not count). */
+function backendStats(
+  c: BackendCounters,
+): Pick<VolumeStats, 'backendRequests' | 'backendRetries' | 'backendErrors' | 'diskCacheHits' | 'diskCacheMisses' | 'diskCacheBytes'> {
+  return {
+    backendRequests: c.requests ?? 0,
+    backendRetries: c.retries ?? 0,
+    backendErrors: c.errors ?? 0,
+    diskCacheHits: c.diskCacheHits ?? 0,
+    diskCacheMisses: c.diskCacheMisses ?? 0,
+    diskCacheBytes: c.diskCacheBytes ?? 0,
+  };
+}
 
 export { DEFAULT_TUNABLES, type VolumeContext } from './volume-core';
 
@@ -192,6 +207,10 @@ export class Volume {
     this.flusher?.stopTimers();
     this.writer?.stopTimers();
     if (this.idleTimer) clearInterval(this.idleTimer);
+    // Writers waiting for room while the backend is down would wait for good (no
+    // flush is retried from here on): they fail with VBFS_CLOSED; none of them was
+    // acknowledged, and what was is in the WAL.
+    if (this.flusher?.backendDown) core.arena.wakeAll();
     try {
       if (this.writer && this.flusher && !core.failed) {
         // Writers still queued may need background flushes to make room.
@@ -233,6 +252,8 @@ export class Volume {
       seqReserved: this.writer?.seqs.reserved ?? 0,
       seqReservations: this.writer?.seqs.reservations ?? 0,
       seqReserveWaits: this.writer?.seqs.waits ?? 0,
+      ...backendStats(this.core.ctx.backend.counters?.() ?? {}),
+      backendDown: this.flusher?.backendDown ? 1 : 0,
     };
   }
 

@@ -5,6 +5,7 @@ import { copyBytes } from '../format/bytes';
 import { WalWriter } from '../wal/wal-writer';
 import type { Reader } from './reader';
 import { SeqReserve } from './seq-reserve';
+import { isBackendDown } from './flusher';
 import type { VolumeCore } from './volume-core';
 
 const RESOLVED: Promise<void> = Promise.resolve();
@@ -353,7 +354,8 @@ export class Writer {
 
   /** An out-of-space error that leaves the volume writable once space returns, or poison the volume. */
   failUnlessNoSpace(err: unknown): VbfsError {
-    if (isNoSpace(err) && !this.core.failed && !this.wal.error) return ioError(`volume '${this.core.name}'`, err);
+    // A backend outage is not the volume's failure either: its data waits in the WAL (flusher.ts).
+    if ((isNoSpace(err) || isBackendDown(err)) && !this.core.failed && !this.wal.error) return ioError(`volume '${this.core.name}'`, err);
     return this.core.fail(err);
   }
 }

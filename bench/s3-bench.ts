@@ -1,0 +1,204 @@
+/**
+ * `npm run bench:s3`: reads through the engine over S3, against a real Ceph RGW that
+ * this script starts (test/helpers/ceph/rgw-cluster.sh, via test/helpers/rgw.ts) and
+ * stops. Every figure is the median of --reps runs, all in the same run:
+ *
+ *  ceiling      a plain loop of the SDK: GetObject of 1 MiB ranges of the volume's
+ *               chunk objects, --parallel (8) requests in flight
+ *  cold         the engine: sequential 1 MiB volume.read() over the volume, reopened
+ *               with an empty disk cache and an empty memory cache (every byte from
+ *               the bucket)
+ *  warm         the same reads again after reopening the volume: the memory cache is
+ *               empty, the disk chunk cache holds everything (no bucket request)
+ *  file         the same reads from a store on the file backend (local chunk files),
+ *               volume reopened likewise
+ *
+ * Targets (issue 11): cold >= 0.5x ceiling, warm >= 0.9x file.
+ *
+ *   npm run bench:s3                        (256 MiB, 5 runs, ~2 min)
+ *   npm run bench:s3 -- --size 64M --reps 3
+ */
+import { GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import type { Readable } from 'node:stream';
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { S3Backend, type S3BackendOptions } from '../src/backend/s3-backend';
+import { Store } from '../src/store/store';
+import { requireRgw, rgwOptions, stopRgw } from '../test/helpers/rgw';
+import { parseSize } from './null-fuse';
+
+const MiB = 1024 * 1024;
+
+function log(msg: string): void {
+  process.stderr.write(`[s3 ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
+}
+
+/** Incompressible, deterministic bytes. */
+function fill(buf: Buffer, seed: number): void {
+  let x = seed >>> 0 || 1;
+  for (let i = 0; i + 4 <= buf.length; i += 4) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    buf.writeUInt32LE(x >>> 0, i);
+  }
+}
+
+async function readBody(body: Readable): Promise<number> {
+  let n = 0;
+  for await (const c of body) n += (c as Buffer).length;
+  return n;
+}
+
+async function main(): Promise<void> {
+  const argv = yargs(hideBin(process.argv))
+    .option('size', { type: 'string', default: '256M', describe: 'volume bytes written and read' })
+    .option('reps', { type: 'number', default: 5 })
+    .option('parallel', { type: 'number', default: 8, describe: 'GETs in flight in the plain SDK loop' })
+    .strict()
+    .parseSync();
+  const size = parseSize(argv.size);
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'vbfs-s3bench-'));
+  const fakeMocha = {
+    skip(): never {
+      throw new Error('Ceph is not installed: apt-get install --no-install-recommends ceph-mon ceph-osd radosgw ceph-common');
+    },
+  } as unknown as Mocha.Context;
+  log('starting Ceph RGW (test/helpers/ceph/rgw-cluster.sh)');
+  const rgw = await requireRgw(fakeMocha);
+  try {
+    const s3: S3BackendOptions = rgwOptions(rgw);
+    const setup = new S3Backend(s3);
+    await setup.ensureBucket();
+    await setup.close();
+
+    // The same volume content in a store over S3 and in one on the file backend.
+    const s3Dir = path.join(work, 's3-store');
+    const fileDir = path.join(work, 'file-store');
+    const block = Buffer.allocUnsafe(MiB);
+    let volumeId = '';
+    for (const [dir, remote] of [
+      [s3Dir, true],
+      [fileDir, false],
+    ] as const) {
+      const store = await Store.open(dir, remote ? { backend: new S3Backend(s3), diskCacheBytes: 0 } : {});
+      const info = await store.createVolume('v', { size });
+      if (remote) volumeId = info.id;
+      const vol = await store.openVolume('v');
+      log(`writing ${size / MiB} MiB to the ${remote ? 'S3' : 'file'} store`);
+      for (let off = 0; off < size; off += MiB) {
+        fill(block, off / MiB + 1);
+        await vol.write(off, block);
+      }
+      await vol.close();
+      await store.close();
+    }
+
+    const lister = new S3Backend(s3);
+    const chunkKeys = (await lister.list(`${volumeId}/chunks/`)).map((k) => `${s3.prefix}/${k}`);
+    await lister.close();
+
+    const client = new S3Client({
+      endpoint: rgw.endpoint,
+      region: rgw.region,
+      credentials: { accessKeyId: rgw.accessKeyId, secretAccessKey: rgw.secretAccessKey },
+      forcePathStyle: true,
+      requestChecksumCalculation: 'WHEN_REQUIRED',
+      responseChecksumValidation: 'WHEN_REQUIRED',
+      requestHandler: { httpAgent: { keepAlive: true, maxSockets: 64 } },
+    });
+    const objectSize = async (key: string): Promise<number> => {
+      const r = await client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: key, Range: 'bytes=0-0' }));
+      await readBody(r.Body as Readable);
+      return Number(/\/(\d+)$/.exec(r.ContentRange ?? '')?.[1] ?? 0);
+    };
+    const ranges: { key: string; start: number; end: number }[] = [];
+    for (const key of chunkKeys) {
+      const len = await objectSize(key);
+      for (let o = 0; o < len; o += MiB) ranges.push({ key, start: o, end: Math.min(len, o + MiB) - 1 });
+    }
+
+    const ceiling = async (): Promise<number> => {
+      let next = 0;
+      let bytes = 0;
+      const t0 = performance.now();
+      const worker = async (): Promise<void> => {
+        while (next < ranges.length) {
+          const r = ranges[next++] as (typeof ranges)[number];
+          const res = await client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: r.key, Range: `bytes=${r.start}-${r.end}` }));
+          bytes += await readBody(res.Body as Readable);
+        }
+      };
+      await Promise.all(Array.from({ length: argv.parallel }, worker));
+      return bytes / MiB / ((performance.now() - t0) / 1000);
+    };
+
+    const out = Buffer.allocUnsafe(MiB);
+    const seqRead = async (store: Store): Promise<number> => {
+      const vol = await store.openVolume('v');
+      const t0 = performance.now();
+      for (let off = 0; off < size; off += MiB) await vol.readInto(off, out);
+      const mibs = size / MiB / ((performance.now() - t0) / 1000);
+      // Spot check: the last MiB read is the bytes written there.
+      const want = Buffer.allocUnsafe(MiB);
+      fill(want, size / MiB);
+      if (!out.equals(want)) throw new Error('read back wrong bytes');
+      await vol.close();
+      return mibs;
+    };
+
+    // Warm-up, not counted: the SDK client's first requests (connections, credentials), RGW's caches.
+    await ceiling();
+    const figures = { ceiling: [] as number[], cold: [] as number[], warm: [] as number[], file: [] as number[] };
+    let warmRequests = 0;
+    for (let rep = 1; rep <= argv.reps; rep++) {
+      figures.ceiling.push(await ceiling());
+      // Cold: an empty disk cache (removed) and a freshly opened volume.
+      fs.rmSync(path.join(s3Dir, 'cache'), { recursive: true, force: true });
+      const be = new S3Backend(s3);
+      const store = await Store.open(s3Dir, { backend: be, diskCacheBytes: 2 * size });
+      figures.cold.push(await seqRead(store));
+      await (store.backend as { idle?: () => Promise<void> }).idle?.();
+      const before = be.stats.requests;
+      figures.warm.push(await seqRead(store));
+      warmRequests += be.stats.requests - before;
+      await store.close();
+      const fileStore = await Store.open(fileDir);
+      figures.file.push(await seqRead(fileStore));
+      await fileStore.close();
+      log(
+        `run ${rep}: ceiling ${figures.ceiling.at(-1)?.toFixed(0)} cold ${figures.cold.at(-1)?.toFixed(0)} warm ${figures.warm.at(-1)?.toFixed(0)} file ${figures.file.at(-1)?.toFixed(0)} MiB/s`,
+      );
+    }
+    client.destroy();
+
+    const m = { ceiling: median(figures.ceiling), cold: median(figures.cold), warm: median(figures.warm), file: median(figures.file) };
+    const lines = [
+      `S3 read bench: ${size / MiB} MiB volume, 1 MiB sequential reads, medians of ${argv.reps} runs, Ceph RGW on 127.0.0.1`,
+      `  plain SDK GET loop (${argv.parallel} in flight)  ${m.ceiling.toFixed(0).padStart(6)} MiB/s`,
+      `  engine cold (from the bucket)       ${m.cold.toFixed(0).padStart(6)} MiB/s   ratio ${(m.cold / m.ceiling).toFixed(2)} (target >= 0.5)`,
+      `  engine warm (disk chunk cache)      ${m.warm.toFixed(0).padStart(6)} MiB/s   ratio ${(m.warm / m.file).toFixed(2)} vs file (target >= 0.9); bucket requests during warm runs: ${warmRequests}`,
+      `  engine, file backend                ${m.file.toFixed(0).padStart(6)} MiB/s`,
+      `  runs: ${JSON.stringify(figures, (_k, v: unknown) => (typeof v === 'number' ? Math.round(v) : v))}`,
+    ];
+    process.stdout.write(lines.join('\n') + '\n');
+  } finally {
+    log('stopping Ceph RGW');
+    await stopRgw();
+    fs.rmSync(work, { recursive: true, force: true });
+  }
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`${(err as Error)?.stack ?? String(err)}\n`);
+  process.exitCode = 1;
+});
