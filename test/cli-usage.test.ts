@@ -201,6 +201,12 @@ describe('vbfs argument parsing', () => {
     assert.throws(() => parseMountOptions(['stop_timeout=soon']), UsageError);
     assert.throws(() => parseMountOptions(['stop_timeout=-1']), UsageError);
     assert.deepEqual(parseMountOptions(['lease_ttl=10']), { leaseTtlSeconds: 10 });
+    assert.deepEqual(parseMountOptions(['disk_cache=2G']), { diskCacheBytes: 2 * 1024 ** 3 });
+    assert.deepEqual(parseMountOptions(['disk_cache=0']), { diskCacheBytes: 0 });
+    assert.throws(() => parseMountOptions(['disk_cache=-1']), UsageError);
+    const cacheArgv = rewriteArgv(['/s', '/m', '-o', 'disk_cache=512M']);
+    assert.ok(Array.isArray(cacheArgv));
+    assert.equal(cacheArgv[cacheArgv.indexOf('--disk-cache-bytes') + 1], String(512 * 1024 ** 2));
     assert.equal(parseLeaseTtl('2.5', '--lease-ttl'), 2.5);
     for (const bad of ['0', '0.5', '3601', 'soon', '', '1.0001', '-5']) assert.throws(() => parseLeaseTtl(bad, '--lease-ttl'), UsageError, bad);
   });

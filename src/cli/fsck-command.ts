@@ -16,7 +16,7 @@ export interface FsckArgs {
 
 /** Exit 0 when no damage was found (warnings allowed), 1 when some was. */
 export async function runFsck(ctx: CliContext, args: FsckArgs): Promise<number> {
-  const store = await openStore(ctx.storeDir, ctx.logger, undefined, { url: ctx.backend, pathStyle: ctx.s3PathStyle });
+  const store = await openStore(ctx.storeDir, ctx.logger, { backend: { url: ctx.backend, pathStyle: ctx.s3PathStyle } });
   const bar = args.progress ? progressBar(args.progress) : null;
   let report: FsckReport;
   try {

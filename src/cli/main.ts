@@ -11,7 +11,7 @@ import { closeLogger, createCliLogger, LOG_LEVELS, type CliLogger, type LogLevel
 import { runFsck } from './fsck-command';
 import { READY_FD_ENV, runMount, runUnmount, type CliContext } from './mount-command';
 import { parseMountFuseForm, parseMountOptions, parseLeaseTtl, parseStopTimeout, type MountFlags } from './mount-options';
-import { parseSize } from './size';
+import { parseSize, parseSizeOrZero } from './size';
 import { defaultStoreDir } from './store';
 import { runCreate, runDelete, runInfo, runList, runStats } from './volume-commands';
 
@@ -72,6 +72,7 @@ export function rewriteArgv(argv: string[]): string[] | 'fake' {
   if (flags.defaultPermissions) out.push('--default-permissions');
   if (flags.durability) out.push('--durability', flags.durability);
   if (flags.memoryBytes !== undefined) out.push('--memory', String(flags.memoryBytes));
+  if (flags.diskCacheBytes !== undefined) out.push('--disk-cache-bytes', String(flags.diskCacheBytes));
   if (flags.logFile) out.push('--log-file', flags.logFile);
   if (flags.nonempty) out.push('-o', 'nonempty');
   if (flags.stopTimeoutSeconds !== undefined) out.push('--stop-timeout', String(flags.stopTimeoutSeconds));
@@ -261,6 +262,10 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
               array: true,
               describe: 'mount options: ro,allow_other,nonempty,stop_timeout=SECONDS,durability=MODE,... (see docs/cli.md)',
             })
+            .option('disk-cache-bytes', {
+              type: 'string',
+              describe: 'local disk cache of chunk objects in front of a bucket, in <store>/cache (e.g. 4G; default 1G, 0 = off; ignored for a local store)',
+            })
             .option('memory', {
               type: 'string',
               describe: 'memory for write buffers + read caches of all volumes together (e.g. 512M; default a quarter of RAM, 256M..1G)',
@@ -301,6 +306,7 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
             stopTimeoutSeconds: stopTimeout,
             leaseTtlSeconds: a['lease-ttl'] !== undefined ? parseLeaseTtl(a['lease-ttl'], '--lease-ttl') : flags.leaseTtlSeconds,
             memoryBytes: a.memory !== undefined ? parseSize(a.memory, '--memory') : flags.memoryBytes,
+            diskCacheBytes: a['disk-cache-bytes'] !== undefined ? parseSizeOrZero(a['disk-cache-bytes'], '--disk-cache-bytes') : flags.diskCacheBytes,
             requireStore: a['require-store'],
             debugFuse: a['debug-fuse'],
           });

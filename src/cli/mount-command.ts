@@ -157,7 +157,12 @@ export async function runMount(ctx: CliContext, args: MountArgs): Promise<number
     if (running && running.pid !== process.pid) {
       throw new VbfsError('VBFS_BUSY', `store ${ctx.storeDir} is already mounted at ${running.mountpoint} (pid ${running.pid}); a store can be mounted once`);
     }
-    const store = await openStore(ctx.storeDir, log, args.memoryBytes, { url: ctx.backend, pathStyle: ctx.s3PathStyle }, args.leaseTtlSeconds);
+    const store = await openStore(ctx.storeDir, log, {
+      memoryBytes: args.memoryBytes,
+      backend: { url: ctx.backend, pathStyle: ctx.s3PathStyle },
+      leaseTtlSeconds: args.leaseTtlSeconds,
+      diskCacheBytes: args.diskCacheBytes,
+    });
     let m: StoreMount;
     try {
       // Everything that can fail is done before the kernel mount: a failure after it
@@ -248,6 +253,7 @@ async function startDaemon(ctx: CliContext, args: MountArgs): Promise<number> {
   if (args.defaultPermissions) childArgs.push('--default-permissions');
   if (args.durability) childArgs.push('--durability', args.durability);
   if (args.memoryBytes !== undefined) childArgs.push('--memory', String(args.memoryBytes));
+  if (args.diskCacheBytes !== undefined) childArgs.push('--disk-cache-bytes', String(args.diskCacheBytes));
   if (args.leaseTtlSeconds !== undefined) childArgs.push('--lease-ttl', String(args.leaseTtlSeconds));
   if (args.debugFuse) childArgs.push('--debug-fuse');
   if (ctx.backend !== undefined) childArgs.push('--backend', ctx.backend);

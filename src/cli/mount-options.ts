@@ -5,7 +5,7 @@
  */
 import { DURABILITY_MODES, type Durability } from '../types';
 import { UsageError } from './exit-codes';
-import { parseSize } from './size';
+import { parseSize, parseSizeOrZero } from './size';
 
 export interface MountFlags {
   readOnly?: boolean;
@@ -17,6 +17,8 @@ export interface MountFlags {
   logLevel?: string;
   /** Memory budget of the mount: write buffers + read caches of all volumes (bytes). */
   memoryBytes?: number;
+  /** Local disk cache of chunk objects in front of a bucket (bytes; 0 = off). */
+  diskCacheBytes?: number;
   /** Mount over a non-empty directory (libfuse `nonempty`). */
   nonempty?: boolean;
   /** The mount.fuse/fstab form may create a store that does not exist yet. */
@@ -117,6 +119,9 @@ export function parseMountOptions(list: string[], sloppy = false): MountFlags {
       case 'memory':
         flags.memoryBytes = parseSize(value, 'memory');
         break;
+      case 'disk_cache':
+        flags.diskCacheBytes = parseSizeOrZero(value, 'disk_cache');
+        break;
       case 'nonempty':
         flags.nonempty = true;
         break;
@@ -133,7 +138,7 @@ export function parseMountOptions(list: string[], sloppy = false): MountFlags {
         if (IGNORED.has(key) || key.startsWith('x-') || key === 'comment') break;
         if (!sloppy) {
           throw new UsageError(
-            `unknown mount option '${opt}' (known: ro, allow_other, allow_root, default_permissions, durability=MODE, log_file=PATH, log_level=LEVEL, memory=SIZE, nonempty, create, stop_timeout=SECONDS, lease_ttl=SECONDS)`,
+            `unknown mount option '${opt}' (known: ro, allow_other, allow_root, default_permissions, durability=MODE, log_file=PATH, log_level=LEVEL, memory=SIZE, disk_cache=SIZE, nonempty, create, stop_timeout=SECONDS, lease_ttl=SECONDS)`,
           );
         }
     }

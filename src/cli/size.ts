@@ -27,3 +27,8 @@ export function formatSize(bytes: number): string {
   }
   return `${bytes}B`;
 }
+
+/** A size that may also be 0 (off), e.g. `--disk-cache-bytes 0`. */
+export function parseSizeOrZero(text: string, what = 'size'): number {
+  return /^\s*0+\s*$/.test(text) ? 0 : parseSize(text, what);
+}

@@ -38,14 +38,21 @@ export function defaultStoreDir(env: NodeJS.ProcessEnv = process.env): string {
  * (`vbfs create`) makes the bucket if it is missing and checks that it honours
  * conditional creates, which keep two volumes from taking one name.
  */
-export async function openStore(
-  dir: string,
-  logger: Logger,
-  memoryBytes?: number,
-  backend: BackendChoice & { ensureBucket?: boolean } = {},
-  leaseTtlSeconds?: number,
-): Promise<CliStore> {
-  const lease = leaseTtlSeconds !== undefined ? { leaseTtlMs: Math.round(leaseTtlSeconds * 1000) } : {};
+export interface OpenStoreOptions {
+  /** Memory budget of write buffers + read caches (`--memory`). */
+  memoryBytes?: number;
+  /** The backend named on the command line (or none: the store's remembered one, or local). */
+  backend?: BackendChoice & { ensureBucket?: boolean };
+  /** `--lease-ttl`: the lease a writer takes on a volume in a bucket. */
+  leaseTtlSeconds?: number;
+  /** `--disk-cache-bytes`: the local chunk cache in front of a bucket (default 1 GiB; 0 = off). */
+  diskCacheBytes?: number;
+}
+
+export async function openStore(dir: string, logger: Logger, opts: OpenStoreOptions = {}): Promise<CliStore> {
+  const { memoryBytes, backend = {} } = opts;
+  const lease = opts.leaseTtlSeconds !== undefined ? { leaseTtlMs: Math.round(opts.leaseTtlSeconds * 1000) } : {};
+  const cache = opts.diskCacheBytes !== undefined ? { diskCacheBytes: opts.diskCacheBytes } : {};
   const config = await resolveBackendConfig(dir, backend);
   if (!config) return Store.open(dir, { logger, memoryBytes, ...lease });
   const s3 = backendFor(config);
@@ -58,7 +65,7 @@ export async function openStore(
         });
       }
     }
-    return await Store.open(dir, { logger, memoryBytes, backend: s3, metadata: 'backend', ...lease });
+    return await Store.open(dir, { logger, memoryBytes, backend: s3, metadata: 'backend', ...lease, ...cache });
   } catch (err) {
     await s3.close();
     throw err;

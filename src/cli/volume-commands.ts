@@ -14,7 +14,7 @@ import { formatSize, parseSize } from './size';
 import { openStore, readMountRecord, type CliStore } from './store';
 
 async function withStore<T>(ctx: CliContext, fn: (store: CliStore) => Promise<T>, ensureBucket = false): Promise<T> {
-  const store = await openStore(ctx.storeDir, ctx.logger, undefined, { url: ctx.backend, pathStyle: ctx.s3PathStyle, ensureBucket });
+  const store = await openStore(ctx.storeDir, ctx.logger, { backend: { url: ctx.backend, pathStyle: ctx.s3PathStyle, ensureBucket } });
   try {
     return await fn(store);
   } finally {
