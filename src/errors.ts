@@ -16,6 +16,7 @@ export type VbfsErrorCode =
   | 'VBFS_UNSUPPORTED_VERSION' // on-disk format version this build does not know
   | 'VBFS_BUSY' // e.g. delete of a volume that is open
   | 'VBFS_BAD_KEY' // the key (or passphrase) given does not match the volume's key check value
+  | 'VBFS_KEY_REQUIRED' // the volume is encrypted and no key was given
   | 'VBFS_IO'; // an I/O error from the file layer or the backend
 
 export class VbfsError extends Error {

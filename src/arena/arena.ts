@@ -29,7 +29,9 @@ export class Arena {
   private seqs: Float64Array;
   /** CRC of the WAL record of this version: the chunk record is the same bytes (setRecord). */
   private crcs: Uint32Array;
-  /** The LZ4 payload of this version's record, or undefined when it is stored raw. */
+  /** Flags of this version's record (LZ4, sealed): the chunk record carries the same. */
+  private recFlags: Uint8Array;
+  /** The stored payload of this version's record (LZ4 and/or sealed), or undefined when it is the raw block. */
   private packed: (Buffer | undefined)[] = [];
   /** Bytes held by `packed` (not in the slabs; counted in the volume's memory). */
   packedBytes = 0;
@@ -46,6 +48,7 @@ export class Arena {
     this.blocks = new Float64Array(capSlots);
     this.seqs = new Float64Array(capSlots);
     this.crcs = new Uint32Array(capSlots);
+    this.recFlags = new Uint8Array(capSlots);
     this.limit = capSlots;
   }
 
@@ -125,6 +128,7 @@ export class Arena {
     this.blocks = widen(this.blocks, new Float64Array(n));
     this.seqs = widen(this.seqs, new Float64Array(n));
     this.crcs = widen(this.crcs, new Uint32Array(n));
+    this.recFlags = widen(this.recFlags, new Uint8Array(n));
     return this.take();
   }
 
@@ -175,12 +179,14 @@ export class Arena {
   }
 
   /**
-   * The record this version was logged as: its CRC, and its LZ4 payload when it
-   * is stored compressed (null: raw, the payload is the slot's bytes). Keeping
-   * them lets the chunk record reuse both instead of checksumming or compressing again.
+   * The record this version was logged as: its CRC, its flags, and its stored
+   * payload when that is not the slot's bytes (LZ4-compressed and/or sealed; null:
+   * raw). Keeping them lets the chunk record reuse all three instead of
+   * checksumming, compressing or sealing again.
    */
-  setRecord(slot: number, crc: number, packed: Buffer | null): void {
+  setRecord(slot: number, crc: number, packed: Buffer | null, flags: number): void {
     this.crcs[slot] = crc;
+    this.recFlags[slot] = flags;
     this.dropPacked(slot);
     if (packed) {
       this.packed[slot] = packed;
@@ -192,7 +198,11 @@ export class Arena {
     return this.crcs[slot] as number;
   }
 
-  /** The slot's LZ4 payload, or undefined when its record is raw. */
+  recordFlags(slot: number): number {
+    return this.recFlags[slot] as number;
+  }
+
+  /** The slot's stored payload (LZ4 and/or sealed), or undefined when its record is raw. */
   packedOf(slot: number): Buffer | undefined {
     return this.packed[slot];
   }

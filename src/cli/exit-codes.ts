@@ -41,6 +41,7 @@ export const EXIT_BY_CODE: Readonly<Record<VbfsErrorCode, number>> = {
   VBFS_UNSUPPORTED_VERSION: EXIT_FAILURE,
   VBFS_BUSY: EXIT_FAILURE,
   VBFS_BAD_KEY: EXIT_FAILURE,
+  VBFS_KEY_REQUIRED: EXIT_USAGE, // the command line lacks --key-file / --key-env
   VBFS_IO: EXIT_FAILURE,
 };
 

@@ -21,6 +21,7 @@ export const ERRNO_BY_CODE: Readonly<Record<VbfsErrorCode, number>> = {
   VBFS_UNSUPPORTED_VERSION: E.EIO,
   VBFS_BUSY: E.EBUSY,
   VBFS_BAD_KEY: E.EACCES, // only at open; a mount refuses the volume before any file op
+  VBFS_KEY_REQUIRED: E.EACCES, // likewise
   VBFS_IO: E.EIO,
 };
 

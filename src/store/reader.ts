@@ -1,9 +1,9 @@
-import { VbfsError, isVbfsError } from '../errors';
+import { isVbfsError } from '../errors';
 import { chunkKey, verifyChunkRecord } from '../chunk/chunk';
-import { isCompressed, uncompressBlock } from '../chunk/codec';
 import { RECORD_HEADER } from '../format/block-record';
 import { copyBytes } from '../format/bytes';
 import { CACHED, EMPTY, HOT, PENDING, PERSISTED } from '../map/block-index';
+import { openRecordPayload } from './record-payload';
 import type { VolumeCore } from './volume-core';
 
 const EMPTY_BUFFER = Buffer.alloc(0);
@@ -181,33 +181,17 @@ export class Reader {
       let base: number;
       const len = buf.length >= at + 8 ? buf.readUInt32LE(at + 4) : 0;
       try {
-        const lz4 = isCompressed(verifyChunkRecord(buf, at, b, seq, bs, key, start + at));
+        const flags = verifyChunkRecord(buf, at, b, seq, bs, key, start + at);
         // Raw payloads are used in place in the run buffer: no copy, no allocation per block.
-        data = lz4 ? uncompressBlock(buf.subarray(at + RECORD_HEADER, at + RECORD_HEADER + len)) : buf;
-        base = lz4 ? 0 : at + RECORD_HEADER;
-        const got = lz4 ? data.length : len;
-        if (got !== bs) {
-          throw new VbfsError('VBFS_CORRUPT', `chunk object ${key}: record at offset ${start + at} holds ${got} bytes, not one block`, {
-            path: key,
-            offset: start + at,
-            block: b,
-          });
-        }
+        // Sealed ones are authenticated and decrypted here (the cache holds plaintext);
+        // a payload that fails, or that LZ4 rejects, is damage: never data.
+        ({ data, base } = openRecordPayload(core.cipher, { len, seq, block: b, flags, rawLen: bs }, buf, at + RECORD_HEADER, bs, {
+          path: `chunk object ${key}`,
+          offset: start + at,
+        }));
       } catch (err) {
         core.counters.errors++;
-        // A checksummed payload that LZ4 rejects is damage too (or a bug): never data.
-        const e = isVbfsError(err)
-          ? err
-          : new VbfsError(
-              'VBFS_CORRUPT',
-              `chunk object ${key}: record at offset ${start + at} does not decompress: ${(err as Error)?.message ?? String(err)}`,
-              {
-                path: key,
-                offset: start + at,
-                block: b,
-              },
-            );
-        throw this.damaged(e, key);
+        throw this.damaged(err, key);
       }
       if (b < outEnd) {
         const [from, to, dst] = this.clip(b, offset, out.length);

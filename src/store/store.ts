@@ -4,7 +4,10 @@ import * as path from 'node:path';
 import { VbfsError, isVbfsError } from '../errors';
 import type { Backend } from '../backend/backend';
 import { FileBackend } from '../backend/file-backend';
-import { decodeVolumeMeta, encodeVolumeMeta, VOLUME_FORMAT_VERSION } from '../format/volume-meta';
+import { decodeVolumeMeta, encodeVolumeMeta, ENCRYPTED_FORMAT_VERSION, VOLUME_FORMAT_VERSION } from '../format/volume-meta';
+import type { ScryptParams } from '../format/encryption-meta';
+import { isKeyMaterial, type KeyMaterial } from '../crypto/key-source';
+import { VolumeCipher } from '../crypto/volume-cipher';
 import type { FileIO } from '../io/file-io';
 import { NodeFileIO } from '../io/node-file-io';
 import { findExposed, formatMode } from '../io/private-mode';
@@ -103,7 +106,19 @@ export class Store implements MountableStore {
       compression: checkCompression(opts.compression ?? 'none'),
       createdAt: new Date().toISOString(),
       formatVersion: VOLUME_FORMAT_VERSION,
+      encrypted: false,
     };
+    if (opts.encryption !== undefined) {
+      const enc = opts.encryption as { key?: KeyMaterial; scrypt?: ScryptParams } | null;
+      if (typeof enc !== 'object' || enc === null || !isKeyMaterial(enc.key)) {
+        throw new VbfsError('VBFS_INVALID_ARGUMENT', 'createVolume: encryption needs a key (readKeyMaterial)');
+      }
+      // Only the salt, the scrypt parameters and the key check value are kept; the key is not.
+      const { meta } = await VolumeCipher.create(enc.key, info.id, enc.scrypt !== undefined ? { scrypt: enc.scrypt } : {});
+      info.formatVersion = ENCRYPTED_FORMAT_VERSION;
+      info.encrypted = true;
+      info.encryption = meta;
+    }
     const final = this.volDir(name);
     if (await this.fileIO.stat(final)) throw new VbfsError('VBFS_EXISTS', `volume '${name}' already exists`, { name });
     // Build in a temp directory and rename, so a crash never leaves a half-made volume.
@@ -143,7 +158,7 @@ export class Store implements MountableStore {
     } finally {
       building.delete(tmp);
     }
-    this.logger.info('created volume', { volume: name, size: info.size, durability: info.durability });
+    this.logger.info('created volume', { volume: name, size: info.size, durability: info.durability, encrypted: info.encrypted });
     return info;
   }
 
@@ -223,9 +238,19 @@ export class Store implements MountableStore {
   async openVolume(name: string, opts: VolumeOpenOptions = {}): Promise<Volume> {
     this.checkOpen();
     const info = await this.volumeInfo(name);
+    // The key is checked before anything else (lock, recovery): a wrong key changes nothing.
+    const cipher = await volumeCipherFor(info, opts.key, false);
     const vol = await Volume.open(
       info,
-      { dir: this.volDir(name), fileIO: this.fileIO, backend: this.backend, logger: this.logger, failpoint: this.failpoint, onClose: () => this.rebalance() },
+      {
+        dir: this.volDir(name),
+        fileIO: this.fileIO,
+        backend: this.backend,
+        logger: this.logger,
+        failpoint: this.failpoint,
+        onClose: () => this.rebalance(),
+        cipher,
+      },
       opts,
     );
     this.open.add(vol);
@@ -259,7 +284,8 @@ export class Store implements MountableStore {
   async fsckVolume(name: string, opts: FsckOptions = {}): Promise<FsckReport> {
     this.checkOpen();
     const info = await this.volumeInfo(name);
-    return fsckVolume({ info, dir: this.volDir(name), fileIO: this.fileIO, backend: this.backend, logger: this.logger, storeDir: this.dir }, opts);
+    const cipher = await volumeCipherFor(info, opts.key, true);
+    return fsckVolume({ info, dir: this.volDir(name), fileIO: this.fileIO, backend: this.backend, logger: this.logger, storeDir: this.dir, cipher }, opts);
   }
 
   /**
@@ -351,6 +377,25 @@ export class Store implements MountableStore {
   private checkOpen(): void {
     if (this.closed) throw new VbfsError('VBFS_CLOSED', 'store is closed');
   }
+}
+
+/**
+ * The cipher of an encrypted volume from the key given, or null for a plain one.
+ * No key for an encrypted volume: VBFS_KEY_REQUIRED (fsck, `optional`, then checks
+ * CRCs only); a key for a plain one: VBFS_INVALID_ARGUMENT (the caller believes it
+ * is encrypted: better to say so than to ignore it); a wrong key: VBFS_BAD_KEY.
+ */
+async function volumeCipherFor(info: VolumeInfo, key: KeyMaterial | undefined, optional: boolean): Promise<VolumeCipher | null> {
+  if (key !== undefined && !isKeyMaterial(key)) throw new VbfsError('VBFS_INVALID_ARGUMENT', 'key: not a KeyMaterial (use readKeyMaterial)');
+  if (!info.encryption) {
+    if (key !== undefined) throw new VbfsError('VBFS_INVALID_ARGUMENT', `volume '${info.name}' is not encrypted, but a key was given`, { volume: info.name });
+    return null;
+  }
+  if (key === undefined) {
+    if (optional) return null;
+    throw new VbfsError('VBFS_KEY_REQUIRED', `volume '${info.name}' is encrypted: give its key (--key-file PATH or --key-env NAME)`, { volume: info.name });
+  }
+  return VolumeCipher.open(info.encryption, key, info.id, `volume '${info.name}' volume.json`);
 }
 
 /** errno values that mean "this process cannot write here" rather than "the store is broken". */

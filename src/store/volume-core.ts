@@ -1,8 +1,9 @@
 import { VbfsError } from '../errors';
+import type { VolumeCipher } from '../crypto/volume-cipher';
 import { Arena } from '../arena/arena';
 import type { Backend } from '../backend/backend';
 import { BlockCache } from '../cache/block-cache';
-import { RECORD_HEADER } from '../format/block-record';
+import { maxPayload, RECORD_HEADER } from '../format/block-record';
 import { SEGMENT_HEADER } from '../format/segment-header';
 import { checkDurability } from './volume-rules';
 import { BlockIndex } from '../map/block-index';
@@ -36,6 +37,8 @@ export interface VolumeContext {
   failpoint: Failpoint;
   /** Called once when the volume has closed (the store rebalances its memory budget). */
   onClose?: () => void;
+  /** An encrypted volume's cipher (its key already checked), or null/absent for a plain volume. */
+  cipher?: VolumeCipher | null;
 }
 
 /** The counters of VolumeStats that the engine parts count themselves. */
@@ -69,6 +72,8 @@ export class VolumeCore {
   readonly arena: Arena;
   readonly cache: BlockCache;
   readonly map: MapStore;
+  /** Seals and opens record payloads of an encrypted volume; null for a plain one. */
+  readonly cipher: VolumeCipher | null;
   /** The highest sequence number handed out (or recovered): only grows. */
   seq = 0;
   nextChunkId = 1;
@@ -105,15 +110,18 @@ export class VolumeCore {
     this.readOnly = opts.readOnly === true;
     this.tunables = resolveTunables(opts, info.blockSize);
     this.blockCount = info.size / info.blockSize;
+    this.cipher = ctx.cipher ?? null;
+    if (info.encrypted !== (this.cipher !== null)) throw new VbfsError('VBFS_INVALID_ARGUMENT', `volume '${info.name}': a cipher is needed exactly when the volume is encrypted`);
     this.index = new BlockIndex(this.blockCount);
     this.arena = new Arena(info.blockSize, Math.max(2, Math.floor(this.tunables.writeBufferBytes / info.blockSize)));
     this.cache = new BlockCache(this.tunables.cacheBytes, info.blockSize, (b) => this.index.setCached(b, false));
     this.map = new MapStore(ctx.fileIO, `${ctx.dir}/map`, info.id, ctx.logger, ctx.failpoint);
   }
 
-  /** Raw records that fit in one chunk object (compressed ones are never larger). */
+  /** Raw records that fit in one chunk object (compressed ones are never larger; sealed ones carry their tag). */
   get recordsPerChunk(): number {
-    return Math.max(1, Math.floor((this.tunables.chunkBytes - SEGMENT_HEADER) / (RECORD_HEADER + this.blockSize)));
+    const payload = this.cipher ? maxPayload(this.blockSize) : this.blockSize;
+    return Math.max(1, Math.floor((this.tunables.chunkBytes - SEGMENT_HEADER) / (RECORD_HEADER + payload)));
   }
 
   /** Poison the volume (once): log it, refuse writes from now on, wake writers waiting for room. */
