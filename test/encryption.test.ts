@@ -405,6 +405,31 @@ describe('encryption at rest (engine)', () => {
     });
   });
 
+  describe('opening runs off the event loop (crypto worker)', () => {
+    it('a worker and the inline path read the same bytes and refuse the same damaged record', async () => {
+      const { sim, data, chunks } = await encryptedFlushed(16);
+      const chunk = chunks[0] as string;
+      const raw = Buffer.from(sim.readRaw(chunk) as Buffer);
+      const rec = HDR + 5 * SEALED_REC; // block 5
+      raw[rec + 77] = (raw[rec + 77] as number) ^ 0x20;
+      fixCrc(raw, rec);
+      sim.writeRaw(chunk, raw);
+      for (const cryptoThreads of [0, 1]) {
+        const store = await Store.open(DIR, { fileIO: sim });
+        const vol = await store.openVolume('c', { key: hexKey(), cryptoThreads, cryptoBatchBlocks: 2, readaheadBytes: 0, cacheBytes: 0 });
+        const pool = (vol as unknown as { core: { cipherPool: { runsOpened: number } | null } }).core.cipherPool;
+        assert.equal(pool === null, cryptoThreads === 0);
+        assert.deepEqual(await vol.read(0, 5 * BS), Buffer.concat(data.slice(0, 5)), `blocks 0-4, cryptoThreads ${cryptoThreads}`);
+        assert.deepEqual(await vol.read(8 * BS, 8 * BS), Buffer.concat(data.slice(8, 16)), `blocks 8-15 (second chunk), cryptoThreads ${cryptoThreads}`);
+        await rejectsWith(vol.read(0, 8 * BS), 'VBFS_CORRUPT');
+        await rejectsWith(vol.read(4 * BS, 3 * BS), 'VBFS_CORRUPT');
+        assert.deepEqual(await vol.read(6 * BS, 2 * BS), Buffer.concat(data.slice(6, 8)));
+        if (pool) assert.ok(pool.runsOpened >= 4, `the worker opened ${pool.runsOpened} runs`);
+        await store.close();
+      }
+    });
+  });
+
   describe('fsck', () => {
     it('with the key it authenticates every record and finds a tampered one; without it, CRCs only, and it says so', async () => {
       const { sim, chunks } = await encryptedFlushed(16);

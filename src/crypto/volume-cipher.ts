@@ -103,6 +103,19 @@ export class VolumeCipher {
   }
 
   /**
+   * The same cipher in another thread (cipher-pool.ts): the data key travels as a
+   * KeyObject (cloned by postMessage, never as bytes in a message), the id as hex.
+   */
+  forWorker(): { dataKey: KeyObject; volumeId: string } {
+    return { dataKey: this.dataKey, volumeId: this.volumeId.toString('hex') };
+  }
+
+  /** The receiving side of forWorker(). */
+  static fromWorker(w: { dataKey: KeyObject; volumeId: string }): VolumeCipher {
+    return new VolumeCipher(w.dataKey, volumeIdBytes(w.volumeId));
+  }
+
+  /**
    * At volume create: derive the keys from `material` (raw key or passphrase) and
    * return the volume.json entry with fresh salt and key check value.
    */

@@ -1,12 +1,22 @@
-import { isVbfsError } from '../errors';
+import { VbfsError, isVbfsError } from '../errors';
 import { chunkKey, verifyChunkRecord } from '../chunk/chunk';
-import { RECORD_HEADER } from '../format/block-record';
+import { FLAG_SEALED, RECORD_HEADER, SEAL_TAG_BYTES as TAG_BYTES } from '../format/block-record';
+import type { CipherPool } from '../crypto/cipher-pool';
 import { copyBytes } from '../format/bytes';
 import { CACHED, EMPTY, HOT, PENDING, PERSISTED } from '../map/block-index';
 import { openRecordPayload } from './record-payload';
 import type { VolumeCore } from './volume-core';
 
 const EMPTY_BUFFER = Buffer.alloc(0);
+
+/** The error the inline path gives a record that fails authentication (record-payload.ts). */
+function openFailed(key: string, offset: number, block: number, seq: number): VbfsError {
+  return new VbfsError(
+    'VBFS_CORRUPT',
+    `chunk object ${key}: record at offset ${offset} (block ${block}, seq ${seq}) fails authentication: damaged, or moved from another block or volume`,
+    { path: key, offset, block },
+  );
+}
 /** Damaged records remembered so each is logged once (beyond this, one line says so). */
 const DAMAGE_LOG_LIMIT = 10_000;
 
@@ -174,6 +184,9 @@ export class Reader {
       core.readsInFlight--;
     }
     const bs = core.blockSize;
+    const pooled =
+      core.cipherPool !== null && fetchEnd - b0 >= core.tunables.cryptoBatchBlocks ? await this.openInPool(buf, b0, fetchEnd, seqs, key, start) : null;
+    if (pooled) buf = pooled.buf;
     let at = 0;
     for (let b = b0; b < fetchEnd; b++) {
       const seq = seqs[b - b0] as number;
@@ -181,14 +194,33 @@ export class Reader {
       let base: number;
       const len = buf.length >= at + 8 ? buf.readUInt32LE(at + 4) : 0;
       try {
-        const flags = verifyChunkRecord(buf, at, b, seq, bs, key, start + at);
-        // Raw payloads are used in place in the run buffer: no copy, no allocation per block.
-        // Sealed ones are authenticated and decrypted here (the cache holds plaintext);
-        // a payload that fails, or that LZ4 rejects, is damage: never data.
-        ({ data, base } = openRecordPayload(core.cipher, { len, seq, block: b, flags, rawLen: bs }, buf, at + RECORD_HEADER, bs, {
-          path: `chunk object ${key}`,
-          offset: start + at,
-        }));
+        if (pooled && b - b0 < pooled.checked) {
+          // Checked (CRC, identity) before the worker opened it: the payload is now plaintext.
+          const flags = buf.readUInt32LE(at + 24);
+          if (pooled.ok[b - b0] !== 1) throw openFailed(key, start + at, b, seq);
+          ({ data, base } = openRecordPayload(
+            null,
+            { len: len - TAG_BYTES, seq, block: b, flags: flags & ~FLAG_SEALED, rawLen: bs },
+            buf,
+            at + RECORD_HEADER,
+            bs,
+            {
+              path: key,
+              label: `chunk object ${key}`,
+              offset: start + at,
+            },
+          ));
+        } else {
+          const flags = verifyChunkRecord(buf, at, b, seq, bs, key, start + at);
+          // Raw payloads are used in place in the run buffer: no copy, no allocation per block.
+          // Sealed ones are authenticated and decrypted here (the cache holds plaintext);
+          // a payload that fails, or that LZ4 rejects, is damage: never data.
+          ({ data, base } = openRecordPayload(core.cipher, { len, seq, block: b, flags, rawLen: bs }, buf, at + RECORD_HEADER, bs, {
+            path: key,
+            label: `chunk object ${key}`,
+            offset: start + at,
+          }));
+        }
       } catch (err) {
         core.counters.errors++;
         throw this.damaged(err, key);
@@ -202,6 +234,48 @@ export class Reader {
       at += RECORD_HEADER + len;
     }
     this.afterBackendRead();
+  }
+
+  /**
+   * Open a run's sealed records in the crypto worker (cipher-pool.ts). Each record's
+   * CRC and identity are checked here first, as the inline path does, up to the
+   * first that fails (`checked`: the records before it; the caller meets the failure
+   * again when it reaches that record). Returns the opened copy of the run.
+   */
+  private async openInPool(
+    run: Buffer,
+    b0: number,
+    end: number,
+    seqs: number[],
+    key: string,
+    start: number,
+  ): Promise<{ buf: Buffer; ok: Uint8Array; checked: number } | null> {
+    const bs = this.core.blockSize;
+    const n = end - b0;
+    const meta = new Float64Array(3 * n);
+    const offs = new Uint32Array(n);
+    const lens = new Uint32Array(n);
+    let k = 0;
+    for (let at = 0; k < n; k++) {
+      const b = b0 + k;
+      let flags: number;
+      try {
+        flags = verifyChunkRecord(run, at, b, seqs[k] as number, bs, key, start + at);
+      } catch {
+        break;
+      }
+      if ((flags & FLAG_SEALED) === 0) break; // refused by the inline path, with its reason
+      const len = run.readUInt32LE(at + 4);
+      meta[3 * k] = b;
+      meta[3 * k + 1] = seqs[k] as number;
+      meta[3 * k + 2] = flags;
+      offs[k] = at + RECORD_HEADER;
+      lens[k] = len;
+      at += RECORD_HEADER + len;
+    }
+    if (k === 0) return null;
+    const r = await (this.core.cipherPool as CipherPool).open(run, meta.subarray(0, 3 * k), offs.subarray(0, k), lens.subarray(0, k));
+    return { ...r, checked: k };
   }
 
   /**

@@ -7,6 +7,8 @@ import { FLAG_SEALED, type RecordHeader } from '../format/block-record';
 export interface RecordPlace {
   path: string;
   offset: number;
+  /** How messages name the file (default: path), e.g. `chunk object <key>`. */
+  label?: string;
 }
 
 /**
@@ -32,7 +34,7 @@ export function openRecordPayload(
   blockSize: number,
   place: RecordPlace,
 ): { data: Buffer; base: number } {
-  const what = `${place.path}: record at offset ${place.offset}`;
+  const what = `${place.label ?? place.path}: record at offset ${place.offset}`;
   const corrupt = (why: string, cause?: unknown): VbfsError =>
     new VbfsError('VBFS_CORRUPT', `${what} ${why}`, { path: place.path, offset: place.offset, block: h.block }, cause === undefined ? undefined : { cause });
   const sealed = (h.flags & FLAG_SEALED) !== 0;
@@ -44,7 +46,9 @@ export function openRecordPayload(
     try {
       data = cipher.open(DOMAIN_RECORD, h, buf.subarray(payloadOff, payloadOff + h.len));
     } catch (err) {
-      throw isVbfsError(err, 'VBFS_CORRUPT') ? corrupt(`(block ${h.block}, seq ${h.seq}) fails authentication: damaged, or moved from another block or volume`) : err;
+      throw isVbfsError(err, 'VBFS_CORRUPT')
+        ? corrupt(`(block ${h.block}, seq ${h.seq}) fails authentication: damaged, or moved from another block or volume`)
+        : err;
     }
     base = 0;
     len = data.length;

@@ -1,5 +1,6 @@
 import { VbfsError } from '../errors';
 import type { VolumeCipher } from '../crypto/volume-cipher';
+import { CipherPool } from '../crypto/cipher-pool';
 import { Arena } from '../arena/arena';
 import type { Backend } from '../backend/backend';
 import { BlockCache } from '../cache/block-cache';
@@ -27,6 +28,8 @@ export const DEFAULT_TUNABLES: VolumeTunables = {
   readaheadBytes: 1 * MiB,
   noSpaceRetryMs: 1000,
   idleTrimMs: 30_000,
+  cryptoThreads: 1,
+  cryptoBatchBlocks: 8,
 };
 
 export interface VolumeContext {
@@ -74,6 +77,8 @@ export class VolumeCore {
   readonly map: MapStore;
   /** Seals and opens record payloads of an encrypted volume; null for a plain one. */
   readonly cipher: VolumeCipher | null;
+  /** Opens runs of sealed records off the event loop (encrypted volume, cryptoThreads > 0); null: inline. */
+  readonly cipherPool: CipherPool | null;
   /** The highest sequence number handed out (or recovered): only grows. */
   seq = 0;
   nextChunkId = 1;
@@ -111,6 +116,7 @@ export class VolumeCore {
     this.tunables = resolveTunables(opts, info.blockSize);
     this.blockCount = info.size / info.blockSize;
     this.cipher = ctx.cipher ?? null;
+    this.cipherPool = this.cipher && this.tunables.cryptoThreads > 0 ? new CipherPool(this.cipher) : null;
     if (info.encrypted !== (this.cipher !== null)) throw new VbfsError('VBFS_INVALID_ARGUMENT', `volume '${info.name}': a cipher is needed exactly when the volume is encrypted`);
     this.index = new BlockIndex(this.blockCount);
     this.arena = new Arena(info.blockSize, Math.max(2, Math.floor(this.tunables.writeBufferBytes / info.blockSize)));

@@ -204,6 +204,7 @@ export class Volume {
       await this.writer?.wal.close();
       await core.map.close().catch(() => undefined);
       await this.lock?.release().catch(() => undefined);
+      await core.cipherPool?.close().catch(() => undefined);
       core.ctx.onClose?.();
     }
   }
