@@ -26,12 +26,34 @@ export interface EncryptionRound {
   writesPerSec4k: number;
   mibpsSeqWrite: number;
   mibpsSeqRead: number;
+  /** CPU time of the main thread (the event loop) per 4 KiB write, µs; per MiB written / read, ms */
+  mainCpuUs4k: number;
+  mainCpuMsPerMiBWrite: number;
+  mainCpuMsPerMiBRead: number;
 }
+
+/**
+ * CPU time of this process's main thread (utime + stime of /proc/self/task/<pid>), ms.
+ * Unlike wall time it hardly depends on what else runs on the machine, and unlike
+ * process.cpuUsage() it leaves out worker and libuv threads: it is what the event
+ * loop (and so every FUSE request) pays. 10 ms resolution: use over seconds.
+ */
+function mainThreadCpuMs(): number {
+  try {
+    const stat = fs.readFileSync(`/proc/self/task/${process.pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[11]) + Number(f[12])) * 10; // fields 14, 15 of stat; CLK_TCK = 100
+  } catch {
+    return NaN;
+  }
+}
+
+type Figures = Omit<EncryptionRound, 'encrypted' | 'round'>;
 
 export interface EncryptionSummary {
   rounds: EncryptionRound[];
-  plain: { writesPerSec4k: number; mibpsSeqWrite: number; mibpsSeqRead: number };
-  encrypted: { writesPerSec4k: number; mibpsSeqWrite: number; mibpsSeqRead: number };
+  plain: Figures;
+  encrypted: Figures;
   ratio: { writesPerSec4k: number; mibpsSeqWrite: number; mibpsSeqRead: number };
 }
 
@@ -47,6 +69,7 @@ async function round(scratch: string, encrypted: boolean, n: number, seconds: nu
     let vol = await store.openVolume('v', keyOpt);
     const buf = randomBytes(BS);
     let writes = 0;
+    const c0 = mainThreadCpuMs();
     const t0 = performance.now();
     for (const end = t0 + seconds * 1000; performance.now() < end; writes++) {
       buf.writeUInt32LE(writes, 0);
@@ -54,10 +77,12 @@ async function round(scratch: string, encrypted: boolean, n: number, seconds: nu
     }
     await vol.fsync();
     const writesPerSec4k = writes / ((performance.now() - t0) / 1000);
+    const mainCpuUs4k = ((mainThreadCpuMs() - c0) * 1000) / writes;
     await vol.flush();
 
     const big = randomBytes(MiB);
     let bytes = 0;
+    const sc0 = mainThreadCpuMs();
     const s0 = performance.now();
     for (let off = 512 * MiB; performance.now() < s0 + seconds * 1000 && off + MiB <= size; off += MiB) {
       big.writeUInt32LE(off / MiB, 0);
@@ -66,6 +91,7 @@ async function round(scratch: string, encrypted: boolean, n: number, seconds: nu
     }
     await vol.fsync();
     const mibpsSeqWrite = bytes / MiB / ((performance.now() - s0) / 1000);
+    const mainCpuMsPerMiBWrite = (mainThreadCpuMs() - sc0) / (bytes / MiB);
     await vol.flush();
     await vol.close();
     await store.close();
@@ -73,11 +99,13 @@ async function round(scratch: string, encrypted: boolean, n: number, seconds: nu
     store = await Store.open(dir);
     vol = await store.openVolume('v', { ...keyOpt, readOnly: true });
     const out = Buffer.allocUnsafe(MiB);
+    const rc0 = mainThreadCpuMs();
     const r0 = performance.now();
     for (let off = 512 * MiB; off < 512 * MiB + bytes; off += MiB) await vol.readInto(off, out);
     const mibpsSeqRead = bytes / MiB / ((performance.now() - r0) / 1000);
+    const mainCpuMsPerMiBRead = (mainThreadCpuMs() - rc0) / (bytes / MiB);
     await vol.close();
-    return { encrypted, round: n, writesPerSec4k, mibpsSeqWrite, mibpsSeqRead };
+    return { encrypted, round: n, writesPerSec4k, mibpsSeqWrite, mibpsSeqRead, mainCpuUs4k, mainCpuMsPerMiBWrite, mainCpuMsPerMiBRead };
   } finally {
     await store.close().catch(() => undefined);
     fs.rmSync(dir, { recursive: true, force: true });
@@ -99,12 +127,16 @@ export async function encryptionCost(scratch: string, rounds: number, seconds: n
       all.push(await round(scratch, encrypted, n, seconds));
     }
   }
-  const med = (enc: boolean): EncryptionSummary['plain'] => {
+  const med = (enc: boolean): Figures => {
     const rs = all.filter((r) => r.encrypted === enc);
+    const m = (k: keyof Figures): number => median(rs.map((r) => r[k]));
     return {
-      writesPerSec4k: median(rs.map((r) => r.writesPerSec4k)),
-      mibpsSeqWrite: median(rs.map((r) => r.mibpsSeqWrite)),
-      mibpsSeqRead: median(rs.map((r) => r.mibpsSeqRead)),
+      writesPerSec4k: m('writesPerSec4k'),
+      mibpsSeqWrite: m('mibpsSeqWrite'),
+      mibpsSeqRead: m('mibpsSeqRead'),
+      mainCpuUs4k: m('mainCpuUs4k'),
+      mainCpuMsPerMiBWrite: m('mainCpuMsPerMiBWrite'),
+      mainCpuMsPerMiBRead: m('mainCpuMsPerMiBRead'),
     };
   };
   const plain = med(false);
@@ -127,11 +159,19 @@ export function encryptionTable(s: EncryptionSummary, table: (h: string[], rows:
   return [
     `\nEncryption at rest (AES-256-GCM, sealed once per block in the writer; batched, real disk, library API): median of ${rounds} alternating rounds each. 4 KiB random writes over 256 MiB, each awaited; 1 MiB sequential writes; 1 MiB sequential reads after a reopen (cold cache: every block authenticated and decrypted).\n`,
     table(
-      ['volume', '4K writes/s', '1M seq write MiB/s', '1M seq read MiB/s'],
+      ['volume', '4K writes/s', '1M seq write MiB/s', '1M seq read MiB/s', 'main-thread CPU µs / 4K write', '... ms / MiB written', '... ms / MiB read'],
       [
-        ['plain', f(s.plain.writesPerSec4k), f(s.plain.mibpsSeqWrite), f(s.plain.mibpsSeqRead)],
-        ['encrypted', f(s.encrypted.writesPerSec4k), f(s.encrypted.mibpsSeqWrite), f(s.encrypted.mibpsSeqRead)],
-        ['ratio', s.ratio.writesPerSec4k.toFixed(2), s.ratio.mibpsSeqWrite.toFixed(2), s.ratio.mibpsSeqRead.toFixed(2)],
+        ['plain', f(s.plain.writesPerSec4k), f(s.plain.mibpsSeqWrite), f(s.plain.mibpsSeqRead), f(s.plain.mainCpuUs4k), s.plain.mainCpuMsPerMiBWrite.toFixed(2), s.plain.mainCpuMsPerMiBRead.toFixed(2)],
+        [
+          'encrypted',
+          f(s.encrypted.writesPerSec4k),
+          f(s.encrypted.mibpsSeqWrite),
+          f(s.encrypted.mibpsSeqRead),
+          f(s.encrypted.mainCpuUs4k),
+          s.encrypted.mainCpuMsPerMiBWrite.toFixed(2),
+          s.encrypted.mainCpuMsPerMiBRead.toFixed(2),
+        ],
+        ['ratio', s.ratio.writesPerSec4k.toFixed(2), s.ratio.mibpsSeqWrite.toFixed(2), s.ratio.mibpsSeqRead.toFixed(2), '', '', ''],
       ],
     ),
     `\nRounds: ${s.rounds.map((r) => `${r.encrypted ? 'enc' : 'plain'}#${r.round + 1} ${Math.round(r.writesPerSec4k)}/s ${r.mibpsSeqWrite.toFixed(0)}/${r.mibpsSeqRead.toFixed(0)} MiB/s`).join('; ')}`,

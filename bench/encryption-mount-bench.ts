@@ -11,7 +11,8 @@
  *   - fio 1M sequential write of 512 MiB (psync, capped in time) -> MiB/s
  *   - unmount, drop_caches, remount: fio 1M sequential read, --direct=1 -> MiB/s
  *
- *   npx tsc -p tsconfig.json && node dist/bench/encryption-mount-bench.js [--rounds 3] [--runtime 5]
+ *   npx tsc -p tsconfig.json && node dist/bench/encryption-mount-bench.js [--rounds 3] [--runtime 5] [--crypto-threads 1]
+ * (--crypto-threads 0: encrypted reads are opened inline on the event loop, for an A/B of the worker)
  * Needs root, /dev/fuse and fio.
  */
 import * as fs from 'node:fs';
@@ -53,7 +54,7 @@ async function fio(file: string, dir: 'read' | 'write', args: string[], timeoutS
 
 async function mounted<T>(storeDir: string, mnt: string, key: KeyMaterial | undefined, fn: () => Promise<T>): Promise<T> {
   const store = await Store.open(storeDir);
-  const m = await StoreMount.mount({ mountpoint: mnt, store, storeDir, logger: silentLogger, openOptions: key ? { key } : {} });
+  const m = await StoreMount.mount({ mountpoint: mnt, store, storeDir, logger: silentLogger, openOptions: key ? { key, cryptoThreads: arg('crypto-threads', 1) } : {} });
   try {
     return await fn();
   } finally {
@@ -104,21 +105,26 @@ async function main(): Promise<void> {
       for (const encrypted of n % 2 === 0 ? [false, true] : [true, false]) {
         log(`round ${n + 1}/${rounds}: ${encrypted ? 'encrypted' : 'plain'}`);
         const r = await oneRound(base, encrypted, n, runtime);
-        log(`  4K randwrite ${Math.round(r.randWrite4kIops)} IOPS, 1M write ${r.seqWrite1mMibps.toFixed(1)} MiB/s, 1M read ${r.seqRead1mMibps.toFixed(1)} MiB/s`);
+        log(
+          `  4K randwrite ${Math.round(r.randWrite4kIops)} IOPS, 1M write ${r.seqWrite1mMibps.toFixed(1)} MiB/s, 1M read ${r.seqRead1mMibps.toFixed(1)} MiB/s`,
+        );
         all.push(r);
       }
     }
   } finally {
     fs.rmSync(base, { recursive: true, force: true });
   }
-  const med = (enc: boolean, k: 'randWrite4kIops' | 'seqWrite1mMibps' | 'seqRead1mMibps'): number => median(all.filter((r) => r.encrypted === enc).map((r) => r[k]));
+  const med = (enc: boolean, k: 'randWrite4kIops' | 'seqWrite1mMibps' | 'seqRead1mMibps'): number =>
+    median(all.filter((r) => r.encrypted === enc).map((r) => r[k]));
   const rows = (['randWrite4kIops', 'seqWrite1mMibps', 'seqRead1mMibps'] as const).map((k) => ({
     figure: k,
     plain: med(false, k),
     encrypted: med(true, k),
     ratio: med(true, k) / med(false, k),
   }));
-  process.stdout.write(`FUSE mount, batched, median of ${rounds} alternating rounds (${os.cpus().length} cores, load ${os.loadavg()[0]?.toFixed(1)}):\n`);
+  process.stdout.write(
+    `FUSE mount, batched, median of ${rounds} alternating rounds, cryptoThreads ${arg('crypto-threads', 1)} (${os.cpus().length} cores, load ${os.loadavg()[0]?.toFixed(1)}):\n`,
+  );
   process.stdout.write('| figure | plain | encrypted | ratio |\n|---|--:|--:|--:|\n');
   for (const r of rows) process.stdout.write(`| ${r.figure} | ${r.plain.toFixed(1)} | ${r.encrypted.toFixed(1)} | ${r.ratio.toFixed(2)} |\n`);
   process.stdout.write(JSON.stringify({ rounds: all, medians: rows }) + '\n');

@@ -249,7 +249,14 @@ describe('encryption at rest (engine)', () => {
       await store.createVolume('p', { size: SIZE, blockSize: BS, encryption: { key: pass, scrypt: CHEAP_SCRYPT } });
       const messages: string[] = [];
       for (const attempt of [() => store.openVolume('c', { key: pass }), () => store.openVolume('p', { key }), () => store.openVolume('c')]) {
-        messages.push((await attempt().then(() => assert.fail('opened'), (e: Error) => e)).message);
+        messages.push(
+          (
+            await attempt().then(
+              () => assert.fail('opened'),
+              (e: Error) => e,
+            )
+          ).message,
+        );
       }
       const vol = await store.openVolume('c', { key });
       await vol.write(0, Buffer.alloc(BS, 7));
@@ -297,7 +304,10 @@ describe('encryption at rest (engine)', () => {
             assert.deepEqual(inWal, [], 'the pattern is in the store before the flush');
             assert.deepEqual(afterFlush, [], 'the pattern is in the store after the flush');
           } else if (compression === 'none') {
-            assert.ok(inWal.some((f) => f.endsWith('.wal')) && afterFlush.some((f) => f.includes('/chunks/')), `the control grep found nothing: ${afterFlush.join(', ')}`);
+            assert.ok(
+              inWal.some((f) => f.endsWith('.wal')) && afterFlush.some((f) => f.includes('/chunks/')),
+              `the control grep found nothing: ${afterFlush.join(', ')}`,
+            );
           }
         });
       }

@@ -54,4 +54,3 @@ export function checkScrypt(p: ScryptParams, what: string): ScryptParams {
   }
   return { N, r, p: par };
 }
-

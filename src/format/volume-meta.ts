@@ -29,8 +29,8 @@ export const ENCRYPTED_FORMAT_VERSION = 3;
 const READABLE_VOLUME_VERSIONS: readonly number[] = [1, 2, 3];
 
 export function encodeVolumeMeta(info: VolumeInfo): Buffer {
-  const { encrypted: _derived, ...stored } = info;
-  return Buffer.from(JSON.stringify(stored, null, 2) + '\n');
+  // `encrypted` is derived from `encryption` on decode: never stored.
+  return Buffer.from(JSON.stringify(info, (k, v: unknown) => (k === 'encrypted' ? undefined : v), 2) + '\n');
 }
 
 export function decodeVolumeMeta(buf: Buffer, path: string): VolumeInfo {
@@ -55,7 +55,8 @@ export function decodeVolumeMeta(buf: Buffer, path: string): VolumeInfo {
   if (!DURABILITY_MODES.includes(v.durability as Durability)) throw bad(`unknown durability ${JSON.stringify(v.durability)}`);
   if (!COMPRESSIONS.includes(v.compression as Compression)) throw bad(`unknown compression ${JSON.stringify(v.compression)}`);
   const encrypted = v.formatVersion === ENCRYPTED_FORMAT_VERSION;
-  if (encrypted !== (v.encryption !== undefined)) throw bad(encrypted ? 'format 3 without encryption settings' : `encryption settings in a format ${String(v.formatVersion)} volume`);
+  if (encrypted !== (v.encryption !== undefined))
+    throw bad(encrypted ? 'format 3 without encryption settings' : `encryption settings in a format ${String(v.formatVersion)} volume`);
   const out: VolumeInfo = {
     name: v.name,
     id: v.id,

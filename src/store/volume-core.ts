@@ -117,7 +117,8 @@ export class VolumeCore {
     this.blockCount = info.size / info.blockSize;
     this.cipher = ctx.cipher ?? null;
     this.cipherPool = this.cipher && this.tunables.cryptoThreads > 0 ? new CipherPool(this.cipher) : null;
-    if (info.encrypted !== (this.cipher !== null)) throw new VbfsError('VBFS_INVALID_ARGUMENT', `volume '${info.name}': a cipher is needed exactly when the volume is encrypted`);
+    if (info.encrypted !== (this.cipher !== null))
+      throw new VbfsError('VBFS_INVALID_ARGUMENT', `volume '${info.name}': a cipher is needed exactly when the volume is encrypted`);
     this.index = new BlockIndex(this.blockCount);
     this.arena = new Arena(info.blockSize, Math.max(2, Math.floor(this.tunables.writeBufferBytes / info.blockSize)));
     this.cache = new BlockCache(this.tunables.cacheBytes, info.blockSize, (b) => this.index.setCached(b, false));

@@ -45,7 +45,13 @@ function tinyTunables(rng: Rng, blockSize: number): Partial<VolumeTunables> {
  * Run one seed; `diskDir` set: on the real file system in that (empty) directory,
  * else on SimFS. `encrypted`: the volume is created with a key (every open passes it).
  */
-export async function runModel(seed: number, ops: number, diskDir: string | null, encrypted: boolean, progress: (msg: string) => void = () => {}): Promise<void> {
+export async function runModel(
+  seed: number,
+  ops: number,
+  diskDir: string | null,
+  encrypted: boolean,
+  progress: (msg: string) => void = () => {},
+): Promise<void> {
   await modelRun(seed, ops, diskDir ?? '/store', progress, diskDir !== null ? () => new NodeFileIO() : undefined, undefined, encrypted);
 }
 
@@ -94,7 +100,9 @@ async function modelRun(
   let tun = tinyTunables(rng, blockSize);
   let vol: Volume = await store.openVolume('m', { ...tun, ...keyOpt });
   let finished = false;
-  log.push(`open durability=${vol.durability} blockSize=${blockSize} blocks=${blocks} compression=${compression}${key ? ' encrypted' : ''} ${JSON.stringify(tun)}`);
+  log.push(
+    `open durability=${vol.durability} blockSize=${blockSize} blocks=${blocks} compression=${compression}${key ? ' encrypted' : ''} ${JSON.stringify(tun)}`,
+  );
 
   // A hang is a failure too: name the op instead of timing out silently.
   const guard = <T>(p: Promise<T>, what: string): Promise<T> => {
