@@ -161,7 +161,15 @@ export function encryptionTable(s: EncryptionSummary, table: (h: string[], rows:
     table(
       ['volume', '4K writes/s', '1M seq write MiB/s', '1M seq read MiB/s', 'main-thread CPU µs / 4K write', '... ms / MiB written', '... ms / MiB read'],
       [
-        ['plain', f(s.plain.writesPerSec4k), f(s.plain.mibpsSeqWrite), f(s.plain.mibpsSeqRead), f(s.plain.mainCpuUs4k), s.plain.mainCpuMsPerMiBWrite.toFixed(2), s.plain.mainCpuMsPerMiBRead.toFixed(2)],
+        [
+          'plain',
+          f(s.plain.writesPerSec4k),
+          f(s.plain.mibpsSeqWrite),
+          f(s.plain.mibpsSeqRead),
+          f(s.plain.mainCpuUs4k),
+          s.plain.mainCpuMsPerMiBWrite.toFixed(2),
+          s.plain.mainCpuMsPerMiBRead.toFixed(2),
+        ],
         [
           'encrypted',
           f(s.encrypted.writesPerSec4k),

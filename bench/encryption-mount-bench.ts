@@ -54,7 +54,13 @@ async function fio(file: string, dir: 'read' | 'write', args: string[], timeoutS
 
 async function mounted<T>(storeDir: string, mnt: string, key: KeyMaterial | undefined, fn: () => Promise<T>): Promise<T> {
   const store = await Store.open(storeDir);
-  const m = await StoreMount.mount({ mountpoint: mnt, store, storeDir, logger: silentLogger, openOptions: key ? { key, cryptoThreads: arg('crypto-threads', 1) } : {} });
+  const m = await StoreMount.mount({
+    mountpoint: mnt,
+    store,
+    storeDir,
+    logger: silentLogger,
+    openOptions: key ? { key, cryptoThreads: arg('crypto-threads', 1) } : {},
+  });
   try {
     return await fn();
   } finally {
@@ -130,7 +136,11 @@ async function main(): Promise<void> {
   process.stdout.write(JSON.stringify({ rounds: all, medians: rows }) + '\n');
 }
 
-main().catch((err: unknown) => {
-  log(`failed: ${(err as Error).stack ?? String(err)}`);
-  process.exitCode = 1;
-});
+// Exit explicitly: fuse-native keeps a handle open after the last unmount.
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    log(`failed: ${(err as Error).stack ?? String(err)}`);
+    process.exit(1);
+  },
+);

@@ -8,10 +8,10 @@ import type { VolumeCipher } from './volume-cipher';
  * Opening (authenticating and decrypting) sealed records off the event loop. One
  * AES-256-GCM open of a 4 KiB record costs about 5-10 µs of CPU in Node (most of it
  * per-call overhead, not AES), so a 1 MiB run is 256 of them: 1.5-2.5 ms during which
- * the event loop would serve no FUSE request. Runs (a read's chunk range and the
- * readahead window) go to one worker thread instead, as one message with the run's
- * buffer transferred, and the main thread serves other requests meanwhile (the
- * readahead window is opened while the reads before it are answered).
+ * the event loop would serve no FUSE request. Readahead runs (and very large runs)
+ * go to one worker thread instead, as one message with the run's buffer
+ * transferred, and the main thread serves requests meanwhile (the next window is
+ * opened while the reads before it are answered). See reader.ts for which runs.
  *
  * Sealing stays inline in the writer: the kernel sends one write at a time, so a
  * write waiting for a worker would wait as long as sealing inline (plus the trip);

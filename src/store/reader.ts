@@ -184,8 +184,16 @@ export class Reader {
       core.readsInFlight--;
     }
     const bs = core.blockSize;
+    // A readahead run (nothing to copy out: no request waits for it) is opened in the
+    // crypto worker, so the event loop answers requests meanwhile; so is a very large
+    // run a request waits for. A request's ordinary run is opened inline: the request
+    // waits for it either way, and a trip to the worker only adds latency (measured:
+    // on a loaded machine each trip can wait milliseconds for a core).
+    const background = outEnd <= b0;
     const pooled =
-      core.cipherPool !== null && fetchEnd - b0 >= core.tunables.cryptoBatchBlocks ? await this.openInPool(buf, b0, fetchEnd, seqs, key, start) : null;
+      core.cipherPool !== null && fetchEnd - b0 >= 2 && (background || fetchEnd - b0 >= core.tunables.cryptoBatchBlocks)
+        ? await this.openInPool(buf, b0, fetchEnd, seqs, key, start)
+        : null;
     if (pooled) buf = pooled.buf;
     let at = 0;
     for (let b = b0; b < fetchEnd; b++) {

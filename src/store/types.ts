@@ -65,8 +65,8 @@ export interface VolumeTunables {
   readaheadBytes: number; // sequential-read readahead window (default 1 MiB, 0 = off)
   noSpaceRetryMs: number; // store disk full: retry the failed WAL write / flush this often (default 1000)
   idleTrimMs: number; // no I/O for this long: give the write buffer, cache and chunk buffers back (default 30000)
-  cryptoThreads: number; // encrypted volumes: worker threads that open (decrypt) read runs off the event loop (default 1; 0: inline)
-  cryptoBatchBlocks: number; // encrypted volumes: runs of at least this many records are opened in the worker (default 8)
+  cryptoThreads: number; // encrypted volumes: a worker thread opens (decrypts) readahead runs off the event loop (default 1; 0: inline)
+  cryptoBatchBlocks: number; // encrypted volumes: a run a read waits for is opened in the worker too from this many records (default 64)
 }
 
 export interface VolumeOpenOptions extends Partial<VolumeTunables> {

@@ -29,7 +29,7 @@ export const DEFAULT_TUNABLES: VolumeTunables = {
   noSpaceRetryMs: 1000,
   idleTrimMs: 30_000,
   cryptoThreads: 1,
-  cryptoBatchBlocks: 8,
+  cryptoBatchBlocks: 64,
 };
 
 export interface VolumeContext {
