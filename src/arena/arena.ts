@@ -14,6 +14,14 @@ const SLAB_BYTES = 4 * 1024 * 1024;
 
 export class Arena {
   private readonly slabs: Buffer[] = [];
+  /**
+   * Encrypted volumes: each slot also holds its record's sealed payload (block +
+   * tag), in slabs beside the plaintext ones, so sealing allocates no long-lived
+   * buffer per block (65,536 of them in a 256 MiB buffer would be garbage the
+   * collector has to trace and free). Empty when sealedSize is 0.
+   */
+  private readonly sealedSlabs: Buffer[] = [];
+  private sealedLens: Uint32Array;
   private readonly perSlab: number;
   private free: Int32Array;
   private freeTop = 0;
@@ -40,7 +48,10 @@ export class Arena {
   constructor(
     readonly slotSize: number,
     readonly capSlots: number,
+    /** Bytes of sealed payload room per slot (an encrypted volume: block size + tag), or 0. */
+    readonly sealedSize = 0,
   ) {
+    this.sealedLens = new Uint32Array(sealedSize > 0 ? capSlots : 0);
     this.perSlab = Math.max(1, Math.floor(SLAB_BYTES / slotSize));
     this.free = new Int32Array(capSlots);
     this.pinned = new Uint8Array(capSlots);
@@ -73,6 +84,7 @@ export class Arena {
   trim(): boolean {
     if (this.used !== 0) return false;
     this.slabs.length = 0;
+    this.sealedSlabs.length = 0;
     this.allocated = 0;
     this.nextFresh = 0;
     this.freeTop = 0;
@@ -129,12 +141,14 @@ export class Arena {
     this.seqs = widen(this.seqs, new Float64Array(n));
     this.crcs = widen(this.crcs, new Uint32Array(n));
     this.recFlags = widen(this.recFlags, new Uint8Array(n));
+    if (this.sealedSize > 0) this.sealedLens = widen(this.sealedLens, new Uint32Array(n));
     return this.take();
   }
 
   private grow(slot: number): void {
     while (this.allocated <= slot) {
       this.slabs.push(Buffer.allocUnsafeSlow(this.perSlab * this.slotSize));
+      if (this.sealedSize > 0) this.sealedSlabs.push(Buffer.allocUnsafeSlow(this.perSlab * this.sealedSize));
       this.allocated += this.perSlab;
     }
   }
@@ -204,7 +218,29 @@ export class Arena {
 
   /** The slot's stored payload (LZ4 and/or sealed), or undefined when its record is raw. */
   packedOf(slot: number): Buffer | undefined {
+    if (this.sealedSize > 0) {
+      const len = this.sealedLens[slot] as number;
+      if (len === 0) return undefined;
+      const o = this.sealedOffset(slot);
+      return this.sealedSlab(slot).subarray(o, o + len);
+    }
     return this.packed[slot];
+  }
+
+  /** Where the slot's sealed payload goes (sealedSize > 0): this slab, at sealedOffset(slot). */
+  sealedSlab(slot: number): Buffer {
+    return this.sealedSlabs[Math.floor(slot / this.perSlab)] as Buffer;
+  }
+
+  sealedOffset(slot: number): number {
+    return (slot % this.perSlab) * this.sealedSize;
+  }
+
+  /** The record of this version is the `len` sealed bytes written at sealedSlab/sealedOffset, with this CRC and flags. */
+  setSealedRecord(slot: number, crc: number, len: number, flags: number): void {
+    this.crcs[slot] = crc;
+    this.recFlags[slot] = flags;
+    this.sealedLens[slot] = len;
   }
 
   private dropPacked(slot: number): void {
@@ -257,8 +293,13 @@ export class Arena {
     for (const fn of w) fn();
   }
 
+  /** Memory one slot costs (its block, and its sealed payload on an encrypted volume). */
+  get bytesPerSlot(): number {
+    return this.slotSize + this.sealedSize;
+  }
+
   get bytes(): number {
-    return this.allocated * this.slotSize;
+    return this.allocated * this.bytesPerSlot;
   }
 }
 

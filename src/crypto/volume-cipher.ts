@@ -198,6 +198,23 @@ export class VolumeCipher {
     return a;
   }
 
+  /**
+   * seal() into dst[at ...): ciphertext || tag, plaintext.length + 16 bytes; returns
+   * that length. The writer seals into its buffer's slot, so no sealed buffer per
+   * block outlives the call.
+   */
+  sealInto(domain: RecordDomain, h: RecordHeader, plaintext: Uint8Array, dst: Buffer, at: number): number {
+    const nonce = this.nonceInto(this.n, domain, h.seq);
+    const aad = this.aadInto(this.a, domain, h);
+    sealHook.fn?.(nonce, aad, plaintext);
+    const c = createCipheriv(CIPHER, this.dataKey, nonce, { authTagLength: TAG_BYTES });
+    c.setAAD(aad);
+    let n = at + c.update(plaintext).copy(dst, at);
+    n += c.final().copy(dst, n);
+    n += c.getAuthTag().copy(dst, n);
+    return n - at;
+  }
+
   /** Encrypt one record payload (already compressed): ciphertext || tag. */
   seal(domain: RecordDomain, h: RecordHeader, plaintext: Uint8Array): Buffer {
     const nonce = this.nonceInto(this.n, domain, h.seq);

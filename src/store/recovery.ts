@@ -64,10 +64,15 @@ export async function recover(core: VolumeCore): Promise<WalStart> {
     // The replayed record is kept as it was logged (an LZ4 or sealed payload is copied
     // out of the replay buffer), so the chunk record reuses it, its flags and its CRC
     // like a new write's: a replayed seq is never sealed again.
-    const packed = h.flags !== 0 ? Buffer.from(buf.subarray(off, off + h.len)) : null;
     arena.copyIn(slot, data, base);
     arena.setMeta(slot, h.block, h.seq);
-    arena.setRecord(slot, buf.readUInt32LE(off - RECORD_HEADER), packed, h.flags);
+    const crc = buf.readUInt32LE(off - RECORD_HEADER);
+    if (core.cipher) {
+      buf.copy(arena.sealedSlab(slot), arena.sealedOffset(slot), off, off + h.len);
+      arena.setSealedRecord(slot, crc, h.len, h.flags);
+    } else {
+      arena.setRecord(slot, crc, h.flags !== 0 ? Buffer.from(buf.subarray(off, off + h.len)) : null, h.flags);
+    }
     arena.release(index.setHot(h.block, slot, true));
   });
   if (replay.maxSeq > maxSeq) maxSeq = replay.maxSeq;

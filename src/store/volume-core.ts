@@ -120,7 +120,9 @@ export class VolumeCore {
     if (info.encrypted !== (this.cipher !== null))
       throw new VbfsError('VBFS_INVALID_ARGUMENT', `volume '${info.name}': a cipher is needed exactly when the volume is encrypted`);
     this.index = new BlockIndex(this.blockCount);
-    this.arena = new Arena(info.blockSize, Math.max(2, Math.floor(this.tunables.writeBufferBytes / info.blockSize)));
+    // An encrypted volume's slots also hold the sealed payload: the same buffer bytes hold fewer blocks.
+    const sealedSize = ctx.cipher ? maxPayload(info.blockSize) : 0;
+    this.arena = new Arena(info.blockSize, Math.max(2, Math.floor(this.tunables.writeBufferBytes / (info.blockSize + sealedSize))), sealedSize);
     this.cache = new BlockCache(this.tunables.cacheBytes, info.blockSize, (b) => this.index.setCached(b, false));
     this.map = new MapStore(ctx.fileIO, `${ctx.dir}/map`, info.id, ctx.logger, ctx.failpoint);
   }

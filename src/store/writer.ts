@@ -201,15 +201,19 @@ export class Writer {
     this.core.cache.delete(block);
     const slab = arena.slab(slot);
     const o = arena.offset(slot);
-    let packed = this.core.info.compression === 'lz4' ? compressBlock(slab.subarray(o, o + bs)) : null;
-    let flags = packed ? FLAG_LZ4 : 0;
+    const packed = this.core.info.compression === 'lz4' ? compressBlock(slab.subarray(o, o + bs)) : null;
     const cipher = this.core.cipher;
     if (cipher) {
-      flags |= FLAG_SEALED;
-      packed = cipher.seal(DOMAIN_RECORD, { block, seq, flags }, packed ?? slab.subarray(o, o + bs));
+      // Sealed into the slot's own sealed room (arena.ts): nothing per block outlives this call.
+      const flags = (packed ? FLAG_LZ4 : 0) | FLAG_SEALED;
+      const dst = arena.sealedSlab(slot);
+      const at = arena.sealedOffset(slot);
+      const len = cipher.sealInto(DOMAIN_RECORD, { block, seq, flags }, packed ?? slab.subarray(o, o + bs), dst, at);
+      arena.setSealedRecord(slot, this.wal.append(seq, block, flags, bs, dst, at, at + len), len, flags);
+    } else {
+      const crc = packed ? this.wal.append(seq, block, FLAG_LZ4, bs, packed, 0, packed.length) : this.wal.append(seq, block, 0, bs, slab, o, o + bs);
+      arena.setRecord(slot, crc, packed, packed ? FLAG_LZ4 : 0);
     }
-    const crc = packed ? this.wal.append(seq, block, flags, bs, packed, 0, packed.length) : this.wal.append(seq, block, flags, bs, slab, o, o + bs);
-    arena.setRecord(slot, crc, packed, flags);
     this.pushUnsynced(slot, seq);
   }
 
