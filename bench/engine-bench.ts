@@ -14,6 +14,9 @@
  *     writer that outruns the disk: how long does one write wait for the flusher?).
  *  7. Index bytes per block (scattered over 16 TiB / sequential / mixed), checkpoint
  *     bytes per block and open time per million mapped blocks (bench/index-cost.ts).
+ *  8. Encryption at rest: plain vs encrypted volume, 4 KiB random write, 1 MiB
+ *     sequential write and read, alternating rounds, medians and ratios
+ *     (bench/encryption-bench.ts; alone: --only-encryption).
  *
  * One writer awaits each write in turn (the shape of the reference's loop and of
  * the kernel's one-write-at-a-time FUSE requests).
@@ -34,6 +37,7 @@ import type { Durability } from '../src/types';
 import { type IoCounts, SlowFileIO, diffCounts } from './slow-file-io';
 import { parseSize } from './null-fuse';
 import { PATTERNS, indexCost, indexCostTable, type IndexCostRow } from './index-cost';
+import { encryptionCost, encryptionTable } from './encryption-bench';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -479,6 +483,8 @@ async function main(): Promise<void> {
     .option('only-slow-disk', { type: 'boolean', default: false, describe: 'run only the slow disk write latency section' })
     .option('index-blocks', { type: 'number', describe: 'mapped blocks per pattern in the index section (default 1000000, 200000 with --quick)' })
     .option('only-index', { type: 'boolean', default: false, describe: 'run only the index bytes per block / open time section' })
+    .option('only-encryption', { type: 'boolean', default: false, describe: 'run only the encryption cost section (plain vs encrypted)' })
+    .option('enc-rounds', { type: 'number', default: 3, describe: 'encryption cost: alternating rounds per side (medians)' })
     .option('dir', { type: 'string', default: path.join(REPO, 'bench', 'results', 'tmp', 'engine') })
     .option('out', { type: 'string', default: path.join(REPO, 'bench', 'results') })
     .strict()
@@ -542,6 +548,19 @@ async function main(): Promise<void> {
     process.stdout.write(JSON.stringify({ git: gitDescribe(), indexCost: rows }) + '\n');
     return;
   }
+  const encryptionSection = async (): Promise<{ summary: Awaited<ReturnType<typeof encryptionCost>>; md: string; check: string }> => {
+    const summary = await encryptionCost(argv.dir, argv['enc-rounds'], seconds, log);
+    const r = summary.ratio;
+    const worst = Math.min(r.writesPerSec4k, r.mibpsSeqWrite, r.mibpsSeqRead);
+    const check = `encryption: ${r.writesPerSec4k.toFixed(2)}x 4K random write, ${r.mibpsSeqWrite.toFixed(2)}x 1M seq write, ${r.mibpsSeqRead.toFixed(2)}x 1M seq read of a plain volume through the engine (issue 13 wants >= 0.8x through the mount; engine level: ${worst >= 0.8 ? 'met' : 'NOT met'})`;
+    return { summary, md: encryptionTable(summary, table), check };
+  };
+  if (argv['only-encryption']) {
+    const { summary, md, check } = await encryptionSection();
+    process.stdout.write(md + '\n\n- ' + check + '\n');
+    process.stdout.write(JSON.stringify({ git: gitDescribe(), encryption: summary }) + '\n');
+    return;
+  }
   if (argv['only-slow-disk']) {
     const { row, md } = await slowDiskSection();
     process.stdout.write(md + '\n');
@@ -571,6 +590,7 @@ async function main(): Promise<void> {
   const alloc = await allocation(argv.dir, argv['alloc-blocks']);
   const slowDisk = await slowDiskSection();
   const index = await indexSection();
+  const encryption = await encryptionSection();
 
   const md: string[] = [];
   md.push(`Engine benchmark, ${started.toISOString()}, ${os.cpus().length} cores, node ${process.version}. One writer, each write awaited.\n`);
@@ -670,7 +690,8 @@ async function main(): Promise<void> {
   );
   md.push(slowDisk.md);
   md.push(index.md);
-  const checks: string[] = [...index.checks];
+  md.push(encryption.md);
+  const checks: string[] = [...index.checks, encryption.check];
   for (const d of delays) {
     const st = slow.find((r) => r.delayMs === d && r.mode === 'strict');
     const ba = slow.find((r) => r.delayMs === d && r.mode === 'batched' && !r.yields);
@@ -721,6 +742,7 @@ async function main(): Promise<void> {
     peakRss: rss,
     slowDisk: slowDisk.row,
     indexCost: index.rows,
+    encryption: encryption.summary,
     checks,
   };
   const stamp = started.toISOString().replace(/[:]/g, '-').replace(/\..*/, 'Z');

@@ -18,6 +18,7 @@ export type VbfsErrorCode =
   | 'VBFS_BAD_KEY' // the key (or passphrase) given does not match the volume's key check value
   | 'VBFS_LEASE_HELD' // the volume's lease in the bucket is live and held by another writer (any machine)
   | 'VBFS_LEASE_LOST' // this writer's lease expired or was taken over: it is fenced and must not write
+  | 'VBFS_KEY_REQUIRED' // the volume is encrypted and no key was given
   | 'VBFS_IO'; // an I/O error from the file layer or the backend
 
 export class VbfsError extends Error {

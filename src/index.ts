@@ -9,3 +9,6 @@ export { MemoryBackend } from './backend/memory-backend';
 export type { FileIO, FileHandle, OpenMode } from './io/file-io';
 export { NodeFileIO } from './io/node-file-io';
 export type { FsckReport, FsckProblem, FsckProblemKind, FsckSeverity, FsckOptions, FsckProgress } from './store/fsck';
+export { readKeyMaterial, type KeyMaterial, type KeySourceOptions } from './crypto/key-source';
+export { DEFAULT_SCRYPT } from './crypto/volume-cipher';
+export type { ScryptParams } from './format/encryption-meta';

@@ -31,4 +31,19 @@ export interface VolumeInfo {
   compression: Compression;
   createdAt: string; // ISO time
   formatVersion: number;
+  /** True when every record payload is sealed with AES-256-GCM: opening it needs the key. */
+  encrypted: boolean;
+  /** volume.json's `encryption` object (no secret in it: a salt, scrypt parameters and a key check value). */
+  encryption?: VolumeEncryption;
+}
+
+/** The `encryption` object of volume.json (crypto/volume-cipher.ts derives and checks it; docs/FORMAT.md). */
+export interface VolumeEncryption {
+  version: number;
+  cipher: 'aes-256-gcm';
+  /** 'none': the key file held the 32-byte key itself; 'scrypt': a passphrase. */
+  kdf: 'none' | 'scrypt';
+  scrypt?: { N: number; r: number; p: number; salt: string /* hex */ };
+  /** hex HMAC-SHA256 of the check key (crypto/volume-cipher.ts). */
+  keyCheck: string;
 }

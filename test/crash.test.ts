@@ -1,6 +1,6 @@
 import * as assert from 'node:assert/strict';
 import * as path from 'node:path';
-import { SimFS } from './helpers/sim-fs';
+import { SimFS, type TearMode } from './helpers/sim-fs';
 import { Rng, envInt, seedsFromEnv } from './helpers/rng';
 import { runInWorker } from './helpers/in-worker';
 import { BLOCK, MODE_OF_SEED, SEEDS_DEFAULT, SIZE, TEARS, openStore, type SweepResult } from './helpers/crash-runner';
@@ -24,6 +24,11 @@ const SEEDS = seedsFromEnv(SEEDS_DEFAULT);
 const DEADLINE_MS = envInt('VBFS_CRASH_DEADLINE_MS', 120_000);
 const RUNNER = path.join(__dirname, 'helpers', 'crash-runner.js');
 const ONLY_TEAR = process.env.VBFS_CRASH_TEAR || null;
+/** Seeds (and tear modes) the sweeps also run on an encrypted volume: 13 batched + lz4, 18 relaxed. */
+const ENCRYPTED_SWEEPS: ReadonlyArray<readonly [number, TearMode]> = [
+  [13, 'reorder'],
+  [18, 'random'],
+];
 
 describe('crash simulation (SimFS power loss)', function () {
   this.timeout(DEADLINE_MS + 10_000);
@@ -45,14 +50,32 @@ describe('crash simulation (SimFS power loss)', function () {
       const replay = `VBFS_SEED=${seed} VBFS_CRASH_TEAR=${tear}`;
       if (onlyFp === null) {
         it(`seed ${seed} (${mode}, tear ${tear}): crash at ${onlyAt !== null ? `op ${onlyAt}` : `${POINTS} seeded op numbers`} (${replay})`, async function () {
-          count(this, key, await runInWorker<SweepResult>(RUNNER, 'crashSweep', [seed, POINTS, onlyAt, tear], DEADLINE_MS));
+          count(this, key, await runInWorker<SweepResult>(RUNNER, 'crashSweep', [seed, POINTS, onlyAt, tear, false], DEADLINE_MS));
         });
       }
       if (onlyAt === null) {
         it(`seed ${seed} (${mode}, tear ${tear}): crash at the 1st, 2nd, middle and last hit of every named failpoint${onlyFp ? ` (only ${onlyFp})` : ''} (${replay})`, async function () {
-          count(this, key, await runInWorker<SweepResult>(RUNNER, 'failpointSweep', [seed, onlyFp, tear], DEADLINE_MS));
+          count(this, key, await runInWorker<SweepResult>(RUNNER, 'failpointSweep', [seed, onlyFp, tear, false], DEADLINE_MS));
         });
       }
+    }
+  }
+
+  // Encrypted volumes: two seeds (one lz4, different modes), both sweeps, one tear mode each.
+  for (const [seed, tear] of ENCRYPTED_SWEEPS) {
+    if (!tears.includes(tear)) continue;
+    const mode = MODE_OF_SEED[seed % MODE_OF_SEED.length];
+    const key = `${mode}, ${tear}, encrypted`;
+    const replay = `VBFS_SEED=${seed} VBFS_CRASH_TEAR=${tear}`;
+    if (onlyFp === null) {
+      it(`seed ${seed} (${mode}, tear ${tear}), encrypted: crash at ${onlyAt !== null ? `op ${onlyAt}` : `${POINTS} seeded op numbers`} (${replay})`, async function () {
+        count(this, key, await runInWorker<SweepResult>(RUNNER, 'crashSweep', [seed, POINTS, onlyAt, tear, true], DEADLINE_MS));
+      });
+    }
+    if (onlyAt === null) {
+      it(`seed ${seed} (${mode}, tear ${tear}), encrypted: crash at the 1st, 2nd, middle and last hit of every named failpoint${onlyFp ? ` (only ${onlyFp})` : ''} (${replay})`, async function () {
+        count(this, key, await runInWorker<SweepResult>(RUNNER, 'failpointSweep', [seed, onlyFp, tear, true], DEADLINE_MS));
+      });
     }
   }
 

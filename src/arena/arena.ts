@@ -14,6 +14,14 @@ const SLAB_BYTES = 4 * 1024 * 1024;
 
 export class Arena {
   private readonly slabs: Buffer[] = [];
+  /**
+   * Encrypted volumes: each slot also holds its record's sealed payload (block +
+   * tag), in slabs beside the plaintext ones, so sealing allocates no long-lived
+   * buffer per block (65,536 of them in a 256 MiB buffer would be garbage the
+   * collector has to trace and free). Empty when sealedSize is 0.
+   */
+  private readonly sealedSlabs: Buffer[] = [];
+  private sealedLens: Uint32Array;
   private readonly perSlab: number;
   private free: Int32Array;
   private freeTop = 0;
@@ -29,7 +37,9 @@ export class Arena {
   private seqs: Float64Array;
   /** CRC of the WAL record of this version: the chunk record is the same bytes (setRecord). */
   private crcs: Uint32Array;
-  /** The LZ4 payload of this version's record, or undefined when it is stored raw. */
+  /** Flags of this version's record (LZ4, sealed): the chunk record carries the same. */
+  private recFlags: Uint8Array;
+  /** The stored payload of this version's record (LZ4 and/or sealed), or undefined when it is the raw block. */
   private packed: (Buffer | undefined)[] = [];
   /** Bytes held by `packed` (not in the slabs; counted in the volume's memory). */
   packedBytes = 0;
@@ -38,7 +48,10 @@ export class Arena {
   constructor(
     readonly slotSize: number,
     readonly capSlots: number,
+    /** Bytes of sealed payload room per slot (an encrypted volume: block size + tag), or 0. */
+    readonly sealedSize = 0,
   ) {
+    this.sealedLens = new Uint32Array(sealedSize > 0 ? capSlots : 0);
     this.perSlab = Math.max(1, Math.floor(SLAB_BYTES / slotSize));
     this.free = new Int32Array(capSlots);
     this.pinned = new Uint8Array(capSlots);
@@ -46,6 +59,7 @@ export class Arena {
     this.blocks = new Float64Array(capSlots);
     this.seqs = new Float64Array(capSlots);
     this.crcs = new Uint32Array(capSlots);
+    this.recFlags = new Uint8Array(capSlots);
     this.limit = capSlots;
   }
 
@@ -70,6 +84,7 @@ export class Arena {
   trim(): boolean {
     if (this.used !== 0) return false;
     this.slabs.length = 0;
+    this.sealedSlabs.length = 0;
     this.allocated = 0;
     this.nextFresh = 0;
     this.freeTop = 0;
@@ -125,12 +140,15 @@ export class Arena {
     this.blocks = widen(this.blocks, new Float64Array(n));
     this.seqs = widen(this.seqs, new Float64Array(n));
     this.crcs = widen(this.crcs, new Uint32Array(n));
+    this.recFlags = widen(this.recFlags, new Uint8Array(n));
+    if (this.sealedSize > 0) this.sealedLens = widen(this.sealedLens, new Uint32Array(n));
     return this.take();
   }
 
   private grow(slot: number): void {
     while (this.allocated <= slot) {
       this.slabs.push(Buffer.allocUnsafeSlow(this.perSlab * this.slotSize));
+      if (this.sealedSize > 0) this.sealedSlabs.push(Buffer.allocUnsafeSlow(this.perSlab * this.sealedSize));
       this.allocated += this.perSlab;
     }
   }
@@ -175,12 +193,14 @@ export class Arena {
   }
 
   /**
-   * The record this version was logged as: its CRC, and its LZ4 payload when it
-   * is stored compressed (null: raw, the payload is the slot's bytes). Keeping
-   * them lets the chunk record reuse both instead of checksumming or compressing again.
+   * The record this version was logged as: its CRC, its flags, and its stored
+   * payload when that is not the slot's bytes (LZ4-compressed and/or sealed; null:
+   * raw). Keeping them lets the chunk record reuse all three instead of
+   * checksumming, compressing or sealing again.
    */
-  setRecord(slot: number, crc: number, packed: Buffer | null): void {
+  setRecord(slot: number, crc: number, packed: Buffer | null, flags: number): void {
     this.crcs[slot] = crc;
+    this.recFlags[slot] = flags;
     this.dropPacked(slot);
     if (packed) {
       this.packed[slot] = packed;
@@ -192,9 +212,35 @@ export class Arena {
     return this.crcs[slot] as number;
   }
 
-  /** The slot's LZ4 payload, or undefined when its record is raw. */
+  recordFlags(slot: number): number {
+    return this.recFlags[slot] as number;
+  }
+
+  /** The slot's stored payload (LZ4 and/or sealed), or undefined when its record is raw. */
   packedOf(slot: number): Buffer | undefined {
+    if (this.sealedSize > 0) {
+      const len = this.sealedLens[slot] as number;
+      if (len === 0) return undefined;
+      const o = this.sealedOffset(slot);
+      return this.sealedSlab(slot).subarray(o, o + len);
+    }
     return this.packed[slot];
+  }
+
+  /** Where the slot's sealed payload goes (sealedSize > 0): this slab, at sealedOffset(slot). */
+  sealedSlab(slot: number): Buffer {
+    return this.sealedSlabs[Math.floor(slot / this.perSlab)] as Buffer;
+  }
+
+  sealedOffset(slot: number): number {
+    return (slot % this.perSlab) * this.sealedSize;
+  }
+
+  /** The record of this version is the `len` sealed bytes written at sealedSlab/sealedOffset, with this CRC and flags. */
+  setSealedRecord(slot: number, crc: number, len: number, flags: number): void {
+    this.crcs[slot] = crc;
+    this.recFlags[slot] = flags;
+    this.sealedLens[slot] = len;
   }
 
   private dropPacked(slot: number): void {
@@ -247,8 +293,13 @@ export class Arena {
     for (const fn of w) fn();
   }
 
+  /** Memory one slot costs (its block, and its sealed payload on an encrypted volume). */
+  get bytesPerSlot(): number {
+    return this.slotSize + this.sealedSize;
+  }
+
   get bytes(): number {
-    return this.allocated * this.slotSize;
+    return this.allocated * this.bytesPerSlot;
   }
 }
 

@@ -1,4 +1,4 @@
-import { encodeRecordWithCrc, FLAG_LZ4, RECORD_HEADER } from '../format/block-record';
+import { encodeRecordWithCrc, RECORD_HEADER } from '../format/block-record';
 import { allocPlacement, type ChunkPlacement } from '../format/map-records';
 import { SEGMENT_HEADER } from '../format/segment-header';
 import { encodeChunkHeader } from './chunk';
@@ -8,13 +8,14 @@ const BUILD_SLICE = 128;
 
 /**
  * Where a chunk's records come from: block versions in write-buffer slots, each
- * with the record it was logged to the WAL as (its CRC, and its LZ4 payload when
- * compressed). The arena is one; tests may hand in another.
+ * with the record it was logged to the WAL as (its CRC, its flags, and its stored
+ * payload when compressed or sealed). The arena is one; tests may hand in another.
  */
 export interface ChunkSource {
   blockOf(slot: number): number;
   seqOf(slot: number): number;
   recordCrc(slot: number): number;
+  recordFlags(slot: number): number;
   packedOf(slot: number): Buffer | undefined;
   slab(slot: number): Buffer;
   offset(slot: number): number;
@@ -31,9 +32,9 @@ export interface BuiltChunk {
 /**
  * Encodes chunk objects from write-buffer slots, into buffers reused across
  * flushes. Each chunk record is the WAL record of the same version, byte for
- * byte: the payload is copied (raw from the slot, or the LZ4 payload the writer
- * kept) and the CRC is reused, so a block is neither checksummed nor compressed
- * a second time.
+ * byte: the payload is copied (raw from the slot, or the LZ4 and/or sealed payload
+ * the writer kept), and the CRC and flags are reused, so a block is neither
+ * checksummed, compressed nor sealed a second time (the flusher does no crypto).
  */
 export class ChunkBuilder {
   private readonly pool: Buffer[] = [];
@@ -66,15 +67,16 @@ export class ChunkBuilder {
       if (seq > maxSeq) maxSeq = seq;
       const packed = src.packedOf(slot);
       const crc = src.recordCrc(slot);
+      const flags = src.recordFlags(slot);
       const o = src.offset(slot);
       const end = packed
-        ? encodeRecordWithCrc(buf, pos, crc, seq, block, FLAG_LZ4, bs, packed, 0, packed.length)
-        : encodeRecordWithCrc(buf, pos, crc, seq, block, 0, bs, src.slab(slot), o, o + bs);
+        ? encodeRecordWithCrc(buf, pos, crc, seq, block, flags, bs, packed, 0, packed.length)
+        : encodeRecordWithCrc(buf, pos, crc, seq, block, flags, bs, src.slab(slot), o, o + bs);
       placement.blocks[k] = block;
       placement.seqs[k] = seq;
       placement.offsets[k] = pos;
       placement.lens[k] = end - pos - RECORD_HEADER;
-      placement.flags[k] = packed ? FLAG_LZ4 : 0;
+      placement.flags[k] = flags;
       pos = end;
     }
     encodeChunkHeader(buf, this.volumeId, bs, id, n, maxSeq);

@@ -1,5 +1,5 @@
 import { VbfsError } from '../errors';
-import { checkRecord } from '../format/block-record';
+import { checkRecord, maxPayload } from '../format/block-record';
 import { CHUNK_MAGIC, decodeSegmentHeader, encodeSegmentHeader } from '../format/segment-header';
 
 /**
@@ -34,7 +34,7 @@ export function decodeChunkHeader(buf: Buffer, key: string, volumeId: string): {
  * block's data).
  */
 export function verifyChunkRecord(buf: Buffer, at: number, block: number, seq: number, blockSize: number, key: string, objOff: number): number {
-  const r = checkRecord(buf, at, buf.length, blockSize);
+  const r = checkRecord(buf, at, buf.length, maxPayload(blockSize));
   if (!r.ok)
     throw new VbfsError('VBFS_CORRUPT', `chunk object ${key}: block record at offset ${objOff} is damaged (${r.reason})`, { path: key, offset: objOff, block });
   if (r.header.block !== block || r.header.seq !== seq) {

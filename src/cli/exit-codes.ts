@@ -43,6 +43,7 @@ export const EXIT_BY_CODE: Readonly<Record<VbfsErrorCode, number>> = {
   VBFS_BAD_KEY: EXIT_FAILURE,
   VBFS_LEASE_HELD: EXIT_FAILURE,
   VBFS_LEASE_LOST: EXIT_FAILURE,
+  VBFS_KEY_REQUIRED: EXIT_USAGE, // the command line lacks --key-file / --key-env
   VBFS_IO: EXIT_FAILURE,
 };
 

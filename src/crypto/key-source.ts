@@ -29,6 +29,12 @@ export interface KeyMaterial {
 }
 
 export const KEY_BYTES = 32;
+
+/** A KeyMaterial as the library API takes it (a plain object: callers may build one themselves). */
+export function isKeyMaterial(v: unknown): v is KeyMaterial {
+  const m = v as KeyMaterial | null | undefined;
+  return typeof m === 'object' && m !== null && typeof m.source === 'string' && Buffer.isBuffer(m.bytes) && m.bytes.length > 0;
+}
 /** Refuse bigger key files: a passphrase is short, and this is not the place to read a disk image by mistake. */
 const MAX_KEY_FILE = 4096;
 const ENV_NAME_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;

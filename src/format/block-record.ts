@@ -9,10 +9,14 @@ import { readU32, readU64, writeU32, writeU64 } from './u64';
  *
  *   off size field
  *     0    4 crc32c of bytes [4, 32 + len)  (header after the crc, and payload)
- *     4    4 len      payload length in bytes (<= raw block size)
+ *     4    4 len      payload length in bytes (<= raw block size, + 16 when sealed)
  *     8    8 seq      sequence number (u64 LE, < 2^53), unique per volume, only grows
  *    16    8 block    block number (u64 LE)
- *    24    4 flags    bit 0: payload is an LZ4 block (lz4-napi format); others 0
+ *    24    4 flags    bit 0: payload is an LZ4 block (lz4-napi format)
+ *                       bit 1: sync marker (WAL only, below)
+ *                       bit 2: payload is sealed (AES-256-GCM: ciphertext || 16-byte tag,
+ *                              of an encrypted volume; LZ4 happens before sealing)
+ *                       bits 8..15: reserved for a key generation (rekey); others 0
  *    28    4 rawLen   uncompressed length (= volume block size)
  *    32  len payload
  *
@@ -20,6 +24,16 @@ import { readU32, readU64, writeU32, writeU64 } from './u64';
  */
 export const RECORD_HEADER = 32;
 export const FLAG_LZ4 = 1;
+export const FLAG_SEALED = 4;
+/** The flag bits a block record (not a marker) may carry. */
+export const BLOCK_RECORD_FLAGS = FLAG_LZ4 | FLAG_SEALED;
+/** What sealing adds to a payload: the GCM tag (crypto/volume-cipher.ts). */
+export const SEAL_TAG_BYTES = 16;
+
+/** The largest payload a block record of this block size can hold (a raw block, sealed). */
+export function maxPayload(blockSize: number): number {
+  return blockSize + SEAL_TAG_BYTES;
+}
 
 /**
  * A sync marker (WAL format 2): a record with flags = FLAG_SYNC_MARK, seq = 0,

@@ -23,6 +23,7 @@ export const ERRNO_BY_CODE: Readonly<Record<VbfsErrorCode, number>> = {
   VBFS_BAD_KEY: E.EACCES, // only at open; a mount refuses the volume before any file op
   VBFS_LEASE_HELD: E.EBUSY, // only at open, like VBFS_LOCKED
   VBFS_LEASE_LOST: E.EIO, // fenced: every later write and fsync fails
+  VBFS_KEY_REQUIRED: E.EACCES, // likewise
   VBFS_IO: E.EIO,
 };
 

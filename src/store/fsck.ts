@@ -1,7 +1,9 @@
 import { VbfsError, isVbfsError } from '../errors';
 import type { Backend } from '../backend/backend';
 import { chunkKey, chunkPrefix, parseChunkKey } from '../chunk/chunk';
-import { checkRecord, FLAG_LZ4, RECORD_HEADER } from '../format/block-record';
+import { BLOCK_RECORD_FLAGS, checkRecord, FLAG_SEALED, maxPayload, RECORD_HEADER, type RecordHeader } from '../format/block-record';
+import type { KeyMaterial } from '../crypto/key-source';
+import type { VolumeCipher } from '../crypto/volume-cipher';
 import { checkFrame } from '../format/frame';
 import {
   commitEntryOffset,
@@ -28,6 +30,7 @@ import type { FileIO } from '../io/file-io';
 import { findExposed, formatMode } from '../io/private-mode';
 import { replayWal } from '../wal/wal-reader';
 import { isLockHeld, readLock, VolumeLock } from './lock';
+import { openRecordPayload } from './record-payload';
 import type { Logger, VolumeInfo } from '../types';
 
 /**
@@ -46,6 +49,11 @@ import type { Logger, VolumeInfo } from '../types';
  * the structures disagree); a 'warning' is something the engine cleans up by itself
  * on the next open and that never held acknowledged data (orphan chunks, a torn
  * WAL or map log tail, map log segments a checkpoint made redundant).
+ *
+ * Encrypted volumes: with the key, every WAL and chunk record is also
+ * authenticated (AES-GCM: a record damaged with its CRC fixed up, or moved from
+ * another block or volume, fails); without it only CRCs and fields are checked,
+ * and the report says so (`authenticated: false`).
  *
  * `repair` takes the volume lock for the whole run. The check itself is always
  * read-only; only when it found no error does repair do what an open would do: cut
@@ -115,6 +123,10 @@ export interface FsckReport {
   orphanBytes: number;
   /** Chunk records whose CRC was checked. */
   checkedRecords: number;
+  /** The volume is encrypted. */
+  encrypted: boolean;
+  /** Every record was also authenticated with the key (encrypted volume, key given); false: CRCs only. */
+  authenticated: boolean;
   repair: boolean;
   /** Problems --repair fixed (0 when it found damage: then it changes nothing). */
   repaired: number;
@@ -134,6 +146,8 @@ export interface FsckOptions {
   onProgress?: (p: FsckProgress) => void;
   /** Problems listed in the report (the counts always include all); default 10000. */
   maxProblems?: number;
+  /** An encrypted volume's key: records are then authenticated too (Store.fsckVolume checks it: VBFS_BAD_KEY). */
+  key?: KeyMaterial;
 }
 
 export interface FsckContext {
@@ -146,6 +160,8 @@ export interface FsckContext {
   storeDir?: string;
   /** Where the map lives (default: the local directory `<dir>/map`). */
   mapMedium?: MapMedium;
+  /** An encrypted volume's cipher (key checked): every record is authenticated. Null/absent: CRCs only. */
+  cipher?: VolumeCipher | null;
 }
 
 /** Map entries checked one by one in a chunk whose records did not all match the map. */
@@ -232,6 +248,8 @@ class Fsck {
       orphanChunks: 0,
       orphanBytes: 0,
       checkedRecords: 0,
+      encrypted: info.encrypted,
+      authenticated: info.encrypted && !!ctx.cipher,
       repair,
       repaired: 0,
       problems: [],
@@ -445,12 +463,17 @@ class Fsck {
         info: (m, meta) => base.debug(m, meta),
         debug: (m, meta) => base.debug(m, meta),
       };
-      const replay = await replayWal(fileIO, walDir, info.id, this.bs, true, quiet, (h) => {
+      const replay = await replayWal(fileIO, walDir, info.id, this.bs, true, quiet, (h, buf, off, path) => {
         if (h.block >= this.blockCount) {
           if (beyond++ === 0) firstBeyond = h.block;
           return;
         }
         if (h.seq > this.index.persistedSeq(h.block)) this.walSeq.set(h.block, h.seq);
+        // What an open would refuse: a record sealed or not against the volume's
+        // setting, or (with the key) one that fails authentication.
+        if (this.ctx.cipher || ((h.flags & FLAG_SEALED) !== 0) !== info.encrypted) {
+          openRecordPayload(this.ctx.cipher ?? null, h, buf, off, this.bs, { path, offset: off - RECORD_HEADER });
+        }
       });
       this.r.walRecords = replay.records;
       for (const c of replay.cuts) {
@@ -538,7 +561,7 @@ class Fsck {
     let newest = 0;
     let example = '';
     for (let off = SEGMENT_HEADER; off < buf.length;) {
-      const c = checkRecord(buf, off, buf.length, bs);
+      const c = checkRecord(buf, off, buf.length, maxPayload(bs));
       if (!c.ok) break; // a damaged record in a redundant object harms nothing; stop here
       const { block, seq } = c.header;
       if (block < this.blockCount && seq > this.index.persistedSeq(block) && seq > (this.walSeq.get(block) ?? 0)) {
@@ -649,7 +672,7 @@ class Fsck {
     let maxSeq = 0;
     let off = SEGMENT_HEADER;
     while (off < buf.length) {
-      const c = checkRecord(buf, off, buf.length, bs);
+      const c = checkRecord(buf, off, buf.length, maxPayload(bs));
       if (!c.ok) {
         const next = nextRecord(buf, off, bs, c.reason === 'bad-crc');
         const p = err(
@@ -666,12 +689,22 @@ class Fsck {
       const { block, seq, len, flags, rawLen } = c.header;
       records++;
       if (seq > maxSeq) maxSeq = seq;
-      if (rawLen !== bs || (flags & ~FLAG_LZ4) !== 0 || block >= this.blockCount || (flags === 0 && len !== bs)) {
+      const sealed = (flags & FLAG_SEALED) !== 0;
+      const rawStored = (flags & ~FLAG_SEALED) === 0; // not compressed: the payload is one block (+ the tag when sealed)
+      if (
+        rawLen !== bs ||
+        (flags & ~BLOCK_RECORD_FLAGS) !== 0 ||
+        block >= this.blockCount ||
+        (rawStored && len !== (sealed ? maxPayload(bs) : bs)) ||
+        sealed !== this.ctx.info.encrypted
+      ) {
         err(
           'record-mismatch',
           off,
-          `record for block ${block} seq ${seq} has invalid fields (len ${len}, flags ${flags}, raw length ${rawLen}; volume has ${this.blockCount} blocks of ${bs})`,
+          `record for block ${block} seq ${seq} has invalid fields (len ${len}, flags ${flags}, raw length ${rawLen}; volume has ${this.blockCount} blocks of ${bs}, ${this.ctx.info.encrypted ? 'encrypted: every record sealed' : 'not encrypted: no record sealed'})`,
         );
+      } else if (!this.authentic(c.header, buf, off, key, damaged)) {
+        // reported as a damaged record: whatever the map says, its bytes cannot be read
       } else if (mapOk && ix.persistedChunk(block) === id && ix.persistedOff(block) === off && ix.persistedSeq(block) > 0) {
         const l = ix.location(block);
         if (l && l.seq === seq && l.len === len && l.flags === flags) matched++;
@@ -691,6 +724,24 @@ class Fsck {
       else if (h.maxSeq !== maxSeq) err('chunk-header', 0, `chunk header says max seq ${h.maxSeq}, the records' highest is ${maxSeq}`);
     }
     return { matched, damaged };
+  }
+
+  /**
+   * With the key: open the record (authenticate, decrypt, decompress) as a read
+   * would. A failure is a damaged record (its bytes can never be read). Without the
+   * key (or on a plain volume, whose payloads the CRC already covers) true.
+   */
+  private authentic(h: RecordHeader, buf: Buffer, off: number, key: string, damaged: Map<number, FsckProblem>): boolean {
+    const cipher = this.ctx.cipher;
+    if (!cipher) return true;
+    try {
+      openRecordPayload(cipher, h, buf, off + RECORD_HEADER, this.bs, { path: key, offset: off });
+      return true;
+    } catch (e) {
+      if (!isVbfsError(e, 'VBFS_CORRUPT')) throw e;
+      damaged.set(off, this.add({ kind: 'bad-record', severity: 'error', object: key, offset: off, message: e.message }));
+      return false;
+    }
   }
 
   /**
@@ -728,7 +779,7 @@ class Fsck {
           mismatch(`the map points block ${e.block} (seq ${e.seq}) at offset ${e.off} length ${e.len}, past the end of the object (${buf.length} bytes)`);
           continue;
         }
-        const c = checkRecord(buf, e.off, buf.length, this.bs);
+        const c = checkRecord(buf, e.off, buf.length, maxPayload(this.bs));
         if (!c.ok) {
           mismatch(`the map points block ${e.block} (seq ${e.seq}) here, but no valid record starts at this offset (${c.reason})`);
         } else if (c.header.block !== e.block || c.header.seq !== e.seq || c.header.len !== e.len || c.header.flags !== e.flags) {
@@ -759,10 +810,10 @@ class Fsck {
 function nextRecord(buf: Buffer, off: number, blockSize: number, trustLength: boolean): number {
   if (trustLength) {
     const end = off + RECORD_HEADER + buf.readUInt32LE(off + 4);
-    if (end === buf.length || (end < buf.length && checkRecord(buf, end, buf.length, blockSize).ok)) return end;
+    if (end === buf.length || (end < buf.length && checkRecord(buf, end, buf.length, maxPayload(blockSize)).ok)) return end;
   }
   for (let at = off + 1; at + RECORD_HEADER <= buf.length; at++) {
-    if (checkRecord(buf, at, buf.length, blockSize).ok) return at;
+    if (checkRecord(buf, at, buf.length, maxPayload(blockSize)).ok) return at;
   }
   return -1;
 }

@@ -1,12 +1,22 @@
 import { VbfsError, isVbfsError } from '../errors';
 import { chunkKey, verifyChunkRecord } from '../chunk/chunk';
-import { isCompressed, uncompressBlock } from '../chunk/codec';
-import { RECORD_HEADER } from '../format/block-record';
+import { FLAG_SEALED, RECORD_HEADER, SEAL_TAG_BYTES as TAG_BYTES } from '../format/block-record';
+import type { CipherPool } from '../crypto/cipher-pool';
 import { copyBytes } from '../format/bytes';
 import { CACHED, EMPTY, HOT, PENDING, PERSISTED } from '../map/block-index';
+import { openRecordPayload } from './record-payload';
 import type { VolumeCore } from './volume-core';
 
 const EMPTY_BUFFER = Buffer.alloc(0);
+
+/** The error the inline path gives a record that fails authentication (record-payload.ts). */
+function openFailed(key: string, offset: number, block: number, seq: number): VbfsError {
+  return new VbfsError(
+    'VBFS_CORRUPT',
+    `chunk object ${key}: record at offset ${offset} (block ${block}, seq ${seq}) fails authentication: damaged, or moved from another block or volume`,
+    { path: key, offset, block },
+  );
+}
 /** Damaged records remembered so each is logged once (beyond this, one line says so). */
 const DAMAGE_LOG_LIMIT = 10_000;
 /**
@@ -201,6 +211,17 @@ export class Reader {
       core.readsInFlight--;
     }
     const bs = core.blockSize;
+    // A readahead run (nothing to copy out: no request waits for it) is opened in the
+    // crypto worker, so the event loop answers requests meanwhile; so is a very large
+    // run a request waits for. A request's ordinary run is opened inline: the request
+    // waits for it either way, and a trip to the worker only adds latency (measured:
+    // on a loaded machine each trip can wait milliseconds for a core).
+    const background = outEnd <= b0;
+    const pooled =
+      core.cipherPool !== null && fetchEnd - b0 >= 2 && (background || fetchEnd - b0 >= core.tunables.cryptoBatchBlocks)
+        ? await this.openInPool(buf, b0, fetchEnd, seqs, key, start)
+        : null;
+    if (pooled) buf = pooled.buf;
     let at = 0;
     for (let b = b0; b < fetchEnd; b++) {
       const seq = seqs[b - b0] as number;
@@ -208,17 +229,32 @@ export class Reader {
       let base: number;
       const len = buf.length >= at + 8 ? buf.readUInt32LE(at + 4) : 0;
       try {
-        const lz4 = isCompressed(verifyChunkRecord(buf, at, b, seq, bs, key, start + at));
-        // Raw payloads are used in place in the run buffer: no copy, no allocation per block.
-        data = lz4 ? uncompressBlock(buf.subarray(at + RECORD_HEADER, at + RECORD_HEADER + len)) : buf;
-        base = lz4 ? 0 : at + RECORD_HEADER;
-        const got = lz4 ? data.length : len;
-        if (got !== bs) {
-          throw new VbfsError('VBFS_CORRUPT', `chunk object ${key}: record at offset ${start + at} holds ${got} bytes, not one block`, {
+        if (pooled && b - b0 < pooled.checked) {
+          // Checked (CRC, identity) before the worker opened it: the payload is now plaintext.
+          const flags = buf.readUInt32LE(at + 24);
+          if (pooled.ok[b - b0] !== 1) throw openFailed(key, start + at, b, seq);
+          ({ data, base } = openRecordPayload(
+            null,
+            { len: len - TAG_BYTES, seq, block: b, flags: flags & ~FLAG_SEALED, rawLen: bs },
+            buf,
+            at + RECORD_HEADER,
+            bs,
+            {
+              path: key,
+              label: `chunk object ${key}`,
+              offset: start + at,
+            },
+          ));
+        } else {
+          const flags = verifyChunkRecord(buf, at, b, seq, bs, key, start + at);
+          // Raw payloads are used in place in the run buffer: no copy, no allocation per block.
+          // Sealed ones are authenticated and decrypted here (the cache holds plaintext);
+          // a payload that fails, or that LZ4 rejects, is damage: never data.
+          ({ data, base } = openRecordPayload(core.cipher, { len, seq, block: b, flags, rawLen: bs }, buf, at + RECORD_HEADER, bs, {
             path: key,
+            label: `chunk object ${key}`,
             offset: start + at,
-            block: b,
-          });
+          }));
         }
       } catch (err) {
         if (!refetched && core.ctx.backend.invalidate && (isVbfsError(err, 'VBFS_CORRUPT') || !isVbfsError(err))) {
@@ -228,19 +264,7 @@ export class Reader {
           return this.readRun(b0, outEnd, fetchEnd, out, offset, true);
         }
         core.counters.errors++;
-        // A checksummed payload that LZ4 rejects is damage too (or a bug): never data.
-        const e = isVbfsError(err)
-          ? err
-          : new VbfsError(
-              'VBFS_CORRUPT',
-              `chunk object ${key}: record at offset ${start + at} does not decompress: ${(err as Error)?.message ?? String(err)}`,
-              {
-                path: key,
-                offset: start + at,
-                block: b,
-              },
-            );
-        throw this.damaged(e, key);
+        throw this.damaged(err, key);
       }
       if (b < outEnd) {
         const [from, to, dst] = this.clip(b, offset, out.length);
@@ -286,6 +310,48 @@ export class Reader {
         },
       );
     });
+  }
+
+  /**
+   * Open a run's sealed records in the crypto worker (cipher-pool.ts). Each record's
+   * CRC and identity are checked here first, as the inline path does, up to the
+   * first that fails (`checked`: the records before it; the caller meets the failure
+   * again when it reaches that record). Returns the opened copy of the run.
+   */
+  private async openInPool(
+    run: Buffer,
+    b0: number,
+    end: number,
+    seqs: number[],
+    key: string,
+    start: number,
+  ): Promise<{ buf: Buffer; ok: Uint8Array; checked: number } | null> {
+    const bs = this.core.blockSize;
+    const n = end - b0;
+    const meta = new Float64Array(3 * n);
+    const offs = new Uint32Array(n);
+    const lens = new Uint32Array(n);
+    let k = 0;
+    for (let at = 0; k < n; k++) {
+      const b = b0 + k;
+      let flags: number;
+      try {
+        flags = verifyChunkRecord(run, at, b, seqs[k] as number, bs, key, start + at);
+      } catch {
+        break;
+      }
+      if ((flags & FLAG_SEALED) === 0) break; // refused by the inline path, with its reason
+      const len = run.readUInt32LE(at + 4);
+      meta[3 * k] = b;
+      meta[3 * k + 1] = seqs[k] as number;
+      meta[3 * k + 2] = flags;
+      offs[k] = at + RECORD_HEADER;
+      lens[k] = len;
+      at += RECORD_HEADER + len;
+    }
+    if (k === 0) return null;
+    const r = await (this.core.cipherPool as CipherPool).open(run, meta.subarray(0, 3 * k), offs.subarray(0, k), lens.subarray(0, k));
+    return { ...r, checked: k };
   }
 
   /**

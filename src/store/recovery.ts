@@ -1,11 +1,11 @@
 import { VbfsError, isNoSpace } from '../errors';
 import { chunkKey, chunkPrefix, decodeChunkHeader, parseChunkKey } from '../chunk/chunk';
-import { isCompressed, uncompressBlock } from '../chunk/codec';
 import { RECORD_HEADER } from '../format/block-record';
 import { SEGMENT_HEADER } from '../format/segment-header';
 import { encodeVolumeMeta, VOLUME_FORMAT_VERSION } from '../format/volume-meta';
 import { replayWal } from '../wal/wal-reader';
 import type { VolumeInfo } from '../types';
+import { openRecordPayload } from './record-payload';
 import type { VolumeCore } from './volume-core';
 import type { WalStart } from './writer';
 
@@ -55,20 +55,27 @@ export async function recover(core: VolumeCore): Promise<WalStart> {
     }
   });
 
-  const replay = await replayWal(ctx.fileIO, `${ctx.dir}/wal`, volumeId, bs, readOnly, ctx.logger, (h, buf, off) => {
+  const replay = await replayWal(ctx.fileIO, `${ctx.dir}/wal`, volumeId, bs, readOnly, ctx.logger, (h, buf, off, path) => {
     if (h.block >= blockCount) {
       throw new VbfsError('VBFS_CORRUPT', `WAL record for block ${h.block} beyond the end of volume '${name}'`, { block: h.block });
     }
     if (h.seq <= index.persistedSeq(h.block)) return; // already in a chunk (crash before the WAL was reclaimed)
+    // Opened (authenticated, decrypted, uncompressed) before anything changes: a
+    // sealed record that fails is corruption and the open is refused.
+    const { data, base } = openRecordPayload(core.cipher, h, buf, off, bs, { path: `WAL segment ${path}`, offset: off - RECORD_HEADER });
     const slot = arena.allocForce();
-    const payload = buf.subarray(off, off + h.len);
-    // The replayed record is kept as it was logged (an LZ4 payload is copied out of
-    // the replay buffer), so the chunk record reuses it and its CRC like a new write's.
-    const packed = isCompressed(h.flags) ? Buffer.from(payload) : null;
-    if (packed) arena.copyIn(slot, uncompressBlock(packed), 0);
-    else arena.copyIn(slot, buf, off);
+    // The replayed record is kept as it was logged (an LZ4 or sealed payload is copied
+    // out of the replay buffer), so the chunk record reuses it, its flags and its CRC
+    // like a new write's: a replayed seq is never sealed again.
+    arena.copyIn(slot, data, base);
     arena.setMeta(slot, h.block, h.seq);
-    arena.setRecord(slot, buf.readUInt32LE(off - RECORD_HEADER), packed);
+    const crc = buf.readUInt32LE(off - RECORD_HEADER);
+    if (core.cipher) {
+      buf.copy(arena.sealedSlab(slot), arena.sealedOffset(slot), off, off + h.len);
+      arena.setSealedRecord(slot, crc, h.len, h.flags);
+    } else {
+      arena.setRecord(slot, crc, h.flags !== 0 ? Buffer.from(buf.subarray(off, off + h.len)) : null, h.flags);
+    }
     arena.release(index.setHot(h.block, slot, true));
   });
   if (replay.maxSeq > maxSeq) maxSeq = replay.maxSeq;

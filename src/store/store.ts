@@ -8,7 +8,10 @@ import { FileBackend } from '../backend/file-backend';
 import { BucketMapMedium } from '../map/bucket-map-medium';
 import { BucketCatalog } from './bucket-catalog';
 import { DiskCacheBackend } from '../backend/disk-cache';
-import { decodeVolumeMeta, encodeVolumeMeta, VOLUME_FORMAT_VERSION } from '../format/volume-meta';
+import { decodeVolumeMeta, encodeVolumeMeta, ENCRYPTED_FORMAT_VERSION, VOLUME_FORMAT_VERSION } from '../format/volume-meta';
+import type { ScryptParams } from '../format/encryption-meta';
+import { isKeyMaterial, type KeyMaterial } from '../crypto/key-source';
+import { VolumeCipher } from '../crypto/volume-cipher';
 import type { FileIO } from '../io/file-io';
 import { NodeFileIO } from '../io/node-file-io';
 import { findExposed, formatMode } from '../io/private-mode';
@@ -117,7 +120,19 @@ export class Store implements MountableStore {
       compression: checkCompression(opts.compression ?? 'none'),
       createdAt: new Date().toISOString(),
       formatVersion: VOLUME_FORMAT_VERSION,
+      encrypted: false,
     };
+    if (opts.encryption !== undefined) {
+      const enc = opts.encryption as { key?: KeyMaterial; scrypt?: ScryptParams } | null;
+      if (typeof enc !== 'object' || enc === null || !isKeyMaterial(enc.key)) {
+        throw new VbfsError('VBFS_INVALID_ARGUMENT', 'createVolume: encryption needs a key (readKeyMaterial)');
+      }
+      // Only the salt, the scrypt parameters and the key check value are kept; the key is not.
+      const { meta } = await VolumeCipher.create(enc.key, info.id, enc.scrypt !== undefined ? { scrypt: enc.scrypt } : {});
+      info.formatVersion = ENCRYPTED_FORMAT_VERSION;
+      info.encrypted = true;
+      info.encryption = meta;
+    }
     if (this.catalog) {
       await this.catalog.create(info);
       this.logger.info('created volume', { volume: name, size: info.size, durability: info.durability, backend: this.backend.describe?.('') });
@@ -162,7 +177,7 @@ export class Store implements MountableStore {
     } finally {
       building.delete(tmp);
     }
-    this.logger.info('created volume', { volume: name, size: info.size, durability: info.durability });
+    this.logger.info('created volume', { volume: name, size: info.size, durability: info.durability, encrypted: info.encrypted });
     return info;
   }
 
@@ -253,6 +268,8 @@ export class Store implements MountableStore {
   async openVolume(name: string, opts: VolumeOpenOptions = {}): Promise<Volume> {
     this.checkOpen();
     const info = await this.volumeInfo(name);
+    // The key is checked before anything else (lock, recovery): a wrong key changes nothing.
+    const cipher = await volumeCipherFor(info, opts.key, false);
     const vol = await Volume.open(
       info,
       {
@@ -263,6 +280,7 @@ export class Store implements MountableStore {
         failpoint: this.failpoint,
         onClose: () => this.rebalance(),
         mapMedium: this.mapMediumFor(info),
+        cipher,
       },
       opts,
     );
@@ -312,6 +330,7 @@ export class Store implements MountableStore {
   async fsckVolume(name: string, opts: FsckOptions = {}): Promise<FsckReport> {
     this.checkOpen();
     const info = await this.volumeInfo(name);
+    const cipher = await volumeCipherFor(info, opts.key, true);
     return fsckVolume(
       {
         info,
@@ -321,6 +340,7 @@ export class Store implements MountableStore {
         logger: this.logger,
         storeDir: this.dir,
         mapMedium: this.mapMediumFor(info),
+        cipher,
       },
       opts,
     );
@@ -419,6 +439,25 @@ export class Store implements MountableStore {
   private checkOpen(): void {
     if (this.closed) throw new VbfsError('VBFS_CLOSED', 'store is closed');
   }
+}
+
+/**
+ * The cipher of an encrypted volume from the key given, or null for a plain one.
+ * No key for an encrypted volume: VBFS_KEY_REQUIRED (fsck, `optional`, then checks
+ * CRCs only); a key for a plain one: VBFS_INVALID_ARGUMENT (the caller believes it
+ * is encrypted: better to say so than to ignore it); a wrong key: VBFS_BAD_KEY.
+ */
+async function volumeCipherFor(info: VolumeInfo, key: KeyMaterial | undefined, optional: boolean): Promise<VolumeCipher | null> {
+  if (key !== undefined && !isKeyMaterial(key)) throw new VbfsError('VBFS_INVALID_ARGUMENT', 'key: not a KeyMaterial (use readKeyMaterial)');
+  if (!info.encryption) {
+    if (key !== undefined) throw new VbfsError('VBFS_INVALID_ARGUMENT', `volume '${info.name}' is not encrypted, but a key was given`, { volume: info.name });
+    return null;
+  }
+  if (key === undefined) {
+    if (optional) return null;
+    throw new VbfsError('VBFS_KEY_REQUIRED', `volume '${info.name}' is encrypted: give its key (--key-file PATH or --key-env NAME)`, { volume: info.name });
+  }
+  return VolumeCipher.open(info.encryption, key, info.id, `volume '${info.name}' volume.json`);
 }
 
 /** errno values that mean "this process cannot write here" rather than "the store is broken". */

@@ -1,4 +1,6 @@
 import type { Backend } from '../backend/backend';
+import type { KeyMaterial } from '../crypto/key-source';
+import type { ScryptParams } from '../format/encryption-meta';
 import type { FileIO } from '../io/file-io';
 import type { Compression, Durability, Logger, VolumeInfo } from '../types';
 
@@ -53,6 +55,12 @@ export interface VolumeCreateOptions {
   blockSize?: number; // default 4096, power of two 512..65536
   durability?: Durability; // default 'batched'
   compression?: Compression; // default 'none'
+  /**
+   * Encrypt the volume at rest (AES-256-GCM, docs/FORMAT.md "Encryption"): `key` as
+   * readKeyMaterial() returns it (a raw 32-byte key, or a passphrase stretched with
+   * scrypt, default N=2^17 r=8 p=1). Every later open needs the same key.
+   */
+  encryption?: { key: KeyMaterial; scrypt?: ScryptParams };
 }
 
 /** A volume as listed: its metadata, or why it cannot be used (the store lists it anyway). */
@@ -80,6 +88,8 @@ export interface VolumeTunables {
   seqReserveStep: number; // seqs reserved ahead in the map log per reservation, one synced write each (default 2^20)
   backendReadTimeoutMs: number; // a read that needs the backend fails with EIO (VBFS_IO) after this long (default 60000)
   backendRetryMs: number; // backend down: a failed flush is tried again after this long, doubling up to 30 s (default 1000)
+  cryptoThreads: number; // encrypted volumes: a worker thread opens (decrypts) readahead runs off the event loop (default 1; 0: inline)
+  cryptoBatchBlocks: number; // encrypted volumes: a run a read waits for is opened in the worker too from this many records (default 64)
 }
 
 export interface VolumeOpenOptions extends Partial<VolumeTunables> {
@@ -87,6 +97,12 @@ export interface VolumeOpenOptions extends Partial<VolumeTunables> {
   durability?: Durability;
   /** Open without the write lock: reads only; fails on write(). */
   readOnly?: boolean;
+  /**
+   * The key of an encrypted volume (also for a read-only open). Missing:
+   * VBFS_KEY_REQUIRED; wrong: VBFS_BAD_KEY; given for a volume that is not
+   * encrypted: VBFS_INVALID_ARGUMENT. Only derived keys are kept; `bytes` stays the caller's.
+   */
+  key?: KeyMaterial;
 }
 
 export interface VolumeStats {

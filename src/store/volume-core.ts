@@ -1,8 +1,10 @@
 import { VbfsError } from '../errors';
+import type { VolumeCipher } from '../crypto/volume-cipher';
+import { CipherPool } from '../crypto/cipher-pool';
 import { Arena } from '../arena/arena';
 import type { Backend } from '../backend/backend';
 import { BlockCache } from '../cache/block-cache';
-import { RECORD_HEADER } from '../format/block-record';
+import { maxPayload, RECORD_HEADER } from '../format/block-record';
 import { SEGMENT_HEADER } from '../format/segment-header';
 import { checkDurability } from './volume-rules';
 import { BlockIndex } from '../map/block-index';
@@ -30,6 +32,8 @@ export const DEFAULT_TUNABLES: VolumeTunables = {
   seqReserveStep: 2 ** 20,
   backendReadTimeoutMs: 60_000,
   backendRetryMs: 1000,
+  cryptoThreads: 1,
+  cryptoBatchBlocks: 64,
 };
 
 export interface VolumeContext {
@@ -42,6 +46,8 @@ export interface VolumeContext {
   mapMedium?: MapMedium;
   /** Called once when the volume has closed (the store rebalances its memory budget). */
   onClose?: () => void;
+  /** An encrypted volume's cipher (its key already checked), or null/absent for a plain volume. */
+  cipher?: VolumeCipher | null;
 }
 
 /** The counters of VolumeStats that the engine parts count themselves. */
@@ -75,6 +81,10 @@ export class VolumeCore {
   readonly arena: Arena;
   readonly cache: BlockCache;
   readonly map: MapStore;
+  /** Seals and opens record payloads of an encrypted volume; null for a plain one. */
+  readonly cipher: VolumeCipher | null;
+  /** Opens runs of sealed records off the event loop (encrypted volume, cryptoThreads > 0); null: inline. */
+  readonly cipherPool: CipherPool | null;
   /** The highest sequence number handed out (or recovered): only grows. */
   seq = 0;
   nextChunkId = 1;
@@ -111,15 +121,22 @@ export class VolumeCore {
     this.readOnly = opts.readOnly === true;
     this.tunables = resolveTunables(opts, info.blockSize, ctx.backend.remote === true);
     this.blockCount = info.size / info.blockSize;
+    this.cipher = ctx.cipher ?? null;
+    this.cipherPool = this.cipher && this.tunables.cryptoThreads > 0 ? new CipherPool(this.cipher) : null;
+    if (info.encrypted !== (this.cipher !== null))
+      throw new VbfsError('VBFS_INVALID_ARGUMENT', `volume '${info.name}': a cipher is needed exactly when the volume is encrypted`);
     this.index = new BlockIndex(this.blockCount);
-    this.arena = new Arena(info.blockSize, Math.max(2, Math.floor(this.tunables.writeBufferBytes / info.blockSize)));
+    // An encrypted volume's slots also hold the sealed payload: the same buffer bytes hold fewer blocks.
+    const sealedSize = ctx.cipher ? maxPayload(info.blockSize) : 0;
+    this.arena = new Arena(info.blockSize, Math.max(2, Math.floor(this.tunables.writeBufferBytes / (info.blockSize + sealedSize))), sealedSize);
     this.cache = new BlockCache(this.tunables.cacheBytes, info.blockSize, (b) => this.index.setCached(b, false));
     this.map = new MapStore(ctx.fileIO, `${ctx.dir}/map`, info.id, ctx.logger, ctx.failpoint, ctx.mapMedium);
   }
 
-  /** Raw records that fit in one chunk object (compressed ones are never larger). */
+  /** Raw records that fit in one chunk object (compressed ones are never larger; sealed ones carry their tag). */
   get recordsPerChunk(): number {
-    return Math.max(1, Math.floor((this.tunables.chunkBytes - SEGMENT_HEADER) / (RECORD_HEADER + this.blockSize)));
+    const payload = this.cipher ? maxPayload(this.blockSize) : this.blockSize;
+    return Math.max(1, Math.floor((this.tunables.chunkBytes - SEGMENT_HEADER) / (RECORD_HEADER + payload)));
   }
 
   /** Poison the volume (once): log it, refuse writes from now on, wake writers waiting for room. */

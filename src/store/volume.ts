@@ -113,7 +113,7 @@ export class Volume {
   setMemoryShare(bytes: number): void {
     const { tunables, arena, cache } = this.core;
     const write = Math.min(tunables.writeBufferBytes, Math.floor(bytes * 0.8));
-    arena.setLimit(Math.floor(write / this.blockSize));
+    arena.setLimit(Math.floor(write / arena.bytesPerSlot));
     cache.setLimit(Math.min(tunables.cacheBytes, bytes - write));
   }
 
@@ -223,6 +223,7 @@ export class Volume {
       await this.writer?.wal.close();
       await core.map.close().catch(() => undefined);
       await this.lock?.release().catch(() => undefined);
+      await core.cipherPool?.close().catch(() => undefined);
       core.ctx.onClose?.();
     }
   }

@@ -1,6 +1,7 @@
 import { VbfsError, ioError, isNoSpace } from '../errors';
 import { compressBlock } from '../chunk/codec';
-import { FLAG_LZ4, RECORD_HEADER } from '../format/block-record';
+import { DOMAIN_RECORD } from '../crypto/volume-cipher';
+import { FLAG_LZ4, FLAG_SEALED, RECORD_HEADER } from '../format/block-record';
 import { copyBytes } from '../format/bytes';
 import { WalWriter } from '../wal/wal-writer';
 import type { Reader } from './reader';
@@ -194,8 +195,11 @@ export class Writer {
 
   /**
    * Make `slot` the block's current version (Hot) and log it. On an lz4 volume the
-   * block is compressed here, once: the slot keeps the LZ4 payload and the record's
-   * CRC, and the chunk record of this version reuses both (chunk-builder.ts).
+   * block is compressed here, once; on an encrypted one the payload (compressed or
+   * not) is then sealed here, once, under the nonce of this seq. The slot keeps the
+   * plaintext block for reads, plus the stored payload, the record's flags and CRC,
+   * and the chunk record of this version reuses them byte for byte (chunk-builder.ts),
+   * so one seq is sealed exactly once and the flusher does no crypto.
    */
   private commitSlot(block: number, slot: number): void {
     const { arena, index, blockSize: bs } = this.core;
@@ -206,8 +210,18 @@ export class Writer {
     const slab = arena.slab(slot);
     const o = arena.offset(slot);
     const packed = this.core.info.compression === 'lz4' ? compressBlock(slab.subarray(o, o + bs)) : null;
-    const crc = packed ? this.wal.append(seq, block, FLAG_LZ4, bs, packed, 0, packed.length) : this.wal.append(seq, block, 0, bs, slab, o, o + bs);
-    arena.setRecord(slot, crc, packed);
+    const cipher = this.core.cipher;
+    if (cipher) {
+      // Sealed into the slot's own sealed room (arena.ts): nothing per block outlives this call.
+      const flags = (packed ? FLAG_LZ4 : 0) | FLAG_SEALED;
+      const dst = arena.sealedSlab(slot);
+      const at = arena.sealedOffset(slot);
+      const len = cipher.sealInto(DOMAIN_RECORD, { block, seq, flags }, packed ?? slab.subarray(o, o + bs), dst, at);
+      arena.setSealedRecord(slot, this.wal.append(seq, block, flags, bs, dst, at, at + len), len, flags);
+    } else {
+      const crc = packed ? this.wal.append(seq, block, FLAG_LZ4, bs, packed, 0, packed.length) : this.wal.append(seq, block, 0, bs, slab, o, o + bs);
+      arena.setRecord(slot, crc, packed, packed ? FLAG_LZ4 : 0);
+    }
     this.pushUnsynced(slot, seq);
   }
 

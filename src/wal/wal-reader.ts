@@ -1,5 +1,5 @@
 import { VbfsError } from '../errors';
-import { checkRecord, isSyncMarker, RECORD_HEADER, syncMarkerClaim, type RecordHeader } from '../format/block-record';
+import { BLOCK_RECORD_FLAGS, checkRecord, isSyncMarker, maxPayload, RECORD_HEADER, syncMarkerClaim, type RecordHeader } from '../format/block-record';
 import { decodeSegmentHeader, SEGMENT_HEADER, WAL_MAGIC } from '../format/segment-header';
 import type { FileIO } from '../io/file-io';
 import type { Logger } from '../types';
@@ -50,7 +50,7 @@ export async function replayWal(
   blockSize: number,
   readOnly: boolean,
   logger: Logger,
-  onRecord: (h: RecordHeader, buf: Buffer, payloadOff: number) => void,
+  onRecord: (h: RecordHeader, buf: Buffer, payloadOff: number, path: string) => void,
 ): Promise<WalReplay> {
   const names = (await fileIO.readdir(dir)).filter((n) => /^[0-9a-f]{16}\.wal$/.test(n));
   const nums = names.map((n) => parseInt(n.slice(0, 16), 16)).sort((a, b) => a - b);
@@ -112,7 +112,7 @@ export async function replayWal(
     let proven = 0;
     let off = SEGMENT_HEADER;
     while (off < buf.length) {
-      const r = checkRecord(buf, off, buf.length, blockSize);
+      const r = checkRecord(buf, off, buf.length, maxPayload(blockSize));
       if (r.ok && markers && isSyncMarker(r.header)) {
         const claim = syncMarkerClaim(r.header, buf, off + RECORD_HEADER);
         if (claim < 0 || claim > off) throw corrupt(path, off, `is a malformed sync marker (claims ${claim})`);
@@ -121,13 +121,13 @@ export async function replayWal(
         continue;
       }
       if (r.ok) {
-        if (r.header.seq <= lastSeq || r.header.rawLen !== blockSize || (r.header.flags & ~1) !== 0) {
+        if (r.header.seq <= lastSeq || r.header.rawLen !== blockSize || (r.header.flags & ~BLOCK_RECORD_FLAGS) !== 0) {
           throw corrupt(path, off, `has sequence ${r.header.seq} out of order, a wrong block size or unknown flags`);
         }
         lastSeq = r.header.seq;
         out.maxSeq = r.header.seq;
         out.records++;
-        onRecord(r.header, buf, off + RECORD_HEADER);
+        onRecord(r.header, buf, off + RECORD_HEADER, path);
         off = r.end;
         continue;
       }
@@ -167,7 +167,7 @@ function scanAfter(buf: Buffer, from: number, blockSize: number): TailScan {
   const out: TailScan = { first: -1, records: 0, maxClaim: -1 };
   let off = from + 1;
   while (off + RECORD_HEADER <= buf.length) {
-    const r = checkRecord(buf, off, buf.length, blockSize);
+    const r = checkRecord(buf, off, buf.length, maxPayload(blockSize));
     if (!r.ok) {
       off++;
       continue;

@@ -1,9 +1,12 @@
 import * as assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { Store } from '../../src/store/store';
 import type { Volume } from '../../src/store/volume';
 import type { VolumeTunables } from '../../src/store/types';
 import type { Durability } from '../../src/types';
 import { FileBackend } from '../../src/backend/file-backend';
+import type { KeyMaterial } from '../../src/crypto/key-source';
+import { sealHook } from '../../src/crypto/volume-cipher';
 import { PAGE_BYTES, SimFS, isCrash, type TearMode } from './sim-fs';
 import { Rng, envInt } from './rng';
 import { VolumeModel, randomData, randomRange } from './volume-model';
@@ -259,7 +262,7 @@ async function workload(
         const snap = model.snapshot();
         await vol.close();
         model.durable(snap); // close = flush + sync + checkpoint, in every mode
-        volRef.vol = view(await store.openVolume('c', { ...tun, durability: mode }), seed);
+        volRef.vol = view(await store.openVolume('c', { ...tun, durability: mode, ...keyOpt() }), seed);
         break;
       }
     }
@@ -291,8 +294,12 @@ export async function crashRun(seed: number, plan: Plan, opts: { crashInRecovery
   const sim = new SimFS();
   let store = await openStore(sim);
   const compression = lz4Of(seed) ? 'lz4' : 'none';
-  await store.createVolume('c', { size: sparseOf(seed) ? SPARSE_SIZE : SIZE, blockSize: BLOCK, durability: mode, compression });
-  const volRef = { vol: view(await store.openVolume('c', { ...tun, durability: mode }), seed) };
+  await store.createVolume('c', { size: sparseOf(seed) ? SPARSE_SIZE : SIZE, blockSize: BLOCK, durability: mode, compression, ...encryptionOpt() });
+  // Within one life of the process (until the power cut, then after it), no nonce is
+  // sealed twice with other AAD or plaintext. Across a cut, a torn WAL tail gives
+  // seqs back today; the seq reservation (branch seq-reserve) closes that.
+  const nonces = checkNonces();
+  const volRef = { vol: view(await store.openVolume('c', { ...tun, durability: mode, ...keyOpt() }), seed) };
   const model = new VolumeModel(SIZE, BLOCK);
   const base = sim.mutatingOps;
   // Failpoints hit during the setup above (createVolume's) are not the workload's: count from here.
@@ -318,13 +325,14 @@ export async function crashRun(seed: number, plan: Plan, opts: { crashInRecovery
   // the same) cut into 512-byte pages, the sector size, at the same scale as the rest.
   const pageBytes = tear === 'reorder' && tearRng.bool() ? BLOCK : PAGE_BYTES;
   let after = sim.afterCrash(tearRng, tear, pageBytes);
+  nonces.clear(); // a new life
   if (opts.crashInRecovery) {
     // Cut the power again in the middle of recovery: recovery must be restartable.
     const start = after.mutatingOps;
     after.crashAt(start + 1 + tearRng.int(12));
     try {
       const s = await openStore(after);
-      await (await s.openVolume('c', { ...TUNABLES })).close();
+      await (await s.openVolume('c', { ...TUNABLES, ...keyOpt() })).close();
       await s.close();
     } catch (err) {
       if (!isCrash(err)) throw new Error(`${replay} (crash in recovery): ${String(err)}`, { cause: err });
@@ -333,7 +341,8 @@ export async function crashRun(seed: number, plan: Plan, opts: { crashInRecovery
     after = after.afterCrash(tearRng, tear, pageBytes);
   }
 
-  const where = `${replay} (crash at ${result.where}${opts.crashInRecovery ? ', then again during recovery' : ''}, mode ${mode}, compression ${compression}${sparseOf(seed) ? ', sparse 256 TiB' : ''}, tear ${tear}${tear === 'reorder' ? ` in ${pageBytes}-byte pages` : ''})`;
+  nonces.clear();
+  const where = `${replay} (crash at ${result.where}${opts.crashInRecovery ? ', then again during recovery' : ''}, mode ${mode}, compression ${compression}${encryptionKey ? ', encrypted' : ''}${sparseOf(seed) ? ', sparse 256 TiB' : ''}, tear ${tear}${tear === 'reorder' ? ` in ${pageBytes}-byte pages` : ''})`;
   try {
     store = await openStore(after);
   } catch (err) {
@@ -342,7 +351,7 @@ export async function crashRun(seed: number, plan: Plan, opts: { crashInRecovery
   // Read-only inspection first: it cannot repair anything, but must show the same data.
   let roData: Buffer;
   try {
-    const ro = view(await store.openVolume('c', { readOnly: true }), seed);
+    const ro = view(await store.openVolume('c', { readOnly: true, ...keyOpt() }), seed);
     roData = await ro.read(0, SIZE);
     await ro.close();
   } catch (err) {
@@ -350,7 +359,7 @@ export async function crashRun(seed: number, plan: Plan, opts: { crashInRecovery
   }
   let vol: Vol;
   try {
-    vol = view(await store.openVolume('c', { ...TUNABLES }), seed);
+    vol = view(await store.openVolume('c', { ...TUNABLES, ...keyOpt() }), seed);
   } catch (err) {
     assert.fail(`${where}: the volume does not open after the crash: ${String(err)}`);
   }
@@ -378,7 +387,7 @@ export async function crashRun(seed: number, plan: Plan, opts: { crashInRecovery
   await store.close();
   const again = after.reopen();
   store = await openStore(again);
-  vol = view(await store.openVolume('c', { ...TUNABLES }), seed);
+  vol = view(await store.openVolume('c', { ...TUNABLES, ...keyOpt() }), seed);
   const final = await vol.read(0, SIZE);
   for (let b = 0; b < BLOCKS; b++) {
     const want = model.data.subarray(b * BLOCK, (b + 1) * BLOCK);
@@ -388,7 +397,31 @@ export async function crashRun(seed: number, plan: Plan, opts: { crashInRecovery
   }
   await vol.close();
   await store.close();
+  sealHook.fn = null;
   return result;
+}
+
+/** The key of this worker's sweeps (set by crashSweep / failpointSweep), or null: plain volumes. */
+let encryptionKey: KeyMaterial | null = null;
+const keyOpt = (): { key?: KeyMaterial } => (encryptionKey ? { key: encryptionKey } : {});
+const encryptionOpt = (): { encryption?: { key: KeyMaterial } } => (encryptionKey ? { encryption: { key: encryptionKey } } : {});
+function useEncryption(on: boolean): void {
+  encryptionKey = on ? { source: '$CRASH_KEY', bytes: Buffer.from('5'.repeat(64)) } : null;
+}
+
+/** Record every seal (nonce -> digest of AAD and plaintext); clear() starts a new life. */
+function checkNonces(): Map<string, string> {
+  const seen = new Map<string, string>();
+  sealHook.fn = encryptionKey
+    ? (nonce, aad, plaintext): void => {
+        const n = nonce.toString('hex');
+        const what = createHash('sha256').update(aad).update(plaintext).digest('hex');
+        const before = seen.get(n);
+        if (before !== undefined && before !== what) throw new Error(`nonce ${n} sealed twice with other AAD or plaintext in one run`);
+        seen.set(n, what);
+      }
+    : null;
+  return seen;
 }
 
 /** What a sweep did, for the test title and the totals. */
@@ -406,8 +439,10 @@ export async function crashSweep(
   points: number,
   onlyAt: number | null,
   tear: TearMode,
+  encrypted: boolean,
   progress: (msg: string) => void = () => {},
 ): Promise<SweepResult> {
+  useEncryption(encrypted);
   const dry = await crashRun(seed, { none: true }, { tear });
   assert.ok(dry.mutatingOps > 20, `the workload did only ${dry.mutatingOps} mutating ops`);
   const pick = new Rng(seed * 7919);
@@ -439,7 +474,14 @@ export async function crashSweep(
  * only `only` = 'name:nth'). For a timing-dependent seed "last" is the last hit every
  * replay reaches (see reachable()). Every planned crash must fire.
  */
-export async function failpointSweep(seed: number, only: string | null, tear: TearMode, progress: (msg: string) => void = () => {}): Promise<SweepResult> {
+export async function failpointSweep(
+  seed: number,
+  only: string | null,
+  tear: TearMode,
+  encrypted: boolean,
+  progress: (msg: string) => void = () => {},
+): Promise<SweepResult> {
+  useEncryption(encrypted);
   const dry = await crashRun(seed, { none: true }, { tear });
   let plans: { failpoint: string; nth: number }[] = [];
   for (const [name, hits] of dry.failpoints) {

@@ -4,6 +4,7 @@ import type { Volume } from '../../src/store/volume';
 import type { VolumeTunables } from '../../src/store/types';
 import type { Durability } from '../../src/types';
 import type { FileIO } from '../../src/io/file-io';
+import type { KeyMaterial } from '../../src/crypto/key-source';
 import { NodeFileIO } from '../../src/io/node-file-io';
 import { crc32c } from '../../src/format/crc32c';
 import { SimFS } from './sim-fs';
@@ -40,9 +41,18 @@ function tinyTunables(rng: Rng, blockSize: number): Partial<VolumeTunables> {
   };
 }
 
-/** Run one seed; `diskDir` set: on the real file system in that (empty) directory, else on SimFS. */
-export async function runModel(seed: number, ops: number, diskDir: string | null, progress: (msg: string) => void = () => {}): Promise<void> {
-  await modelRun(seed, ops, diskDir ?? '/store', progress, diskDir !== null ? () => new NodeFileIO() : undefined);
+/**
+ * Run one seed; `diskDir` set: on the real file system in that (empty) directory,
+ * else on SimFS. `encrypted`: the volume is created with a key (every open passes it).
+ */
+export async function runModel(
+  seed: number,
+  ops: number,
+  diskDir: string | null,
+  encrypted: boolean,
+  progress: (msg: string) => void = () => {},
+): Promise<void> {
+  await modelRun(seed, ops, diskDir ?? '/store', progress, diskDir !== null ? () => new NodeFileIO() : undefined, undefined, encrypted);
 }
 
 /**
@@ -63,7 +73,10 @@ async function modelRun(
   progress: (msg: string) => void,
   realIO?: () => FileIO,
   pendingBytesOverride?: () => number,
+  encrypted = false,
 ): Promise<string[]> {
+  const key: KeyMaterial | undefined = encrypted ? { source: '$MODEL_KEY', bytes: Buffer.from('a7'.repeat(32)) } : undefined;
+  const keyOpt = key ? { key } : {};
   const rng = new Rng(seed);
   const blockSize = rng.pick([512, 1024, 4096]);
   const blocks = rng.pick([64, 128, 300]);
@@ -83,11 +96,13 @@ async function modelRun(
   };
 
   let store = await Store.open(dir, { fileIO: io() });
-  await store.createVolume('m', { size, blockSize, durability: rng.pick(MODES), compression });
+  await store.createVolume('m', { size, blockSize, durability: rng.pick(MODES), compression, ...(key ? { encryption: { key } } : {}) });
   let tun = tinyTunables(rng, blockSize);
-  let vol: Volume = await store.openVolume('m', tun);
+  let vol: Volume = await store.openVolume('m', { ...tun, ...keyOpt });
   let finished = false;
-  log.push(`open durability=${vol.durability} blockSize=${blockSize} blocks=${blocks} compression=${compression} ${JSON.stringify(tun)}`);
+  log.push(
+    `open durability=${vol.durability} blockSize=${blockSize} blocks=${blocks} compression=${compression}${key ? ' encrypted' : ''} ${JSON.stringify(tun)}`,
+  );
 
   // A hang is a failure too: name the op instead of timing out silently.
   const guard = <T>(p: Promise<T>, what: string): Promise<T> => {
@@ -244,7 +259,7 @@ async function modelRun(
           }
           tun = tinyTunables(rng, blockSize);
           const durability = rng.pick(MODES);
-          vol = await guard(store.openVolume('m', { ...tun, durability }), `op #${i} reopen`);
+          vol = await guard(store.openVolume('m', { ...tun, durability, ...keyOpt }), `op #${i} reopen`);
           log.push(`#${i} reopen${closeStore ? ' (new store)' : ''} durability=${durability} ${JSON.stringify(tun)}`);
           if (rng.bool(0.5)) await checkRead(0, size, `after reopen at op #${i}`);
           break;
@@ -256,7 +271,7 @@ async function modelRun(
     await store.close();
     if (!realIO) sim = sim.reopen();
     store = await Store.open(dir, { fileIO: io() });
-    vol = await store.openVolume('m', { readOnly: true });
+    vol = await store.openVolume('m', { readOnly: true, ...keyOpt });
     await checkRead(0, size, 'final, after close and reopen read-only');
     await vol.close();
     await store.close();

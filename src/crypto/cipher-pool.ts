@@ -1,0 +1,87 @@
+import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
+import { VbfsError } from '../errors';
+import type { OpenReply, OpenRequest } from './cipher-worker';
+import type { VolumeCipher } from './volume-cipher';
+
+/**
+ * Opening (authenticating and decrypting) sealed records off the event loop. One
+ * AES-256-GCM open of a 4 KiB record costs about 5-10 µs of CPU in Node (most of it
+ * per-call overhead, not AES), so a 1 MiB run is 256 of them: 1.5-2.5 ms during which
+ * the event loop would serve no FUSE request. Readahead runs (and very large runs)
+ * go to one worker thread instead, as one message with the run's buffer
+ * transferred, and the main thread serves requests meanwhile (the next window is
+ * opened while the reads before it are answered). See reader.ts for which runs.
+ *
+ * Sealing stays inline in the writer: the kernel sends one write at a time, so a
+ * write waiting for a worker would wait as long as sealing inline (plus the trip);
+ * see docs/FORMAT.md "Encryption" and the bench figures in the CHANGELOG.
+ *
+ * The worker starts on first use and keeps the process alive only while a run is
+ * in it. close() ends it. A worker that dies fails its runs with VBFS_IO and is
+ * started again on the next run.
+ */
+export class CipherPool {
+  private worker: Worker | null = null;
+  private nextId = 1;
+  private readonly waiting = new Map<number, { resolve: (r: OpenReply) => void; reject: (e: Error) => void }>();
+  private closed = false;
+  /** Runs opened in the worker so far (tests and benches look). */
+  runsOpened = 0;
+
+  constructor(private readonly cipher: VolumeCipher) {}
+
+  /**
+   * Open `count` sealed records of `run` in a worker. Returns a new buffer with each
+   * plaintext at its record's payload offset, and per record 1 (opened) or 0 (failed
+   * authentication: its bytes zeroed). `run` itself is left untouched (it is copied:
+   * a backend may hand out buffers it still holds).
+   */
+  async open(run: Buffer, meta: Float64Array, offs: Uint32Array, lens: Uint32Array): Promise<{ buf: Buffer; ok: Uint8Array }> {
+    if (this.closed) throw new VbfsError('VBFS_CLOSED', 'cipher pool is closed');
+    const own = new Uint8Array(run.length);
+    own.set(run);
+    const id = this.nextId++;
+    const w = this.ensure();
+    const reply = await new Promise<OpenReply>((resolve, reject) => {
+      this.waiting.set(id, { resolve, reject });
+      if (this.waiting.size === 1) w.ref();
+      const req: OpenRequest = { id, meta, offs, lens, buf: own.buffer };
+      w.postMessage(req, [own.buffer]);
+    });
+    this.runsOpened++;
+    return { buf: Buffer.from(reply.buf), ok: reply.ok };
+  }
+
+  private ensure(): Worker {
+    if (this.worker) return this.worker;
+    const w = new Worker(path.join(__dirname, 'cipher-worker.js'));
+    w.unref();
+    w.postMessage({ init: this.cipher.forWorker() });
+    w.on('message', (r: OpenReply) => {
+      const p = this.waiting.get(r.id);
+      if (!p) return;
+      this.waiting.delete(r.id);
+      if (this.waiting.size === 0) w.unref();
+      p.resolve(r);
+    });
+    const fail = (why: string): void => {
+      if (this.worker === w) this.worker = null;
+      const err = new VbfsError('VBFS_IO', `crypto worker ${why}`);
+      for (const p of this.waiting.values()) p.reject(err);
+      this.waiting.clear();
+    };
+    w.on('error', (e: Error) => fail(`failed: ${e.message}`));
+    w.on('exit', (code) => fail(`exited (code ${code})`));
+    this.worker = w;
+    return w;
+  }
+
+  /** End the worker (runs still in it fail). */
+  async close(): Promise<void> {
+    this.closed = true;
+    const w = this.worker;
+    this.worker = null;
+    if (w) await w.terminate();
+  }
+}

@@ -1,0 +1,528 @@
+import * as assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { Store } from '../src/store/store';
+import type { Volume } from '../src/store/volume';
+import type { VolumeTunables } from '../src/store/types';
+import type { Logger } from '../src/types';
+import { VbfsError, isVbfsError } from '../src/errors';
+import type { KeyMaterial } from '../src/crypto/key-source';
+import { sealHook } from '../src/crypto/volume-cipher';
+import { FLAG_LZ4, FLAG_SEALED } from '../src/format/block-record';
+import { crc32c } from '../src/format/crc32c';
+import { SimFS } from './helpers/sim-fs';
+import { Rng } from './helpers/rng';
+
+/**
+ * Encryption at rest through the engine (issue 13): round trips through the write
+ * buffer, the WAL replay and the chunks; key handling at open; no plaintext in any
+ * store file; a record damaged with its CRC fixed up, moved to another block or
+ * another volume, or replaced by a plaintext record is VBFS_CORRUPT, never bytes;
+ * each seq sealed once. The model test and the crash sweep also run encrypted
+ * (model.test.ts, crash.test.ts).
+ */
+const DIR = '/store';
+const BS = 512;
+const SEALED_REC = 32 + BS + 16; // header + raw payload + GCM tag
+const HDR = 64; // segment / chunk header
+const BLOCKS = 64;
+const SIZE = BS * BLOCKS;
+const KEEP_IN_WAL: Partial<VolumeTunables> = { flushBytes: 1 << 30, writeBufferBytes: 1 << 20, flushIntervalMs: 1_000_000, walSegmentBytes: 1 << 20 };
+const SMALL_CHUNKS: Partial<VolumeTunables> = { chunkBytes: HDR + 8 * SEALED_REC, checkpointBytes: 1 << 20, flushIntervalMs: 1_000_000 };
+
+/** A raw 32-byte key, as `--key-env` gives one (64 hex digits). */
+function hexKey(seed = 1): KeyMaterial {
+  return { source: '$TEST_KEY', bytes: Buffer.from(new Rng(seed).bytes(32).toString('hex')) };
+}
+/** A passphrase; tests create with cheap scrypt parameters. */
+function passphrase(text: string): KeyMaterial {
+  return { source: '$TEST_PASSPHRASE', bytes: Buffer.from(text) };
+}
+const CHEAP_SCRYPT = { N: 1024, r: 8, p: 1 };
+
+class RecordingLogger implements Logger {
+  readonly lines: string[] = [];
+  error(msg: string, meta?: Record<string, unknown>): void {
+    this.lines.push(`${msg} ${JSON.stringify(meta ?? {})}`);
+  }
+  warn(msg: string, meta?: Record<string, unknown>): void {
+    this.lines.push(`${msg} ${JSON.stringify(meta ?? {})}`);
+  }
+  info(msg: string, meta?: Record<string, unknown>): void {
+    this.lines.push(`${msg} ${JSON.stringify(meta ?? {})}`);
+  }
+  debug(msg: string, meta?: Record<string, unknown>): void {
+    this.lines.push(`${msg} ${JSON.stringify(meta ?? {})}`);
+  }
+}
+
+function contents(n: number, seed: number): Buffer[] {
+  const rng = new Rng(seed);
+  return Array.from({ length: n }, () => rng.bytes(BS));
+}
+
+function joined(data: Buffer[]): Buffer {
+  const out = Buffer.alloc(SIZE);
+  data.forEach((d, b) => d.copy(out, b * BS));
+  return out;
+}
+
+async function rejectsWith(p: Promise<unknown>, code: string): Promise<VbfsError> {
+  try {
+    await p;
+  } catch (err) {
+    assert.ok(isVbfsError(err), `expected ${code}, got ${String(err)}`);
+    assert.equal(err.code, code, `expected ${code}, got ${err.code}: ${err.message}`);
+    return err;
+  }
+  assert.fail(`expected ${code}, but it succeeded`);
+}
+
+/** An encrypted volume 'c' in a fresh SimFS store with blocks 0..n-1 written and fsynced; the process then dies (kill -9). */
+async function encryptedWalOnly(n: number, key = hexKey(), extra: { compression?: 'lz4' } = {}): Promise<{ sim: SimFS; data: Buffer[]; wal: string }> {
+  const sim = new SimFS();
+  const store = await Store.open(DIR, { fileIO: sim });
+  await store.createVolume('c', { size: SIZE, blockSize: BS, durability: 'relaxed', encryption: { key }, ...extra });
+  const vol = await store.openVolume('c', { ...KEEP_IN_WAL, key });
+  const data = contents(n, 7 + n);
+  for (let b = 0; b < n; b++) await vol.write(b * BS, data[b] as Buffer);
+  await vol.fsync();
+  const after = sim.reopen();
+  const wal = after.files(`${DIR}/volumes/c/wal/`).filter((f) => f.endsWith('.wal'))[0] as string;
+  return { sim: after, data, wal };
+}
+
+/** An encrypted volume with n blocks flushed into chunks of 8 records and cleanly closed. */
+async function encryptedFlushed(n: number, name = 'c', sim = new SimFS(), key = hexKey()): Promise<{ sim: SimFS; data: Buffer[]; chunks: string[] }> {
+  const store = await Store.open(DIR, { fileIO: sim });
+  await store.createVolume(name, { size: SIZE, blockSize: BS, durability: 'relaxed', encryption: { key } });
+  const vol = await store.openVolume(name, { ...SMALL_CHUNKS, key });
+  const data = contents(n, 100 + n + name.length);
+  for (let b = 0; b < n; b++) await vol.write(b * BS, data[b] as Buffer);
+  await vol.flush();
+  const id = vol.info.id;
+  await vol.close();
+  await store.close();
+  const after = sim.reopen();
+  return { sim: after, data, chunks: after.files(`${DIR}/objects/${id}/chunks/`) };
+}
+
+/** Open volume `name` with `key` and read all of it: the bytes, or the VbfsError. */
+async function openAndRead(sim: SimFS, key: KeyMaterial | undefined = hexKey(), name = 'c'): Promise<Buffer | VbfsError> {
+  let store: Store | undefined;
+  try {
+    store = await Store.open(DIR, { fileIO: sim });
+    const vol = await store.openVolume(name, { ...KEEP_IN_WAL, key });
+    return await vol.read(0, SIZE);
+  } catch (err) {
+    if (err instanceof VbfsError) return err;
+    throw err;
+  } finally {
+    await store?.close().catch(() => {});
+  }
+}
+
+function assertCorrupt(got: Buffer | VbfsError, what: string): void {
+  assert.ok(got instanceof VbfsError, `${what}: the volume opened and read back data`);
+  assert.equal(got.code, 'VBFS_CORRUPT', `${what}: expected VBFS_CORRUPT, got ${got.code}: ${got.message}`);
+}
+
+/** Rewrite the CRC of the record at `off` so that only authentication can catch a change. */
+function fixCrc(buf: Buffer, off: number): void {
+  const len = buf.readUInt32LE(off + 4);
+  buf.writeUInt32LE(crc32c(buf, 0, off + 4, off + 32 + len), off);
+}
+
+/** Every file of the store, as bytes. */
+function storeFiles(sim: SimFS): Map<string, Buffer> {
+  return new Map(sim.files('/').map((f) => [f, sim.readRaw(f) as Buffer]));
+}
+
+describe('encryption at rest (engine)', () => {
+  afterEach(() => {
+    sealHook.fn = null;
+  });
+
+  describe('round trip', () => {
+    it('reads back what was written: from the write buffer, after WAL replay, from chunks, read-only; volume.json says encrypted', async () => {
+      const key = hexKey(3);
+      const sim = new SimFS();
+      const store = await Store.open(DIR, { fileIO: sim });
+      const info = await store.createVolume('c', { size: SIZE, blockSize: BS, durability: 'relaxed', encryption: { key } });
+      assert.equal(info.encrypted, true);
+      assert.equal(info.formatVersion, 3);
+      const meta = JSON.parse((sim.readRaw(`${DIR}/volumes/c/volume.json`) as Buffer).toString('utf8')) as Record<string, unknown>;
+      assert.equal((meta['encryption'] as { kdf: string }).kdf, 'none');
+      assert.equal(meta['encrypted'], undefined, 'the derived flag is not stored');
+      assert.equal((await store.volumeInfo('c')).encrypted, true);
+      assert.equal((await store.listVolumes())[0]?.encrypted, true);
+
+      const data = contents(BLOCKS, 5);
+      let vol: Volume = await store.openVolume('c', { ...SMALL_CHUNKS, key });
+      // Unaligned writes too: a read-modify-write of a sealed block in a chunk.
+      for (let b = 0; b < 40; b++) await vol.write(b * BS, data[b] as Buffer);
+      assert.deepEqual(await vol.read(0, 40 * BS), joined(data).subarray(0, 40 * BS), 'from the write buffer');
+      await vol.flush();
+      await vol.close();
+      vol = await store.openVolume('c', { ...SMALL_CHUNKS, key });
+      assert.deepEqual(await vol.read(0, 40 * BS), joined(data).subarray(0, 40 * BS), 'from the chunks');
+      const patch = Buffer.from('partial overwrite across a block boundary');
+      await vol.write(3 * BS - 10, patch);
+      patch.copy(data[2] as Buffer, BS - 10, 0, 10);
+      patch.copy(data[3] as Buffer, 0, 10);
+      for (let b = 40; b < BLOCKS; b++) await vol.write(b * BS, data[b] as Buffer);
+      await vol.fsync();
+      const crashed = sim.reopen(); // kill -9: blocks 40.. only in the WAL
+      const s2 = await Store.open(DIR, { fileIO: crashed });
+      vol = await s2.openVolume('c', { ...SMALL_CHUNKS, key });
+      assert.deepEqual(await vol.read(0, SIZE), joined(data), 'after WAL replay');
+      await vol.flush();
+      await vol.close();
+      const ro = await s2.openVolume('c', { readOnly: true, key });
+      assert.deepEqual(await ro.read(0, SIZE), joined(data), 'read-only');
+      await ro.close();
+      await s2.close();
+    });
+
+    it('LZ4 then encryption: compressible blocks are stored compressed and sealed, and read back', async () => {
+      const key = hexKey(4);
+      const sim = new SimFS();
+      const store = await Store.open(DIR, { fileIO: sim });
+      await store.createVolume('c', { size: SIZE, blockSize: BS, durability: 'relaxed', compression: 'lz4', encryption: { key } });
+      let vol = await store.openVolume('c', { ...SMALL_CHUNKS, key });
+      const rng = new Rng(9);
+      const data = Array.from({ length: 32 }, (_, b) => (b % 2 === 0 ? Buffer.alloc(BS, `block ${b} compresses well `) : rng.bytes(BS)));
+      for (let b = 0; b < 32; b++) await vol.write(b * BS, data[b] as Buffer);
+      await vol.flush();
+      await vol.close();
+      const chunks = sim.files(`${DIR}/objects/${vol.info.id}/chunks/`);
+      const flags = new Set<number>();
+      for (const c of chunks) {
+        const buf = sim.readRaw(c) as Buffer;
+        for (let off = HDR; off < buf.length; off += 32 + buf.readUInt32LE(off + 4)) flags.add(buf.readUInt32LE(off + 24));
+      }
+      assert.deepEqual([...flags].sort(), [FLAG_LZ4 | FLAG_SEALED, FLAG_SEALED].sort(), 'compressed and raw records, all sealed');
+      vol = await store.openVolume('c', { key });
+      assert.deepEqual(await vol.read(0, 32 * BS), Buffer.concat(data));
+      await store.close();
+    });
+
+    it('a passphrase volume (scrypt) opens with the same passphrase only', async () => {
+      const sim = new SimFS();
+      const store = await Store.open(DIR, { fileIO: sim });
+      await store.createVolume('p', { size: SIZE, blockSize: BS, encryption: { key: passphrase('correct horse'), scrypt: CHEAP_SCRYPT } });
+      const vol = await store.openVolume('p', { key: passphrase('correct horse\n') });
+      await vol.write(0, Buffer.alloc(BS, 1));
+      await vol.close();
+      await rejectsWith(store.openVolume('p', { key: passphrase('battery staple') }), 'VBFS_BAD_KEY');
+      await store.close();
+    });
+  });
+
+  describe('keys at open', () => {
+    it('no key: VBFS_KEY_REQUIRED (read-only too); wrong key: VBFS_BAD_KEY; a key for a plain volume: VBFS_INVALID_ARGUMENT; the lock is not taken', async () => {
+      const key = hexKey(5);
+      const sim = new SimFS();
+      const store = await Store.open(DIR, { fileIO: sim });
+      await store.createVolume('c', { size: SIZE, blockSize: BS, encryption: { key } });
+      await store.createVolume('plain', { size: SIZE, blockSize: BS });
+      await rejectsWith(store.openVolume('c'), 'VBFS_KEY_REQUIRED');
+      await rejectsWith(store.openVolume('c', { readOnly: true }), 'VBFS_KEY_REQUIRED');
+      await rejectsWith(store.openVolume('c', { key: hexKey(6) }), 'VBFS_BAD_KEY');
+      await rejectsWith(store.openVolume('c', { readOnly: true, key: hexKey(6) }), 'VBFS_BAD_KEY');
+      await rejectsWith(store.openVolume('c', { key: passphrase('a guess') }), 'VBFS_BAD_KEY');
+      await rejectsWith(store.openVolume('plain', { key }), 'VBFS_INVALID_ARGUMENT');
+      await rejectsWith(store.createVolume('bad', { size: SIZE, encryption: {} as never }), 'VBFS_INVALID_ARGUMENT');
+      assert.equal(await store.isVolumeOpen('c'), false, 'refused opens leave no lock');
+      const vol = await store.openVolume('c', { key });
+      await vol.close();
+      await store.close();
+    });
+
+    it('neither the key nor the passphrase appears in volume.json, any store file, a log line or an error message', async () => {
+      const key = hexKey(8);
+      const raw = Buffer.from(key.bytes.toString('latin1'), 'hex');
+      const pass = passphrase('my very secret passphrase');
+      const sim = new SimFS();
+      const logger = new RecordingLogger();
+      const store = await Store.open(DIR, { fileIO: sim, logger });
+      await store.createVolume('c', { size: SIZE, blockSize: BS, encryption: { key } });
+      await store.createVolume('p', { size: SIZE, blockSize: BS, encryption: { key: pass, scrypt: CHEAP_SCRYPT } });
+      const messages: string[] = [];
+      for (const attempt of [() => store.openVolume('c', { key: pass }), () => store.openVolume('p', { key }), () => store.openVolume('c')]) {
+        messages.push(
+          (
+            await attempt().then(
+              () => assert.fail('opened'),
+              (e: Error) => e,
+            )
+          ).message,
+        );
+      }
+      const vol = await store.openVolume('c', { key });
+      await vol.write(0, Buffer.alloc(BS, 7));
+      await vol.close();
+      await store.close();
+      const secrets = [key.bytes.toString('latin1'), raw.toString('hex'), 'my very secret passphrase'];
+      const text = [...logger.lines, ...messages].join('\n');
+      for (const s of secrets) assert.ok(!text.includes(s), `a secret appears in a log line or an error message`);
+      for (const [file, bytes] of storeFiles(sim)) {
+        for (const s of [...secrets.map((x) => Buffer.from(x)), raw]) assert.equal(bytes.indexOf(s), -1, `a secret appears in ${file}`);
+      }
+    });
+  });
+
+  describe('no plaintext in the store', () => {
+    const PATTERN = Buffer.from('VBFS-KNOWN-PLAINTEXT-PATTERN-0123456789abcdef');
+    const patterned = (): Buffer => {
+      const b = Buffer.alloc(BS);
+      for (let i = 0; i < BS; i += PATTERN.length) PATTERN.copy(b, i);
+      return b;
+    };
+    /** Where a 16-byte piece of the pattern occurs in the store's files. */
+    const hits = (sim: SimFS): string[] => {
+      const needles = [PATTERN.subarray(0, 16), PATTERN.subarray(20, 36)];
+      const out: string[] = [];
+      for (const [file, bytes] of storeFiles(sim)) if (needles.some((n) => bytes.indexOf(n) >= 0)) out.push(file);
+      return out;
+    };
+
+    for (const compression of ['none', 'lz4'] as const) {
+      for (const encrypted of [true, false]) {
+        it(`${encrypted ? 'encrypted' : 'plain (the control: the grep finds it)'}, compression ${compression}: after the WAL write and after the flush`, async () => {
+          const key = hexKey(11);
+          const sim = new SimFS();
+          const store = await Store.open(DIR, { fileIO: sim });
+          await store.createVolume('c', { size: SIZE, blockSize: BS, durability: 'strict', compression, ...(encrypted ? { encryption: { key } } : {}) });
+          const vol = await store.openVolume('c', { ...KEEP_IN_WAL, ...(encrypted ? { key } : {}) });
+          for (let b = 0; b < 16; b++) await vol.write(b * BS, patterned());
+          const inWal = hits(sim);
+          await vol.flush();
+          await vol.close();
+          await store.close();
+          const afterFlush = hits(sim);
+          if (encrypted) {
+            assert.deepEqual(inWal, [], 'the pattern is in the store before the flush');
+            assert.deepEqual(afterFlush, [], 'the pattern is in the store after the flush');
+          } else if (compression === 'none') {
+            assert.ok(
+              inWal.some((f) => f.endsWith('.wal')) && afterFlush.some((f) => f.includes('/chunks/')),
+              `the control grep found nothing: ${afterFlush.join(', ')}`,
+            );
+          }
+        });
+      }
+    }
+  });
+
+  describe('damage and moved records: VBFS_CORRUPT, never bytes', () => {
+    it('WAL: a flipped bit in the ciphertext or in the tag, with the CRC fixed up, refuses the open', async () => {
+      for (const at of [32 + 5, 32 + BS + 3]) {
+        const { sim, wal } = await encryptedWalOnly(6);
+        const raw = Buffer.from(sim.readRaw(wal) as Buffer);
+        const rec = HDR + 2 * SEALED_REC;
+        raw[rec + at] = (raw[rec + at] as number) ^ 0x10;
+        fixCrc(raw, rec);
+        sim.writeRaw(wal, raw);
+        const got = await openAndRead(sim);
+        assertCorrupt(got, `WAL byte ${at}`);
+        assert.ok((got as VbfsError).message.includes(wal), 'the error names the WAL file');
+      }
+    });
+
+    it('WAL: a flipped bit without the CRC fixed is caught by the CRC as before', async () => {
+      const { sim, wal } = await encryptedWalOnly(6);
+      sim.flipBit(wal, HDR + 2 * SEALED_REC + 40, 1);
+      assertCorrupt(await openAndRead(sim), 'WAL CRC');
+    });
+
+    it('WAL: a record relabelled as another block (header and CRC patched) refuses the open', async () => {
+      const { sim, wal } = await encryptedWalOnly(6);
+      const raw = Buffer.from(sim.readRaw(wal) as Buffer);
+      const rec = HDR + 1 * SEALED_REC;
+      raw.writeUInt32LE(9, rec + 16); // block 1 -> 9
+      fixCrc(raw, rec);
+      sim.writeRaw(wal, raw);
+      assertCorrupt(await openAndRead(sim), 'relabelled WAL record');
+    });
+
+    it('chunk: a flipped bit in the ciphertext or the tag (CRC fixed up) fails that block only, each time, and nothing is cached', async () => {
+      for (const at of [32 + 100, 32 + BS + 15]) {
+        const { sim, data, chunks } = await encryptedFlushed(16);
+        const chunk = chunks[0] as string;
+        const raw = Buffer.from(sim.readRaw(chunk) as Buffer);
+        const rec = HDR + 3 * SEALED_REC; // block 3
+        raw[rec + at] = (raw[rec + at] as number) ^ 0x01;
+        fixCrc(raw, rec);
+        sim.writeRaw(chunk, raw);
+        const store = await Store.open(DIR, { fileIO: sim });
+        const vol = await store.openVolume('c', { key: hexKey() });
+        for (let i = 0; i < 2; i++) await rejectsWith(vol.read(3 * BS, BS), 'VBFS_CORRUPT');
+        await rejectsWith(vol.read(0, 8 * BS), 'VBFS_CORRUPT');
+        assert.deepEqual(await vol.read(4 * BS, 4 * BS), Buffer.concat(data.slice(4, 8)), 'the blocks around it read fine');
+        assert.equal(vol.stats().corruptReads >= 3, true);
+        await store.close();
+      }
+    });
+
+    it('chunk: a record copied over another block (header and CRC patched) is detected', async () => {
+      const { sim, chunks } = await encryptedFlushed(16);
+      const chunk = chunks[0] as string;
+      const raw = Buffer.from(sim.readRaw(chunk) as Buffer);
+      const from = HDR + 2 * SEALED_REC;
+      const to = HDR + 5 * SEALED_REC;
+      // Block 2's sealed payload under block 5's header (block 5's own seq, so the map still matches).
+      raw.copy(raw, to + 32, from + 32, from + SEALED_REC);
+      fixCrc(raw, to);
+      sim.writeRaw(chunk, raw);
+      const store = await Store.open(DIR, { fileIO: sim });
+      const vol = await store.openVolume('c', { key: hexKey() });
+      await rejectsWith(vol.read(5 * BS, BS), 'VBFS_CORRUPT');
+      await store.close();
+    });
+
+    it('chunk: a record copied from another volume under the same key (header and CRC patched) is detected', async () => {
+      const a = await encryptedFlushed(8, 'a');
+      const b = await encryptedFlushed(8, 'b', a.sim);
+      const chunkA = b.sim.files('/store/objects/').find((f) => f.includes('/chunks/') && !b.chunks.includes(f)) as string;
+      const chunkB = b.chunks[0] as string;
+      const rawA = b.sim.readRaw(chunkA) as Buffer;
+      const rawB = Buffer.from(b.sim.readRaw(chunkB) as Buffer);
+      const rec = HDR + 4 * SEALED_REC;
+      rawA.copy(rawB, rec + 32, rec + 32, rec + SEALED_REC); // A's block 4 payload, B's header (block 4, B's seq)
+      fixCrc(rawB, rec);
+      b.sim.writeRaw(chunkB, rawB);
+      const store = await Store.open(DIR, { fileIO: b.sim });
+      const vol = await store.openVolume('b', { key: hexKey() });
+      await rejectsWith(vol.read(4 * BS, BS), 'VBFS_CORRUPT');
+      assert.deepEqual(await vol.read(0, 4 * BS), Buffer.concat(b.data.slice(0, 4)));
+      await store.close();
+    });
+
+    it('chunk: a plaintext record slipped into an encrypted volume (sealed flag cleared, CRC fixed) is refused', async () => {
+      const { sim, chunks } = await encryptedFlushed(8);
+      const chunk = chunks[0] as string;
+      const raw = Buffer.from(sim.readRaw(chunk) as Buffer);
+      const rec = HDR + 1 * SEALED_REC;
+      raw.writeUInt32LE(0, rec + 24); // flags: not sealed
+      raw.writeUInt32LE(BS, rec + 4); // len: one raw block (the tag's 16 bytes become slack the reader never reaches)
+      Buffer.alloc(BS, 0x41).copy(raw, rec + 32);
+      fixCrc(raw, rec);
+      sim.writeRaw(chunk, raw);
+      const store = await Store.open(DIR, { fileIO: sim });
+      const vol = await store.openVolume('c', { key: hexKey() });
+      await rejectsWith(vol.read(1 * BS, BS), 'VBFS_CORRUPT');
+      await store.close();
+    });
+  });
+
+  describe('opening runs off the event loop (crypto worker)', () => {
+    it('a worker and the inline path read the same bytes and refuse the same damaged record', async () => {
+      const { sim, data, chunks } = await encryptedFlushed(16);
+      const chunk = chunks[0] as string;
+      const raw = Buffer.from(sim.readRaw(chunk) as Buffer);
+      const rec = HDR + 5 * SEALED_REC; // block 5
+      raw[rec + 77] = (raw[rec + 77] as number) ^ 0x20;
+      fixCrc(raw, rec);
+      sim.writeRaw(chunk, raw);
+      for (const cryptoThreads of [0, 1]) {
+        const store = await Store.open(DIR, { fileIO: sim });
+        const vol = await store.openVolume('c', { key: hexKey(), cryptoThreads, cryptoBatchBlocks: 2, readaheadBytes: 0, cacheBytes: 0 });
+        const pool = (vol as unknown as { core: { cipherPool: { runsOpened: number } | null } }).core.cipherPool;
+        assert.equal(pool === null, cryptoThreads === 0);
+        assert.deepEqual(await vol.read(0, 5 * BS), Buffer.concat(data.slice(0, 5)), `blocks 0-4, cryptoThreads ${cryptoThreads}`);
+        assert.deepEqual(await vol.read(8 * BS, 8 * BS), Buffer.concat(data.slice(8, 16)), `blocks 8-15 (second chunk), cryptoThreads ${cryptoThreads}`);
+        await rejectsWith(vol.read(0, 8 * BS), 'VBFS_CORRUPT');
+        await rejectsWith(vol.read(4 * BS, 3 * BS), 'VBFS_CORRUPT');
+        assert.deepEqual(await vol.read(6 * BS, 2 * BS), Buffer.concat(data.slice(6, 8)));
+        if (pool) assert.ok(pool.runsOpened >= 4, `the worker opened ${pool.runsOpened} runs`);
+        await store.close();
+      }
+    });
+  });
+
+  describe('fsck', () => {
+    it('with the key it authenticates every record and finds a tampered one; without it, CRCs only, and it says so', async () => {
+      const { sim, chunks } = await encryptedFlushed(16);
+      let store = await Store.open(DIR, { fileIO: sim });
+      const clean = await store.fsckVolume('c', { key: hexKey() });
+      assert.equal(clean.clean, true, JSON.stringify(clean.problems));
+      assert.equal(clean.authenticated, true);
+      assert.equal(clean.encrypted, true);
+      await rejectsWith(store.fsckVolume('c', { key: hexKey(2) }), 'VBFS_BAD_KEY');
+      await store.close();
+      const chunk = chunks[1] as string;
+      const raw = Buffer.from(sim.readRaw(chunk) as Buffer);
+      const rec = HDR + 2 * SEALED_REC;
+      raw[rec + 40] = (raw[rec + 40] as number) ^ 4;
+      fixCrc(raw, rec);
+      sim.writeRaw(chunk, raw);
+      store = await Store.open(DIR, { fileIO: sim });
+      const withKey = await store.fsckVolume('c', { key: hexKey() });
+      assert.equal(withKey.errors, 1, JSON.stringify(withKey.problems));
+      assert.equal(withKey.problems[0]?.kind, 'bad-record');
+      assert.equal(withKey.problems[0]?.offset, rec);
+      const noKey = await store.fsckVolume('c');
+      assert.equal(noKey.authenticated, false);
+      assert.equal(noKey.clean, true, 'without the key a CRC-valid record cannot be judged');
+      await store.close();
+    });
+
+    it('with the key it refuses a WAL record that fails authentication', async () => {
+      const { sim, wal } = await encryptedWalOnly(4);
+      const raw = Buffer.from(sim.readRaw(wal) as Buffer);
+      const rec = HDR + SEALED_REC;
+      raw[rec + 50] = (raw[rec + 50] as number) ^ 1;
+      fixCrc(raw, rec);
+      sim.writeRaw(wal, raw);
+      const store = await Store.open(DIR, { fileIO: sim });
+      const r = await store.fsckVolume('c', { key: hexKey() });
+      assert.ok(
+        r.problems.some((p) => p.kind === 'wal' && p.severity === 'error'),
+        JSON.stringify(r.problems),
+      );
+      await store.close();
+    });
+  });
+
+  describe('nonces', () => {
+    it('within a run, across flushes, a crash and reopens, no nonce is sealed twice with other AAD or plaintext, and each write is sealed once', async () => {
+      const sealed = new Map<string, string>();
+      let seals = 0;
+      sealHook.fn = (nonce, aad, plaintext) => {
+        seals++;
+        const n = nonce.toString('hex');
+        const what = createHash('sha256').update(aad).update(plaintext).digest('hex');
+        const before = sealed.get(n);
+        assert.ok(before === undefined || before === what, `nonce ${n} sealed twice with different AAD or plaintext`);
+        sealed.set(n, what);
+      };
+      const key = hexKey(12);
+      let sim = new SimFS();
+      let store = await Store.open(DIR, { fileIO: sim });
+      await store.createVolume('c', { size: SIZE, blockSize: BS, durability: 'batched', compression: 'lz4', encryption: { key } });
+      const rng = new Rng(13);
+      let writes = 0;
+      for (let round = 0; round < 4; round++) {
+        const vol = await store.openVolume('c', { ...SMALL_CHUNKS, key });
+        for (let i = 0; i < 120; i++) {
+          const b = rng.int(BLOCKS);
+          const n = 1 + rng.int(3);
+          const len = Math.min(n, BLOCKS - b) * BS;
+          await vol.write(b * BS, rng.bytes(len));
+          writes += len / BS;
+          if (i % 40 === 39) await vol.flush();
+        }
+        await vol.fsync();
+        if (round % 2 === 0) {
+          sim = sim.reopen(); // kill -9: the WAL is replayed (never re-sealed) at the next open
+          store = await Store.open(DIR, { fileIO: sim });
+        } else {
+          await vol.close();
+        }
+      }
+      await store.close();
+      assert.equal(seals, writes, 'every block version is sealed exactly once (the flusher and recovery do not seal)');
+      assert.equal(sealed.size, writes, 'every seal used its own nonce');
+    });
+  });
+});
