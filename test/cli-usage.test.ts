@@ -211,6 +211,17 @@ describe('vbfs argument parsing', () => {
     for (const bad of ['0', '0.5', '3601', 'soon', '', '1.0001', '-5']) assert.throws(() => parseLeaseTtl(bad, '--lease-ttl'), UsageError, bad);
   });
 
+  it('takes the key of encrypted volumes from -o key_file=PATH / key_env=NAME, and passes the source (never a key) to the daemon', () => {
+    assert.deepEqual(parseMountOptions(['key_file=/etc/vbfs/disk.key']), { keyFile: '/etc/vbfs/disk.key' });
+    assert.deepEqual(parseMountOptions(['key_env=VBFS_KEY']), { keyEnv: 'VBFS_KEY' });
+    assert.throws(() => parseMountOptions(['key_file=']), UsageError);
+    assert.throws(() => parseMountOptions(['key_env']), UsageError);
+    const argv = rewriteArgv(['/s', '/m', '-o', 'key_file=/k']);
+    assert.ok(Array.isArray(argv));
+    const i = argv.indexOf('--key-file');
+    assert.equal(argv[i + 1], '/k');
+  });
+
   it('has one exit status and one errno for every error code', () => {
     const codes = Object.keys(ERRNO_BY_CODE).sort();
     assert.deepEqual(Object.keys(EXIT_BY_CODE).sort(), codes);

@@ -3,6 +3,7 @@ import { VbfsError, isVbfsError } from '../errors';
 import type { FsckProgress, FsckReport } from '../store/fsck';
 import { EXIT_FAILURE, EXIT_OK } from './exit-codes';
 import type { CliContext } from './mount-command';
+import { keyFromArgs } from './key-options';
 import { formatSize } from './size';
 import { openStore, readMountRecord } from './store';
 
@@ -12,15 +13,19 @@ export interface FsckArgs {
   repair: boolean;
   /** Where a progress bar goes (a terminal's stderr), or null for none. */
   progress: ((text: string) => void) | null;
+  /** An encrypted volume's key: every record is then authenticated, not only CRC-checked. */
+  keyFile?: string;
+  keyEnv?: string;
 }
 
 /** Exit 0 when no damage was found (warnings allowed), 1 when some was. */
 export async function runFsck(ctx: CliContext, args: FsckArgs): Promise<number> {
+  const key = await keyFromArgs(args);
   const store = await openStore(ctx.storeDir, ctx.logger, { backend: { url: ctx.backend, pathStyle: ctx.s3PathStyle } });
   const bar = args.progress ? progressBar(args.progress) : null;
   let report: FsckReport;
   try {
-    report = await store.fsckVolume(args.volume, { repair: args.repair, onProgress: bar?.update });
+    report = await store.fsckVolume(args.volume, { repair: args.repair, onProgress: bar?.update, ...(key ? { key } : {}) });
   } catch (err) {
     // Open for writing: most likely by this store's mount, which the user can name.
     const m = isVbfsError(err, 'VBFS_LOCKED') ? await readMountRecord(ctx.storeDir) : null;
@@ -34,6 +39,7 @@ export async function runFsck(ctx: CliContext, args: FsckArgs): Promise<number> 
     throw err;
   } finally {
     bar?.clear();
+    key?.bytes.fill(0);
     await store.close();
   }
   if (args.json) ctx.out(JSON.stringify(report, null, 2));
@@ -55,6 +61,13 @@ function renderReport(r: FsckReport): string[] {
   );
   out.push(`  chunks         ${r.chunks} (${r.orphanChunks} orphan, ${formatSize(r.orphanBytes)}), ${r.checkedRecords} records checked`);
   out.push(`  stored         ${formatSize(r.storedBytes)}, space amplification ${amp}`);
+  if (r.encrypted) {
+    out.push(
+      r.authenticated
+        ? '  encryption     AES-256-GCM: every record authenticated with the key'
+        : '  encryption     AES-256-GCM: CRCs checked only; give --key-file/--key-env to authenticate every record',
+    );
+  }
   const verdict = r.clean ? 'clean' : r.errors > 0 ? `DAMAGED: ${r.errors} error(s), ${r.warnings} warning(s)` : `no damage, ${r.warnings} warning(s)`;
   const repair =
     !r.repair || r.clean ? '' : r.errors > 0 ? '; changed nothing (it never repairs a damaged volume)' : `; repaired ${r.repaired}: run fsck again to confirm`;

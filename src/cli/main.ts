@@ -10,6 +10,7 @@ import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError, exitCodeFor } from './ex
 import { closeLogger, createCliLogger, LOG_LEVELS, type CliLogger, type LogLevel } from './logger';
 import { runFsck } from './fsck-command';
 import { READY_FD_ENV, runMount, runUnmount, type CliContext } from './mount-command';
+import { KEY_ENV_HELP, KEY_FILE_HELP } from './key-options';
 import { parseMountFuseForm, parseMountOptions, parseLeaseTtl, parseStopTimeout, type MountFlags } from './mount-options';
 import { parseSize, parseSizeOrZero } from './size';
 import { defaultStoreDir } from './store';
@@ -77,6 +78,8 @@ export function rewriteArgv(argv: string[]): string[] | 'fake' {
   if (flags.nonempty) out.push('-o', 'nonempty');
   if (flags.stopTimeoutSeconds !== undefined) out.push('--stop-timeout', String(flags.stopTimeoutSeconds));
   if (flags.leaseTtlSeconds !== undefined) out.push('--lease-ttl', String(flags.leaseTtlSeconds));
+  if (flags.keyFile !== undefined) out.push('--key-file', flags.keyFile);
+  if (flags.keyEnv !== undefined) out.push('--key-env', flags.keyEnv);
   // fstab: a mistyped store path must not silently become a new, empty store.
   if (!flags.create) out.push('--require-store');
   if (flags.logLevel) out.push('--log-level', flags.logLevel);
@@ -123,9 +126,13 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
       'allow-root'?: boolean;
       'default-permissions'?: boolean;
       durability?: string;
+      'key-file'?: string;
+      'key-env'?: string;
     }): MountFlags => {
       const fromO = parseMountOptions(a.o ?? []);
       return {
+        keyFile: a['key-file'] ?? fromO.keyFile,
+        keyEnv: a['key-env'] ?? fromO.keyEnv,
         ...fromO,
         readOnly: a['read-only'] || fromO.readOnly,
         allowOther: a['allow-other'] || fromO.allowOther,
@@ -173,7 +180,14 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
             .option('size', { type: 'string', demandOption: true, describe: 'size in bytes or with K/M/G/T (binary)' })
             .option('durability', { choices: DURABILITY_MODES, describe: 'what write()/fsync() wait for (default batched)' })
             .option('compression', { choices: COMPRESSIONS, describe: 'chunk compression (default none)' })
-            .option('block-size', { type: 'string', describe: 'block size, power of two 512..65536 (default 4096)' }),
+            .option('block-size', { type: 'string', describe: 'block size, power of two 512..65536 (default 4096)' })
+            .option('encrypt', {
+              type: 'boolean',
+              default: false,
+              describe: 'encrypt every block at rest (AES-256-GCM); needs --key-file or --key-env, now and at every mount and fsck',
+            })
+            .option('key-file', { type: 'string', describe: KEY_FILE_HELP })
+            .option('key-env', { type: 'string', describe: KEY_ENV_HELP }),
         async (a) => {
           commandRan = true;
           status = await runCreate(context(a), {
@@ -182,6 +196,9 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
             durability: a.durability,
             compression: a.compression,
             blockSize: a['block-size'],
+            encrypt: a.encrypt,
+            keyFile: a['key-file'],
+            keyEnv: a['key-env'],
           });
         },
       )
@@ -224,13 +241,17 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
               default: false,
               describe: 'cut torn WAL/map tails and delete orphan chunks (never rewrites damaged data); takes the volume lock',
             })
-            .option('json', { type: 'boolean', default: false, describe: 'print the report as one JSON object' }),
+            .option('json', { type: 'boolean', default: false, describe: 'print the report as one JSON object' })
+            .option('key-file', { type: 'string', describe: `${KEY_FILE_HELP}; with it, every record is authenticated, without it only CRCs are checked` })
+            .option('key-env', { type: 'string', describe: KEY_ENV_HELP }),
         async (a) => {
           commandRan = true;
           status = await runFsck(context(a), {
             volume: a.volume,
             json: a.json,
             repair: a.repair,
+            keyFile: a['key-file'],
+            keyEnv: a['key-env'],
             progress: io.stderrIsTTY ? io.stderr : null,
           });
         },
@@ -266,6 +287,11 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
               type: 'string',
               describe: 'local disk cache of chunk objects in front of a bucket, in <store>/cache (e.g. 4G; default 1G, 0 = off; ignored for a local store)',
             })
+            .option('key-file', {
+              type: 'string',
+              describe: `key of the encrypted volumes: ${KEY_FILE_HELP}. Encrypted volumes it does not open are not served (one warning each)`,
+            })
+            .option('key-env', { type: 'string', describe: KEY_ENV_HELP })
             .option('memory', {
               type: 'string',
               describe: 'memory for write buffers + read caches of all volumes together (e.g. 512M; default a quarter of RAM, 256M..1G)',

@@ -8,6 +8,7 @@
  * the pipe. The parent exits 0 only on that "ready" line, so `vbfs mount --daemon`
  * and mount(8) return when the volume files are usable.
  */
+import { keyFromArgs } from './key-options';
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
@@ -157,6 +158,8 @@ export async function runMount(ctx: CliContext, args: MountArgs): Promise<number
     if (running && running.pid !== process.pid) {
       throw new VbfsError('VBFS_BUSY', `store ${ctx.storeDir} is already mounted at ${running.mountpoint} (pid ${running.pid}); a store can be mounted once`);
     }
+    // Read before anything is created: a missing key file is a usage error, not a half mount.
+    const key = await keyFromArgs(args);
     const store = await openStore(ctx.storeDir, log, {
       memoryBytes: args.memoryBytes,
       backend: { url: ctx.backend, pathStyle: ctx.s3PathStyle },
@@ -180,6 +183,7 @@ export async function runMount(ctx: CliContext, args: MountArgs): Promise<number
         defaultPermissions: args.defaultPermissions,
         nonempty: args.nonempty,
         openOptions: args.durability ? { durability: args.durability } : undefined,
+        key,
         debug: args.debugFuse,
       });
     } catch (err) {
@@ -258,6 +262,9 @@ async function startDaemon(ctx: CliContext, args: MountArgs): Promise<number> {
   if (args.debugFuse) childArgs.push('--debug-fuse');
   if (ctx.backend !== undefined) childArgs.push('--backend', ctx.backend);
   if (ctx.s3PathStyle !== undefined) childArgs.push(`--s3-path-style=${ctx.s3PathStyle}`);
+  // The key's source, never the key: the child reads the file or its inherited environment.
+  if (args.keyFile !== undefined) childArgs.push('--key-file', path.resolve(args.keyFile));
+  if (args.keyEnv !== undefined) childArgs.push('--key-env', args.keyEnv);
   // The child's stderr goes to the log file too, so even a crash trace is kept.
   const errFd = openAppendPrivateSync(logFile);
   const child = spawn(process.execPath, childArgs, {

@@ -26,6 +26,9 @@ export interface MountFlags {
   stopTimeoutSeconds?: number;
   /** TTL of the lease of a volume whose state lives in a bucket (src/backend/lease.ts). */
   leaseTtlSeconds?: number;
+  /** Key of the encrypted volumes (`key_file=PATH` / `key_env=NAME`): see cli/key-options.ts. */
+  keyFile?: string;
+  keyEnv?: string;
 }
 
 /** A stop timeout in seconds: a non-negative number. */
@@ -128,6 +131,14 @@ export function parseMountOptions(list: string[], sloppy = false): MountFlags {
       case 'create':
         flags.create = true;
         break;
+      case 'key_file':
+        if (!value) throw new UsageError(`invalid mount option '${opt}': key_file=PATH`);
+        flags.keyFile = value;
+        break;
+      case 'key_env':
+        if (!value) throw new UsageError(`invalid mount option '${opt}': key_env=NAME`);
+        flags.keyEnv = value;
+        break;
       case 'stop_timeout':
         flags.stopTimeoutSeconds = parseStopTimeout(value, `mount option '${opt}'`);
         break;
@@ -138,7 +149,7 @@ export function parseMountOptions(list: string[], sloppy = false): MountFlags {
         if (IGNORED.has(key) || key.startsWith('x-') || key === 'comment') break;
         if (!sloppy) {
           throw new UsageError(
-            `unknown mount option '${opt}' (known: ro, allow_other, allow_root, default_permissions, durability=MODE, log_file=PATH, log_level=LEVEL, memory=SIZE, disk_cache=SIZE, nonempty, create, stop_timeout=SECONDS, lease_ttl=SECONDS)`,
+            `unknown mount option '${opt}' (known: ro, allow_other, allow_root, default_permissions, durability=MODE, log_file=PATH, log_level=LEVEL, memory=SIZE, disk_cache=SIZE, nonempty, create, stop_timeout=SECONDS, lease_ttl=SECONDS, key_file=PATH, key_env=NAME)`,
           );
         }
     }

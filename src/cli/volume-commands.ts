@@ -10,6 +10,7 @@ import { checkBlockSize } from '../store/volume-rules';
 import type { Compression, Durability, VolumeInfo } from '../types';
 import { EXIT_FAILURE, EXIT_OK, UsageError } from './exit-codes';
 import type { CliContext } from './mount-command';
+import { hasKey, keyFromArgs } from './key-options';
 import { formatSize, parseSize } from './size';
 import { openStore, readMountRecord, type CliStore } from './store';
 
@@ -28,6 +29,10 @@ export interface CreateArgs {
   durability?: Durability;
   compression?: Compression;
   blockSize?: string;
+  /** --encrypt, with the key from --key-file / --key-env. */
+  encrypt?: boolean;
+  keyFile?: string;
+  keyEnv?: string;
 }
 
 export async function runCreate(ctx: CliContext, args: CreateArgs): Promise<number> {
@@ -40,14 +45,37 @@ export async function runCreate(ctx: CliContext, args: CreateArgs): Promise<numb
   if (blockSize === undefined && size % 4096 !== 0) {
     throw new UsageError(`size ${size} is not a multiple of the block size 4096`);
   }
-  const info = await withStore(ctx, (s) => s.createVolume(args.volume, { size, blockSize, durability: args.durability, compression: args.compression }), true);
-  ctx.out(`created volume ${info.name}: ${formatSize(info.size)}, block size ${info.blockSize}, ${info.durability}, compression ${info.compression}`);
-  const mounted = await readMountRecord(ctx.storeDir);
-  if (mounted) {
-    // The running mount re-reads the volume list on lookup, so the file just appears.
-    ctx.out(`the store is mounted: the volume is available as ${path.join(mounted.mountpoint, info.name)}`);
+  if (args.encrypt && !hasKey(args)) throw new UsageError('--encrypt needs the key: --key-file PATH or --key-env NAME');
+  if (!args.encrypt && hasKey(args)) throw new UsageError('a key was given without --encrypt: add --encrypt to create an encrypted volume');
+  const key = await keyFromArgs(args);
+  try {
+    const info = await withStore(ctx, (s) =>
+        s.createVolume(args.volume, { size, blockSize, durability: args.durability, compression: args.compression, ...(key ? { encryption: { key } } : {}) }),
+      true,
+    );
+    ctx.out(
+      `created volume ${info.name}: ${formatSize(info.size)}, block size ${info.blockSize}, ${info.durability}, compression ${info.compression}` +
+        (info.encrypted ? `, encrypted (${encryptionText(info)})` : ''),
+    );
+    const mounted = await readMountRecord(ctx.storeDir);
+    if (mounted) {
+      // The running mount re-reads the volume list on lookup, so the file just appears.
+      ctx.out(
+        `the store is mounted: the volume is available as ${path.join(mounted.mountpoint, info.name)}` +
+          (info.encrypted ? ' if that mount was given this key (a mount serves the encrypted volumes its key opens)' : ''),
+      );
+    }
+  } finally {
+    key?.bytes.fill(0);
   }
   return EXIT_OK;
+}
+
+/** How an encrypted volume's key is turned into keys, for people: no secret in it. */
+export function encryptionText(info: VolumeInfo): string {
+  const e = info.encryption;
+  if (!e) return 'aes-256-gcm';
+  return e.kdf === 'scrypt' && e.scrypt ? `${e.cipher}, passphrase via scrypt N=${e.scrypt.N} r=${e.scrypt.r} p=${e.scrypt.p}` : `${e.cipher}, raw 256-bit key`;
 }
 
 function infoRecord(v: VolumeInfo, open: boolean): Record<string, unknown> {
@@ -72,7 +100,7 @@ export async function runList(ctx: CliContext, args: { json: boolean }): Promise
     ctx.out(`no volumes in ${ctx.storeDir} (create one: vbfs create <name> --size 10G)`);
     return EXIT_OK;
   }
-  const table = [['NAME', 'SIZE', 'BLOCK', 'DURABILITY', 'COMPRESSION', 'OPEN', 'STATE']].concat(
+  const table = [['NAME', 'SIZE', 'BLOCK', 'DURABILITY', 'COMPRESSION', 'ENCRYPTED', 'OPEN', 'STATE']].concat(
     rows.map((r) =>
       r['state'] === 'ok'
         ? [
@@ -81,10 +109,11 @@ export async function runList(ctx: CliContext, args: { json: boolean }): Promise
             String(r['blockSize']),
             String(r['durability']),
             String(r['compression']),
+            r['encrypted'] ? 'yes' : 'no',
             r['open'] ? 'yes' : 'no',
             'ok',
           ]
-        : [String(r['name']), '-', '-', '-', '-', r['open'] ? 'yes' : 'no', `damaged: ${String(r['reason'])}`],
+        : [String(r['name']), '-', '-', '-', '-', '-', r['open'] ? 'yes' : 'no', `damaged: ${String(r['reason'])}`],
     ),
   );
   const widths = table[0]!.map((_, i) => Math.max(...table.map((row) => row[i]!.length)));
@@ -105,7 +134,19 @@ export async function runInfo(ctx: CliContext, args: { volume: string; json: boo
     return EXIT_OK;
   }
   for (const [k, v] of Object.entries(rec)) {
-    const shown = k === 'size' ? `${v as number} (${formatSize(v as number)})` : k === 'open' ? (v ? 'yes' : 'no') : String(v);
+    if (k === 'encryption') continue; // summarized on the `encrypted` line
+    const shown =
+      k === 'size'
+        ? `${v as number} (${formatSize(v as number)})`
+        : k === 'open'
+          ? v
+            ? 'yes'
+            : 'no'
+          : k === 'encrypted'
+            ? v
+              ? `yes (${encryptionText(rec as unknown as VolumeInfo)})`
+              : 'no'
+            : String(v);
     ctx.out(`${k.padEnd(14)}${shown}`);
   }
   return EXIT_OK;

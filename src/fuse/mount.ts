@@ -22,6 +22,7 @@
  */
 import * as fsp from 'node:fs/promises';
 import { VbfsError, isVbfsError } from '../errors';
+import type { KeyMaterial } from '../crypto/key-source';
 import type { VolumeOpenOptions } from '../store/types';
 import type { Logger } from '../types';
 import { canonicalMountpoint, findMount, isVbfsMount, loopDevicesUnder, loopRefusal, statErrno, unmountPath } from '../os/mounts';
@@ -44,6 +45,8 @@ export interface MountOptions {
   allowRoot?: boolean;
   defaultPermissions?: boolean;
   openOptions?: VolumeOpenOptions;
+  /** Key of the encrypted volumes: given to those only; the ones it does not open are not served. */
+  key?: KeyMaterial;
   debug?: boolean;
   /** Mount over a non-empty directory (libfuse's `nonempty`), hiding what is in it. */
   nonempty?: boolean;
@@ -160,6 +163,7 @@ export class StoreMount {
       logger: opts.logger,
       readOnly: opts.readOnly,
       openOptions: opts.openOptions as Record<string, unknown> | undefined,
+      key: opts.key,
     });
     this.closed = new Promise((r) => (this.resolveClosed = r));
   }

@@ -26,7 +26,8 @@
  */
 import * as fsp from 'node:fs/promises';
 import { constants } from 'node:fs';
-import { isVbfsError } from '../errors';
+import type { KeyMaterial } from '../crypto/key-source';
+import { VbfsError, isVbfsError } from '../errors';
 import type { Logger } from '../types';
 import { errno, toErrno } from './errno';
 import { renderStats } from './stats-file';
@@ -74,6 +75,8 @@ export interface VolumeFsOptions {
   readOnly?: boolean;
   /** Open options for every volume (durability override, tunables). */
   openOptions?: Record<string, unknown>;
+  /** Key of the encrypted volumes (only they get it). Missing or not theirs: that volume is not served. */
+  key?: KeyMaterial;
 }
 
 export class VolumeFs {
@@ -86,6 +89,9 @@ export class VolumeFs {
   private readonly opening = new Map<string, Promise<VolumeEntry | null>>();
   /** Volumes that failed to open because they are damaged: not served (no file), reason logged once. */
   private readonly damaged = new Map<string, { id: string | undefined; why: string }>();
+  /** Names of the encrypted volumes in the last listing: only they are given the key. */
+  private knownEncrypted = new Set<string>();
+  private readonly key: KeyMaterial | undefined;
   private knownIds = new Map<string, string>();
   private readonly handles = new Map<number, Handle>();
   private readonly inflight = new Map<number, { op: string; path: string; start: number }>();
@@ -108,6 +114,7 @@ export class VolumeFs {
     this.log = opts.logger;
     this.readOnly = opts.readOnly === true;
     this.openOptions = { ...(opts.openOptions ?? {}), ...(this.readOnly ? { readOnly: true } : {}) };
+    this.key = opts.key;
   }
 
   /** Open every volume of the store up front; they stay open (locked) until close(). */
@@ -118,6 +125,12 @@ export class VolumeFs {
       for (const name of this.knownNames) {
         const entry = await this.openVolume(name);
         if (entry === null && !this.damaged.has(name)) throw new Error(`volume ${name} disappeared while mounting`);
+      }
+      // A key that opens none of the encrypted volumes is a mistake (a wrong file, a
+      // stale variable), not a choice: refuse the mount rather than serve none of them.
+      const encrypted = this.knownNames.filter((n) => this.knownEncrypted.has(n));
+      if (this.key && encrypted.length > 0 && !encrypted.some((n) => this.volumes.has(n))) {
+        throw new VbfsError('VBFS_BAD_KEY', `the key from ${this.key.source} opens none of the encrypted volumes (${encrypted.join(', ')})`);
       }
     } catch (err) {
       await this.closeVolumes().catch(() => undefined);
@@ -191,6 +204,7 @@ export class VolumeFs {
       .then((list) => {
         this.knownNames = list.map((v) => v.name).sort();
         this.knownIds = new Map(list.map((v) => [v.name, v.id]));
+        this.knownEncrypted = new Set(list.filter((v) => v.encrypted).map((v) => v.name));
         // A damaged volume deleted (and maybe created again: a new id) since: look at it afresh.
         for (const [n, d] of this.damaged) if (this.knownIds.get(n) !== d.id) this.damaged.delete(n);
         this.lastScan = Date.now();
@@ -207,8 +221,9 @@ export class VolumeFs {
     if (this.closed) return Promise.resolve(null);
     let p = this.opening.get(name);
     if (!p) {
+      const opts = this.key && this.knownEncrypted.has(name) ? { ...this.openOptions, key: this.key } : this.openOptions;
       p = this.store
-        .openVolume(name, this.openOptions)
+        .openVolume(name, opts)
         .then((vol) => {
           const entry = { vol, mtimeMs: Date.now() };
           if (this.closed) {
@@ -221,10 +236,18 @@ export class VolumeFs {
         })
         .catch((err: unknown) => {
           // One damaged volume must not take the others down: serve no file for it.
-          if (!isDamage(err)) throw err;
+          // Nor must an encrypted one this mount has no key for (or another key).
+          const locked = isVbfsError(err, 'VBFS_KEY_REQUIRED') || isVbfsError(err, 'VBFS_BAD_KEY');
+          if (!isDamage(err) && !locked) throw err;
           const why = (err as Error).message;
           this.damaged.set(name, { id: this.knownIds.get(name), why });
-          this.log.warn(`volume ${name} is damaged and not served: ${why}`, { volume: name, code: (err as { code?: string }).code });
+          const code = (err as { code?: string }).code;
+          if (locked) {
+            const hint = this.key ? 'it takes another key' : 'mount with --key-file or --key-env to serve it';
+            this.log.warn(`volume ${name} is encrypted and not served: ${hint}`, { volume: name, code });
+          } else {
+            this.log.warn(`volume ${name} is damaged and not served: ${why}`, { volume: name, code });
+          }
           return null;
         })
         .finally(() => this.opening.delete(name));
