@@ -49,7 +49,9 @@ export async function runCreate(ctx: CliContext, args: CreateArgs): Promise<numb
   if (!args.encrypt && hasKey(args)) throw new UsageError('a key was given without --encrypt: add --encrypt to create an encrypted volume');
   const key = await keyFromArgs(args);
   try {
-    const info = await withStore(ctx, (s) =>
+    const info = await withStore(
+      ctx,
+      (s) =>
         s.createVolume(args.volume, { size, blockSize, durability: args.durability, compression: args.compression, ...(key ? { encryption: { key } } : {}) }),
       true,
     );
