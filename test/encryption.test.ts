@@ -438,19 +438,6 @@ describe('encryption at rest (engine)', () => {
         await store.close();
       }
     });
-
-    it('cryptoThreads 2: two runs in flight are opened by two workers, with the same bytes', async () => {
-      const { sim, data } = await encryptedFlushed(16);
-      const store = await Store.open(DIR, { fileIO: sim });
-      const vol = await store.openVolume('c', { key: hexKey(), cryptoThreads: 2, cryptoBatchBlocks: 2, readaheadBytes: 0, cacheBytes: 0 });
-      const pool = (vol as unknown as { core: { cipherPool: { runsOpened: number; threadsStarted: number } } }).core.cipherPool;
-      const [a, b] = await Promise.all([vol.read(0, 8 * BS), vol.read(8 * BS, 8 * BS)]);
-      assert.deepEqual(a, Buffer.concat(data.slice(0, 8)));
-      assert.deepEqual(b, Buffer.concat(data.slice(8, 16)));
-      assert.equal(pool.threadsStarted, 2, 'the second run went to a second worker');
-      assert.ok(pool.runsOpened >= 2);
-      await store.close();
-    });
   });
 
   describe('fsck', () => {

@@ -21,35 +21,15 @@ import type { VolumeCipher } from './volume-cipher';
  * in it. close() ends it. A worker that dies fails its runs with VBFS_IO and is
  * started again on the next run.
  */
-/** One worker thread and the runs waiting for it. */
-interface Slot {
-  worker: Worker | null;
-  readonly waiting: Map<number, { resolve: (r: OpenReply) => void; reject: (e: Error) => void }>;
-}
-
 export class CipherPool {
-  private readonly slots: Slot[];
+  private worker: Worker | null = null;
   private nextId = 1;
+  private readonly waiting = new Map<number, { resolve: (r: OpenReply) => void; reject: (e: Error) => void }>();
   private closed = false;
-  /** Runs opened in the workers so far (tests and benches look). */
+  /** Runs opened in the worker so far (tests and benches look). */
   runsOpened = 0;
 
-  /**
-   * `threads` workers (cryptoThreads): a run goes to the one with the fewest runs in
-   * it, so two readahead runs in flight (reader.ts keeps up to MAX_READAHEADS) are
-   * opened at the same time on two cores instead of one after the other.
-   */
-  constructor(
-    private readonly cipher: VolumeCipher,
-    threads = 1,
-  ) {
-    this.slots = Array.from({ length: Math.max(1, threads) }, () => ({ worker: null, waiting: new Map() }));
-  }
-
-  /** Workers started so far (tests look). */
-  get threadsStarted(): number {
-    return this.slots.filter((s) => s.worker !== null).length;
-  }
+  constructor(private readonly cipher: VolumeCipher) {}
 
   /**
    * Open `count` sealed records of `run` in a worker. Returns a new buffer with each
@@ -62,12 +42,10 @@ export class CipherPool {
     const own = new Uint8Array(run.length);
     own.set(run);
     const id = this.nextId++;
-    let slot = this.slots[0] as Slot;
-    for (const s of this.slots) if (s.waiting.size < slot.waiting.size) slot = s;
-    const w = this.ensure(slot);
+    const w = this.ensure();
     const reply = await new Promise<OpenReply>((resolve, reject) => {
-      slot.waiting.set(id, { resolve, reject });
-      if (slot.waiting.size === 1) w.ref();
+      this.waiting.set(id, { resolve, reject });
+      if (this.waiting.size === 1) w.ref();
       const req: OpenRequest = { id, meta, offs, lens, buf: own.buffer };
       w.postMessage(req, [own.buffer]);
     });
@@ -75,35 +53,35 @@ export class CipherPool {
     return { buf: Buffer.from(reply.buf), ok: reply.ok };
   }
 
-  private ensure(slot: Slot): Worker {
-    if (slot.worker) return slot.worker;
+  private ensure(): Worker {
+    if (this.worker) return this.worker;
     const w = new Worker(path.join(__dirname, 'cipher-worker.js'));
     w.unref();
     w.postMessage({ init: this.cipher.forWorker() });
     w.on('message', (r: OpenReply) => {
-      const p = slot.waiting.get(r.id);
+      const p = this.waiting.get(r.id);
       if (!p) return;
-      slot.waiting.delete(r.id);
-      if (slot.waiting.size === 0) w.unref();
+      this.waiting.delete(r.id);
+      if (this.waiting.size === 0) w.unref();
       p.resolve(r);
     });
     const fail = (why: string): void => {
-      if (slot.worker === w) slot.worker = null;
+      if (this.worker === w) this.worker = null;
       const err = new VbfsError('VBFS_IO', `crypto worker ${why}`);
-      for (const p of slot.waiting.values()) p.reject(err);
-      slot.waiting.clear();
+      for (const p of this.waiting.values()) p.reject(err);
+      this.waiting.clear();
     };
     w.on('error', (e: Error) => fail(`failed: ${e.message}`));
     w.on('exit', (code) => fail(`exited (code ${code})`));
-    slot.worker = w;
+    this.worker = w;
     return w;
   }
 
-  /** End the workers (runs still in them fail). */
+  /** End the worker (runs still in it fail). */
   async close(): Promise<void> {
     this.closed = true;
-    const ws = this.slots.map((s) => s.worker).filter((w): w is Worker => w !== null);
-    for (const s of this.slots) s.worker = null;
-    await Promise.all(ws.map((w) => w.terminate()));
+    const w = this.worker;
+    this.worker = null;
+    if (w) await w.terminate();
   }
 }

@@ -122,7 +122,7 @@ export class VolumeCore {
     this.tunables = resolveTunables(opts, info.blockSize, ctx.backend.remote === true);
     this.blockCount = info.size / info.blockSize;
     this.cipher = ctx.cipher ?? null;
-    this.cipherPool = this.cipher && this.tunables.cryptoThreads > 0 ? new CipherPool(this.cipher, this.tunables.cryptoThreads) : null;
+    this.cipherPool = this.cipher && this.tunables.cryptoThreads > 0 ? new CipherPool(this.cipher) : null;
     if (info.encrypted !== (this.cipher !== null))
       throw new VbfsError('VBFS_INVALID_ARGUMENT', `volume '${info.name}': a cipher is needed exactly when the volume is encrypted`);
     this.index = new BlockIndex(this.blockCount);
