@@ -96,7 +96,9 @@ async function main(): Promise<void> {
     fs.rmSync(base, { recursive: true, force: true });
   }
   const plain = median(got.get('plain') ?? []);
-  process.stdout.write(`FUSE mount, 1M sequential read --direct=1, median of ${rounds} interleaved rounds (${os.cpus().length} cores, load ${os.loadavg()[0]?.toFixed(1)}):\n`);
+  process.stdout.write(
+    `FUSE mount, 1M sequential read --direct=1, median of ${rounds} interleaved rounds (${os.cpus().length} cores, load ${os.loadavg()[0]?.toFixed(1)}):\n`,
+  );
   process.stdout.write('| variant | MiB/s | ratio to plain |\n|---|--:|--:|\n');
   for (const v of variants) {
     const m = median(got.get(v.name) ?? []);
