@@ -40,6 +40,10 @@ export interface VolumeContext {
   mapMedium?: MapMedium;
   /** Called once when the volume has closed (the store rebalances its memory budget). */
   onClose?: () => void;
+  /** Awaited last in close(), after every write (the bucket volume's lease is released here). */
+  afterClose?: () => Promise<void>;
+  /** Throws if writes must stop now (a bucket volume whose lease is lost: VBFS_LEASE_LOST). */
+  beforeWrite?: () => void;
 }
 
 /** The counters of VolumeStats that the engine parts count themselves. */
