@@ -27,8 +27,8 @@ import type { CheckpointSink, MapMedium, MapSegmentWriter, MapSource } from './m
  */
 export interface MediumFence {
   plan: ReplayPlan;
-  /** The seq of this epoch's first delta, from its epoch record. */
-  firstSeq: number;
+  /** The seq of this epoch's first delta, from its epoch record (absent for a reader, which writes nothing). */
+  firstSeq?: number;
 }
 
 export class BucketMapMedium implements MapMedium {
@@ -116,9 +116,9 @@ export class BucketMapMedium implements MapMedium {
 
   async createSegment(n: number, header: Buffer): Promise<MapSegmentWriter> {
     const key = this.segKey(n, this.epoch);
-    if (this.fence && !this.wrote && n !== this.fence.firstSeq) {
+    if (this.fence?.firstSeq !== undefined && !this.wrote && n !== this.fence.firstSeq) {
       // A gap at the start of the run would hide every later delta of this epoch (planReplay).
-      throw new VbfsError('VBFS_CORRUPT', `epoch ${this.epoch} must start its map at delta ${this.fence.firstSeq}, not ${n}`, {
+      throw new VbfsError('VBFS_CORRUPT', `epoch ${this.epoch} must start its map at delta ${String(this.fence.firstSeq)}, not ${n}`, {
         epoch: this.epoch,
         segment: n,
       });

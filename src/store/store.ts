@@ -3,7 +3,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { VbfsError, isVbfsError } from '../errors';
 import type { Backend } from '../backend/backend';
-import { checkLeaseTtl } from '../backend/lease';
+import { checkLeaseTtl, planVolume } from '../backend/lease';
 import { FileBackend } from '../backend/file-backend';
 import { BucketMapMedium } from '../map/bucket-map-medium';
 import { canLease, takeVolumeLease, type VolumeLeaseSetup } from './volume-lease';
@@ -277,7 +277,7 @@ export class Store implements MountableStore {
           afterClose: leased ? () => leased.lease.release() : undefined,
           // Checked by every write and fsync: a lease that ran out fails the volume at once (onLost, below).
           beforeWrite: leased ? () => leased.lease.assertLive() : undefined,
-          mapMedium: this.mapMediumFor(info, leased),
+          mapMedium: await this.mapMediumFor(info, leased),
         },
         opts,
       );
@@ -302,10 +302,17 @@ export class Store implements MountableStore {
     return dir;
   }
 
-  /** Where the volume's map lives: the bucket for a bucket store, else the local map/ directory (undefined). */
-  private mapMediumFor(info: VolumeInfo, leased: VolumeLeaseSetup | null = null): BucketMapMedium | undefined {
+  /**
+   * Where the volume's map lives: the bucket for a bucket store, else the local map/
+   * directory (undefined). In a bucket that keeps leases, only what the epoch records
+   * count is read (a writer's plan from beginEpoch; a reader makes its own).
+   */
+  private async mapMediumFor(info: VolumeInfo, leased: VolumeLeaseSetup | null = null): Promise<BucketMapMedium | undefined> {
     if (leased) return new BucketMapMedium(leased.backend, info.id, leased.lease.epoch, undefined, { plan: leased.plan, firstSeq: leased.firstSeq });
-    return this.catalog ? new BucketMapMedium(this.backend, info.id) : undefined;
+    if (!this.catalog) return undefined;
+    if (!canLease(this.backend)) return new BucketMapMedium(this.backend, info.id);
+    const plan = await planVolume(this.backend, info.id);
+    return new BucketMapMedium(this.backend, info.id, plan.governing.epoch, undefined, { plan });
   }
 
   /**
@@ -342,7 +349,7 @@ export class Store implements MountableStore {
         backend: this.backend,
         logger: this.logger,
         storeDir: this.dir,
-        mapMedium: this.mapMediumFor(info),
+        mapMedium: await this.mapMediumFor(info),
       },
       opts,
     );
