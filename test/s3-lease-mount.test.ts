@@ -121,7 +121,8 @@ describe('bucket volume lease through the mount (Ceph RGW)', function () {
     assert.equal(b.code, 1, b.stdout + b.stderr);
     const lines = b.stderr.trim().split('\n');
     assert.equal(lines.length, 1, b.stderr);
-    assert.ok(lines[0]!.includes(os.hostname()) && lines[0]!.includes(`pid ${a.pid}`) && /since \d{4}-\d\d-\d\dT/.test(lines[0]!), lines[0]);
+    const line = lines[0] ?? '';
+    assert.ok(line.includes(os.hostname()) && line.includes(`pid ${a.pid}`) && /since \d{4}-\d\d-\d\dT/.test(line), line);
     assert.ok(!(await isMounted(path.join(root, 'r-mnt-b'))));
     const u = await cli(['unmount', mntA], storeA);
     assert.equal(u.code, 0, u.stderr);
@@ -144,7 +145,7 @@ describe('bucket volume lease through the mount (Ceph RGW)', function () {
     await writeAt(path.join(mntA, 'v'), d1, 0);
     await flushed(mntA, 'v');
 
-    process.kill(a.pid!, 'SIGSTOP');
+    process.kill(a.pid as number, 'SIGSTOP');
     // The taker needs the server's Date minus the lease's Last-Modified past TTL + 1 s (whole seconds).
     await new Promise((r) => setTimeout(r, 5500));
     let b = await mountDaemon(storeB, mntB, ['--backend', url]);
@@ -156,7 +157,7 @@ describe('bucket volume lease through the mount (Ceph RGW)', function () {
     assert.equal(sha256(await readAt(path.join(mntB, 'v'), 0, MiB)), sha256(d1), 'B reads what A flushed');
     await writeAt(path.join(mntB, 'v'), d2, 4 * MiB);
 
-    process.kill(a.pid!, 'SIGCONT');
+    process.kill(a.pid as number, 'SIGCONT');
     // A's next write or its fsync fails: EIO (the kernel may buffer the write itself).
     let failure: NodeJS.ErrnoException | null = null;
     try {
