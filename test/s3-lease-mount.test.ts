@@ -122,7 +122,7 @@ describe('bucket volume lease through the mount (Ceph RGW)', function () {
     const lines = b.stderr.trim().split('\n');
     assert.equal(lines.length, 1, b.stderr);
     const line = lines[0] ?? '';
-    assert.ok(line.includes(os.hostname()) && line.includes(`pid ${a.pid}`) && /since \d{4}-\d\d-\d\dT/.test(line), line);
+    assert.ok(line.includes("volume 'v'") && line.includes(os.hostname()) && line.includes(`pid ${a.pid}`) && /since \d{4}-\d\d-\d\dT/.test(line), line);
     assert.ok(!(await isMounted(path.join(root, 'r-mnt-b'))));
     const u = await cli(['unmount', mntA], storeA);
     assert.equal(u.code, 0, u.stderr);

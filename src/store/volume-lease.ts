@@ -1,4 +1,4 @@
-import { VbfsError } from '../errors';
+import { VbfsError, isVbfsError } from '../errors';
 import type { Backend } from '../backend/backend';
 import { acquireLease, beginEpoch, createFenced, type Lease, type LeaseBackend } from '../backend/lease';
 import type { ReplayPlan } from '../backend/fencing';
@@ -87,7 +87,22 @@ export async function takeVolumeLease(
   ttlMs: number | undefined,
   logger: Logger,
 ): Promise<VolumeLeaseSetup> {
-  const lease = await acquireLease(backend, id, { ttlMs, logger });
+  let lease: Lease;
+  try {
+    lease = await acquireLease(backend, id, { ttlMs, logger });
+  } catch (err) {
+    // Name the volume as the user knows it, not by its id in the bucket.
+    if (isVbfsError(err, 'VBFS_LEASE_HELD') && typeof err.details['host'] === 'string') {
+      const d = err.details;
+      throw new VbfsError(
+        'VBFS_LEASE_HELD',
+        `volume '${name}' is in use by ${String(d['host'])} pid ${String(d['pid'])} since ${String(d['since'])} (lease epoch ${String(d['epoch'])}, TTL ${Math.round(Number(d['ttlMs']) / 1000)} s)`,
+        { ...d, name },
+        { cause: err },
+      );
+    }
+    throw err;
+  }
   try {
     const { plan, record } = await beginEpoch(backend, lease);
     await fenceLocalWal(plan, lease.epoch, name, dir, fileIO, logger);
