@@ -49,6 +49,27 @@ class CuttableBackend implements Backend {
   }
 }
 
+/** The same bucket through a backend without conditional creates: the store takes no lease (as before leases existed). */
+class NoLeaseBackend implements Backend {
+  readonly kind = 's3';
+  constructor(private readonly inner: S3Backend) {}
+  put(key: string, data: Uint8Array): Promise<void> {
+    return this.inner.put(key, data);
+  }
+  get(key: string, offset?: number, length?: number): Promise<Buffer> {
+    return this.inner.get(key, offset, length);
+  }
+  delete(key: string): Promise<void> {
+    return this.inner.delete(key);
+  }
+  list(prefix: string): Promise<string[]> {
+    return this.inner.list(prefix);
+  }
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}
+
 const OPTS: VolumeOpenOptions = { chunkBytes: 64 * 1024, flushIntervalMs: 3_600_000 };
 
 /**
@@ -107,6 +128,26 @@ describe('bucket volume lease in the store (Ceph RGW)', function () {
     const r = await b.openVolume('v', { ...OPTS, readOnly: true });
     assert.ok((await r.read(0, 8192)).equals(Buffer.concat([pattern(4096, 1), pattern(4096, 2)])));
     await r.close();
+  });
+
+  it('a volume written before leases (epoch 1 deltas, no epoch record) takes epoch 1 and continues its run', async () => {
+    const prefix = rgwOptions(rgw).prefix;
+    const old = await open(new NoLeaseBackend(new S3Backend(rgwOptions(rgw, { prefix }))), tmp());
+    await old.createVolume('v', { size: 1024 * 1024 });
+    const v0 = await old.openVolume('v', OPTS);
+    await v0.write(0, pattern(4096, 1));
+    await v0.flush();
+    await v0.write(4096, pattern(4096, 2));
+    await v0.flush();
+    await v0.close();
+    const s = await open(new S3Backend(rgwOptions(rgw, { prefix })), tmp());
+    const v1 = await s.openVolume('v', OPTS);
+    await v1.write(8192, pattern(4096, 3));
+    await v1.flush();
+    await v1.close();
+    const v2 = await s.openVolume('v', { ...OPTS, readOnly: true });
+    assert.ok((await v2.read(0, 12288)).equals(Buffer.concat([pattern(4096, 1), pattern(4096, 2), pattern(4096, 3)])));
+    await v2.close();
   });
 
   it('a writer whose lease ran out is fenced (VBFS_LEASE_LOST); its late delta never counts and its local WAL is not replayed over the newer epoch', async () => {

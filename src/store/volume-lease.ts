@@ -106,7 +106,10 @@ export async function takeVolumeLease(
   try {
     const { plan, record } = await beginEpoch(backend, lease);
     await fenceLocalWal(plan, lease.epoch, name, dir, fileIO, logger);
-    return { lease, plan, firstSeq: record.firstSeq, backend: new FencedBackend(backend, lease, id) };
+    // A volume written before leases has epoch-1 deltas and no record: epoch 1 (the
+    // record it gets says firstSeq 1) continues that run, so its next delta follows it.
+    const firstSeq = lease.epoch === plan.governing.epoch ? plan.governingLastSeq + 1 : record.firstSeq;
+    return { lease, plan, firstSeq, backend: new FencedBackend(backend, lease, id) };
   } catch (err) {
     await lease.release().catch(() => undefined);
     throw err;
