@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import {
-  checkpointKey,
+  checkpointDir,
   decodeEpochRecord,
   deltaKey,
   encodeEpochRecord,
@@ -40,11 +40,12 @@ describe('fencing: epoch keys', () => {
     assert.equal(leaseKey('v1', 1), 'v1/lease/00000001');
     assert.equal(epochRecordKey('v1', 0x2a), 'v1/map/0000002a/epoch');
     assert.equal(deltaKey('v1', 2, 0x1f), 'v1/map/00000002/00000000001f');
-    assert.equal(checkpointKey('v1', 3, 0), 'v1/checkpoint/00000003/000000000000');
+    assert.equal(checkpointDir('v1', 3, 1), 'v1/checkpoint/00000003/000000000001/');
     assert.deepEqual(parseEpochKey('v1', 'v1/map/00000002/00000000001f'), { kind: 'delta', epoch: 2, seq: 31 });
     assert.deepEqual(parseEpochKey('v1', 'v1/map/0000002a/epoch'), { kind: 'epoch-record', epoch: 42 });
     assert.deepEqual(parseEpochKey('v1', 'v1/lease/ffffffff'), { kind: 'lease', epoch: 0xffffffff });
-    assert.deepEqual(parseEpochKey('v1', 'v1/checkpoint/00000003/000000000000'), { kind: 'checkpoint', epoch: 3, seq: 0 });
+    assert.deepEqual(parseEpochKey('v1', 'v1/checkpoint/00000003/000000000001/000001-00000010-end'), { kind: 'checkpoint', epoch: 3, seq: 0 });
+    assert.equal(parseEpochKey('v1', 'v1/checkpoint/00000003/000000000001/000000-00000010'), null, 'a part before the end is not the checkpoint');
     for (const k of [
       'v2/map/00000001/000000000001',
       'v1/chunks/00000001',
@@ -69,7 +70,8 @@ describe('fencing: epoch keys', () => {
       deltaKey('v', 2, 5),
       deltaKey('v', 1, 9),
       epochRecordKey('v', 2),
-      checkpointKey('v', 1, 4),
+      `${checkpointDir('v', 1, 5)}000000-00000010-end`,
+      `${checkpointDir('v', 1, 7)}000000-00000010`, // not complete
       leaseKey('v', 2),
       'v/chunks/00000001',
       deltaKey('v', 1, 10),

@@ -86,9 +86,14 @@ export function deltaKey(volumeKey: string, epoch: number, seq: number): string 
   return `${volumeKey}/map/${epochHex(epoch)}/${seqHex(seq)}`;
 }
 
-/** A checkpoint: the map after every counted delta up to and including (epoch, seq). */
-export function checkpointKey(volumeKey: string, epoch: number, seq: number): string {
-  return `${volumeKey}/checkpoint/${epochHex(epoch)}/${seqHex(seq)}`;
+/**
+ * The directory of a checkpoint written by `epoch` whose log resumes at delta
+ * `firstSeq` (bucket-map-medium.ts writes its parts under it: `<part 6 hex>-<bytes
+ * 8 hex>`, the last one `-end`). As a Position it is (epoch, firstSeq - 1): the map
+ * after every counted delta up to and including firstSeq - 1.
+ */
+export function checkpointDir(volumeKey: string, epoch: number, firstSeq: number): string {
+  return `${volumeKey}/checkpoint/${epochHex(epoch)}/${seqHex(firstSeq)}/`;
 }
 
 export type EpochKey =
@@ -106,12 +111,18 @@ export function parseEpochKey(volumeKey: string, key: string): EpochKey | null {
   const epoch = hex(parts[1], 8);
   if (epoch === null || epoch === 0) return null;
   if (parts[0] === 'lease' && parts.length === 2) return { kind: 'lease', epoch };
+  if (parts[0] === 'checkpoint' && parts.length === 4) {
+    // Only the `-end` part stands for the checkpoint: its parts are PUT in order, so
+    // once the last exists, all do. (A checkpoint resuming at seq 0 does not exist.)
+    const first = hex(parts[2], 12);
+    if (first === null || first === 0 || !/^[0-9a-f]{6}-[0-9a-f]{8}-end$/.test(parts[3] as string)) return null;
+    return { kind: 'checkpoint', epoch, seq: first - 1 };
+  }
   if (parts.length !== 3) return null;
   if (parts[0] === 'map' && parts[2] === 'epoch') return { kind: 'epoch-record', epoch };
   const seq = hex(parts[2], 12);
   if (seq === null) return null;
   if (parts[0] === 'map') return { kind: 'delta', epoch, seq };
-  if (parts[0] === 'checkpoint') return { kind: 'checkpoint', epoch, seq };
   return null;
 }
 

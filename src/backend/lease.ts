@@ -451,6 +451,18 @@ function sleep(ms: number): Promise<void> {
 }
 
 /**
+ * What counts of the map of `volumeKey` now (planReplay over a listing and the newest
+ * epoch record): for a writer that just took the lease, and for a reader, which
+ * takes none but must not see a fenced writer's late objects either.
+ */
+export async function planVolume(backend: Pick<LeaseBackend, 'list'> & { get(key: string): Promise<Buffer> }, vol: string): Promise<ReplayPlan> {
+  const listing = sortListing(vol, [...(await backend.list(`${vol}/map/`)), ...(await backend.list(`${vol}/checkpoint/`))]);
+  const newest = listing.recordEpochs[listing.recordEpochs.length - 1];
+  const records = newest === undefined ? [] : [decodeEpochRecord(await backend.get(epochRecordKey(vol, newest)), epochRecordKey(vol, newest))];
+  return planReplay({ ...listing, records });
+}
+
+/**
  * Step 1 of the fencing rule (docs/FORMAT.md, "Epochs and fencing"), for a writer
  * that has just taken `lease`: list the map and checkpoints (after the lease object
  * exists, so after the old holder's deadline), read the newest epoch record, plan
@@ -465,10 +477,7 @@ export async function beginEpoch(
 ): Promise<{ plan: ReplayPlan; record: EpochRecord }> {
   lease.assertLive();
   const vol = lease.volumeKey;
-  const listing = sortListing(vol, [...(await backend.list(`${vol}/map/`)), ...(await backend.list(`${vol}/checkpoint/`))]);
-  const newest = listing.recordEpochs[listing.recordEpochs.length - 1];
-  const records = newest === undefined ? [] : [decodeEpochRecord(await backend.get(epochRecordKey(vol, newest)), epochRecordKey(vol, newest))];
-  const plan = planReplay({ ...listing, records });
+  const plan = await planVolume(backend, vol);
   const record = nextEpochRecord(plan, lease.epoch, { ...opts, holder: lease.holder });
   const key = epochRecordKey(vol, lease.epoch);
   if (!(await createFenced(backend, lease, key, encodeEpochRecord(record)))) {

@@ -1,5 +1,6 @@
 import { VbfsError, isVbfsError } from '../errors';
 import type { Backend } from '../backend/backend';
+import type { ReplayPlan } from '../backend/fencing';
 import type { CheckpointSink, MapMedium, MapSegmentWriter, MapSource } from './map-medium';
 
 /**
@@ -17,9 +18,19 @@ import type { CheckpointSink, MapMedium, MapSegmentWriter, MapSource } from './m
  * epoch never overwrites what the newer writer wrote. Where two epochs wrote the
  * same segment number, the higher epoch's object is the one read; the current
  * checkpoint is the complete one of the highest epoch (then the highest first
- * segment), and a writer never deletes an object of an epoch above its own. (The lease
- * module decides what a fenced writer's late deltas mean; this medium keeps them apart.)
+ * segment), and a writer never deletes an object of an epoch above its own.
+ *
+ * A writer holding the volume's lease passes `fence`: the plan beginEpoch made from
+ * the epoch records (backend/fencing.ts). Then only what the plan counts is read:
+ * a fenced writer's late deltas and checkpoints are invisible, and this epoch's
+ * first delta must be the record's firstSeq (its run is gap-free from there).
  */
+export interface MediumFence {
+  plan: ReplayPlan;
+  /** The seq of this epoch's first delta, from its epoch record (absent for a reader, which writes nothing). */
+  firstSeq?: number;
+}
+
 export class BucketMapMedium implements MapMedium {
   readonly tornTails = false;
   readonly segmentPerCommit = true;
@@ -27,14 +38,23 @@ export class BucketMapMedium implements MapMedium {
   readonly maxSegments: number;
   /** Segment number -> every epoch that wrote it (from the last listing). */
   private readonly seen = new Map<number, number[]>();
+  /** Segment -> the epoch whose delta counts, when fenced (from the plan). */
+  private readonly counted: Map<number, number> | null;
+  /** The checkpoint group (`<epoch>/<first segment>`) that is current; undefined: the newest complete one. */
+  private currentGroup: string | null | undefined;
+  private wrote = false;
 
   constructor(
     private readonly backend: Backend,
     private readonly volumeId: string,
     readonly epoch = 1,
     maxSegments = 256,
+    private readonly fence?: MediumFence,
   ) {
     this.maxSegments = maxSegments;
+    this.counted = fence ? new Map([...fence.plan.replay, ...fence.plan.covered].map((p) => [p.seq, p.epoch])) : null;
+    const ck = fence?.plan.checkpoint;
+    this.currentGroup = fence ? (ck ? `${hex(ck.epoch, 8)}/${hex(ck.seq + 1, 12)}` : null) : undefined;
     if (!Number.isSafeInteger(epoch) || epoch < 1 || epoch > 0xffffffff) throw new VbfsError('VBFS_INVALID_ARGUMENT', `invalid writer epoch ${epoch}`);
   }
 
@@ -63,8 +83,11 @@ export class BucketMapMedium implements MapMedium {
       const m = /^([0-9a-f]{8})\/([0-9a-f]{12})$/.exec(key.slice(prefix.length));
       if (!m) continue;
       const n = parseInt(m[2] as string, 16);
+      const e = parseInt(m[1] as string, 16);
+      // Fenced: only the delta the plan counts for this seq exists for the map store.
+      if (this.counted && this.counted.get(n) !== e) continue;
       const epochs = this.seen.get(n) ?? [];
-      epochs.push(parseInt(m[1] as string, 16));
+      epochs.push(e);
       this.seen.set(n, epochs);
     }
     return [...this.seen.keys()].sort((a, b) => a - b);
@@ -93,6 +116,14 @@ export class BucketMapMedium implements MapMedium {
 
   async createSegment(n: number, header: Buffer): Promise<MapSegmentWriter> {
     const key = this.segKey(n, this.epoch);
+    if (this.fence?.firstSeq !== undefined && !this.wrote && n !== this.fence.firstSeq) {
+      // A gap at the start of the run would hide every later delta of this epoch (planReplay).
+      throw new VbfsError('VBFS_CORRUPT', `epoch ${this.epoch} must start its map at delta ${String(this.fence.firstSeq)}, not ${n}`, {
+        epoch: this.epoch,
+        segment: n,
+      });
+    }
+    this.wrote = true;
     return {
       // One PUT of the header and the commit: durable when answered, all or nothing.
       append: async (bytes) => {
@@ -125,6 +156,7 @@ export class BucketMapMedium implements MapMedium {
       publish: async () => {
         await putPart(held ?? Buffer.alloc(0), true);
         held = null;
+        if (this.currentGroup !== undefined) this.currentGroup = `${hex(this.epoch, 8)}/${hex(firstSegment, 12)}`;
         // The new checkpoint is current from here on: the older ones go.
         const { stale } = await this.scanCheckpoints();
         for (const key of stale) await this.backend.delete(key);
@@ -164,8 +196,12 @@ export class BucketMapMedium implements MapMedium {
     for (const name of [...groups.keys()].sort().reverse()) {
       const parts = (groups.get(name) as Part[]).sort((a, b) => a.index - b.index);
       const complete = parts.every((p, i) => p.index === i && p.end === (i === parts.length - 1));
-      if (complete && !current) current = parts;
-      else for (const p of parts) if (p.epoch <= this.epoch) stale.push(p.key);
+      const isCurrent = this.currentGroup === undefined ? complete && !current : name === this.currentGroup;
+      if (isCurrent) {
+        if (!complete)
+          throw new VbfsError('VBFS_CORRUPT', `checkpoint ${this.ckPrefix}${name}/ counts but is incomplete`, { path: `${this.ckPrefix}${name}/` });
+        current = parts;
+      } else for (const p of parts) if (p.epoch <= this.epoch) stale.push(p.key);
     }
     return { current, stale };
   }

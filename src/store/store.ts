@@ -3,9 +3,10 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { VbfsError, isVbfsError } from '../errors';
 import type { Backend } from '../backend/backend';
-import { checkLeaseTtl } from '../backend/lease';
+import { checkLeaseTtl, planVolume } from '../backend/lease';
 import { FileBackend } from '../backend/file-backend';
 import { BucketMapMedium } from '../map/bucket-map-medium';
+import { canLease, takeVolumeLease, type VolumeLeaseSetup } from './volume-lease';
 import { BucketCatalog } from './bucket-catalog';
 import { DiskCacheBackend } from '../backend/disk-cache';
 import { decodeVolumeMeta, encodeVolumeMeta, ENCRYPTED_FORMAT_VERSION, VOLUME_FORMAT_VERSION } from '../format/volume-meta';
@@ -55,11 +56,13 @@ export class Store implements MountableStore {
     readonly memoryBytes: number,
     /** Set when volume metadata and maps live in the backend (StoreOptions.metadata 'backend'). */
     private readonly catalog: BucketCatalog | null = null,
+    /** TTL of the lease a writer takes on a bucket volume (undefined: the lease's default). */
+    private readonly leaseTtlMs?: number,
   ) {}
 
   static async open(dir: string, opts: StoreOptions = {}): Promise<Store> {
     installCrc32c(); // every checksum below this store: hardware CRC-32C when the platform has it
-    if (opts.leaseTtlMs !== undefined) checkLeaseTtl(opts.leaseTtlMs); // used by bucket-backed volumes (issue 11)
+    if (opts.leaseTtlMs !== undefined) checkLeaseTtl(opts.leaseTtlMs); // the lease of bucket-backed volumes (issue 11)
     const fileIO = opts.fileIO ?? new NodeFileIO();
     const abs = path.resolve(dir);
     const st = await fileIO.stat(abs);
@@ -76,7 +79,7 @@ export class Store implements MountableStore {
     if (!Number.isSafeInteger(memory) || memory <= 0) throw new VbfsError('VBFS_INVALID_ARGUMENT', `invalid memoryBytes: ${String(opts.memoryBytes)}`);
     if (opts.metadata === 'backend' && !opts.backend) throw new VbfsError('VBFS_INVALID_ARGUMENT', "metadata 'backend' needs a backend");
     const catalog = opts.metadata === 'backend' ? new BucketCatalog(backend) : null;
-    const store = new Store(abs, fileIO, backend, opts.logger ?? silentLogger, opts.failpoint ?? (() => undefined), memory, catalog);
+    const store = new Store(abs, fileIO, backend, opts.logger ?? silentLogger, opts.failpoint ?? (() => undefined), memory, catalog, opts.leaseTtlMs);
     await store.finishInterruptedDeletes();
     await store.warnIfExposed();
     return store;
@@ -268,22 +271,41 @@ export class Store implements MountableStore {
   async openVolume(name: string, opts: VolumeOpenOptions = {}): Promise<Volume> {
     this.checkOpen();
     const info = await this.volumeInfo(name);
-    // The key is checked before anything else (lock, recovery): a wrong key changes nothing.
+    // The key is checked before anything else (lease, lock, recovery): a wrong key changes nothing.
     const cipher = await volumeCipherFor(info, opts.key, false);
-    const vol = await Volume.open(
-      info,
-      {
-        dir: await this.localDir(name),
-        fileIO: this.fileIO,
-        backend: this.backend,
-        logger: this.logger,
-        failpoint: this.failpoint,
-        onClose: () => this.rebalance(),
-        mapMedium: this.mapMediumFor(info),
-        cipher,
-      },
-      opts,
-    );
+    const dir = await this.localDir(name);
+    // A writer of a bucket volume holds its lease (one writer across machines) and
+    // writes only while it is live; a read-only open takes none. A backend that
+    // cannot create conditionally (the in-memory one of tests) has no lease.
+    const leased: VolumeLeaseSetup | null =
+      this.catalog && !opts.readOnly && canLease(this.backend)
+        ? await takeVolumeLease(this.backend, info.id, name, dir, this.fileIO, this.leaseTtlMs, this.logger)
+        : null;
+    let vol: Volume;
+    try {
+      vol = await Volume.open(
+        info,
+        {
+          dir,
+          fileIO: this.fileIO,
+          backend: leased?.backend ?? this.backend,
+          logger: this.logger,
+          failpoint: this.failpoint,
+          onClose: () => this.rebalance(),
+          afterClose: leased ? () => leased.lease.release() : undefined,
+          // Checked by every write and fsync: a lease that ran out fails the volume at once (onLost, below).
+          beforeWrite: leased ? () => leased.lease.assertLive() : undefined,
+          mapMedium: await this.mapMediumFor(info, leased),
+          cipher,
+        },
+        opts,
+      );
+    } catch (err) {
+      await leased?.lease.release().catch(() => undefined);
+      throw err;
+    }
+    // Lost (expired unrenewed, or taken over): fenced, as on a fatal error; writes and fsyncs now fail.
+    leased?.lease.onLost((err) => vol.failWith(err));
     this.open.add(vol);
     this.rebalance();
     return vol;
@@ -299,9 +321,17 @@ export class Store implements MountableStore {
     return dir;
   }
 
-  /** Where the volume's map lives: the bucket for a bucket store, else the local map/ directory (undefined). */
-  private mapMediumFor(info: VolumeInfo): BucketMapMedium | undefined {
-    return this.catalog ? new BucketMapMedium(this.backend, info.id) : undefined;
+  /**
+   * Where the volume's map lives: the bucket for a bucket store, else the local map/
+   * directory (undefined). In a bucket that keeps leases, only what the epoch records
+   * count is read (a writer's plan from beginEpoch; a reader makes its own).
+   */
+  private async mapMediumFor(info: VolumeInfo, leased: VolumeLeaseSetup | null = null): Promise<BucketMapMedium | undefined> {
+    if (leased) return new BucketMapMedium(leased.backend, info.id, leased.lease.epoch, undefined, { plan: leased.plan, firstSeq: leased.firstSeq });
+    if (!this.catalog) return undefined;
+    if (!canLease(this.backend)) return new BucketMapMedium(this.backend, info.id);
+    const plan = await planVolume(this.backend, info.id);
+    return new BucketMapMedium(this.backend, info.id, plan.governing.epoch, undefined, { plan });
   }
 
   /**
@@ -339,7 +369,7 @@ export class Store implements MountableStore {
         backend: this.backend,
         logger: this.logger,
         storeDir: this.dir,
-        mapMedium: this.mapMediumFor(info),
+        mapMedium: await this.mapMediumFor(info),
         cipher,
       },
       opts,

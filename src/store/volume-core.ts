@@ -48,6 +48,10 @@ export interface VolumeContext {
   onClose?: () => void;
   /** An encrypted volume's cipher (its key already checked), or null/absent for a plain volume. */
   cipher?: VolumeCipher | null;
+  /** Awaited last in close(), after every write (the bucket volume's lease is released here). */
+  afterClose?: () => Promise<void>;
+  /** Throws if writes must stop now (a bucket volume whose lease is lost: VBFS_LEASE_LOST). */
+  beforeWrite?: () => void;
 }
 
 /** The counters of VolumeStats that the engine parts count themselves. */

@@ -83,6 +83,11 @@ export class Volume {
     return v;
   }
 
+  /** Fail the volume from outside, as a fatal engine error would (a lost lease). */
+  failWith(err: VbfsError): void {
+    this.core.fail(err);
+  }
+
   get name(): string {
     return this.core.name;
   }
@@ -224,6 +229,7 @@ export class Volume {
       await core.map.close().catch(() => undefined);
       await this.lock?.release().catch(() => undefined);
       await core.cipherPool?.close().catch(() => undefined);
+      await core.ctx.afterClose?.().catch(() => undefined);
       core.ctx.onClose?.();
     }
   }
@@ -262,6 +268,7 @@ export class Volume {
   private checkWritable(): Writer {
     this.core.checkOpen();
     if (!this.writer) throw new VbfsError('VBFS_READ_ONLY', `volume '${this.name}' is open read-only`);
+    this.core.ctx.beforeWrite?.();
     this.writer.check();
     return this.writer;
   }
