@@ -55,14 +55,17 @@ describe('lease and fencing against RGW', function () {
 
   it('acquire takes epoch 1, renews in the background, and release lets the next taker in at once with epoch 2', async () => {
     const be = backend();
-    const a = await acquire(be, 'vol', { ttlMs: 1500, holder: { host: 'host-a', pid: 4242 } });
+    // A TTL long enough that a loaded machine's slow requests do not cost the lease:
+    // this test is about renewal, not about the margin.
+    const a = await acquire(be, 'vol', { ttlMs: 4000, holder: { host: 'host-a', pid: 4242 } });
     assert.equal(a.epoch, 1);
     assert.ok(a.live);
-    await sleep(1800); // past the TTL: only renewals keep it
+    await sleep(4600); // past the TTL: only renewals keep it
     assert.ok(a.live, 'renewed in the background');
     assert.ok(a.renewals >= 2, `renewals: ${a.renewals}`);
     const rec = decodeLease(await be.get(leaseKey('vol', 1)), 'lease');
-    assert.equal(rec.renewals, a.renewals);
+    // A renewal may be in flight while we read: the object holds the last one or the one before.
+    assert.ok(rec.renewals >= 1 && rec.renewals <= a.renewals && rec.renewals >= a.renewals - 1, `object ${rec.renewals}, holder ${a.renewals}`);
     assert.deepEqual([rec.host, rec.pid, rec.released], ['host-a', 4242, false]);
     await a.release();
     assert.equal(decodeLease(await be.get(leaseKey('vol', 1)), 'lease').released, true);
@@ -73,7 +76,7 @@ describe('lease and fencing against RGW', function () {
     const t0 = Date.now();
     const b = await acquire(backend(be), 'vol');
     assert.equal(b.epoch, 2);
-    assert.ok(Date.now() - t0 < 1000, 'a released lease is free without waiting for its TTL');
+    assert.ok(Date.now() - t0 < 3000, 'a released lease is free without waiting for its TTL (4 s)');
   });
 
   it('a second acquire is refused with VBFS_LEASE_HELD naming the holder (host, pid, since)', async () => {

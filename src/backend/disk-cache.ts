@@ -96,6 +96,15 @@ export class DiskCacheBackend implements Backend {
   private readonly cacheable: (key: string) => boolean;
   private readonly logger: Logger;
 
+  /**
+   * The inner backend's conditional create and server-stamped read, passed through
+   * when it has them (S3): the lease and fencing (backend/lease.ts) need both, and
+   * must not lose them because a cache sits in front. Defined only then, so a check
+   * for the capability (`typeof b.createIfAbsent === 'function'`) sees the truth.
+   */
+  readonly createIfAbsent?: (key: string, data: Uint8Array) => Promise<boolean>;
+  readonly getStamped?: (key: string) => Promise<{ data: Buffer; modifiedMs: number; serverNowMs: number }>;
+
   private constructor(
     readonly inner: Backend,
     private readonly dir: string,
@@ -104,6 +113,21 @@ export class DiskCacheBackend implements Backend {
   ) {
     this.kind = inner.kind;
     this.remote = inner.remote;
+    const conditional = inner as Backend & {
+      createIfAbsent?: (key: string, data: Uint8Array) => Promise<boolean>;
+      getStamped?: (key: string) => Promise<{ data: Buffer; modifiedMs: number; serverNowMs: number }>;
+    };
+    const createIfAbsent = conditional.createIfAbsent?.bind(inner);
+    if (createIfAbsent) {
+      this.createIfAbsent = async (key, data) => {
+        this.checkOpen();
+        // Whether or not it is created, no cached piece of an older object under this key is served.
+        await this.drop(key);
+        return createIfAbsent(key, data);
+      };
+    }
+    const getStamped = conditional.getStamped?.bind(inner);
+    if (getStamped) this.getStamped = (key) => getStamped(key);
     this.pieceBytes = opts.pieceBytes ?? 1024 * 1024;
     this.maxBytes = opts.maxBytes;
     this.cacheable = opts.cacheable ?? ((k) => k.includes('/chunks/'));
