@@ -142,7 +142,7 @@ describe('kill -9 during S3 flushes (Ceph RGW): nothing acknowledged lost', func
     });
   }
 
-  it('SIGKILL at seeded moments of flushes to the bucket; reopen from the same directory and from a new one; then a round through 503s and resets', async function () {
+  it('SIGKILL at seeded moments of flushes to the bucket; reopen from the same directory and from a new one; then a round through 503s and resets', async () => {
     const seed = envInt('VBFS_S3_KILL_SEED', Date.now() % 100_000);
     const kills = envInt('VBFS_S3_KILL_ROUNDS', 5);
     const rng = new Rng(seed);
@@ -197,7 +197,6 @@ describe('kill -9 during S3 flushes (Ceph RGW): nothing acknowledged lost', func
     } finally {
       await check.close();
     }
-    this.test!.title += ` [seed ${seed}]`;
     console.log(`      seed ${seed}\n      ${report.join('\n      ')}`);
   });
 });
