@@ -17,13 +17,16 @@
  *               bytes of 1 MiB volume.write(), then close() (the final flush to the
  *               bucket and checkpoint): timed from the first write to the end of close()
  *  write file   the same into a new volume of the file-backend store
+ *  put ceiling  not a target, a diagnosis: a plain loop of the SDK putting --write-size
+ *               bytes as 4 MiB objects (the chunk size), 4 in flight (the flusher's
+ *               wave), what RGW takes on this machine
  *
  * Targets (issue 11): cold >= 0.5x ceiling, warm >= 0.9x file, write s3 >= 0.8x write file.
  *
  *   npm run bench:s3                        (256 MiB, 5 runs, ~3 min)
  *   npm run bench:s3 -- --size 64M --reps 3 --write-size 1G
  */
-import { GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -185,6 +188,21 @@ async function main(): Promise<void> {
       return mibs;
     };
 
+    const putCeiling = async (rep: number): Promise<number> => {
+      const body = Buffer.allocUnsafe(4 * MiB);
+      fill(body, rep);
+      const keys = Array.from({ length: Math.ceil(writeSize / (4 * MiB)) }, (_v, k) => `${s3.prefix}/put-ceiling/${rep}/${k}`);
+      let next = 0;
+      const t0 = performance.now();
+      const worker = async (): Promise<void> => {
+        while (next < keys.length) await client.send(new PutObjectCommand({ Bucket: s3.bucket, Key: keys[next++], Body: body }));
+      };
+      await Promise.all(Array.from({ length: 4 }, worker));
+      const mibs = (keys.length * 4) / ((performance.now() - t0) / 1000);
+      for (const key of keys) await client.send(new DeleteObjectCommand({ Bucket: s3.bucket, Key: key }));
+      return mibs;
+    };
+
     // Warm-up, not counted: the SDK client's first requests (connections, credentials), RGW's caches.
     await ceiling();
     const figures = {
@@ -194,6 +212,7 @@ async function main(): Promise<void> {
       file: [] as number[],
       writeS3: [] as number[],
       writeFile: [] as number[],
+      putCeiling: [] as number[],
     };
     let warmRequests = 0;
     for (let rep = 1; rep <= argv.reps; rep++) {
@@ -215,8 +234,9 @@ async function main(): Promise<void> {
       for (const remote of rep % 2 ? [true, false] : [false, true]) {
         (remote ? figures.writeS3 : figures.writeFile).push(await seqWrite(remote ? s3WriteDir : fileDir, remote, `w${rep}`));
       }
+      figures.putCeiling.push(await putCeiling(rep));
       log(
-        `run ${rep}: ceiling ${figures.ceiling.at(-1)?.toFixed(0)} cold ${figures.cold.at(-1)?.toFixed(0)} warm ${figures.warm.at(-1)?.toFixed(0)} file ${figures.file.at(-1)?.toFixed(0)} write s3 ${figures.writeS3.at(-1)?.toFixed(0)} write file ${figures.writeFile.at(-1)?.toFixed(0)} MiB/s`,
+        `run ${rep}: put ceiling ${figures.putCeiling.at(-1)?.toFixed(0)} ceiling ${figures.ceiling.at(-1)?.toFixed(0)} cold ${figures.cold.at(-1)?.toFixed(0)} warm ${figures.warm.at(-1)?.toFixed(0)} file ${figures.file.at(-1)?.toFixed(0)} write s3 ${figures.writeS3.at(-1)?.toFixed(0)} write file ${figures.writeFile.at(-1)?.toFixed(0)} MiB/s`,
       );
     }
     client.destroy();
@@ -228,6 +248,7 @@ async function main(): Promise<void> {
       file: median(figures.file),
       writeS3: median(figures.writeS3),
       writeFile: median(figures.writeFile),
+      putCeiling: median(figures.putCeiling),
     };
     const lines = [
       `S3 read bench: ${size / MiB} MiB volume, 1 MiB sequential reads, medians of ${argv.reps} runs, Ceph RGW on 127.0.0.1`,
@@ -238,6 +259,7 @@ async function main(): Promise<void> {
       `S3 write bench: ${writeSize / MiB} MiB of 1 MiB sequential writes into a new volume, timed to the end of close() (final flush), medians of ${argv.reps} runs`,
       `  engine, S3 backend                  ${m.writeS3.toFixed(0).padStart(6)} MiB/s   ratio ${(m.writeS3 / m.writeFile).toFixed(2)} vs file (target >= 0.8)`,
       `  engine, file backend                ${m.writeFile.toFixed(0).padStart(6)} MiB/s`,
+      `  plain SDK PUT loop (4 MiB, 4 in flight) ${m.putCeiling.toFixed(0).padStart(4)} MiB/s   (what RGW takes here; not a target)`,
       `  runs: ${JSON.stringify(figures, (_k, v: unknown) => (typeof v === 'number' ? Math.round(v) : v))}`,
     ];
     process.stdout.write(lines.join('\n') + '\n');
