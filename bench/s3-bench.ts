@@ -12,13 +12,21 @@
  *               empty, the disk chunk cache holds everything (no bucket request)
  *  file         the same reads from a store on the file backend (local chunk files),
  *               volume reopened likewise
+ *  write s3     sustained sequential writes: a new volume in a bucket store (metadata and
+ *               map in the bucket, as `vbfs create --backend` makes it), --write-size
+ *               bytes of 1 MiB volume.write(), then close() (the final flush to the
+ *               bucket and checkpoint): timed from the first write to the end of close()
+ *  write file   the same into a new volume of the file-backend store
+ *  put ceiling  not a target, a diagnosis: a plain loop of the SDK putting --write-size
+ *               bytes as 4 MiB objects (the chunk size), 4 in flight (the flusher's
+ *               wave), what RGW takes on this machine
  *
- * Targets (issue 11): cold >= 0.5x ceiling, warm >= 0.9x file.
+ * Targets (issue 11): cold >= 0.5x ceiling, warm >= 0.9x file, write s3 >= 0.8x write file.
  *
- *   npm run bench:s3                        (256 MiB, 5 runs, ~2 min)
- *   npm run bench:s3 -- --size 64M --reps 3
+ *   npm run bench:s3                        (256 MiB, 5 runs, ~3 min)
+ *   npm run bench:s3 -- --size 64M --reps 3 --write-size 1G
  */
-import { GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -64,9 +72,11 @@ async function main(): Promise<void> {
     .option('size', { type: 'string', default: '256M', describe: 'volume bytes written and read' })
     .option('reps', { type: 'number', default: 5 })
     .option('parallel', { type: 'number', default: 8, describe: 'GETs in flight in the plain SDK loop' })
+    .option('write-size', { type: 'string', describe: 'bytes per sustained write run (default: --size)' })
     .strict()
     .parseSync();
   const size = parseSize(argv.size);
+  const writeSize = parseSize(argv['write-size'] ?? argv.size);
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'vbfs-s3bench-'));
   const fakeMocha = {
     skip(): never {
@@ -156,9 +166,54 @@ async function main(): Promise<void> {
       return mibs;
     };
 
+    /**
+     * Sustained sequential writes into a new volume, timed to the end of close(): the
+     * WAL is local either way; with S3 the flusher must keep the bucket up with it.
+     */
+    const s3WriteDir = path.join(work, 's3-write-store');
+    const seqWrite = async (dir: string, remote: boolean, name: string): Promise<number> => {
+      // As `vbfs create --backend` makes it: metadata and map in the bucket too.
+      const store = await Store.open(dir, remote ? { backend: new S3Backend(s3), metadata: 'backend', diskCacheBytes: 0 } : {});
+      await store.createVolume(name, { size: writeSize });
+      const vol = await store.openVolume(name);
+      const t0 = performance.now();
+      for (let off = 0; off < writeSize; off += MiB) {
+        fill(block, off / MiB + 7);
+        await vol.write(off, block);
+      }
+      await vol.close();
+      const mibs = writeSize / MiB / ((performance.now() - t0) / 1000);
+      await store.deleteVolume(name); // the next run starts from the same state
+      await store.close();
+      return mibs;
+    };
+
+    const putCeiling = async (rep: number): Promise<number> => {
+      const body = Buffer.allocUnsafe(4 * MiB);
+      fill(body, rep);
+      const keys = Array.from({ length: Math.ceil(writeSize / (4 * MiB)) }, (_v, k) => `${s3.prefix}/put-ceiling/${rep}/${k}`);
+      let next = 0;
+      const t0 = performance.now();
+      const worker = async (): Promise<void> => {
+        while (next < keys.length) await client.send(new PutObjectCommand({ Bucket: s3.bucket, Key: keys[next++], Body: body }));
+      };
+      await Promise.all(Array.from({ length: 4 }, worker));
+      const mibs = (keys.length * 4) / ((performance.now() - t0) / 1000);
+      for (const key of keys) await client.send(new DeleteObjectCommand({ Bucket: s3.bucket, Key: key }));
+      return mibs;
+    };
+
     // Warm-up, not counted: the SDK client's first requests (connections, credentials), RGW's caches.
     await ceiling();
-    const figures = { ceiling: [] as number[], cold: [] as number[], warm: [] as number[], file: [] as number[] };
+    const figures = {
+      ceiling: [] as number[],
+      cold: [] as number[],
+      warm: [] as number[],
+      file: [] as number[],
+      writeS3: [] as number[],
+      writeFile: [] as number[],
+      putCeiling: [] as number[],
+    };
     let warmRequests = 0;
     for (let rep = 1; rep <= argv.reps; rep++) {
       figures.ceiling.push(await ceiling());
@@ -175,19 +230,36 @@ async function main(): Promise<void> {
       const fileStore = await Store.open(fileDir);
       figures.file.push(await seqRead(fileStore));
       await fileStore.close();
+      // Alternate which backend writes first: neither always gets the fresher page cache.
+      for (const remote of rep % 2 ? [true, false] : [false, true]) {
+        (remote ? figures.writeS3 : figures.writeFile).push(await seqWrite(remote ? s3WriteDir : fileDir, remote, `w${rep}`));
+      }
+      figures.putCeiling.push(await putCeiling(rep));
       log(
-        `run ${rep}: ceiling ${figures.ceiling.at(-1)?.toFixed(0)} cold ${figures.cold.at(-1)?.toFixed(0)} warm ${figures.warm.at(-1)?.toFixed(0)} file ${figures.file.at(-1)?.toFixed(0)} MiB/s`,
+        `run ${rep}: put ceiling ${figures.putCeiling.at(-1)?.toFixed(0)} ceiling ${figures.ceiling.at(-1)?.toFixed(0)} cold ${figures.cold.at(-1)?.toFixed(0)} warm ${figures.warm.at(-1)?.toFixed(0)} file ${figures.file.at(-1)?.toFixed(0)} write s3 ${figures.writeS3.at(-1)?.toFixed(0)} write file ${figures.writeFile.at(-1)?.toFixed(0)} MiB/s`,
       );
     }
     client.destroy();
 
-    const m = { ceiling: median(figures.ceiling), cold: median(figures.cold), warm: median(figures.warm), file: median(figures.file) };
+    const m = {
+      ceiling: median(figures.ceiling),
+      cold: median(figures.cold),
+      warm: median(figures.warm),
+      file: median(figures.file),
+      writeS3: median(figures.writeS3),
+      writeFile: median(figures.writeFile),
+      putCeiling: median(figures.putCeiling),
+    };
     const lines = [
       `S3 read bench: ${size / MiB} MiB volume, 1 MiB sequential reads, medians of ${argv.reps} runs, Ceph RGW on 127.0.0.1`,
       `  plain SDK GET loop (${argv.parallel} in flight)  ${m.ceiling.toFixed(0).padStart(6)} MiB/s`,
       `  engine cold (from the bucket)       ${m.cold.toFixed(0).padStart(6)} MiB/s   ratio ${(m.cold / m.ceiling).toFixed(2)} (target >= 0.5)`,
       `  engine warm (disk chunk cache)      ${m.warm.toFixed(0).padStart(6)} MiB/s   ratio ${(m.warm / m.file).toFixed(2)} vs file (target >= 0.9); bucket requests during warm runs: ${warmRequests}`,
       `  engine, file backend                ${m.file.toFixed(0).padStart(6)} MiB/s`,
+      `S3 write bench: ${writeSize / MiB} MiB of 1 MiB sequential writes into a new volume, timed to the end of close() (final flush), medians of ${argv.reps} runs`,
+      `  engine, S3 backend                  ${m.writeS3.toFixed(0).padStart(6)} MiB/s   ratio ${(m.writeS3 / m.writeFile).toFixed(2)} vs file (target >= 0.8)`,
+      `  engine, file backend                ${m.writeFile.toFixed(0).padStart(6)} MiB/s`,
+      `  plain SDK PUT loop (4 MiB, 4 in flight) ${m.putCeiling.toFixed(0).padStart(4)} MiB/s   (what RGW takes here; not a target)`,
       `  runs: ${JSON.stringify(figures, (_k, v: unknown) => (typeof v === 'number' ? Math.round(v) : v))}`,
     ];
     process.stdout.write(lines.join('\n') + '\n');
