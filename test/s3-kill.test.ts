@@ -4,11 +4,12 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { S3Backend, type S3BackendOptions, type S3Stats } from '../src/backend/s3-backend';
+import { isVbfsError } from '../src/errors';
 import { Store } from '../src/store/store';
 import { FaultProxy, type Fault } from './helpers/fault-proxy';
 import { requireRgw, rgwOptions, type RgwCluster } from './helpers/rgw';
 import { Rng, envInt } from './helpers/rng';
-import { BLOCK, BLOCKS, KILL_TUNABLES, decodeBlock, newer, writeOf, type Version } from './helpers/s3-kill-model';
+import { BLOCK, BLOCKS, KILL_LEASE_TTL_MS, KILL_TUNABLES, decodeBlock, newer, writeOf, type Version } from './helpers/s3-kill-model';
 
 const CHILD = path.join(__dirname, 'helpers', 's3-kill-child.js');
 
@@ -67,10 +68,20 @@ describe('kill -9 during S3 flushes (Ceph RGW): nothing acknowledged lost', func
 
   /** Open `dir`, check every block against the floor, raise the floor to what is seen. */
   async function verify(seed: number, rounds: number, dir: string, backend: S3BackendOptions, exact: boolean): Promise<{ newerThanAck: number }> {
-    const store = await Store.open(dir, { backend: new S3Backend(backend), metadata: 'backend' });
+    const store = await Store.open(dir, { backend: new S3Backend(backend), metadata: 'backend', leaseTtlMs: KILL_LEASE_TTL_MS });
     let newerThanAck = 0;
     try {
-      const vol = await store.openVolume('v', KILL_TUNABLES);
+      // A killed writer still holds the volume's lease in the bucket until its TTL
+      // runs out (another machine cannot tell a dead holder from a slow one): wait for it.
+      let vol: Awaited<ReturnType<Store['openVolume']>> | null = null;
+      for (const deadline = Date.now() + 6 * KILL_LEASE_TTL_MS + 10_000; vol === null;) {
+        try {
+          vol = await store.openVolume('v', KILL_TUNABLES);
+        } catch (err) {
+          if (!isVbfsError(err, 'VBFS_LEASE_HELD') || Date.now() > deadline) throw err;
+          await new Promise((r) => setTimeout(r, 500));
+        }
+      }
       const all = await vol.read(0, BLOCKS * BLOCK);
       await vol.close();
       for (let b = 0; b < BLOCKS; b++) {

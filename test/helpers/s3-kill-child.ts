@@ -11,7 +11,7 @@
  */
 import { S3Backend, type S3BackendOptions } from '../../src/backend/s3-backend';
 import { Store } from '../../src/store/store';
-import { KILL_TUNABLES, stampedWrite, writeOf } from './s3-kill-model';
+import { KILL_LEASE_TTL_MS, KILL_TUNABLES, stampedWrite, writeOf } from './s3-kill-model';
 
 interface Args {
   dir: string;
@@ -34,6 +34,8 @@ async function main(): Promise<void> {
   const store = await Store.open(a.dir, {
     backend,
     metadata: 'backend',
+    // Short: after each SIGKILL the test waits for this lease to expire before it reopens.
+    leaseTtlMs: KILL_LEASE_TTL_MS,
     failpoint: (name) => {
       if (name === 'flush:beforeChunkWrite') process.send?.({ type: 'flushing' });
     },

@@ -13,6 +13,9 @@ export const BLOCKS = 4096; // 16 MiB volume
 const MAGIC = 0x4b494c4c; // 'KILL'
 
 /** Small chunks and flush thresholds: a flush to the bucket is nearly always running. */
+/** Lease TTL of the killed writers and of the checks: each reopen after a SIGKILL waits for it. */
+export const KILL_LEASE_TTL_MS = 2000;
+
 export const KILL_TUNABLES: Partial<VolumeTunables> = {
   chunkBytes: 256 * 1024,
   flushBytes: 256 * 1024,
