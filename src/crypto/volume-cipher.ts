@@ -217,15 +217,8 @@ export class VolumeCipher {
 
   /** Encrypt one record payload (already compressed): ciphertext || tag. */
   seal(domain: RecordDomain, h: RecordHeader, plaintext: Uint8Array): Buffer {
-    const nonce = this.nonceInto(this.n, domain, h.seq);
-    const aad = this.aadInto(this.a, domain, h);
-    sealHook.fn?.(nonce, aad, plaintext);
-    const c = createCipheriv(CIPHER, this.dataKey, nonce, { authTagLength: TAG_BYTES });
-    c.setAAD(aad);
     const out = Buffer.allocUnsafe(plaintext.length + TAG_BYTES);
-    let n = c.update(plaintext).copy(out, 0);
-    n += c.final().copy(out, n);
-    c.getAuthTag().copy(out, n);
+    this.sealInto(domain, h, plaintext, out, 0);
     return out;
   }
 
@@ -233,7 +226,7 @@ export class VolumeCipher {
   open(domain: RecordDomain, h: RecordHeader, sealed: Uint8Array): Buffer {
     // Message and details only when it fails: this runs once per 4 KiB read.
     const corrupt = (why: string): VbfsError =>
-      new VbfsError('VBFS_CORRUPT', `${domain === DOMAIN_WAL ? 'WAL' : 'chunk'} record of block ${h.block} (seq ${h.seq})${why}`, {
+      new VbfsError('VBFS_CORRUPT', `sealed record of block ${h.block} (seq ${h.seq})${why}`, {
         block: h.block,
         seq: h.seq,
         domain,
