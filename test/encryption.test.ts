@@ -440,6 +440,109 @@ describe('encryption at rest (engine)', () => {
     });
   });
 
+  describe('sealing large writes in the crypto worker', () => {
+    type Pool = { batchesSealed: number; worker: { terminate(): Promise<number> } | null };
+    const poolOf = (vol: Volume): Pool => (vol as unknown as { core: { cipherPool: Pool } }).core.cipherPool;
+    /** Writes of 1 to 12 blocks, some overlapping blocks still in the worker; the model of what the volume holds. */
+    async function writeMix(vol: Volume, model: Buffer, rng: Rng, n: number): Promise<number> {
+      let blocks = 0;
+      for (let i = 0; i < n; i++) {
+        const b = rng.int(BLOCKS - 12);
+        const len = (1 + rng.int(12)) * BS;
+        const data = rng.bytes(len);
+        data.copy(model, b * BS);
+        await vol.write(b * BS, data);
+        blocks += len / BS;
+        // Read back at once: the plaintext is in the write buffer while the worker seals it.
+        assert.deepEqual(await vol.read(b * BS, len), data);
+      }
+      return blocks;
+    }
+
+    for (const compression of ['none', 'lz4'] as const) {
+      it(`writes of cryptoSealBlocks blocks or more are sealed there, queued with inline ones in seq order: the WAL replay (kill -9) and the chunks authenticate them (compression ${compression})`, async () => {
+        const sealed = new Map<string, string>();
+        let seals = 0;
+        sealHook.fn = (nonce, aad, plaintext) => {
+          seals++;
+          const n = nonce.toString('hex');
+          const what = createHash('sha256').update(aad).update(plaintext).digest('hex');
+          assert.ok(!sealed.has(n) || sealed.get(n) === what, `nonce ${n} sealed twice with different AAD or plaintext`);
+          sealed.set(n, what);
+        };
+        let sim = new SimFS();
+        let store = await Store.open(DIR, { fileIO: sim });
+        await store.createVolume('c', { size: SIZE, blockSize: BS, durability: 'batched', compression, encryption: { key: hexKey(7) } });
+        const model = Buffer.alloc(SIZE);
+        const rng = new Rng(21);
+        let vol = await store.openVolume('c', { key: hexKey(7), cryptoSealBlocks: 4, ...KEEP_IN_WAL });
+        let writes = await writeMix(vol, model, rng, 40);
+        await vol.fsync();
+        assert.ok(poolOf(vol).batchesSealed >= 10, `the worker sealed ${poolOf(vol).batchesSealed} batches`);
+        // kill -9 after the fsync: everything comes back from the WAL, opened inline.
+        sim = sim.reopen();
+        store = await Store.open(DIR, { fileIO: sim });
+        vol = await store.openVolume('c', { key: hexKey(7), cryptoThreads: 0 });
+        assert.deepEqual(await vol.read(0, SIZE), model, 'after WAL replay');
+        await vol.close();
+        // Worker-sealed records flushed into chunks, read cold.
+        vol = await store.openVolume('c', { key: hexKey(7), cryptoSealBlocks: 4, ...SMALL_CHUNKS });
+        writes += await writeMix(vol, model, rng, 20);
+        await vol.flush();
+        await vol.close();
+        vol = await store.openVolume('c', { key: hexKey(7), cacheBytes: 0, readaheadBytes: 0 });
+        assert.deepEqual(await vol.read(0, SIZE), model, 'from chunks');
+        await store.close();
+        sealHook.fn = null;
+        assert.equal(seals, writes, 'every block version is sealed exactly once');
+        assert.equal(sealed.size, writes, 'every seal used its own nonce');
+      });
+    }
+
+    it('a worker that dies with batches in it: they are sealed inline with the same nonce and content, and fsync covers them', async () => {
+      let seals = 0;
+      sealHook.fn = () => void seals++;
+      let sim = new SimFS();
+      let store = await Store.open(DIR, { fileIO: sim });
+      await store.createVolume('c', { size: SIZE, blockSize: BS, durability: 'batched', encryption: { key: hexKey(8) } });
+      const vol = await store.openVolume('c', { key: hexKey(8), cryptoSealBlocks: 2, ...KEEP_IN_WAL });
+      const data = new Rng(5).bytes(SIZE);
+      await vol.write(0, data.subarray(0, 16 * BS)); // starts the worker
+      await vol.write(16 * BS, data.subarray(16 * BS, 32 * BS));
+      const pool = poolOf(vol);
+      await pool.worker?.terminate();
+      await vol.write(32 * BS, data.subarray(32 * BS)); // the worker starts again
+      await vol.fsync();
+      sealHook.fn = null;
+      assert.equal(seals, BLOCKS, 'no block is announced twice');
+      sim = sim.reopen();
+      store = await Store.open(DIR, { fileIO: sim });
+      const again = await store.openVolume('c', { key: hexKey(8), cryptoThreads: 0 });
+      assert.deepEqual(await again.read(0, SIZE), data);
+      await store.close();
+    });
+
+    it('strict writes and small writes are sealed inline; cryptoSealBlocks 0 turns the worker off for writes', async () => {
+      const store = await Store.open(DIR, { fileIO: new SimFS() });
+      await store.createVolume('c', { size: SIZE, blockSize: BS, durability: 'batched', encryption: { key: hexKey(9) } });
+      const data = new Rng(6).bytes(SIZE);
+      for (const [opts, worker] of [
+        [{ cryptoSealBlocks: 4 }, true],
+        [{ cryptoSealBlocks: 4, durability: 'strict' as const }, false],
+        [{ cryptoSealBlocks: 0 }, false],
+      ] as const) {
+        const vol = await store.openVolume('c', { key: hexKey(9), ...opts });
+        for (let b = 0; b < BLOCKS; b += 8) await vol.write(b * BS, data.subarray(b * BS, (b + 8) * BS));
+        await vol.write(0, data.subarray(0, 3 * BS)); // fewer than cryptoSealBlocks
+        await vol.fsync();
+        assert.equal(poolOf(vol).batchesSealed, worker ? BLOCKS / 8 : 0, JSON.stringify(opts));
+        assert.deepEqual(await vol.read(0, SIZE), data);
+        await vol.close();
+      }
+      await store.close();
+    });
+  });
+
   describe('fsck', () => {
     it('with the key it authenticates every record and finds a tampered one; without it, CRCs only, and it says so', async () => {
       const { sim, chunks } = await encryptedFlushed(16);

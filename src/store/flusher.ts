@@ -272,6 +272,11 @@ export class Flusher implements FlushControl {
       // Both started in this same tick (the snapshot and the seal must agree), and
       // both awaited together so a failing WAL leaves no unobserved rejection.
       [, sealed] = await Promise.all([wal.sync(), wal.rotate()]);
+      // Records still in the crypto worker (writer.ts) land in the new segment; the
+      // chunks need their sealed payloads.
+      await this.writer.sealsSettled();
+      if (this.core.failed) throw this.core.failed; // a record the WAL refused has no sealed payload
+      for (const slot of entries) if (arena.isSealing(slot)) throw new VbfsError('VBFS_IO', `internal: slot ${slot} is still being sealed`);
     } catch (err) {
       for (const slot of entries) arena.unpin(slot);
       throw err;

@@ -1,9 +1,11 @@
 import { VbfsError, ioError, isNoSpace } from '../errors';
 import { compressBlock } from '../chunk/codec';
-import { DOMAIN_RECORD } from '../crypto/volume-cipher';
+import { DOMAIN_RECORD, SEAL_OVERHEAD } from '../crypto/volume-cipher';
 import { FLAG_LZ4, FLAG_SEALED, RECORD_HEADER } from '../format/block-record';
 import { copyBytes } from '../format/bytes';
 import { WalWriter } from '../wal/wal-writer';
+import type { CipherPool } from '../crypto/cipher-pool';
+import type { VolumeCipher } from '../crypto/volume-cipher';
 import type { Reader } from './reader';
 import { SeqReserve } from './seq-reserve';
 import { isBackendDown } from './flusher';
@@ -24,6 +26,60 @@ export interface FlushControl {
   readonly waveRecords: number;
   /** Volume.flush(): pack everything written so far into chunks. */
   flush(): Promise<void>;
+}
+
+/**
+ * Records of one write sealed in the crypto worker (or, `inline`, already sealed
+ * into their slots' sealed room, but queued behind such a batch), waiting to be
+ * appended to the WAL in seq order. Their slots are held (arena.holdForSeal)
+ * until then, so neither their plaintext nor their sealed room is reused.
+ */
+class SealBatch {
+  n = 0;
+  /** Payload bytes in `plain` (worker batches). */
+  bytes = 0;
+  readonly slots: Int32Array;
+  /** block, seq, flags of each record (the worker's request format) */
+  readonly meta: Float64Array;
+  /** payload length of each record before sealing */
+  readonly lens: Uint32Array;
+  /** The payloads back to back (worker batches; transferred to the worker, then unusable). */
+  readonly plain: Uint8Array | null;
+  /** Sealed payloads back to back, once back from the worker. */
+  sealed: Buffer | null = null;
+  ready = false;
+  /** Resolves (never rejects) once the batch is in the WAL or dropped with the volume's failure. */
+  readonly appended: Promise<void>;
+  resolve!: () => void;
+
+  constructor(
+    cap: number,
+    blockSize: number,
+    readonly inline: boolean,
+  ) {
+    this.slots = new Int32Array(cap);
+    this.meta = new Float64Array(3 * cap);
+    this.lens = new Uint32Array(cap);
+    this.plain = inline ? null : new Uint8Array(new ArrayBuffer(cap * blockSize));
+    this.appended = new Promise((r) => (this.resolve = r));
+  }
+
+  add(slot: number, block: number, seq: number, flags: number, payload: Uint8Array, len: number): void {
+    const k = this.n++;
+    this.slots[k] = slot;
+    this.meta[3 * k] = block;
+    this.meta[3 * k + 1] = seq;
+    this.meta[3 * k + 2] = flags;
+    this.lens[k] = len;
+    if (this.plain) {
+      this.plain.set(payload, this.bytes);
+      this.bytes += len;
+    }
+  }
+
+  get full(): boolean {
+    return this.n === this.slots.length;
+  }
 }
 
 /** Where the WAL continues after recovery. */
@@ -64,6 +120,15 @@ export class Writer {
   private unsyncedSeqs = new Float64Array(1024);
   private head = 0; // next to pop
   private tail = 0; // next free (head === tail: empty)
+
+  /**
+   * Encrypted volumes: large writes are sealed in the crypto worker (cipher-pool.ts)
+   * and acknowledged before: the write's batch (`sealOpen` while it is applied),
+   * then the batches and records waiting for the WAL, oldest first.
+   */
+  private sealOpen: SealBatch | null = null;
+  private readonly sealQueue: SealBatch[] = [];
+  private sealingBlocks = 0;
 
   /** Set by connect(): the flusher is built on this writer's WAL, so it comes second. */
   flusher!: FlushControl;
@@ -109,7 +174,7 @@ export class Writer {
     // Fast path (the usual case behind FUSE, which sends one write at a time): no
     // write queued, room in the arena, no partial block that needs a backend read.
     // Then the whole write is applied synchronously, with no promise in between.
-    if (!this.writeTail && this.applySync(offset, data)) return this.afterApply();
+    if (!this.writeTail && this.applySync(offset, data)) return this.sealQueue.length > 0 ? this.afterSealApply() : this.afterApply();
     const prev = this.writeTail;
     const run = (): Promise<void> => this.apply(offset, data);
     // A failed earlier write must not fail this one: chain on settle, not on success.
@@ -117,7 +182,17 @@ export class Writer {
       if (this.writeTail === mine) this.writeTail = null;
     });
     this.writeTail = mine;
-    return mine.then(() => this.afterApply());
+    return mine.then(() => (this.sealQueue.length > 0 ? this.afterSealApply() : this.afterApply()));
+  }
+
+  /**
+   * Blocks of a write of `blocks` blocks that go to the crypto worker: the whole
+   * write when it is large enough (a small one costs less inline than a trip to
+   * the worker). Strict writes wait for the disk anyway: inline.
+   */
+  private sealInWorker(blocks: number): boolean {
+    const t = this.core.tunables;
+    return this.core.cipherPool !== null && t.cryptoSealBlocks > 0 && blocks >= t.cryptoSealBlocks && this.core.durability !== 'strict';
   }
 
   /** Apply the write now if nothing can make it wait; false (and nothing done) otherwise. */
@@ -129,17 +204,22 @@ export class Writer {
     if (!this.seqs.covers(last - first + 1)) return false;
     if (offset % bs !== 0 && this.reader.inMemoryBlock(first) === undefined) return false;
     if ((offset + data.length) % bs !== 0 && this.reader.inMemoryBlock(last) === undefined) return false;
+    if (this.sealInWorker(last - first + 1)) this.sealOpen = new SealBatch(last - first + 1, bs, false);
     let pos = offset;
     const end = offset + data.length;
-    while (pos < end) {
-      const block = Math.floor(pos / bs);
-      const inOff = pos - block * bs;
-      const n = Math.min(bs - inOff, end - pos);
-      const slot = arena.alloc();
-      if (n === bs) arena.copyIn(slot, data, pos - offset);
-      else this.fillPartial(slot, this.reader.inMemoryBlock(block) as Buffer | null, data, pos - offset, inOff, n);
-      this.commitSlot(block, slot);
-      pos += n;
+    try {
+      while (pos < end) {
+        const block = Math.floor(pos / bs);
+        const inOff = pos - block * bs;
+        const n = Math.min(bs - inOff, end - pos);
+        const slot = arena.alloc();
+        if (n === bs) arena.copyIn(slot, data, pos - offset);
+        else this.fillPartial(slot, this.reader.inMemoryBlock(block) as Buffer | null, data, pos - offset, inOff, n);
+        this.commitSlot(block, slot);
+        pos += n;
+      }
+    } finally {
+      this.sendSeals();
     }
     if (arena.used * bs >= this.core.tunables.flushBytes) this.flusher.kick();
     return true;
@@ -150,25 +230,42 @@ export class Writer {
     this.check();
     const { arena, blockSize: bs } = this.core;
     const end = offset + data.length;
+    const toWorker = this.sealInWorker(Math.floor((end - 1) / bs) - Math.floor(offset / bs) + 1);
     let pos = offset;
-    while (pos < end) {
-      const block = Math.floor(pos / bs);
-      const inOff = pos - block * bs;
-      const n = Math.min(bs - inOff, end - pos);
-      // Writes are applied one at a time: nothing takes a seq between here and commitSlot.
-      if (!this.seqs.covers(1)) await this.seqs.wait(1);
-      let slot = arena.alloc();
-      while (slot < 0) slot = await this.waitForSlot();
-      if (n === bs) {
-        arena.copyIn(slot, data, pos - offset);
-      } else {
-        // Partial block: start from the current version of the block.
-        let base = this.reader.inMemoryBlock(block);
-        if (base === undefined) base = await this.reader.fetchBlock(block);
-        this.fillPartial(slot, base, data, pos - offset, inOff, n);
+    try {
+      while (pos < end) {
+        const block = Math.floor(pos / bs);
+        const inOff = pos - block * bs;
+        const n = Math.min(bs - inOff, end - pos);
+        // The records so far go to the worker before any wait (the flusher may wait for
+        // their seals); the rest of the write starts a new batch.
+        if (toWorker && !this.sealOpen) this.sealOpen = new SealBatch(Math.floor((end - 1) / bs) - block + 1, bs, false);
+        // Writes are applied one at a time: nothing takes a seq between here and commitSlot.
+        if (!this.seqs.covers(1)) {
+          this.sendSeals();
+          await this.seqs.wait(1);
+        }
+        let slot = arena.alloc();
+        while (slot < 0) {
+          this.sendSeals();
+          slot = await this.waitForSlot();
+        }
+        if (n === bs) {
+          arena.copyIn(slot, data, pos - offset);
+        } else {
+          // Partial block: start from the current version of the block.
+          let base = this.reader.inMemoryBlock(block);
+          if (base === undefined) {
+            this.sendSeals();
+            base = await this.reader.fetchBlock(block);
+          }
+          this.fillPartial(slot, base, data, pos - offset, inOff, n);
+        }
+        this.commitSlot(block, slot);
+        pos += n;
       }
-      this.commitSlot(block, slot);
-      pos += n;
+    } finally {
+      this.sendSeals();
     }
     if (arena.used * bs >= this.core.tunables.flushBytes) this.flusher.kick();
   }
@@ -212,17 +309,144 @@ export class Writer {
     const packed = this.core.info.compression === 'lz4' ? compressBlock(slab.subarray(o, o + bs)) : null;
     const cipher = this.core.cipher;
     if (cipher) {
-      // Sealed into the slot's own sealed room (arena.ts): nothing per block outlives this call.
       const flags = (packed ? FLAG_LZ4 : 0) | FLAG_SEALED;
+      const payload = packed ?? slab.subarray(o, o + bs);
+      const batch = this.sealOpen;
+      if (batch) {
+        // Sealed in the worker; appended to the WAL (and pushUnsynced) when it comes back.
+        cipher.announceSeal(DOMAIN_RECORD, { block, seq, flags }, payload);
+        batch.add(slot, block, seq, flags, payload, payload.length);
+        arena.holdForSeal(slot);
+        return;
+      }
+      // Sealed into the slot's own sealed room (arena.ts): nothing per block outlives this call.
       const dst = arena.sealedSlab(slot);
       const at = arena.sealedOffset(slot);
-      const len = cipher.sealInto(DOMAIN_RECORD, { block, seq, flags }, packed ?? slab.subarray(o, o + bs), dst, at);
+      const len = cipher.sealInto(DOMAIN_RECORD, { block, seq, flags }, payload, dst, at);
+      if (this.sealQueue.length > 0) {
+        // Earlier records are still in the worker: the WAL takes records in seq order.
+        let tail = this.sealQueue[this.sealQueue.length - 1] as SealBatch;
+        if (!tail.inline || tail.full) {
+          tail = new SealBatch(64, bs, true);
+          tail.ready = true;
+          this.sealQueue.push(tail);
+        }
+        tail.add(slot, block, seq, flags, payload, len - SEAL_OVERHEAD);
+        this.sealingBlocks++;
+        arena.holdForSeal(slot);
+        return;
+      }
       arena.setSealedRecord(slot, this.wal.append(seq, block, flags, bs, dst, at, at + len), len, flags);
     } else {
       const crc = packed ? this.wal.append(seq, block, FLAG_LZ4, bs, packed, 0, packed.length) : this.wal.append(seq, block, 0, bs, slab, o, o + bs);
       arena.setRecord(slot, crc, packed, packed ? FLAG_LZ4 : 0);
     }
     this.pushUnsynced(slot, seq);
+  }
+
+  // ------------------------------------------------------------ sealing in the worker
+
+  /** Send the write's batch (if any) to the crypto worker; its records go to the WAL when it is back. */
+  private sendSeals(): void {
+    const b = this.sealOpen;
+    if (!b) return;
+    this.sealOpen = null;
+    if (b.n === 0) return;
+    this.sealQueue.push(b);
+    this.sealingBlocks += b.n;
+    const plain = (b.plain as Uint8Array).buffer as ArrayBuffer;
+    (this.core.cipherPool as CipherPool).seal(plain, b.meta.subarray(0, 3 * b.n), b.lens.subarray(0, b.n)).then(
+      (sealed) => {
+        b.sealed = sealed;
+        this.sealDone(b);
+      },
+      () => this.sealDone(b), // the worker failed or closed: sealed inline instead (appendSealed)
+    );
+  }
+
+  private sealDone(b: SealBatch): void {
+    b.ready = true;
+    while (this.sealQueue.length > 0 && (this.sealQueue[0] as SealBatch).ready) {
+      const head = this.sealQueue.shift() as SealBatch;
+      this.sealingBlocks -= head.n;
+      this.appendSealed(head);
+      head.resolve();
+    }
+    this.scheduleSync();
+  }
+
+  /**
+   * Append a batch's sealed records to the WAL, in seq order, as commitSlot does
+   * for a record sealed inline. A batch the worker did not seal is sealed here, with
+   * the same nonce, AAD and payload (LZ4 is deterministic), so the bytes are the
+   * ones the worker would have made: one seq still has one content.
+   */
+  private appendSealed(b: SealBatch): void {
+    const { arena, blockSize: bs } = this.core;
+    const cipher = this.core.cipher as VolumeCipher;
+    let from = 0;
+    for (let k = 0; k < b.n; k++) {
+      const slot = b.slots[k] as number;
+      const block = b.meta[3 * k] as number;
+      const seq = b.meta[3 * k + 1] as number;
+      const flags = b.meta[3 * k + 2] as number;
+      const len = (b.lens[k] as number) + SEAL_OVERHEAD;
+      const dst = arena.sealedSlab(slot);
+      const at = arena.sealedOffset(slot);
+      try {
+        if (b.sealed) {
+          b.sealed.copy(dst, at, from, from + len);
+          from += len;
+        } else if (!b.inline) {
+          const o = arena.offset(slot);
+          const raw = arena.slab(slot).subarray(o, o + bs);
+          const payload = (flags & FLAG_LZ4) !== 0 ? (compressBlock(raw) as Buffer) : raw;
+          cipher.sealInto(DOMAIN_RECORD, { block, seq, flags }, payload, dst, at, true);
+        }
+        if (!this.core.failed) {
+          arena.setSealedRecord(slot, this.wal.append(seq, block, flags, bs, dst, at, at + len), len, flags);
+          this.pushUnsynced(slot, seq);
+        }
+      } catch (err) {
+        // The WAL failed (the volume is poisoned by it): the record is dropped, never
+        // acknowledged as durable; the next write or fsync reports the failure.
+        this.failUnlessNoSpace(err);
+      }
+      arena.endSeal(slot);
+    }
+  }
+
+  /** Resolves when every record sealed so far (or being sealed) is in the WAL. */
+  async sealsSettled(): Promise<void> {
+    this.sendSeals();
+    while (this.sealQueue.length > 0) await (this.sealQueue[this.sealQueue.length - 1] as SealBatch).appended;
+  }
+
+  /**
+   * A write whose records are (partly) still in the worker: when it must wait for
+   * the disk (strict), or the records not yet durable (in the worker or the WAL)
+   * reach the amount at which afterApply() makes a writer wait, it waits for the
+   * seals, then as afterApply() says; otherwise it is acknowledged now, and the
+   * sync is scheduled when the records land (scheduleSync).
+   */
+  private afterSealApply(): Promise<void> {
+    const mode = this.core.durability;
+    const rec = RECORD_HEADER + this.core.blockSize;
+    const behind = this.wal.unsyncedBytes + this.sealingBlocks * rec;
+    const limit = mode === 'batched' ? 2 * this.core.tunables.batchBlocks * rec : this.flusher.waveRecords * rec;
+    if (mode === 'strict' || behind >= limit) return this.sealsSettled().then(() => this.afterApply());
+    return RESOLVED;
+  }
+
+  /** Records appended from the worker's batches start the group commit afterApply() would have started for them. */
+  private scheduleSync(): void {
+    const mode = this.core.durability;
+    if (mode === 'batched') {
+      this.batchedCommitNoWait();
+    } else if (mode !== 'strict') {
+      const cap = this.flusher.waveRecords * (RECORD_HEADER + this.core.blockSize);
+      if (this.wal.unsyncedBytes >= cap / 2) this.wal.kickSync();
+    }
   }
 
   // ------------------------------------------------------------ durability
@@ -245,6 +469,12 @@ export class Writer {
   private batchedCommit(): Promise<void> {
     const t = this.core.tunables;
     if (this.wal.unsyncedBytes >= 2 * t.batchBlocks * (RECORD_HEADER + this.core.blockSize)) return this.syncWal();
+    this.batchedCommitNoWait();
+    return RESOLVED;
+  }
+
+  private batchedCommitNoWait(): void {
+    const t = this.core.tunables;
     if (this.wal.unsyncedBlocks >= t.batchBlocks) {
       this.backgroundSync();
     } else if (!this.batchTimer && this.wal.hasUnsynced) {
@@ -253,7 +483,6 @@ export class Writer {
         this.backgroundSync();
       }, t.batchMs);
     }
-    return RESOLVED;
   }
 
   /**
@@ -280,6 +509,7 @@ export class Writer {
    */
   async fsync(): Promise<void> {
     await this.drain();
+    await this.sealsSettled();
     if (this.core.durability === 'async') {
       this.backgroundSync();
       return;
@@ -294,6 +524,8 @@ export class Writer {
 
   /** Sync the WAL (everything, or up to a position); an out-of-space error does not poison the volume. */
   async syncWal(upTo?: number): Promise<void> {
+    // Everything means every write acknowledged so far, also those still being sealed.
+    if (upTo === undefined && this.sealQueue.length + (this.sealOpen ? 1 : 0) > 0) await this.sealsSettled();
     try {
       await this.wal.sync(upTo);
     } catch (err) {
