@@ -11,10 +11,11 @@
  *   - fio 1M sequential write of 512 MiB (psync, capped in time) -> MiB/s
  *   - unmount, drop_caches, remount: fio 1M sequential read, --direct=1 -> MiB/s
  *
- *   npx tsc -p tsconfig.json && node dist/bench/encryption-mount-bench.js [--rounds 3] [--runtime 5] [--crypto-threads 1] [--readahead-mib N] [--seal-blocks N]
+ *   npx tsc -p tsconfig.json && node dist/bench/encryption-mount-bench.js [--rounds 3] [--runtime 5] [--crypto-threads 1] [--readahead-mib N] [--seal-blocks N] [--batch-blocks N]
  * (--crypto-threads 0: encrypted reads are opened and writes sealed inline on the event loop, for an A/B of the worker;
  * --readahead-mib: the encrypted volume's readahead window, default the engine's;
- * --seal-blocks: the encrypted volume's cryptoSealBlocks, 0: every write sealed inline)
+ * --seal-blocks: the encrypted volume's cryptoSealBlocks, 0: every write sealed inline;
+ * --batch-blocks: its cryptoBatchBlocks, from how many records a read's own run is opened in the worker)
  *
  * Besides the rates, the CPU time of this process's main thread (the event loop
  * that serves every FUSE request) per 4 KiB write and per MiB written and read:
@@ -79,6 +80,7 @@ async function mounted<T>(storeDir: string, mnt: string, key: KeyMaterial | unde
           cryptoThreads: arg('crypto-threads', 1),
           ...(arg('readahead-mib', 0) > 0 ? { readaheadBytes: arg('readahead-mib', 0) * MiB } : {}),
           ...(arg('seal-blocks', -1) >= 0 ? { cryptoSealBlocks: arg('seal-blocks', -1) } : {}),
+          ...(arg('batch-blocks', -1) >= 0 ? { cryptoBatchBlocks: arg('batch-blocks', -1) } : {}),
         }
       : {},
   });
@@ -158,7 +160,7 @@ async function main(): Promise<void> {
     ratio: med(true, k) / med(false, k),
   }));
   process.stdout.write(
-    `FUSE mount, batched, median of ${rounds} alternating rounds, cryptoThreads ${arg('crypto-threads', 1)}, sealBlocks ${arg('seal-blocks', -1) >= 0 ? arg('seal-blocks', -1) : 'default'}, readahead ${arg('readahead-mib', 0) || 'default'} (${os.cpus().length} cores, load ${os.loadavg()[0]?.toFixed(1)}):\n`,
+    `FUSE mount, batched, median of ${rounds} alternating rounds, cryptoThreads ${arg('crypto-threads', 1)}, sealBlocks ${arg('seal-blocks', -1) >= 0 ? arg('seal-blocks', -1) : 'default'}, batchBlocks ${arg('batch-blocks', -1) >= 0 ? arg('batch-blocks', -1) : 'default'}, readahead ${arg('readahead-mib', 0) || 'default'} (${os.cpus().length} cores, load ${os.loadavg()[0]?.toFixed(1)}):\n`,
   );
   process.stdout.write('| figure | plain | encrypted | ratio |\n|---|--:|--:|--:|\n');
   for (const r of rows) process.stdout.write(`| ${r.figure} | ${r.plain.toFixed(2)} | ${r.encrypted.toFixed(2)} | ${r.ratio.toFixed(2)} |\n`);

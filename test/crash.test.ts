@@ -79,6 +79,21 @@ describe('crash simulation (SimFS power loss)', function () {
     }
   }
 
+  // Encrypted, writes sealed in the crypto worker (acknowledged before their WAL
+  // append): fewer points, as each volume open starts a worker thread.
+  if (onlyFp === null && tears.includes('reorder')) {
+    const seed = 13;
+    const points = Math.min(POINTS, envInt('VBFS_CRASH_WORKER_POINTS', 16));
+    const replay = `VBFS_SEED=${seed} VBFS_CRASH_TEAR=reorder`;
+    it(`seed ${seed} (batched, tear reorder), encrypted, sealed in the crypto worker: crash at ${onlyAt !== null ? `op ${onlyAt}` : `${points} seeded op numbers`} (${replay})`, async function () {
+      count(
+        this,
+        'batched, reorder, encrypted, worker',
+        await runInWorker<SweepResult>(RUNNER, 'crashSweep', [seed, points, onlyAt, 'reorder', { sealBlocks: 2 }], DEADLINE_MS),
+      );
+    });
+  }
+
   after(() => {
     if (totals.size === 0) return;
     const lines = [...totals].sort(([a], [b]) => a.localeCompare(b)).map(([k, n]) => `      ${k}: ${n}`);

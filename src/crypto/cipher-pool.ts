@@ -51,16 +51,18 @@ export class CipherPool {
   }
 
   /**
-   * Seal records in the worker: `plain` (taken: transferred, unusable after the
-   * call) holds their payloads back to back, lens[k] bytes each; `meta` their
-   * block, seq and flags. Returns the sealed payloads back to back (lens[k] + 16
-   * bytes each). The nonces are the records' own, exactly as an inline seal.
+   * Seal records in the worker: `plain` holds their payloads back to back, lens[k]
+   * bytes each; `meta` their block, seq and flags. Both buffers are taken
+   * (transferred: unusable after the call) and handed back: `out` with the sealed
+   * payloads back to back (lens[k] + 16 bytes each), `plain` for reuse, so a stream
+   * of batches allocates no fresh memory. The nonces are the records' own,
+   * exactly as an inline seal.
    */
-  async seal(plain: ArrayBuffer, meta: Float64Array, lens: Uint32Array): Promise<Buffer> {
+  async seal(plain: ArrayBuffer, out: ArrayBuffer, meta: Float64Array, lens: Uint32Array): Promise<{ plain: ArrayBuffer; out: ArrayBuffer }> {
     if (this.closed) throw new VbfsError('VBFS_CLOSED', 'cipher pool is closed');
-    const reply = await this.request<SealReply>({ op: 'seal', id: 0, meta, lens, buf: plain });
+    const reply = await this.request<SealReply>({ op: 'seal', id: 0, meta, lens, buf: plain, out });
     this.batchesSealed++;
-    return Buffer.from(reply.buf);
+    return { plain: reply.buf, out: reply.out };
   }
 
   private request<R>(req: OpenRequest | SealRequest): Promise<R> {
@@ -70,7 +72,7 @@ export class CipherPool {
       this.waiting.set(id, { resolve: resolve as (r: OpenReply & SealReply) => void, reject });
       if (this.waiting.size === 1) w.ref();
       req.id = id;
-      w.postMessage(req, [req.buf]);
+      w.postMessage(req, req.op === 'seal' ? [req.buf, req.out] : [req.buf]);
     });
   }
 

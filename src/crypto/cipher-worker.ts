@@ -26,7 +26,7 @@ export interface OpenReply {
   ok: Uint8Array;
 }
 
-/** Seal records whose payloads lie back to back in buf (lens[k] bytes each). */
+/** Seal records whose payloads lie back to back in buf (lens[k] bytes each), into out. */
 export interface SealRequest {
   op: 'seal';
   id: number;
@@ -34,12 +34,15 @@ export interface SealRequest {
   meta: Float64Array;
   lens: Uint32Array;
   buf: ArrayBuffer;
+  /** room for the sealed payloads (sum of lens + 16 per record, at least) */
+  out: ArrayBuffer;
 }
 
-/** The sealed payloads back to back, lens[k] + 16 bytes each, in request order. */
+/** `out` with the sealed payloads back to back, lens[k] + 16 bytes each, in request order; `buf` handed back for reuse. */
 export interface SealReply {
   id: number;
   buf: ArrayBuffer;
+  out: ArrayBuffer;
 }
 
 let cipher: VolumeCipher | null = null;
@@ -56,9 +59,7 @@ parentPort?.on('message', (m: { init: { dataKey: KeyObject; volumeId: string } }
 function seal(c: VolumeCipher, m: SealRequest): void {
   const n = m.lens.length;
   const plain = Buffer.from(m.buf);
-  let total = 0;
-  for (let k = 0; k < n; k++) total += (m.lens[k] as number) + TAG_BYTES;
-  const out = Buffer.from(new ArrayBuffer(total));
+  const out = Buffer.from(m.out);
   let from = 0;
   let at = 0;
   for (let k = 0; k < n; k++) {
@@ -72,8 +73,8 @@ function seal(c: VolumeCipher, m: SealRequest): void {
     );
     from += len;
   }
-  const reply: SealReply = { id: m.id, buf: out.buffer };
-  parentPort?.postMessage(reply, [out.buffer]);
+  const reply: SealReply = { id: m.id, buf: m.buf, out: m.out };
+  parentPort?.postMessage(reply, [m.buf, m.out]);
 }
 
 function open(c: VolumeCipher, m: OpenRequest): void {

@@ -29,8 +29,7 @@ export interface FlushControl {
 }
 
 /**
- * Records of one write sealed in the crypto worker (or, `inline`, already sealed
- * into their slots' sealed room, but queued behind such a batch), waiting to be
+ * Records sealed together in the crypto worker (of one or several writes), then
  * appended to the WAL in seq order. Their slots are held (arena.holdForSeal)
  * until then, so neither their plaintext nor their sealed room is reused.
  */
@@ -43,10 +42,12 @@ class SealBatch {
   readonly meta: Float64Array;
   /** payload length of each record before sealing */
   readonly lens: Uint32Array;
-  /** The payloads back to back (worker batches; transferred to the worker, then unusable). */
-  readonly plain: Uint8Array | null;
+  /** The payloads back to back (transferred to the worker with `out`, and back). */
+  readonly plain: Uint8Array;
   /** Sealed payloads back to back, once back from the worker. */
   sealed: Buffer | null = null;
+  /** The buffers, once back from the worker (reused by a later batch). */
+  back: SealBuffers | null = null;
   ready = false;
   /** Resolves (never rejects) once the batch is in the WAL or dropped with the volume's failure. */
   readonly appended: Promise<void>;
@@ -54,13 +55,12 @@ class SealBatch {
 
   constructor(
     cap: number,
-    blockSize: number,
-    readonly inline: boolean,
+    readonly bufs: SealBuffers,
   ) {
     this.slots = new Int32Array(cap);
     this.meta = new Float64Array(3 * cap);
     this.lens = new Uint32Array(cap);
-    this.plain = inline ? null : new Uint8Array(new ArrayBuffer(cap * blockSize));
+    this.plain = new Uint8Array(bufs.plain);
     this.appended = new Promise((r) => (this.resolve = r));
   }
 
@@ -71,16 +71,26 @@ class SealBatch {
     this.meta[3 * k + 1] = seq;
     this.meta[3 * k + 2] = flags;
     this.lens[k] = len;
-    if (this.plain) {
-      this.plain.set(payload, this.bytes);
-      this.bytes += len;
-    }
+    this.plain.set(payload, this.bytes);
+    this.bytes += len;
   }
 
   get full(): boolean {
     return this.n === this.slots.length;
   }
 }
+
+/**
+ * A batch's plaintext and sealed-payload buffers. They go to the worker and come
+ * back, and are reused: a fresh 128 KiB buffer per batch costs page faults (and
+ * an mmap) on every batch, measured at more than the sealing it replaces.
+ */
+interface SealBuffers {
+  plain: ArrayBuffer;
+  out: ArrayBuffer;
+}
+/** Spare SealBuffers kept per volume (each cryptoSealBlocks blocks, twice). */
+const SPARE_SEAL_BUFFERS = 8;
 
 /** Where the WAL continues after recovery. */
 export interface WalStart {
@@ -122,11 +132,16 @@ export class Writer {
   private tail = 0; // next free (head === tail: empty)
 
   /**
-   * Encrypted volumes: large writes are sealed in the crypto worker (cipher-pool.ts)
-   * and acknowledged before: the write's batch (`sealOpen` while it is applied),
-   * then the batches and records waiting for the WAL, oldest first.
+   * Encrypted volumes (not strict): records are sealed in the crypto worker
+   * (cipher-pool.ts) and the write is acknowledged before. `sealOpen` collects
+   * records until it holds cryptoSealBlocks of them or `sealTimer` fires (1 ms:
+   * FUSE sends one write at a time, so small writes are batched across writes);
+   * `sealQueue` holds the batches sent, waiting for the WAL, oldest first.
    */
+  private readonly sealBatched: boolean;
   private sealOpen: SealBatch | null = null;
+  private sealTimer: NodeJS.Timeout | null = null;
+  private readonly spareSealBuffers: SealBuffers[] = [];
   private readonly sealQueue: SealBatch[] = [];
   private sealingBlocks = 0;
 
@@ -154,6 +169,8 @@ export class Writer {
       onDurable: (seq) => this.markDurable(seq),
     });
     this.seqs = new SeqReserve(core, (err) => this.failUnlessNoSpace(err));
+    // Strict writes wait for the disk anyway: a trip to the worker would only add to it.
+    this.sealBatched = core.cipherPool !== null && core.tunables.cryptoSealBlocks > 0 && core.durability !== 'strict';
   }
 
   connect(flusher: FlushControl): void {
@@ -174,7 +191,7 @@ export class Writer {
     // Fast path (the usual case behind FUSE, which sends one write at a time): no
     // write queued, room in the arena, no partial block that needs a backend read.
     // Then the whole write is applied synchronously, with no promise in between.
-    if (!this.writeTail && this.applySync(offset, data)) return this.sealQueue.length > 0 ? this.afterSealApply() : this.afterApply();
+    if (!this.writeTail && this.applySync(offset, data)) return this.sealBatched ? this.afterSealApply() : this.afterApply();
     const prev = this.writeTail;
     const run = (): Promise<void> => this.apply(offset, data);
     // A failed earlier write must not fail this one: chain on settle, not on success.
@@ -182,17 +199,7 @@ export class Writer {
       if (this.writeTail === mine) this.writeTail = null;
     });
     this.writeTail = mine;
-    return mine.then(() => (this.sealQueue.length > 0 ? this.afterSealApply() : this.afterApply()));
-  }
-
-  /**
-   * Blocks of a write of `blocks` blocks that go to the crypto worker: the whole
-   * write when it is large enough (a small one costs less inline than a trip to
-   * the worker). Strict writes wait for the disk anyway: inline.
-   */
-  private sealInWorker(blocks: number): boolean {
-    const t = this.core.tunables;
-    return this.core.cipherPool !== null && t.cryptoSealBlocks > 0 && blocks >= t.cryptoSealBlocks && this.core.durability !== 'strict';
+    return mine.then(() => (this.sealBatched ? this.afterSealApply() : this.afterApply()));
   }
 
   /** Apply the write now if nothing can make it wait; false (and nothing done) otherwise. */
@@ -204,22 +211,17 @@ export class Writer {
     if (!this.seqs.covers(last - first + 1)) return false;
     if (offset % bs !== 0 && this.reader.inMemoryBlock(first) === undefined) return false;
     if ((offset + data.length) % bs !== 0 && this.reader.inMemoryBlock(last) === undefined) return false;
-    if (this.sealInWorker(last - first + 1)) this.sealOpen = new SealBatch(last - first + 1, bs, false);
     let pos = offset;
     const end = offset + data.length;
-    try {
-      while (pos < end) {
-        const block = Math.floor(pos / bs);
-        const inOff = pos - block * bs;
-        const n = Math.min(bs - inOff, end - pos);
-        const slot = arena.alloc();
-        if (n === bs) arena.copyIn(slot, data, pos - offset);
-        else this.fillPartial(slot, this.reader.inMemoryBlock(block) as Buffer | null, data, pos - offset, inOff, n);
-        this.commitSlot(block, slot);
-        pos += n;
-      }
-    } finally {
-      this.sendSeals();
+    while (pos < end) {
+      const block = Math.floor(pos / bs);
+      const inOff = pos - block * bs;
+      const n = Math.min(bs - inOff, end - pos);
+      const slot = arena.alloc();
+      if (n === bs) arena.copyIn(slot, data, pos - offset);
+      else this.fillPartial(slot, this.reader.inMemoryBlock(block) as Buffer | null, data, pos - offset, inOff, n);
+      this.commitSlot(block, slot);
+      pos += n;
     }
     if (arena.used * bs >= this.core.tunables.flushBytes) this.flusher.kick();
     return true;
@@ -230,17 +232,15 @@ export class Writer {
     this.check();
     const { arena, blockSize: bs } = this.core;
     const end = offset + data.length;
-    const toWorker = this.sealInWorker(Math.floor((end - 1) / bs) - Math.floor(offset / bs) + 1);
     let pos = offset;
     try {
       while (pos < end) {
         const block = Math.floor(pos / bs);
         const inOff = pos - block * bs;
         const n = Math.min(bs - inOff, end - pos);
-        // The records so far go to the worker before any wait (the flusher may wait for
-        // their seals); the rest of the write starts a new batch.
-        if (toWorker && !this.sealOpen) this.sealOpen = new SealBatch(Math.floor((end - 1) / bs) - block + 1, bs, false);
-        // Writes are applied one at a time: nothing takes a seq between here and commitSlot.
+        // Before any wait, the records collected so far go to the worker (the flusher
+        // may wait for their seals). Writes are applied one at a time: nothing takes a
+        // seq between here and commitSlot.
         if (!this.seqs.covers(1)) {
           this.sendSeals();
           await this.seqs.wait(1);
@@ -311,31 +311,19 @@ export class Writer {
     if (cipher) {
       const flags = (packed ? FLAG_LZ4 : 0) | FLAG_SEALED;
       const payload = packed ?? slab.subarray(o, o + bs);
-      const batch = this.sealOpen;
-      if (batch) {
+      if (this.sealBatched) {
         // Sealed in the worker; appended to the WAL (and pushUnsynced) when it comes back.
         cipher.announceSeal(DOMAIN_RECORD, { block, seq, flags }, payload);
-        batch.add(slot, block, seq, flags, payload, payload.length);
+        this.sealBatch().add(slot, block, seq, flags, payload, payload.length);
+        this.sealingBlocks++;
         arena.holdForSeal(slot);
+        if ((this.sealOpen as SealBatch).full) this.sendSeals();
         return;
       }
       // Sealed into the slot's own sealed room (arena.ts): nothing per block outlives this call.
       const dst = arena.sealedSlab(slot);
       const at = arena.sealedOffset(slot);
       const len = cipher.sealInto(DOMAIN_RECORD, { block, seq, flags }, payload, dst, at);
-      if (this.sealQueue.length > 0) {
-        // Earlier records are still in the worker: the WAL takes records in seq order.
-        let tail = this.sealQueue[this.sealQueue.length - 1] as SealBatch;
-        if (!tail.inline || tail.full) {
-          tail = new SealBatch(64, bs, true);
-          tail.ready = true;
-          this.sealQueue.push(tail);
-        }
-        tail.add(slot, block, seq, flags, payload, len - SEAL_OVERHEAD);
-        this.sealingBlocks++;
-        arena.holdForSeal(slot);
-        return;
-      }
       arena.setSealedRecord(slot, this.wal.append(seq, block, flags, bs, dst, at, at + len), len, flags);
     } else {
       const crc = packed ? this.wal.append(seq, block, FLAG_LZ4, bs, packed, 0, packed.length) : this.wal.append(seq, block, 0, bs, slab, o, o + bs);
@@ -346,18 +334,33 @@ export class Writer {
 
   // ------------------------------------------------------------ sealing in the worker
 
-  /** Send the write's batch (if any) to the crypto worker; its records go to the WAL when it is back. */
+  /** The batch collecting records; a new one is sent at the latest 1 ms after its first record. */
+  private sealBatch(): SealBatch {
+    if (this.sealOpen) return this.sealOpen;
+    const cap = this.core.tunables.cryptoSealBlocks;
+    const bs = this.core.blockSize;
+    const bufs = this.spareSealBuffers.pop() ?? { plain: new ArrayBuffer(cap * bs), out: new ArrayBuffer(cap * (bs + SEAL_OVERHEAD)) };
+    this.sealOpen = new SealBatch(cap, bufs);
+    this.sealTimer = setTimeout(() => {
+      this.sealTimer = null;
+      this.sendSeals();
+    }, 1);
+    return this.sealOpen;
+  }
+
+  /** Send the collecting batch (if any) to the crypto worker; its records go to the WAL when it is back. */
   private sendSeals(): void {
+    if (this.sealTimer) clearTimeout(this.sealTimer);
+    this.sealTimer = null;
     const b = this.sealOpen;
     if (!b) return;
     this.sealOpen = null;
     if (b.n === 0) return;
     this.sealQueue.push(b);
-    this.sealingBlocks += b.n;
-    const plain = (b.plain as Uint8Array).buffer as ArrayBuffer;
-    (this.core.cipherPool as CipherPool).seal(plain, b.meta.subarray(0, 3 * b.n), b.lens.subarray(0, b.n)).then(
-      (sealed) => {
-        b.sealed = sealed;
+    (this.core.cipherPool as CipherPool).seal(b.bufs.plain, b.bufs.out, b.meta.subarray(0, 3 * b.n), b.lens.subarray(0, b.n)).then(
+      (back) => {
+        b.sealed = Buffer.from(back.out);
+        b.back = back;
         this.sealDone(b);
       },
       () => this.sealDone(b), // the worker failed or closed: sealed inline instead (appendSealed)
@@ -370,6 +373,7 @@ export class Writer {
       const head = this.sealQueue.shift() as SealBatch;
       this.sealingBlocks -= head.n;
       this.appendSealed(head);
+      if (head.back && this.spareSealBuffers.length < SPARE_SEAL_BUFFERS) this.spareSealBuffers.push(head.back);
       head.resolve();
     }
     this.scheduleSync();
@@ -397,7 +401,7 @@ export class Writer {
         if (b.sealed) {
           b.sealed.copy(dst, at, from, from + len);
           from += len;
-        } else if (!b.inline) {
+        } else {
           const o = arena.offset(slot);
           const raw = arena.slab(slot).subarray(o, o + bs);
           const payload = (flags & FLAG_LZ4) !== 0 ? (compressBlock(raw) as Buffer) : raw;
@@ -430,6 +434,7 @@ export class Writer {
    * sync is scheduled when the records land (scheduleSync).
    */
   private afterSealApply(): Promise<void> {
+    if (this.sealingBlocks === 0) return this.afterApply();
     const mode = this.core.durability;
     const rec = RECORD_HEADER + this.core.blockSize;
     const behind = this.wal.unsyncedBytes + this.sealingBlocks * rec;
@@ -581,6 +586,7 @@ export class Writer {
   stopTimers(): void {
     if (this.batchTimer) clearTimeout(this.batchTimer);
     this.batchTimer = null;
+    this.sendSeals(); // its timer would have sent it
   }
 
   /** Refuse a write: closed, poisoned (by the volume or the WAL), or the WAL waits for space. */

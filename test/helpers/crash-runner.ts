@@ -342,7 +342,7 @@ export async function crashRun(seed: number, plan: Plan, opts: { crashInRecovery
   }
 
   nonces.clear();
-  const where = `${replay} (crash at ${result.where}${opts.crashInRecovery ? ', then again during recovery' : ''}, mode ${mode}, compression ${compression}${encryptionKey ? ', encrypted' : ''}${sparseOf(seed) ? ', sparse 256 TiB' : ''}, tear ${tear}${tear === 'reorder' ? ` in ${pageBytes}-byte pages` : ''})`;
+  const where = `${replay} (crash at ${result.where}${opts.crashInRecovery ? ', then again during recovery' : ''}, mode ${mode}, compression ${compression}${encryptionKey ? `, encrypted${sealBlocks > 0 ? `, sealed in the worker in batches of ${sealBlocks}` : ''}` : ''}${sparseOf(seed) ? ', sparse 256 TiB' : ''}, tear ${tear}${tear === 'reorder' ? ` in ${pageBytes}-byte pages` : ''})`;
   try {
     store = await openStore(after);
   } catch (err) {
@@ -403,10 +403,18 @@ export async function crashRun(seed: number, plan: Plan, opts: { crashInRecovery
 
 /** The key of this worker's sweeps (set by crashSweep / failpointSweep), or null: plain volumes. */
 let encryptionKey: KeyMaterial | null = null;
-const keyOpt = (): { key?: KeyMaterial } => (encryptionKey ? { key: encryptionKey } : {});
+/**
+ * Encrypted sweeps seal inline (cryptoSealBlocks 0) unless asked to use the crypto
+ * worker: inline keeps the op numbering of a replay the same as the dry run's.
+ */
+let sealBlocks = 0;
+const keyOpt = (): { key?: KeyMaterial; cryptoSealBlocks?: number } => (encryptionKey ? { key: encryptionKey, cryptoSealBlocks: sealBlocks } : {});
 const encryptionOpt = (): { encryption?: { key: KeyMaterial } } => (encryptionKey ? { encryption: { key: encryptionKey } } : {});
-function useEncryption(on: boolean): void {
+/** true: an encrypted volume, sealed inline; { sealBlocks }: sealed in the crypto worker in batches of that many. */
+export type SweepEncryption = boolean | { sealBlocks: number };
+function useEncryption(on: SweepEncryption): void {
   encryptionKey = on ? { source: '$CRASH_KEY', bytes: Buffer.from('5'.repeat(64)) } : null;
+  sealBlocks = typeof on === 'object' ? on.sealBlocks : 0;
 }
 
 /** Record every seal (nonce -> digest of AAD and plaintext); clear() starts a new life. */
@@ -439,7 +447,7 @@ export async function crashSweep(
   points: number,
   onlyAt: number | null,
   tear: TearMode,
-  encrypted: boolean,
+  encrypted: SweepEncryption,
   progress: (msg: string) => void = () => {},
 ): Promise<SweepResult> {
   useEncryption(encrypted);
@@ -478,7 +486,7 @@ export async function failpointSweep(
   seed: number,
   only: string | null,
   tear: TearMode,
-  encrypted: boolean,
+  encrypted: SweepEncryption,
   progress: (msg: string) => void = () => {},
 ): Promise<SweepResult> {
   useEncryption(encrypted);
