@@ -83,7 +83,7 @@ describe('crash simulation (SimFS power loss)', function () {
   // append): fewer points, as each volume open starts a worker thread.
   if (onlyFp === null && tears.includes('reorder')) {
     const seed = 13;
-    const points = Math.min(POINTS, envInt('VBFS_CRASH_WORKER_POINTS', 16));
+    const points = Math.min(POINTS, envInt('VBFS_CRASH_WORKER_POINTS', 6));
     const replay = `VBFS_SEED=${seed} VBFS_CRASH_TEAR=reorder`;
     it(`seed ${seed} (batched, tear reorder), encrypted, sealed in the crypto worker: crash at ${onlyAt !== null ? `op ${onlyAt}` : `${points} seeded op numbers`} (${replay})`, async function () {
       count(

@@ -90,7 +90,7 @@ export interface VolumeTunables {
   backendRetryMs: number; // backend down: a failed flush is tried again after this long, doubling up to 30 s (default 1000)
   cryptoThreads: number; // encrypted volumes: a worker thread opens (decrypts) readahead runs off the event loop (default 1; 0: inline)
   cryptoBatchBlocks: number; // encrypted volumes: a run a read waits for is opened in the worker too from this many records (default 64)
-  cryptoSealBlocks: number; // encrypted volumes, not strict: writes are sealed in the worker, acknowledged before, in batches of up to this many records sent at the latest 1 ms after their first (default 32; 0: inline)
+  cryptoSealBlocks: number; // encrypted volumes, not strict: a write of this many blocks or more is sealed in the worker, acknowledged before (so are smaller ones while it has records); 0: always inline (default 8)
 }
 
 export interface VolumeOpenOptions extends Partial<VolumeTunables> {

@@ -34,7 +34,7 @@ export const DEFAULT_TUNABLES: VolumeTunables = {
   backendRetryMs: 1000,
   cryptoThreads: 1,
   cryptoBatchBlocks: 64,
-  cryptoSealBlocks: 32,
+  cryptoSealBlocks: 8,
 };
 
 export interface VolumeContext {

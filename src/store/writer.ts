@@ -89,8 +89,10 @@ interface SealBuffers {
   plain: ArrayBuffer;
   out: ArrayBuffer;
 }
-/** Spare SealBuffers kept per volume (each cryptoSealBlocks blocks, twice). */
+/** Spare SealBuffers kept per volume. */
 const SPARE_SEAL_BUFFERS = 8;
+/** Records per batch sent to the crypto worker (one 256 KiB message of 4 KiB blocks). */
+const SEAL_BATCH_RECORDS = 64;
 
 /** Where the WAL continues after recovery. */
 export interface WalStart {
@@ -132,13 +134,18 @@ export class Writer {
   private tail = 0; // next free (head === tail: empty)
 
   /**
-   * Encrypted volumes (not strict): records are sealed in the crypto worker
-   * (cipher-pool.ts) and the write is acknowledged before. `sealOpen` collects
-   * records until it holds cryptoSealBlocks of them or `sealTimer` fires (1 ms:
-   * FUSE sends one write at a time, so small writes are batched across writes);
-   * `sealQueue` holds the batches sent, waiting for the WAL, oldest first.
+   * Encrypted volumes (not strict): a write of cryptoSealBlocks blocks or more is
+   * sealed in the crypto worker (cipher-pool.ts), and acknowledged before; so is a
+   * smaller one while records are in the worker (the WAL takes records in seq
+   * order). A smaller write otherwise is sealed inline: with FUSE sending one
+   * write at a time, batching 4 KiB writes gave batches of one or two records,
+   * whose trip cost more than the seals (measured). `sealOpen` collects records
+   * until it holds SEAL_BATCH_RECORDS or `sealTimer` fires (1 ms); `sealQueue`
+   * holds the batches sent, waiting for the WAL, oldest first.
    */
   private readonly sealBatched: boolean;
+  /** The write being applied goes to the worker (set at its start). */
+  private toWorker = false;
   private sealOpen: SealBatch | null = null;
   private sealTimer: NodeJS.Timeout | null = null;
   private readonly spareSealBuffers: SealBuffers[] = [];
@@ -202,6 +209,10 @@ export class Writer {
     return mine.then(() => (this.sealBatched ? this.afterSealApply() : this.afterApply()));
   }
 
+  private sealInWorker(blocks: number): boolean {
+    return this.sealBatched && (blocks >= this.core.tunables.cryptoSealBlocks || this.sealingBlocks > 0);
+  }
+
   /** Apply the write now if nothing can make it wait; false (and nothing done) otherwise. */
   private applySync(offset: number, data: Uint8Array): boolean {
     const { arena, blockSize: bs } = this.core;
@@ -211,6 +222,7 @@ export class Writer {
     if (!this.seqs.covers(last - first + 1)) return false;
     if (offset % bs !== 0 && this.reader.inMemoryBlock(first) === undefined) return false;
     if ((offset + data.length) % bs !== 0 && this.reader.inMemoryBlock(last) === undefined) return false;
+    this.toWorker = this.sealInWorker(last - first + 1);
     let pos = offset;
     const end = offset + data.length;
     while (pos < end) {
@@ -232,6 +244,7 @@ export class Writer {
     this.check();
     const { arena, blockSize: bs } = this.core;
     const end = offset + data.length;
+    this.toWorker = this.sealInWorker(Math.floor((end - 1) / bs) - Math.floor(offset / bs) + 1);
     let pos = offset;
     try {
       while (pos < end) {
@@ -311,7 +324,7 @@ export class Writer {
     if (cipher) {
       const flags = (packed ? FLAG_LZ4 : 0) | FLAG_SEALED;
       const payload = packed ?? slab.subarray(o, o + bs);
-      if (this.sealBatched) {
+      if (this.toWorker || this.sealingBlocks > 0) {
         // Sealed in the worker; appended to the WAL (and pushUnsynced) when it comes back.
         cipher.announceSeal(DOMAIN_RECORD, { block, seq, flags }, payload);
         this.sealBatch().add(slot, block, seq, flags, payload, payload.length);
@@ -337,7 +350,7 @@ export class Writer {
   /** The batch collecting records; a new one is sent at the latest 1 ms after its first record. */
   private sealBatch(): SealBatch {
     if (this.sealOpen) return this.sealOpen;
-    const cap = this.core.tunables.cryptoSealBlocks;
+    const cap = SEAL_BATCH_RECORDS;
     const bs = this.core.blockSize;
     const bufs = this.spareSealBuffers.pop() ?? { plain: new ArrayBuffer(cap * bs), out: new ArrayBuffer(cap * (bs + SEAL_OVERHEAD)) };
     this.sealOpen = new SealBatch(cap, bufs);
