@@ -5,6 +5,7 @@ import type { CipherPool } from '../crypto/cipher-pool';
 import { copyBytes } from '../format/bytes';
 import { CACHED, EMPTY, HOT, PENDING, PERSISTED } from '../map/block-index';
 import { openRecordPayload } from './record-payload';
+import { RunBuffers } from './run-buffers';
 import type { VolumeCore } from './volume-core';
 
 const EMPTY_BUFFER = Buffer.alloc(0);
@@ -43,6 +44,8 @@ export class Reader {
   /** Readahead reads in flight, and the first block after what readahead has covered. */
   private readonly readaheads = new Set<{ start: number; end: number; done: Promise<void> }>();
   private readaheadEnd = 0;
+  /** Buffers the runs are read into, reused (run-buffers.ts). */
+  readonly runBuffers = new RunBuffers();
 
   constructor(
     private readonly core: VolumeCore,
@@ -201,15 +204,41 @@ export class Reader {
     for (let b = b0; b < fetchEnd; b++) seqs.push(ix.persistedSeq(b));
     const key = chunkKey(core.info.id, chunk);
     core.readsInFlight++;
+    // Given back once no view of it is in use: after the loop below, or on a failure
+    // other than a timeout (a read given up on may still write into it).
+    const whole = this.runBuffers.take(end - start);
     let buf: Buffer;
     try {
-      buf = await this.fetch(key, start, end - start);
+      buf = await this.fetch(key, start, whole.subarray(0, end - start));
     } catch (err) {
+      if (!isVbfsError(err, 'VBFS_IO') || err.details['timedOut'] !== true) this.runBuffers.give(whole);
       core.counters.errors++;
       throw err;
     } finally {
       core.readsInFlight--;
     }
+    try {
+      return await this.openRun(b0, outEnd, fetchEnd, out, offset, refetched, buf, key, start, seqs);
+    } finally {
+      this.runBuffers.give(whole);
+    }
+  }
+
+  /** The records of a fetched run: verify, open, copy out, cache (readRun). */
+  private async openRun(
+    b0: number,
+    outEnd: number,
+    fetchEnd: number,
+    out: Buffer,
+    offset: number,
+    refetched: boolean,
+    buf: Buffer,
+    key: string,
+    start: number,
+    seqs: number[],
+  ): Promise<void> {
+    const core = this.core;
+    const ix = core.index;
     const bs = core.blockSize;
     // A readahead run (nothing to copy out: no request waits for it) is opened in the
     // crypto worker, so the event loop answers requests meanwhile; so is a very large
@@ -283,9 +312,11 @@ export class Reader {
    * read of data that is only in an unreachable bucket never hangs. A late answer
    * is dropped: nothing is copied into the caller's buffer after we gave up.
    */
-  private fetch(key: string, offset: number, length: number): Promise<Buffer> {
+  private fetch(key: string, offset: number, dst: Buffer): Promise<Buffer> {
     const { ctx, tunables } = this.core;
-    const get = ctx.backend.get(key, offset, length);
+    const length = dst.length;
+    const backend = ctx.backend;
+    const get = backend.getInto ? backend.getInto(key, offset, dst).then((n) => (n === length ? dst : dst.subarray(0, n))) : backend.get(key, offset, length);
     const ms = tunables.backendReadTimeoutMs;
     if (ms <= 0) return get;
     return new Promise<Buffer>((resolve, reject) => {
