@@ -461,7 +461,7 @@ export class VolumeFs {
         try {
           done = vol.readIntoSync?.(pos, into) === true;
         } catch {
-          done = false;
+          // left to the async path, which reports it
         }
         if (done) return cb(n);
         this.call(

@@ -146,7 +146,7 @@ export class Reader {
     }
     const ahead = sequential && tunables.readaheadBytes > 0;
     if (runStart >= 0) flushRun(last + 1, ahead);
-    else if (ahead) this.startReadahead(stream as Stream, last + 1);
+    else if (ahead) this.startReadahead(stream, last + 1);
     if (fetches.length > 0) {
       // Wait for every fetch, failed or not: `out` may be the kernel's buffer, which
       // must not be written after our promise settles (and the reply is sent).
