@@ -454,21 +454,11 @@ export class VolumeFs {
         if (n === 0) return cb(0);
         // Read straight into the kernel's buffer: it stays valid until cb (fuse-native
         // detaches it then), and the engine is done with it when its promise settles.
-        const into = n === len ? buf : buf.subarray(0, n);
-        // All in memory (a warm read): answered at once, no promise. Anything else,
-        // or a throw, goes the async way, which reads, or fails and reports.
-        let done = false;
-        try {
-          done = vol.readIntoSync?.(pos, into) === true;
-        } catch {
-          // left to the async path, which reports it
-        }
-        if (done) return cb(n);
         this.call(
           'read',
           path,
           cb,
-          () => vol.readInto(pos, into),
+          () => vol.readInto(pos, n === len ? buf : buf.subarray(0, n)),
           (_v, answer) => answer(n),
         );
       },

@@ -15,12 +15,6 @@ export interface MountableVolume {
   read(offset: number, length: number): Promise<Buffer>;
   /** Fills `out` before the promise settles; keeps no reference to it after. */
   readInto(offset: number, out: Buffer): Promise<void>;
-  /**
-   * Optional: fill `out` at once if every block is in memory and return true;
-   * false (nothing counted, `out` to be filled by readInto) otherwise. Lets FUSE
-   * answer a cache hit without a promise.
-   */
-  readIntoSync?(offset: number, out: Buffer): boolean;
   /** Reads `data` only until the promise settles: the caller may reuse it after (FUSE hands in the kernel's buffer). */
   write(offset: number, data: Uint8Array): Promise<void>;
   fsync(): Promise<void>;

@@ -64,39 +64,6 @@ export class Reader {
     private readonly afterBackendRead: () => void,
   ) {}
 
-  /**
-   * readInto() without a promise when every block is in memory (what a warm read
-   * is): true if `out` was filled. A block that needs the backend (Persisted, or
-   * Cached but evicted since) makes it return false before anything is copied or
-   * counted, and readInto() does the read.
-   */
-  tryReadSync(offset: number, out: Buffer): boolean {
-    const { index, arena, cache, blockSize: bs, tunables } = this.core;
-    const length = out.length;
-    if (length === 0) return false;
-    const first = Math.floor(offset / bs);
-    const last = Math.floor((offset + length - 1) / bs);
-    for (let b = first; b <= last; b++) {
-      const st = index.state(b);
-      if (st === PERSISTED || (st === CACHED && !cache.has(b))) return false;
-    }
-    const c = this.core.counters;
-    c.reads++;
-    c.readBytes += length;
-    this.core.lastIo = performance.now();
-    const stream = this.streamOf(first, last);
-    for (let b = first; b <= last; b++) {
-      const st = index.state(b);
-      const [from, to, dst] = this.clip(b, offset, length);
-      if (st === HOT || st === PENDING) arena.copyOut(index.slot(b), out, dst, from, to);
-      else if (st === CACHED) cache.copyOut(b, out, dst, from, to);
-      else out.fill(0, dst, dst + (to - from));
-    }
-    // A sequential stream read from the cache keeps its readahead going.
-    if (stream !== null && tunables.readaheadBytes > 0) this.startReadahead(stream, last + 1);
-    return true;
-  }
-
   /** Read `out.length` bytes at `offset` (already checked) into `out`. */
   async readInto(offset: number, out: Buffer): Promise<void> {
     const { index, arena, cache, blockSize: bs, tunables } = this.core;

@@ -194,18 +194,6 @@ export class Volume {
     await this.reader.readInto(offset, out);
   }
 
-  /**
-   * readInto() done at once when every block is in memory (write buffer, read cache
-   * or Empty): true if `out` is filled; false, with nothing done, if a block needs a
-   * backend read or the read is not valid (readInto() then reads or fails).
-   */
-  readIntoSync(offset: number, out: Buffer): boolean {
-    const core = this.core;
-    if (core.closed || core.closing) return false;
-    if (!Number.isSafeInteger(offset) || offset < 0 || offset + out.length > core.info.size) return false;
-    return this.reader.tryReadSync(offset, out);
-  }
-
   /** The state of one block (for tests, tools and the .stats file). */
   blockState(block: number): BlockState {
     return this.core.index.state(block);
