@@ -80,7 +80,7 @@ export interface VolumeTunables {
   flushIntervalMs: number; // flush pending data at least this often (default 5000)
   batchBlocks: number; // batched mode: start a sync after this many unsynced blocks; writers wait at twice that (default 1024)
   batchMs: number; // batched mode: sync at most this long after a write (default 5)
-  cacheBytes: number; // read cache size (default 64 MiB)
+  cacheBytes: number; // read cache size at most (default 1 GiB; the memory share minus the write buffer bounds it)
   checkpointBytes: number; // write a checkpoint when the map log exceeds this (default 16 MiB)
   readaheadBytes: number; // sequential-read readahead window (default 1 MiB, 0 = off)
   noSpaceRetryMs: number; // store disk full: retry the failed WAL write / flush this often (default 1000)

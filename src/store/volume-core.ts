@@ -24,7 +24,10 @@ export const DEFAULT_TUNABLES: VolumeTunables = {
   flushIntervalMs: 5000,
   batchBlocks: 1024,
   batchMs: 5,
-  cacheBytes: 64 * MiB,
+  // At most this much: the volume's memory share (store.ts) bounds it, and the cache
+  // gets what the share leaves after the write buffer (768 MiB of the default 1 GiB
+  // budget), so a working set of that size is served from memory.
+  cacheBytes: 1024 * MiB,
   checkpointBytes: 16 * MiB,
   readaheadBytes: 1 * MiB,
   noSpaceRetryMs: 1000,

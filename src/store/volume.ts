@@ -135,6 +135,7 @@ export class Volume {
     const before = this.memoryBytes + (this.flusher?.pooledBuffers ?? 0);
     if (arena.used === 0) arena.trim();
     cache.trim();
+    this.reader.runBuffers.trim();
     this.flusher?.trimBuffers();
     if (before > this.memoryBytes) collectIdleGarbage();
   }
