@@ -7,7 +7,9 @@ import type { Volume } from '../src/store/volume';
 import type { VolumeTunables } from '../src/store/types';
 import { NodeFileIO } from '../src/io/node-file-io';
 import { EMPTY, HOT } from '../src/map/block-index';
-import { encodeRecord, FLAG_SEALED, FLAG_ZERO, RECORD_HEADER } from '../src/format/block-record';
+import { checkRecord, encodeRecord, FLAG_SEALED, FLAG_ZERO, maxPayload, RECORD_HEADER } from '../src/format/block-record';
+import { decodeMapLogHeader, decodeTrimCommit, encodeMapLogHeader, encodeTrimCommit, readTrimRun } from '../src/format/map-records';
+import { checkFrame, encodeFrame } from '../src/format/frame';
 import { crc32c } from '../src/format/crc32c';
 import { VbfsError, isVbfsError } from '../src/errors';
 import type { KeyMaterial } from '../src/crypto/key-source';
@@ -49,10 +51,48 @@ async function onDisk(durability: 'strict' | 'relaxed' = 'relaxed'): Promise<{ s
   };
 }
 
+const FIX = path.join(__dirname, '..', '..', 'test', 'fixtures', 'format');
+
+/** A saved byte sample (VBFS_WRITE_FIXTURES=1 writes it): the encoders must keep producing it. */
+function sample(name: string, bytes: Uint8Array): Buffer {
+  const file = path.join(FIX, name);
+  if (process.env.VBFS_WRITE_FIXTURES === '1') fs.writeFileSync(file, bytes);
+  return fs.readFileSync(file);
+}
+
 /** Let the dead-chunk deletes (started, not awaited, by the flush) land. */
 const settle = (): Promise<void> => new Promise((r) => setTimeout(r, 50));
 
 describe('zero blocks and trim (engine)', () => {
+  it('formats: a zero record (header only), a map log v4 header and a Z trim frame match their saved samples', () => {
+    const rec = Buffer.alloc(RECORD_HEADER);
+    encodeRecord(rec, 0, 77, 5, FLAG_ZERO, BS, Buffer.alloc(0));
+    assert.deepEqual(rec, sample('wal-zero-record-v2.bin', rec));
+    const c = checkRecord(rec, 0, rec.length, maxPayload(BS));
+    assert.ok(c.ok && c.header.flags === FLAG_ZERO && c.header.len === 0, 'a payload-less zero record checks out');
+    const noFlag = Buffer.from(rec);
+    noFlag.writeUInt32LE(0, 24);
+    assert.equal(checkRecord(noFlag, 0, noFlag.length, maxPayload(BS)).ok, false, 'only a zero record may have no payload');
+
+    const hdr = encodeFrame(encodeMapLogHeader({ volumeId: '00112233445566778899aabbccddeeff', segment: 3 }));
+    const h = checkFrame(sample('maplog-header-v4.bin', hdr), 0);
+    assert.ok(h.ok);
+    assert.equal(decodeMapLogHeader(h.payload)?.version, 4);
+    // Blocks 10..12 at seqs 100..102 are one run; block 20 (seq 103) and block 21 (seq 90) two more.
+    const z = encodeFrame(encodeTrimCommit(Float64Array.of(10, 11, 12, 20, 21), Float64Array.of(100, 101, 102, 103, 90), 5));
+    const f = checkFrame(sample('maplog-trim-v4.bin', z), 0);
+    assert.ok(f.ok);
+    assert.deepEqual(decodeTrimCommit(f.payload), { runs: 3, blocks: 5 });
+    assert.deepEqual(
+      [0, 1, 2].map((i) => readTrimRun(f.payload, i)),
+      [
+        { block: 10, seq: 100, count: 3 },
+        { block: 20, seq: 103, count: 1 },
+        { block: 21, seq: 90, count: 1 },
+      ],
+    );
+  });
+
   it('a trim of whole blocks makes them Empty with no slot; after the flush their chunk is deleted, and a reopen reads zeros', async () => {
     const t = await onDisk();
     try {
