@@ -18,11 +18,11 @@ const BIG = 256 * MiB;
 /** Bytes of every file under dir (the store: chunk objects, WAL, map); files may come and go meanwhile. */
 function treeBytes(dir: string): number {
   let n = 0;
-  let entries: fs.Dirent[] = [];
+  let entries: fs.Dirent[];
   try {
     entries = fs.readdirSync(dir, { withFileTypes: true });
   } catch {
-    return 0;
+    return 0; // a directory removed meanwhile
   }
   for (const e of entries) {
     const p = path.join(dir, e.name);

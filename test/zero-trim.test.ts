@@ -33,7 +33,9 @@ function pattern(n: number, seed: number): Buffer {
   return Buffer.from(new Rng(seed).bytes(n));
 }
 
-async function onDisk(durability: 'strict' | 'relaxed' = 'relaxed'): Promise<{ store: Store; vol: Volume; dir: string; chunks: () => string[]; done: () => Promise<void> }> {
+async function onDisk(
+  durability: 'strict' | 'relaxed' = 'relaxed',
+): Promise<{ store: Store; vol: Volume; dir: string; chunks: () => string[]; done: () => Promise<void> }> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbfs-zero-'));
   const store = await Store.open(dir, { fileIO: new NodeFileIO() });
   await store.createVolume('z', { size: 64 * BS, blockSize: BS, durability });
@@ -246,10 +248,14 @@ describe('zero blocks and trim (engine)', () => {
 
     it('an encrypted volume replays its sealed zero records', async () => {
       const key: KeyMaterial = { source: '$TEST_KEY', bytes: Buffer.from(new Rng(9).bytes(32).toString('hex')) };
-      const got = await run(async (vol) => {
-        await vol.trim(2 * BS, 8 * BS);
-        await vol.fsync();
-      }, TUN, key);
+      const got = await run(
+        async (vol) => {
+          await vol.trim(2 * BS, 8 * BS);
+          await vol.fsync();
+        },
+        TUN,
+        key,
+      );
       assert.ok(got.equals(want()));
     });
   });
@@ -309,7 +315,7 @@ describe('zero blocks and trim (engine)', () => {
     };
     /** Offset of the (only) zero record in the segment. */
     const zeroAt = (raw: Buffer): number => {
-      for (let off = 64; off + RECORD_HEADER <= raw.length; ) {
+      for (let off = 64; off + RECORD_HEADER <= raw.length;) {
         const len = raw.readUInt32LE(off + 4);
         if ((raw.readUInt32LE(off + 24) & FLAG_ZERO) !== 0) return off;
         off += RECORD_HEADER + len;

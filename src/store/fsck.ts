@@ -413,7 +413,10 @@ class Fsck {
       if (!first.ok || !lh) continue;
       for (let off = first.end; off < buf.length;) {
         const f = checkFrame(buf, off);
-        if (f.ok && (decodeSyncFrame(f.payload) !== null || decodeReservation(f.payload) !== null || (lh.version >= 4 && decodeTrimCommit(f.payload) !== null))) {
+        if (
+          f.ok &&
+          (decodeSyncFrame(f.payload) !== null || decodeReservation(f.payload) !== null || (lh.version >= 4 && decodeTrimCommit(f.payload) !== null))
+        ) {
           off = f.end; // a sync frame (map log version 2): load() checks its claim; a seq reservation; or trims (load() applies them)
           continue;
         }

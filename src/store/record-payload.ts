@@ -82,7 +82,8 @@ export function checkZeroRecord(cipher: VolumeCipher | null, h: RecordHeader, bu
   try {
     cipher.open(DOMAIN_RECORD, h, buf.subarray(payloadOff, payloadOff + h.len));
   } catch (err) {
-    if (isVbfsError(err, 'VBFS_CORRUPT')) throw corrupt(`(block ${h.block}, seq ${h.seq}) fails authentication: damaged, forged, or moved from another block or volume`);
+    if (isVbfsError(err, 'VBFS_CORRUPT'))
+      throw corrupt(`(block ${h.block}, seq ${h.seq}) fails authentication: damaged, forged, or moved from another block or volume`);
     throw err;
   }
 }

@@ -1,5 +1,15 @@
 import { VbfsError } from '../errors';
-import { checkRecord, isSyncMarker, isZeroRecord, WAL_RECORD_FLAGS, zeroRecordWellFormed, maxPayload, RECORD_HEADER, syncMarkerClaim, type RecordHeader } from '../format/block-record';
+import {
+  checkRecord,
+  isSyncMarker,
+  isZeroRecord,
+  WAL_RECORD_FLAGS,
+  zeroRecordWellFormed,
+  maxPayload,
+  RECORD_HEADER,
+  syncMarkerClaim,
+  type RecordHeader,
+} from '../format/block-record';
 import { decodeSegmentHeader, SEGMENT_HEADER, WAL_MAGIC } from '../format/segment-header';
 import type { FileIO } from '../io/file-io';
 import type { Logger } from '../types';
