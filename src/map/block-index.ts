@@ -26,6 +26,11 @@ import { NumTable } from './num-table';
  *  - Cached blocks: a second such hash, bounded by the read cache.
  *  - Live blocks and bytes per chunk: a third one, one entry per chunk.
  *
+ * A trimmed (or zero-written) block is Empty at once: its hot entry holds no
+ * arena slot but the zero record's seq (v1 = -seq), until the flusher commits its
+ * map tombstone (dropTrimmed); the old location stays meanwhile, like a Hot
+ * block's, for the same reason.
+ *
  * A Hot block keeps its old persisted location, because until the new version is
  * durable in a chunk, the old chunk copy is what a crash falls back to, and the
  * checkpoint must keep recording it.
@@ -120,6 +125,8 @@ export class BlockIndex {
   private hotCount = 0;
   private pendingCount = 0;
   private hotWithLoc = 0;
+  /** Hot entries that are zero versions (trimmed, tombstone not yet committed). */
+  private zeroCount = 0;
   private leafBytes = 0;
   private leafCount = 0;
 
@@ -148,10 +155,81 @@ export class BlockIndex {
     return this.cached.size > 0 && this.cached.find(block) >= 0 ? CACHED : PERSISTED;
   }
 
-  /** Arena slot of the in-memory version, or -1. */
+  /** Arena slot of the in-memory version, or -1 (none, or a zero version). */
   slot(block: number): number {
     const h = this.hot.find(block);
-    return h >= 0 ? (this.hot.v1[h] as number) : -1;
+    return h >= 0 ? Math.max(-1, this.hot.v1[h] as number) : -1;
+  }
+
+  /** Zero versions whose map tombstone is not committed yet. */
+  get pendingZeros(): number {
+    return this.zeroCount;
+  }
+
+  /**
+   * A zero record with `seq` made the block Empty (a trim or a full-block zero
+   * write): no arena slot; the old location stays until dropTrimmed. Returns the
+   * previous slot (-1 if none) for the caller to release.
+   */
+  setZero(block: number, seq: number): number {
+    let h = this.hot.find(block);
+    let prev = -1;
+    if (h >= 0) {
+      const v = this.hot.v1[h] as number;
+      if (v >= 0) {
+        prev = v;
+        this.countState((this.hot.v2[h] as number) & 7, -1);
+        this.zeroCount++;
+      }
+    } else {
+      const loc = this.lookup(block);
+      if (loc) this.hotWithLoc++;
+      if (this.cached.size > 0) this.cached.remove(block);
+      h = this.hot.insert(block);
+      this.hot.v2[h] = loc ? HAS_LOC : 0;
+      this.zeroCount++;
+    }
+    this.hot.v1[h] = -seq;
+    this.hot.v2[h] = ((this.hot.v2[h] as number) & HAS_LOC) | EMPTY;
+    return prev;
+  }
+
+  /** The block's current version is the zero version `seq` (not superseded since). */
+  isZeroVersion(block: number, seq: number): boolean {
+    const h = this.hot.find(block);
+    return h >= 0 && this.hot.v1[h] === -seq;
+  }
+
+  /**
+   * The map tombstone of the zero version `seq` is durable (or was loaded): any
+   * older persisted location goes (its chunk loses a live block, and a chunk left
+   * with none is dead), and the zero version's hot entry ends. A newer location
+   * or version is left alone. True when a location was dropped.
+   */
+  dropTrimmed(block: number, seq: number): boolean {
+    let dropped = false;
+    if (this.lookup(block)) {
+      const a = (this.pb as Bucket).leaves[this.pl]?.a as Uint32Array;
+      const j = this.pe * STRIDE;
+      if (seqOf(a, j) + (block - this.phi * TWO32 - (a[j] as number)) < seq) {
+        this.unmap(block);
+        this.persistedBlocks--;
+        if (this.cached.size > 0) this.cached.remove(block);
+        dropped = true;
+      }
+    }
+    const h = this.hot.size > 0 ? this.hot.find(block) : -1;
+    if (h < 0) return dropped;
+    const f = this.hot.v2[h] as number;
+    if (this.hot.v1[h] === -seq) {
+      if (f & HAS_LOC) this.hotWithLoc--;
+      this.zeroCount--;
+      this.hot.removeAt(h);
+    } else if (dropped && f & HAS_LOC) {
+      this.hot.v2[h] = f & ~HAS_LOC;
+      this.hotWithLoc--;
+    }
+    return dropped;
   }
 
   /** Blocks in each state, kept as they change (O(1)). */
@@ -170,7 +248,9 @@ export class BlockIndex {
     let prev = -1;
     if (h >= 0) {
       prev = this.hot.v1[h] as number;
-      this.countState((this.hot.v2[h] as number) & 7, -1);
+      if (prev >= 0) this.countState((this.hot.v2[h] as number) & 7, -1);
+      else this.zeroCount--; // a zero version superseded: no slot to release
+      prev = Math.max(-1, prev);
     } else {
       const loc = this.lookup(block);
       if (loc) this.hotWithLoc++;

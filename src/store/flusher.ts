@@ -7,6 +7,8 @@ import type { VolumeCore } from './volume-core';
 
 /** Chunk objects written in parallel per flush wave (one map commit per wave). */
 const FLUSH_WAVE = 4;
+/** Zero records one flush turns into map tombstones at most (a 'Z' frame stays far below MAX_FRAME). */
+const MAX_TRIMS_PER_FLUSH = 1024 * 1024;
 /** Longest wait between flush attempts while the backend is down. */
 const BACKEND_RETRY_MAX_MS = 30_000;
 
@@ -59,10 +61,15 @@ export class Flusher implements FlushControl {
     // Chunks the index dropped while loading the map are orphans, which recovery deleted.
     core.index.takeDeadChunks();
     this.intervalTimer = setInterval(() => {
-      if (core.arena.used > 0) this.kick();
+      if (this.hasWork) this.kick();
     }, core.tunables.flushIntervalMs);
     this.intervalTimer.unref();
     if (core.arena.used * core.blockSize >= core.tunables.flushBytes) this.kick();
+  }
+
+  /** Something to flush: blocks in the write buffer, or zero records without a map tombstone. */
+  private get hasWork(): boolean {
+    return this.core.arena.used > 0 || this.core.zeros.length > 0;
   }
 
   /** A flush is running. */
@@ -197,7 +204,7 @@ export class Flusher implements FlushControl {
         // of space: the retry timer goes again.
         const again = !noSpace && (this.again || (progress && (arena.used * blockSize >= tunables.flushBytes || arena.full)));
         this.again = false;
-        if (again && arena.used > 0) this.kick();
+        if (again && this.hasWork) this.kick();
       });
     this.run = run;
     return run;
@@ -218,7 +225,7 @@ export class Flusher implements FlushControl {
     if (!this.diskFullTimer && !core.closed && !core.closing) {
       this.diskFullTimer = setTimeout(() => {
         this.diskFullTimer = null;
-        if (core.arena.used > 0) this.kick();
+        if (this.hasWork) this.kick();
       }, core.tunables.noSpaceRetryMs);
       this.diskFullTimer.unref();
     }
@@ -245,7 +252,7 @@ export class Flusher implements FlushControl {
       const delay = Math.min(BACKEND_RETRY_MAX_MS, core.tunables.backendRetryMs * 2 ** Math.min(this.backendRetries++, 20));
       this.backendTimer = setTimeout(() => {
         this.backendTimer = null;
-        if (core.arena.used > 0) this.kick(true);
+        if (this.hasWork) this.kick(true);
       }, delay);
       this.backendTimer.unref();
     }
@@ -261,7 +268,11 @@ export class Flusher implements FlushControl {
     const { arena } = this.core;
     const wal = this.wal;
     const entries = this.snapshot();
-    if (entries.length === 0) {
+    // Zero records logged so far, taken in the same tick as the snapshot and the
+    // seal below: each is in the sealed segments, so its tombstone must be
+    // committed before they are reclaimed.
+    const zeros = this.takeZeros();
+    if (entries.length === 0 && zeros.count === 0) {
       // Nothing in memory: every WAL record left (e.g. replayed ones already in
       // chunks) is redundant. Seal and drop them so they are not replayed forever.
       if (wal.segmentCount > 0 && arena.used === 0) await wal.reclaim(await wal.rotate());
@@ -279,6 +290,7 @@ export class Flusher implements FlushControl {
       for (const slot of entries) if (arena.isSealing(slot)) throw new VbfsError('VBFS_IO', `internal: slot ${slot} is still being sealed`);
     } catch (err) {
       for (const slot of entries) arena.unpin(slot);
+      this.core.zeros.restore(zeros.blocks, zeros.seqs, zeros.count);
       throw err;
     }
     // Slots are unpinned wave by wave: a slot whose block the wave persisted (or
@@ -301,8 +313,12 @@ export class Flusher implements FlushControl {
         await this.writeWave(wave);
         for (; unpinned < end; unpinned++) arena.unpin(entries[unpinned] as number);
       }
+      if (zeros.count > 0) await this.commitTrims(zeros);
+      zeros.count = 0;
     } finally {
       for (; unpinned < entries.length; unpinned++) arena.unpin(entries[unpinned] as number);
+      // Not committed (a wave or the trim commit failed): the next flush takes them again.
+      this.core.zeros.restore(zeros.blocks, zeros.seqs, zeros.count);
     }
     const { ctx, map, tunables } = this.core;
     await ctx.failpoint('flush:beforeWalReclaim');
@@ -310,7 +326,57 @@ export class Flusher implements FlushControl {
     await ctx.failpoint('flush:afterWalReclaim');
     if (map.logBytes >= tunables.checkpointBytes || map.checkpointDue) await this.checkpoint();
     this.processDeadChunks();
-    return entries.length;
+    return entries.length + zeros.taken;
+  }
+
+  /**
+   * The zero records to commit, all of them: those still the current version of
+   * their block (one superseded by a newer write or trim needs no tombstone: the
+   * newer version is in this snapshot or a later one), in block order.
+   */
+  private takeZeros(): { blocks: Float64Array; seqs: Float64Array; count: number; taken: number } {
+    const { index, zeros } = this.core;
+    const t = zeros.take(zeros.length);
+    let n = 0;
+    for (let k = 0; k < t.count; k++) {
+      const b = t.blocks[k] as number;
+      const q = t.seqs[k] as number;
+      if (!index.isZeroVersion(b, q)) continue;
+      t.blocks[n] = b;
+      t.seqs[n] = q;
+      n++;
+    }
+    // Block order for runs in the 'Z' frame; one version per block, so sorting pairs by block is enough.
+    const order = new Uint32Array(n);
+    for (let k = 0; k < n; k++) order[k] = k;
+    order.sort((x, y) => (t.blocks[x] as number) - (t.blocks[y] as number));
+    const blocks = new Float64Array(n);
+    const seqs = new Float64Array(n);
+    for (let k = 0; k < n; k++) {
+      blocks[k] = t.blocks[order[k] as number] as number;
+      seqs[k] = t.seqs[order[k] as number] as number;
+    }
+    return { blocks, seqs, count: n, taken: n };
+  }
+
+  /**
+   * Commit the tombstones of zero records (one 'Z' frame per MAX_TRIMS_PER_FLUSH,
+   * each one write + fdatasync), then drop the old locations from the index: their
+   * chunks lose live blocks, and a chunk left with none is deleted like one whose
+   * blocks were all superseded.
+   */
+  private async commitTrims(z: { blocks: Float64Array; seqs: Float64Array; count: number }): Promise<void> {
+    const { index, map, ctx } = this.core;
+    for (let i = 0; i < z.count; i += MAX_TRIMS_PER_FLUSH) {
+      const n = Math.min(MAX_TRIMS_PER_FLUSH, z.count - i);
+      const blocks = z.blocks.subarray(i, i + n);
+      const seqs = z.seqs.subarray(i, i + n);
+      await ctx.failpoint('flush:beforeTrimCommit');
+      await map.commitTrims(blocks, seqs, n);
+      await ctx.failpoint('flush:afterTrimCommit');
+      for (let k = 0; k < n; k++) index.dropTrimmed(blocks[k] as number, seqs[k] as number);
+    }
+    for (const id of index.takeDeadChunks()) this.deadChunks.push(id);
   }
 
   /** Slots holding the current version of their block, pinned, in block order. */

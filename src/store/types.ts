@@ -130,6 +130,9 @@ export interface VolumeStats {
   checkpoints: number;
   errors: number;
   corruptReads: number; // reads refused (EIO) because stored data failed its checksum or identity check
+  trims: number; // trim() calls (library, or FUSE fallocate: fstrim, discard, blkdiscard)
+  zeroBlocks: number; // blocks made Empty by a zero record (whole blocks trimmed, or written as all zeros)
+  zeroBlocksUnflushed: number; // ... whose map tombstone the next flush commits
   seq: number; // last sequence number handed out
   seqReserved: number; // seqs up to this one are reserved durably in the map log (0 when read-only)
   seqReservations: number; // reservations written in the background since open (the one at open not counted)

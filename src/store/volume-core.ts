@@ -13,6 +13,7 @@ import type { MapMedium } from '../map/map-medium';
 import type { FileIO } from '../io/file-io';
 import type { Durability, Logger, VolumeInfo } from '../types';
 import type { VolumeOpenOptions, VolumeTunables } from './types';
+import { ZeroList } from './zero-list';
 
 const MiB = 1024 * 1024;
 
@@ -69,6 +70,10 @@ export interface VolumeCounters {
   flushedBytes: number;
   errors: number;
   corruptReads: number;
+  /** trim() calls (library, FUSE fallocate). */
+  trims: number;
+  /** Blocks made Empty by a zero record (whole blocks trimmed or written as zeros). */
+  zeroBlocks: number;
 }
 
 /**
@@ -114,7 +119,11 @@ export class VolumeCore {
     flushedBytes: 0,
     errors: 0,
     corruptReads: 0,
+    trims: 0,
+    zeroBlocks: 0,
   };
+  /** Zero records not yet in a map tombstone (the flusher commits them). */
+  readonly zeros = new ZeroList();
 
   constructor(
     /** volume.json as of open; only the format upgrade (recovery) replaces it. */

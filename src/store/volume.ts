@@ -158,6 +158,26 @@ export class Volume {
   }
 
   /**
+   * Trim (discard) `length` bytes at `offset`: they read as zeros from now on.
+   * Whole blocks become Empty through a zero record in the WAL (no payload, no
+   * write-buffer slot, and once flushed no chunk space: their old chunk copies stop
+   * counting as live); the partial blocks at either end are zeroed by a
+   * read-modify-write, like a write. Ordered with writes, and durable like one:
+   * at the next fsync, or as the durability mode says.
+   */
+  trim(offset: number, length: number): Promise<void> {
+    let writer: Writer;
+    try {
+      writer = this.checkWritable();
+      this.checkRange(offset, length);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    if (length === 0) return RESOLVED;
+    return writer.trim(offset, length);
+  }
+
+  /**
    * Everything written before this call is durable when it resolves (strict,
    * batched, relaxed). In async mode a sync is started and not awaited.
    */
@@ -251,6 +271,7 @@ export class Volume {
       blocksPending: states.pending,
       blocksPersisted: states.persisted,
       blocksCached: states.cached,
+      zeroBlocksUnflushed: index.pendingZeros,
       cacheHits: cache.hits,
       cacheMisses: cache.misses,
       cacheBytes: cache.bytes,

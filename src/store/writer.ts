@@ -1,7 +1,8 @@
 import { VbfsError, ioError, isNoSpace } from '../errors';
 import { compressBlock } from '../chunk/codec';
 import { DOMAIN_RECORD, SEAL_OVERHEAD } from '../crypto/volume-cipher';
-import { FLAG_LZ4, FLAG_SEALED, RECORD_HEADER } from '../format/block-record';
+import { FLAG_LZ4, FLAG_SEALED, FLAG_ZERO, RECORD_HEADER } from '../format/block-record';
+import { EMPTY } from '../map/block-index';
 import { copyBytes } from '../format/bytes';
 import { WalWriter } from '../wal/wal-writer';
 import type { CipherPool } from '../crypto/cipher-pool';
@@ -15,6 +16,14 @@ const RESOLVED: Promise<void> = Promise.resolve();
 const MiB = 1024 * 1024;
 /** One batch buffer of the WAL: records accumulate here between write() calls. */
 const WAL_BUFFER_BYTES = 1 * MiB;
+/**
+ * Zero versions (trimmed blocks) wait for the next flush's map tombstone in the
+ * index and the zero list, 40 bytes each and no write-buffer slot: past ZERO_KICK a
+ * flush starts, past ZERO_WAIT a trim or zero write waits for one (memory bound).
+ */
+const ZERO_KICK = 64 * 1024;
+const ZERO_WAIT = 1024 * 1024;
+const NO_BYTES = new Uint8Array(0);
 
 /** What the writer needs from the flusher (which needs the writer's WAL). */
 export interface FlushControl {
@@ -152,6 +161,10 @@ export class Writer {
   private readonly sealQueue: SealBatch[] = [];
   private sealingBlocks = 0;
 
+  /** Zeros to overlay a partial block with (a partial trim), and the room a sealed zero record's tag is made in. */
+  private readonly zeroBlock: Buffer;
+  private readonly zeroTag = Buffer.alloc(32);
+
   /** Set by connect(): the flusher is built on this writer's WAL, so it comes second. */
   flusher!: FlushControl;
 
@@ -178,6 +191,7 @@ export class Writer {
     this.seqs = new SeqReserve(core, (err) => this.failUnlessNoSpace(err));
     // Strict writes wait for the disk anyway: a trip to the worker would only add to it.
     this.sealBatched = core.cipherPool !== null && core.tunables.cryptoSealBlocks > 0 && core.durability !== 'strict';
+    this.zeroBlock = Buffer.alloc(blockSize);
   }
 
   connect(flusher: FlushControl): void {
@@ -195,12 +209,27 @@ export class Writer {
     this.core.lastIo = performance.now();
     c.writes++;
     c.writeBytes += data.length;
+    return this.enqueue(offset, data, data.length);
+  }
+
+  /**
+   * Trim `length` bytes at `offset` (already checked by Volume): a write of zeros,
+   * in the same queue, that logs whole blocks as zero records (commitZero).
+   */
+  trim(offset: number, length: number): Promise<void> {
+    this.core.lastIo = performance.now();
+    this.core.counters.trims++;
+    return this.enqueue(offset, null, length);
+  }
+
+  /** data === null: zeros (a trim). */
+  private enqueue(offset: number, data: Uint8Array | null, length: number): Promise<void> {
     // Fast path (the usual case behind FUSE, which sends one write at a time): no
     // write queued, room in the arena, no partial block that needs a backend read.
     // Then the whole write is applied synchronously, with no promise in between.
-    if (!this.writeTail && this.applySync(offset, data)) return this.sealBatched ? this.afterSealApply() : this.afterApply();
+    if (!this.writeTail && this.applySync(offset, data, length)) return this.sealBatched ? this.afterSealApply() : this.afterApply();
     const prev = this.writeTail;
-    const run = (): Promise<void> => this.apply(offset, data);
+    const run = (): Promise<void> => this.apply(offset, data, length);
     // A failed earlier write must not fail this one: chain on settle, not on success.
     const mine = (prev ? prev.then(run, run) : run()).finally(() => {
       if (this.writeTail === mine) this.writeTail = null;
@@ -214,36 +243,44 @@ export class Writer {
   }
 
   /** Apply the write now if nothing can make it wait; false (and nothing done) otherwise. */
-  private applySync(offset: number, data: Uint8Array): boolean {
-    const { arena, blockSize: bs } = this.core;
+  private applySync(offset: number, data: Uint8Array | null, length: number): boolean {
+    const { arena, index, blockSize: bs } = this.core;
     const first = Math.floor(offset / bs);
-    const last = Math.floor((offset + data.length - 1) / bs);
+    const last = Math.floor((offset + length - 1) / bs);
     if (last - first + 1 > arena.available) return false;
     if (!this.seqs.covers(last - first + 1)) return false;
+    if (index.pendingZeros >= ZERO_WAIT) return false;
     if (offset % bs !== 0 && this.reader.inMemoryBlock(first) === undefined) return false;
-    if ((offset + data.length) % bs !== 0 && this.reader.inMemoryBlock(last) === undefined) return false;
+    if ((offset + length) % bs !== 0 && this.reader.inMemoryBlock(last) === undefined) return false;
     this.toWorker = this.sealInWorker(last - first + 1);
+    // A zero record goes straight to the WAL, which takes records in seq order: with
+    // records in (or bound for) the crypto worker it must wait for them (apply()).
+    if ((this.toWorker || this.sealingBlocks > 0) && hasZeroBlock(data, offset, length, bs)) return false;
     let pos = offset;
-    const end = offset + data.length;
+    const end = offset + length;
     while (pos < end) {
       const block = Math.floor(pos / bs);
       const inOff = pos - block * bs;
       const n = Math.min(bs - inOff, end - pos);
-      const slot = arena.alloc();
-      if (n === bs) arena.copyIn(slot, data, pos - offset);
-      else this.fillPartial(slot, this.reader.inMemoryBlock(block) as Buffer | null, data, pos - offset, inOff, n);
-      this.commitSlot(block, slot);
+      if (n === bs && (data === null || isZeroBlock(data, pos - offset, bs))) {
+        this.commitZero(block);
+      } else {
+        const slot = arena.alloc();
+        if (n === bs) arena.copyIn(slot, data as Uint8Array, pos - offset);
+        else this.fillPartial(slot, this.reader.inMemoryBlock(block) as Buffer | null, data ?? this.zeroBlock, data ? pos - offset : 0, inOff, n);
+        this.commitSlot(block, slot);
+      }
       pos += n;
     }
-    if (arena.used * bs >= this.core.tunables.flushBytes) this.flusher.kick();
+    if (arena.used * bs >= this.core.tunables.flushBytes || index.pendingZeros >= ZERO_KICK) this.flusher.kick();
     return true;
   }
 
   /** The slow path: may wait for room in the arena, or read a partial block's current bytes. */
-  private async apply(offset: number, data: Uint8Array): Promise<void> {
+  private async apply(offset: number, data: Uint8Array | null, length: number): Promise<void> {
     this.check();
-    const { arena, blockSize: bs } = this.core;
-    const end = offset + data.length;
+    const { arena, index, blockSize: bs } = this.core;
+    const end = offset + length;
     this.toWorker = this.sealInWorker(Math.floor((end - 1) / bs) - Math.floor(offset / bs) + 1);
     let pos = offset;
     try {
@@ -258,13 +295,28 @@ export class Writer {
           this.sendSeals();
           await this.seqs.wait(1);
         }
+        if (n === bs && (data === null || isZeroBlock(data, pos - offset, bs))) {
+          if (index.pendingZeros >= ZERO_WAIT) {
+            this.sendSeals();
+            await this.flusher.flush();
+            if (!this.seqs.covers(1)) await this.seqs.wait(1);
+          }
+          // The zero record is appended now: the sealed records before it land first (seq order).
+          if (this.sealingBlocks > 0) {
+            await this.sealsSettled();
+            if (!this.seqs.covers(1)) await this.seqs.wait(1);
+          }
+          this.commitZero(block);
+          pos += n;
+          continue;
+        }
         let slot = arena.alloc();
         while (slot < 0) {
           this.sendSeals();
           slot = await this.waitForSlot();
         }
         if (n === bs) {
-          arena.copyIn(slot, data, pos - offset);
+          arena.copyIn(slot, data as Uint8Array, pos - offset);
         } else {
           // Partial block: start from the current version of the block.
           let base = this.reader.inMemoryBlock(block);
@@ -272,7 +324,7 @@ export class Writer {
             this.sendSeals();
             base = await this.reader.fetchBlock(block);
           }
-          this.fillPartial(slot, base, data, pos - offset, inOff, n);
+          this.fillPartial(slot, base, data ?? this.zeroBlock, data ? pos - offset : 0, inOff, n);
         }
         this.commitSlot(block, slot);
         pos += n;
@@ -280,7 +332,7 @@ export class Writer {
     } finally {
       this.sendSeals();
     }
-    if (arena.used * bs >= this.core.tunables.flushBytes) this.flusher.kick();
+    if (arena.used * bs >= this.core.tunables.flushBytes || index.pendingZeros >= ZERO_KICK) this.flusher.kick();
   }
 
   private async waitForSlot(): Promise<number> {
@@ -343,6 +395,31 @@ export class Writer {
       arena.setRecord(slot, crc, packed, packed ? FLAG_LZ4 : 0);
     }
     this.pushUnsynced(slot, seq);
+  }
+
+  /**
+   * The block is all zeros from a new seq on: a zero record (header only; on an
+   * encrypted volume the tag of an empty plaintext, so the record is authenticated
+   * like any other) instead of a block record, and the block goes Empty without a
+   * slot (BlockIndex.setZero). A block that is Empty already logs nothing. The
+   * flusher turns the record into a map tombstone (flusher.ts).
+   */
+  private commitZero(block: number): void {
+    const { arena, index, blockSize: bs } = this.core;
+    if (index.state(block) === EMPTY) return;
+    const seq = ++this.core.seq;
+    arena.release(index.setZero(block, seq));
+    this.core.cache.delete(block);
+    const cipher = this.core.cipher;
+    if (cipher) {
+      const flags = FLAG_ZERO | FLAG_SEALED;
+      const len = cipher.sealInto(DOMAIN_RECORD, { block, seq, flags }, NO_BYTES, this.zeroTag, 0);
+      this.wal.append(seq, block, flags, bs, this.zeroTag, 0, len);
+    } else {
+      this.wal.append(seq, block, FLAG_ZERO, bs, NO_BYTES, 0, 0);
+    }
+    this.core.zeros.push(block, seq);
+    this.core.counters.zeroBlocks++;
   }
 
   // ------------------------------------------------------------ sealing in the worker
@@ -624,3 +701,24 @@ export class Writer {
     return this.core.fail(err);
   }
 }
+
+/**
+ * A full block of zeros (a zero write becomes a zero record). Almost every data
+ * block fails on its first or last byte, so the 4 KiB write path pays two byte
+ * reads; only (nearly) zero blocks get the full compare, which is a native memcmp.
+ */
+/** Whether any whole block of the write [offset, offset + length) is all zeros (data === null: a trim, all zeros). */
+function hasZeroBlock(data: Uint8Array | null, offset: number, length: number, bs: number): boolean {
+  if (data === null) return true;
+  const end = offset + length;
+  for (let pos = Math.ceil(offset / bs) * bs; pos + bs <= end; pos += bs) if (isZeroBlock(data, pos - offset, bs)) return true;
+  return false;
+}
+
+function isZeroBlock(data: Uint8Array, at: number, bs: number): boolean {
+  if (data[at] !== 0 || data[at + bs - 1] !== 0) return false;
+  const view = Buffer.from(data.buffer, data.byteOffset + at, bs);
+  if (!zeros || zeros.length !== bs) zeros = Buffer.alloc(bs);
+  return view.equals(zeros);
+}
+let zeros: Buffer | null = null;

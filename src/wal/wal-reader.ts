@@ -1,5 +1,15 @@
 import { VbfsError } from '../errors';
-import { BLOCK_RECORD_FLAGS, checkRecord, isSyncMarker, maxPayload, RECORD_HEADER, syncMarkerClaim, type RecordHeader } from '../format/block-record';
+import {
+  checkRecord,
+  isSyncMarker,
+  isZeroRecord,
+  WAL_RECORD_FLAGS,
+  zeroRecordWellFormed,
+  maxPayload,
+  RECORD_HEADER,
+  syncMarkerClaim,
+  type RecordHeader,
+} from '../format/block-record';
 import { decodeSegmentHeader, SEGMENT_HEADER, WAL_MAGIC } from '../format/segment-header';
 import type { FileIO } from '../io/file-io';
 import type { Logger } from '../types';
@@ -121,7 +131,12 @@ export async function replayWal(
         continue;
       }
       if (r.ok) {
-        if (r.header.seq <= lastSeq || r.header.rawLen !== blockSize || (r.header.flags & ~BLOCK_RECORD_FLAGS) !== 0) {
+        if (
+          r.header.seq <= lastSeq ||
+          r.header.rawLen !== blockSize ||
+          (r.header.flags & ~WAL_RECORD_FLAGS) !== 0 ||
+          (isZeroRecord(r.header) && !zeroRecordWellFormed(r.header))
+        ) {
           throw corrupt(path, off, `has sequence ${r.header.seq} out of order, a wrong block size or unknown flags`);
         }
         lastSeq = r.header.seq;

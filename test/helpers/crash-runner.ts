@@ -67,7 +67,7 @@ export function sparseOf(seed: number): boolean {
 }
 
 /** The part of a Volume the workload uses, in the model's byte space. */
-type Vol = Pick<Volume, 'write' | 'read' | 'fsync' | 'flush' | 'close'>;
+type Vol = Pick<Volume, 'write' | 'trim' | 'read' | 'fsync' | 'flush' | 'close'>;
 
 /** A model byte range as volume byte ranges: [volume offset, model offset, length]. */
 function pieces(offset: number, length: number): [number, number, number][] {
@@ -89,6 +89,9 @@ function view(vol: Volume, seed: number): Vol {
     // Pieces are issued in order, synchronously: concurrent writes keep their arrival order per block.
     write: async (offset: number, data: Uint8Array) => {
       await Promise.all(pieces(offset, data.length).map(([v, m, n]) => vol.write(v, data.subarray(m - offset, m - offset + n))));
+    },
+    trim: async (offset: number, length: number) => {
+      await Promise.all(pieces(offset, length).map(([v, , n]) => vol.trim(v, n)));
     },
     read: async (offset: number, length: number) => Buffer.concat(await Promise.all(pieces(offset, length).map(([v, , n]) => vol.read(v, n)))),
     fsync: () => vol.fsync(),
@@ -187,9 +190,29 @@ async function workload(
       ['reopen', 3],
       ['read', 7],
       ['race', 4],
+      ['trim', 6],
+      ['zero', 3],
     ]);
     const vol = volRef.vol;
     switch (op) {
+      case 'trim': {
+        // Whole blocks become zero records (their chunk copies stop counting), partial ones are zeroed by RMW.
+        const { offset, length } = randomRange(rng, SIZE, BLOCK, TUNABLES.chunkBytes as number);
+        model.write(offset, Buffer.alloc(length));
+        const snap = model.snapshot();
+        await vol.trim(offset, length);
+        if (mode === 'strict') model.durable(snap);
+        break;
+      }
+      case 'zero': {
+        // A write of zeros: full blocks of it are detected and logged as zero records.
+        const { offset, length } = randomRange(rng, SIZE, BLOCK, TUNABLES.chunkBytes as number);
+        model.write(offset, Buffer.alloc(length));
+        const snap = model.snapshot();
+        await vol.write(offset, Buffer.alloc(length));
+        if (mode === 'strict') model.durable(snap);
+        break;
+      }
       case 'write': {
         const { offset, length } = randomRange(rng, SIZE, BLOCK, TUNABLES.chunkBytes as number);
         const data = randomData(rng, length);
@@ -233,12 +256,16 @@ async function workload(
             ['r', 2],
             ['flush', 1],
             ['fsync', 2],
+            ['t', 1],
           ]);
           const { offset, length } = randomRange(rng, SIZE, BLOCK, TUNABLES.chunkBytes as number);
           if (what === 'w') {
             const data = randomData(rng, length);
             model.write(offset, data);
             ps.push(vol.write(offset, data));
+          } else if (what === 't') {
+            model.write(offset, Buffer.alloc(length));
+            ps.push(vol.trim(offset, length));
           } else if (what === 'r') ps.push(vol.read(offset, length));
           else if (what === 'flush') ps.push(vol.flush());
           else {
