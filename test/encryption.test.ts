@@ -10,6 +10,7 @@ import { sealHook } from '../src/crypto/volume-cipher';
 import { FLAG_LZ4, FLAG_SEALED } from '../src/format/block-record';
 import { crc32c } from '../src/format/crc32c';
 import { SimFS } from './helpers/sim-fs';
+import { replayWal } from '../src/wal/wal-reader';
 import { Rng } from './helpers/rng';
 
 /**
@@ -498,6 +499,38 @@ describe('encryption at rest (engine)', () => {
         assert.equal(sealed.size, writes, 'every seal used its own nonce');
       });
     }
+
+    it('a zero write or trim behind records still in the worker waits for them: the WAL holds records in seq order', async () => {
+      const sim = new SimFS();
+      const store = await Store.open(DIR, { fileIO: sim });
+      await store.createVolume('c', { size: SIZE, blockSize: BS, durability: 'batched', encryption: { key: hexKey(7) } });
+      const vol = await store.openVolume('c', { key: hexKey(7), cryptoSealBlocks: 4, ...KEEP_IN_WAL });
+      const rng = new Rng(5);
+      const model = Buffer.alloc(SIZE);
+      for (let i = 0; i < 12; i++) {
+        // 8 blocks to the worker, acknowledged at once; then a zero block and a trim right behind them.
+        const b = rng.int(BLOCKS - 10);
+        const data = rng.bytes(8 * BS);
+        data.copy(model, b * BS);
+        await vol.write(b * BS, data);
+        const z = rng.int(BLOCKS);
+        model.fill(0, z * BS, (z + 1) * BS);
+        await vol.write(z * BS, Buffer.alloc(BS));
+        const t = rng.int(BLOCKS);
+        model.fill(0, t * BS, (t + 1) * BS);
+        await vol.trim(t * BS, BS);
+      }
+      await vol.fsync();
+      assert.ok(poolOf(vol).batchesSealed >= 1, 'the worker sealed nothing');
+      assert.deepEqual(await vol.read(0, SIZE), model);
+      const walDir = (sim.files(`${DIR}/`).find((f) => f.endsWith('.wal')) as string).replace(/\/[^/]+$/, '');
+      const seqs: number[] = [];
+      await replayWal(sim, walDir, vol.info.id, BS, true, new RecordingLogger(), (h) => seqs.push(h.seq));
+      assert.ok(seqs.length >= 12 * 8, `${seqs.length} records in the WAL`);
+      for (let i = 1; i < seqs.length; i++) assert.ok((seqs[i] as number) > (seqs[i - 1] as number), `WAL record ${i}: seq ${seqs[i]} after ${seqs[i - 1]}`);
+      await vol.close();
+      await store.close();
+    });
 
     it('a worker that dies with batches in it: they are sealed inline with the same nonce and content, and fsync covers them', async () => {
       let seals = 0;
