@@ -18,13 +18,17 @@
  *               bucket and checkpoint): timed from the first write to the end of close()
  *  write file   the same into a new volume of the file-backend store
  *  put ceiling  not a target, a diagnosis: a plain loop of the SDK putting --write-size
- *               bytes as 4 MiB objects (the chunk size), 4 in flight (the flusher's
- *               wave), what RGW takes on this machine
+ *               bytes as 4 MiB objects (the chunk size), --put-parallel (4) in flight,
+ *               what RGW takes on this machine
+ *  CPU per pass warm and file reads: this process's CPU time per pass (all threads), a
+ *               figure the machine's load does not move the way it moves MiB/s
  *
  * Targets (issue 11): cold >= 0.5x ceiling, warm >= 0.9x file, write s3 >= 0.8x write file.
  *
  *   npm run bench:s3                        (256 MiB, 5 runs, ~3 min)
  *   npm run bench:s3 -- --size 64M --reps 3 --write-size 1G
+ *   npm run bench:s3 -- --only writes --reps 3 --write-size 256M --flush-puts 4 --timeline /tmp/tl.jsonl
+ *     (writes only, with the flusher of before the pipelining, and a per-request timeline)
  */
 import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import * as fs from 'node:fs';
@@ -228,11 +232,16 @@ async function main(): Promise<void> {
     };
 
     const out = Buffer.allocUnsafe(MiB);
+    /** CPU time (this process, all threads) of the last seqRead, ms: what a pass costs whatever the load. */
+    let lastCpuMs = 0;
     const seqRead = async (store: Store): Promise<number> => {
       const vol = await store.openVolume('v');
       const t0 = performance.now();
+      const c0 = process.cpuUsage();
       for (let off = 0; off < size; off += MiB) await vol.readInto(off, out);
       const mibs = size / MiB / ((performance.now() - t0) / 1000);
+      const c = process.cpuUsage(c0);
+      lastCpuMs = (c.user + c.system) / 1000;
       // Spot check: the last MiB read is the bytes written there.
       const want = Buffer.allocUnsafe(MiB);
       fill(want, size / MiB);
@@ -295,6 +304,8 @@ async function main(): Promise<void> {
       cold: [] as number[],
       warm: [] as number[],
       file: [] as number[],
+      warmCpuMs: [] as number[],
+      fileCpuMs: [] as number[],
       writeS3: [] as number[],
       writeFile: [] as number[],
       putCeiling: [] as number[],
@@ -320,10 +331,12 @@ async function main(): Promise<void> {
       await (store.backend as { idle?: () => Promise<void> }).idle?.();
       const before = be.stats.requests;
       figures.warm.push(await seqRead(store));
+      figures.warmCpuMs.push(lastCpuMs);
       warmRequests += be.stats.requests - before;
       await store.close();
       const fileStore = await Store.open(fileDir);
       figures.file.push(await seqRead(fileStore));
+      figures.fileCpuMs.push(lastCpuMs);
       await fileStore.close();
     }
     async function writeRep(rep: number): Promise<void> {
@@ -349,6 +362,7 @@ async function main(): Promise<void> {
       `  engine cold (from the bucket)       ${m.cold.toFixed(0).padStart(6)} MiB/s   ratio ${(m.cold / m.ceiling).toFixed(2)} (target >= 0.5)`,
       `  engine warm (disk chunk cache)      ${m.warm.toFixed(0).padStart(6)} MiB/s   ratio ${(m.warm / m.file).toFixed(2)} vs file (target >= 0.9); bucket requests during warm runs: ${warmRequests}`,
       `  engine, file backend                ${m.file.toFixed(0).padStart(6)} MiB/s`,
+      `  CPU per pass (all threads)          warm ${median(figures.warmCpuMs).toFixed(0)} ms, file ${median(figures.fileCpuMs).toFixed(0)} ms   ratio ${(median(figures.fileCpuMs) / median(figures.warmCpuMs)).toFixed(2)} (file/warm: the throughput ratio a CPU-bound machine allows)`,
     ];
     const writeLines = [
       `S3 write bench: ${writeSize / MiB} MiB of 1 MiB sequential writes into a new volume, timed to the end of close() (final flush), medians of ${argv.reps} runs`,
