@@ -361,24 +361,15 @@ export class Flusher implements FlushControl {
    */
   private async writeWave(groups: number[][], prev: Promise<void>): Promise<void> {
     const { arena, index, ctx, counters } = this.core;
-    const builds = this.buildWave(groups);
-    const upload = builds.then((b) => this.putWave(b));
+    const upload = this.putWave(groups);
     upload.catch(() => undefined); // awaited below, after prev
     try {
       await prev;
     } catch (err) {
       // An earlier wave was not committed, so neither is this one (the map stays in
-      // order): nothing will point at what it writes. Only its build is waited for
-      // (it reads the slots); its puts end in the background (an outage is reported
-      // without waiting for each put's deadline), and what they wrote is deleted.
-      await builds.catch(() => undefined);
-      upload.then(
-        (built) => {
-          for (const c of built) this.deadChunks.push(c.id);
-          this.processDeadChunks();
-        },
-        () => undefined,
-      );
+      // order): nothing will point at what it wrote.
+      const built = await upload.catch(() => null);
+      if (built) for (const c of built) this.deadChunks.push(c.id);
       throw err;
     }
     const built = await upload;
@@ -397,21 +388,16 @@ export class Flusher implements FlushControl {
     for (const id of index.takeDeadChunks()) this.deadChunks.push(id);
   }
 
-  /** Encode a wave's chunk objects from its slots (the slots are not read after this resolves). */
-  private async buildWave(groups: number[][]): Promise<BuiltChunk[]> {
+  /** Build a wave's chunk objects and put them in parallel; resolves when all are on the backend. */
+  private async putWave(groups: number[][]): Promise<BuiltChunk[]> {
+    const { arena, ctx } = this.core;
     // Ids taken now, before any await: the waves' builds interleave, and a wave's ids
     // must all be above the previous wave's, so the uncommitted chunks after a crash
     // are the highest ids (recovery counts the seqs of those at or above nextChunkId).
     const firstId = this.core.nextChunkId;
     this.core.nextChunkId += groups.length;
     const built: BuiltChunk[] = [];
-    for (let g = 0; g < groups.length; g++) built.push(await this.builder.build(this.core.arena, groups[g] as number[], firstId + g));
-    return built;
-  }
-
-  /** Put a wave's chunk objects in parallel; resolves when all are on the backend. */
-  private async putWave(built: BuiltChunk[]): Promise<BuiltChunk[]> {
-    const { ctx } = this.core;
+    for (let g = 0; g < groups.length; g++) built.push(await this.builder.build(arena, groups[g] as number[], firstId + g));
     const puts = await Promise.allSettled(
       built.map(async (c) => {
         await ctx.failpoint('flush:beforeChunkWrite');
