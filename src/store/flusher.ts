@@ -30,9 +30,7 @@ export function isBackendDown(err: unknown): err is VbfsError {
  * One flush: snapshot the current version of every in-memory block (pinning the
  * slots), sync the WAL and seal its segment, then wave by wave (FLUSH_WAVE chunks
  * written in parallel): build the chunks, put them, commit their locations to the
- * map log with one fdatasync, point the index at them and free the slots. Waves
- * overlap (flushPuts chunk objects in flight): the next wave's puts run while a
- * wave commits, commits stay in order. Then
+ * map log with one fdatasync, point the index at them and free the slots. Then
  * drop the WAL segments the snapshot covered, write a checkpoint when the map log
  * has grown, and delete the chunk objects no block points at any more.
  */
@@ -57,8 +55,7 @@ export class Flusher implements FlushControl {
     private readonly writer: Writer,
   ) {
     this.wal = writer.wal;
-    // One buffer per chunk object in flight (flushPuts), reused across waves.
-    this.builder = new ChunkBuilder(core.info.id, core.blockSize, core.tunables.chunkBytes, Math.max(1, core.tunables.flushPuts));
+    this.builder = new ChunkBuilder(core.info.id, core.blockSize, core.tunables.chunkBytes, FLUSH_WAVE);
     // Chunks the index dropped while loading the map are orphans, which recovery deleted.
     core.index.takeDeadChunks();
     this.intervalTimer = setInterval(() => {
@@ -89,22 +86,7 @@ export class Flusher implements FlushControl {
    */
   get waveRecords(): number {
     const perChunk = this.core.recordsPerChunk;
-    return perChunk * this.waveChunks;
-  }
-
-  private get waveChunks(): number {
-    const perChunk = this.core.recordsPerChunk;
-    return Math.max(1, Math.min(FLUSH_WAVE, this.core.tunables.flushPuts, Math.floor(this.core.arena.limitSlots / 4 / perChunk)));
-  }
-
-  /**
-   * Waves written or waiting for their map commit at once: flushPuts chunk objects
-   * in all. At least two overlap the map commit of one wave with the puts of the
-   * next (a bucket's round trips, a disk's fdatasyncs) instead of leaving the
-   * backend idle while the map commits.
-   */
-  private get wavesInFlight(): number {
-    return Math.max(1, Math.floor(this.core.tunables.flushPuts / this.waveChunks));
+    return perChunk * Math.max(1, Math.min(FLUSH_WAVE, Math.floor(this.core.arena.limitSlots / 4 / perChunk)));
   }
 
   /**
@@ -299,16 +281,11 @@ export class Flusher implements FlushControl {
     // committed, so a writer waiting for room waits for one wave, not for the
     // whole snapshot (up to the whole write buffer) to reach the backend.
     let unpinned = 0;
-    // Waves whose chunks are being written or wait for their map commit, oldest
-    // first: wave N+1 is written while wave N commits (at most wavesInFlight).
-    const waves: Promise<void>[] = [];
     try {
       // Grouped by raw size: compressed records are never larger, so a group never overflows a chunk.
       const perChunk = this.core.recordsPerChunk;
       const perWave = this.waveRecords;
-      let committed: Promise<void> = Promise.resolve();
       for (let i = 0; i < entries.length; i += perWave) {
-        if (waves.length >= this.wavesInFlight) await waves.shift();
         // The WAL's queued writes go to the disk before the next wave's chunks: on a
         // slow disk a writer waiting for WAL room (walBackpressure) then waits for
         // at most one wave, instead of for every wave the flusher queues ahead of it.
@@ -316,16 +293,10 @@ export class Flusher implements FlushControl {
         const end = Math.min(entries.length, i + perWave);
         const wave: number[][] = [];
         for (let k = i; k < end; k += perChunk) wave.push(entries.slice(k, Math.min(k + perChunk, end)));
-        committed = this.writeWave(wave, committed).then(() => {
-          for (; unpinned < end; unpinned++) arena.unpin(entries[unpinned] as number);
-        });
-        committed.catch(() => undefined); // awaited in order below; a later wave fails with an earlier one's error
-        waves.push(committed);
+        await this.writeWave(wave);
+        for (; unpinned < end; unpinned++) arena.unpin(entries[unpinned] as number);
       }
-      while (waves.length > 0) await waves.shift();
     } finally {
-      // No wave may still read the slots (a chunk being built) or commit them.
-      await Promise.allSettled(waves);
       for (; unpinned < entries.length; unpinned++) arena.unpin(entries[unpinned] as number);
     }
     const { ctx, map, tunables } = this.core;
@@ -352,52 +323,15 @@ export class Flusher implements FlushControl {
   }
 
   /**
-   * Write a wave of chunk objects in parallel (their fdatasyncs overlap), then,
-   * once the previous wave is committed (`prev`), commit all their locations with
-   * one map log write + fdatasync and point the index at them. So the map only
-   * ever names chunks whose put succeeded, and commits stay in wave order while
-   * the next wave's puts overlap this one's commit. A crash before the commit
-   * leaves orphan chunks, which recovery deletes; the WAL still holds their data.
+   * Write a wave of chunk objects in parallel (their fdatasyncs overlap), then
+   * commit all their locations with one map log write + fdatasync, then point the
+   * index at them. A crash before the commit leaves orphan chunks, which recovery
+   * deletes; the WAL still holds their data.
    */
-  private async writeWave(groups: number[][], prev: Promise<void>): Promise<void> {
+  private async writeWave(groups: number[][]): Promise<void> {
     const { arena, index, ctx, counters } = this.core;
-    const upload = this.putWave(groups);
-    upload.catch(() => undefined); // awaited below, after prev
-    try {
-      await prev;
-    } catch (err) {
-      // An earlier wave was not committed, so neither is this one (the map stays in
-      // order): nothing will point at what it wrote.
-      const built = await upload.catch(() => null);
-      if (built) for (const c of built) this.deadChunks.push(c.id);
-      throw err;
-    }
-    const built = await upload;
-    await this.core.map.commit(built.map((c) => c.placement));
-    await ctx.failpoint('flush:afterMapCommit');
-    for (const c of built) {
-      const pl = c.placement;
-      for (let k = 0; k < c.slots.length; k++) {
-        const slot = c.slots[k] as number;
-        if (index.setPersisted(pl.blocks[k] as number, pl.seqs[k] as number, c.id, pl.offsets[k] as number, pl.lens[k] as number, pl.flags[k] as number, slot))
-          arena.release(slot);
-      }
-      counters.chunkFlushes++;
-      counters.flushedBytes += c.buf.length;
-    }
-    for (const id of index.takeDeadChunks()) this.deadChunks.push(id);
-  }
-
-  /** Build a wave's chunk objects and put them in parallel; resolves when all are on the backend. */
-  private async putWave(groups: number[][]): Promise<BuiltChunk[]> {
-    const { arena, ctx } = this.core;
-    // Ids taken now, before any await: the waves' builds interleave, and a wave's ids
-    // must all be above the previous wave's, so the uncommitted chunks after a crash
-    // are the highest ids (recovery counts the seqs of those at or above nextChunkId).
-    const firstId = this.core.nextChunkId;
-    this.core.nextChunkId += groups.length;
     const built: BuiltChunk[] = [];
-    for (let g = 0; g < groups.length; g++) built.push(await this.builder.build(arena, groups[g] as number[], firstId + g));
+    for (const slots of groups) built.push(await this.builder.build(arena, slots, this.core.nextChunkId++));
     const puts = await Promise.allSettled(
       built.map(async (c) => {
         await ctx.failpoint('flush:beforeChunkWrite');
@@ -424,7 +358,19 @@ export class Flusher implements FlushControl {
       }
       throw failed.reason;
     }
-    return built;
+    await this.core.map.commit(built.map((c) => c.placement));
+    await ctx.failpoint('flush:afterMapCommit');
+    for (const c of built) {
+      const pl = c.placement;
+      for (let k = 0; k < c.slots.length; k++) {
+        const slot = c.slots[k] as number;
+        if (index.setPersisted(pl.blocks[k] as number, pl.seqs[k] as number, c.id, pl.offsets[k] as number, pl.lens[k] as number, pl.flags[k] as number, slot))
+          arena.release(slot);
+      }
+      counters.chunkFlushes++;
+      counters.flushedBytes += c.buf.length;
+    }
+    for (const id of index.takeDeadChunks()) this.deadChunks.push(id);
   }
 
   /** Delete chunk objects no block points at any more, once no read may still be using them. */

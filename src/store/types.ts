@@ -78,7 +78,6 @@ export interface VolumeTunables {
   writeBufferBytes: number; // cap on Hot+Pending data in memory; writers wait above it (default 256 MiB)
   flushBytes: number; // start a background flush when this much is pending (default 32 MiB)
   flushIntervalMs: number; // flush pending data at least this often (default 5000)
-  flushPuts: number; // chunk objects being written or waiting for their map commit at once, in waves of up to 4 (default 8; 16 over a remote backend)
   batchBlocks: number; // batched mode: start a sync after this many unsynced blocks; writers wait at twice that (default 1024)
   batchMs: number; // batched mode: sync at most this long after a write (default 5)
   cacheBytes: number; // read cache size (default 64 MiB)

@@ -22,7 +22,6 @@ export const DEFAULT_TUNABLES: VolumeTunables = {
   writeBufferBytes: 256 * MiB,
   flushBytes: 32 * MiB,
   flushIntervalMs: 5000,
-  flushPuts: 8,
   batchBlocks: 1024,
   batchMs: 5,
   cacheBytes: 64 * MiB,
@@ -163,15 +162,10 @@ export class VolumeCore {
 
 /** Readahead over a remote backend (S3) when none is given: 8 reads of 1 MiB in flight, the round trips overlap. */
 export const REMOTE_READAHEAD_BYTES = 8 * MiB;
-/** Chunk puts in flight over a remote backend when none is given: four waves overlap (measured on RGW: bench/s3-bench.ts). */
-export const REMOTE_FLUSH_PUTS = 16;
 
 function resolveTunables(opts: VolumeOpenOptions, blockSize: number, remote: boolean): VolumeTunables {
   const t: VolumeTunables = { ...DEFAULT_TUNABLES };
-  if (remote) {
-    t.readaheadBytes = REMOTE_READAHEAD_BYTES;
-    t.flushPuts = REMOTE_FLUSH_PUTS;
-  }
+  if (remote) t.readaheadBytes = REMOTE_READAHEAD_BYTES;
   for (const k of Object.keys(DEFAULT_TUNABLES) as (keyof VolumeTunables)[]) {
     const v = opts[k];
     if (v === undefined) continue;
