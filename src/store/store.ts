@@ -24,7 +24,7 @@ import { silentLogger, type Logger, type VolumeInfo } from '../types';
 import type { StoreOptions, VolumeCreateOptions, VolumeOpenOptions, VolumeState } from './types';
 import type { MountableStore } from './ports';
 import { Volume } from './volume';
-import { checkBlockSize, checkCompression, checkDurability, checkSize, checkVolumeInfo, checkVolumeName } from './volume-rules';
+import { checkBlockSize, checkCompression, checkDurability, checkDurabilityOn, checkSize, checkVolumeInfo, checkVolumeName } from './volume-rules';
 
 /**
  * A store is a directory of named volumes:
@@ -119,7 +119,7 @@ export class Store implements MountableStore {
       id: randomBytes(16).toString('hex'),
       size: checkSize(opts.size, blockSize),
       blockSize,
-      durability: checkDurability(opts.durability ?? 'batched'),
+      durability: checkDurabilityOn(checkDurability(opts.durability ?? 'batched'), this.backend),
       compression: checkCompression(opts.compression ?? 'none'),
       createdAt: new Date().toISOString(),
       formatVersion: VOLUME_FORMAT_VERSION,

@@ -1,5 +1,5 @@
 import { VbfsError, isVbfsError } from '../errors';
-import type { Backend } from '../backend/backend';
+import type { Backend, BackendCounters } from '../backend/backend';
 import { acquireLease, beginEpoch, createFenced, type Lease, type LeaseBackend } from '../backend/lease';
 import type { ReplayPlan } from '../backend/fencing';
 import { chunkPrefix } from '../chunk/chunk';
@@ -28,6 +28,10 @@ export function canLease(b: Backend): b is Backend & LeaseBackend {
  */
 export class FencedBackend implements Backend {
   readonly kind: string;
+  /** The inner backend's: a leased S3 volume is as remote as an unleased one (reader fan-out, outages, `remote` durability). */
+  readonly remote: boolean | undefined;
+  /** Only where the inner backend has one (the reader re-reads only when there is a copy to drop). */
+  readonly invalidate?: (key: string) => Promise<void>;
 
   constructor(
     private readonly inner: Backend & LeaseBackend,
@@ -35,6 +39,12 @@ export class FencedBackend implements Backend {
     private readonly volumeId: string,
   ) {
     this.kind = inner.kind;
+    this.remote = inner.remote;
+    if (inner.invalidate) this.invalidate = (key) => inner.invalidate?.(key) ?? Promise.resolve();
+  }
+
+  counters(): BackendCounters {
+    return this.inner.counters?.() ?? {};
   }
 
   async put(key: string, data: Uint8Array): Promise<void> {
