@@ -130,6 +130,35 @@ describe('bucket volume lease in the store (Ceph RGW)', function () {
     await r.close();
   });
 
+  it('delete and fsck --repair take the lease: refused with VBFS_LEASE_HELD while a writer on another machine holds it; delete leaves no object behind, its lease included', async () => {
+    const prefix = rgwOptions(rgw).prefix;
+    const a = await open(new S3Backend(rgwOptions(rgw, { prefix })), tmp());
+    await a.createVolume('v', { size: 1024 * 1024 });
+    const id = (await a.volumeInfo('v')).id;
+    const v = await a.openVolume('v', OPTS);
+    await v.write(0, pattern(4096, 1));
+    await v.flush();
+    // Another machine: its store directory has no LOCK of v, only the bucket knows.
+    const b = await open(new S3Backend(rgwOptions(rgw, { prefix })), tmp());
+    await rejectsWith(() => b.deleteVolume('v'), 'VBFS_LEASE_HELD');
+    await rejectsWith(() => b.fsckVolume('v', { repair: true }), 'VBFS_LEASE_HELD');
+    assert.equal((await b.fsckVolume('v')).errors, 0, 'a read-only fsck needs no lease');
+    assert.deepEqual(
+      (await b.listVolumes()).map((i) => i.name),
+      ['v'],
+      'the refused delete changed nothing',
+    );
+    await v.write(4096, pattern(4096, 2)); // the writer was not disturbed
+    await v.close();
+    const repaired = await b.fsckVolume('v', { repair: true });
+    assert.equal(repaired.errors, 0);
+    const w = await b.openVolume('v', OPTS); // the repair released its lease: no wait for the TTL
+    await w.close();
+    await b.deleteVolume('v');
+    assert.deepEqual(await b.listVolumes(), []);
+    assert.deepEqual(await a.backend.list(`${id}/`), [], 'no object of the deleted volume (lease included) is left');
+  });
+
   it('a volume written before leases (epoch 1 deltas, no epoch record) takes epoch 1 and continues its run', async () => {
     const prefix = rgwOptions(rgw).prefix;
     const old = await open(new NoLeaseBackend(new S3Backend(rgwOptions(rgw, { prefix }))), tmp());

@@ -87,19 +87,15 @@ export interface VolumeLeaseSetup {
   backend: FencedBackend;
 }
 
-/** Take the lease of volume `id`, begin its epoch and decide about the local WAL in `dir`. */
-export async function takeVolumeLease(
-  backend: Backend & LeaseBackend,
-  id: string,
-  name: string,
-  dir: string,
-  fileIO: FileIO,
-  ttlMs: number | undefined,
-  logger: Logger,
-): Promise<VolumeLeaseSetup> {
-  let lease: Lease;
+/**
+ * Take the lease of volume `id` (no epoch begun): VBFS_LEASE_HELD, naming the volume
+ * as the user knows it and the holder, while a writer anywhere holds it. Also what
+ * `vbfs delete` and `vbfs fsck --repair` of a bucket volume hold while they work, so
+ * neither runs under a mount on another machine (the local LOCK cannot see that one).
+ */
+export async function acquireVolumeLease(backend: LeaseBackend, id: string, name: string, ttlMs: number | undefined, logger: Logger): Promise<Lease> {
   try {
-    lease = await acquireLease(backend, id, { ttlMs, logger });
+    return await acquireLease(backend, id, { ttlMs, logger });
   } catch (err) {
     // Name the volume as the user knows it, not by its id in the bucket.
     if (isVbfsError(err, 'VBFS_LEASE_HELD') && typeof err.details['host'] === 'string') {
@@ -113,6 +109,19 @@ export async function takeVolumeLease(
     }
     throw err;
   }
+}
+
+/** Take the lease of volume `id`, begin its epoch and decide about the local WAL in `dir`. */
+export async function takeVolumeLease(
+  backend: Backend & LeaseBackend,
+  id: string,
+  name: string,
+  dir: string,
+  fileIO: FileIO,
+  ttlMs: number | undefined,
+  logger: Logger,
+): Promise<VolumeLeaseSetup> {
+  const lease = await acquireVolumeLease(backend, id, name, ttlMs, logger);
   try {
     const { plan, record } = await beginEpoch(backend, lease);
     await fenceLocalWal(plan, lease.epoch, name, dir, fileIO, logger);
