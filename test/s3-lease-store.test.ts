@@ -10,6 +10,7 @@ import { Store } from '../src/store/store';
 import type { VolumeOpenOptions } from '../src/store/types';
 import type { Volume } from '../src/store/volume';
 import { pattern, rejectsWith } from './backend-suite';
+import { FaultProxy } from './helpers/fault-proxy';
 import { requireRgw, rgwOptions, type RgwCluster } from './helpers/rgw';
 
 /** An S3Backend whose every request can be made to fail at once: a partitioned machine. */
@@ -157,6 +158,35 @@ describe('bucket volume lease in the store (Ceph RGW)', function () {
     await b.deleteVolume('v');
     assert.deepEqual(await b.listVolumes(), []);
     assert.deepEqual(await a.backend.list(`${id}/`), [], 'no object of the deleted volume (lease included) is left');
+  });
+
+  it('renewals go through their own S3 client: chunk PUTs held up for twice the TTL with every socket of the data client busy, and the lease stays live', async () => {
+    const proxy = await FaultProxy.start(rgw.endpoint);
+    try {
+      // Two sockets for data: four chunk PUTs of a flush wave take both and queue the rest.
+      const backend = new S3Backend(rgwOptions(rgw, { endpoint: proxy.url, maxSockets: 2 }));
+      const a = await open(backend, tmp(), 3_000);
+      await a.createVolume('v', { size: 4 * 1024 * 1024 });
+      const v = await a.openVolume('v', OPTS);
+      await v.write(0, pattern(4 * 64 * 1024, 3));
+      proxy.delayWhere = (req) => (req.method === 'PUT' && (req.url ?? '').includes('/chunks/') ? 6_000 : 0);
+      const t0 = Date.now();
+      const flushed = v.flush();
+      await new Promise((r) => setTimeout(r, 4_500)); // past the TTL, the PUTs still held
+      // A write checks the lease first: VBFS_LEASE_LOST if no renewal got through.
+      await v.write(512 * 1024, pattern(4096, 4));
+      await flushed;
+      assert.ok(Date.now() - t0 >= 5_000, 'the chunk PUTs were held up');
+      proxy.delayWhere = null;
+      await v.fsync();
+      await v.close();
+      const r = await a.openVolume('v', { ...OPTS, readOnly: true });
+      assert.ok((await r.read(0, 4 * 64 * 1024)).equals(pattern(4 * 64 * 1024, 3)));
+      await r.close();
+    } finally {
+      proxy.delayWhere = null;
+      await proxy.close();
+    }
   });
 
   it('a volume written before leases (epoch 1 deltas, no epoch record) takes epoch 1 and continues its run', async () => {

@@ -1,6 +1,8 @@
 import { VbfsError, isVbfsError } from '../errors';
 import type { Backend, BackendCounters } from '../backend/backend';
-import { acquireLease, beginEpoch, createFenced, type Lease, type LeaseBackend } from '../backend/lease';
+import { DiskCacheBackend } from '../backend/disk-cache';
+import { S3Backend } from '../backend/s3-backend';
+import { DEFAULT_LEASE_TTL_MS, acquireLease, beginEpoch, createFenced, type Lease, type LeaseBackend } from '../backend/lease';
 import type { ReplayPlan } from '../backend/fencing';
 import { chunkPrefix } from '../chunk/chunk';
 import type { FileIO } from '../io/file-io';
@@ -88,6 +90,17 @@ export interface VolumeLeaseSetup {
 }
 
 /**
+ * What a lease renews through: the S3 backend's dedicated lease client
+ * (S3Backend.leaseBackend), looked for under the disk cache that wraps it in a store;
+ * a backend without one (tests' wrappers) renews through itself.
+ */
+function leaseClientOf(backend: LeaseBackend, ttlMs: number): LeaseBackend {
+  // Only through the store's own cache wrapper: another wrapper (a test's cut network) must stay in the path.
+  const b: unknown = backend instanceof DiskCacheBackend ? backend.inner : backend;
+  return b instanceof S3Backend ? b.leaseBackend(ttlMs) : backend;
+}
+
+/**
  * Take the lease of volume `id` (no epoch begun): VBFS_LEASE_HELD, naming the volume
  * as the user knows it and the holder, while a writer anywhere holds it. Also what
  * `vbfs delete` and `vbfs fsck --repair` of a bucket volume hold while they work, so
@@ -95,7 +108,7 @@ export interface VolumeLeaseSetup {
  */
 export async function acquireVolumeLease(backend: LeaseBackend, id: string, name: string, ttlMs: number | undefined, logger: Logger): Promise<Lease> {
   try {
-    return await acquireLease(backend, id, { ttlMs, logger });
+    return await acquireLease(leaseClientOf(backend, ttlMs ?? DEFAULT_LEASE_TTL_MS), id, { ttlMs, logger });
   } catch (err) {
     // Name the volume as the user knows it, not by its id in the bucket.
     if (isVbfsError(err, 'VBFS_LEASE_HELD') && typeof err.details['host'] === 'string') {
