@@ -336,8 +336,8 @@ export class S3Backend implements Backend {
   /**
    * The same bucket through its own S3 client, for a lease of `ttlMs`: its own
    * sockets and retry places, so a renewal never queues behind chunk PUTs or their
-   * retries, and attempt and operation deadlines short enough that one stuck request
-   * cannot use up the TTL (a renewal that fails is tried again while the lease lives).
+   * retries, and attempt and operation deadlines within the TTL, so that one stuck
+   * request cannot use it up (a renewal that fails is tried again while the lease lives).
    */
   leaseBackend(ttlMs: number): S3Backend {
     let b = this.leaseClients.get(ttlMs);
@@ -347,8 +347,9 @@ export class S3Backend implements Backend {
         ...this.options,
         maxSockets: 4,
         maxConcurrentRetries: 4,
-        attemptTimeoutMs: clamp(ttlMs / 6, 500, 5_000),
-        operationTimeoutMs: clamp(ttlMs / 3, 1_000, 10_000),
+        // Long enough for a loaded server (a renewal that ends before the TTL still counts), short enough to retry within it.
+        attemptTimeoutMs: clamp(ttlMs / 2, 1_000, 10_000),
+        operationTimeoutMs: clamp((ttlMs * 2) / 3, 1_000, 20_000),
         backoffMaxMs: clamp(ttlMs / 20, 50, 1_000),
       });
       this.leaseClients.set(ttlMs, b);
