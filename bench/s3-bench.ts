@@ -23,12 +23,19 @@
  *  CPU per pass warm and file reads: this process's CPU time per pass (all threads), a
  *               figure the machine's load does not move the way it moves MiB/s
  *
+ *  fsync latency  through a real `vbfs mount --backend` (FUSE): fio 4 KiB random writes
+ *               with --fsync=1 on a `remote` volume (each fsync waits for its chunk
+ *               and map delta in the bucket) and on a `batched` one (waits for the
+ *               local WAL), same bucket, same mount, --fsync-seconds each; p50/p99 of
+ *               fio's sync latency. Not a target: issue 11 asks for the figures.
+ *
  * Targets (issue 11): cold >= 0.5x ceiling, warm >= 0.9x file, write s3 >= 0.8x write file.
  *
  *   npm run bench:s3                        (256 MiB, 5 runs, ~3 min)
  *   npm run bench:s3 -- --size 64M --reps 3 --write-size 1G
  *   npm run bench:s3 -- --only writes --reps 3 --write-size 256M --timeline /tmp/tl.jsonl
  *     (writes only, with a per-request timeline of the S3 write runs)
+ *   npm run bench:s3 -- --fsync-only                (only the fsync latencies, ~1 min)
  */
 import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import * as fs from 'node:fs';
@@ -39,7 +46,8 @@ import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { S3Backend, type S3BackendOptions } from '../src/backend/s3-backend';
 import { Store } from '../src/store/store';
-import { requireRgw, rgwOptions, stopRgw } from '../test/helpers/rgw';
+import { requireRgw, rgwOptions, rgwTestPrefix, stopRgw, TEST_BUCKET, type RgwCluster } from '../test/helpers/rgw';
+import { fuseUnavailableReason, loopsUnder, run, vbfs } from '../test/helpers/fuse-env';
 import { parseSize } from './null-fuse';
 
 const MiB = 1024 * 1024;
@@ -148,6 +156,8 @@ async function main(): Promise<void> {
     .option('only', { choices: ['reads', 'writes'] as const, describe: 'run only the read or only the write figures (a shorter run)' })
     .option('put-parallel', { type: 'number', default: 4, describe: 'PUTs in flight in the plain SDK PUT loop' })
     .option('timeline', { type: 'string', describe: 'write a per-request timeline of the S3 write runs to this file (JSON lines)' })
+    .option('fsync-seconds', { type: 'number', default: 20, describe: 'fio runtime per durability mode in the fsync latency phase' })
+    .option('fsync-only', { type: 'boolean', default: false, describe: 'run only the fsync latency phase' })
     .strict()
     .parseSync();
   const size = parseSize(argv.size);
@@ -165,6 +175,10 @@ async function main(): Promise<void> {
     const setup = new S3Backend(s3);
     await setup.ensureBucket();
     await setup.close();
+    if (argv['fsync-only']) {
+      process.stdout.write(await fsyncLatency(rgw, work, argv['fsync-seconds']));
+      return;
+    }
 
     const reads = argv.only !== 'writes';
     const writes = argv.only !== 'reads';
@@ -375,11 +389,77 @@ async function main(): Promise<void> {
       `  runs: ${JSON.stringify(figures, (_k, v: unknown) => (typeof v === 'number' ? Math.round(v) : v))}`,
     ];
     process.stdout.write(lines.join('\n') + '\n');
+    process.stdout.write(await fsyncLatency(rgw, work, argv['fsync-seconds']));
   } finally {
     log('stopping Ceph RGW');
     await stopRgw();
     fs.rmSync(work, { recursive: true, force: true });
   }
+}
+
+/**
+ * fsync latency through a real mount over the bucket: fio 4 KiB random writes, an
+ * fsync after each (--fsync=1), on a `remote` and a `batched` volume of one store.
+ */
+async function fsyncLatency(rgw: RgwCluster, work: string, seconds: number): Promise<string> {
+  const why = fuseUnavailableReason();
+  if (why) return `fsync latency: skipped (${why})\n`;
+  const env: NodeJS.ProcessEnv = {
+    AWS_ENDPOINT_URL_S3: rgw.endpoint,
+    AWS_ACCESS_KEY_ID: rgw.accessKeyId,
+    AWS_SECRET_ACCESS_KEY: rgw.secretAccessKey,
+    AWS_REGION: rgw.region,
+  };
+  const store = path.join(work, 'fsync-store');
+  const mnt = path.join(work, 'fsync-mnt');
+  fs.mkdirSync(mnt, { recursive: true });
+  const cli = async (args: string[]): Promise<void> => {
+    const r = await vbfs(args, store, { env, timeoutMs: 120_000 });
+    if (r.code !== 0) throw new Error(`vbfs ${args.join(' ')}: exit ${r.code}: ${r.stderr}`);
+  };
+  const url = `s3://${TEST_BUCKET}/${rgwTestPrefix()}`;
+  await cli(['create', 'remote', '--size', '256M', '--durability', 'remote', '--backend', url]);
+  await cli(['create', 'batched', '--size', '256M', '--durability', 'batched']);
+  await cli(['mount', mnt, '--daemon']);
+  const out: string[] = [`fsync latency: fio 4 KiB random writes, --fsync=1, ${seconds} s per mode, through a real mount (FUSE) over Ceph RGW on 127.0.0.1`];
+  try {
+    for (const mode of ['remote', 'batched']) {
+      log(`fio randwrite --fsync=1 on the ${mode} volume (${seconds} s)`);
+      const r = await run(
+        'fio',
+        [
+          `--name=fsync-${mode}`,
+          `--filename=${path.join(mnt, mode)}`,
+          '--ioengine=psync',
+          '--fallocate=none',
+          '--rw=randwrite',
+          '--bs=4k',
+          '--size=64M',
+          '--fsync=1',
+          '--time_based',
+          `--runtime=${seconds}`,
+          '--randrepeat=0',
+          '--percentile_list=50:99',
+          '--output-format=json',
+        ],
+        { timeoutMs: (seconds + 120) * 1000 },
+      );
+      if (r.code !== 0) throw new Error(`fio on ${mode}: exit ${r.code}: ${r.stderr}`);
+      const job = (
+        JSON.parse(r.stdout) as { jobs: { sync: { total_ios: number; lat_ns: { percentile?: Record<string, number> } }; write: { iops: number } }[] }
+      ).jobs[0];
+      const pct = job?.sync.lat_ns.percentile ?? {};
+      const ms = (k: string): string => ((pct[k] ?? NaN) / 1e6).toFixed(2).padStart(8);
+      out.push(
+        `  ${mode.padEnd(8)} fsync p50 ${ms('50.000000')} ms  p99 ${ms('99.000000')} ms   ${String(job?.sync.total_ios ?? 0).padStart(6)} fsyncs, ${(job?.write.iops ?? 0).toFixed(0)} writes/s`,
+      );
+    }
+  } finally {
+    const u = await vbfs(['unmount', mnt], store, { env, timeoutMs: 120_000 });
+    if (u.code !== 0) await run('fusermount', ['-u', mnt]);
+    if ((await loopsUnder(work)).length > 0) log('a loop device is still attached under the work directory');
+  }
+  return out.join('\n') + '\n';
 }
 
 main().catch((err: unknown) => {

@@ -114,9 +114,9 @@ describe('kill -9 during S3 flushes (Ceph RGW): nothing acknowledged lost', func
     round: number,
     dir: string,
     backend: S3BackendOptions,
-    opts: { writes: number; killAfterFlush?: number; killDelayMs?: number; onFlush?: (n: number) => void },
+    opts: { writes: number; killAfterFlush?: number; killDelayMs?: number; onFlush?: (n: number) => void; durability?: 'remote' },
   ): Promise<RoundResult> {
-    const args = { dir, backend, seed, round, writes: opts.writes, closeAtEnd: opts.killAfterFlush === undefined };
+    const args = { dir, backend, seed, round, writes: opts.writes, closeAtEnd: opts.killAfterFlush === undefined, durability: opts.durability };
     const child = fork(CHILD, [JSON.stringify(args)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: [] });
     const res: RoundResult = { acked: 0, flushesSeen: 0, killedInFlush: false };
     return new Promise((resolve, reject) => {
@@ -210,6 +210,46 @@ describe('kill -9 during S3 flushes (Ceph RGW): nothing acknowledged lost', func
       report.push(`fsck: ${fsck.chunks} chunks, ${fsck.orphanChunks} orphan, ${fsck.warnings} warnings`);
     } finally {
       await check.close();
+    }
+    console.log(`      seed ${seed}\n      ${report.join('\n      ')}`);
+  });
+
+  it('remote durability: SIGKILL at seeded moments of flushes through a proxy that answers 503/500 and resets; each time the local directory is lost: the bucket alone has every acknowledged write', async () => {
+    const seed = envInt('VBFS_S3_KILL_SEED', Date.now() % 100_000);
+    const kills = envInt('VBFS_S3_KILL_ROUNDS', 5);
+    const rng = new Rng(seed + 1);
+    floor.fill(null);
+    const backend = rgwOptions(rgw); // a fresh prefix: a volume of its own
+    const setup = await Store.open(tmp(), { backend: new S3Backend(backend), metadata: 'backend' });
+    await setup.createVolume('v', { size: BLOCKS * BLOCK, durability: 'remote' });
+    await setup.close();
+    const proxy = await FaultProxy.start(rgw.endpoint);
+    const report: string[] = [];
+    try {
+      const faults: Fault[] = ['503', 'reset', 'resetAfterUpstream', '500AfterUpstream', '500'];
+      const viaProxy: S3BackendOptions = { ...backend, endpoint: proxy.url, backoffBaseMs: 10, backoffMaxMs: 100 };
+      for (let round = 0; round < kills; round++) {
+        const killAfterFlush = 1 + rng.int(8);
+        const killDelayMs = rng.int(60);
+        // Each round on a new machine: the last one's directory (its WAL) is gone.
+        const r = await runChild(seed, round, tmp(), viaProxy, {
+          writes: 100_000,
+          killAfterFlush,
+          killDelayMs,
+          durability: 'remote',
+          onFlush: (n) => proxy.next(faults[(n + round) % faults.length] as Fault, 1 + (n % 2)),
+        });
+        assert.ok(r.killedInFlush, `round ${round}: the child was still running at the kill (seed ${seed})`);
+        assert.ok(r.acked > 0, `round ${round}: nothing acknowledged before the kill (seed ${seed})`);
+        const seen = await verify(seed, round, tmp(), backend, false);
+        report.push(
+          `remote round ${round}: killed ${killDelayMs} ms after flush ${killAfterFlush}, ${r.acked} writes acknowledged, ${seen.newerThanAck} blocks newer than acknowledged`,
+        );
+      }
+      report.push(`remote: ${proxy.counts.faulted} faults injected`);
+      assert.ok(proxy.counts.faulted > 0, 'the proxy injected faults');
+    } finally {
+      await proxy.close();
     }
     console.log(`      seed ${seed}\n      ${report.join('\n      ')}`);
   });

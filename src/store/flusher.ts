@@ -12,6 +12,15 @@ const MAX_TRIMS_PER_FLUSH = 1024 * 1024;
 /** Longest wait between flush attempts while the backend is down. */
 const BACKEND_RETRY_MAX_MS = 30_000;
 
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** A remote fsync waiting for flush number `gen` (or a later one) to end. */
+interface FlushWaiter {
+  gen: number;
+  resolve: () => void;
+  reject: (err: unknown) => void;
+}
+
 /**
  * A flush failed because the backend did not take a chunk object (S3 unreachable,
  * 5xx past the retries, ...): the data is still in the write buffer and the WAL,
@@ -44,6 +53,9 @@ export class Flusher implements FlushControl {
   private backendRetries = 0;
   private backendTimer: NodeJS.Timeout | null = null;
   private run: Promise<void> | null = null;
+  /** Flushes started so far (the number of the running one); remote fsyncs wait for a number (persist). */
+  private flushesStarted = 0;
+  private waiters: FlushWaiter[] = [];
   private again = false;
   private noMoreKicks = false;
   private intervalTimer: NodeJS.Timeout | null = null;
@@ -126,6 +138,65 @@ export class Flusher implements FlushControl {
   }
 
   /**
+   * remote durability (fsync): resolves once everything written before the call is
+   * in chunk objects on the backend and its map delta committed there. Callers that
+   * arrive while a flush runs share the next one (group commit): that flush's
+   * snapshot is taken after all of them, so it covers them all. While the backend is
+   * down the fsync waits for it, like a writer waiting for room (no error: a loop
+   * device would pass an EIO on to its filesystem), until the volume fails or closes.
+   */
+  async persist(): Promise<void> {
+    for (;;) {
+      this.writer.check();
+      if (this.backendDown) {
+        await sleep(Math.min(1000, this.core.tunables.backendRetryMs));
+        continue;
+      }
+      try {
+        await this.nextFlush();
+        return;
+      } catch (err) {
+        if (isVbfsError(err, 'VBFS_CLOSED')) throw err;
+        if (!isBackendDown(err) || this.core.closing) throw this.writer.failUnlessNoSpace(err);
+      }
+    }
+  }
+
+  /**
+   * A promise for the first flush that starts after this call (its snapshot then
+   * holds everything written so far): one is started now, or, while one runs, the
+   * running one goes again when it ends (start()).
+   */
+  private nextFlush(): Promise<void> {
+    const gen = this.flushesStarted + 1;
+    const done = new Promise<void>((resolve, reject) => this.waiters.push({ gen, resolve, reject }));
+    if (this.run) this.again = true;
+    else this.start().catch(() => undefined); // its outcome reaches the waiters
+    return done;
+  }
+
+  /** Flush number `gen` ended: settle the waiters it covers. */
+  private settleWaiters(gen: number, err?: unknown): void {
+    if (this.waiters.length === 0) return;
+    const later: FlushWaiter[] = [];
+    for (const w of this.waiters) {
+      if (w.gen > gen) later.push(w);
+      else if (err === undefined) w.resolve();
+      else w.reject(err);
+    }
+    this.waiters = later;
+  }
+
+  /** No flush runs and none was kicked: waiters that arrived during the last one still need theirs. */
+  private serveWaiters(): void {
+    if (this.run || this.waiters.length === 0) return;
+    const core = this.core;
+    const refuse = core.failed ?? this.backendDown ?? (core.closed ? new VbfsError('VBFS_CLOSED', `volume '${core.name}' is closed`) : null);
+    if (refuse) this.settleWaiters(Infinity, refuse);
+    else this.start().catch(() => undefined);
+  }
+
+  /**
    * close(): no flush starts after this but the final one, which packs whatever
    * is left; then the WAL is synced and a checkpoint written if the map log holds
    * anything, so the next open loads one file.
@@ -176,10 +247,12 @@ export class Flusher implements FlushControl {
     const { arena, blockSize, tunables } = this.core;
     let progress = false;
     let noSpace = false;
+    const gen = ++this.flushesStarted;
     const run = this.flushOnce()
       .then(
         (n) => {
           progress = n > 0;
+          this.settleWaiters(gen);
           if (this.diskFull) {
             this.diskFull = null;
             this.core.ctx.logger.info('flush succeeded again after running out of space', { volume: this.core.name });
@@ -192,6 +265,7 @@ export class Flusher implements FlushControl {
         },
         (err: unknown) => {
           noSpace = this.noteDiskFull(err) || this.noteBackendDown(err);
+          this.settleWaiters(gen, err);
           throw err;
         },
       )
@@ -205,6 +279,7 @@ export class Flusher implements FlushControl {
         const again = !noSpace && (this.again || (progress && (arena.used * blockSize >= tunables.flushBytes || arena.full)));
         this.again = false;
         if (again && this.hasWork) this.kick();
+        this.serveWaiters();
       });
     this.run = run;
     return run;

@@ -6,7 +6,7 @@ import type { Backend } from '../backend/backend';
 import { BlockCache } from '../cache/block-cache';
 import { maxPayload, RECORD_HEADER } from '../format/block-record';
 import { SEGMENT_HEADER } from '../format/segment-header';
-import { checkDurability } from './volume-rules';
+import { checkDurability, checkDurabilityOn } from './volume-rules';
 import { BlockIndex } from '../map/block-index';
 import { MapStore, type Failpoint } from '../map/map-store';
 import type { MapMedium } from '../map/map-medium';
@@ -134,8 +134,10 @@ export class VolumeCore {
     this.name = info.name;
     this.size = info.size;
     this.blockSize = info.blockSize;
-    this.durability = opts.durability !== undefined ? checkDurability(opts.durability) : info.durability;
     this.readOnly = opts.readOnly === true;
+    this.durability = opts.durability !== undefined ? checkDurability(opts.durability) : info.durability;
+    // Durability binds writers only: a reader of a `remote` volume may read it from anywhere.
+    if (!this.readOnly) checkDurabilityOn(this.durability, ctx.backend);
     this.tunables = resolveTunables(opts, info.blockSize, ctx.backend.remote === true);
     this.blockCount = info.size / info.blockSize;
     this.cipher = ctx.cipher ?? null;

@@ -35,6 +35,8 @@ export interface FlushControl {
   readonly waveRecords: number;
   /** Volume.flush(): pack everything written so far into chunks. */
   flush(): Promise<void>;
+  /** remote durability: everything written so far is in the backend's chunks and map (concurrent callers share flushes). */
+  persist(): Promise<void>;
 }
 
 /**
@@ -119,7 +121,8 @@ export interface WalStart {
  *  3. commitSlot: the slot becomes the block's current version (Hot) and is
  *     appended to the WAL's batch buffer, compressed once if the volume is lz4.
  *  4. afterApply: the durability mode decides what the caller waits for: the WAL
- *     sync (strict), a group commit (batched), or only WAL backpressure (relaxed, async).
+ *     sync (strict), a group commit (batched), or only WAL backpressure (relaxed,
+ *     async, remote; a remote fsync waits for a flush to the backend instead).
  *  5. onDurable: when a WAL sync completes, the blocks it covered become Pending.
  *
  * The flusher takes it from there (flusher.ts). The WAL exists only here, and the
@@ -600,13 +603,20 @@ export class Writer {
 
   /**
    * Everything written before this call is durable when it resolves (strict,
-   * batched, relaxed). In async mode a sync is started and not awaited.
+   * batched, relaxed). In async mode a sync is started and not awaited. In remote
+   * mode it is durable in the backend (chunk objects and map delta), not only in
+   * the local WAL: the local disk may be gone at the next open.
    */
   async fsync(): Promise<void> {
     await this.drain();
     await this.sealsSettled();
     if (this.core.durability === 'async') {
       this.backgroundSync();
+      return;
+    }
+    if (this.core.durability === 'remote') {
+      this.check();
+      await this.flusher.persist();
       return;
     }
     await this.syncWal();
