@@ -96,6 +96,7 @@ export class Compactor {
   private readonly skip = new Set<number>();
   private lastForeground = -1;
   private lastForegroundAt = 0;
+  private wake: (() => void) | null = null;
 
   constructor(
     private readonly core: VolumeCore,
@@ -117,6 +118,7 @@ export class Compactor {
     this.stopped = true;
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
+    this.wake?.();
     await this.run?.catch(() => undefined);
     await this.survey?.catch(() => undefined);
   }
@@ -382,9 +384,19 @@ export class Compactor {
     }
     if (rate <= 0 || now - this.lastForegroundAt > FOREGROUND_WINDOW_MS) return;
     const ms = (bytes / rate) * 1000;
+    // Unref'd (a sleeping compactor keeps no process alive), so stop() must wake it:
+    // a close() waiting on it would otherwise wait on a timer nothing keeps alive.
     await new Promise<void>((r) => {
-      const t = setTimeout(r, ms);
+      const t = setTimeout(() => {
+        this.wake = null;
+        r();
+      }, ms);
       t.unref();
+      this.wake = () => {
+        clearTimeout(t);
+        this.wake = null;
+        r();
+      };
     });
   }
 }
