@@ -43,7 +43,7 @@ function* randomBlocks(rng: Rng, blocks: number, count: number): Generator<numbe
 }
 
 describe('space reclaim: overwrite bound', function () {
-  this.timeout(300_000);
+  this.timeout(Math.max(300_000, VOLUME_MIB * 3000));
   const base = fs.existsSync('/dev/shm') ? '/dev/shm' : require('node:os').tmpdir();
   let dir = '';
   before(() => {
