@@ -1,7 +1,6 @@
 import * as assert from 'node:assert/strict';
 import { Store } from '../src/store/store';
 import { MemoryBackend } from '../src/backend/memory-backend';
-import type { Backend } from '../src/backend/backend';
 import { isVbfsError } from '../src/errors';
 import type { Volume } from '../src/store/volume';
 import type { VolumeOpenOptions } from '../src/store/types';
@@ -59,7 +58,7 @@ describe('compaction (store/compactor.ts)', () => {
   beforeEach(async () => {
     sim = new SimFS({ yieldEachOp: false });
     backend = new SlowBackend();
-    store = await Store.open('/s', { fileIO: sim, backend: backend as Backend });
+    store = await Store.open('/s', { fileIO: sim, backend });
     await store.createVolume('v', { size: SIZE, blockSize: BS });
   });
   afterEach(async () => {
@@ -188,7 +187,7 @@ describe('compaction (store/compactor.ts)', () => {
           vol,
           rng,
           model,
-          [...Array(20)].map(() => rng.int(BLOCKS)),
+          Array.from({ length: 20 }, () => rng.int(BLOCKS)),
         );
         await vol.flush();
       }

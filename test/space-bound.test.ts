@@ -1,5 +1,6 @@
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { Store } from '../src/store/store';
 import type { Volume } from '../src/store/volume';
@@ -44,7 +45,7 @@ function* randomBlocks(rng: Rng, blocks: number, count: number): Generator<numbe
 
 describe('space reclaim: overwrite bound', function () {
   this.timeout(Math.max(300_000, VOLUME_MIB * 3000));
-  const base = fs.existsSync('/dev/shm') ? '/dev/shm' : require('node:os').tmpdir();
+  const base = fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir();
   let dir = '';
   before(() => {
     dir = fs.mkdtempSync(path.join(base, 'vbfs-bound-'));

@@ -75,7 +75,9 @@ function progressBar(write: (text: string) => void): { update: (p: CompactionPro
       const width = 30;
       const frac = p.reclaimable > 0 ? Math.min(1, p.reclaimed / p.reclaimable) : 1;
       const fill = Math.round(frac * width);
-      write(`\rcompact [${'#'.repeat(fill)}${'.'.repeat(width - fill)}] ${formatSize(p.reclaimed)} of ${formatSize(p.reclaimable)} dead, ${p.chunksCompacted} chunks\x1b[K`);
+      write(
+        `\rcompact [${'#'.repeat(fill)}${'.'.repeat(width - fill)}] ${formatSize(p.reclaimed)} of ${formatSize(p.reclaimable)} dead, ${p.chunksCompacted} chunks\x1b[K`,
+      );
       shown = true;
     },
     clear: () => {

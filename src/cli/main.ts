@@ -12,7 +12,15 @@ import { runFsck } from './fsck-command';
 import { runCompact } from './compact-command';
 import { READY_FD_ENV, runMount, runUnmount, type CliContext } from './mount-command';
 import { KEY_ENV_HELP, KEY_FILE_HELP } from './key-options';
-import { COMPACT_OPTIONS, compactOptionStrings, parseMountFuseForm, parseMountOptions, parseLeaseTtl, parseStopTimeout, type MountFlags } from './mount-options';
+import {
+  COMPACT_OPTIONS,
+  compactOptionStrings,
+  parseMountFuseForm,
+  parseMountOptions,
+  parseLeaseTtl,
+  parseStopTimeout,
+  type MountFlags,
+} from './mount-options';
 import { parseSize, parseSizeOrZero } from './size';
 import { defaultStoreDir } from './store';
 import { runCreate, runDelete, runInfo, runList, runStats } from './volume-commands';
@@ -333,7 +341,10 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
                 'seconds the lease of a volume kept in a bucket lives without renewal (1..3600, default 30): a mount that cannot renew it ' +
                 'for that long stops writing (EIO), and another machine may take the volume over after it',
             })
-            .option('compact-interval', { type: 'string', describe: 'background compaction: check every SECONDS (default 5; 0 = off, `vbfs compact` still works)' })
+            .option('compact-interval', {
+              type: 'string',
+              describe: 'background compaction: check every SECONDS (default 5; 0 = off, `vbfs compact` still works)',
+            })
             .option('compact-start', { type: 'string', describe: 'start compacting when stored bytes > live bytes x RATIO (default 1.5)' })
             .option('compact-target', { type: 'string', describe: 'compact until stored bytes <= live bytes x RATIO (default 1.25)' })
             .option('compact-chunk-live', { type: 'string', describe: 'also compact any chunk less than FRACTION live (default 0.25)' })

@@ -179,7 +179,8 @@ export class Compactor {
     const s0 = core.index.space();
     this.runReclaimable = Math.max(0, s0.storedBytes - s0.liveBytes);
     this.runReclaimed = 0;
-    const report = (): void => opts.onProgress?.({ reclaimable: this.runReclaimable, reclaimed: this.runReclaimed, chunksCompacted: this.chunksCompacted - at0.chunks });
+    const report = (): void =>
+      opts.onProgress?.({ reclaimable: this.runReclaimable, reclaimed: this.runReclaimed, chunksCompacted: this.chunksCompacted - at0.chunks });
     report();
     for (;;) {
       if (this.stopped || core.closing || core.closed || core.failed) break;
