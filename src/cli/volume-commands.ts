@@ -173,7 +173,7 @@ export async function runInfo(ctx: CliContext, args: { volume: string; json: boo
               ? `yes (${encryptionText(rec as unknown as VolumeInfo)})`
               : 'no'
             : String(v);
-    ctx.out(`${k.padEnd(14)}${shown}`);
+    ctx.out(`${k.padEnd(Math.max(14, k.length + 1))}${shown}`);
   }
   return EXIT_OK;
 }
