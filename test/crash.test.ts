@@ -125,6 +125,6 @@ describe('crash simulation (SimFS power loss)', function () {
     await again.close();
   });
 
-  it('names failpoints in the flush and the checkpoint path, and around the seq reservation', () =>
+  it('names failpoints in the flush and the checkpoint path, around the seq reservation and between the compactor steps', () =>
     runInWorker(RUNNER, 'checkFailpointNames', [SEEDS[0] ?? 11], DEADLINE_MS));
 });

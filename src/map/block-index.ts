@@ -1,5 +1,6 @@
 import { VbfsError } from '../errors';
 import { RECORD_HEADER } from '../format/block-record';
+import { SEGMENT_HEADER } from '../format/segment-header';
 import { NumTable } from './num-table';
 
 /**
@@ -119,6 +120,15 @@ export class BlockIndex {
   private readonly cached = new NumTable();
   /** chunk id -> v1 live blocks, v2 live bytes (record header + stored payload) */
   private readonly chunkRefs = new NumTable();
+  /**
+   * chunk id -> v1 bytes of the records the chunk object holds (live or not), v2 their
+   * count: every record the index ever pointed at in it, raised by noteChunkRecords()
+   * to what the object is known to hold. With the totals below, the compactor's
+   * "stored vs live" figures cost O(1).
+   */
+  private readonly chunkStored = new NumTable();
+  private liveRecordBytes = 0;
+  private storedRecordBytes = 0;
   private dead: number[] = [];
   private persistedBlocks = 0;
   private extents = 0;
@@ -373,7 +383,11 @@ export class BlockIndex {
     if (this.lookup(block)) {
       const a = (this.pb as Bucket).leaves[this.pl]?.a as Uint32Array;
       const j = this.pe * STRIDE;
-      if (seqOf(a, j) + (block - this.phi * TWO32 - (a[j] as number)) >= seq) return false;
+      // An equal seq is the same version copied elsewhere (the compactor's copy,
+      // committed after the original): the later location wins, the old chunk may go.
+      const cur = seqOf(a, j) + (block - this.phi * TWO32 - (a[j] as number));
+      if (cur > seq || (cur === seq && this.persistedChunk(block) === chunk)) return false;
+      this.lookup(block);
       this.unmap(block);
       this.lookup(block);
     } else {
@@ -404,6 +418,11 @@ export class BlockIndex {
     const i = this.chunkRefs.insert(chunk);
     this.chunkRefs.v1[i] = (this.chunkRefs.v1[i] as number) + blocks;
     this.chunkRefs.v2[i] = (this.chunkRefs.v2[i] as number) + bytes;
+    const k = this.chunkStored.insert(chunk);
+    this.chunkStored.v1[k] = (this.chunkStored.v1[k] as number) + bytes;
+    this.chunkStored.v2[k] = (this.chunkStored.v2[k] as number) + blocks;
+    this.liveRecordBytes += bytes;
+    this.storedRecordBytes += bytes;
   }
 
   private unref(chunk: number, blocks: number, bytes: number): void {
@@ -413,10 +432,63 @@ export class BlockIndex {
     if (left > 0) {
       this.chunkRefs.v1[i] = left;
       this.chunkRefs.v2[i] = (this.chunkRefs.v2[i] as number) - bytes;
+      this.liveRecordBytes -= bytes;
       return;
     }
+    this.liveRecordBytes -= this.chunkRefs.v2[i] as number;
     this.chunkRefs.removeAt(i);
+    const k = this.chunkStored.find(chunk);
+    if (k >= 0) {
+      this.storedRecordBytes -= this.chunkStored.v1[k] as number;
+      this.chunkStored.removeAt(k);
+    }
     this.dead.push(chunk);
+  }
+
+  /**
+   * The chunk object holds `records` records taking `bytes` (its size less the
+   * header): from the flusher and the compactor, which built it, or from a look at
+   * its header after open (the map only names live records). Only ever raises what
+   * is known; ignored for a chunk with no live block.
+   */
+  noteChunkRecords(chunk: number, records: number, bytes: number): void {
+    const k = this.chunkStored.find(chunk);
+    if (k < 0 || (this.chunkStored.v2[k] as number) >= records) return;
+    const was = this.chunkStored.v1[k] as number;
+    if (bytes > was) {
+      this.storedRecordBytes += bytes - was;
+      this.chunkStored.v1[k] = bytes;
+    }
+    this.chunkStored.v2[k] = records;
+  }
+
+  /** Records the index knows the chunk holds, and their bytes (0, 0 for a dead or unknown chunk). */
+  chunkStoredRecords(id: number): { records: number; bytes: number } {
+    const k = this.chunkStored.find(id);
+    return k < 0 ? { records: 0, bytes: 0 } : { records: this.chunkStored.v2[k] as number, bytes: this.chunkStored.v1[k] as number };
+  }
+
+  /**
+   * Bytes of the live records in chunks (header + stored payload), and bytes of the
+   * chunk objects that hold them (headers and dead records too), kept as blocks
+   * move (O(1)). A chunk whose every block is superseded no longer counts.
+   */
+  space(): { liveBytes: number; storedBytes: number; chunks: number } {
+    const chunks = this.chunkRefs.size;
+    return { liveBytes: this.liveRecordBytes, storedBytes: this.storedRecordBytes + chunks * SEGMENT_HEADER, chunks };
+  }
+
+  /**
+   * The compactor's copy of a block (same seq) at a new place, taken only if the
+   * block still has that version at `from` (a block overwritten or flushed since
+   * keeps its newer location). Keeps the read-cache flag (the data is the same).
+   */
+  relocate(block: number, seq: number, from: number, chunk: number, off: number, len: number, flags: number): boolean {
+    if (!this.lookup(block) || this.persistedChunk(block) !== from || this.persistedSeq(block) !== seq) return false;
+    const wasCached = this.cached.size > 0 && this.cached.find(block) >= 0;
+    this.setPersisted(block, seq, chunk, off, len, flags);
+    if (wasCached) this.setCached(block, true);
+    return true;
   }
 
   /** Chunk ids whose live block count dropped to 0 since the last call; the index forgets them. */
@@ -497,7 +569,8 @@ export class BlockIndex {
       this.buckets.size * 64 +
       this.hot.memoryBytes +
       this.cached.memoryBytes +
-      this.chunkRefs.memoryBytes
+      this.chunkRefs.memoryBytes +
+      this.chunkStored.memoryBytes
     );
   }
 

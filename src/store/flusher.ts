@@ -1,6 +1,7 @@
 import { VbfsError, ioError, isNoSpace, isVbfsError } from '../errors';
 import { ChunkBuilder, type BuiltChunk } from '../chunk/chunk-builder';
 import { chunkKey } from '../chunk/chunk';
+import { SEGMENT_HEADER } from '../format/segment-header';
 import type { WalWriter } from '../wal/wal-writer';
 import type { FlushControl, Writer } from './writer';
 import type { VolumeCore } from './volume-core';
@@ -513,10 +514,17 @@ export class Flusher implements FlushControl {
         if (index.setPersisted(pl.blocks[k] as number, pl.seqs[k] as number, c.id, pl.offsets[k] as number, pl.lens[k] as number, pl.flags[k] as number, slot))
           arena.release(slot);
       }
+      index.noteChunkRecords(c.id, c.slots.length, c.buf.length - SEGMENT_HEADER);
       counters.chunkFlushes++;
       counters.flushedBytes += c.buf.length;
     }
     for (const id of index.takeDeadChunks()) this.deadChunks.push(id);
+  }
+
+  /** Chunks the compactor emptied (its map commit is durable): deleted like the flusher's own. */
+  retire(ids: number[]): void {
+    for (const id of ids) this.deadChunks.push(id);
+    this.processDeadChunks();
   }
 
   /** Delete chunk objects no block points at any more, once no read may still be using them. */

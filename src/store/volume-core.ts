@@ -39,6 +39,11 @@ export const DEFAULT_TUNABLES: VolumeTunables = {
   cryptoThreads: 1,
   cryptoBatchBlocks: 64,
   cryptoSealBlocks: 8,
+  compactIntervalMs: 5000,
+  compactStartRatio: 1.5,
+  compactTargetRatio: 1.25,
+  compactChunkLive: 0.25,
+  compactRateBytes: 32 * MiB,
 };
 
 export interface VolumeContext {
@@ -192,6 +197,10 @@ function resolveTunables(opts: VolumeOpenOptions, blockSize: number, remote: boo
   if (t.walSegmentBytes < minChunk) throw new VbfsError('VBFS_INVALID_ARGUMENT', `walSegmentBytes must be at least ${minChunk}`);
   if (t.writeBufferBytes < 2 * blockSize) throw new VbfsError('VBFS_INVALID_ARGUMENT', `writeBufferBytes must be at least two blocks`);
   if (t.flushIntervalMs < 1) t.flushIntervalMs = 1;
+  if (t.compactTargetRatio < 1 || t.compactStartRatio < t.compactTargetRatio) {
+    throw new VbfsError('VBFS_INVALID_ARGUMENT', `compaction ratios: need 1 <= compactTargetRatio <= compactStartRatio`);
+  }
+  if (t.compactChunkLive > 1) throw new VbfsError('VBFS_INVALID_ARGUMENT', `compactChunkLive is a fraction from 0 to 1`);
   if (!Number.isInteger(t.seqReserveStep) || t.seqReserveStep < 1 || t.seqReserveStep > 2 ** 40) {
     throw new VbfsError('VBFS_INVALID_ARGUMENT', `seqReserveStep must be an integer from 1 to 2^40`);
   }

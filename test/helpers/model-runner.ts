@@ -38,6 +38,8 @@ function tinyTunables(rng: Rng, blockSize: number): Partial<VolumeTunables> {
     cacheBytes: blockSize * rng.pick([0, 2, 16]),
     checkpointBytes: rng.pick([256, 2048, 1 << 20]),
     readaheadBytes: rng.pick([0, blockSize * 4]),
+    // Background compaction: off, racing the ops, or now and then.
+    compactIntervalMs: rng.pick([0, 5, 200]),
   };
 }
 
@@ -159,6 +161,7 @@ async function modelRun(
         ['readAll', 1],
         ['trim', 5],
         ['zero', 3],
+        ['compact', 2],
       ]);
       // Where chunk boundaries fall in volume space (uncompressed, blocks written in order).
       const chunkBytes = blockSize * Math.max(1, Math.floor(((tun.chunkBytes ?? 4 << 20) - 64) / rec(blockSize)));
@@ -224,6 +227,7 @@ async function modelRun(
               ['flush', 1],
               ['fsync', 1],
               ['t', 1],
+              ['compact', 1],
             ]);
             const r = rng.bool(0.6) ? { offset: base.offset, length: base.length } : randomRange(rng, size, blockSize, chunkBytes);
             if (what === 'w') {
@@ -239,7 +243,7 @@ async function modelRun(
               ps.push(vol.read(r.offset, r.length));
               desc.push(`r(${r.offset}, ${r.length})`);
             } else {
-              ps.push(what === 'flush' ? vol.flush() : vol.fsync());
+              ps.push(what === 'flush' ? vol.flush() : what === 'compact' ? vol.compact() : vol.fsync());
               desc.push(what);
             }
           }
@@ -258,6 +262,13 @@ async function modelRun(
           log.push(`#${i} readAll`);
           await checkRead(0, size, `op #${i} readAll`);
           break;
+        case 'compact': {
+          // Rewrites mostly-dead chunks (or, full, every chunk with dead records): no data may change.
+          const full = rng.bool();
+          log.push(`#${i} compact${full ? ' full' : ''}`);
+          await guard(vol.compact({ full }), `op #${i} compact`);
+          break;
+        }
         case 'fsync':
           log.push(`#${i} fsync`);
           await guard(vol.fsync(), `op #${i} fsync`);
