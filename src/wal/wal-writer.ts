@@ -394,8 +394,15 @@ export class WalWriter {
           this.fd = null;
           this.fdSeg = -1;
         }
-        for (const s of doomed) await this.opts.fileIO.unlink(`${this.opts.dir}/${walSegmentName(s)}`);
-        await this.opts.fileIO.fsyncDir(this.opts.dir);
+        // Oldest first, each unlink made durable before the next: what a crash leaves is
+        // always a run of the newest segments. A filesystem that persisted a newer unlink
+        // but not an older one would replay an old record of a block without the later
+        // zero record (trim) that superseded it, and the trimmed block would come back:
+        // the map's 'Z' tombstone keeps no seq once the location it dropped is gone.
+        for (const s of doomed.sort((a, b) => a - b)) {
+          await this.opts.fileIO.unlink(`${this.opts.dir}/${walSegmentName(s)}`);
+          await this.opts.fileIO.fsyncDir(this.opts.dir);
+        }
       } catch (err) {
         throw this.fail(err);
       }
