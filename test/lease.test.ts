@@ -327,3 +327,71 @@ describe('lease and fencing against RGW', function () {
     }
   });
 });
+
+/**
+ * Renewal timing against an in-memory bucket whose answers take a set time (a loaded
+ * server): deterministic, no RGW.
+ */
+describe('lease renewal under a slow server (in-memory bucket)', function () {
+  this.timeout(20_000);
+
+  /** The LeaseBackend calls on a Map, each PUT and LIST answered after `putMs` / `listMs` once `slow` is set. */
+  class SlowBucket {
+    readonly objects = new Map<string, { data: Buffer; modifiedMs: number }>();
+    slow = false;
+    putMs = 0;
+    listMs = 0;
+    puts = 0;
+    private wait(ms: number): Promise<void> {
+      return this.slow && ms > 0 ? new Promise((r) => setTimeout(r, ms)) : Promise.resolve();
+    }
+    async createIfAbsent(key: string, data: Uint8Array): Promise<boolean> {
+      if (this.objects.has(key)) return false;
+      this.objects.set(key, { data: Buffer.from(data), modifiedMs: Date.now() });
+      return true;
+    }
+    async put(key: string, data: Uint8Array): Promise<void> {
+      await this.wait(this.putMs);
+      this.puts++;
+      this.objects.set(key, { data: Buffer.from(data), modifiedMs: Date.now() });
+    }
+    async getStamped(key: string): Promise<{ data: Buffer; modifiedMs: number; serverNowMs: number }> {
+      const o = this.objects.get(key);
+      if (!o) throw new Error(`no ${key}`);
+      return { data: o.data, modifiedMs: o.modifiedMs, serverNowMs: Date.now() };
+    }
+    async list(prefix: string): Promise<string[]> {
+      await this.wait(this.listMs);
+      return [...this.objects.keys()].filter((k) => k.startsWith(prefix)).sort();
+    }
+    async delete(key: string): Promise<void> {
+      this.objects.delete(key);
+    }
+  }
+
+  it('every renewal answered in 400 ms and its listing in 600 ms: the lease stays live (the interval counts from the send, latencies do not add up past the TTL)', async () => {
+    // TTL 2000 ms: live until 1750 ms after the send of the last renewal that
+    // succeeded; renewals every 666 ms. Counted from the answer of the PUT and the
+    // LIST, the sends drift 666 + 400 + 600 ms apart and the lease runs out at about
+    // 2.1 s although no renewal failed; counted from the send, they are 666 ms apart.
+    const bucket = new SlowBucket();
+    const lease = await acquireLease(bucket, 'vol', { ttlMs: 2000 });
+    const losses: VbfsError[] = [];
+    lease.onLost((e) => losses.push(e));
+    bucket.slow = true;
+    bucket.putMs = 400;
+    bucket.listMs = 600;
+    try {
+      await new Promise((r) => setTimeout(r, 5000));
+      assert.deepEqual(
+        losses.map((e) => e.message),
+        [],
+      );
+      assert.ok(lease.live);
+      assert.ok(lease.renewals >= 5, `renewed ${lease.renewals} times in 5 s`);
+    } finally {
+      bucket.slow = false;
+      await lease.release();
+    }
+  });
+});
