@@ -449,16 +449,19 @@ export class MapStore {
     await this.failpoint('checkpoint:beforeRename');
     await fd.publish();
     await this.failpoint('checkpoint:afterRename');
-    if (this.fd) {
-      await this.fd.close();
-      this.fd = null;
-    }
+    // Current from here on, whatever the cleanup below does: the next commit must go
+    // to newSeg. One left in a segment below it (a failed DELETE used to return before
+    // this) would count as covered by the checkpoint and never be replayed, though the
+    // WAL it came from is reclaimed. Segments left behind are deleted by the next load.
+    const fdOld = this.fd;
     const old = this.segments.splice(0);
-    for (const n of old) await this.medium.deleteSegment(n);
-    if (old.length > 0) await this.medium.syncDeletes();
+    this.fd = null;
     this.seg = newSeg;
     this.logBytes = 0;
     this.checkpoints++;
+    if (fdOld) await fdOld.close();
+    for (const n of old) await this.medium.deleteSegment(n);
+    if (old.length > 0) await this.medium.syncDeletes();
   }
 
   close(): Promise<void> {

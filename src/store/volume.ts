@@ -190,6 +190,9 @@ export class Volume {
     const t0 = performance.now();
     this.core.counters.fsyncs++;
     await writer.fsync();
+    // Checked again once synced: a lease that ran out during the WAL sync fences this
+    // writer (another machine may take over without this WAL), so nothing is acknowledged.
+    this.core.ctx.beforeWrite?.();
     if (this.durability !== 'async') this.fsyncLatency.add(performance.now() - t0);
   }
 

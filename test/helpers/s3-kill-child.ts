@@ -38,6 +38,16 @@ async function main(): Promise<void> {
     metadata: 'backend',
     // Short: after each SIGKILL the test waits for this lease to expire before it reopens.
     leaseTtlMs: KILL_LEASE_TTL_MS,
+    ...(process.env['VBFS_S3_KILL_LOG']
+      ? {
+          logger: {
+            error: (m: string, meta?: unknown) => console.error(`[child r${a.round}] ERROR ${m} ${meta ? JSON.stringify(meta) : ''}`),
+            warn: (m: string, meta?: unknown) => console.error(`[child r${a.round}] WARN ${m} ${meta ? JSON.stringify(meta) : ''}`),
+            info: (m: string, meta?: unknown) => console.error(`[child r${a.round}] info ${m} ${meta ? JSON.stringify(meta) : ''}`),
+            debug: () => undefined,
+          },
+        }
+      : {}),
     failpoint: (name) => {
       if (name === 'flush:beforeChunkWrite') process.send?.({ type: 'flushing' });
     },
