@@ -396,14 +396,16 @@ export class Compactor {
     }
     if (rate <= 0 || now - this.lastForegroundAt > FOREGROUND_WINDOW_MS) return;
     const ms = (bytes / rate) * 1000;
-    // Unref'd (a sleeping compactor keeps no process alive), so stop() must wake it:
-    // a close() waiting on it would otherwise wait on a timer nothing keeps alive.
+    // Not unref'd: a flush, fsync or compact() may be waiting behind this round (the
+    // map store serializes commits), and with only an unref'd timer left the process
+    // simply exits under it (seen in the model test: a child exited mid-run with code
+    // 0). The sleep is short (one round's bytes at compactRateBytes), and stop() wakes
+    // it so that close() does not wait for it.
     await new Promise<void>((r) => {
       const t = setTimeout(() => {
         this.wake = null;
         r();
       }, ms);
-      t.unref();
       this.wake = () => {
         clearTimeout(t);
         this.wake = null;
