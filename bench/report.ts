@@ -85,6 +85,14 @@ function mdTable(header: string[], rows: string[][]): string {
 const value = (res: Results, job: string, target: string): number | undefined => res.cells[job]?.[target]?.median?.value;
 
 const HEADLINE = 'vbfs-batched';
+const ENCRYPTED = 'vbfs-encrypted';
+
+/** The lower of the null FUSE fs and the local file for one job: what vbfs can at best reach through FUSE on this disk. */
+function ceiling(res: Results, job: string): number | undefined {
+  const a = value(res, job, 'plain');
+  const b = value(res, job, 'null');
+  return a === undefined || b === undefined ? undefined : Math.min(a, b);
+}
 
 export function renderTables(res: Results): string {
   const ts = res.targets;
@@ -94,7 +102,18 @@ export function renderTables(res: Results): string {
   const parts: string[] = [];
 
   // 1. Values (median of runs) + ratio of the headline vbfs mode to each reference.
-  const header = ['job', 'unit', ...ts.map((t) => t.label + (t.realSync ? '' : ' *')), ...(headline ? refs.map((r) => `${headline.label} / ${r.label}`) : [])];
+  // The ceiling (issue 12) is the lower of the null FUSE fs and the local file, per job;
+  // encrypted / batched is issue 13's cost of encryption, both measured in this run.
+  const withCeiling = headline !== undefined && ts.some((t) => t.id === 'plain') && ts.some((t) => t.id === 'null');
+  const withEnc = headline?.id === HEADLINE && ts.some((t) => t.id === ENCRYPTED);
+  const header = [
+    'job',
+    'unit',
+    ...ts.map((t) => t.label + (t.realSync ? '' : ' *')),
+    ...(headline ? refs.map((r) => `${headline.label} / ${r.label}`) : []),
+    ...(withCeiling ? [`${headline.label} / ceiling`] : []),
+    ...(withEnc ? ['encrypted / batched'] : []),
+  ];
   const rows = res.jobs.map((j) => [
     j.label,
     j.metric,
@@ -104,6 +123,8 @@ export function renderTables(res: Results): string {
       return fmtValue(c?.median?.value, j.metric) + (c?.note ? ' †' : '');
     }),
     ...(headline ? refs.map((r) => fmtRatio(value(res, j.id, headline.id), value(res, j.id, r.id))) : []),
+    ...(withCeiling ? [fmtRatio(value(res, j.id, headline.id), ceiling(res, j.id))] : []),
+    ...(withEnc ? [fmtRatio(value(res, j.id, ENCRYPTED), value(res, j.id, HEADLINE))] : []),
   ]);
   parts.push(mdTable(header, rows));
   parts.push('* fsync does not reach stable storage on this target (null FUSE: no-op; s3backer cached: no-op; vbfs async: not awaited).');
@@ -142,7 +163,7 @@ export function renderTables(res: Results): string {
     parts.push(mdTable(rh, rr));
   }
   if (res.checks?.length) {
-    parts.push('\nIssue 4 targets (vbfs batched, ratios from this run):\n');
+    parts.push('\nTargets (vbfs batched unless named; ratios from this run; ceiling = the lower of null FUSE and the local file):\n');
     parts.push(
       mdTable(
         ['target', 'want', 'got', 'met'],
@@ -157,30 +178,31 @@ export function computeChecks(res: Results): Check[] {
   const out: Check[] = [];
   const ratio = (job: string, a: string, b: string): number | undefined => {
     const x = value(res, job, a);
-    const y = value(res, job, b);
+    const y = b === 'ceiling' ? ceiling(res, job) : value(res, job, b);
     return x !== undefined && y !== undefined && y > 0 ? x / y : undefined;
   };
   const pctStr = (r: number | undefined): string => (r === undefined ? 'not measured' : r >= 10 ? `${Math.round(r)}x` : `${Math.round(r * 100)}%`);
-  for (const j of res.jobs) {
-    if (j.id === 'dd-ext4') continue;
-    const want = j.id === 'seqwrite-1m' ? 0.7 : 0.85;
-    const r = ratio(j.id, HEADLINE, 'null');
-    // The null fs's fsync is a no-op; vbfs's is a real fdatasync, so this one ratio
-    // compares a sync with no sync (the local-file check below is the fair one).
-    const what = j.id === 'randwrite-4k-fsync' ? `${j.label}: vbfs / null FUSE (null fsync is a no-op)` : `${j.label}: vbfs / null FUSE`;
-    out.push({ what, want: `>= ${want * 100}%`, got: pctStr(r), pass: r === undefined ? null : r >= want });
-  }
-  {
-    const r = ratio('randwrite-4k-fsync', HEADLINE, 'plain');
-    out.push({ what: '4K rand write + fsync: vbfs / local file', want: '>= 60%', got: pctStr(r), pass: r === undefined ? null : r >= 0.6 });
-  }
+  const check = (what: string, job: string, a: string, b: string, want: number): void => {
+    if (!res.jobs.some((j) => j.id === job)) return;
+    const r = ratio(job, a, b);
+    out.push({ what, want: `>= ${Math.round(want * 100)}%`, got: pctStr(r), pass: r === undefined ? null : r >= want });
+  };
+  const label = (job: string): string => res.jobs.find((j) => j.id === job)?.label ?? job;
+  // Issue 12 (performance round 2).
+  for (const job of ['randread-4k-cold', 'seqread-1m-cold', 'randread-4k-warm', 'seqread-1m-warm'])
+    check(`${label(job)}: vbfs / ceiling`, job, HEADLINE, 'ceiling', 0.85);
+  check(`${label('randwrite-4k')}: vbfs / null FUSE`, 'randwrite-4k', HEADLINE, 'null', 0.9);
+  check(`${label('randwrite-4k-4jobs')}: vbfs / null FUSE`, 'randwrite-4k-4jobs', HEADLINE, 'null', 0.85);
+  check(`${label('randwrite-4k-fsync')}: vbfs / local file (both fdatasync per write)`, 'randwrite-4k-fsync', HEADLINE, 'plain', 0.6);
+  check(`${label('seqwrite-1m')}: vbfs / ceiling`, 'seqwrite-1m', HEADLINE, 'ceiling', 0.85);
+  check(`${label('dd-ext4')}: vbfs / ceiling`, 'dd-ext4', HEADLINE, 'ceiling', 0.85);
+  // Issue 13 (encryption at rest): encrypted vs plain volume, both batched.
+  for (const job of ['randwrite-4k', 'seqwrite-1m', 'seqread-1m-warm']) check(`${label(job)}: encrypted / plain volume`, job, ENCRYPTED, HEADLINE, 0.8);
+  // Issue 4: reads against s3backer.
   for (const j of res.jobs.filter((x) => x.dir === 'read')) {
-    for (const peer of ['s3b-cached', 's3b-sync']) {
-      const r = ratio(j.id, HEADLINE, peer);
-      out.push({ what: `${j.label}: vbfs / ${peer}`, want: '>= 100%', got: pctStr(r), pass: r === undefined ? null : r >= 1 });
-    }
+    for (const peer of ['s3b-cached', 's3b-sync']) check(`${j.label}: vbfs / ${peer}`, j.id, HEADLINE, peer, 1);
   }
-  return out;
+  return out.filter((c) => c.pass !== null || !c.what.includes('s3b'));
 }
 
 const COLORS: Record<string, string> = {
@@ -192,6 +214,7 @@ const COLORS: Record<string, string> = {
   'vbfs-strict': '#ff9896',
   'vbfs-relaxed': '#e6550d',
   'vbfs-async': '#fdae6b',
+  'vbfs-encrypted': '#8c564b',
 };
 
 function esc(s: string): string {

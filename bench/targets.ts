@@ -10,6 +10,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { randomBytes } from 'node:crypto';
 import { type Daemon, debug, isMounted, log, loopDevicesFor, run, sleep, startDaemon, waitFor, within } from './sh';
 import { NULL_FUSE_FSNAME } from './null-fuse';
 
@@ -257,7 +258,7 @@ class S3backerTarget implements Target {
  * vbfs through its CLI (pluggable: `--vbfs-cmd` replaces "node bin/vbfs"). The
  * daemon forks itself (--daemon), so we stop it with `vbfs unmount`, never by PID.
  */
-export type VbfsMode = 'strict' | 'batched' | 'relaxed' | 'async';
+export type VbfsMode = 'strict' | 'batched' | 'relaxed' | 'async' | 'encrypted';
 
 class VbfsTarget implements Target {
   readonly id: string;
@@ -269,6 +270,8 @@ class VbfsTarget implements Target {
   private readonly store: string;
   private readonly mnt: string;
   private readonly volume = 'bench';
+  /** `encrypted`: batched durability on an AES-256-GCM volume (issue 13's plain vs encrypted, same run). */
+  private readonly keyFile: string | undefined;
   constructor(
     private readonly env: TargetEnv,
     private readonly mode: VbfsMode,
@@ -282,9 +285,14 @@ class VbfsTarget implements Target {
       batched: 'group commit (default, the headline); fsync = WAL fdatasync',
       relaxed: 'sync only on fsync',
       async: 'fsync starts a sync but does not wait: NOT durable at fsync',
+      encrypted: 'batched, on a volume created with --encrypt (AES-256-GCM, key from --key-file)',
     }[mode];
     this.store = path.join(env.tmp, `${this.id}-store`);
     this.mnt = path.join(env.tmp, `${this.id}-mnt`);
+    this.keyFile = mode === 'encrypted' ? path.join(env.tmp, `${this.id}.key`) : undefined;
+  }
+  private keyArgs(): string[] {
+    return this.keyFile ? ['--key-file', this.keyFile] : [];
   }
   file(): string {
     return path.join(this.mnt, this.volume);
@@ -295,7 +303,7 @@ class VbfsTarget implements Target {
   }
   private async mount(): Promise<void> {
     fs.mkdirSync(this.mnt, { recursive: true });
-    await this.vbfs(['mount', this.mnt, '--store', this.store, '--daemon']);
+    await this.vbfs(['mount', this.mnt, '--store', this.store, '--daemon', ...this.keyArgs()]);
     await waitFor('vbfs mount', () => isMounted(this.mnt), 20_000);
   }
   private async unmount(): Promise<void> {
@@ -305,7 +313,10 @@ class VbfsTarget implements Target {
   }
   async setup(): Promise<void> {
     fs.rmSync(this.store, { recursive: true, force: true });
-    await this.vbfs(['create', this.volume, '--size', sizeArg(this.env.fileBytes), '--durability', this.mode, '--store', this.store]);
+    const durability = this.mode === 'encrypted' ? 'batched' : this.mode;
+    if (this.keyFile) fs.writeFileSync(this.keyFile, randomBytes(32), { mode: 0o600 });
+    const enc = this.keyFile ? ['--encrypt', ...this.keyArgs()] : [];
+    await this.vbfs(['create', this.volume, '--size', sizeArg(this.env.fileBytes), '--durability', durability, '--store', this.store, ...enc]);
     await this.mount();
   }
   async prefill(bytes: number, fill: (file: string, bytes: number) => Promise<void>): Promise<void> {
@@ -318,12 +329,13 @@ class VbfsTarget implements Target {
   async teardown(): Promise<void> {
     await this.unmount();
     fs.rmSync(this.store, { recursive: true, force: true });
+    if (this.keyFile) fs.rmSync(this.keyFile, { force: true });
   }
 }
 
-export const TARGET_IDS = ['plain', 'null', 's3b-cached', 's3b-sync', 'vbfs-batched', 'vbfs-strict', 'vbfs-relaxed', 'vbfs-async'] as const;
+export const TARGET_IDS = ['plain', 'null', 's3b-cached', 's3b-sync', 'vbfs-batched', 'vbfs-strict', 'vbfs-relaxed', 'vbfs-async', 'vbfs-encrypted'] as const;
 
-/** Letters from the issue: a = local file, b = null FUSE, c = s3backer (both), d = vbfs (all modes). */
+/** Letters from the issue: a = local file, b = null FUSE, c = s3backer (both), d = vbfs (all modes, and batched on an encrypted volume). */
 export function expandTargetFilter(spec: string | undefined): string[] {
   if (!spec) return [...TARGET_IDS];
   const out: string[] = [];
