@@ -9,7 +9,7 @@ import * as assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { cleanupUnder, isMounted, loopsUnder, must, requireFuse, run, sha256, sha256File, tmpDir, vbfs, waitFor } from './helpers/fuse-env';
+import { cleanupUnder, isMounted, loopsUnder, must, requireFuse, sha256, tmpDir, vbfs, waitFor, verifyExt4OnLoop } from './helpers/fuse-env';
 
 const MiB = 1024 * 1024;
 
@@ -137,20 +137,7 @@ describe('FUSE CLI encryption: create --encrypt, mount with the key, nothing rea
     await unmount();
 
     await mount(['--key-file', keyFile]);
-    const loop2 = (await must('losetup', ['-f', '--show', disk])).trim();
-    try {
-      const fsck = await run('fsck.ext4', ['-fn', loop2]);
-      assert.equal(fsck.code, 0, `fsck.ext4 -fn is not clean:\n${fsck.stdout}${fsck.stderr}`);
-      await must('mount', ['-o', 'ro', loop2, ext]);
-      try {
-        for (const [rel, sum] of sums) assert.equal(await sha256File(path.join(ext, rel)), sum, rel);
-      } finally {
-        await must('umount', [ext]);
-      }
-    } finally {
-      await run('losetup', ['-d', loop2]);
-      await waitFor('loop device to detach', async () => (await loopsUnder(mnt)).length === 0, 10_000);
-    }
+    await verifyExt4OnLoop(disk, ext, mnt, sums);
     await unmount();
   });
 

@@ -22,6 +22,7 @@ import {
   vbfs,
   waitFor,
   type ForegroundMount,
+  verifyExt4OnLoop,
 } from './helpers/fuse-env';
 
 const MiB = 1024 * 1024;
@@ -239,20 +240,7 @@ describe('FUSE mount of a real store (bin/vbfs)', function () {
     await unmount();
     await mountDaemon();
 
-    const loop2 = (await must('losetup', ['-f', '--show', disk])).trim();
-    try {
-      const fsck = await run('fsck.ext4', ['-fn', loop2]);
-      assert.equal(fsck.code, 0, `fsck.ext4 -fn is not clean:\n${fsck.stdout}${fsck.stderr}`);
-      await must('mount', ['-o', 'ro', loop2, ext]);
-      try {
-        for (const [rel, sum] of sums) assert.equal(await sha256File(path.join(ext, rel)), sum, rel);
-      } finally {
-        await must('umount', [ext]);
-      }
-    } finally {
-      await run('losetup', ['-d', loop2]);
-      await waitFor('loop device to detach', async () => (await loopsUnder(mnt)).length === 0, 10_000);
-    }
+    await verifyExt4OnLoop(disk, ext, mnt, sums);
   });
 
   it('kill -9 after fsync: the stale mount is recovered and fsynced data is intact', async () => {

@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { S3Backend } from '../src/backend/s3-backend';
-import { cleanupUnder, loopsUnder, must, requireFuse, run, sha256, sha256File, tmpDir, vbfs, waitFor } from './helpers/fuse-env';
+import { cleanupUnder, loopsUnder, must, requireFuse, sha256, tmpDir, vbfs, waitFor, verifyExt4OnLoop } from './helpers/fuse-env';
 import { TEST_BUCKET, requireRgw, rgwOptions, rgwTestPrefix, type RgwCluster } from './helpers/rgw';
 
 const MiB = 1024 * 1024;
@@ -154,20 +154,7 @@ describe('vbfs --backend s3:// (Ceph RGW)', function () {
       await fsp.rm(store, { recursive: true, force: true });
       const m2 = await cli(['mount', mnt, '--daemon', '--backend', url], store2);
       assert.equal(m2.code, 0, m2.stderr);
-      const loop2 = (await must('losetup', ['-f', '--show', path.join(mnt, 'disk')])).trim();
-      try {
-        const fsck = await run('fsck.ext4', ['-fn', loop2]);
-        assert.equal(fsck.code, 0, `fsck.ext4 -fn is not clean:\n${fsck.stdout}${fsck.stderr}`);
-        await must('mount', ['-o', 'ro', loop2, ext]);
-        try {
-          for (const [rel, sum] of sums) assert.equal(await sha256File(path.join(ext, rel)), sum, rel);
-        } finally {
-          await must('umount', [ext]);
-        }
-      } finally {
-        await run('losetup', ['-d', loop2]);
-        await waitFor('loop device to detach', async () => (await loopsUnder(mnt)).length === 0, 10_000);
-      }
+      await verifyExt4OnLoop(path.join(mnt, 'disk'), ext, mnt, sums);
       assert.equal((await cli(['unmount', mnt], store2)).code, 0);
       const f = await cli(['fsck', 'disk', '--json'], store2);
       assert.equal(f.code, 0, f.stdout + f.stderr);

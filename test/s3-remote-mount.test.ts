@@ -5,7 +5,7 @@ import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { S3Backend } from '../src/backend/s3-backend';
-import { cleanupUnder, isMounted, loopsUnder, must, requireFuse, run, sha256, sha256File, tmpDir, vbfs, VBFS_BIN, waitFor } from './helpers/fuse-env';
+import { cleanupUnder, isMounted, loopsUnder, must, requireFuse, run, sha256, tmpDir, vbfs, VBFS_BIN, waitFor, verifyExt4OnLoop } from './helpers/fuse-env';
 import { TEST_BUCKET, requireRgw, rgwOptions, rgwTestPrefix, type RgwCluster } from './helpers/rgw';
 
 const MiB = 1024 * 1024;
@@ -124,20 +124,7 @@ describe('--durability remote through the mount, kill -9 and a lost disk (Ceph R
         },
         60_000,
       );
-      const loop2 = (await must('losetup', ['-f', '--show', path.join(mnt, 'disk')])).trim();
-      try {
-        const fsck = await run('fsck.ext4', ['-fn', loop2]);
-        assert.equal(fsck.code, 0, `fsck.ext4 -fn is not clean:\n${fsck.stdout}${fsck.stderr}`);
-        await must('mount', ['-o', 'ro', loop2, ext]);
-        try {
-          for (const [rel, sum] of sums) assert.equal(await sha256File(path.join(ext, rel)), sum, rel);
-        } finally {
-          await must('umount', [ext]);
-        }
-      } finally {
-        await run('losetup', ['-d', loop2]);
-        await waitFor('loop device to detach', async () => (await loopsUnder(mnt)).length === 0, 10_000);
-      }
+      await verifyExt4OnLoop(path.join(mnt, 'disk'), ext, mnt, sums);
       assert.equal((await cli(['unmount', mnt], store2)).code, 0);
     } finally {
       await cleanupUnder(root, [mnt], [ext], fs.existsSync(store2) ? store2 : store);

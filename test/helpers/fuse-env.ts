@@ -4,6 +4,7 @@
  * and clean up mounts and loop devices in the right order (filesystem, then loop
  * device, then the FUSE mount).
  */
+import * as assert from 'node:assert/strict';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -159,5 +160,29 @@ export async function cleanupUnder(root: string, fuseMounts: string[], loopMount
       await run('fusermount', ['-u', m]);
       if (await isMounted(m)) await run('umount', ['-l', m]);
     }
+  }
+}
+
+/**
+ * The ext4 check every real-mount test ends with: attach `disk` (a volume file in the
+ * FUSE mount `mnt`) to a loop device, `fsck.ext4 -fn` must be clean, mount it
+ * read-only at `ext` and compare every file with its SHA-256 in `sums`. The loop
+ * device is detached, and gone from under `mnt`, before this returns, so the caller
+ * may unmount the FUSE mount (never the other way round).
+ */
+export async function verifyExt4OnLoop(disk: string, ext: string, mnt: string, sums: Map<string, string>): Promise<void> {
+  const loop = (await must('losetup', ['-f', '--show', disk])).trim();
+  try {
+    const fsck = await run('fsck.ext4', ['-fn', loop]);
+    assert.equal(fsck.code, 0, `fsck.ext4 -fn is not clean:\n${fsck.stdout}${fsck.stderr}`);
+    await must('mount', ['-o', 'ro', loop, ext]);
+    try {
+      for (const [rel, sum] of sums) assert.equal(await sha256File(path.join(ext, rel)), sum, rel);
+    } finally {
+      await must('umount', [ext]);
+    }
+  } finally {
+    await run('losetup', ['-d', loop]);
+    await waitFor('loop device to detach', async () => (await loopsUnder(mnt)).length === 0, 10_000);
   }
 }
