@@ -3,9 +3,8 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { S3Backend } from '../src/backend/s3-backend';
 import { cleanupUnder, loopsUnder, must, requireFuse, sha256, tmpDir, vbfs, waitFor, verifyExt4OnLoop } from './helpers/fuse-env';
-import { TEST_BUCKET, requireRgw, rgwOptions, rgwTestPrefix, type RgwCluster } from './helpers/rgw';
+import { TEST_BUCKET, requireRgw, rgwCliEnv, rgwTestPrefix, type RgwCluster } from './helpers/rgw';
 
 const MiB = 1024 * 1024;
 
@@ -24,15 +23,7 @@ describe('vbfs --backend s3:// (Ceph RGW)', function () {
   before(async function () {
     this.timeout(300_000);
     rgw = await requireRgw(this);
-    const be = new S3Backend(rgwOptions(rgw));
-    await be.ensureBucket();
-    await be.close();
-    env = {
-      AWS_ENDPOINT_URL_S3: rgw.endpoint,
-      AWS_ACCESS_KEY_ID: rgw.accessKeyId,
-      AWS_SECRET_ACCESS_KEY: rgw.secretAccessKey,
-      AWS_REGION: rgw.region,
-    };
+    env = await rgwCliEnv(rgw);
     root = await tmpDir('s3cli');
   });
   after(async () => {

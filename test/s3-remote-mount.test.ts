@@ -4,9 +4,8 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { S3Backend } from '../src/backend/s3-backend';
 import { cleanupUnder, isMounted, loopsUnder, must, requireFuse, run, sha256, tmpDir, vbfs, VBFS_BIN, waitFor, verifyExt4OnLoop } from './helpers/fuse-env';
-import { TEST_BUCKET, requireRgw, rgwOptions, rgwTestPrefix, type RgwCluster } from './helpers/rgw';
+import { TEST_BUCKET, requireRgw, rgwCliEnv, rgwTestPrefix, type RgwCluster } from './helpers/rgw';
 
 const MiB = 1024 * 1024;
 
@@ -29,16 +28,7 @@ describe('--durability remote through the mount, kill -9 and a lost disk (Ceph R
     this.timeout(300_000);
     requireFuse(this);
     const rgw: RgwCluster = await requireRgw(this);
-    const be = new S3Backend(rgwOptions(rgw));
-    await be.ensureBucket();
-    await be.close();
-    env = {
-      ...process.env,
-      AWS_ENDPOINT_URL_S3: rgw.endpoint,
-      AWS_ACCESS_KEY_ID: rgw.accessKeyId,
-      AWS_SECRET_ACCESS_KEY: rgw.secretAccessKey,
-      AWS_REGION: rgw.region,
-    };
+    env = { ...process.env, ...(await rgwCliEnv(rgw)) };
     root = await tmpDir('s3remote');
   });
 

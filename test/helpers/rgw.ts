@@ -10,7 +10,7 @@ import { execFile, execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import type { S3BackendOptions } from '../../src/backend/s3-backend';
+import { S3Backend, type S3BackendOptions } from '../../src/backend/s3-backend';
 import { REPO } from './fuse-env';
 
 export const RGW_SCRIPT = path.join(REPO, 'test', 'helpers', 'ceph', 'rgw-cluster.sh');
@@ -195,4 +195,23 @@ for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
     if (process.listenerCount(sig) === 0) process.kill(process.pid, sig);
   };
   process.on(sig, onSignal);
+}
+
+/**
+ * For tests that drive bin/vbfs against the cluster: make sure the test bucket exists,
+ * and return the AWS SDK's standard variables that point a vbfs process at it.
+ */
+export async function rgwCliEnv(rgw: RgwCluster): Promise<Record<string, string>> {
+  const be = new S3Backend(rgwOptions(rgw));
+  try {
+    await be.ensureBucket();
+  } finally {
+    await be.close();
+  }
+  return {
+    AWS_ENDPOINT_URL_S3: rgw.endpoint,
+    AWS_ACCESS_KEY_ID: rgw.accessKeyId,
+    AWS_SECRET_ACCESS_KEY: rgw.secretAccessKey,
+    AWS_REGION: rgw.region,
+  };
 }
