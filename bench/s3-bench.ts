@@ -159,7 +159,8 @@ async function main(): Promise<void> {
     .option('put-parallel', { type: 'string', default: '1,4,8', describe: 'PUTs in flight in the plain SDK PUT loop (a comma list: one loop each)' })
     .option('flush-wave', {
       type: 'string',
-      describe: 'chunk PUTs in flight per flush wave of the S3 write runs (flushWaveChunks; a comma list: one S3 write run each, an A/B in one run; default: the engine default)',
+      describe:
+        'chunk PUTs in flight per flush wave of the S3 write runs (flushWaveChunks; a comma list: one S3 write run each, an A/B in one run; default: the engine default)',
     })
     .option('timeline', { type: 'string', describe: 'write a per-request timeline of the S3 write runs to this file (JSON lines)' })
     .option('fsync-seconds', { type: 'number', default: 20, describe: 'fio runtime per durability mode in the fsync latency phase' })
