@@ -266,7 +266,7 @@ export class Volume {
     // flush is retried from here on): they fail with VBFS_CLOSED; none of them was
     // acknowledged, and what was is in the WAL.
     if (this.flusher?.backendDown) core.arena.wakeAll();
-    let unflushedBytes = 0;
+    let unflushedBytes: number;
     try {
       if (this.writer && this.flusher && !core.failed) {
         // Writers still queued may need background flushes to make room.
