@@ -18,7 +18,7 @@
  *               bucket and checkpoint): timed from the first write to the end of close()
  *  write file   the same into a new volume of the file-backend store
  *  put ceiling  not a target, a diagnosis: a plain loop of the SDK putting --write-size
- *               bytes as 4 MiB objects (the chunk size), --put-parallel (4) in flight,
+ *               bytes as 4 MiB objects (the chunk size), --put-parallel (1,4,8) in flight,
  *               what RGW takes on this machine
  *  CPU per pass warm and file reads: this process's CPU time per pass (all threads), a
  *               figure the machine's load does not move the way it moves MiB/s
@@ -34,6 +34,8 @@
  *   npm run bench:s3                        (256 MiB, 5 runs, ~3 min)
  *   npm run bench:s3 -- --size 64M --reps 3 --write-size 1G
  *   npm run bench:s3 -- --only writes --reps 3 --write-size 256M --timeline /tmp/tl.jsonl
+ *   npm run bench:s3 -- --only writes --flush-wave 4,8 --put-parallel 4,8,16
+ *     (S3 write runs with 4 and with 8 chunk PUTs per flush wave, alternated in one run)
  *     (writes only, with a per-request timeline of the S3 write runs)
  *   npm run bench:s3 -- --fsync-only                (only the fsync latencies, ~1 min)
  */
@@ -154,13 +156,27 @@ async function main(): Promise<void> {
     .option('parallel', { type: 'number', default: 8, describe: 'GETs in flight in the plain SDK loop' })
     .option('write-size', { type: 'string', describe: 'bytes per sustained write run (default: --size)' })
     .option('only', { choices: ['reads', 'writes'] as const, describe: 'run only the read or only the write figures (a shorter run)' })
-    .option('put-parallel', { type: 'number', default: 4, describe: 'PUTs in flight in the plain SDK PUT loop' })
+    .option('put-parallel', { type: 'string', default: '1,4,8', describe: 'PUTs in flight in the plain SDK PUT loop (a comma list: one loop each)' })
+    .option('flush-wave', {
+      type: 'string',
+      describe:
+        'chunk PUTs in flight per flush wave of the S3 write runs (flushWaveChunks; a comma list: one S3 write run each, an A/B in one run; default: the engine default)',
+    })
     .option('timeline', { type: 'string', describe: 'write a per-request timeline of the S3 write runs to this file (JSON lines)' })
     .option('fsync-seconds', { type: 'number', default: 20, describe: 'fio runtime per durability mode in the fsync latency phase' })
     .option('fsync-only', { type: 'boolean', default: false, describe: 'run only the fsync latency phase' })
     .strict()
     .parseSync();
   const size = parseSize(argv.size);
+  const list = (s: string): number[] =>
+    s.split(',').map((x) => {
+      const n = Number(x);
+      if (!Number.isInteger(n) || n < 1) throw new Error(`not a positive integer: ${x}`);
+      return n;
+    });
+  const putParallel = list(argv['put-parallel']);
+  // 0: the engine's default (no flushWaveChunks given).
+  const flushWaves = argv['flush-wave'] !== undefined ? list(argv['flush-wave']) : [0];
   const writeSize = parseSize(argv['write-size'] ?? argv.size);
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'vbfs-s3bench-'));
   const fakeMocha = {
@@ -269,14 +285,14 @@ async function main(): Promise<void> {
      */
     const s3WriteDir = path.join(work, 's3-write-store');
     const timeline = argv.timeline !== undefined ? fs.createWriteStream(argv.timeline) : null;
-    const seqWrite = async (dir: string, remote: boolean, name: string): Promise<number> => {
+    const seqWrite = async (dir: string, remote: boolean, name: string, flushWaveChunks = 0): Promise<number> => {
       const reqs: Request[] = [];
       let t0 = performance.now();
       const backend = remote ? (timeline ? timed(new S3Backend(s3), reqs, () => t0) : new S3Backend(s3)) : undefined;
       // As `vbfs create --backend` makes it: metadata and map in the bucket too.
       const store = await Store.open(dir, remote ? { backend, metadata: 'backend', diskCacheBytes: 0 } : {});
       await store.createVolume(name, { size: writeSize });
-      const vol = await store.openVolume(name);
+      const vol = await store.openVolume(name, flushWaveChunks > 0 ? { flushWaveChunks } : {});
       reqs.length = 0;
       t0 = performance.now();
       for (let off = 0; off < writeSize; off += MiB) {
@@ -295,7 +311,7 @@ async function main(): Promise<void> {
       return mibs;
     };
 
-    const putCeiling = async (rep: number): Promise<number> => {
+    const putCeiling = async (rep: number, parallel: number): Promise<number> => {
       const body = Buffer.allocUnsafe(4 * MiB);
       fill(body, rep);
       const keys = Array.from({ length: Math.ceil(writeSize / (4 * MiB)) }, (_v, k) => `${s3.prefix}/put-ceiling/${rep}/${k}`);
@@ -304,7 +320,7 @@ async function main(): Promise<void> {
       const worker = async (): Promise<void> => {
         while (next < keys.length) await client.send(new PutObjectCommand({ Bucket: s3.bucket, Key: keys[next++], Body: body }));
       };
-      await Promise.all(Array.from({ length: argv['put-parallel'] }, worker));
+      await Promise.all(Array.from({ length: parallel }, worker));
       const mibs = (keys.length * 4) / ((performance.now() - t0) / 1000);
       for (const key of keys) await client.send(new DeleteObjectCommand({ Bucket: s3.bucket, Key: key }));
       return mibs;
@@ -319,16 +335,20 @@ async function main(): Promise<void> {
       file: [] as number[],
       warmCpuMs: [] as number[],
       fileCpuMs: [] as number[],
-      writeS3: [] as number[],
+      /** By flush wave (0: the engine default). */
+      writeS3: Object.fromEntries(flushWaves.map((w) => [w, [] as number[]])) as Record<number, number[]>,
       writeFile: [] as number[],
-      putCeiling: [] as number[],
+      /** By PUTs in flight. */
+      putCeiling: Object.fromEntries(putParallel.map((p) => [p, [] as number[]])) as Record<number, number[]>,
     };
+    const last = (xs: number[] | undefined): string => xs?.at(-1)?.toFixed(0) ?? '-';
     let warmRequests = 0;
     for (let rep = 1; rep <= argv.reps; rep++) {
       if (reads) await readRep();
       if (writes) await writeRep(rep);
       log(
-        `run ${rep}: put ceiling ${figures.putCeiling.at(-1)?.toFixed(0)} ceiling ${figures.ceiling.at(-1)?.toFixed(0)} cold ${figures.cold.at(-1)?.toFixed(0)} warm ${figures.warm.at(-1)?.toFixed(0)} file ${figures.file.at(-1)?.toFixed(0)} write s3 ${figures.writeS3.at(-1)?.toFixed(0)} write file ${figures.writeFile.at(-1)?.toFixed(0)} MiB/s`,
+        `run ${rep}: put loop ${putParallel.map((p) => `${p}:${last(figures.putCeiling[p])}`).join(' ')} ceiling ${last(figures.ceiling)} cold ${last(figures.cold)} ` +
+          `warm ${last(figures.warm)} file ${last(figures.file)} write s3 ${flushWaves.map((w) => `${w || 'default'}:${last(figures.writeS3[w])}`).join(' ')} write file ${last(figures.writeFile)} MiB/s`,
       );
     }
     timeline?.end();
@@ -354,10 +374,17 @@ async function main(): Promise<void> {
     }
     async function writeRep(rep: number): Promise<void> {
       // Alternate which backend writes first: neither always gets the fresher page cache.
-      for (const remote of rep % 2 ? [true, false] : [false, true]) {
-        (remote ? figures.writeS3 : figures.writeFile).push(await seqWrite(remote ? s3WriteDir : fileDir, remote, `w${rep}`));
+      const s3Runs = async (): Promise<void> => {
+        for (const w of rep % 2 ? flushWaves : [...flushWaves].reverse()) figures.writeS3[w]?.push(await seqWrite(s3WriteDir, true, `w${rep}-${w}`, w));
+      };
+      if (rep % 2) {
+        await s3Runs();
+        figures.writeFile.push(await seqWrite(fileDir, false, `w${rep}`));
+      } else {
+        figures.writeFile.push(await seqWrite(fileDir, false, `w${rep}`));
+        await s3Runs();
       }
-      figures.putCeiling.push(await putCeiling(rep));
+      for (const p of rep % 2 ? putParallel : [...putParallel].reverse()) figures.putCeiling[p]?.push(await putCeiling(rep, p));
     }
 
     const m = {
@@ -365,9 +392,7 @@ async function main(): Promise<void> {
       cold: median(figures.cold),
       warm: median(figures.warm),
       file: median(figures.file),
-      writeS3: median(figures.writeS3),
       writeFile: median(figures.writeFile),
-      putCeiling: median(figures.putCeiling),
     };
     const readLines = [
       `S3 read bench: ${size / MiB} MiB volume, 1 MiB sequential reads, medians of ${argv.reps} runs, Ceph RGW on 127.0.0.1`,
@@ -379,9 +404,16 @@ async function main(): Promise<void> {
     ];
     const writeLines = [
       `S3 write bench: ${writeSize / MiB} MiB of 1 MiB sequential writes into a new volume, timed to the end of close() (final flush), medians of ${argv.reps} runs`,
-      `  engine, S3 backend                  ${m.writeS3.toFixed(0).padStart(6)} MiB/s   ratio ${(m.writeS3 / m.writeFile).toFixed(2)} vs file (target >= 0.8)`,
+      ...flushWaves.map((w) => {
+        const s3m = median(figures.writeS3[w] ?? []);
+        const label = `engine, S3 backend${w ? ` (wave ${w})` : ''}`.padEnd(36);
+        return `  ${label}${s3m.toFixed(0).padStart(6)} MiB/s   ratio ${(s3m / m.writeFile).toFixed(2)} vs file (target >= 0.8)`;
+      }),
       `  engine, file backend                ${m.writeFile.toFixed(0).padStart(6)} MiB/s`,
-      `  plain SDK PUT loop (4 MiB, ${argv['put-parallel']} in flight) ${m.putCeiling.toFixed(0).padStart(4)} MiB/s   (what RGW takes here; not a target)`,
+      ...putParallel.map((p) => {
+        const pm = median(figures.putCeiling[p] ?? []);
+        return `  ${`plain SDK PUT loop (4 MiB, ${p} in flight)`.padEnd(36)}${pm.toFixed(0).padStart(6)} MiB/s   ratio ${(pm / m.writeFile).toFixed(2)} vs file (what RGW takes here; not a target)`;
+      }),
     ];
     const lines = [
       ...(reads ? readLines : []),

@@ -3,9 +3,11 @@ import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import type { Backend } from '../src/backend/backend';
 import { DiskCacheBackend } from '../src/backend/disk-cache';
+import type { Lease, LeaseBackend } from '../src/backend/lease';
 import { MemoryBackend } from '../src/backend/memory-backend';
 import { NodeFileIO } from '../src/io/node-file-io';
 import { Store } from '../src/store/store';
+import { FencedBackend } from '../src/store/volume-lease';
 import { backendSuite, pattern } from './backend-suite';
 import { tmpDir } from './helpers/fuse-env';
 
@@ -77,6 +79,74 @@ describe('DiskCacheBackend (local disk chunk cache)', () => {
     const c = cache.counters();
     assert.equal(c.diskCacheMisses, 1);
     assert.equal(c.diskCacheHits, 6);
+  });
+
+  it("getInto reads into the caller's buffer (the reader's reused run buffers): the bytes of get(), warm or fetched, short at the object's end", async () => {
+    const data = pattern(5 * PIECE + 100, 11);
+    await cache.put(KEY, data); // write-through: warm
+    const other = pattern(3 * PIECE, 12);
+    await inner.put('vol/chunks/0000000002', other); // not cached: fetched piece by piece
+    for (const [key, obj] of [
+      [KEY, data],
+      ['vol/chunks/0000000002', other],
+    ] as const) {
+      for (const [off, len] of [
+        [0, 10],
+        [PIECE - 5, 10],
+        [100, 3 * PIECE],
+        [obj.length - 100, 500], // past the end: the bytes that exist
+      ] as const) {
+        const dst = Buffer.alloc(len, 0xee);
+        const n = await cache.getInto(key, off, dst);
+        const want = obj.subarray(off, off + len);
+        assert.equal(n, want.length, `${key} ${off}+${len}`);
+        assert.deepEqual(dst.subarray(0, n), want);
+        assert.ok(
+          dst.subarray(n).every((x) => x === 0xee),
+          'nothing written past what was read',
+        );
+      }
+    }
+    // Not a chunk object: straight through to the backend.
+    await inner.put('vol/volume.json', Buffer.from('{"x":1}'));
+    const meta = Buffer.alloc(7);
+    assert.equal(await cache.getInto('vol/volume.json', 0, meta), 7);
+    assert.equal(meta.toString(), '{"x":1}');
+  });
+
+  it('a store volume over a remote backend reads through getInto (no fresh buffer per warm read)', async () => {
+    const store = await Store.open(await cacheDir(), { backend: inner, diskCacheBytes: 1 << 20 });
+    try {
+      const dc = store.backend as DiskCacheBackend;
+      let gets = 0;
+      const get = dc.get.bind(dc);
+      dc.get = (key: string, offset?: number, length?: number): Promise<Buffer> => {
+        if (key.includes('/chunks/')) gets++;
+        return get(key, offset, length);
+      };
+      await store.createVolume('v', { size: 1 << 20 });
+      const vol = await store.openVolume('v', { cacheBytes: 0, readaheadBytes: 0 });
+      const data = pattern(64 * 1024, 13);
+      await vol.write(0, data);
+      await vol.flush();
+      assert.deepEqual(await vol.read(0, data.length), data);
+      assert.equal(gets, 0, 'chunk reads went through getInto');
+      assert.ok(vol.stats().diskCacheHits > 0);
+      await vol.close();
+    } finally {
+      await store.close();
+    }
+  });
+
+  it("a leased volume's FencedBackend passes getInto through to the cache (real mounts of bucket volumes read through it)", async () => {
+    const data = pattern(2 * PIECE, 14);
+    await cache.put(KEY, data);
+    const fenced = new FencedBackend(cache as unknown as Backend & LeaseBackend, {} as Lease, 'vol');
+    assert.ok(fenced.getInto, 'offered when the inner backend has it');
+    const dst = Buffer.alloc(PIECE + 10);
+    assert.equal(await fenced.getInto(KEY, 5, dst), dst.length);
+    assert.deepEqual(dst, data.subarray(5, 5 + dst.length));
+    assert.equal(new FencedBackend(inner as unknown as Backend & LeaseBackend, {} as Lease, 'vol').getInto, undefined, 'not offered when it has none');
   });
 
   it('does not cache what is not a chunk object (a lease, metadata): those always go to the backend', async () => {

@@ -85,6 +85,41 @@ describe('bucket map: a checkpoint whose cleanup fails', () => {
     for (let i = 0; i < p.count; i++) index.setPersisted(p.blocks[i] as number, p.seqs[i] as number, p.chunkId, p.offsets[i] as number, p.lens[i] as number, 0);
   };
 
+  it('after a checkpoint the replaced map deltas are deleted several at a time (each is a round trip to the bucket), and none is left', async () => {
+    /** Deletes that take a while, counting how many overlap. */
+    class SlowDeletes extends MemoryBackend {
+      running = 0;
+      peak = 0;
+      override async delete(key: string): Promise<void> {
+        this.running++;
+        this.peak = Math.max(this.peak, this.running);
+        await new Promise((r) => setTimeout(r, 5));
+        this.running--;
+        return super.delete(key);
+      }
+    }
+    const be = new SlowDeletes();
+    const sim = new SimFS();
+    const index = new BlockIndex(1024);
+    const m = new MapStore(sim, DIR, ID, silentLogger, () => undefined, new BucketMapMedium(be, ID, 1));
+    await m.load(index, false);
+    for (let n = 1; n <= 20; n++) {
+      const c = commitOf(n, 4 * n, 4);
+      await m.commit([c]);
+      apply(index, c);
+    }
+    const deltas = async (): Promise<string[]> => (await be.list(`${ID}/`)).filter((k) => !k.includes('checkpoint'));
+    assert.ok((await deltas()).length >= 20, 'one delta object per commit');
+    await m.checkpoint(index, 3000, 21);
+    assert.ok(be.peak > 1, `deletes overlapped (peak ${be.peak})`);
+    assert.ok(be.peak <= 8, `at most 8 at a time (peak ${be.peak})`);
+    assert.deepEqual(await deltas(), [], 'every replaced delta deleted');
+    await m.close();
+    const again = new BlockIndex(1024);
+    await new MapStore(sim, DIR, ID, silentLogger, () => undefined, new BucketMapMedium(be, ID, 1)).load(again, false);
+    for (let n = 1; n <= 20; n++) assert.equal(again.persistedSeq(4 * n), 100 * n + 1, `block ${4 * n} from the checkpoint`);
+  });
+
   it('the DELETEs after a published checkpoint fail: the next commit still goes past the checkpoint and is replayed on open', async () => {
     const be = new FlakyDeletes();
     const sim = new SimFS();

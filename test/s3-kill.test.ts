@@ -91,7 +91,8 @@ describe('kill -9 during S3 flushes (Ceph RGW): nothing acknowledged lost', func
   /**
    * Open `dir`, read the whole volume, flush it to the bucket and close. The flush is
    * explicit: a volume whose lease ran out is fenced, and its close then flushes
-   * nothing without saying so; what it read stays in this directory's WAL only. That
+   * nothing (it fails with VBFS_LEASE_LOST when there was something to flush); what
+   * it read stays in this directory's WAL only. That
    * open is retried: no other writer came in between, so the same directory replays
    * the same WAL (a new directory retries from the bucket, which it changed nothing in).
    */

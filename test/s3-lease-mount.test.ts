@@ -21,6 +21,8 @@ describe('bucket volume lease through the mount (Ceph RGW)', function () {
   let env: NodeJS.ProcessEnv;
   let root = '';
   const started: ChildProcess[] = [];
+  /** What each foreground mount wrote to stderr so far. */
+  const stderrOf = new Map<ChildProcess, () => string>();
   const mounts: string[] = [];
 
   before(async function () {
@@ -55,6 +57,7 @@ describe('bucket volume lease through the mount (Ceph RGW)', function () {
     let err = '';
     child.stderr?.on('data', (d: Buffer) => (err += d.toString()));
     started.push(child);
+    stderrOf.set(child, () => err);
     await waitFor(`mount at ${mnt} (${err})`, async () => {
       if (child.exitCode !== null) throw new Error(`mount exited ${child.exitCode}: ${err}`);
       return isMounted(mnt);
@@ -134,6 +137,8 @@ describe('bucket volume lease through the mount (Ceph RGW)', function () {
     const a = await mountForeground(storeA, mntA, ['--lease-ttl', '3']);
     await writeAt(path.join(mntA, 'v'), d1, 0);
     await flushed(mntA, 'v');
+    // Acknowledged (fsync) but not flushed yet when A stops: it never reaches the bucket.
+    await writeAt(path.join(mntA, 'v'), d3, 12 * MiB);
 
     process.kill(a.pid as number, 'SIGSTOP');
     // The taker needs the server's Date minus the lease's Last-Modified past TTL + 1 s (whole seconds).
@@ -172,6 +177,11 @@ describe('bucket volume lease through the mount (Ceph RGW)', function () {
     // must not replay A's WAL over what B wrote.
     await run('fusermount', ['-u', mntA]);
     await new Promise((r) => (a.exitCode !== null || a.signalCode !== null ? r(null) : a.once('exit', r)));
+    // Its close could not flush the write at 12 MiB: it says so and exits 1, not "unmounted cleanly".
+    const aErr = stderrOf.get(a)?.() ?? '';
+    assert.equal(a.exitCode, 1, aErr);
+    assert.match(aErr, /lease lost, \d+ bytes of writes/);
+    assert.doesNotMatch(aErr, /unmounted cleanly/);
     const a2 = await mountDaemon(storeA, mntA, []);
     assert.equal(a2.code, 0, a2.stderr);
     assert.equal(sha256(await readAt(path.join(mntA, 'v'), 0, MiB)), sha256(d1), 'D1 from A again');

@@ -251,7 +251,11 @@ describe('bucket volume lease in the store (Ceph RGW)', function () {
     await r.close();
 
     cutA.cut = false;
-    await a.close(); // the failed volume closes without a flush
+    // The fenced volume flushes nothing on close, and says so: its fsynced write at 4096
+    // never reached the bucket (a silent close would tell an unmount all went well).
+    const closeErr = await rejectsWith(() => va.close(), 'VBFS_LEASE_LOST', 'close of a fenced volume with unflushed writes');
+    assert.equal((closeErr as VbfsError).details['unflushedBytes'], 4096);
+    await a.close(); // the volume is closed: the store's close has nothing left to report
     const a2 = await open(new S3Backend(rgwOptions(rgw, { prefix })), dirA);
     const v = await a2.openVolume('v', OPTS);
     // Seqs keep A's stale records from replacing B's blocks; the aside keeps them from

@@ -37,6 +37,9 @@ import type { Logger } from '../types';
 import { MAX_LEN, type BlockIndex } from './block-index';
 import { FileMapMedium, type MapMedium, type MapSegmentWriter, type MapSource } from './map-medium';
 
+/** Old map log segments deleted at once after a checkpoint. */
+const SEGMENT_DELETES_IN_FLIGHT = 8;
+
 export { mapSegmentName } from './map-medium';
 
 /** Record header bytes before each stored payload in a chunk (format/block-record.ts). */
@@ -460,7 +463,15 @@ export class MapStore {
     this.logBytes = 0;
     this.checkpoints++;
     if (fdOld) await fdOld.close();
-    for (const n of old) await this.medium.deleteSegment(n);
+    // Every one is below the checkpoint, so the order does not matter (a crash leaves
+    // some, which the next load deletes), and in a bucket each DELETE is a round trip:
+    // a few at a time (close() waits for them; 19 in a row took ~0.25 s of a 5.7 s
+    // bench:s3 write run).
+    let next = 0;
+    const deleter = async (): Promise<void> => {
+      while (next < old.length) await this.medium.deleteSegment(old[next++] as number);
+    };
+    await Promise.all(Array.from({ length: Math.min(SEGMENT_DELETES_IN_FLIGHT, old.length) }, deleter));
     if (old.length > 0) await this.medium.syncDeletes();
   }
 

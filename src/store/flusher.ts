@@ -6,8 +6,6 @@ import type { WalWriter } from '../wal/wal-writer';
 import type { FlushControl, Writer } from './writer';
 import type { VolumeCore } from './volume-core';
 
-/** Chunk objects written in parallel per flush wave (one map commit per wave). */
-const FLUSH_WAVE = 4;
 /** Zero records one flush turns into map tombstones at most (a 'Z' frame stays far below MAX_FRAME). */
 const MAX_TRIMS_PER_FLUSH = 1024 * 1024;
 /** Longest wait between flush attempts while the backend is down. */
@@ -40,7 +38,7 @@ export function isBackendDown(err: unknown): err is VbfsError {
  * arrives meanwhile makes it go again when it ends.
  *
  * One flush: snapshot the current version of every in-memory block (pinning the
- * slots), sync the WAL and seal its segment, then wave by wave (FLUSH_WAVE chunks
+ * slots), sync the WAL and seal its segment, then wave by wave (waveChunks chunks
  * written in parallel): build the chunks, put them, commit their locations to the
  * map log with one fdatasync, point the index at them and free the slots. Then
  * drop the WAL segments the snapshot covered, write a checkpoint when the map log
@@ -64,13 +62,16 @@ export class Flusher implements FlushControl {
   private deadChunks: number[] = [];
   private readonly builder: ChunkBuilder;
   private readonly wal: WalWriter;
+  /** Chunk objects written in parallel per wave (one map commit per wave). */
+  private readonly waveChunks: number;
 
   constructor(
     private readonly core: VolumeCore,
     private readonly writer: Writer,
   ) {
     this.wal = writer.wal;
-    this.builder = new ChunkBuilder(core.info.id, core.blockSize, core.tunables.chunkBytes, FLUSH_WAVE);
+    this.waveChunks = core.tunables.flushWaveChunks;
+    this.builder = new ChunkBuilder(core.info.id, core.blockSize, core.tunables.chunkBytes, this.waveChunks);
     // Chunks the index dropped while loading the map are orphans, which recovery deleted.
     core.index.takeDeadChunks();
     this.intervalTimer = setInterval(() => {
@@ -100,13 +101,13 @@ export class Flusher implements FlushControl {
   }
 
   /**
-   * Records one flush wave writes: FLUSH_WAVE chunks, but a wave never pins more
+   * Records one flush wave writes: waveChunks chunks, but a wave never pins more
    * than a quarter of the write buffer, so with a small buffer writers still find
    * room while a wave is being written, and the wait for room stays one (small) wave.
    */
   get waveRecords(): number {
     const perChunk = this.core.recordsPerChunk;
-    return perChunk * Math.max(1, Math.min(FLUSH_WAVE, Math.floor(this.core.arena.limitSlots / 4 / perChunk)));
+    return perChunk * Math.max(1, Math.min(this.waveChunks, Math.floor(this.core.arena.limitSlots / 4 / perChunk)));
   }
 
   /**

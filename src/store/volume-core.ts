@@ -23,6 +23,7 @@ export const DEFAULT_TUNABLES: VolumeTunables = {
   writeBufferBytes: 256 * MiB,
   flushBytes: 32 * MiB,
   flushIntervalMs: 5000,
+  flushWaveChunks: 4,
   batchBlocks: 1024,
   batchMs: 5,
   // At most this much: the volume's memory share (store.ts) bounds it, and the cache
@@ -197,6 +198,8 @@ function resolveTunables(opts: VolumeOpenOptions, blockSize: number, remote: boo
   if (t.walSegmentBytes < minChunk) throw new VbfsError('VBFS_INVALID_ARGUMENT', `walSegmentBytes must be at least ${minChunk}`);
   if (t.writeBufferBytes < 2 * blockSize) throw new VbfsError('VBFS_INVALID_ARGUMENT', `writeBufferBytes must be at least two blocks`);
   if (t.flushIntervalMs < 1) t.flushIntervalMs = 1;
+  if (!Number.isInteger(t.flushWaveChunks) || t.flushWaveChunks < 1)
+    throw new VbfsError('VBFS_INVALID_ARGUMENT', `flushWaveChunks must be an integer of at least 1`);
   if (t.compactTargetRatio < 1 || t.compactStartRatio < t.compactTargetRatio) {
     throw new VbfsError('VBFS_INVALID_ARGUMENT', `compaction ratios: need 1 <= compactTargetRatio <= compactStartRatio`);
   }

@@ -34,6 +34,8 @@ export class FencedBackend implements Backend {
   readonly remote: boolean | undefined;
   /** Only where the inner backend has one (the reader re-reads only when there is a copy to drop). */
   readonly invalidate?: (key: string) => Promise<void>;
+  /** Only where the inner backend has one: the reader then reads into its reused buffers (the disk cache's warm reads). */
+  readonly getInto?: (key: string, offset: number, dst: Buffer) => Promise<number>;
 
   constructor(
     private readonly inner: Backend & LeaseBackend,
@@ -43,6 +45,7 @@ export class FencedBackend implements Backend {
     this.kind = inner.kind;
     this.remote = inner.remote;
     if (inner.invalidate) this.invalidate = (key) => inner.invalidate?.(key) ?? Promise.resolve();
+    if (inner.getInto) this.getInto = (key, offset, dst) => inner.getInto?.(key, offset, dst) ?? Promise.resolve(0);
   }
 
   counters(): BackendCounters {

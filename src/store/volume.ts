@@ -266,12 +266,15 @@ export class Volume {
     // flush is retried from here on): they fail with VBFS_CLOSED; none of them was
     // acknowledged, and what was is in the WAL.
     if (this.flusher?.backendDown) core.arena.wakeAll();
+    let unflushedBytes: number;
     try {
       if (this.writer && this.flusher && !core.failed) {
         // Writers still queued may need background flushes to make room.
         await this.writer.drain();
         await this.flusher.finish();
       }
+      // Taken before the WAL closes: blocks still in the write buffer were never flushed.
+      unflushedBytes = core.arena.used * core.blockSize;
     } finally {
       core.closed = true;
       core.arena.wakeAll();
@@ -281,6 +284,19 @@ export class Volume {
       await core.cipherPool?.close().catch(() => undefined);
       await core.ctx.afterClose?.().catch(() => undefined);
       core.ctx.onClose?.();
+    }
+    // A fenced writer (lease lost) flushed nothing: what it had acknowledged but not
+    // flushed is only in its local WAL, and a takeover that changed the volume sets
+    // that aside. A close that returned normally would tell an unmount all went well.
+    const lost = core.failed;
+    if (lost?.code === 'VBFS_LEASE_LOST' && (unflushedBytes > 0 || core.zeros.length > 0)) {
+      throw new VbfsError(
+        'VBFS_LEASE_LOST',
+        `volume '${core.name}': lease lost, ${unflushedBytes} bytes of writes (and ${core.zeros.length} trims) were not flushed to the bucket; ` +
+          'they stay in the local WAL (replayed by the next mount from this store directory unless another writer has changed the volume since)',
+        { ...lost.details, volume: core.name, unflushedBytes, unflushedTrims: core.zeros.length },
+        { cause: lost },
+      );
     }
   }
 
