@@ -439,6 +439,20 @@ describe('encryption at rest (engine)', () => {
         await store.close();
       }
     });
+
+    it('the buffers runs are opened in come back and are reused: no fresh buffer (page faults on first touch) per run', async () => {
+      const { sim, data } = await encryptedFlushed(16);
+      const store = await Store.open(DIR, { fileIO: sim });
+      try {
+        const vol = await store.openVolume('c', { key: hexKey(), cryptoThreads: 1, cryptoBatchBlocks: 2, readaheadBytes: 0, cacheBytes: 0 });
+        const pool = (vol as unknown as { core: { cipherPool: { runsOpened: number; runBuffersAllocated: number } } }).core.cipherPool;
+        for (let i = 0; i < 10; i++) assert.deepEqual(await vol.read(0, 16 * BS), Buffer.concat(data), `pass ${i}`);
+        assert.ok(pool.runsOpened >= 20, `the worker opened ${pool.runsOpened} runs`);
+        assert.ok(pool.runBuffersAllocated <= 2, `${pool.runBuffersAllocated} run buffers allocated for ${pool.runsOpened} runs`);
+      } finally {
+        await store.close();
+      }
+    });
   });
 
   describe('sealing large writes in the crypto worker', () => {

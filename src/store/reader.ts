@@ -277,8 +277,6 @@ export class Reader {
     seqs: number[],
   ): Promise<void> {
     const core = this.core;
-    const ix = core.index;
-    const bs = core.blockSize;
     // A readahead run (nothing to copy out: no request waits for it) is opened in the
     // crypto worker, so the event loop answers requests meanwhile; so is a very large
     // run a request waits for. A request's ordinary run is opened inline: the request
@@ -290,6 +288,30 @@ export class Reader {
         ? await this.openInPool(buf, b0, fetchEnd, seqs, key, start)
         : null;
     if (pooled) buf = pooled.buf;
+    try {
+      return await this.openRecords(b0, outEnd, fetchEnd, out, offset, refetched, buf, key, start, seqs, pooled);
+    } finally {
+      // Nothing below keeps a view of the opened run: the cache and `out` get copies.
+      if (pooled) (core.cipherPool as CipherPool).giveBack(pooled.buf);
+    }
+  }
+
+  private async openRecords(
+    b0: number,
+    outEnd: number,
+    fetchEnd: number,
+    out: Buffer,
+    offset: number,
+    refetched: boolean,
+    buf: Buffer,
+    key: string,
+    start: number,
+    seqs: number[],
+    pooled: { buf: Buffer; ok: Uint8Array; checked: number } | null,
+  ): Promise<void> {
+    const core = this.core;
+    const ix = core.index;
+    const bs = core.blockSize;
     let at = 0;
     for (let b = b0; b < fetchEnd; b++) {
       const seq = seqs[b - b0] as number;
