@@ -104,7 +104,7 @@ export class Reader {
       flushRun(b, false);
       const [from, to, dst] = this.clip(b, offset, length);
       if (st === HOT || st === PENDING) {
-        arena.copyOut(index.slot(b), out, dst, from, to);
+        arena.copyOut(this.plainSlot(index.slot(b)), out, dst, from, to);
       } else if (st === CACHED) {
         if (!cache.copyOut(b, out, dst, from, to)) fetches.push(this.readRun(b, b + 1, b + 1, out, offset));
       } else {
@@ -127,12 +127,28 @@ export class Reader {
     }
   }
 
+  /**
+   * `slot`, its plaintext in place: a block sealed inline straight from the
+   * writer's buffer has only its sealed payload in the slot (arena.ts,
+   * plainMissing), opened (authenticated) into the slot on its first read.
+   */
+  private plainSlot(slot: number): number {
+    const { arena, cipher, blockSize: bs } = this.core;
+    if (arena.hasPlain(slot)) return slot;
+    const sealed = arena.packedOf(slot) as Buffer;
+    const h = { len: sealed.length, seq: arena.seqOf(slot), block: arena.blockOf(slot), flags: arena.recordFlags(slot), rawLen: bs };
+    const { data, base } = openRecordPayload(cipher, h, sealed, 0, bs, { path: 'write buffer', offset: 0 });
+    arena.copyIn(slot, data, base);
+    arena.setPlainMissing(slot, false);
+    return slot;
+  }
+
   /** The block's current bytes if they are in memory (arena or cache); null if it is Empty, undefined if only on the backend. */
   inMemoryBlock(block: number): Buffer | null | undefined {
     const { index } = this.core;
     const st = index.state(block);
     if (st === EMPTY) return null;
-    if (st === HOT || st === PENDING) return this.core.arena.view(index.slot(block));
+    if (st === HOT || st === PENDING) return this.core.arena.view(this.plainSlot(index.slot(block)));
     if (st === CACHED) return this.core.cache.view(block);
     return undefined;
   }
