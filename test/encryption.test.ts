@@ -239,7 +239,7 @@ describe('encryption at rest (engine)', () => {
           const sealed = core.arena.packedOf(core.index.slot(2)) as Buffer;
           sealed[3] = (sealed[3] as number) ^ 1;
           await rejectsWith(vol.read(2 * BS, BS), 'VBFS_CORRUPT');
-          sealed[3] = (sealed[3]) ^ 1;
+          sealed[3] = sealed[3] ^ 1;
           assert.deepEqual(await vol.read(2 * BS, 2 * BS), Buffer.concat([data[2] as Buffer, data[3] as Buffer]));
           await vol.flush();
           await vol.close();
