@@ -207,6 +207,50 @@ describe('encryption at rest (engine)', () => {
       await store.close();
     });
 
+    for (const compression of ['none', 'lz4'] as const) {
+      it(`a block sealed inline is not copied in clear into the write buffer: reads and partial overwrites open its sealed payload, authenticated (compression ${compression})`, async () => {
+        const sim = new SimFS();
+        const key = hexKey();
+        const store = await Store.open(DIR, { fileIO: sim });
+        try {
+          await store.createVolume('c', { size: SIZE, blockSize: BS, durability: 'relaxed', encryption: { key }, compression });
+          const vol = await store.openVolume('c', { ...KEEP_IN_WAL, key });
+          type Core = {
+            arena: { slab(s: number): Buffer; offset(s: number): number; packedOf(s: number): Buffer | undefined };
+            index: { slot(b: number): number };
+          };
+          const core = (vol as unknown as { core: Core }).core;
+          const inSlot = (b: number): Buffer => {
+            const s = core.index.slot(b);
+            const o = core.arena.offset(s);
+            return core.arena.slab(s).subarray(o, o + BS);
+          };
+          // A quarter random, the rest compressible: LZ4 keeps it compressed.
+          const rng = new Rng(55);
+          const data = Array.from({ length: 4 }, (_, b) => Buffer.concat([rng.bytes(BS / 4), Buffer.alloc((3 * BS) / 4, b + 1)]));
+          for (let b = 0; b < 4; b++) await vol.write(b * BS, data[b] as Buffer);
+          for (let b = 0; b < 4; b++) assert.notDeepEqual(inSlot(b), data[b], `block ${b} is in clear in its write-buffer slot`);
+          assert.deepEqual(await vol.read(0, BS), data[0]);
+          await vol.write(BS + 10, Buffer.from('hello'));
+          const one = Buffer.from(data[1] as Buffer);
+          one.write('hello', 10);
+          assert.deepEqual(await vol.read(BS, BS), one, 'a partial overwrite starts from the opened block');
+          // The sealed payload in memory is authenticated when opened, like one read from the store.
+          const sealed = core.arena.packedOf(core.index.slot(2)) as Buffer;
+          sealed[3] = (sealed[3] as number) ^ 1;
+          await rejectsWith(vol.read(2 * BS, BS), 'VBFS_CORRUPT');
+          sealed[3] = sealed[3] ^ 1;
+          assert.deepEqual(await vol.read(2 * BS, 2 * BS), Buffer.concat([data[2] as Buffer, data[3] as Buffer]));
+          await vol.flush();
+          await vol.close();
+          const again = await store.openVolume('c', { key });
+          assert.deepEqual(await again.read(0, 4 * BS), Buffer.concat([data[0] as Buffer, one, data[2] as Buffer, data[3] as Buffer]));
+        } finally {
+          await store.close();
+        }
+      });
+    }
+
     it('a passphrase volume (scrypt) opens with the same passphrase only', async () => {
       const sim = new SimFS();
       const store = await Store.open(DIR, { fileIO: sim });
@@ -439,6 +483,20 @@ describe('encryption at rest (engine)', () => {
         await store.close();
       }
     });
+
+    it('the buffers runs are opened in come back and are reused: no fresh buffer (page faults on first touch) per run', async () => {
+      const { sim, data } = await encryptedFlushed(16);
+      const store = await Store.open(DIR, { fileIO: sim });
+      try {
+        const vol = await store.openVolume('c', { key: hexKey(), cryptoThreads: 1, cryptoBatchBlocks: 2, readaheadBytes: 0, cacheBytes: 0 });
+        const pool = (vol as unknown as { core: { cipherPool: { runsOpened: number; runBuffersAllocated: number } } }).core.cipherPool;
+        for (let i = 0; i < 10; i++) assert.deepEqual(await vol.read(0, 16 * BS), Buffer.concat(data), `pass ${i}`);
+        assert.ok(pool.runsOpened >= 20, `the worker opened ${pool.runsOpened} runs`);
+        assert.ok(pool.runBuffersAllocated <= 2, `${pool.runBuffersAllocated} run buffers allocated for ${pool.runsOpened} runs`);
+      } finally {
+        await store.close();
+      }
+    });
   });
 
   describe('sealing large writes in the crypto worker', () => {
@@ -499,6 +557,32 @@ describe('encryption at rest (engine)', () => {
         assert.equal(sealed.size, writes, 'every seal used its own nonce');
       });
     }
+
+    it('a stream of large writes reuses the batch buffers of every batch that can be in the worker at once', async () => {
+      const sim = new SimFS();
+      const key = hexKey();
+      const store = await Store.open(DIR, { fileIO: sim });
+      try {
+        // 64 records per batch; 40 writes of 64 blocks sent at once put 40 batches in the worker.
+        await store.createVolume('c', { size: 64 * 64 * BS, blockSize: BS, durability: 'batched', encryption: { key } });
+        const vol = await store.openVolume('c', { key, cryptoThreads: 1, flushBytes: 1 << 30, writeBufferBytes: 8 << 20, walSegmentBytes: 8 << 20 });
+        const writer = (vol as unknown as { writer: { sealBuffersAllocated: number } }).writer;
+        const big = new Rng(3).bytes(64 * BS);
+        const round = async (): Promise<number> => {
+          const before = writer.sealBuffersAllocated;
+          await Promise.all(Array.from({ length: 40 }, (_, k) => vol.write((k % 64) * 64 * BS, big)));
+          await vol.fsync();
+          return writer.sealBuffersAllocated - before;
+        };
+        const first = await round();
+        assert.ok(first >= 30, `${first} batch buffers for the first 40 batches`);
+        const later = (await round()) + (await round());
+        assert.ok(later <= 16, `${later} batch buffers allocated again for 80 more batches`);
+        assert.deepEqual(await vol.read(0, 64 * BS), big);
+      } finally {
+        await store.close();
+      }
+    });
 
     it('a zero write or trim behind records still in the worker waits for them: the WAL holds records in seq order', async () => {
       const sim = new SimFS();

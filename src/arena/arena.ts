@@ -41,6 +41,14 @@ export class Arena {
   private seqs: Float64Array;
   /** CRC of the WAL record of this version: the chunk record is the same bytes (setRecord). */
   private crcs: Uint32Array;
+  /**
+   * 1: the slot's plaintext was never written, only its sealed payload (an inline
+   * seal straight from the caller's buffer, writer.ts); whoever needs the bytes
+   * opens the sealed payload into the slot first (reader.ts, plainSlot). The
+   * plaintext page is then never touched on the write path: a page touched for
+   * the first time costs a page fault, several times the seal itself here.
+   */
+  private plainMissing: Uint8Array;
   /** Flags of this version's record (LZ4, sealed): the chunk record carries the same. */
   private recFlags: Uint8Array;
   /** The stored payload of this version's record (LZ4 and/or sealed), or undefined when it is the raw block. */
@@ -64,6 +72,7 @@ export class Arena {
     this.seqs = new Float64Array(capSlots);
     this.crcs = new Uint32Array(capSlots);
     this.recFlags = new Uint8Array(capSlots);
+    this.plainMissing = new Uint8Array(capSlots);
     this.limit = capSlots;
   }
 
@@ -132,6 +141,7 @@ export class Arena {
     else if (this.nextFresh < this.free.length) s = this.nextFresh++;
     else return -1;
     if (s >= this.allocated) this.grow(s);
+    this.plainMissing[s] = 0;
     this.used++;
     return s;
   }
@@ -150,6 +160,7 @@ export class Arena {
     this.seqs = widen(this.seqs, new Float64Array(n));
     this.crcs = widen(this.crcs, new Uint32Array(n));
     this.recFlags = widen(this.recFlags, new Uint8Array(n));
+    this.plainMissing = widen(this.plainMissing, new Uint8Array(n));
     if (this.sealedSize > 0) this.sealedLens = widen(this.sealedLens, new Uint32Array(n));
     return this.take();
   }
@@ -174,6 +185,16 @@ export class Arena {
   view(slot: number): Buffer {
     const o = this.offset(slot);
     return this.slab(slot).subarray(o, o + this.slotSize);
+  }
+
+  /** False when only the slot's sealed payload was written (see plainMissing). */
+  hasPlain(slot: number): boolean {
+    return this.plainMissing[slot] === 0;
+  }
+
+  /** The slot's plaintext is not written (missing: true) or now is (false). */
+  setPlainMissing(slot: number, missing: boolean): void {
+    this.plainMissing[slot] = missing ? 1 : 0;
   }
 
   copyIn(slot: number, src: Uint8Array, srcStart: number): void {

@@ -104,7 +104,7 @@ export class Reader {
       flushRun(b, false);
       const [from, to, dst] = this.clip(b, offset, length);
       if (st === HOT || st === PENDING) {
-        arena.copyOut(index.slot(b), out, dst, from, to);
+        arena.copyOut(this.plainSlot(index.slot(b)), out, dst, from, to);
       } else if (st === CACHED) {
         if (!cache.copyOut(b, out, dst, from, to)) fetches.push(this.readRun(b, b + 1, b + 1, out, offset));
       } else {
@@ -127,12 +127,28 @@ export class Reader {
     }
   }
 
+  /**
+   * `slot`, its plaintext in place: a block sealed inline straight from the
+   * writer's buffer has only its sealed payload in the slot (arena.ts,
+   * plainMissing), opened (authenticated) into the slot on its first read.
+   */
+  private plainSlot(slot: number): number {
+    const { arena, cipher, blockSize: bs } = this.core;
+    if (arena.hasPlain(slot)) return slot;
+    const sealed = arena.packedOf(slot) as Buffer;
+    const h = { len: sealed.length, seq: arena.seqOf(slot), block: arena.blockOf(slot), flags: arena.recordFlags(slot), rawLen: bs };
+    const { data, base } = openRecordPayload(cipher, h, sealed, 0, bs, { path: 'write buffer', offset: 0 });
+    arena.copyIn(slot, data, base);
+    arena.setPlainMissing(slot, false);
+    return slot;
+  }
+
   /** The block's current bytes if they are in memory (arena or cache); null if it is Empty, undefined if only on the backend. */
   inMemoryBlock(block: number): Buffer | null | undefined {
     const { index } = this.core;
     const st = index.state(block);
     if (st === EMPTY) return null;
-    if (st === HOT || st === PENDING) return this.core.arena.view(index.slot(block));
+    if (st === HOT || st === PENDING) return this.core.arena.view(this.plainSlot(index.slot(block)));
     if (st === CACHED) return this.core.cache.view(block);
     return undefined;
   }
@@ -277,8 +293,6 @@ export class Reader {
     seqs: number[],
   ): Promise<void> {
     const core = this.core;
-    const ix = core.index;
-    const bs = core.blockSize;
     // A readahead run (nothing to copy out: no request waits for it) is opened in the
     // crypto worker, so the event loop answers requests meanwhile; so is a very large
     // run a request waits for. A request's ordinary run is opened inline: the request
@@ -290,6 +304,30 @@ export class Reader {
         ? await this.openInPool(buf, b0, fetchEnd, seqs, key, start)
         : null;
     if (pooled) buf = pooled.buf;
+    try {
+      return await this.openRecords(b0, outEnd, fetchEnd, out, offset, refetched, buf, key, start, seqs, pooled);
+    } finally {
+      // Nothing below keeps a view of the opened run: the cache and `out` get copies.
+      if (pooled) (core.cipherPool as CipherPool).giveBack(pooled.buf);
+    }
+  }
+
+  private async openRecords(
+    b0: number,
+    outEnd: number,
+    fetchEnd: number,
+    out: Buffer,
+    offset: number,
+    refetched: boolean,
+    buf: Buffer,
+    key: string,
+    start: number,
+    seqs: number[],
+    pooled: { buf: Buffer; ok: Uint8Array; checked: number } | null,
+  ): Promise<void> {
+    const core = this.core;
+    const ix = core.index;
+    const bs = core.blockSize;
     let at = 0;
     for (let b = b0; b < fetchEnd; b++) {
       const seq = seqs[b - b0] as number;

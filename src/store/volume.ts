@@ -141,6 +141,7 @@ export class Volume {
     cache.trim();
     this.reader.runBuffers.trim();
     this.flusher?.trimBuffers();
+    this.writer?.trimBuffers();
     if (before > this.memoryBytes) collectIdleGarbage();
   }
 

@@ -100,8 +100,6 @@ interface SealBuffers {
   plain: ArrayBuffer;
   out: ArrayBuffer;
 }
-/** Spare SealBuffers kept per volume. */
-const SPARE_SEAL_BUFFERS = 8;
 /** Records per batch sent to the crypto worker (one 256 KiB message of 4 KiB blocks). */
 const SEAL_BATCH_RECORDS = 64;
 
@@ -161,6 +159,8 @@ export class Writer {
   private sealOpen: SealBatch | null = null;
   private sealTimer: NodeJS.Timeout | null = null;
   private readonly spareSealBuffers: SealBuffers[] = [];
+  /** Batch buffers allocated so far, the others reused (tests look). */
+  sealBuffersAllocated = 0;
   private readonly sealQueue: SealBatch[] = [];
   private sealingBlocks = 0;
 
@@ -269,9 +269,12 @@ export class Writer {
         this.commitZero(block);
       } else {
         const slot = arena.alloc();
-        if (n === bs) arena.copyIn(slot, data as Uint8Array, pos - offset);
-        else this.fillPartial(slot, this.reader.inMemoryBlock(block) as Buffer | null, data ?? this.zeroBlock, data ? pos - offset : 0, inOff, n);
-        this.commitSlot(block, slot);
+        if (n === bs) {
+          this.commitSlot(block, slot, data as Uint8Array, pos - offset);
+        } else {
+          this.fillPartial(slot, this.reader.inMemoryBlock(block) as Buffer | null, data ?? this.zeroBlock, data ? pos - offset : 0, inOff, n);
+          this.commitSlot(block, slot);
+        }
       }
       pos += n;
     }
@@ -319,7 +322,7 @@ export class Writer {
           slot = await this.waitForSlot();
         }
         if (n === bs) {
-          arena.copyIn(slot, data as Uint8Array, pos - offset);
+          this.commitSlot(block, slot, data as Uint8Array, pos - offset);
         } else {
           // Partial block: start from the current version of the block.
           let base = this.reader.inMemoryBlock(block);
@@ -328,8 +331,8 @@ export class Writer {
             base = await this.reader.fetchBlock(block);
           }
           this.fillPartial(slot, base, data ?? this.zeroBlock, data ? pos - offset : 0, inOff, n);
+          this.commitSlot(block, slot);
         }
-        this.commitSlot(block, slot);
         pos += n;
       }
     } finally {
@@ -365,20 +368,31 @@ export class Writer {
    * plaintext block for reads, plus the stored payload, the record's flags and CRC,
    * and the chunk record of this version reuses them byte for byte (chunk-builder.ts),
    * so one seq is sealed exactly once and the flusher does no crypto.
+   *
+   * A whole block comes as `src` at `srcOff` (otherwise the slot holds it already).
+   * A block sealed inline is sealed straight from there and its plaintext is not
+   * copied into the slot (arena.ts, plainMissing): a read of it opens the sealed
+   * payload (reader.ts), which is rare next to the copy every write would pay.
    */
-  private commitSlot(block: number, slot: number): void {
+  private commitSlot(block: number, slot: number, src?: Uint8Array, srcOff = 0): void {
     const { arena, index, blockSize: bs } = this.core;
+    const cipher = this.core.cipher;
+    const inlineSeal = cipher !== null && !this.toWorker && this.sealingBlocks === 0;
+    if (src && !inlineSeal) {
+      arena.copyIn(slot, src, srcOff);
+      src = undefined;
+    }
     const seq = ++this.core.seq;
     arena.setMeta(slot, block, seq);
     arena.release(index.setHot(block, slot));
     this.core.cache.delete(block);
     const slab = arena.slab(slot);
     const o = arena.offset(slot);
-    const packed = this.core.info.compression === 'lz4' ? compressBlock(slab.subarray(o, o + bs)) : null;
-    const cipher = this.core.cipher;
+    const raw = src ? Buffer.from(src.buffer, src.byteOffset + srcOff, bs) : slab.subarray(o, o + bs);
+    const packed = this.core.info.compression === 'lz4' ? compressBlock(raw) : null;
     if (cipher) {
       const flags = (packed ? FLAG_LZ4 : 0) | FLAG_SEALED;
-      const payload = packed ?? slab.subarray(o, o + bs);
+      const payload = packed ?? raw;
       if (this.toWorker || this.sealingBlocks > 0) {
         // Sealed in the worker; appended to the WAL (and pushUnsynced) when it comes back.
         cipher.announceSeal(DOMAIN_RECORD, { block, seq, flags }, payload);
@@ -393,6 +407,7 @@ export class Writer {
       const at = arena.sealedOffset(slot);
       const len = cipher.sealInto(DOMAIN_RECORD, { block, seq, flags }, payload, dst, at);
       arena.setSealedRecord(slot, this.wal.append(seq, block, flags, bs, dst, at, at + len), len, flags);
+      if (src) arena.setPlainMissing(slot, true);
     } else {
       const crc = packed ? this.wal.append(seq, block, FLAG_LZ4, bs, packed, 0, packed.length) : this.wal.append(seq, block, 0, bs, slab, o, o + bs);
       arena.setRecord(slot, crc, packed, packed ? FLAG_LZ4 : 0);
@@ -432,7 +447,11 @@ export class Writer {
     if (this.sealOpen) return this.sealOpen;
     const cap = SEAL_BATCH_RECORDS;
     const bs = this.core.blockSize;
-    const bufs = this.spareSealBuffers.pop() ?? { plain: new ArrayBuffer(cap * bs), out: new ArrayBuffer(cap * (bs + SEAL_OVERHEAD)) };
+    let bufs = this.spareSealBuffers.pop();
+    if (!bufs) {
+      bufs = { plain: new ArrayBuffer(cap * bs), out: new ArrayBuffer(cap * (bs + SEAL_OVERHEAD)) };
+      this.sealBuffersAllocated++;
+    }
     this.sealOpen = new SealBatch(cap, bufs);
     this.sealTimer = setTimeout(() => {
       this.sealTimer = null;
@@ -466,7 +485,7 @@ export class Writer {
       const head = this.sealQueue.shift() as SealBatch;
       this.sealingBlocks -= head.n;
       this.appendSealed(head);
-      if (head.back && this.spareSealBuffers.length < SPARE_SEAL_BUFFERS) this.spareSealBuffers.push(head.back);
+      if (head.back && this.spareSealBuffers.length < this.maxSealBatches()) this.spareSealBuffers.push(head.back);
       head.resolve();
     }
     this.scheduleSync();
@@ -513,6 +532,28 @@ export class Writer {
     }
   }
 
+  /**
+   * Spare batch buffers kept: as many batches as can be in the worker at once
+   * (afterSealApply makes writers wait beyond that). With fewer (8 were kept), a
+   * stream of large writes had about 30 batches in flight and allocated fresh
+   * buffers for 7 batches in 10, each paying a page fault per 4 KiB on first
+   * touch (measured). Given back when the volume is idle (trimBuffers).
+   */
+  private maxSealBatches(): number {
+    return Math.ceil(this.sealLimitBytes() / (RECORD_HEADER + this.core.blockSize) / SEAL_BATCH_RECORDS) + 1;
+  }
+
+  /** The records not yet durable (in the worker or the WAL) at which a writer waits for the seals (afterSealApply). */
+  private sealLimitBytes(): number {
+    const rec = RECORD_HEADER + this.core.blockSize;
+    return this.core.durability === 'batched' ? 2 * this.core.tunables.batchBlocks * rec : this.flusher.waveRecords * rec;
+  }
+
+  /** An idle volume keeps no spare batch buffers. */
+  trimBuffers(): void {
+    this.spareSealBuffers.length = 0;
+  }
+
   /** Resolves when every record sealed so far (or being sealed) is in the WAL. */
   async sealsSettled(): Promise<void> {
     this.sendSeals();
@@ -531,8 +572,7 @@ export class Writer {
     const mode = this.core.durability;
     const rec = RECORD_HEADER + this.core.blockSize;
     const behind = this.wal.unsyncedBytes + this.sealingBlocks * rec;
-    const limit = mode === 'batched' ? 2 * this.core.tunables.batchBlocks * rec : this.flusher.waveRecords * rec;
-    if (mode === 'strict' || behind >= limit) return this.sealsSettled().then(() => this.afterApply());
+    if (mode === 'strict' || behind >= this.sealLimitBytes()) return this.sealsSettled().then(() => this.afterApply());
     return RESOLVED;
   }
 
