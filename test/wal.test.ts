@@ -222,3 +222,98 @@ describe('WAL', () => {
     await assert.rejects(replay(sim, true), (err: unknown) => isVbfsError(err, 'VBFS_CORRUPT') && /valid record follows/.test(err.message));
   });
 });
+
+describe('WAL preallocated and recycled segments', () => {
+  const SEG = 4096;
+  const REC = 32 + BS;
+  /** Phase 2 seqs start here and write blocks from 100 up: a phase 1 record is recognisable. */
+  const PHASE2 = 1000;
+
+  function pwriter(sim: SimFS, o: Partial<ConstructorParameters<typeof WalWriter>[0]> = {}): WalWriter {
+    return writer(sim, { preallocate: true, segmentBytes: SEG, bufferBytes: 2 * REC, ...o });
+  }
+
+  async function newSim(): Promise<SimFS> {
+    const s = new SimFS();
+    await s.mkdir('/wal');
+    await s.fsyncDir('/');
+    return s;
+  }
+
+  it('a preallocated segment is full size before its first record; replay stops at its zero tail quietly and truncates it', async () => {
+    const sim = await newSim();
+    const w = pwriter(sim);
+    const data = Buffer.alloc(BS, 1);
+    for (let i = 1; i <= 3; i++) w.append(i, i, 0, BS, data, 0, BS);
+    await w.sync();
+    const file = '/wal/0000000000000001.wal';
+    assert.equal((sim.readRaw(file) as Buffer).length, SEG, 'the records overwrite a full-size file: the sync changed no file size');
+    assert.equal(sim.count('truncate', '/wal/'), 0);
+    assert.deepEqual(await durableReplay(sim), [1, 2, 3]);
+    await w.close();
+    const warnings: string[] = [];
+    const logger = { ...silentLogger, warn: (m: string) => warnings.push(m) };
+    const seqs: number[] = [];
+    const r = await replayWal(sim, '/wal', ID, BS, false, logger, (h) => seqs.push(h.seq));
+    assert.deepEqual(seqs, [1, 2, 3]);
+    assert.deepEqual(warnings, [], 'the zero tail is the end of the log, not a torn tail');
+    assert.equal(r.cuts.length, 0);
+    assert.equal((sim.readRaw(file) as Buffer).length, 64 + 3 * REC + SYNC_MARKER_BYTES, 'truncated after the last marker');
+  });
+
+  it('a recycled segment: the records of its earlier use after the tail are never replayed, and a torn batch over them is cut', async () => {
+    const sim = await newSim();
+    const w = pwriter(sim, { bufferBytes: REC });
+    const old = Buffer.alloc(BS, 0xaa);
+    for (let i = 1; i <= 5; i++) {
+      w.append(i, i, 0, BS, old, 0, BS);
+      await w.sync(); // earlier use: header, then (record, marker) pairs
+    }
+    const sealed = await w.rotate();
+    await w.reclaim(sealed);
+    const spares = (await sim.readdir('/wal')).filter((n) => n.endsWith('.spare'));
+    // One zero-filled while segment 1 was in use, and segment 1 itself, reused first.
+    assert.equal(spares.length, 2, 'the reclaimed full-size segment is kept as a spare');
+    const earlier = Buffer.from(sim.readRaw(`/wal/${spares[1] as string}`) as Buffer);
+    const data = Buffer.alloc(BS, 0x55);
+    w.append(PHASE2, 100, 0, BS, data, 0, BS);
+    await w.sync(); // acknowledged
+    w.append(PHASE2 + 1, 101, 0, BS, data, 0, BS);
+    w.append(PHASE2 + 2, 102, 0, BS, data, 0, BS);
+    await w.rotate(); // written, never synced
+    const names = (await sim.readdir('/wal')).filter((n) => n.endsWith('.wal'));
+    assert.deepEqual(names, ['0000000000000002.wal'], 'the spare became segment 2');
+    const file = `/wal/${names[0] as string}`;
+    const full = Buffer.from(sim.readRaw(file) as Buffer);
+    assert.equal(full.length, SEG, 'a recycled file keeps its size');
+    const replayOf = async (buf: Buffer): Promise<{ seqs: number[]; warnings: Array<Record<string, unknown>> }> => {
+      const s2 = await newSim();
+      s2.writeRaw(file, buf);
+      const seqs: number[] = [];
+      const warnings: Array<Record<string, unknown>> = [];
+      const logger = { ...silentLogger, warn: (_m: string, meta?: Record<string, unknown>) => warnings.push(meta ?? {}) };
+      await replayWal(s2, '/wal', ID, BS, true, logger, (h) => seqs.push(h.seq));
+      return { seqs, warnings };
+    };
+    // Whole: this use's three records, then the earlier use's records 3.. (valid CRCs) are ignored.
+    assert.deepEqual(await replayOf(full), { seqs: [PHASE2, PHASE2 + 1, PHASE2 + 2], warnings: [] });
+    // Power cut: nothing after the header reached the disk, the earlier use's records
+    // 1-5 sit right after it. None is replayed.
+    const noneLanded = Buffer.concat([full.subarray(0, 64), earlier.subarray(64)]);
+    assert.deepEqual(await replayOf(noneLanded), { seqs: [], warnings: [] });
+    // Only the synced record and its marker landed: the unsynced batch's place holds the
+    // earlier use's record 2, whole and valid, exactly where record PHASE2+1 began.
+    const synced = 64 + REC + SYNC_MARKER_BYTES;
+    const onlySynced = Buffer.concat([full.subarray(0, synced), earlier.subarray(synced)]);
+    assert.deepEqual(await replayOf(onlySynced), { seqs: [PHASE2], warnings: [] });
+    // Torn: record PHASE2+1's page kept the earlier bytes, PHASE2+2 landed: a torn tail,
+    // cut with a warning that counts the dropped record, never corruption.
+    const torn = Buffer.from(full);
+    earlier.copy(torn, synced, synced, synced + REC);
+    const t = await replayOf(torn);
+    assert.deepEqual(t.seqs, [PHASE2]);
+    assert.equal(t.warnings.length, 1);
+    assert.equal(t.warnings[0]?.offset, synced);
+    assert.equal(t.warnings[0]?.droppedRecords, 1);
+  });
+});

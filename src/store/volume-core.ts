@@ -18,6 +18,7 @@ const MiB = 1024 * 1024;
 
 export const DEFAULT_TUNABLES: VolumeTunables = {
   walSegmentBytes: 64 * MiB,
+  walPreallocate: true,
   chunkBytes: 4 * MiB,
   writeBufferBytes: 256 * MiB,
   flushBytes: 32 * MiB,
@@ -169,6 +170,11 @@ function resolveTunables(opts: VolumeOpenOptions, blockSize: number, remote: boo
   for (const k of Object.keys(DEFAULT_TUNABLES) as (keyof VolumeTunables)[]) {
     const v = opts[k];
     if (v === undefined) continue;
+    if (k === 'walPreallocate') {
+      if (typeof v !== 'boolean') throw new VbfsError('VBFS_INVALID_ARGUMENT', `invalid ${k}: ${String(v)}`);
+      t.walPreallocate = v;
+      continue;
+    }
     if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) throw new VbfsError('VBFS_INVALID_ARGUMENT', `invalid ${k}: ${String(v)}`);
     t[k] = v;
   }
