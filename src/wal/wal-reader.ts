@@ -1,5 +1,14 @@
 import { VbfsError } from '../errors';
-import { BLOCK_RECORD_FLAGS, checkRecord, isSyncMarker, maxPayload, RECORD_HEADER, syncMarkerClaim, type RecordCheck, type RecordHeader } from '../format/block-record';
+import {
+  BLOCK_RECORD_FLAGS,
+  checkRecord,
+  isSyncMarker,
+  maxPayload,
+  RECORD_HEADER,
+  syncMarkerClaim,
+  type RecordCheck,
+  type RecordHeader,
+} from '../format/block-record';
 import { decodeSegmentHeader, SEGMENT_HEADER, WAL_FLAG_PREALLOCATED, WAL_MAGIC } from '../format/segment-header';
 import type { FileIO } from '../io/file-io';
 import type { Logger } from '../types';
@@ -105,7 +114,7 @@ export async function replayWal(
       }
       throw new VbfsError('VBFS_CORRUPT', `WAL segment ${path}: bad header at offset 0`, { path, offset: 0 });
     }
-    if (h.volumeId !== volumeId || h.blockSize !== blockSize || h.number !== seg || (h.version < 1 || h.version > 3)) {
+    if (h.volumeId !== volumeId || h.blockSize !== blockSize || h.number !== seg || h.version < 1 || h.version > 3) {
       throw new VbfsError(
         'VBFS_CORRUPT',
         `WAL segment ${path} belongs to another volume or position, or has an unknown version (volume ${h.volumeId}, segment ${h.number}, version ${h.version})`,
