@@ -271,7 +271,7 @@ describe('WAL preallocated and recycled segments', () => {
     }
     const sealed = await w.rotate();
     await w.reclaim(sealed);
-    const spares = (await sim.readdir('/wal')).filter((n) => n.endsWith('.spare'));
+    const spares = (await sim.readdir('/wal')).filter((n) => n.startsWith('spare-'));
     // One zero-filled while segment 1 was in use, and segment 1 itself, reused first.
     assert.equal(spares.length, 2, 'the reclaimed full-size segment is kept as a spare');
     const earlier = Buffer.from(sim.readRaw(`/wal/${spares[1] as string}`) as Buffer);

@@ -5,9 +5,12 @@ import type { FileHandle, FileIO } from '../io/file-io';
 import type { Logger } from '../types';
 
 export const walSegmentName = (n: number): string => n.toString(16).padStart(16, '0') + '.wal';
-/** A spare segment file (preallocated, or reclaimed and kept for reuse); replay ignores it. */
-const spareName = (n: number): string => n.toString(16).padStart(16, '0') + '.spare';
-const SPARE_RE = /^([0-9a-f]{16})\.(spare|prep)$/;
+/**
+ * A spare segment file (preallocated, or reclaimed and kept for reuse) and one being
+ * zero-filled; replay ignores both (the names do not start like a segment's).
+ */
+const spareName = (n: number, kind: 'spare' | 'prep' = 'spare'): string => `${kind}-${n.toString(16).padStart(16, '0')}`;
+const SPARE_RE = /^(spare|prep)-([0-9a-f]{16})$/;
 
 export interface WalWriterOptions {
   dir: string;
@@ -365,10 +368,10 @@ export class WalWriter {
       for (const name of await io.readdir(this.opts.dir)) {
         const m = SPARE_RE.exec(name);
         if (!m) continue;
-        const n = parseInt(m[1] as string, 16);
+        const n = parseInt(m[2] as string, 16);
         if (n >= this.spareNext) this.spareNext = n + 1;
         const path = `${this.opts.dir}/${name}`;
-        const st = m[2] === 'spare' ? await io.stat(path) : null;
+        const st = m[1] === 'spare' ? await io.stat(path) : null;
         if (st && st.size >= this.opts.segmentBytes && this.spares.length < this.maxSpares) this.spares.push(path);
         else await io.unlink(path);
       }
@@ -397,7 +400,7 @@ export class WalWriter {
   /**
    * Prepare a spare in the background (not on the writer chain: it never delays a
    * write unless a segment switch finds no spare): a new file of segmentBytes zeros,
-   * written and synced as `.prep`, renamed `.spare`. Zeros, not fallocate: an ext4
+   * written and synced as `prep-<n>`, renamed `spare-<n>`. Zeros, not fallocate: an ext4
    * unwritten extent needs a journal commit when it is first written (see docs/FORMAT.md).
    * A failure (out of space) only means the next segment is appended instead.
    */
@@ -417,7 +420,7 @@ export class WalWriter {
     if (this.spares.length > 0) return;
     const io = this.opts.fileIO;
     const n = this.spareNext++;
-    const prep = `${this.opts.dir}/${n.toString(16).padStart(16, '0')}.prep`;
+    const prep = `${this.opts.dir}/${spareName(n, 'prep')}`;
     const fd = await io.open(prep, 'w+');
     try {
       const zeros = Buffer.alloc(Math.min(1 << 20, this.opts.segmentBytes));
