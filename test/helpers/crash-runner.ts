@@ -39,6 +39,8 @@ export const SIZE = BLOCK * BLOCKS;
 export const TUNABLES: Partial<VolumeTunables> = {
   chunkBytes: 4 * BLOCK,
   walSegmentBytes: 4096,
+  // The sweeps cover preallocated, recycled WAL segments (format 3).
+  walPreallocate: true,
   writeBufferBytes: 32 * BLOCK,
   flushBytes: 6 * BLOCK,
   flushIntervalMs: 1_000_000, // no timer-driven flushes: keeps op numbering replayable
