@@ -38,7 +38,7 @@ export interface EncryptionRound {
  * process.cpuUsage() it leaves out worker and libuv threads: it is what the event
  * loop (and so every FUSE request) pays. 10 ms resolution: use over seconds.
  */
-function mainThreadCpuMs(): number {
+export function mainThreadCpuMs(): number {
   try {
     const stat = fs.readFileSync(`/proc/self/task/${process.pid}/stat`, 'utf8');
     const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');

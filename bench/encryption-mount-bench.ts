@@ -11,9 +11,15 @@
  *   - fio 1M sequential write of 512 MiB (psync, capped in time) -> MiB/s
  *   - unmount, drop_caches, remount: fio 1M sequential read, --direct=1 -> MiB/s
  *
- *   npx tsc -p tsconfig.json && node dist/bench/encryption-mount-bench.js [--rounds 3] [--runtime 5] [--crypto-threads 1] [--readahead-mib N]
- * (--crypto-threads 0: encrypted reads are opened inline on the event loop, for an A/B of the worker;
- * --readahead-mib: the encrypted volume's readahead window, default the engine's)
+ *   npx tsc -p tsconfig.json && node dist/bench/encryption-mount-bench.js [--rounds 3] [--runtime 5] [--crypto-threads 1] [--readahead-mib N] [--seal-blocks N] [--batch-blocks N]
+ * (--crypto-threads 0: encrypted reads are opened and writes sealed inline on the event loop, for an A/B of the worker;
+ * --readahead-mib: the encrypted volume's readahead window, default the engine's;
+ * --seal-blocks: the encrypted volume's cryptoSealBlocks, 0: every write sealed inline;
+ * --batch-blocks: its cryptoBatchBlocks, from how many records a read's own run is opened in the worker)
+ *
+ * Besides the rates, the CPU time of this process's main thread (the event loop
+ * that serves every FUSE request) per 4 KiB write and per MiB written and read:
+ * on a loaded machine it moves much less than the rates.
  * Needs root, /dev/fuse and fio.
  */
 import * as fs from 'node:fs';
@@ -26,6 +32,7 @@ import { silentLogger } from '../src/types';
 import type { KeyMaterial } from '../src/crypto/key-source';
 import { dropCaches, run } from './sh';
 import { parseFio } from './fio-jobs';
+import { mainThreadCpuMs } from './encryption-bench';
 
 const MiB = 1024 * 1024;
 
@@ -35,7 +42,13 @@ interface Round {
   randWrite4kIops: number;
   seqWrite1mMibps: number;
   seqRead1mMibps: number;
+  /** main-thread CPU: µs per 4 KiB random write; ms per MiB written, per MiB read */
+  cpuUs4k: number;
+  cpuMsPerMiBWrite: number;
+  cpuMsPerMiBRead: number;
 }
+
+const FIGURES = ['randWrite4kIops', 'seqWrite1mMibps', 'seqRead1mMibps', 'cpuUs4k', 'cpuMsPerMiBWrite', 'cpuMsPerMiBRead'] as const;
 
 function arg(name: string, dflt: number): number {
   const i = process.argv.indexOf(`--${name}`);
@@ -46,11 +59,12 @@ function log(msg: string): void {
   process.stderr.write(`[enc-mount ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
 }
 
-async function fio(file: string, dir: 'read' | 'write', args: string[], timeoutS: number): Promise<ReturnType<typeof parseFio>> {
+async function fio(file: string, dir: 'read' | 'write', args: string[], timeoutS: number): Promise<ReturnType<typeof parseFio> & { cpuMs: number }> {
+  const c0 = mainThreadCpuMs();
   const r = await run('fio', ['--name=j', `--filename=${file}`, '--ioengine=psync', '--fallocate=none', '--output-format=json', ...args], {
     timeoutMs: timeoutS * 1000,
   });
-  return parseFio(r.stdout, dir);
+  return { ...parseFio(r.stdout, dir), cpuMs: mainThreadCpuMs() - c0 };
 }
 
 async function mounted<T>(storeDir: string, mnt: string, key: KeyMaterial | undefined, fn: () => Promise<T>): Promise<T> {
@@ -61,7 +75,13 @@ async function mounted<T>(storeDir: string, mnt: string, key: KeyMaterial | unde
     storeDir,
     logger: silentLogger,
     openOptions: key
-      ? { key, cryptoThreads: arg('crypto-threads', 1), ...(arg('readahead-mib', 0) > 0 ? { readaheadBytes: arg('readahead-mib', 0) * MiB } : {}) }
+      ? {
+          key,
+          cryptoThreads: arg('crypto-threads', 1),
+          ...(arg('readahead-mib', 0) > 0 ? { readaheadBytes: arg('readahead-mib', 0) * MiB } : {}),
+          ...(arg('seal-blocks', -1) >= 0 ? { cryptoSealBlocks: arg('seal-blocks', -1) } : {}),
+          ...(arg('batch-blocks', -1) >= 0 ? { cryptoBatchBlocks: arg('batch-blocks', -1) } : {}),
+        }
       : {},
   });
   try {
@@ -91,7 +111,16 @@ async function oneRound(base: string, encrypted: boolean, n: number, runtime: nu
     const sr = await mounted(storeDir, mnt, key, () =>
       fio(file, 'read', ['--rw=read', '--bs=1M', '--direct=1', `--size=${512 * MiB}`, `--runtime=${runtime * 4}`], runtime * 4 + 120),
     );
-    return { encrypted, round: n, randWrite4kIops: rw.iops, seqWrite1mMibps: sw.mibps, seqRead1mMibps: sr.mibps };
+    return {
+      encrypted,
+      round: n,
+      randWrite4kIops: rw.iops,
+      seqWrite1mMibps: sw.mibps,
+      seqRead1mMibps: sr.mibps,
+      cpuUs4k: (rw.cpuMs * 1000) / (rw.bytes / 4096 || 1),
+      cpuMsPerMiBWrite: sw.cpuMs / (sw.bytes / MiB || 1),
+      cpuMsPerMiBRead: sr.cpuMs / (sr.bytes / MiB || 1),
+    };
   } finally {
     fs.rmSync(storeDir, { recursive: true, force: true });
     fs.rmdirSync(mnt);
@@ -115,7 +144,7 @@ async function main(): Promise<void> {
         log(`round ${n + 1}/${rounds}: ${encrypted ? 'encrypted' : 'plain'}`);
         const r = await oneRound(base, encrypted, n, runtime);
         log(
-          `  4K randwrite ${Math.round(r.randWrite4kIops)} IOPS, 1M write ${r.seqWrite1mMibps.toFixed(1)} MiB/s, 1M read ${r.seqRead1mMibps.toFixed(1)} MiB/s`,
+          `  4K randwrite ${Math.round(r.randWrite4kIops)} IOPS, 1M write ${r.seqWrite1mMibps.toFixed(1)} MiB/s, 1M read ${r.seqRead1mMibps.toFixed(1)} MiB/s; main thread ${r.cpuUs4k.toFixed(0)} µs/4K write, ${r.cpuMsPerMiBWrite.toFixed(2)} ms/MiB written, ${r.cpuMsPerMiBRead.toFixed(2)} ms/MiB read`,
         );
         all.push(r);
       }
@@ -123,19 +152,18 @@ async function main(): Promise<void> {
   } finally {
     fs.rmSync(base, { recursive: true, force: true });
   }
-  const med = (enc: boolean, k: 'randWrite4kIops' | 'seqWrite1mMibps' | 'seqRead1mMibps'): number =>
-    median(all.filter((r) => r.encrypted === enc).map((r) => r[k]));
-  const rows = (['randWrite4kIops', 'seqWrite1mMibps', 'seqRead1mMibps'] as const).map((k) => ({
+  const med = (enc: boolean, k: (typeof FIGURES)[number]): number => median(all.filter((r) => r.encrypted === enc).map((r) => r[k]));
+  const rows = FIGURES.map((k) => ({
     figure: k,
     plain: med(false, k),
     encrypted: med(true, k),
     ratio: med(true, k) / med(false, k),
   }));
   process.stdout.write(
-    `FUSE mount, batched, median of ${rounds} alternating rounds, cryptoThreads ${arg('crypto-threads', 1)}, readahead ${arg('readahead-mib', 0) || 'default'} (${os.cpus().length} cores, load ${os.loadavg()[0]?.toFixed(1)}):\n`,
+    `FUSE mount, batched, median of ${rounds} alternating rounds, cryptoThreads ${arg('crypto-threads', 1)}, sealBlocks ${arg('seal-blocks', -1) >= 0 ? arg('seal-blocks', -1) : 'default'}, batchBlocks ${arg('batch-blocks', -1) >= 0 ? arg('batch-blocks', -1) : 'default'}, readahead ${arg('readahead-mib', 0) || 'default'} (${os.cpus().length} cores, load ${os.loadavg()[0]?.toFixed(1)}):\n`,
   );
   process.stdout.write('| figure | plain | encrypted | ratio |\n|---|--:|--:|--:|\n');
-  for (const r of rows) process.stdout.write(`| ${r.figure} | ${r.plain.toFixed(1)} | ${r.encrypted.toFixed(1)} | ${r.ratio.toFixed(2)} |\n`);
+  for (const r of rows) process.stdout.write(`| ${r.figure} | ${r.plain.toFixed(2)} | ${r.encrypted.toFixed(2)} | ${r.ratio.toFixed(2)} |\n`);
   process.stdout.write(JSON.stringify({ rounds: all, medians: rows }) + '\n');
 }
 

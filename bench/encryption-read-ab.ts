@@ -7,7 +7,9 @@
  * read side changes (cryptoThreads, readahead window).
  *
  *   npx tsc -p tsconfig.json && node dist/bench/encryption-read-ab.js [--rounds 5] [--runtime 6] [--settings 0:1,1:1,1:4]
- * (--settings: cryptoThreads:readaheadMiB pairs; cryptoThreads 0 opens inline, more than 1 is one worker)
+ * (--settings: cryptoThreads:readaheadMiB[:cryptoBatchBlocks]; cryptoThreads 0 opens inline, more than 1 is one worker)
+ * Also the main thread's CPU time per MiB read (bench/encryption-bench.ts), which a
+ * loaded machine moves much less than the rate.
  * Needs root, /dev/fuse and fio.
  */
 import * as fs from 'node:fs';
@@ -21,6 +23,7 @@ import type { KeyMaterial } from '../src/crypto/key-source';
 import type { VolumeOpenOptions } from '../src/store/types';
 import { dropCaches, run } from './sh';
 import { parseFio } from './fio-jobs';
+import { mainThreadCpuMs } from './encryption-bench';
 
 const MiB = 1024 * 1024;
 
@@ -33,11 +36,13 @@ function log(msg: string): void {
   process.stderr.write(`[enc-read-ab ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
 }
 
-async function fio(file: string, args: string[], timeoutS: number): Promise<number> {
+async function fio(file: string, args: string[], timeoutS: number): Promise<{ mibps: number; cpuMsPerMiB: number }> {
+  const c0 = mainThreadCpuMs();
   const r = await run('fio', ['--name=j', `--filename=${file}`, '--ioengine=psync', '--fallocate=none', '--output-format=json', ...args], {
     timeoutMs: timeoutS * 1000,
   });
-  return parseFio(r.stdout, args.includes('--rw=read') ? 'read' : 'write').mibps;
+  const f = parseFio(r.stdout, args.includes('--rw=read') ? 'read' : 'write');
+  return { mibps: f.mibps, cpuMsPerMiB: (mainThreadCpuMs() - c0) / (f.bytes / MiB || 1) };
 }
 
 async function mounted<T>(storeDir: string, mnt: string, opts: VolumeOpenOptions, fn: (file: string) => Promise<T>): Promise<T> {
@@ -62,15 +67,20 @@ async function main(): Promise<void> {
   const runtime = Number(arg('runtime', '6'));
   const settings = arg('settings', '0:1,1:1,1:4')
     .split(',')
-    .map((s) => s.split(':').map(Number) as [number, number]);
+    .map((s) => s.split(':').map(Number) as [number, number, number?]);
   const base = fs.mkdtempSync(path.join(os.tmpdir(), 'vbfs-enc-read-ab-'));
   const key: KeyMaterial = { source: '$BENCH_KEY', bytes: Buffer.from(randomBytes(32).toString('hex')) };
   const mnt = path.join(base, 'mnt');
   fs.mkdirSync(mnt);
   const variants: { name: string; dir: string; opts: VolumeOpenOptions }[] = [{ name: 'plain', dir: path.join(base, 'plain'), opts: {} }];
-  for (const [t, ra] of settings)
-    variants.push({ name: `enc threads ${t} readahead ${ra} MiB`, dir: path.join(base, 'enc'), opts: { key, cryptoThreads: t, readaheadBytes: ra * MiB } });
+  for (const [t, ra, bb] of settings)
+    variants.push({
+      name: `enc threads ${t} readahead ${ra} MiB${bb !== undefined ? ` batch ${bb}` : ''}`,
+      dir: path.join(base, 'enc'),
+      opts: { key, cryptoThreads: t, readaheadBytes: ra * MiB, ...(bb !== undefined ? { cryptoBatchBlocks: bb } : {}) },
+    });
   const got = new Map<string, number[]>(variants.map((v) => [v.name, []]));
+  const cpu = new Map<string, number[]>(variants.map((v) => [v.name, []]));
   try {
     for (const [dir, enc] of [
       [path.join(base, 'plain'), false],
@@ -85,11 +95,12 @@ async function main(): Promise<void> {
       for (let k = 0; k < variants.length; k++) {
         const v = variants[(k + n) % variants.length] as (typeof variants)[number];
         await dropCaches();
-        const mibps = await mounted(v.dir, mnt, v.opts, (file) =>
+        const { mibps, cpuMsPerMiB } = await mounted(v.dir, mnt, v.opts, (file) =>
           fio(file, ['--rw=read', '--bs=1M', '--direct=1', `--size=${512 * MiB}`, `--runtime=${runtime}`], runtime + 120),
         );
-        log(`round ${n + 1}/${rounds}: ${v.name}: ${mibps.toFixed(1)} MiB/s`);
+        log(`round ${n + 1}/${rounds}: ${v.name}: ${mibps.toFixed(1)} MiB/s, main thread ${cpuMsPerMiB.toFixed(2)} ms/MiB`);
         got.get(v.name)?.push(mibps);
+        cpu.get(v.name)?.push(cpuMsPerMiB);
       }
     }
   } finally {
@@ -99,10 +110,10 @@ async function main(): Promise<void> {
   process.stdout.write(
     `FUSE mount, 1M sequential read --direct=1, median of ${rounds} interleaved rounds (${os.cpus().length} cores, load ${os.loadavg()[0]?.toFixed(1)}):\n`,
   );
-  process.stdout.write('| variant | MiB/s | ratio to plain |\n|---|--:|--:|\n');
+  process.stdout.write('| variant | MiB/s | ratio to plain | main thread ms/MiB |\n|---|--:|--:|--:|\n');
   for (const v of variants) {
     const m = median(got.get(v.name) ?? []);
-    process.stdout.write(`| ${v.name} | ${m.toFixed(1)} | ${(m / plain).toFixed(2)} |\n`);
+    process.stdout.write(`| ${v.name} | ${m.toFixed(1)} | ${(m / plain).toFixed(2)} | ${median(cpu.get(v.name) ?? []).toFixed(2)} |\n`);
   }
 }
 

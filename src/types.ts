@@ -6,8 +6,8 @@
  */
 
 /** See docs/FORMAT.md and README "Durability": what write()/fsync() wait for. */
-export type Durability = 'strict' | 'batched' | 'relaxed' | 'async';
-export const DURABILITY_MODES: readonly Durability[] = ['strict', 'batched', 'relaxed', 'async'];
+export type Durability = 'strict' | 'batched' | 'relaxed' | 'async' | 'remote';
+export const DURABILITY_MODES: readonly Durability[] = ['strict', 'batched', 'relaxed', 'async', 'remote'];
 export type Compression = 'none' | 'lz4';
 export const COMPRESSIONS: readonly Compression[] = ['none', 'lz4'];
 

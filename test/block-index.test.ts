@@ -145,7 +145,8 @@ describe('BlockIndex', () => {
         const setRef = (b: number, l: Loc, s: number): boolean => {
           touched.add(b);
           const cur = ref.get(b);
-          const applied = !cur || cur.seq < l.seq;
+          // Newer seqs win; an equal seq at another place is the same version copied there (the compactor's copy) and wins too.
+          const applied = !cur || cur.seq < l.seq || (cur.seq === l.seq && cur.chunk !== l.chunk);
           const got = ix.setPersisted(b, l.seq, l.chunk, l.off, l.len, l.flags, s);
           if (!applied) {
             assert.equal(got, false);
@@ -186,7 +187,7 @@ describe('BlockIndex', () => {
               setRef(base + k, { seq: s0 + k, chunk: c, off: 64 + k * (RECORD_HEADER + len), len, flags }, h && rng.int(2) === 0 ? h.slot : -1);
             }
           } else if (op === 5) {
-            // Stale: an older seq for a mapped block is ignored.
+            // Stale: an older seq for a mapped block is ignored (an equal one, a copy elsewhere, is taken).
             const keys = [...ref.keys()];
             if (keys.length > 0) {
               const b = keys[rng.int(keys.length)] as number;

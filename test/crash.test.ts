@@ -79,6 +79,21 @@ describe('crash simulation (SimFS power loss)', function () {
     }
   }
 
+  // Encrypted, writes sealed in the crypto worker (acknowledged before their WAL
+  // append): fewer points, as each volume open starts a worker thread.
+  if (onlyFp === null && tears.includes('reorder')) {
+    const seed = 13;
+    const points = Math.min(POINTS, envInt('VBFS_CRASH_WORKER_POINTS', 6));
+    const replay = `VBFS_SEED=${seed} VBFS_CRASH_TEAR=reorder`;
+    it(`seed ${seed} (batched, tear reorder), encrypted, sealed in the crypto worker: crash at ${onlyAt !== null ? `op ${onlyAt}` : `${points} seeded op numbers`} (${replay})`, async function () {
+      count(
+        this,
+        'batched, reorder, encrypted, worker',
+        await runInWorker<SweepResult>(RUNNER, 'crashSweep', [seed, points, onlyAt, 'reorder', { sealBlocks: 2 }], DEADLINE_MS),
+      );
+    });
+  }
+
   after(() => {
     if (totals.size === 0) return;
     const lines = [...totals].sort(([a], [b]) => a.localeCompare(b)).map(([k, n]) => `      ${k}: ${n}`);
@@ -110,6 +125,6 @@ describe('crash simulation (SimFS power loss)', function () {
     await again.close();
   });
 
-  it('names failpoints in the flush and the checkpoint path, and around the seq reservation', () =>
+  it('names failpoints in the flush and the checkpoint path, around the seq reservation and between the compactor steps', () =>
     runInWorker(RUNNER, 'checkFailpointNames', [SEEDS[0] ?? 11], DEADLINE_MS));
 });

@@ -10,6 +10,7 @@ import { sealHook } from '../src/crypto/volume-cipher';
 import { FLAG_LZ4, FLAG_SEALED } from '../src/format/block-record';
 import { crc32c } from '../src/format/crc32c';
 import { SimFS } from './helpers/sim-fs';
+import { replayWal } from '../src/wal/wal-reader';
 import { Rng } from './helpers/rng';
 
 /**
@@ -437,6 +438,152 @@ describe('encryption at rest (engine)', () => {
         if (pool) assert.ok(pool.runsOpened >= 4, `the worker opened ${pool.runsOpened} runs`);
         await store.close();
       }
+    });
+  });
+
+  describe('sealing large writes in the crypto worker', () => {
+    type Pool = { batchesSealed: number; worker: { terminate(): Promise<number> } | null };
+    const poolOf = (vol: Volume): Pool => (vol as unknown as { core: { cipherPool: Pool } }).core.cipherPool;
+    /** Writes of 1 to 12 blocks, some overlapping blocks still in the worker; the model of what the volume holds. */
+    async function writeMix(vol: Volume, model: Buffer, rng: Rng, n: number): Promise<number> {
+      let blocks = 0;
+      for (let i = 0; i < n; i++) {
+        const b = rng.int(BLOCKS - 12);
+        const len = (1 + rng.int(12)) * BS;
+        const data = rng.bytes(len);
+        data.copy(model, b * BS);
+        await vol.write(b * BS, data);
+        blocks += len / BS;
+        // Read back at once: the plaintext is in the write buffer while the worker seals it.
+        assert.deepEqual(await vol.read(b * BS, len), data);
+      }
+      return blocks;
+    }
+
+    for (const compression of ['none', 'lz4'] as const) {
+      it(`writes are sealed there, acknowledged before, appended in seq order, some superseded while in the worker: the WAL replay (kill -9) and the chunks authenticate them (compression ${compression})`, async () => {
+        const sealed = new Map<string, string>();
+        let seals = 0;
+        sealHook.fn = (nonce, aad, plaintext) => {
+          seals++;
+          const n = nonce.toString('hex');
+          const what = createHash('sha256').update(aad).update(plaintext).digest('hex');
+          assert.ok(!sealed.has(n) || sealed.get(n) === what, `nonce ${n} sealed twice with different AAD or plaintext`);
+          sealed.set(n, what);
+        };
+        let sim = new SimFS();
+        let store = await Store.open(DIR, { fileIO: sim });
+        await store.createVolume('c', { size: SIZE, blockSize: BS, durability: 'batched', compression, encryption: { key: hexKey(7) } });
+        const model = Buffer.alloc(SIZE);
+        const rng = new Rng(21);
+        let vol = await store.openVolume('c', { key: hexKey(7), cryptoSealBlocks: 4, ...KEEP_IN_WAL });
+        let writes = await writeMix(vol, model, rng, 40);
+        await vol.fsync();
+        assert.ok(poolOf(vol).batchesSealed >= 2, `the worker sealed ${poolOf(vol).batchesSealed} batches`);
+        // kill -9 after the fsync: everything comes back from the WAL, opened inline.
+        sim = sim.reopen();
+        store = await Store.open(DIR, { fileIO: sim });
+        vol = await store.openVolume('c', { key: hexKey(7), cryptoThreads: 0 });
+        assert.deepEqual(await vol.read(0, SIZE), model, 'after WAL replay');
+        await vol.close();
+        // Worker-sealed records flushed into chunks, read cold.
+        vol = await store.openVolume('c', { key: hexKey(7), cryptoSealBlocks: 4, ...SMALL_CHUNKS });
+        writes += await writeMix(vol, model, rng, 20);
+        await vol.flush();
+        await vol.close();
+        vol = await store.openVolume('c', { key: hexKey(7), cacheBytes: 0, readaheadBytes: 0 });
+        assert.deepEqual(await vol.read(0, SIZE), model, 'from chunks');
+        await store.close();
+        sealHook.fn = null;
+        assert.equal(seals, writes, 'every block version is sealed exactly once');
+        assert.equal(sealed.size, writes, 'every seal used its own nonce');
+      });
+    }
+
+    it('a zero write or trim behind records still in the worker waits for them: the WAL holds records in seq order', async () => {
+      const sim = new SimFS();
+      const store = await Store.open(DIR, { fileIO: sim });
+      await store.createVolume('c', { size: SIZE, blockSize: BS, durability: 'batched', encryption: { key: hexKey(7) } });
+      const vol = await store.openVolume('c', { key: hexKey(7), cryptoSealBlocks: 4, ...KEEP_IN_WAL });
+      const rng = new Rng(5);
+      const model = Buffer.alloc(SIZE);
+      for (let i = 0; i < 12; i++) {
+        // 8 blocks to the worker, acknowledged at once; then a zero block and a trim right behind them.
+        const b = rng.int(BLOCKS - 10);
+        const data = rng.bytes(8 * BS);
+        data.copy(model, b * BS);
+        await vol.write(b * BS, data);
+        const z = rng.int(BLOCKS);
+        model.fill(0, z * BS, (z + 1) * BS);
+        await vol.write(z * BS, Buffer.alloc(BS));
+        const t = rng.int(BLOCKS);
+        model.fill(0, t * BS, (t + 1) * BS);
+        await vol.trim(t * BS, BS);
+      }
+      await vol.fsync();
+      assert.ok(poolOf(vol).batchesSealed >= 1, 'the worker sealed nothing');
+      assert.deepEqual(await vol.read(0, SIZE), model);
+      const walDir = (sim.files(`${DIR}/`).find((f) => f.endsWith('.wal')) as string).replace(/\/[^/]+$/, '');
+      const seqs: number[] = [];
+      await replayWal(sim, walDir, vol.info.id, BS, true, new RecordingLogger(), (h) => seqs.push(h.seq));
+      assert.ok(seqs.length >= 12 * 8, `${seqs.length} records in the WAL`);
+      for (let i = 1; i < seqs.length; i++) assert.ok((seqs[i] as number) > (seqs[i - 1] as number), `WAL record ${i}: seq ${seqs[i]} after ${seqs[i - 1]}`);
+      await vol.close();
+      await store.close();
+    });
+
+    it('a worker that dies with batches in it: they are sealed inline with the same nonce and content, and fsync covers them', async () => {
+      let seals = 0;
+      sealHook.fn = () => void seals++;
+      let sim = new SimFS();
+      let store = await Store.open(DIR, { fileIO: sim });
+      await store.createVolume('c', { size: SIZE, blockSize: BS, durability: 'batched', encryption: { key: hexKey(8) } });
+      const vol = await store.openVolume('c', { key: hexKey(8), cryptoSealBlocks: 2, ...KEEP_IN_WAL });
+      const data = new Rng(5).bytes(SIZE);
+      await vol.write(0, data.subarray(0, 16 * BS)); // starts the worker
+      await vol.write(16 * BS, data.subarray(16 * BS, 32 * BS));
+      const pool = poolOf(vol);
+      await pool.worker?.terminate();
+      await vol.write(32 * BS, data.subarray(32 * BS)); // the worker starts again
+      await vol.fsync();
+      sealHook.fn = null;
+      assert.equal(seals, BLOCKS, 'no block is announced twice');
+      sim = sim.reopen();
+      store = await Store.open(DIR, { fileIO: sim });
+      const again = await store.openVolume('c', { key: hexKey(8), cryptoThreads: 0 });
+      assert.deepEqual(await again.read(0, SIZE), data);
+      await store.close();
+    });
+
+    it('writes of cryptoSealBlocks blocks or more go to the worker, in batches across writes, and smaller ones join while it has records; strict writes, and all with cryptoSealBlocks 0, are sealed inline', async () => {
+      const store = await Store.open(DIR, { fileIO: new SimFS() });
+      await store.createVolume('c', { size: SIZE, blockSize: BS, durability: 'batched', encryption: { key: hexKey(9) } });
+      const data = new Rng(6).bytes(SIZE);
+      for (const [opts, batches] of [
+        [{ cryptoSealBlocks: 4 }, 2], // the 8-block writes fill one batch; the 3-block one joins the next (sent by the fsync)
+        [{ cryptoSealBlocks: 4, durability: 'strict' as const }, 0],
+        [{ cryptoSealBlocks: 0 }, 0],
+      ] as const) {
+        const vol = await store.openVolume('c', { key: hexKey(9), ...opts });
+        for (let b = 0; b < BLOCKS; b += 8) await vol.write(b * BS, data.subarray(b * BS, (b + 8) * BS));
+        await vol.write(0, data.subarray(0, 3 * BS));
+        await vol.fsync();
+        assert.equal(poolOf(vol).batchesSealed, batches, JSON.stringify(opts));
+        assert.deepEqual(await vol.read(0, SIZE), data);
+        await vol.close();
+      }
+      const vol = await store.openVolume('c', { key: hexKey(9), cryptoSealBlocks: 16 });
+      // Single-block writes, as FUSE sends 4 KiB random writes: inline.
+      for (let b = 0; b < 16; b++) await vol.write(b * BS, data.subarray(b * BS, (b + 1) * BS));
+      await vol.fsync();
+      assert.equal(poolOf(vol).batchesSealed, 0);
+      // After a large write, small ones join its batch until the worker has nothing left.
+      await vol.write(16 * BS, data.subarray(16 * BS, 32 * BS));
+      for (let b = 32; b < 48; b++) await vol.write(b * BS, data.subarray(b * BS, (b + 1) * BS));
+      await vol.fsync();
+      assert.equal(poolOf(vol).batchesSealed, 1);
+      assert.deepEqual(await vol.read(0, SIZE), data);
+      await store.close();
     });
   });
 

@@ -172,6 +172,11 @@ class HeldVolume implements MountableVolume {
     if (this.closed) return Promise.reject(new VbfsError('VBFS_CLOSED', 'closed'));
     return new Promise((resolve) => this.held.push(resolve));
   }
+  readonly trims: Array<[number, number]> = [];
+  trim(offset: number, length: number): Promise<void> {
+    this.trims.push([offset, length]);
+    return Promise.resolve();
+  }
   fsync(): Promise<void> {
     return Promise.resolve();
   }

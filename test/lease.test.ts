@@ -1,10 +1,17 @@
 import * as assert from 'node:assert/strict';
 import { fork, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { S3Backend, type S3BackendOptions } from '../src/backend/s3-backend';
 import { acquireLease, beginEpoch, createFenced, decodeLease, encodeLease, type Lease } from '../src/backend/lease';
 import { decodeEpochRecord, deltaKey, epochRecordKey, leaseKey, planReplay, sortListing } from '../src/backend/fencing';
-import { isVbfsError, type VbfsError } from '../src/errors';
+import { VbfsError, isVbfsError } from '../src/errors';
+import { MemoryBackend } from '../src/backend/memory-backend';
+import type { FileHandle, OpenMode } from '../src/io/file-io';
+import { NodeFileIO } from '../src/io/node-file-io';
+import { PassThroughFileIO } from '../src/io/pass-through-file-io';
+import { Store } from '../src/store/store';
 import { pattern, rejectsWith } from './backend-suite';
 import { FaultProxy } from './helpers/fault-proxy';
 import { alive, requireRgw, rgwOptions, type RgwCluster } from './helpers/rgw';
@@ -324,6 +331,162 @@ describe('lease and fencing against RGW', function () {
           });
         });
       }
+    }
+  });
+});
+
+/**
+ * Renewal timing against an in-memory bucket whose answers take a set time (a loaded
+ * server): deterministic, no RGW.
+ */
+describe('lease renewal under a slow server (in-memory bucket)', function () {
+  this.timeout(20_000);
+
+  /** The LeaseBackend calls on a Map, each PUT and LIST answered after `putMs` / `listMs` once `slow` is set. */
+  class SlowBucket {
+    readonly objects = new Map<string, { data: Buffer; modifiedMs: number }>();
+    slow = false;
+    putMs = 0;
+    listMs = 0;
+    puts = 0;
+    private wait(ms: number): Promise<void> {
+      return this.slow && ms > 0 ? new Promise((r) => setTimeout(r, ms)) : Promise.resolve();
+    }
+    async createIfAbsent(key: string, data: Uint8Array): Promise<boolean> {
+      if (this.objects.has(key)) return false;
+      this.objects.set(key, { data: Buffer.from(data), modifiedMs: Date.now() });
+      return true;
+    }
+    async put(key: string, data: Uint8Array): Promise<void> {
+      await this.wait(this.putMs);
+      this.puts++;
+      this.objects.set(key, { data: Buffer.from(data), modifiedMs: Date.now() });
+    }
+    async getStamped(key: string): Promise<{ data: Buffer; modifiedMs: number; serverNowMs: number }> {
+      const o = this.objects.get(key);
+      if (!o) throw new Error(`no ${key}`);
+      return { data: o.data, modifiedMs: o.modifiedMs, serverNowMs: Date.now() };
+    }
+    async list(prefix: string): Promise<string[]> {
+      await this.wait(this.listMs);
+      return [...this.objects.keys()].filter((k) => k.startsWith(prefix)).sort();
+    }
+    async delete(key: string): Promise<void> {
+      this.objects.delete(key);
+    }
+  }
+
+  it('every renewal answered in 400 ms and its listing in 600 ms: the lease stays live (the interval counts from the send, latencies do not add up past the TTL)', async () => {
+    // TTL 2000 ms: live until 1750 ms after the send of the last renewal that
+    // succeeded; renewals every 666 ms. Counted from the answer of the PUT and the
+    // LIST, the sends drift 666 + 400 + 600 ms apart and the lease runs out at about
+    // 2.1 s although no renewal failed; counted from the send, they are 666 ms apart.
+    const bucket = new SlowBucket();
+    const lease = await acquireLease(bucket, 'vol', { ttlMs: 2000 });
+    const losses: VbfsError[] = [];
+    lease.onLost((e) => losses.push(e));
+    bucket.slow = true;
+    bucket.putMs = 400;
+    bucket.listMs = 600;
+    try {
+      await new Promise((r) => setTimeout(r, 5000));
+      assert.deepEqual(
+        losses.map((e) => e.message),
+        [],
+      );
+      assert.ok(lease.live);
+      assert.ok(lease.renewals >= 5, `renewed ${lease.renewals} times in 5 s`);
+    } finally {
+      bucket.slow = false;
+      await lease.release();
+    }
+  });
+});
+
+/**
+ * A batched fsync acknowledges only what this writer may still vouch for: a WAL sync
+ * that completes after the volume's lease ran out is not acknowledged (the volume is
+ * fenced: a writer on another machine may take over and never see this WAL).
+ */
+describe('fsync and a lease lost during its WAL sync (in-memory bucket)', function () {
+  this.timeout(20_000);
+
+  /** A memory bucket with conditional creates (so the store takes a lease) whose lease renewals can be cut. */
+  class LeasingMemoryBackend extends MemoryBackend {
+    cutLease = false;
+    override async put(key: string, data: Uint8Array): Promise<void> {
+      if (this.cutLease && key.includes('/lease/')) throw new VbfsError('VBFS_IO', 'lease renewals cut (test)');
+      return super.put(key, data);
+    }
+    async createIfAbsent(key: string, data: Uint8Array): Promise<boolean> {
+      if ((await this.list(key)).includes(key)) return false;
+      await super.put(key, data);
+      return true;
+    }
+    async getStamped(key: string): Promise<{ data: Buffer; modifiedMs: number; serverNowMs: number }> {
+      return { data: await this.get(key), modifiedMs: Date.now(), serverNowMs: Date.now() };
+    }
+  }
+
+  /** WAL syncs wait while `held` (a slow disk under the fsync). */
+  class HeldSyncFileIO extends PassThroughFileIO {
+    private gate: Promise<void> | null = null;
+    private open_: (() => void) | null = null;
+    syncsHeld = 0;
+    hold(): void {
+      this.gate = new Promise((r) => (this.open_ = r));
+    }
+    letGo(): void {
+      this.open_?.();
+      this.gate = null;
+    }
+    override async open(p: string, mode: OpenMode): Promise<FileHandle> {
+      const fh = await this.inner.open(p, mode);
+      if (!p.includes('/wal/')) return fh;
+      const held = async (): Promise<void> => {
+        if (this.gate) {
+          this.syncsHeld++;
+          await this.gate;
+        }
+      };
+      return new Proxy(fh, {
+        get: (t, prop, recv) => {
+          if (prop === 'datasync' || prop === 'sync') {
+            return async () => {
+              await held();
+              return prop === 'sync' ? t.sync() : t.datasync();
+            };
+          }
+          const v: unknown = Reflect.get(t, prop, recv);
+          return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(t) : v;
+        },
+      });
+    }
+  }
+
+  it('the WAL sync completes after the lease ran out: the fsync fails with VBFS_LEASE_LOST instead of acknowledging', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbfs-lease-fsync-'));
+    const be = new LeasingMemoryBackend();
+    const io = new HeldSyncFileIO(new NodeFileIO());
+    const store = await Store.open(dir, { backend: be, metadata: 'backend', fileIO: io, leaseTtlMs: 1000 });
+    try {
+      await store.createVolume('v', { size: 1024 * 1024, durability: 'batched' });
+      const vol = await store.openVolume('v', { batchMs: 60_000, flushIntervalMs: 3_600_000 });
+      await vol.write(0, pattern(4096, 1));
+      await vol.fsync(); // the lease is live: acknowledged
+      await vol.write(4096, pattern(4096, 2));
+      io.hold();
+      const fsync = vol.fsync(); // the lease is live when it starts
+      be.cutLease = true; // renewals fail from now on: the lease runs out at 750 ms
+      await new Promise((r) => setTimeout(r, 1200));
+      assert.equal(io.syncsHeld, 1, 'the fsync waits in its WAL sync');
+      io.letGo();
+      await rejectsWith(() => fsync, 'VBFS_LEASE_LOST');
+    } finally {
+      io.letGo();
+      be.cutLease = false;
+      await store.close().catch(() => undefined);
+      fs.rmSync(dir, { recursive: true, force: true });
     }
   });
 });

@@ -1,8 +1,10 @@
 import * as assert from 'node:assert/strict';
-import { isVbfsError } from '../src/errors';
+import { MemoryBackend } from '../src/backend/memory-backend';
+import { VbfsError, isVbfsError } from '../src/errors';
 import { FRAME_HEADER } from '../src/format/frame';
-import { ChunkPlacement, allocPlacement } from '../src/format/map-records';
+import { type ChunkPlacement, allocPlacement } from '../src/format/map-records';
 import { BlockIndex } from '../src/map/block-index';
+import { BucketMapMedium } from '../src/map/bucket-map-medium';
 import { MapStore } from '../src/map/map-store';
 import { silentLogger, type Logger } from '../src/types';
 import { SimFS } from './helpers/sim-fs';
@@ -67,5 +69,48 @@ describe('map log sync frames', () => {
     raw[firstWriteEnd - 10] = (raw[firstWriteEnd - 10] as number) ^ 4; // inside C(1), before the second write's S claim
     sim.writeRaw(file, raw);
     await assert.rejects(load(sim), (err: unknown) => isVbfsError(err, 'VBFS_CORRUPT') && /fdatasync covered/.test(err.message));
+  });
+});
+
+describe('bucket map: a checkpoint whose cleanup fails', () => {
+  /** A bucket whose DELETEs fail while `failDeletes` (a flaky store, or one that refuses them). */
+  class FlakyDeletes extends MemoryBackend {
+    failDeletes = false;
+    override async delete(key: string): Promise<void> {
+      if (this.failDeletes) throw new VbfsError('VBFS_IO', `delete ${key} failed (test)`);
+      return super.delete(key);
+    }
+  }
+  const apply = (index: BlockIndex, p: ChunkPlacement): void => {
+    for (let i = 0; i < p.count; i++) index.setPersisted(p.blocks[i] as number, p.seqs[i] as number, p.chunkId, p.offsets[i] as number, p.lens[i] as number, 0);
+  };
+
+  it('the DELETEs after a published checkpoint fail: the next commit still goes past the checkpoint and is replayed on open', async () => {
+    const be = new FlakyDeletes();
+    const sim = new SimFS();
+    const index = new BlockIndex(1024);
+    const m = new MapStore(sim, DIR, ID, silentLogger, () => undefined, new BucketMapMedium(be, ID, 1));
+    await m.load(index, false);
+    for (const [n, block] of [
+      [1, 0],
+      [2, 10],
+    ] as const) {
+      const c = commitOf(n, block, 4);
+      await m.commit([c]);
+      apply(index, c);
+      if (n === 1) await m.checkpoint(index, 200, 2); // a first one: the second has an older checkpoint to delete
+    }
+    be.failDeletes = true;
+    await assert.rejects(m.checkpoint(index, 300, 3), (err: unknown) => isVbfsError(err, 'VBFS_IO'));
+    be.failDeletes = false;
+    const after = commitOf(3, 20, 4);
+    await m.commit([after]); // its WAL records would be reclaimed now
+    await m.close();
+
+    const again = new BlockIndex(1024);
+    await new MapStore(sim, DIR, ID, silentLogger, () => undefined, new BucketMapMedium(be, ID, 1)).load(again, false);
+    assert.equal(again.persistedSeq(0), 101, 'in the checkpoint');
+    assert.equal(again.persistedSeq(10), 201, 'in the checkpoint');
+    assert.equal(again.persistedSeq(20), 301, 'the commit after the checkpoint whose cleanup failed');
   });
 });

@@ -6,10 +6,21 @@ import * as path from 'node:path';
 import { S3Backend, type S3BackendOptions, type S3Stats } from '../src/backend/s3-backend';
 import { isVbfsError } from '../src/errors';
 import { Store } from '../src/store/store';
+import type { Logger } from '../src/types';
 import { FaultProxy, type Fault } from './helpers/fault-proxy';
 import { requireRgw, rgwOptions, type RgwCluster } from './helpers/rgw';
 import { Rng, envInt } from './helpers/rng';
 import { BLOCK, BLOCKS, KILL_LEASE_TTL_MS, KILL_TUNABLES, decodeBlock, newer, writeOf, type Version } from './helpers/s3-kill-model';
+
+const diagLogger = (tag: string): Logger | undefined =>
+  process.env['VBFS_S3_KILL_LOG']
+    ? {
+        error: (m, meta) => console.error(`[${tag}] ERROR ${m} ${meta ? JSON.stringify(meta) : ''}`),
+        warn: (m, meta) => console.error(`[${tag}] WARN ${m} ${meta ? JSON.stringify(meta) : ''}`),
+        info: (m, meta) => console.error(`[${tag}] info ${m} ${meta ? JSON.stringify(meta) : ''}`),
+        debug: () => undefined,
+      }
+    : undefined;
 
 const CHILD = path.join(__dirname, 'helpers', 's3-kill-child.js');
 
@@ -31,9 +42,11 @@ type Msg =
  * bucket alone) and must read the same. A last round runs through a fault proxy that
  * answers 503/500 and resets connections during the flushes: retries lose nothing,
  * the clean close reaches the bucket and fsck finds no error (no duplicate or
- * conflicting chunk).
+ * conflicting chunk). A reopen of the test's own whose lease runs out before its flush
+ * (a loaded machine) is fenced and flushes nothing: it is retried, and counted.
  *
- * VBFS_S3_KILL_SEED=N replays a seed; VBFS_S3_KILL_ROUNDS the number of kills.
+ * VBFS_S3_KILL_SEED=N replays a seed; VBFS_S3_KILL_ROUNDS the number of kills;
+ * VBFS_S3_KILL_LOG=1 prints the warnings and errors of every store (children too).
  */
 describe('kill -9 during S3 flushes (Ceph RGW): nothing acknowledged lost', function () {
   this.timeout(180_000);
@@ -66,37 +79,67 @@ describe('kill -9 during S3 flushes (Ceph RGW): nothing acknowledged lost', func
     }
   }
 
+  /**
+   * The lease TTL of the test's own reopens. Longer than the killed writers' (a reopen
+   * waits for theirs, not for its own): on a loaded machine a 2 s lease runs out
+   * within one read of the volume, and that reopen then has to be retried.
+   */
+  const VERIFY_LEASE_TTL_MS = 10_000;
+  /** Reopens whose own lease ran out before their flush (a loaded machine), retried from the same directory. */
+  let leaseLosses = 0;
+
+  /**
+   * Open `dir`, read the whole volume, flush it to the bucket and close. The flush is
+   * explicit: a volume whose lease ran out is fenced, and its close then flushes
+   * nothing without saying so; what it read stays in this directory's WAL only. That
+   * open is retried: no other writer came in between, so the same directory replays
+   * the same WAL (a new directory retries from the bucket, which it changed nothing in).
+   */
+  async function readAll(dir: string, backend: S3BackendOptions, tag: string): Promise<Buffer> {
+    for (let attempt = 1; ; attempt++) {
+      const store = await Store.open(dir, { backend: new S3Backend(backend), metadata: 'backend', leaseTtlMs: VERIFY_LEASE_TTL_MS, logger: diagLogger(tag) });
+      try {
+        // A killed writer still holds the volume's lease in the bucket until its TTL
+        // runs out (another machine cannot tell a dead holder from a slow one): wait for it.
+        let vol: Awaited<ReturnType<Store['openVolume']>> | null = null;
+        for (const deadline = Date.now() + 6 * KILL_LEASE_TTL_MS + VERIFY_LEASE_TTL_MS + 10_000; vol === null;) {
+          try {
+            vol = await store.openVolume('v', KILL_TUNABLES);
+          } catch (err) {
+            if (!isVbfsError(err, 'VBFS_LEASE_HELD') || Date.now() > deadline) throw err;
+            await new Promise((r) => setTimeout(r, 500));
+          }
+        }
+        const all = await vol.read(0, BLOCKS * BLOCK);
+        await vol.flush();
+        await vol.close();
+        return all;
+      } catch (err) {
+        if (!isVbfsError(err, 'VBFS_LEASE_LOST') || attempt >= 5) throw err;
+        leaseLosses++;
+      } finally {
+        // After a lost lease the close fails the same way (already counted above).
+        await store.close().catch((err: unknown) => {
+          if (!isVbfsError(err, 'VBFS_LEASE_LOST')) throw err;
+        });
+      }
+    }
+  }
+
   /** Open `dir`, check every block against the floor, raise the floor to what is seen. */
   async function verify(seed: number, rounds: number, dir: string, backend: S3BackendOptions, exact: boolean): Promise<{ newerThanAck: number }> {
-    const store = await Store.open(dir, { backend: new S3Backend(backend), metadata: 'backend', leaseTtlMs: KILL_LEASE_TTL_MS });
+    const all = await readAll(dir, backend, `verify ${exact ? 'new' : 'same'} r${rounds}`);
     let newerThanAck = 0;
-    try {
-      // A killed writer still holds the volume's lease in the bucket until its TTL
-      // runs out (another machine cannot tell a dead holder from a slow one): wait for it.
-      let vol: Awaited<ReturnType<Store['openVolume']>> | null = null;
-      for (const deadline = Date.now() + 6 * KILL_LEASE_TTL_MS + 10_000; vol === null;) {
-        try {
-          vol = await store.openVolume('v', KILL_TUNABLES);
-        } catch (err) {
-          if (!isVbfsError(err, 'VBFS_LEASE_HELD') || Date.now() > deadline) throw err;
-          await new Promise((r) => setTimeout(r, 500));
-        }
+    for (let b = 0; b < BLOCKS; b++) {
+      const got = decodeBlock(seed, all.subarray(b * BLOCK, (b + 1) * BLOCK), b, rounds);
+      if (typeof got === 'string') assert.fail(got);
+      const want = floor[b] ?? null;
+      if (newer(want, got)) assert.fail(`block ${b}: holds ${JSON.stringify(got)}, older than acknowledged ${JSON.stringify(want)} (seed ${seed})`);
+      if (exact) assert.deepEqual(got, want, `block ${b} (seed ${seed})`);
+      if (newer(got, want)) {
+        newerThanAck++;
+        floor[b] = got; // seen after a reopen: must survive the next crash
       }
-      const all = await vol.read(0, BLOCKS * BLOCK);
-      await vol.close();
-      for (let b = 0; b < BLOCKS; b++) {
-        const got = decodeBlock(seed, all.subarray(b * BLOCK, (b + 1) * BLOCK), b, rounds);
-        if (typeof got === 'string') assert.fail(got);
-        const want = floor[b] ?? null;
-        if (newer(want, got)) assert.fail(`block ${b}: holds ${JSON.stringify(got)}, older than acknowledged ${JSON.stringify(want)} (seed ${seed})`);
-        if (exact) assert.deepEqual(got, want, `block ${b} (seed ${seed})`);
-        if (newer(got, want)) {
-          newerThanAck++;
-          floor[b] = got; // seen after a reopen: must survive the next crash
-        }
-      }
-    } finally {
-      await store.close();
     }
     return { newerThanAck };
   }
@@ -114,9 +157,9 @@ describe('kill -9 during S3 flushes (Ceph RGW): nothing acknowledged lost', func
     round: number,
     dir: string,
     backend: S3BackendOptions,
-    opts: { writes: number; killAfterFlush?: number; killDelayMs?: number; onFlush?: (n: number) => void },
+    opts: { writes: number; killAfterFlush?: number; killDelayMs?: number; onFlush?: (n: number) => void; durability?: 'remote' },
   ): Promise<RoundResult> {
-    const args = { dir, backend, seed, round, writes: opts.writes, closeAtEnd: opts.killAfterFlush === undefined };
+    const args = { dir, backend, seed, round, writes: opts.writes, closeAtEnd: opts.killAfterFlush === undefined, durability: opts.durability };
     const child = fork(CHILD, [JSON.stringify(args)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: [] });
     const res: RoundResult = { acked: 0, flushesSeen: 0, killedInFlush: false };
     return new Promise((resolve, reject) => {
@@ -210,6 +253,47 @@ describe('kill -9 during S3 flushes (Ceph RGW): nothing acknowledged lost', func
       report.push(`fsck: ${fsck.chunks} chunks, ${fsck.orphanChunks} orphan, ${fsck.warnings} warnings`);
     } finally {
       await check.close();
+    }
+    report.push(`reopens that lost their own lease and were retried: ${leaseLosses}`);
+    console.log(`      seed ${seed}\n      ${report.join('\n      ')}`);
+  });
+
+  it('remote durability: SIGKILL at seeded moments of flushes through a proxy that answers 503/500 and resets; each time the local directory is lost: the bucket alone has every acknowledged write', async () => {
+    const seed = envInt('VBFS_S3_KILL_SEED', Date.now() % 100_000);
+    const kills = envInt('VBFS_S3_KILL_ROUNDS', 5);
+    const rng = new Rng(seed + 1);
+    floor.fill(null);
+    const backend = rgwOptions(rgw); // a fresh prefix: a volume of its own
+    const setup = await Store.open(tmp(), { backend: new S3Backend(backend), metadata: 'backend' });
+    await setup.createVolume('v', { size: BLOCKS * BLOCK, durability: 'remote' });
+    await setup.close();
+    const proxy = await FaultProxy.start(rgw.endpoint);
+    const report: string[] = [];
+    try {
+      const faults: Fault[] = ['503', 'reset', 'resetAfterUpstream', '500AfterUpstream', '500'];
+      const viaProxy: S3BackendOptions = { ...backend, endpoint: proxy.url, backoffBaseMs: 10, backoffMaxMs: 100 };
+      for (let round = 0; round < kills; round++) {
+        const killAfterFlush = 1 + rng.int(8);
+        const killDelayMs = rng.int(60);
+        // Each round on a new machine: the last one's directory (its WAL) is gone.
+        const r = await runChild(seed, round, tmp(), viaProxy, {
+          writes: 100_000,
+          killAfterFlush,
+          killDelayMs,
+          durability: 'remote',
+          onFlush: (n) => proxy.next(faults[(n + round) % faults.length] as Fault, 1 + (n % 2)),
+        });
+        assert.ok(r.killedInFlush, `round ${round}: the child was still running at the kill (seed ${seed})`);
+        assert.ok(r.acked > 0, `round ${round}: nothing acknowledged before the kill (seed ${seed})`);
+        const seen = await verify(seed, round, tmp(), backend, false);
+        report.push(
+          `remote round ${round}: killed ${killDelayMs} ms after flush ${killAfterFlush}, ${r.acked} writes acknowledged, ${seen.newerThanAck} blocks newer than acknowledged`,
+        );
+      }
+      report.push(`remote: ${proxy.counts.faulted} faults injected`);
+      assert.ok(proxy.counts.faulted > 0, 'the proxy injected faults');
+    } finally {
+      await proxy.close();
     }
     console.log(`      seed ${seed}\n      ${report.join('\n      ')}`);
   });

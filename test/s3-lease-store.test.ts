@@ -10,6 +10,7 @@ import { Store } from '../src/store/store';
 import type { VolumeOpenOptions } from '../src/store/types';
 import type { Volume } from '../src/store/volume';
 import { pattern, rejectsWith } from './backend-suite';
+import { FaultProxy } from './helpers/fault-proxy';
 import { requireRgw, rgwOptions, type RgwCluster } from './helpers/rgw';
 
 /** An S3Backend whose every request can be made to fail at once: a partitioned machine. */
@@ -128,6 +129,64 @@ describe('bucket volume lease in the store (Ceph RGW)', function () {
     const r = await b.openVolume('v', { ...OPTS, readOnly: true });
     assert.ok((await r.read(0, 8192)).equals(Buffer.concat([pattern(4096, 1), pattern(4096, 2)])));
     await r.close();
+  });
+
+  it('delete and fsck --repair take the lease: refused with VBFS_LEASE_HELD while a writer on another machine holds it; delete leaves no object behind, its lease included', async () => {
+    const prefix = rgwOptions(rgw).prefix;
+    const a = await open(new S3Backend(rgwOptions(rgw, { prefix })), tmp());
+    await a.createVolume('v', { size: 1024 * 1024 });
+    const id = (await a.volumeInfo('v')).id;
+    const v = await a.openVolume('v', OPTS);
+    await v.write(0, pattern(4096, 1));
+    await v.flush();
+    // Another machine: its store directory has no LOCK of v, only the bucket knows.
+    const b = await open(new S3Backend(rgwOptions(rgw, { prefix })), tmp());
+    await rejectsWith(() => b.deleteVolume('v'), 'VBFS_LEASE_HELD');
+    await rejectsWith(() => b.fsckVolume('v', { repair: true }), 'VBFS_LEASE_HELD');
+    assert.equal((await b.fsckVolume('v')).errors, 0, 'a read-only fsck needs no lease');
+    assert.deepEqual(
+      (await b.listVolumes()).map((i) => i.name),
+      ['v'],
+      'the refused delete changed nothing',
+    );
+    await v.write(4096, pattern(4096, 2)); // the writer was not disturbed
+    await v.close();
+    const repaired = await b.fsckVolume('v', { repair: true });
+    assert.equal(repaired.errors, 0);
+    const w = await b.openVolume('v', OPTS); // the repair released its lease: no wait for the TTL
+    await w.close();
+    await b.deleteVolume('v');
+    assert.deepEqual(await b.listVolumes(), []);
+    assert.deepEqual(await a.backend.list(`${id}/`), [], 'no object of the deleted volume (lease included) is left');
+  });
+
+  it('renewals go through their own S3 client: chunk PUTs held up for twice the TTL with every socket of the data client busy, and the lease stays live', async () => {
+    const proxy = await FaultProxy.start(rgw.endpoint);
+    try {
+      // Two sockets for data: four chunk PUTs of a flush wave take both and queue the rest.
+      const backend = new S3Backend(rgwOptions(rgw, { endpoint: proxy.url, maxSockets: 2 }));
+      const a = await open(backend, tmp(), 3_000);
+      await a.createVolume('v', { size: 4 * 1024 * 1024 });
+      const v = await a.openVolume('v', OPTS);
+      await v.write(0, pattern(4 * 64 * 1024, 3));
+      proxy.delayWhere = (req) => (req.method === 'PUT' && (req.url ?? '').includes('/chunks/') ? 6_000 : 0);
+      const t0 = Date.now();
+      const flushed = v.flush();
+      await new Promise((r) => setTimeout(r, 4_500)); // past the TTL, the PUTs still held
+      // A write checks the lease first: VBFS_LEASE_LOST if no renewal got through.
+      await v.write(512 * 1024, pattern(4096, 4));
+      await flushed;
+      assert.ok(Date.now() - t0 >= 5_000, 'the chunk PUTs were held up');
+      proxy.delayWhere = null;
+      await v.fsync();
+      await v.close();
+      const r = await a.openVolume('v', { ...OPTS, readOnly: true });
+      assert.ok((await r.read(0, 4 * 64 * 1024)).equals(pattern(4 * 64 * 1024, 3)));
+      await r.close();
+    } finally {
+      proxy.delayWhere = null;
+      await proxy.close();
+    }
   });
 
   it('a volume written before leases (epoch 1 deltas, no epoch record) takes epoch 1 and continues its run', async () => {

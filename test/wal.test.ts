@@ -109,6 +109,25 @@ describe('WAL', () => {
     assert.deepEqual((await replay(sim)).seqs, [11]);
   });
 
+  it('reclaim unlinks segments oldest first, each made durable before the next (a crash leaves the newest ones)', async () => {
+    const ops: string[] = [];
+    const unlink = sim.unlink.bind(sim);
+    const fsyncDir = sim.fsyncDir.bind(sim);
+    sim.unlink = (p: string) => (ops.push(`unlink ${p.slice(p.lastIndexOf('/') + 1)}`), unlink(p));
+    sim.fsyncDir = (p: string) => (ops.push('fsyncDir'), fsyncDir(p));
+    const w = writer(sim, { segmentBytes: 64 + 4 * (32 + BS) });
+    const data = Buffer.alloc(BS, 4);
+    for (let i = 1; i <= 10; i++) w.append(i, i % 3, 0, BS, data, 0, BS);
+    await w.sync();
+    const names = (await sim.readdir('/wal')).sort();
+    ops.length = 0;
+    await w.reclaim(await w.rotate());
+    assert.deepEqual(
+      ops.filter((o) => o.startsWith('unlink') || o === 'fsyncDir'),
+      names.flatMap((n) => [`unlink ${n}`, 'fsyncDir']),
+    );
+  });
+
   it('a failed fdatasync poisons the writer: this and every later sync reject', async () => {
     const w = writer(sim);
     const data = Buffer.alloc(BS, 5);

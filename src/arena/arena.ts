@@ -7,10 +7,14 @@ import { copyBytes } from '../format/bytes';
  * nothing per block, and the slot count is the memory cap: when every slot is in
  * use, writers wait (backpressure) until the flusher frees some.
  *
- * A slot can be pinned by an in-progress flush; releasing a pinned slot defers the
- * free until the flush unpins it.
+ * A slot can be pinned by an in-progress flush, and held while its record is
+ * being sealed in the crypto worker (writer.ts); releasing a pinned or held slot
+ * defers the free until both are over.
  */
 const SLAB_BYTES = 4 * 1024 * 1024;
+/** Bits of `pinned`: an in-progress flush, a seal in the crypto worker. */
+const PIN_FLUSH = 1;
+const PIN_SEAL = 2;
 
 export class Arena {
   private readonly slabs: Buffer[] = [];
@@ -27,8 +31,8 @@ export class Arena {
   private freeTop = 0;
   private nextFresh = 0; // slots [nextFresh, allocated) were never handed out
   private allocated = 0; // slots backed by slabs
-  private pinned: Uint8Array;
-  private released: Uint8Array; // released while pinned
+  private pinned: Uint8Array; // PIN_FLUSH | PIN_SEAL
+  private released: Uint8Array; // released while pinned or held
   private waiters: Array<() => void> = [];
   /** Slots that may be in use at once (<= capacity): this volume's share of a store-wide memory budget. */
   private limit: number;
@@ -99,7 +103,12 @@ export class Arena {
   }
 
   isPinned(slot: number): boolean {
-    return this.pinned[slot] === 1;
+    return ((this.pinned[slot] as number) & PIN_FLUSH) !== 0;
+  }
+
+  /** The slot's record is being sealed elsewhere: its sealed payload, CRC and flags are not set yet. */
+  isSealing(slot: number): boolean {
+    return ((this.pinned[slot] as number) & PIN_SEAL) !== 0;
   }
 
   /** Slots alloc() can hand out right now without waiting. */
@@ -253,12 +262,26 @@ export class Arena {
   }
 
   pin(slot: number): void {
-    this.pinned[slot] = 1;
+    this.pinned[slot] = (this.pinned[slot] as number) | PIN_FLUSH;
   }
 
   unpin(slot: number): void {
-    this.pinned[slot] = 0;
-    if (this.released[slot]) {
+    this.unpinBits(slot, PIN_FLUSH);
+  }
+
+  /** Keep the slot (its plaintext and its sealed room) until endSeal(), even if released. */
+  holdForSeal(slot: number): void {
+    this.pinned[slot] = (this.pinned[slot] as number) | PIN_SEAL;
+  }
+
+  endSeal(slot: number): void {
+    this.unpinBits(slot, PIN_SEAL);
+  }
+
+  private unpinBits(slot: number, bits: number): void {
+    const p = (this.pinned[slot] as number) & ~bits;
+    this.pinned[slot] = p;
+    if (p === 0 && this.released[slot]) {
       this.released[slot] = 0;
       this.pushFree(slot);
     }

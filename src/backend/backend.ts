@@ -38,6 +38,12 @@ export interface Backend {
    * a record read through the backend fails its checksum, then reads once more.
    */
   invalidate?(key: string): Promise<void>;
+  /**
+   * Optional: `get(key, offset, dst.length)` into the caller's buffer; resolves with
+   * the bytes read (short at the end of the object). The reader passes buffers it
+   * reuses: a fresh buffer per read costs page faults and garbage collection.
+   */
+  getInto?(key: string, offset: number, dst: Buffer): Promise<number>;
 }
 
 /** What a backend counts (all optional: a local directory has no retries or cache). */

@@ -85,6 +85,19 @@ export class FileBackend implements Backend {
     }
   }
 
+  async getInto(key: string, offset: number, dst: Buffer): Promise<number> {
+    const file = this.pathOf(key);
+    checkRange(offset, dst.length);
+    const fh = await this.readHandle(key, file);
+    try {
+      return dst.length === 0 ? 0 : await fh.read(dst, offset);
+    } catch (err) {
+      throw ioError(`backend get '${key}'`, err, { key, path: file });
+    } finally {
+      this.releaseHandle(key, fh);
+    }
+  }
+
   /**
    * Read handles are kept open (LRU, READ_HANDLES of them): objects are written once
    * and replaced only by rename, so a handle stays valid, and a cold read costs one

@@ -254,9 +254,11 @@ export class Lease {
   private scheduleRenew(ms: number): void {
     if (this.lost || this.released) return;
     this.renewTimer = setTimeout(() => {
-      this.renewing = this.renewOnce().finally(() => {
-        this.renewing = null;
+      // The listing of one renewal may still run when the next one starts: only the newest clears the slot.
+      const run: Promise<void> = this.renewOnce().finally(() => {
+        if (this.renewing === run) this.renewing = null;
       });
+      this.renewing = run;
     }, ms);
     this.renewTimer.unref();
   }
@@ -278,16 +280,18 @@ export class Lease {
     this.record = next;
     this.renewedAt = sent;
     this.armExpiry();
+    // The next renewal is due renewIntervalMs after this one was SENT. Counting from
+    // when the PUT and the listing below came back let their latencies add up: with a
+    // loaded server (PUT + LIST over TTL/3 or so) a holder whose every renewal
+    // succeeded still ran out of its TTL, failed its volume, and a clean close left
+    // acknowledged writes in the local WAL only.
+    this.scheduleRenew(Math.max(0, this.renewIntervalMs - elapsedSince(sent)));
     try {
       const newer = await this.newerEpoch();
-      if (newer !== null) {
-        this.lose('superseded', newer);
-        return;
-      }
+      if (newer !== null) this.lose('superseded', newer);
     } catch (err) {
       this.logger?.warn(`lease ${this.key}: listing lease epochs failed: ${err instanceof Error ? err.message : String(err)}`);
     }
-    this.scheduleRenew(this.renewIntervalMs);
   }
 
   private async newerEpoch(): Promise<number | null> {

@@ -121,7 +121,7 @@ export class S3Backend implements Backend {
   private retriesRunning = 0;
   private readonly retryWaiters: (() => void)[] = [];
 
-  constructor(options: S3BackendOptions) {
+  constructor(private readonly options: S3BackendOptions) {
     checkBucket(options.bucket);
     this.bucket = options.bucket;
     this.prefix = normalizePrefix(options.prefix ?? '');
@@ -327,6 +327,34 @@ export class S3Backend implements Backend {
     if (this.closed) return;
     this.closed = true;
     this.client.destroy();
+    for (const b of this.leaseClients.values()) await b.close();
+  }
+
+  /** The lease clients made so far, by TTL (leaseBackend). */
+  private readonly leaseClients = new Map<number, S3Backend>();
+
+  /**
+   * The same bucket through its own S3 client, for a lease of `ttlMs`: its own
+   * sockets and retry places, so a renewal never queues behind chunk PUTs or their
+   * retries, and attempt and operation deadlines within the TTL, so that one stuck
+   * request cannot use it up (a renewal that fails is tried again while the lease lives).
+   */
+  leaseBackend(ttlMs: number): S3Backend {
+    let b = this.leaseClients.get(ttlMs);
+    if (!b) {
+      const clamp = (v: number, lo: number, hi: number): number => Math.round(Math.min(hi, Math.max(lo, v)));
+      b = new S3Backend({
+        ...this.options,
+        maxSockets: 4,
+        maxConcurrentRetries: 4,
+        // Long enough for a loaded server (a renewal that ends before the TTL still counts), short enough to retry within it.
+        attemptTimeoutMs: clamp(ttlMs / 2, 1_000, 10_000),
+        operationTimeoutMs: clamp((ttlMs * 2) / 3, 1_000, 20_000),
+        backoffMaxMs: clamp(ttlMs / 20, 50, 1_000),
+      });
+      this.leaseClients.set(ttlMs, b);
+    }
+    return b;
   }
 
   /**

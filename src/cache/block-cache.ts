@@ -16,9 +16,11 @@ export class BlockCache {
   private readonly perSlab: number;
   private readonly capacity: number;
   private limit: number; // blocks held at once (<= capacity): a share of a store-wide budget
-  private readonly blockOf: Float64Array;
-  private readonly prev: Int32Array;
-  private readonly next: Int32Array;
+  // Per-slot arrays, grown with the slabs: a large cacheBytes (the default is set by
+  // the memory budget) costs nothing until the cache really holds that much.
+  private blockOf: Float64Array;
+  private prev: Int32Array;
+  private next: Int32Array;
   private head = -1; // most recently used
   private tail = -1; // least recently used
   private readonly free: number[] = [];
@@ -33,9 +35,9 @@ export class BlockCache {
   ) {
     this.capacity = Math.max(0, Math.floor(maxBytes / blockSize));
     this.perSlab = Math.max(1, Math.floor(SLAB_BYTES / blockSize));
-    this.blockOf = new Float64Array(this.capacity);
-    this.prev = new Int32Array(this.capacity);
-    this.next = new Int32Array(this.capacity);
+    this.blockOf = new Float64Array(0);
+    this.prev = new Int32Array(0);
+    this.next = new Int32Array(0);
     this.limit = this.capacity;
   }
 
@@ -51,6 +53,9 @@ export class BlockCache {
     for (const block of this.slotOf.keys()) this.onEvict(block);
     this.slotOf.clear();
     this.slabs.length = 0;
+    this.blockOf = new Float64Array(0);
+    this.prev = new Int32Array(0);
+    this.next = new Int32Array(0);
     this.free.length = 0;
     this.fresh = 0;
     this.head = -1;
@@ -124,9 +129,23 @@ export class BlockCache {
     if (this.fresh < this.capacity && this.slotOf.size < this.limit) {
       const s = this.fresh++;
       if (Math.floor(s / this.perSlab) >= this.slabs.length) this.slabs.push(Buffer.allocUnsafeSlow(this.perSlab * this.blockSize));
+      if (s >= this.blockOf.length) this.growSlots(s + 1);
       return s;
     }
     return this.evictTail();
+  }
+
+  /** Room for `n` slots in the per-slot arrays (doubling, at most capacity). */
+  private growSlots(n: number): void {
+    const len = Math.min(this.capacity, Math.max(n, 2 * this.blockOf.length, this.perSlab));
+    const grow = <T extends Float64Array | Int32Array>(old: T, make: (n: number) => T): T => {
+      const a = make(len);
+      a.set(old);
+      return a;
+    };
+    this.blockOf = grow(this.blockOf, (k) => new Float64Array(k));
+    this.prev = grow(this.prev, (k) => new Int32Array(k));
+    this.next = grow(this.next, (k) => new Int32Array(k));
   }
 
   private evictTail(): number {

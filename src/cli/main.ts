@@ -9,9 +9,18 @@ import { DURABILITY_MODES, COMPRESSIONS, type Durability } from '../types';
 import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError, exitCodeFor } from './exit-codes';
 import { closeLogger, createCliLogger, LOG_LEVELS, type CliLogger, type LogLevel } from './logger';
 import { runFsck } from './fsck-command';
+import { runCompact } from './compact-command';
 import { READY_FD_ENV, runMount, runUnmount, type CliContext } from './mount-command';
 import { KEY_ENV_HELP, KEY_FILE_HELP } from './key-options';
-import { parseMountFuseForm, parseMountOptions, parseLeaseTtl, parseStopTimeout, type MountFlags } from './mount-options';
+import {
+  COMPACT_OPTIONS,
+  compactOptionStrings,
+  parseMountFuseForm,
+  parseMountOptions,
+  parseLeaseTtl,
+  parseStopTimeout,
+  type MountFlags,
+} from './mount-options';
 import { parseSize, parseSizeOrZero } from './size';
 import { defaultStoreDir } from './store';
 import { runCreate, runDelete, runInfo, runList, runStats } from './volume-commands';
@@ -29,7 +38,7 @@ export function packageVersion(): string {
   }
 }
 
-const COMMANDS = new Set(['create', 'list', 'ls', 'info', 'delete', 'rm', 'fsck', 'mount', 'unmount', 'umount', 'stats', 'help']);
+const COMMANDS = new Set(['create', 'list', 'ls', 'info', 'delete', 'rm', 'fsck', 'compact', 'mount', 'unmount', 'umount', 'stats', 'help']);
 
 export interface MainIO {
   stdout: (text: string) => void;
@@ -80,6 +89,7 @@ export function rewriteArgv(argv: string[]): string[] | 'fake' {
   if (flags.leaseTtlSeconds !== undefined) out.push('--lease-ttl', String(flags.leaseTtlSeconds));
   if (flags.keyFile !== undefined) out.push('--key-file', flags.keyFile);
   if (flags.keyEnv !== undefined) out.push('--key-env', flags.keyEnv);
+  for (const o of compactOptionStrings(flags.compact)) out.push('-o', o);
   // fstab: a mistyped store path must not silently become a new, empty store.
   if (!flags.create) out.push('--require-store');
   if (flags.logLevel) out.push('--log-level', flags.logLevel);
@@ -257,6 +267,28 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
         },
       )
       .command(
+        'compact <volume>',
+        'rewrite the live blocks of mostly-dead chunks into new chunks and delete the old ones, now (a mount does it in the background)',
+        (y) =>
+          y
+            .positional('volume', { type: 'string', demandOption: true })
+            .option('full', { type: 'boolean', default: false, describe: 'rewrite every chunk that holds dead blocks, not only down to the target' })
+            .option('json', { type: 'boolean', default: false, describe: 'print the result as one JSON object' })
+            .option('key-file', { type: 'string', describe: KEY_FILE_HELP })
+            .option('key-env', { type: 'string', describe: KEY_ENV_HELP }),
+        async (a) => {
+          commandRan = true;
+          status = await runCompact(context(a), {
+            volume: a.volume,
+            full: a.full,
+            json: a.json,
+            keyFile: a['key-file'],
+            keyEnv: a['key-env'],
+            progress: io.stderrIsTTY ? io.stderr : null,
+          });
+        },
+      )
+      .command(
         'mount <mountpoint>',
         'show every volume as the file <mountpoint>/<volume>; foreground until unmounted or SIGTERM/SIGINT ' +
           '(deferred while busy, see --stop-timeout; SIGHUP is ignored, SIGUSR2 forces)',
@@ -309,12 +341,24 @@ export async function main(rawArgv: string[], io: MainIO = defaultIO): Promise<n
                 'seconds the lease of a volume kept in a bucket lives without renewal (1..3600, default 30): a mount that cannot renew it ' +
                 'for that long stops writing (EIO), and another machine may take the volume over after it',
             })
+            .option('compact-interval', {
+              type: 'string',
+              describe: 'background compaction: check every SECONDS (default 5; 0 = off, `vbfs compact` still works)',
+            })
+            .option('compact-start', { type: 'string', describe: 'start compacting when stored bytes > live bytes x RATIO (default 1.5)' })
+            .option('compact-target', { type: 'string', describe: 'compact until stored bytes <= live bytes x RATIO (default 1.25)' })
+            .option('compact-chunk-live', { type: 'string', describe: 'also compact any chunk less than FRACTION live (default 0.25)' })
+            .option('compact-rate', { type: 'string', describe: 'bytes/s compaction moves while reads or writes run (e.g. 64M; default 32M; 0 = no limit)' })
             .option('require-store', { type: 'boolean', default: false, hidden: true })
             .option('debug-fuse', { type: 'boolean', default: false, hidden: true })
             .option('quiet', { alias: 'q', type: 'boolean', default: false, describe: 'print nothing on success' }),
         async (a) => {
           commandRan = true;
           const flags = mountOptionsFrom(a);
+          for (const o of COMPACT_OPTIONS) {
+            const v = (a as Record<string, unknown>)[o.flag];
+            if (typeof v === 'string') flags.compact = { ...flags.compact, [o.key]: o.parse(v, `--${o.flag}`) };
+          }
           const g = { ...(a as GlobalArgs) };
           if (flags.logFile && !g['log-file']) g['log-file'] = flags.logFile;
           if (flags.logLevel) {

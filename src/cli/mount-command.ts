@@ -20,7 +20,7 @@ import { canonicalMountpoint, findMount, isVbfsMount, loopDevicesUnder, loopRefu
 import { pidAlive, sleep } from '../os/process';
 import type { CliLogger } from './logger';
 import { EXIT_FAILURE, EXIT_OK, ExitError, exitCodeFor } from './exit-codes';
-import type { MountFlags } from './mount-options';
+import { compactOptionStrings, type MountFlags } from './mount-options';
 import { openStore, readMountRecord, readMountRecordAt, removeMountRecord, runRecordPath, writeMountRecord } from './store';
 
 export const READY_FD_ENV = 'VBFS_READY_FD';
@@ -182,7 +182,7 @@ export async function runMount(ctx: CliContext, args: MountArgs): Promise<number
         allowRoot: args.allowRoot,
         defaultPermissions: args.defaultPermissions,
         nonempty: args.nonempty,
-        openOptions: args.durability ? { durability: args.durability } : undefined,
+        openOptions: args.durability || args.compact ? { ...(args.durability ? { durability: args.durability } : {}), ...args.compact } : undefined,
         key,
         debug: args.debugFuse,
       });
@@ -260,6 +260,7 @@ async function startDaemon(ctx: CliContext, args: MountArgs): Promise<number> {
   if (args.diskCacheBytes !== undefined) childArgs.push('--disk-cache-bytes', String(args.diskCacheBytes));
   if (args.leaseTtlSeconds !== undefined) childArgs.push('--lease-ttl', String(args.leaseTtlSeconds));
   if (args.debugFuse) childArgs.push('--debug-fuse');
+  for (const o of compactOptionStrings(args.compact)) childArgs.push('-o', o);
   if (ctx.backend !== undefined) childArgs.push('--backend', ctx.backend);
   if (ctx.s3PathStyle !== undefined) childArgs.push(`--s3-path-style=${ctx.s3PathStyle}`);
   // The key's source, never the key: the child reads the file or its inherited environment.

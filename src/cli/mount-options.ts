@@ -4,6 +4,7 @@
  * mount(8) and /etc/fstab (through mount.fuse or a mount.fuse.vbfs symlink).
  */
 import { DURABILITY_MODES, type Durability } from '../types';
+import type { VolumeTunables } from '../store/types';
 import { UsageError } from './exit-codes';
 import { parseSize, parseSizeOrZero } from './size';
 
@@ -29,6 +30,39 @@ export interface MountFlags {
   /** Key of the encrypted volumes (`key_file=PATH` / `key_env=NAME`): see cli/key-options.ts. */
   keyFile?: string;
   keyEnv?: string;
+  /** Compaction policy (store/compactor.ts), from `-o compact_*=` or `--compact-*`. */
+  compact?: CompactTunables;
+}
+
+export type CompactTunables = Partial<
+  Pick<VolumeTunables, 'compactIntervalMs' | 'compactStartRatio' | 'compactTargetRatio' | 'compactChunkLive' | 'compactRateBytes'>
+>;
+
+/** The compaction options: `-o` name, --flag name, and how a value becomes the tunable. */
+export const COMPACT_OPTIONS: ReadonlyArray<{ opt: string; flag: string; key: keyof CompactTunables; parse: (v: string, what: string) => number }> = [
+  { opt: 'compact_interval', flag: 'compact-interval', key: 'compactIntervalMs', parse: (v, w) => Math.round(parseNumber(v, w, 0, 86400) * 1000) },
+  { opt: 'compact_start', flag: 'compact-start', key: 'compactStartRatio', parse: (v, w) => parseNumber(v, w, 1, 1000) },
+  { opt: 'compact_target', flag: 'compact-target', key: 'compactTargetRatio', parse: (v, w) => parseNumber(v, w, 1, 1000) },
+  { opt: 'compact_chunk_live', flag: 'compact-chunk-live', key: 'compactChunkLive', parse: (v, w) => parseNumber(v, w, 0, 1) },
+  { opt: 'compact_rate', flag: 'compact-rate', key: 'compactRateBytes', parse: (v, w) => parseSizeOrZero(v, w) },
+];
+
+function parseNumber(value: string, what: string, min: number, max: number): number {
+  const n = value.trim() === '' ? NaN : Number(value);
+  if (!Number.isFinite(n) || n < min || n > max) throw new UsageError(`invalid ${what} '${value}': a number from ${min} to ${max}`);
+  return n;
+}
+
+/** The compaction tunables as `-o` options again (for the daemon child and the fstab form). */
+export function compactOptionStrings(c: CompactTunables | undefined): string[] {
+  if (!c) return [];
+  const out: string[] = [];
+  for (const o of COMPACT_OPTIONS) {
+    const v = c[o.key];
+    if (v === undefined) continue;
+    out.push(`${o.opt}=${o.key === 'compactIntervalMs' ? v / 1000 : v}`);
+  }
+  return out;
 }
 
 /** A stop timeout in seconds: a non-negative number. */
@@ -145,13 +179,19 @@ export function parseMountOptions(list: string[], sloppy = false): MountFlags {
       case 'lease_ttl':
         flags.leaseTtlSeconds = parseLeaseTtl(value, `mount option '${opt}'`);
         break;
-      default:
+      default: {
+        const c = COMPACT_OPTIONS.find((o) => o.opt === key);
+        if (c) {
+          flags.compact = { ...flags.compact, [c.key]: c.parse(value, `mount option '${opt}'`) };
+          break;
+        }
         if (IGNORED.has(key) || key.startsWith('x-') || key === 'comment') break;
         if (!sloppy) {
           throw new UsageError(
-            `unknown mount option '${opt}' (known: ro, allow_other, allow_root, default_permissions, durability=MODE, log_file=PATH, log_level=LEVEL, memory=SIZE, disk_cache=SIZE, nonempty, create, stop_timeout=SECONDS, lease_ttl=SECONDS, key_file=PATH, key_env=NAME)`,
+            `unknown mount option '${opt}' (known: ro, allow_other, allow_root, default_permissions, durability=MODE, log_file=PATH, log_level=LEVEL, memory=SIZE, disk_cache=SIZE, nonempty, create, stop_timeout=SECONDS, lease_ttl=SECONDS, key_file=PATH, key_env=NAME, compact_interval=SECONDS, compact_start=RATIO, compact_target=RATIO, compact_chunk_live=FRACTION, compact_rate=SIZE)`,
           );
         }
+      }
     }
   }
   return flags;

@@ -9,7 +9,8 @@ import * as path from 'node:path';
 import { Store } from '../store/store';
 import type { MountableStore } from '../store/ports';
 import type { FsckOptions, FsckReport } from '../store/fsck';
-import type { VolumeCreateOptions, VolumeState } from '../store/types';
+import type { VolumeCreateOptions, VolumeOpenOptions, VolumeState } from '../store/types';
+import type { Volume } from '../store/volume';
 import type { Logger, VolumeInfo } from '../types';
 import { pidAlive, processStartTime } from '../os/process';
 import { mkdirPrivate, writeNewPrivateFile } from '../io/private-mode';
@@ -25,6 +26,8 @@ export interface CliStore extends MountableStore {
   isVolumeOpen(name: string): Promise<boolean>;
   deleteVolume(name: string): Promise<void>;
   fsckVolume(name: string, opts: FsckOptions): Promise<FsckReport>;
+  /** The engine's volume (compact(), space()), not only what a mount serves. */
+  openVolume(name: string, opts?: VolumeOpenOptions): Promise<Volume>;
 }
 
 export function defaultStoreDir(env: NodeJS.ProcessEnv = process.env): string {

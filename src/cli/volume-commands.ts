@@ -129,8 +129,32 @@ export async function runList(ctx: CliContext, args: { json: boolean }): Promise
   return EXIT_OK;
 }
 
+/**
+ * Live and stored bytes from the volume's map (a read-only open: the durable state,
+ * without what a mount holds in memory; `vbfs stats` has the live figures), or
+ * null where it cannot be opened without a key.
+ */
+async function spaceRecord(s: CliStore, info: VolumeInfo): Promise<Record<string, unknown> | null> {
+  if (info.encrypted) return null;
+  const vol = await s.openVolume(info.name, { readOnly: true });
+  try {
+    const sp = await vol.space();
+    return {
+      liveBytes: sp.liveBytes,
+      storedBytes: sp.storedBytes,
+      spaceAmplification: sp.liveBytes > 0 ? Math.round((sp.storedBytes / sp.liveBytes) * 1000) / 1000 : null,
+      chunks: sp.chunks,
+    };
+  } finally {
+    await vol.close();
+  }
+}
+
 export async function runInfo(ctx: CliContext, args: { volume: string; json: boolean }): Promise<number> {
-  const rec = await withStore(ctx, async (s) => infoRecord(await s.volumeInfo(args.volume), await s.isVolumeOpen(args.volume)));
+  const rec = await withStore(ctx, async (s) => {
+    const info = await s.volumeInfo(args.volume);
+    return { ...infoRecord(info, await s.isVolumeOpen(args.volume)), ...(await spaceRecord(s, info)) };
+  });
   if (args.json) {
     ctx.out(JSON.stringify(rec, null, 2));
     return EXIT_OK;
@@ -138,7 +162,7 @@ export async function runInfo(ctx: CliContext, args: { volume: string; json: boo
   for (const [k, v] of Object.entries(rec)) {
     if (k === 'encryption') continue; // summarized on the `encrypted` line
     const shown =
-      k === 'size'
+      k === 'size' || k === 'liveBytes' || k === 'storedBytes'
         ? `${v as number} (${formatSize(v as number)})`
         : k === 'open'
           ? v
@@ -149,7 +173,7 @@ export async function runInfo(ctx: CliContext, args: { volume: string; json: boo
               ? `yes (${encryptionText(rec as unknown as VolumeInfo)})`
               : 'no'
             : String(v);
-    ctx.out(`${k.padEnd(14)}${shown}`);
+    ctx.out(`${k.padEnd(Math.max(14, k.length + 1))}${shown}`);
   }
   return EXIT_OK;
 }

@@ -1,7 +1,7 @@
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { VbfsError } from '../errors';
-import type { OpenReply, OpenRequest } from './cipher-worker';
+import type { OpenReply, OpenRequest, SealReply, SealRequest } from './cipher-worker';
 import type { VolumeCipher } from './volume-cipher';
 
 /**
@@ -13,9 +13,11 @@ import type { VolumeCipher } from './volume-cipher';
  * transferred, and the main thread serves requests meanwhile (the next window is
  * opened while the reads before it are answered). See reader.ts for which runs.
  *
- * Sealing stays inline in the writer: the kernel sends one write at a time, so a
- * write waiting for a worker would wait as long as sealing inline (plus the trip);
- * see docs/FORMAT.md "Encryption" and the bench figures in the CHANGELOG.
+ * Sealing: a large buffered write's records are sealed here too (seal()), as one
+ * batch; the write is acknowledged once its plaintext is in the write buffer and
+ * the writer appends the sealed records to the WAL, in seq order, when the batch
+ * comes back (writer.ts). Small writes are sealed inline: a trip to the worker
+ * costs more than sealing one record.
  *
  * The worker starts on first use and keeps the process alive only while a run is
  * in it. close() ends it. A worker that dies fails its runs with VBFS_IO and is
@@ -24,10 +26,12 @@ import type { VolumeCipher } from './volume-cipher';
 export class CipherPool {
   private worker: Worker | null = null;
   private nextId = 1;
-  private readonly waiting = new Map<number, { resolve: (r: OpenReply) => void; reject: (e: Error) => void }>();
+  private readonly waiting = new Map<number, { resolve: (r: OpenReply & SealReply) => void; reject: (e: Error) => void }>();
   private closed = false;
   /** Runs opened in the worker so far (tests and benches look). */
   runsOpened = 0;
+  /** Batches sealed in the worker so far (tests and benches look). */
+  batchesSealed = 0;
 
   constructor(private readonly cipher: VolumeCipher) {}
 
@@ -41,16 +45,35 @@ export class CipherPool {
     if (this.closed) throw new VbfsError('VBFS_CLOSED', 'cipher pool is closed');
     const own = new Uint8Array(run.length);
     own.set(run);
-    const id = this.nextId++;
-    const w = this.ensure();
-    const reply = await new Promise<OpenReply>((resolve, reject) => {
-      this.waiting.set(id, { resolve, reject });
-      if (this.waiting.size === 1) w.ref();
-      const req: OpenRequest = { id, meta, offs, lens, buf: own.buffer };
-      w.postMessage(req, [own.buffer]);
-    });
+    const reply = await this.request<OpenReply>({ op: 'open', id: 0, meta, offs, lens, buf: own.buffer });
     this.runsOpened++;
     return { buf: Buffer.from(reply.buf), ok: reply.ok };
+  }
+
+  /**
+   * Seal records in the worker: `plain` holds their payloads back to back, lens[k]
+   * bytes each; `meta` their block, seq and flags. Both buffers are taken
+   * (transferred: unusable after the call) and handed back: `out` with the sealed
+   * payloads back to back (lens[k] + 16 bytes each), `plain` for reuse, so a stream
+   * of batches allocates no fresh memory. The nonces are the records' own,
+   * exactly as an inline seal.
+   */
+  async seal(plain: ArrayBuffer, out: ArrayBuffer, meta: Float64Array, lens: Uint32Array): Promise<{ plain: ArrayBuffer; out: ArrayBuffer }> {
+    if (this.closed) throw new VbfsError('VBFS_CLOSED', 'cipher pool is closed');
+    const reply = await this.request<SealReply>({ op: 'seal', id: 0, meta, lens, buf: plain, out });
+    this.batchesSealed++;
+    return { plain: reply.buf, out: reply.out };
+  }
+
+  private request<R>(req: OpenRequest | SealRequest): Promise<R> {
+    const id = this.nextId++;
+    const w = this.ensure();
+    return new Promise<R>((resolve, reject) => {
+      this.waiting.set(id, { resolve: resolve as (r: OpenReply & SealReply) => void, reject });
+      if (this.waiting.size === 1) w.ref();
+      req.id = id;
+      w.postMessage(req, req.op === 'seal' ? [req.buf, req.out] : [req.buf]);
+    });
   }
 
   private ensure(): Worker {
@@ -58,7 +81,7 @@ export class CipherPool {
     const w = new Worker(path.join(__dirname, 'cipher-worker.js'));
     w.unref();
     w.postMessage({ init: this.cipher.forWorker() });
-    w.on('message', (r: OpenReply) => {
+    w.on('message', (r: OpenReply & SealReply) => {
       const p = this.waiting.get(r.id);
       if (!p) return;
       this.waiting.delete(r.id);

@@ -3,11 +3,13 @@ import type { KeyObject } from 'node:crypto';
 import { DOMAIN_RECORD, TAG_BYTES, VolumeCipher } from './volume-cipher';
 
 /**
- * The thread side of cipher-pool.ts: opens runs of sealed records in place. One
- * message per run (a chunk range of many records), the buffer transferred both
- * ways, so a 1 MiB run costs two postMessage calls and no copy here.
+ * The thread side of cipher-pool.ts: opens runs of sealed records in place, and
+ * seals batches of a write's records. One message per run or batch (many
+ * records), the buffers transferred both ways, so a 1 MiB run costs two
+ * postMessage calls and no copy here.
  */
 export interface OpenRequest {
+  op: 'open';
   id: number;
   /** block, seq, flags of each record (3 numbers each) */
   meta: Float64Array;
@@ -24,14 +26,58 @@ export interface OpenReply {
   ok: Uint8Array;
 }
 
+/** Seal records whose payloads lie back to back in buf (lens[k] bytes each), into out. */
+export interface SealRequest {
+  op: 'seal';
+  id: number;
+  /** block, seq, flags of each record (3 numbers each) */
+  meta: Float64Array;
+  lens: Uint32Array;
+  buf: ArrayBuffer;
+  /** room for the sealed payloads (sum of lens + 16 per record, at least) */
+  out: ArrayBuffer;
+}
+
+/** `out` with the sealed payloads back to back, lens[k] + 16 bytes each, in request order; `buf` handed back for reuse. */
+export interface SealReply {
+  id: number;
+  buf: ArrayBuffer;
+  out: ArrayBuffer;
+}
+
 let cipher: VolumeCipher | null = null;
 
-parentPort?.on('message', (m: { init: { dataKey: KeyObject; volumeId: string } } | OpenRequest) => {
+parentPort?.on('message', (m: { init: { dataKey: KeyObject; volumeId: string } } | OpenRequest | SealRequest) => {
   if ('init' in m) {
     cipher = VolumeCipher.fromWorker(m.init);
     return;
   }
-  const c = cipher as VolumeCipher;
+  if (m.op === 'seal') seal(cipher as VolumeCipher, m);
+  else open(cipher as VolumeCipher, m);
+});
+
+function seal(c: VolumeCipher, m: SealRequest): void {
+  const n = m.lens.length;
+  const plain = Buffer.from(m.buf);
+  const out = Buffer.from(m.out);
+  let from = 0;
+  let at = 0;
+  for (let k = 0; k < n; k++) {
+    const len = m.lens[k] as number;
+    at += c.sealInto(
+      DOMAIN_RECORD,
+      { block: m.meta[3 * k] as number, seq: m.meta[3 * k + 1] as number, flags: m.meta[3 * k + 2] as number },
+      plain.subarray(from, from + len),
+      out,
+      at,
+    );
+    from += len;
+  }
+  const reply: SealReply = { id: m.id, buf: m.buf, out: m.out };
+  parentPort?.postMessage(reply, [m.buf, m.out]);
+}
+
+function open(c: VolumeCipher, m: OpenRequest): void {
   const buf = Buffer.from(m.buf);
   const n = m.offs.length;
   const ok = new Uint8Array(n);
@@ -52,4 +98,4 @@ parentPort?.on('message', (m: { init: { dataKey: KeyObject; volumeId: string } }
   }
   const reply: OpenReply = { id: m.id, buf: m.buf, ok };
   parentPort?.postMessage(reply, [m.buf, ok.buffer]);
-});
+}

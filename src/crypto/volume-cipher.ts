@@ -203,16 +203,28 @@ export class VolumeCipher {
    * that length. The writer seals into its buffer's slot, so no sealed buffer per
    * block outlives the call.
    */
-  sealInto(domain: RecordDomain, h: RecordHeader, plaintext: Uint8Array, dst: Buffer, at: number): number {
+  sealInto(domain: RecordDomain, h: RecordHeader, plaintext: Uint8Array, dst: Buffer, at: number, announced = false): number {
     const nonce = this.nonceInto(this.n, domain, h.seq);
     const aad = this.aadInto(this.a, domain, h);
-    sealHook.fn?.(nonce, aad, plaintext);
+    if (!announced) sealHook.fn?.(nonce, aad, plaintext);
     const c = createCipheriv(CIPHER, this.dataKey, nonce, { authTagLength: TAG_BYTES });
     c.setAAD(aad);
     let n = at + c.update(plaintext).copy(dst, at);
     n += c.final().copy(dst, n);
     n += c.getAuthTag().copy(dst, n);
     return n - at;
+  }
+
+  /**
+   * A seal that another thread will do (cipher-pool.ts, where sealHook is not
+   * set): the hook sees it here, once, as if it were sealed inline. Also checks
+   * the header, so a bad one fails here rather than in the worker. An inline
+   * retry of the same seal passes `announced` to sealInto.
+   */
+  announceSeal(domain: RecordDomain, h: RecordHeader, plaintext: Uint8Array): void {
+    const nonce = this.nonceInto(this.n, domain, h.seq);
+    const aad = this.aadInto(this.a, domain, h);
+    sealHook.fn?.(nonce, aad, plaintext);
   }
 
   /** Encrypt one record payload (already compressed): ciphertext || tag. */

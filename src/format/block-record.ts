@@ -16,6 +16,11 @@ import { readU32, readU64, writeU32, writeU64 } from './u64';
  *                       bit 1: sync marker (WAL only, below)
  *                       bit 2: payload is sealed (AES-256-GCM: ciphertext || 16-byte tag,
  *                              of an encrypted volume; LZ4 happens before sealing)
+ *                       bit 3: zero record (WAL only): the block is all zeros from this
+ *                              seq on (a trim or a full-block zero write); no payload
+ *                              (len 0), or on an encrypted volume the GCM tag of an
+ *                              empty plaintext (len 16, with bit 2), which authenticates
+ *                              the header; never in a chunk
  *                       bits 8..15: reserved for a key generation (rekey); others 0
  *    28    4 rawLen   uncompressed length (= volume block size)
  *    32  len payload
@@ -25,10 +30,24 @@ import { readU32, readU64, writeU32, writeU64 } from './u64';
 export const RECORD_HEADER = 32;
 export const FLAG_LZ4 = 1;
 export const FLAG_SEALED = 4;
+export const FLAG_ZERO = 8;
 /** The flag bits a block record (not a marker) may carry. */
 export const BLOCK_RECORD_FLAGS = FLAG_LZ4 | FLAG_SEALED;
+/** The flag bits a WAL record may carry: a block record's, or a zero record's. */
+export const WAL_RECORD_FLAGS = BLOCK_RECORD_FLAGS | FLAG_ZERO;
 /** What sealing adds to a payload: the GCM tag (crypto/volume-cipher.ts). */
 export const SEAL_TAG_BYTES = 16;
+
+/** True when a (CRC-checked) record is a zero record. */
+export function isZeroRecord(h: RecordHeader): boolean {
+  return (h.flags & FLAG_ZERO) !== 0;
+}
+
+/** A zero record's only legal shapes: no LZ4, and an empty payload (plain) or a bare tag (sealed). */
+export function zeroRecordWellFormed(h: RecordHeader): boolean {
+  if ((h.flags & FLAG_LZ4) !== 0) return false;
+  return h.len === ((h.flags & FLAG_SEALED) !== 0 ? SEAL_TAG_BYTES : 0);
+}
 
 /** The largest payload a block record of this block size can hold (a raw block, sealed). */
 export function maxPayload(blockSize: number): number {
@@ -134,7 +153,8 @@ export function checkRecord(buf: Uint8Array, off: number, limit: number, maxLen:
   const len = readU32(buf, off + 4);
   const storedCrc = readU32(buf, off);
   if (storedCrc === 0 && len === 0 && allZero(buf, off, Math.min(limit, off + RECORD_HEADER))) return { ok: false, reason: 'zero' };
-  if (len === 0 || len > maxLen) return { ok: false, reason: 'bad-length' };
+  // Only a zero record has no payload (a header of zeros was caught above).
+  if ((len === 0 && (readU32(buf, off + 24) & FLAG_ZERO) === 0) || len > maxLen) return { ok: false, reason: 'bad-length' };
   const end = off + RECORD_HEADER + len;
   if (end > limit) return { ok: false, reason: 'short' };
   if (crc32c(buf, 0, off + 4, end) !== storedCrc) return { ok: false, reason: 'bad-crc' };

@@ -50,13 +50,23 @@ import { readU32, readU64, writeU32, writeU64 } from './u64';
  * 'R' checkpoint extents (version 2), replaces 'E':
  *     0 1 'R'   1 3 reserved   4 4 extent count   8 extent count x extent entry
  * 'F' footer: as above (the block count of the 'K' header)
+ *
+ * 'Z' trim commit (map log version 4): blocks that became Empty (a trim or a
+ * full-block zero write), each from a seq on; any location with an older seq is
+ * gone, a newer one stays. Runs of blocks with consecutive seqs:
+ *     0 1 'Z'   1 3 reserved   4 4 run count   8 4 block count   12 4 reserved
+ *    16 run count x trim run: 0 8 first block   8 8 seq of the first block
+ *                               16 4 block count (>= 1)   20 4 reserved
+ * A checkpoint needs no tombstone: it lists every location, and replaces every
+ * log segment before it, so a block it does not list is Empty.
  */
 export const LOCATION_ENTRY = 32;
 /**
  * Map log segments: 2 = every commit write begins with an 'S' sync frame; 3 =
- * chunk commits are 'X' extent frames instead of 'C' (1 and 2 are still read).
+ * chunk commits are 'X' extent frames instead of 'C' (1 and 2 are still read); 4 =
+ * may hold 'Z' trim commits.
  */
-export const MAP_LOG_VERSION = 3;
+export const MAP_LOG_VERSION = 4;
 /** Checkpoint: 2 = 'R' extent frames instead of 'E' location frames (1 is still read). */
 export const CHECKPOINT_VERSION = 2;
 
@@ -382,4 +392,52 @@ export function decodeRuns(p: Buffer): number | null {
   if (p.length < 8 || p[0] !== 0x52) return null;
   const count = readU32(p, 4);
   return p.length === 8 + count * EXTENT_ENTRY ? count : null;
+}
+
+// ------------------------------------------------------------------ trims (map log v4)
+
+export const TRIM_RUN = 24;
+
+/** The 'Z' trim commit payload of `count` (block, seq) pairs, in block order: runs of consecutive blocks and seqs. */
+export function encodeTrimCommit(blocks: Float64Array, seqs: Float64Array, count: number): Buffer {
+  let runs = 0;
+  for (let k = 0; k < count; k++) if (k === 0 || !trimJoins(blocks, seqs, k)) runs++;
+  const p = Buffer.alloc(16 + runs * TRIM_RUN);
+  p[0] = 0x5a; // 'Z'
+  writeU32(p, 4, runs);
+  writeU32(p, 8, count);
+  let i = -1;
+  for (let k = 0; k < count; k++) {
+    if (k === 0 || !trimJoins(blocks, seqs, k)) {
+      i++;
+      writeU64(p, 16 + i * TRIM_RUN, blocks[k] as number);
+      writeU64(p, 16 + i * TRIM_RUN + 8, seqs[k] as number);
+    }
+    const at = 16 + i * TRIM_RUN + 16;
+    writeU32(p, at, readU32(p, at) + 1);
+  }
+  return p;
+}
+
+function trimJoins(blocks: Float64Array, seqs: Float64Array, k: number): boolean {
+  return blocks[k] === (blocks[k - 1] as number) + 1 && seqs[k] === (seqs[k - 1] as number) + 1;
+}
+
+export interface TrimRun {
+  block: number;
+  seq: number;
+  count: number;
+}
+
+/** Run count and block count of a 'Z' payload, or null when the payload is not one. */
+export function decodeTrimCommit(p: Buffer): { runs: number; blocks: number } | null {
+  if (p.length < 16 || p[0] !== 0x5a) return null;
+  const runs = readU32(p, 4);
+  if (p.length !== 16 + runs * TRIM_RUN) return null;
+  return { runs, blocks: readU32(p, 8) };
+}
+
+export function readTrimRun(p: Uint8Array, i: number): TrimRun {
+  const off = 16 + i * TRIM_RUN;
+  return { block: readU64(p, off), seq: readU64(p, off + 8), count: readU32(p, off + 16) };
 }

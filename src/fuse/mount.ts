@@ -57,7 +57,10 @@ export interface MountOptions {
 interface FuseInstance {
   mount(cb: (err: Error | null) => void): void;
 }
-type FuseConstructor = new (mnt: string, ops: FuseOps, opts: Record<string, unknown>) => FuseInstance;
+type FuseConstructor = (new (mnt: string, ops: FuseOps, opts: Record<string, unknown>) => FuseInstance) & {
+  /** Set by the fallocate patch (scripts/fuse-native-fallocate.js) when the binding has the op. */
+  supportsFallocate?: boolean;
+};
 
 /** Load fuse-native, turning "libfuse.so.2: cannot open shared object" into one clear line. */
 export function loadFuse(load: (id: string) => unknown = require): FuseConstructor {
@@ -193,7 +196,8 @@ export class StoreMount {
     }
 
     await openAllRetryingDeadHolders(m.fs, m.log, hadStaleMount);
-    const fuse = new Fuse(mnt, m.fs.ops(), {
+    // Without the patched binding, fallocate stays unregistered: the kernel answers EOPNOTSUPP.
+    const fuse = new Fuse(mnt, m.fs.ops({ fallocate: Fuse.supportsFallocate === true }), {
       fsname: fsnameFor(opts.storeDir, { readOnly: opts.readOnly, nonempty: opts.nonempty }),
       subtype: 'vbfs',
       // fuse-native answers ETIMEDOUT after its timer (15 s by default) and crashes on

@@ -52,4 +52,6 @@ export interface FuseOps {
   unlink(path: string, cb: ErrCb): void;
   rename(src: string, dest: string, cb: ErrCb): void;
   mkdir(path: string, mode: number, cb: ErrCb): void;
+  /** Only with the fuse-native patch (scripts/fuse-native-fallocate.js): Fuse.supportsFallocate. */
+  fallocate?(path: string, mode: number, offset: number, length: number, fd: number, cb: ErrCb): void;
 }

@@ -38,6 +38,10 @@ import type { ErrCb, FuseOps, FuseStat, FuseStatfs, ValueCb } from './types';
 
 export const STATS_NAME = '.stats';
 const S_IFDIR = 0o040000;
+/** fallocate(2) mode bits (linux/falloc.h). */
+export const FALLOC_FL_KEEP_SIZE = 0x01;
+export const FALLOC_FL_PUNCH_HOLE = 0x02;
+export const FALLOC_FL_ZERO_RANGE = 0x10;
 const S_IFREG = 0o100000;
 const O_ACCMODE = 3;
 /** Re-read the volume list at most this often when a lookup misses. */
@@ -379,8 +383,10 @@ export class VolumeFs {
 
   // ---- the operations --------------------------------------------------------
 
-  ops(): FuseOps {
+  /** `fallocate`: register the handler (only when the fuse-native binding has the op). */
+  ops(opts: { fallocate?: boolean } = {}): FuseOps {
     return this.guarded({
+      ...(opts.fallocate ? { fallocate: this.fallocate.bind(this) } : {}),
       init: (cb) => cb(0),
 
       getattr: (path, cb) => this.getattr(path, cb),
@@ -543,6 +549,44 @@ export class VolumeFs {
       rename: (_s, _d, cb) => cb(errno.EPERM),
       mkdir: (_p, _m, cb) => cb(errno.EPERM),
     });
+  }
+
+  /**
+   * fallocate(2) on a volume file, i.e. discard from a loop device (fstrim, mount -o
+   * discard, blkdiscard: PUNCH_HOLE|KEEP_SIZE) and zeroing (blkdiscard -z: ZERO_RANGE,
+   * with or without KEEP_SIZE). Both trim the range: whole blocks become Empty and
+   * free their chunk space, partial ones are zeroed like a write. The file has a
+   * fixed size, so a plain allocate inside it has nothing to do (success), and
+   * anything that would grow it, or a mode we do not know, is EOPNOTSUPP.
+   */
+  private fallocate(path: string, mode: number, offset: number, length: number, fd: number, cb: ErrCb): void {
+    const h = this.handles.get(fd);
+    if (!h || h.kind !== 'volume' || !h.writable) return cb(errno.EBADF);
+    const entry = h.entry;
+    const vol = entry.vol;
+    if (offset < 0 || length <= 0) return cb(errno.EINVAL);
+    const inside = offset + length <= vol.size;
+    const punch = mode === (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE);
+    const zero = mode === FALLOC_FL_ZERO_RANGE || mode === (FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE);
+    if (mode === 0 || mode === FALLOC_FL_KEEP_SIZE) return cb(inside || mode === FALLOC_FL_KEEP_SIZE ? 0 : errno.EOPNOTSUPP);
+    if (!punch && !zero) return cb(errno.EOPNOTSUPP);
+    // Past the end: KEEP_SIZE means only the part inside counts; without it the file would grow.
+    if (!inside && !(mode & FALLOC_FL_KEEP_SIZE)) return cb(errno.EOPNOTSUPP);
+    const n = Math.max(0, Math.min(length, vol.size - offset));
+    if (n === 0) return cb(0);
+    this.call(
+      'fallocate',
+      path,
+      cb,
+      () => vol.trim(offset, n),
+      (_v, answer) => {
+        answer(0);
+        entry.mtimeMs = Date.now();
+      },
+      (e) => {
+        if (h.deferredError === 0) h.deferredError = e;
+      },
+    );
   }
 
   /**

@@ -1,5 +1,6 @@
 import { VbfsError } from '../errors';
 import { RECORD_HEADER } from '../format/block-record';
+import { SEGMENT_HEADER } from '../format/segment-header';
 import { NumTable } from './num-table';
 
 /**
@@ -25,6 +26,11 @@ import { NumTable } from './num-table';
  *    live in an open-addressing typed-array hash, bounded by the write buffer.
  *  - Cached blocks: a second such hash, bounded by the read cache.
  *  - Live blocks and bytes per chunk: a third one, one entry per chunk.
+ *
+ * A trimmed (or zero-written) block is Empty at once: its hot entry holds no
+ * arena slot but the zero record's seq (v1 = -seq), until the flusher commits its
+ * map tombstone (dropTrimmed); the old location stays meanwhile, like a Hot
+ * block's, for the same reason.
  *
  * A Hot block keeps its old persisted location, because until the new version is
  * durable in a chunk, the old chunk copy is what a crash falls back to, and the
@@ -114,12 +120,23 @@ export class BlockIndex {
   private readonly cached = new NumTable();
   /** chunk id -> v1 live blocks, v2 live bytes (record header + stored payload) */
   private readonly chunkRefs = new NumTable();
+  /**
+   * chunk id -> v1 bytes of the records the chunk object holds (live or not), v2 their
+   * count: every record the index ever pointed at in it, raised by noteChunkRecords()
+   * to what the object is known to hold. With the totals below, the compactor's
+   * "stored vs live" figures cost O(1).
+   */
+  private readonly chunkStored = new NumTable();
+  private liveRecordBytes = 0;
+  private storedRecordBytes = 0;
   private dead: number[] = [];
   private persistedBlocks = 0;
   private extents = 0;
   private hotCount = 0;
   private pendingCount = 0;
   private hotWithLoc = 0;
+  /** Hot entries that are zero versions (trimmed, tombstone not yet committed). */
+  private zeroCount = 0;
   private leafBytes = 0;
   private leafCount = 0;
 
@@ -148,10 +165,81 @@ export class BlockIndex {
     return this.cached.size > 0 && this.cached.find(block) >= 0 ? CACHED : PERSISTED;
   }
 
-  /** Arena slot of the in-memory version, or -1. */
+  /** Arena slot of the in-memory version, or -1 (none, or a zero version). */
   slot(block: number): number {
     const h = this.hot.find(block);
-    return h >= 0 ? (this.hot.v1[h] as number) : -1;
+    return h >= 0 ? Math.max(-1, this.hot.v1[h] as number) : -1;
+  }
+
+  /** Zero versions whose map tombstone is not committed yet. */
+  get pendingZeros(): number {
+    return this.zeroCount;
+  }
+
+  /**
+   * A zero record with `seq` made the block Empty (a trim or a full-block zero
+   * write): no arena slot; the old location stays until dropTrimmed. Returns the
+   * previous slot (-1 if none) for the caller to release.
+   */
+  setZero(block: number, seq: number): number {
+    let h = this.hot.find(block);
+    let prev = -1;
+    if (h >= 0) {
+      const v = this.hot.v1[h] as number;
+      if (v >= 0) {
+        prev = v;
+        this.countState((this.hot.v2[h] as number) & 7, -1);
+        this.zeroCount++;
+      }
+    } else {
+      const loc = this.lookup(block);
+      if (loc) this.hotWithLoc++;
+      if (this.cached.size > 0) this.cached.remove(block);
+      h = this.hot.insert(block);
+      this.hot.v2[h] = loc ? HAS_LOC : 0;
+      this.zeroCount++;
+    }
+    this.hot.v1[h] = -seq;
+    this.hot.v2[h] = ((this.hot.v2[h] as number) & HAS_LOC) | EMPTY;
+    return prev;
+  }
+
+  /** The block's current version is the zero version `seq` (not superseded since). */
+  isZeroVersion(block: number, seq: number): boolean {
+    const h = this.hot.find(block);
+    return h >= 0 && this.hot.v1[h] === -seq;
+  }
+
+  /**
+   * The map tombstone of the zero version `seq` is durable (or was loaded): any
+   * older persisted location goes (its chunk loses a live block, and a chunk left
+   * with none is dead), and the zero version's hot entry ends. A newer location
+   * or version is left alone. True when a location was dropped.
+   */
+  dropTrimmed(block: number, seq: number): boolean {
+    let dropped = false;
+    if (this.lookup(block)) {
+      const a = (this.pb as Bucket).leaves[this.pl]?.a as Uint32Array;
+      const j = this.pe * STRIDE;
+      if (seqOf(a, j) + (block - this.phi * TWO32 - (a[j] as number)) < seq) {
+        this.unmap(block);
+        this.persistedBlocks--;
+        if (this.cached.size > 0) this.cached.remove(block);
+        dropped = true;
+      }
+    }
+    const h = this.hot.size > 0 ? this.hot.find(block) : -1;
+    if (h < 0) return dropped;
+    const f = this.hot.v2[h] as number;
+    if (this.hot.v1[h] === -seq) {
+      if (f & HAS_LOC) this.hotWithLoc--;
+      this.zeroCount--;
+      this.hot.removeAt(h);
+    } else if (dropped && f & HAS_LOC) {
+      this.hot.v2[h] = f & ~HAS_LOC;
+      this.hotWithLoc--;
+    }
+    return dropped;
   }
 
   /** Blocks in each state, kept as they change (O(1)). */
@@ -170,7 +258,9 @@ export class BlockIndex {
     let prev = -1;
     if (h >= 0) {
       prev = this.hot.v1[h] as number;
-      this.countState((this.hot.v2[h] as number) & 7, -1);
+      if (prev >= 0) this.countState((this.hot.v2[h] as number) & 7, -1);
+      else this.zeroCount--; // a zero version superseded: no slot to release
+      prev = Math.max(-1, prev);
     } else {
       const loc = this.lookup(block);
       if (loc) this.hotWithLoc++;
@@ -293,7 +383,11 @@ export class BlockIndex {
     if (this.lookup(block)) {
       const a = (this.pb as Bucket).leaves[this.pl]?.a as Uint32Array;
       const j = this.pe * STRIDE;
-      if (seqOf(a, j) + (block - this.phi * TWO32 - (a[j] as number)) >= seq) return false;
+      // An equal seq is the same version copied elsewhere (the compactor's copy,
+      // committed after the original): the later location wins, the old chunk may go.
+      const cur = seqOf(a, j) + (block - this.phi * TWO32 - (a[j] as number));
+      if (cur > seq || (cur === seq && this.persistedChunk(block) === chunk)) return false;
+      this.lookup(block);
       this.unmap(block);
       this.lookup(block);
     } else {
@@ -324,6 +418,11 @@ export class BlockIndex {
     const i = this.chunkRefs.insert(chunk);
     this.chunkRefs.v1[i] = (this.chunkRefs.v1[i] as number) + blocks;
     this.chunkRefs.v2[i] = (this.chunkRefs.v2[i] as number) + bytes;
+    const k = this.chunkStored.insert(chunk);
+    this.chunkStored.v1[k] = (this.chunkStored.v1[k] as number) + bytes;
+    this.chunkStored.v2[k] = (this.chunkStored.v2[k] as number) + blocks;
+    this.liveRecordBytes += bytes;
+    this.storedRecordBytes += bytes;
   }
 
   private unref(chunk: number, blocks: number, bytes: number): void {
@@ -333,10 +432,63 @@ export class BlockIndex {
     if (left > 0) {
       this.chunkRefs.v1[i] = left;
       this.chunkRefs.v2[i] = (this.chunkRefs.v2[i] as number) - bytes;
+      this.liveRecordBytes -= bytes;
       return;
     }
+    this.liveRecordBytes -= this.chunkRefs.v2[i] as number;
     this.chunkRefs.removeAt(i);
+    const k = this.chunkStored.find(chunk);
+    if (k >= 0) {
+      this.storedRecordBytes -= this.chunkStored.v1[k] as number;
+      this.chunkStored.removeAt(k);
+    }
     this.dead.push(chunk);
+  }
+
+  /**
+   * The chunk object holds `records` records taking `bytes` (its size less the
+   * header): from the flusher and the compactor, which built it, or from a look at
+   * its header after open (the map only names live records). Only ever raises what
+   * is known; ignored for a chunk with no live block.
+   */
+  noteChunkRecords(chunk: number, records: number, bytes: number): void {
+    const k = this.chunkStored.find(chunk);
+    if (k < 0 || (this.chunkStored.v2[k] as number) >= records) return;
+    const was = this.chunkStored.v1[k] as number;
+    if (bytes > was) {
+      this.storedRecordBytes += bytes - was;
+      this.chunkStored.v1[k] = bytes;
+    }
+    this.chunkStored.v2[k] = records;
+  }
+
+  /** Records the index knows the chunk holds, and their bytes (0, 0 for a dead or unknown chunk). */
+  chunkStoredRecords(id: number): { records: number; bytes: number } {
+    const k = this.chunkStored.find(id);
+    return k < 0 ? { records: 0, bytes: 0 } : { records: this.chunkStored.v2[k] as number, bytes: this.chunkStored.v1[k] as number };
+  }
+
+  /**
+   * Bytes of the live records in chunks (header + stored payload), and bytes of the
+   * chunk objects that hold them (headers and dead records too), kept as blocks
+   * move (O(1)). A chunk whose every block is superseded no longer counts.
+   */
+  space(): { liveBytes: number; storedBytes: number; chunks: number } {
+    const chunks = this.chunkRefs.size;
+    return { liveBytes: this.liveRecordBytes, storedBytes: this.storedRecordBytes + chunks * SEGMENT_HEADER, chunks };
+  }
+
+  /**
+   * The compactor's copy of a block (same seq) at a new place, taken only if the
+   * block still has that version at `from` (a block overwritten or flushed since
+   * keeps its newer location). Keeps the read-cache flag (the data is the same).
+   */
+  relocate(block: number, seq: number, from: number, chunk: number, off: number, len: number, flags: number): boolean {
+    if (!this.lookup(block) || this.persistedChunk(block) !== from || this.persistedSeq(block) !== seq) return false;
+    const wasCached = this.cached.size > 0 && this.cached.find(block) >= 0;
+    this.setPersisted(block, seq, chunk, off, len, flags);
+    if (wasCached) this.setCached(block, true);
+    return true;
   }
 
   /** Chunk ids whose live block count dropped to 0 since the last call; the index forgets them. */
@@ -417,7 +569,8 @@ export class BlockIndex {
       this.buckets.size * 64 +
       this.hot.memoryBytes +
       this.cached.memoryBytes +
-      this.chunkRefs.memoryBytes
+      this.chunkRefs.memoryBytes +
+      this.chunkStored.memoryBytes
     );
   }
 

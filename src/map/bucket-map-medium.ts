@@ -157,9 +157,15 @@ export class BucketMapMedium implements MapMedium {
         await putPart(held ?? Buffer.alloc(0), true);
         held = null;
         if (this.currentGroup !== undefined) this.currentGroup = `${hex(this.epoch, 8)}/${hex(firstSegment, 12)}`;
-        // The new checkpoint is current from here on: the older ones go.
-        const { stale } = await this.scanCheckpoints();
-        for (const key of stale) await this.backend.delete(key);
+        // The new checkpoint is current from here on: the older ones go. Best effort: it
+        // is published, and a failure here must not make the map store think it is not
+        // (the next writable open's cleanup() deletes what is left).
+        try {
+          const { stale } = await this.scanCheckpoints();
+          for (const key of stale) await this.backend.delete(key);
+        } catch {
+          // left for cleanup()
+        }
       },
     };
   }

@@ -13,17 +13,20 @@ import {
   decodeReservation,
   decodeRuns,
   decodeSyncFrame,
+  decodeTrimCommit,
   encodeCheckpointHeader,
   encodeExtentCommit,
   encodeFooter,
   encodeMapLogHeader,
   encodeReservation,
   encodeSyncFrame,
+  encodeTrimCommit,
   entriesEntryOffset,
   EXTENT_ENTRY,
   extentCommitEntryOffset,
   readExtent,
   readLocation,
+  readTrimRun,
   runsEntryOffset,
   writeExtent,
   type Extent,
@@ -185,6 +188,24 @@ export class MapStore {
     return e.count;
   }
 
+  /** Apply a 'Z' trim commit: older locations of its blocks go (block-index.ts dropTrimmed). */
+  private applyTrims(index: BlockIndex, p: Buffer, runs: number, blocks: number, out: MapLoad, path: string, off: number): void {
+    let seen = 0;
+    for (let i = 0; i < runs; i++) {
+      const r = readTrimRun(p, i);
+      const last = r.seq + r.count - 1;
+      if (r.count < 1 || r.block + r.count > index.blockCount || r.seq === 0 || last >= 2 ** 53) {
+        throw new VbfsError('VBFS_CORRUPT', `${path}: trim run in frame at offset ${off} is out of range (block ${r.block})`, { path, offset: off });
+      }
+      for (let k = 0; k < r.count; k++) index.dropTrimmed(r.block + k, r.seq + k);
+      if (last > out.seq) out.seq = last;
+      seen += r.count;
+    }
+    if (seen !== blocks) {
+      throw new VbfsError('VBFS_CORRUPT', `map log ${path}: trim commit at offset ${off} counts ${blocks} blocks but holds ${seen}`, { path, offset: off });
+    }
+  }
+
   /**
    * Replay one map log segment. Every commit write is fdatasync'ed before the next
    * one starts, and (version 2) begins with an 'S' frame claiming the offset that
@@ -205,7 +226,7 @@ export class MapStore {
       }
       throw new VbfsError('VBFS_CORRUPT', `map log ${path} is damaged at offset 0 (bad header)`, { path, offset: 0 });
     }
-    if (h.volumeId !== this.volumeId || h.segment !== n || h.version < 1 || h.version > 3) {
+    if (h.volumeId !== this.volumeId || h.segment !== n || h.version < 1 || h.version > 4) {
       throw new VbfsError('VBFS_CORRUPT', `map log ${path} belongs to another volume or position, or has an unknown version`, { path, offset: 0 });
     }
     const markers = h.version >= 2;
@@ -224,6 +245,12 @@ export class MapStore {
         const reserved = h.version >= 3 ? decodeReservation(f.payload) : null;
         if (reserved !== null) {
           if (reserved > out.reserved) out.reserved = reserved;
+          off = f.end;
+          continue;
+        }
+        const z = h.version >= 4 ? decodeTrimCommit(f.payload) : null;
+        if (z) {
+          this.applyTrims(index, f.payload, z.runs, z.blocks, out, path, off);
           off = f.end;
           continue;
         }
@@ -337,6 +364,24 @@ export class MapStore {
     }
   }
 
+  /**
+   * Durably record that blocks became Empty from the given seqs on (trims and
+   * zero writes; `blocks` in block order): one 'Z' frame, one write, one fdatasync.
+   */
+  commitTrims(blocks: Float64Array, seqs: Float64Array, count: number): Promise<void> {
+    return this.exclusive(async () => {
+      if (!this.fd) await this.openLog();
+      const frame = Buffer.concat([encodeFrame(encodeSyncFrame(this.pos)), encodeFrame(encodeTrimCommit(blocks, seqs, count))]);
+      await (this.fd as MapSegmentWriter).append(frame, this.pos);
+      this.pos += frame.length;
+      this.logBytes += frame.length;
+      if (this.medium.segmentPerCommit) {
+        await this.closeLog();
+        this.seg++;
+      }
+    });
+  }
+
   private async openLog(): Promise<void> {
     const hdr = encodeFrame(encodeMapLogHeader({ volumeId: this.volumeId, segment: this.seg }));
     this.fd = await this.medium.createSegment(this.seg, hdr);
@@ -404,16 +449,19 @@ export class MapStore {
     await this.failpoint('checkpoint:beforeRename');
     await fd.publish();
     await this.failpoint('checkpoint:afterRename');
-    if (this.fd) {
-      await this.fd.close();
-      this.fd = null;
-    }
+    // Current from here on, whatever the cleanup below does: the next commit must go
+    // to newSeg. One left in a segment below it (a failed DELETE used to return before
+    // this) would count as covered by the checkpoint and never be replayed, though the
+    // WAL it came from is reclaimed. Segments left behind are deleted by the next load.
+    const fdOld = this.fd;
     const old = this.segments.splice(0);
-    for (const n of old) await this.medium.deleteSegment(n);
-    if (old.length > 0) await this.medium.syncDeletes();
+    this.fd = null;
     this.seg = newSeg;
     this.logBytes = 0;
     this.checkpoints++;
+    if (fdOld) await fdOld.close();
+    for (const n of old) await this.medium.deleteSegment(n);
+    if (old.length > 0) await this.medium.syncDeletes();
   }
 
   close(): Promise<void> {

@@ -1,14 +1,26 @@
 import { VbfsError, ioError, isNoSpace, isVbfsError } from '../errors';
 import { ChunkBuilder, type BuiltChunk } from '../chunk/chunk-builder';
 import { chunkKey } from '../chunk/chunk';
+import { SEGMENT_HEADER } from '../format/segment-header';
 import type { WalWriter } from '../wal/wal-writer';
 import type { FlushControl, Writer } from './writer';
 import type { VolumeCore } from './volume-core';
 
 /** Chunk objects written in parallel per flush wave (one map commit per wave). */
 const FLUSH_WAVE = 4;
+/** Zero records one flush turns into map tombstones at most (a 'Z' frame stays far below MAX_FRAME). */
+const MAX_TRIMS_PER_FLUSH = 1024 * 1024;
 /** Longest wait between flush attempts while the backend is down. */
 const BACKEND_RETRY_MAX_MS = 30_000;
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** A remote fsync waiting for flush number `gen` (or a later one) to end. */
+interface FlushWaiter {
+  gen: number;
+  resolve: () => void;
+  reject: (err: unknown) => void;
+}
 
 /**
  * A flush failed because the backend did not take a chunk object (S3 unreachable,
@@ -42,6 +54,9 @@ export class Flusher implements FlushControl {
   private backendRetries = 0;
   private backendTimer: NodeJS.Timeout | null = null;
   private run: Promise<void> | null = null;
+  /** Flushes started so far (the number of the running one); remote fsyncs wait for a number (persist). */
+  private flushesStarted = 0;
+  private waiters: FlushWaiter[] = [];
   private again = false;
   private noMoreKicks = false;
   private intervalTimer: NodeJS.Timeout | null = null;
@@ -59,10 +74,15 @@ export class Flusher implements FlushControl {
     // Chunks the index dropped while loading the map are orphans, which recovery deleted.
     core.index.takeDeadChunks();
     this.intervalTimer = setInterval(() => {
-      if (core.arena.used > 0) this.kick();
+      if (this.hasWork) this.kick();
     }, core.tunables.flushIntervalMs);
     this.intervalTimer.unref();
     if (core.arena.used * core.blockSize >= core.tunables.flushBytes) this.kick();
+  }
+
+  /** Something to flush: blocks in the write buffer, or zero records without a map tombstone. */
+  private get hasWork(): boolean {
+    return this.core.arena.used > 0 || this.core.zeros.length > 0;
   }
 
   /** A flush is running. */
@@ -119,6 +139,65 @@ export class Flusher implements FlushControl {
   }
 
   /**
+   * remote durability (fsync): resolves once everything written before the call is
+   * in chunk objects on the backend and its map delta committed there. Callers that
+   * arrive while a flush runs share the next one (group commit): that flush's
+   * snapshot is taken after all of them, so it covers them all. While the backend is
+   * down the fsync waits for it, like a writer waiting for room (no error: a loop
+   * device would pass an EIO on to its filesystem), until the volume fails or closes.
+   */
+  async persist(): Promise<void> {
+    for (;;) {
+      this.writer.check();
+      if (this.backendDown) {
+        await sleep(Math.min(1000, this.core.tunables.backendRetryMs));
+        continue;
+      }
+      try {
+        await this.nextFlush();
+        return;
+      } catch (err) {
+        if (isVbfsError(err, 'VBFS_CLOSED')) throw err;
+        if (!isBackendDown(err) || this.core.closing) throw this.writer.failUnlessNoSpace(err);
+      }
+    }
+  }
+
+  /**
+   * A promise for the first flush that starts after this call (its snapshot then
+   * holds everything written so far): one is started now, or, while one runs, the
+   * running one goes again when it ends (start()).
+   */
+  private nextFlush(): Promise<void> {
+    const gen = this.flushesStarted + 1;
+    const done = new Promise<void>((resolve, reject) => this.waiters.push({ gen, resolve, reject }));
+    if (this.run) this.again = true;
+    else this.start().catch(() => undefined); // its outcome reaches the waiters
+    return done;
+  }
+
+  /** Flush number `gen` ended: settle the waiters it covers. */
+  private settleWaiters(gen: number, err?: unknown): void {
+    if (this.waiters.length === 0) return;
+    const later: FlushWaiter[] = [];
+    for (const w of this.waiters) {
+      if (w.gen > gen) later.push(w);
+      else if (err === undefined) w.resolve();
+      else w.reject(err);
+    }
+    this.waiters = later;
+  }
+
+  /** No flush runs and none was kicked: waiters that arrived during the last one still need theirs. */
+  private serveWaiters(): void {
+    if (this.run || this.waiters.length === 0) return;
+    const core = this.core;
+    const refuse = core.failed ?? this.backendDown ?? (core.closed ? new VbfsError('VBFS_CLOSED', `volume '${core.name}' is closed`) : null);
+    if (refuse) this.settleWaiters(Infinity, refuse);
+    else this.start().catch(() => undefined);
+  }
+
+  /**
    * close(): no flush starts after this but the final one, which packs whatever
    * is left; then the WAL is synced and a checkpoint written if the map log holds
    * anything, so the next open loads one file.
@@ -169,10 +248,12 @@ export class Flusher implements FlushControl {
     const { arena, blockSize, tunables } = this.core;
     let progress = false;
     let noSpace = false;
+    const gen = ++this.flushesStarted;
     const run = this.flushOnce()
       .then(
         (n) => {
           progress = n > 0;
+          this.settleWaiters(gen);
           if (this.diskFull) {
             this.diskFull = null;
             this.core.ctx.logger.info('flush succeeded again after running out of space', { volume: this.core.name });
@@ -185,6 +266,7 @@ export class Flusher implements FlushControl {
         },
         (err: unknown) => {
           noSpace = this.noteDiskFull(err) || this.noteBackendDown(err);
+          this.settleWaiters(gen, err);
           throw err;
         },
       )
@@ -197,7 +279,8 @@ export class Flusher implements FlushControl {
         // of space: the retry timer goes again.
         const again = !noSpace && (this.again || (progress && (arena.used * blockSize >= tunables.flushBytes || arena.full)));
         this.again = false;
-        if (again && arena.used > 0) this.kick();
+        if (again && this.hasWork) this.kick();
+        this.serveWaiters();
       });
     this.run = run;
     return run;
@@ -218,7 +301,7 @@ export class Flusher implements FlushControl {
     if (!this.diskFullTimer && !core.closed && !core.closing) {
       this.diskFullTimer = setTimeout(() => {
         this.diskFullTimer = null;
-        if (core.arena.used > 0) this.kick();
+        if (this.hasWork) this.kick();
       }, core.tunables.noSpaceRetryMs);
       this.diskFullTimer.unref();
     }
@@ -245,7 +328,7 @@ export class Flusher implements FlushControl {
       const delay = Math.min(BACKEND_RETRY_MAX_MS, core.tunables.backendRetryMs * 2 ** Math.min(this.backendRetries++, 20));
       this.backendTimer = setTimeout(() => {
         this.backendTimer = null;
-        if (core.arena.used > 0) this.kick(true);
+        if (this.hasWork) this.kick(true);
       }, delay);
       this.backendTimer.unref();
     }
@@ -261,7 +344,11 @@ export class Flusher implements FlushControl {
     const { arena } = this.core;
     const wal = this.wal;
     const entries = this.snapshot();
-    if (entries.length === 0) {
+    // Zero records logged so far, taken in the same tick as the snapshot and the
+    // seal below: each is in the sealed segments, so its tombstone must be
+    // committed before they are reclaimed.
+    const zeros = this.takeZeros();
+    if (entries.length === 0 && zeros.count === 0) {
       // Nothing in memory: every WAL record left (e.g. replayed ones already in
       // chunks) is redundant. Seal and drop them so they are not replayed forever.
       if (wal.segmentCount > 0 && arena.used === 0) await wal.reclaim(await wal.rotate());
@@ -272,8 +359,14 @@ export class Flusher implements FlushControl {
       // Both started in this same tick (the snapshot and the seal must agree), and
       // both awaited together so a failing WAL leaves no unobserved rejection.
       [, sealed] = await Promise.all([wal.sync(), wal.rotate()]);
+      // Records still in the crypto worker (writer.ts) land in the new segment; the
+      // chunks need their sealed payloads.
+      await this.writer.sealsSettled();
+      if (this.core.failed) throw this.core.failed; // a record the WAL refused has no sealed payload
+      for (const slot of entries) if (arena.isSealing(slot)) throw new VbfsError('VBFS_IO', `internal: slot ${slot} is still being sealed`);
     } catch (err) {
       for (const slot of entries) arena.unpin(slot);
+      this.core.zeros.restore(zeros.blocks, zeros.seqs, zeros.count);
       throw err;
     }
     // Slots are unpinned wave by wave: a slot whose block the wave persisted (or
@@ -296,8 +389,12 @@ export class Flusher implements FlushControl {
         await this.writeWave(wave);
         for (; unpinned < end; unpinned++) arena.unpin(entries[unpinned] as number);
       }
+      if (zeros.count > 0) await this.commitTrims(zeros);
+      zeros.count = 0;
     } finally {
       for (; unpinned < entries.length; unpinned++) arena.unpin(entries[unpinned] as number);
+      // Not committed (a wave or the trim commit failed): the next flush takes them again.
+      this.core.zeros.restore(zeros.blocks, zeros.seqs, zeros.count);
     }
     const { ctx, map, tunables } = this.core;
     await ctx.failpoint('flush:beforeWalReclaim');
@@ -305,7 +402,57 @@ export class Flusher implements FlushControl {
     await ctx.failpoint('flush:afterWalReclaim');
     if (map.logBytes >= tunables.checkpointBytes || map.checkpointDue) await this.checkpoint();
     this.processDeadChunks();
-    return entries.length;
+    return entries.length + zeros.taken;
+  }
+
+  /**
+   * The zero records to commit, all of them: those still the current version of
+   * their block (one superseded by a newer write or trim needs no tombstone: the
+   * newer version is in this snapshot or a later one), in block order.
+   */
+  private takeZeros(): { blocks: Float64Array; seqs: Float64Array; count: number; taken: number } {
+    const { index, zeros } = this.core;
+    const t = zeros.take(zeros.length);
+    let n = 0;
+    for (let k = 0; k < t.count; k++) {
+      const b = t.blocks[k] as number;
+      const q = t.seqs[k] as number;
+      if (!index.isZeroVersion(b, q)) continue;
+      t.blocks[n] = b;
+      t.seqs[n] = q;
+      n++;
+    }
+    // Block order for runs in the 'Z' frame; one version per block, so sorting pairs by block is enough.
+    const order = new Uint32Array(n);
+    for (let k = 0; k < n; k++) order[k] = k;
+    order.sort((x, y) => (t.blocks[x] as number) - (t.blocks[y] as number));
+    const blocks = new Float64Array(n);
+    const seqs = new Float64Array(n);
+    for (let k = 0; k < n; k++) {
+      blocks[k] = t.blocks[order[k] as number] as number;
+      seqs[k] = t.seqs[order[k] as number] as number;
+    }
+    return { blocks, seqs, count: n, taken: n };
+  }
+
+  /**
+   * Commit the tombstones of zero records (one 'Z' frame per MAX_TRIMS_PER_FLUSH,
+   * each one write + fdatasync), then drop the old locations from the index: their
+   * chunks lose live blocks, and a chunk left with none is deleted like one whose
+   * blocks were all superseded.
+   */
+  private async commitTrims(z: { blocks: Float64Array; seqs: Float64Array; count: number }): Promise<void> {
+    const { index, map, ctx } = this.core;
+    for (let i = 0; i < z.count; i += MAX_TRIMS_PER_FLUSH) {
+      const n = Math.min(MAX_TRIMS_PER_FLUSH, z.count - i);
+      const blocks = z.blocks.subarray(i, i + n);
+      const seqs = z.seqs.subarray(i, i + n);
+      await ctx.failpoint('flush:beforeTrimCommit');
+      await map.commitTrims(blocks, seqs, n);
+      await ctx.failpoint('flush:afterTrimCommit');
+      for (let k = 0; k < n; k++) index.dropTrimmed(blocks[k] as number, seqs[k] as number);
+    }
+    for (const id of index.takeDeadChunks()) this.deadChunks.push(id);
   }
 
   /** Slots holding the current version of their block, pinned, in block order. */
@@ -367,10 +514,17 @@ export class Flusher implements FlushControl {
         if (index.setPersisted(pl.blocks[k] as number, pl.seqs[k] as number, c.id, pl.offsets[k] as number, pl.lens[k] as number, pl.flags[k] as number, slot))
           arena.release(slot);
       }
+      index.noteChunkRecords(c.id, c.slots.length, c.buf.length - SEGMENT_HEADER);
       counters.chunkFlushes++;
       counters.flushedBytes += c.buf.length;
     }
     for (const id of index.takeDeadChunks()) this.deadChunks.push(id);
+  }
+
+  /** Chunks the compactor emptied (its map commit is durable): deleted like the flusher's own. */
+  retire(ids: number[]): void {
+    for (const id of ids) this.deadChunks.push(id);
+    this.processDeadChunks();
   }
 
   /** Delete chunk objects no block points at any more, once no read may still be using them. */

@@ -1,7 +1,7 @@
 import { VbfsError, isVbfsError } from '../errors';
 import type { Backend } from '../backend/backend';
 import { chunkKey, chunkPrefix, parseChunkKey } from '../chunk/chunk';
-import { BLOCK_RECORD_FLAGS, checkRecord, FLAG_SEALED, maxPayload, RECORD_HEADER, type RecordHeader } from '../format/block-record';
+import { BLOCK_RECORD_FLAGS, checkRecord, FLAG_SEALED, isZeroRecord, maxPayload, RECORD_HEADER, type RecordHeader } from '../format/block-record';
 import type { KeyMaterial } from '../crypto/key-source';
 import type { VolumeCipher } from '../crypto/volume-cipher';
 import { checkFrame } from '../format/frame';
@@ -11,6 +11,7 @@ import {
   decodeCommit,
   decodeEntries,
   decodeExtentCommit,
+  decodeTrimCommit,
   decodeMapLogHeader,
   decodeRuns,
   decodeSyncFrame,
@@ -30,7 +31,7 @@ import type { FileIO } from '../io/file-io';
 import { findExposed, formatMode } from '../io/private-mode';
 import { replayWal } from '../wal/wal-reader';
 import { isLockHeld, readLock, VolumeLock } from './lock';
-import { openRecordPayload } from './record-payload';
+import { checkZeroRecord, openRecordPayload } from './record-payload';
 import type { Logger, VolumeInfo } from '../types';
 
 /**
@@ -412,8 +413,11 @@ class Fsck {
       if (!first.ok || !lh) continue;
       for (let off = first.end; off < buf.length;) {
         const f = checkFrame(buf, off);
-        if (f.ok && (decodeSyncFrame(f.payload) !== null || decodeReservation(f.payload) !== null)) {
-          off = f.end; // a sync frame (map log version 2): load() checks its claim; or a seq reservation
+        if (
+          f.ok &&
+          (decodeSyncFrame(f.payload) !== null || decodeReservation(f.payload) !== null || (lh.version >= 4 && decodeTrimCommit(f.payload) !== null))
+        ) {
+          off = f.end; // a sync frame (map log version 2): load() checks its claim; a seq reservation; or trims (load() applies them)
           continue;
         }
         // Version 3 commits are 'X' extent frames, versions 1 and 2 'C' location frames.
@@ -471,7 +475,12 @@ class Fsck {
         if (h.seq > this.index.persistedSeq(h.block)) this.walSeq.set(h.block, h.seq);
         // What an open would refuse: a record sealed or not against the volume's
         // setting, or (with the key) one that fails authentication.
-        if (this.ctx.cipher || ((h.flags & FLAG_SEALED) !== 0) !== info.encrypted) {
+        if (isZeroRecord(h)) {
+          // A trim: sealed exactly when the volume is encrypted, and (with the key) authentic.
+          if (this.ctx.cipher || ((h.flags & FLAG_SEALED) !== 0) !== info.encrypted) {
+            checkZeroRecord(this.ctx.cipher ?? null, h, buf, off, { path, offset: off - RECORD_HEADER });
+          }
+        } else if (this.ctx.cipher || ((h.flags & FLAG_SEALED) !== 0) !== info.encrypted) {
           openRecordPayload(this.ctx.cipher ?? null, h, buf, off, this.bs, { path, offset: off - RECORD_HEADER });
         }
       });
@@ -564,7 +573,10 @@ class Fsck {
       const c = checkRecord(buf, off, buf.length, maxPayload(bs));
       if (!c.ok) break; // a damaged record in a redundant object harms nothing; stop here
       const { block, seq } = c.header;
-      if (block < this.blockCount && seq > this.index.persistedSeq(block) && seq > (this.walSeq.get(block) ?? 0)) {
+      // An unmapped block may have been trimmed (map log v4): its tombstone is gone once a
+      // checkpoint absorbed it, so an unmapped block's record cannot prove a lost commit.
+      const mapped = this.index.persistedSeq(block);
+      if (block < this.blockCount && mapped > 0 && seq > mapped && seq > (this.walSeq.get(block) ?? 0)) {
         if (newest++ === 0) example = `block ${block} seq ${seq} at offset ${off}`;
       }
       off = c.end;
@@ -709,7 +721,8 @@ class Fsck {
         const l = ix.location(block);
         if (l && l.seq === seq && l.len === len && l.flags === flags) matched++;
         // A disagreement here is reported by checkSuspects, once per map entry.
-      } else if (mapOk && seq > ix.persistedSeq(block)) {
+      } else if (mapOk && seq > ix.persistedSeq(block) && ix.persistedSeq(block) > 0) {
+        // (An unmapped block's record is not reported: the block may have been trimmed, see checkOrphan.)
         err(
           'record-mismatch',
           off,

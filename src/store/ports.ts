@@ -17,6 +17,8 @@ export interface MountableVolume {
   readInto(offset: number, out: Buffer): Promise<void>;
   /** Reads `data` only until the promise settles: the caller may reuse it after (FUSE hands in the kernel's buffer). */
   write(offset: number, data: Uint8Array): Promise<void>;
+  /** Discard a range: it reads as zeros from now on (durable like a write). */
+  trim(offset: number, length: number): Promise<void>;
   fsync(): Promise<void>;
   stats(): VolumeStats;
   close(): Promise<void>;

@@ -5,6 +5,7 @@ import type { CipherPool } from '../crypto/cipher-pool';
 import { copyBytes } from '../format/bytes';
 import { CACHED, EMPTY, HOT, PENDING, PERSISTED } from '../map/block-index';
 import { openRecordPayload } from './record-payload';
+import { RunBuffers } from './run-buffers';
 import type { VolumeCore } from './volume-core';
 
 const EMPTY_BUFFER = Buffer.alloc(0);
@@ -27,6 +28,17 @@ const DAMAGE_LOG_LIMIT = 10_000;
 const MAX_RUN_BYTES = 1024 * 1024;
 /** Readahead reads in flight at once (each up to MAX_RUN_BYTES). */
 const MAX_READAHEADS = 16;
+/** Sequential streams followed at once (a VM or a filesystem on the volume reads several files). */
+const MAX_STREAMS = 8;
+
+/**
+ * One sequential reader: `end` is the last block it read, `ahead` the first block
+ * after what readahead has covered for it.
+ */
+interface Stream {
+  end: number;
+  ahead: number;
+}
 
 /**
  * The read path: one index lookup per block. Hot and Pending blocks are copied
@@ -39,10 +51,12 @@ const MAX_READAHEADS = 16;
  */
 export class Reader {
   private readonly damageLogged = new Set<string>();
-  private lastReadEnd = -1;
+  /** Sequential streams, most recently used last. */
+  private readonly streams: Stream[] = [];
   /** Readahead reads in flight, and the first block after what readahead has covered. */
   private readonly readaheads = new Set<{ start: number; end: number; done: Promise<void> }>();
-  private readaheadEnd = 0;
+  /** Buffers the runs are read into, reused (run-buffers.ts). */
+  readonly runBuffers = new RunBuffers();
 
   constructor(
     private readonly core: VolumeCore,
@@ -61,8 +75,8 @@ export class Reader {
     if (length === 0) return;
     const first = Math.floor(offset / bs);
     const last = Math.floor((offset + length - 1) / bs);
-    const sequential = first === this.lastReadEnd || first === this.lastReadEnd + 1;
-    this.lastReadEnd = last;
+    const stream = this.streamOf(first, last);
+    const sequential = stream !== null;
     // Readaheads in flight over these blocks: wait for them rather than read them twice.
     const overlapping: Promise<void>[] = [];
     for (const ra of this.readaheads) if (first < ra.end && last >= ra.start) overlapping.push(ra.done);
@@ -77,7 +91,7 @@ export class Reader {
         const e = Math.min(endExclusive, b + maxRun);
         fetches.push(this.readRun(b, e, e, out, offset));
       }
-      if (readahead) this.startReadahead(endExclusive);
+      if (readahead) this.startReadahead(stream as Stream, endExclusive);
       runStart = -1;
     };
     for (let b = first; b <= last; b++) {
@@ -99,7 +113,7 @@ export class Reader {
     }
     const ahead = sequential && tunables.readaheadBytes > 0;
     if (runStart >= 0) flushRun(last + 1, ahead);
-    else if (ahead) this.startReadahead(last + 1);
+    else if (ahead) this.startReadahead(stream, last + 1);
     if (fetches.length > 0) {
       // Wait for every fetch, failed or not: `out` may be the kernel's buffer, which
       // must not be written after our promise settles (and the reply is sent).
@@ -139,6 +153,34 @@ export class Reader {
     return [from, to, start + from - offset];
   }
 
+  /**
+   * The sequential stream a read of [first, last] continues, or null (and it may
+   * start one). A read continues a stream if it starts at most two request sizes
+   * before or one after where the stream's furthest read ended: the kernel splits a large
+   * read into 128 KiB requests and, with several in flight, they can arrive out of
+   * order; a read that lands just behind a stream's end is still that stream.
+   * Several streams are followed at once, so interleaved sequential readers each
+   * keep their readahead.
+   */
+  private streamOf(first: number, last: number): Stream | null {
+    const n = last - first + 1;
+    const list = this.streams;
+    for (let i = list.length - 1; i >= 0; i--) {
+      const st = list[i] as Stream;
+      if (first < st.end + 1 - 2 * n || first > st.end + 1 + n) continue;
+      if (last > st.end) st.end = last;
+      if (i !== list.length - 1) {
+        list.splice(i, 1);
+        list.push(st);
+      }
+      return st;
+    }
+    // Not sequential (yet): remember it as a possible stream start.
+    if (list.length >= MAX_STREAMS) list.shift();
+    list.push({ end: last, ahead: 0 });
+    return null;
+  }
+
   /** b and b+1 are adjacent records of the same chunk: one backend read covers both. */
   private contiguous(a: number, b: number): boolean {
     return this.core.index.contiguous(a, b);
@@ -154,7 +196,7 @@ export class Reader {
    * ahead of it (what makes a remote backend fast). Errors are ignored (the read
    * that needs the block fetches it again and reports).
    */
-  private startReadahead(from: number): void {
+  private startReadahead(stream: Stream, from: number): void {
     const { index, tunables, blockCount } = this.core;
     if (tunables.cacheBytes < tunables.readaheadBytes) return;
     const bs = this.core.blockSize;
@@ -162,7 +204,7 @@ export class Reader {
     const maxRun = Math.max(1, Math.floor(MAX_RUN_BYTES / bs));
     const limit = Math.min(blockCount, from + window);
     // Continue where the last readahead stopped if it is inside this window; start over after a jump.
-    let b = this.readaheadEnd > from && this.readaheadEnd <= limit ? this.readaheadEnd : from;
+    let b = stream.ahead > from && stream.ahead <= limit ? stream.ahead : from;
     while (b < limit && this.readaheads.size < MAX_READAHEADS) {
       if (index.state(b) !== PERSISTED) {
         b++;
@@ -182,7 +224,7 @@ export class Reader {
       this.readaheads.add(ra);
       b = e;
     }
-    this.readaheadEnd = b;
+    stream.ahead = b;
   }
 
   /**
@@ -201,15 +243,41 @@ export class Reader {
     for (let b = b0; b < fetchEnd; b++) seqs.push(ix.persistedSeq(b));
     const key = chunkKey(core.info.id, chunk);
     core.readsInFlight++;
+    // Given back once no view of it is in use: after the loop below, or on a failure
+    // other than a timeout (a read given up on may still write into it).
+    const whole = this.runBuffers.take(end - start);
     let buf: Buffer;
     try {
-      buf = await this.fetch(key, start, end - start);
+      buf = await this.fetch(key, start, whole.subarray(0, end - start));
     } catch (err) {
+      if (!isVbfsError(err, 'VBFS_IO') || err.details['timedOut'] !== true) this.runBuffers.give(whole);
       core.counters.errors++;
       throw err;
     } finally {
       core.readsInFlight--;
     }
+    try {
+      return await this.openRun(b0, outEnd, fetchEnd, out, offset, refetched, buf, key, start, seqs);
+    } finally {
+      this.runBuffers.give(whole);
+    }
+  }
+
+  /** The records of a fetched run: verify, open, copy out, cache (readRun). */
+  private async openRun(
+    b0: number,
+    outEnd: number,
+    fetchEnd: number,
+    out: Buffer,
+    offset: number,
+    refetched: boolean,
+    buf: Buffer,
+    key: string,
+    start: number,
+    seqs: number[],
+  ): Promise<void> {
+    const core = this.core;
+    const ix = core.index;
     const bs = core.blockSize;
     // A readahead run (nothing to copy out: no request waits for it) is opened in the
     // crypto worker, so the event loop answers requests meanwhile; so is a very large
@@ -283,9 +351,11 @@ export class Reader {
    * read of data that is only in an unreachable bucket never hangs. A late answer
    * is dropped: nothing is copied into the caller's buffer after we gave up.
    */
-  private fetch(key: string, offset: number, length: number): Promise<Buffer> {
+  private fetch(key: string, offset: number, dst: Buffer): Promise<Buffer> {
     const { ctx, tunables } = this.core;
-    const get = ctx.backend.get(key, offset, length);
+    const length = dst.length;
+    const backend = ctx.backend;
+    const get = backend.getInto ? backend.getInto(key, offset, dst).then((n) => (n === length ? dst : dst.subarray(0, n))) : backend.get(key, offset, length);
     const ms = tunables.backendReadTimeoutMs;
     if (ms <= 0) return get;
     return new Promise<Buffer>((resolve, reject) => {

@@ -65,3 +65,25 @@ export function openRecordPayload(
   if (len !== blockSize) throw corrupt(`holds ${len} bytes, not one block`);
   return { data, base };
 }
+
+/**
+ * Check a zero record (a trim, or a full-block zero write) as openRecordPayload
+ * checks a block record: sealed exactly when the volume is encrypted, and when
+ * sealed, its tag must authenticate the header (block, seq, flags). So a zero
+ * record injected into an encrypted volume's WAL, or one moved to another block,
+ * is VBFS_CORRUPT rather than a silent trim.
+ */
+export function checkZeroRecord(cipher: VolumeCipher | null, h: RecordHeader, buf: Buffer, payloadOff: number, place: RecordPlace): void {
+  const what = `${place.label ?? place.path}: zero record at offset ${place.offset}`;
+  const corrupt = (why: string): VbfsError => new VbfsError('VBFS_CORRUPT', `${what} ${why}`, { path: place.path, offset: place.offset, block: h.block });
+  const sealed = (h.flags & FLAG_SEALED) !== 0;
+  if (sealed !== (cipher !== null)) throw corrupt(sealed ? 'is sealed, but the volume is not encrypted' : 'is not sealed, but the volume is encrypted');
+  if (!cipher) return;
+  try {
+    cipher.open(DOMAIN_RECORD, h, buf.subarray(payloadOff, payloadOff + h.len));
+  } catch (err) {
+    if (isVbfsError(err, 'VBFS_CORRUPT'))
+      throw corrupt(`(block ${h.block}, seq ${h.seq}) fails authentication: damaged, forged, or moved from another block or volume`);
+    throw err;
+  }
+}

@@ -1,11 +1,11 @@
 import { VbfsError, isNoSpace } from '../errors';
 import { chunkKey, chunkPrefix, decodeChunkHeader, parseChunkKey } from '../chunk/chunk';
-import { RECORD_HEADER } from '../format/block-record';
+import { isZeroRecord, RECORD_HEADER } from '../format/block-record';
 import { SEGMENT_HEADER } from '../format/segment-header';
 import { encodeVolumeMeta, VOLUME_FORMAT_VERSION } from '../format/volume-meta';
 import { replayWal } from '../wal/wal-reader';
 import type { VolumeInfo } from '../types';
-import { openRecordPayload } from './record-payload';
+import { checkZeroRecord, openRecordPayload } from './record-payload';
 import type { VolumeCore } from './volume-core';
 import type { WalStart } from './writer';
 
@@ -60,6 +60,14 @@ export async function recover(core: VolumeCore): Promise<WalStart> {
       throw new VbfsError('VBFS_CORRUPT', `WAL record for block ${h.block} beyond the end of volume '${name}'`, { block: h.block });
     }
     if (h.seq <= index.persistedSeq(h.block)) return; // already in a chunk (crash before the WAL was reclaimed)
+    if (isZeroRecord(h)) {
+      // A trim or zero write: authenticated (when sealed) before it changes anything,
+      // then Empty again, and its tombstone goes into the next flush's map commit.
+      checkZeroRecord(core.cipher, h, buf, off, { path: `WAL segment ${path}`, offset: off - RECORD_HEADER });
+      arena.release(index.setZero(h.block, h.seq));
+      core.zeros.push(h.block, h.seq);
+      return;
+    }
     // Opened (authenticated, decrypted, uncompressed) before anything changes: a
     // sealed record that fails is corruption and the open is refused.
     const { data, base } = openRecordPayload(core.cipher, h, buf, off, bs, { path: `WAL segment ${path}`, offset: off - RECORD_HEADER });

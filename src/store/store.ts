@@ -3,10 +3,11 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { VbfsError, isVbfsError } from '../errors';
 import type { Backend } from '../backend/backend';
-import { checkLeaseTtl, planVolume } from '../backend/lease';
+import { checkLeaseTtl, planVolume, type Lease } from '../backend/lease';
+import { leasePrefix } from '../backend/fencing';
 import { FileBackend } from '../backend/file-backend';
 import { BucketMapMedium } from '../map/bucket-map-medium';
-import { canLease, takeVolumeLease, type VolumeLeaseSetup } from './volume-lease';
+import { acquireVolumeLease, canLease, takeVolumeLease, type VolumeLeaseSetup } from './volume-lease';
 import { BucketCatalog } from './bucket-catalog';
 import { DiskCacheBackend } from '../backend/disk-cache';
 import { decodeVolumeMeta, encodeVolumeMeta, ENCRYPTED_FORMAT_VERSION, VOLUME_FORMAT_VERSION } from '../format/volume-meta';
@@ -24,7 +25,7 @@ import { silentLogger, type Logger, type VolumeInfo } from '../types';
 import type { StoreOptions, VolumeCreateOptions, VolumeOpenOptions, VolumeState } from './types';
 import type { MountableStore } from './ports';
 import { Volume } from './volume';
-import { checkBlockSize, checkCompression, checkDurability, checkSize, checkVolumeInfo, checkVolumeName } from './volume-rules';
+import { checkBlockSize, checkCompression, checkDurability, checkDurabilityOn, checkSize, checkVolumeInfo, checkVolumeName } from './volume-rules';
 
 /**
  * A store is a directory of named volumes:
@@ -119,7 +120,7 @@ export class Store implements MountableStore {
       id: randomBytes(16).toString('hex'),
       size: checkSize(opts.size, blockSize),
       blockSize,
-      durability: checkDurability(opts.durability ?? 'batched'),
+      durability: checkDurabilityOn(checkDurability(opts.durability ?? 'batched'), this.backend),
       compression: checkCompression(opts.compression ?? 'none'),
       createdAt: new Date().toISOString(),
       formatVersion: VOLUME_FORMAT_VERSION,
@@ -355,25 +356,38 @@ export class Store implements MountableStore {
 
   /**
    * Verify a volume end to end without opening it (see store/fsck.ts). Refused with
-   * VBFS_LOCKED while it is open for writing; with `repair`, holds its lock meanwhile.
+   * VBFS_LOCKED while it is open for writing; with `repair`, holds its lock meanwhile,
+   * and for a bucket volume its lease (VBFS_LEASE_HELD while a writer anywhere holds it).
    */
   async fsckVolume(name: string, opts: FsckOptions = {}): Promise<FsckReport> {
     this.checkOpen();
     const info = await this.volumeInfo(name);
     const cipher = await volumeCipherFor(info, opts.key, true);
-    return fsckVolume(
-      {
-        info,
-        dir: await this.localDir(name),
-        fileIO: this.fileIO,
-        backend: this.backend,
-        logger: this.logger,
-        storeDir: this.dir,
-        mapMedium: await this.mapMediumFor(info),
-        cipher,
-      },
-      opts,
-    );
+    // A repair changes the bucket: not under a writer on another machine (VBFS_LEASE_HELD).
+    const lease = opts.repair ? await this.bucketLease(info.id, name) : null;
+    try {
+      return await fsckVolume(
+        {
+          info,
+          dir: await this.localDir(name),
+          fileIO: this.fileIO,
+          backend: this.backend,
+          logger: this.logger,
+          storeDir: this.dir,
+          mapMedium: await this.mapMediumFor(info),
+          cipher,
+        },
+        opts,
+      );
+    } finally {
+      await lease?.release().catch(() => undefined);
+    }
+  }
+
+  /** The lease of a bucket volume, for work that must not run under a writer anywhere (null: no lease in this store). */
+  private async bucketLease(id: string | null, name: string): Promise<Lease | null> {
+    if (!this.catalog || id === null || !canLease(this.backend)) return null;
+    return acquireVolumeLease(this.backend, id, name, this.leaseTtlMs, this.logger);
   }
 
   /**
@@ -397,22 +411,39 @@ export class Store implements MountableStore {
       throw err;
     }
     const aside = `${this.dir}/volumes/.deleted-${name}-${randomBytes(4).toString('hex')}`;
+    let lease: Lease | null = null;
     try {
+      // The local LOCK does not see a mount on another machine; its lease does
+      // (VBFS_LEASE_HELD). Held until the volume's objects are gone.
+      lease = await this.bucketLease(state.info?.id ?? bucketId, name);
       // A bucket volume is gone once its name is (then its objects go, below).
       if (this.catalog) await this.catalog.remove(name);
       // Renamed aside while still locked, so no opener can slip in between.
       await this.fileIO.rename(this.volDir(name), aside);
       await this.fileIO.fsyncDir(`${this.dir}/volumes`);
+    } catch (err) {
+      await lease?.release().catch(() => undefined);
+      throw err;
     } finally {
       await lock.release();
     }
-    await this.removeVolumeData(aside, state.info?.id ?? bucketId ?? (await this.volumeIdIn(aside)));
+    try {
+      await this.removeVolumeData(aside, state.info?.id ?? bucketId ?? (await this.volumeIdIn(aside)), lease);
+    } catch (err) {
+      await lease?.release().catch(() => undefined);
+      throw err;
+    }
     this.logger.info('deleted volume', { volume: name, damaged: state.damaged });
   }
 
-  private async removeVolumeData(dir: string, id: string | null): Promise<void> {
+  /** With `lease` (held while deleting): it is given up just before its own objects go, so no renewal writes one back. */
+  private async removeVolumeData(dir: string, id: string | null, lease: Lease | null = null): Promise<void> {
     if (id) {
-      for (const key of await this.backend.list(`${id}/`)) await this.backend.delete(key);
+      const keys = await this.backend.list(`${id}/`);
+      const ours = leasePrefix(id);
+      for (const key of keys) if (!key.startsWith(ours)) await this.backend.delete(key);
+      lease?.abandon();
+      for (const key of keys) if (key.startsWith(ours)) await this.backend.delete(key);
       // A deleted volume's id is never used again: drop what the backend kept for it
       // (FileBackend: the now empty objects/<id>/chunks directories).
       await this.backend.removeEmpty?.(`${id}/`);

@@ -81,7 +81,7 @@ export interface VolumeTunables {
   flushIntervalMs: number; // flush pending data at least this often (default 5000)
   batchBlocks: number; // batched mode: start a sync after this many unsynced blocks; writers wait at twice that (default 1024)
   batchMs: number; // batched mode: sync at most this long after a write (default 5)
-  cacheBytes: number; // read cache size (default 64 MiB)
+  cacheBytes: number; // read cache size at most (default 1 GiB; the memory share minus the write buffer bounds it)
   checkpointBytes: number; // write a checkpoint when the map log exceeds this (default 16 MiB)
   readaheadBytes: number; // sequential-read readahead window (default 1 MiB, 0 = off)
   noSpaceRetryMs: number; // store disk full: retry the failed WAL write / flush this often (default 1000)
@@ -91,6 +91,13 @@ export interface VolumeTunables {
   backendRetryMs: number; // backend down: a failed flush is tried again after this long, doubling up to 30 s (default 1000)
   cryptoThreads: number; // encrypted volumes: a worker thread opens (decrypts) readahead runs off the event loop (default 1; 0: inline)
   cryptoBatchBlocks: number; // encrypted volumes: a run a read waits for is opened in the worker too from this many records (default 64)
+  cryptoSealBlocks: number; // encrypted volumes, not strict: a write of this many blocks or more is sealed in the worker, acknowledged before (so are smaller ones while it has records); 0: always inline (default 8)
+  // Compaction (store/compactor.ts): rewrites the live records of mostly-dead chunks into new ones.
+  compactIntervalMs: number; // check whether to compact this often (default 5000; 0 = no background compaction, compact() still works)
+  compactStartRatio: number; // start when stored bytes > live bytes x this (default 1.5)
+  compactTargetRatio: number; // ... and go on until stored <= live x this (default 1.25)
+  compactChunkLive: number; // also compact any chunk whose live fraction is below this (default 0.25)
+  compactRateBytes: number; // bytes/s compaction reads + writes at most while foreground I/O runs (default 32 MiB/s; 0 = no limit)
 }
 
 export interface VolumeOpenOptions extends Partial<VolumeTunables> {
@@ -130,6 +137,9 @@ export interface VolumeStats {
   checkpoints: number;
   errors: number;
   corruptReads: number; // reads refused (EIO) because stored data failed its checksum or identity check
+  trims: number; // trim() calls (library, or FUSE fallocate: fstrim, discard, blkdiscard)
+  zeroBlocks: number; // blocks made Empty by a zero record (whole blocks trimmed, or written as all zeros)
+  zeroBlocksUnflushed: number; // ... whose map tombstone the next flush commits
   seq: number; // last sequence number handed out
   seqReserved: number; // seqs up to this one are reserved durably in the map log (0 when read-only)
   seqReservations: number; // reservations written in the background since open (the one at open not counted)
@@ -142,4 +152,14 @@ export interface VolumeStats {
   diskCacheHits: number; // backend reads served by the local disk chunk cache
   diskCacheMisses: number; // ... that had to go to the backend
   diskCacheBytes: number; // bytes the disk chunk cache holds
+  // Space (store/compactor.ts): bytes of live records in chunks, bytes of the chunk objects holding them.
+  liveBytes: number;
+  storedBytes: number;
+  spaceAmplification: number; // storedBytes / liveBytes (0 when nothing is stored)
+  compacting: number; // 1 while a compaction runs
+  compactProgress: number; // share of the running compaction's reclaimable bytes reclaimed so far (0..1; 0 when idle)
+  compactRounds: number; // compaction rounds (one new chunk each) since open
+  compactedChunks: number; // chunks emptied by compaction since open
+  compactBytesMoved: number; // bytes of new chunks compaction wrote
+  compactBytesReclaimed: number; // stored bytes compaction freed since open
 }

@@ -6,13 +6,14 @@ import type { Backend } from '../backend/backend';
 import { BlockCache } from '../cache/block-cache';
 import { maxPayload, RECORD_HEADER } from '../format/block-record';
 import { SEGMENT_HEADER } from '../format/segment-header';
-import { checkDurability } from './volume-rules';
+import { checkDurability, checkDurabilityOn } from './volume-rules';
 import { BlockIndex } from '../map/block-index';
 import { MapStore, type Failpoint } from '../map/map-store';
 import type { MapMedium } from '../map/map-medium';
 import type { FileIO } from '../io/file-io';
 import type { Durability, Logger, VolumeInfo } from '../types';
 import type { VolumeOpenOptions, VolumeTunables } from './types';
+import { ZeroList } from './zero-list';
 
 const MiB = 1024 * 1024;
 
@@ -28,7 +29,10 @@ export const DEFAULT_TUNABLES: VolumeTunables = {
   flushIntervalMs: 5000,
   batchBlocks: 1024,
   batchMs: 5,
-  cacheBytes: 64 * MiB,
+  // At most this much: the volume's memory share (store.ts) bounds it, and the cache
+  // gets what the share leaves after the write buffer (768 MiB of the default 1 GiB
+  // budget), so a working set of that size is served from memory.
+  cacheBytes: 1024 * MiB,
   checkpointBytes: 16 * MiB,
   readaheadBytes: 1 * MiB,
   noSpaceRetryMs: 1000,
@@ -38,6 +42,12 @@ export const DEFAULT_TUNABLES: VolumeTunables = {
   backendRetryMs: 1000,
   cryptoThreads: 1,
   cryptoBatchBlocks: 64,
+  cryptoSealBlocks: 8,
+  compactIntervalMs: 5000,
+  compactStartRatio: 1.5,
+  compactTargetRatio: 1.25,
+  compactChunkLive: 0.25,
+  compactRateBytes: 32 * MiB,
 };
 
 export interface VolumeContext {
@@ -69,6 +79,10 @@ export interface VolumeCounters {
   flushedBytes: number;
   errors: number;
   corruptReads: number;
+  /** trim() calls (library, FUSE fallocate). */
+  trims: number;
+  /** Blocks made Empty by a zero record (whole blocks trimmed or written as zeros). */
+  zeroBlocks: number;
 }
 
 /**
@@ -114,7 +128,11 @@ export class VolumeCore {
     flushedBytes: 0,
     errors: 0,
     corruptReads: 0,
+    trims: 0,
+    zeroBlocks: 0,
   };
+  /** Zero records not yet in a map tombstone (the flusher commits them). */
+  readonly zeros = new ZeroList();
 
   constructor(
     /** volume.json as of open; only the format upgrade (recovery) replaces it. */
@@ -125,8 +143,10 @@ export class VolumeCore {
     this.name = info.name;
     this.size = info.size;
     this.blockSize = info.blockSize;
-    this.durability = opts.durability !== undefined ? checkDurability(opts.durability) : info.durability;
     this.readOnly = opts.readOnly === true;
+    this.durability = opts.durability !== undefined ? checkDurability(opts.durability) : info.durability;
+    // Durability binds writers only: a reader of a `remote` volume may read it from anywhere.
+    if (!this.readOnly) checkDurabilityOn(this.durability, ctx.backend);
     this.tunables = resolveTunables(opts, info.blockSize, ctx.backend.remote === true);
     this.blockCount = info.size / info.blockSize;
     this.cipher = ctx.cipher ?? null;
@@ -186,6 +206,10 @@ function resolveTunables(opts: VolumeOpenOptions, blockSize: number, remote: boo
   if (t.walSegmentBytes < minChunk) throw new VbfsError('VBFS_INVALID_ARGUMENT', `walSegmentBytes must be at least ${minChunk}`);
   if (t.writeBufferBytes < 2 * blockSize) throw new VbfsError('VBFS_INVALID_ARGUMENT', `writeBufferBytes must be at least two blocks`);
   if (t.flushIntervalMs < 1) t.flushIntervalMs = 1;
+  if (t.compactTargetRatio < 1 || t.compactStartRatio < t.compactTargetRatio) {
+    throw new VbfsError('VBFS_INVALID_ARGUMENT', `compaction ratios: need 1 <= compactTargetRatio <= compactStartRatio`);
+  }
+  if (t.compactChunkLive > 1) throw new VbfsError('VBFS_INVALID_ARGUMENT', `compactChunkLive is a fraction from 0 to 1`);
   if (!Number.isInteger(t.seqReserveStep) || t.seqReserveStep < 1 || t.seqReserveStep > 2 ** 40) {
     throw new VbfsError('VBFS_INVALID_ARGUMENT', `seqReserveStep must be an integer from 1 to 2^40`);
   }

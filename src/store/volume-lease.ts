@@ -1,6 +1,8 @@
 import { VbfsError, isVbfsError } from '../errors';
-import type { Backend } from '../backend/backend';
-import { acquireLease, beginEpoch, createFenced, type Lease, type LeaseBackend } from '../backend/lease';
+import type { Backend, BackendCounters } from '../backend/backend';
+import { DiskCacheBackend } from '../backend/disk-cache';
+import { S3Backend } from '../backend/s3-backend';
+import { DEFAULT_LEASE_TTL_MS, acquireLease, beginEpoch, createFenced, type Lease, type LeaseBackend } from '../backend/lease';
 import type { ReplayPlan } from '../backend/fencing';
 import { chunkPrefix } from '../chunk/chunk';
 import type { FileIO } from '../io/file-io';
@@ -28,6 +30,10 @@ export function canLease(b: Backend): b is Backend & LeaseBackend {
  */
 export class FencedBackend implements Backend {
   readonly kind: string;
+  /** The inner backend's: a leased S3 volume is as remote as an unleased one (reader fan-out, outages, `remote` durability). */
+  readonly remote: boolean | undefined;
+  /** Only where the inner backend has one (the reader re-reads only when there is a copy to drop). */
+  readonly invalidate?: (key: string) => Promise<void>;
 
   constructor(
     private readonly inner: Backend & LeaseBackend,
@@ -35,6 +41,12 @@ export class FencedBackend implements Backend {
     private readonly volumeId: string,
   ) {
     this.kind = inner.kind;
+    this.remote = inner.remote;
+    if (inner.invalidate) this.invalidate = (key) => inner.invalidate?.(key) ?? Promise.resolve();
+  }
+
+  counters(): BackendCounters {
+    return this.inner.counters?.() ?? {};
   }
 
   async put(key: string, data: Uint8Array): Promise<void> {
@@ -77,19 +89,26 @@ export interface VolumeLeaseSetup {
   backend: FencedBackend;
 }
 
-/** Take the lease of volume `id`, begin its epoch and decide about the local WAL in `dir`. */
-export async function takeVolumeLease(
-  backend: Backend & LeaseBackend,
-  id: string,
-  name: string,
-  dir: string,
-  fileIO: FileIO,
-  ttlMs: number | undefined,
-  logger: Logger,
-): Promise<VolumeLeaseSetup> {
-  let lease: Lease;
+/**
+ * What a lease renews through: the S3 backend's dedicated lease client
+ * (S3Backend.leaseBackend), looked for under the disk cache that wraps it in a store;
+ * a backend without one (tests' wrappers) renews through itself.
+ */
+function leaseClientOf(backend: LeaseBackend, ttlMs: number): LeaseBackend {
+  // Only through the store's own cache wrapper: another wrapper (a test's cut network) must stay in the path.
+  const b: unknown = backend instanceof DiskCacheBackend ? backend.inner : backend;
+  return b instanceof S3Backend ? b.leaseBackend(ttlMs) : backend;
+}
+
+/**
+ * Take the lease of volume `id` (no epoch begun): VBFS_LEASE_HELD, naming the volume
+ * as the user knows it and the holder, while a writer anywhere holds it. Also what
+ * `vbfs delete` and `vbfs fsck --repair` of a bucket volume hold while they work, so
+ * neither runs under a mount on another machine (the local LOCK cannot see that one).
+ */
+export async function acquireVolumeLease(backend: LeaseBackend, id: string, name: string, ttlMs: number | undefined, logger: Logger): Promise<Lease> {
   try {
-    lease = await acquireLease(backend, id, { ttlMs, logger });
+    return await acquireLease(leaseClientOf(backend, ttlMs ?? DEFAULT_LEASE_TTL_MS), id, { ttlMs, logger });
   } catch (err) {
     // Name the volume as the user knows it, not by its id in the bucket.
     if (isVbfsError(err, 'VBFS_LEASE_HELD') && typeof err.details['host'] === 'string') {
@@ -103,6 +122,19 @@ export async function takeVolumeLease(
     }
     throw err;
   }
+}
+
+/** Take the lease of volume `id`, begin its epoch and decide about the local WAL in `dir`. */
+export async function takeVolumeLease(
+  backend: Backend & LeaseBackend,
+  id: string,
+  name: string,
+  dir: string,
+  fileIO: FileIO,
+  ttlMs: number | undefined,
+  logger: Logger,
+): Promise<VolumeLeaseSetup> {
+  const lease = await acquireVolumeLease(backend, id, name, ttlMs, logger);
   try {
     const { plan, record } = await beginEpoch(backend, lease);
     await fenceLocalWal(plan, lease.epoch, name, dir, fileIO, logger);

@@ -49,6 +49,22 @@ export function checkDurability(d: unknown): Durability {
   return d as Durability;
 }
 
+/**
+ * `remote` promises that an fsync'ed write is in the backend, off this machine. A
+ * local directory backend is on the machine (the CLI's is inside the store
+ * directory), so there it would only be a slower `strict`: refused, so that a
+ * forgotten --backend is not mistaken for protection against losing the disk.
+ */
+export function checkDurabilityOn(d: Durability, backend: { kind: string; remote?: boolean }): Durability {
+  if (d === 'remote' && backend.remote !== true) {
+    throw new VbfsError('VBFS_INVALID_ARGUMENT', `durability 'remote' needs a remote backend (S3: --backend s3://...), not a ${backend.kind} backend`, {
+      durability: d,
+      backend: backend.kind,
+    });
+  }
+  return d;
+}
+
 export function checkCompression(c: unknown): Compression {
   if (!COMPRESSIONS.includes(c as Compression)) {
     throw new VbfsError('VBFS_INVALID_ARGUMENT', `invalid compression ${JSON.stringify(c)}: use one of ${COMPRESSIONS.join(', ')}`);

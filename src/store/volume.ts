@@ -5,6 +5,7 @@ import { VolumeLock } from './lock';
 import { LatencyWindow } from './latency';
 import { collectIdleGarbage } from './idle-gc';
 import { Flusher } from './flusher';
+import { Compactor, surveyChunks, type CompactNowOptions, type CompactionResult } from './compactor';
 import { Reader } from './reader';
 import { recover } from './recovery';
 import type { Durability, VolumeInfo } from '../types';
@@ -38,6 +39,7 @@ const RESOLVED: Promise<void> = Promise.resolve();
  *   reader.ts    one index lookup per block, chunk runs, readahead, damaged records
  *   flusher.ts   arena -> chunk objects -> map commit -> WAL reclaim, dead chunks
  *   recovery.ts  open(): map load, orphan chunks, WAL replay, format upgrade
+ *   compactor.ts mostly-dead chunks -> new chunks -> map commit -> old chunks deleted
  *
  * They share a VolumeCore (index, arena, cache, map store, seq, failure state).
  * The writer and the flusher exist only in writable mode.
@@ -48,6 +50,7 @@ export class Volume {
   /** The writer and the flusher: writable mode only. */
   private writer: Writer | null = null;
   private flusher: Flusher | null = null;
+  private compactor: Compactor | null = null;
   private lock: VolumeLock | null = null;
   private closing: Promise<void> | null = null;
   private idleTimer: NodeJS.Timeout | null = null;
@@ -74,6 +77,7 @@ export class Volume {
         writer.connect(flusher);
         v.writer = writer;
         v.flusher = flusher;
+        v.compactor = new Compactor(core, flusher);
       }
     } catch (err) {
       if (v.idleTimer) clearInterval(v.idleTimer);
@@ -135,6 +139,7 @@ export class Volume {
     const before = this.memoryBytes + (this.flusher?.pooledBuffers ?? 0);
     if (arena.used === 0) arena.trim();
     cache.trim();
+    this.reader.runBuffers.trim();
     this.flusher?.trimBuffers();
     if (before > this.memoryBytes) collectIdleGarbage();
   }
@@ -157,6 +162,26 @@ export class Volume {
   }
 
   /**
+   * Trim (discard) `length` bytes at `offset`: they read as zeros from now on.
+   * Whole blocks become Empty through a zero record in the WAL (no payload, no
+   * write-buffer slot, and once flushed no chunk space: their old chunk copies stop
+   * counting as live); the partial blocks at either end are zeroed by a
+   * read-modify-write, like a write. Ordered with writes, and durable like one:
+   * at the next fsync, or as the durability mode says.
+   */
+  trim(offset: number, length: number): Promise<void> {
+    let writer: Writer;
+    try {
+      writer = this.checkWritable();
+      this.checkRange(offset, length);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    if (length === 0) return RESOLVED;
+    return writer.trim(offset, length);
+  }
+
+  /**
    * Everything written before this call is durable when it resolves (strict,
    * batched, relaxed). In async mode a sync is started and not awaited.
    */
@@ -165,6 +190,9 @@ export class Volume {
     const t0 = performance.now();
     this.core.counters.fsyncs++;
     await writer.fsync();
+    // Checked again once synced: a lease that ran out during the WAL sync fences this
+    // writer (another machine may take over without this WAL), so nothing is acknowledged.
+    this.core.ctx.beforeWrite?.();
     if (this.durability !== 'async') this.fsyncLatency.add(performance.now() - t0);
   }
 
@@ -173,6 +201,27 @@ export class Volume {
     const writer = this.checkWritable();
     await writer.drain();
     await writer.flusher.flush();
+  }
+
+  /**
+   * Compact now (store/compactor.ts), whatever the start threshold says: down to
+   * compactTargetRatio and no chunk below compactChunkLive, or (`full`) every chunk
+   * that holds dead records. Not rate limited. Waits for a running compaction first.
+   */
+  async compact(opts: CompactNowOptions = {}): Promise<CompactionResult> {
+    this.checkWritable();
+    return (this.compactor as Compactor).compactNow(opts);
+  }
+
+  /**
+   * Live and stored bytes, as stats() has them, after the chunks that existed at
+   * open have had their headers read (the map names only their live records).
+   */
+  async space(): Promise<{ liveBytes: number; storedBytes: number; chunks: number }> {
+    this.core.checkOpen();
+    if (this.compactor) await this.compactor.surveyed();
+    else await surveyChunks(this.core);
+    return this.core.index.space();
   }
 
   /** Read `length` bytes at `offset`; never-written ranges read as zeros. */
@@ -210,6 +259,7 @@ export class Volume {
   private async doClose(): Promise<void> {
     const core = this.core;
     this.flusher?.stopTimers();
+    await this.compactor?.stop();
     this.writer?.stopTimers();
     if (this.idleTimer) clearInterval(this.idleTimer);
     // Writers waiting for room while the backend is down would wait for good (no
@@ -250,6 +300,7 @@ export class Volume {
       blocksPending: states.pending,
       blocksPersisted: states.persisted,
       blocksCached: states.cached,
+      zeroBlocksUnflushed: index.pendingZeros,
       cacheHits: cache.hits,
       cacheMisses: cache.misses,
       cacheBytes: cache.bytes,
@@ -261,6 +312,34 @@ export class Volume {
       seqReserveWaits: this.writer?.seqs.waits ?? 0,
       ...backendStats(this.core.ctx.backend.counters?.() ?? {}),
       backendDown: this.flusher?.backendDown ? 1 : 0,
+      ...this.spaceStats(),
+    };
+  }
+
+  private spaceStats(): Pick<
+    VolumeStats,
+    | 'liveBytes'
+    | 'storedBytes'
+    | 'spaceAmplification'
+    | 'compacting'
+    | 'compactProgress'
+    | 'compactRounds'
+    | 'compactedChunks'
+    | 'compactBytesMoved'
+    | 'compactBytesReclaimed'
+  > {
+    const { liveBytes, storedBytes } = this.core.index.space();
+    const c = this.compactor;
+    return {
+      liveBytes,
+      storedBytes,
+      spaceAmplification: liveBytes > 0 ? storedBytes / liveBytes : 0,
+      compacting: c?.running ? 1 : 0,
+      compactProgress: c?.running && c.runReclaimable > 0 ? Math.min(1, c.runReclaimed / c.runReclaimable) : 0,
+      compactRounds: c?.rounds ?? 0,
+      compactedChunks: c?.chunksCompacted ?? 0,
+      compactBytesMoved: c?.bytesMoved ?? 0,
+      compactBytesReclaimed: c?.bytesReclaimed ?? 0,
     };
   }
 

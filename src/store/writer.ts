@@ -1,9 +1,12 @@
 import { VbfsError, ioError, isNoSpace } from '../errors';
 import { compressBlock } from '../chunk/codec';
-import { DOMAIN_RECORD } from '../crypto/volume-cipher';
-import { FLAG_LZ4, FLAG_SEALED, RECORD_HEADER } from '../format/block-record';
+import { DOMAIN_RECORD, SEAL_OVERHEAD } from '../crypto/volume-cipher';
+import { FLAG_LZ4, FLAG_SEALED, FLAG_ZERO, RECORD_HEADER } from '../format/block-record';
+import { EMPTY } from '../map/block-index';
 import { copyBytes } from '../format/bytes';
 import { WalWriter } from '../wal/wal-writer';
+import type { CipherPool } from '../crypto/cipher-pool';
+import type { VolumeCipher } from '../crypto/volume-cipher';
 import type { Reader } from './reader';
 import { SeqReserve } from './seq-reserve';
 import { isBackendDown } from './flusher';
@@ -13,6 +16,14 @@ const RESOLVED: Promise<void> = Promise.resolve();
 const MiB = 1024 * 1024;
 /** One batch buffer of the WAL: records accumulate here between write() calls. */
 const WAL_BUFFER_BYTES = 1 * MiB;
+/**
+ * Zero versions (trimmed blocks) wait for the next flush's map tombstone in the
+ * index and the zero list, 40 bytes each and no write-buffer slot: past ZERO_KICK a
+ * flush starts, past ZERO_WAIT a trim or zero write waits for one (memory bound).
+ */
+const ZERO_KICK = 64 * 1024;
+const ZERO_WAIT = 1024 * 1024;
+const NO_BYTES = new Uint8Array(0);
 
 /** What the writer needs from the flusher (which needs the writer's WAL). */
 export interface FlushControl {
@@ -24,7 +35,75 @@ export interface FlushControl {
   readonly waveRecords: number;
   /** Volume.flush(): pack everything written so far into chunks. */
   flush(): Promise<void>;
+  /** remote durability: everything written so far is in the backend's chunks and map (concurrent callers share flushes). */
+  persist(): Promise<void>;
 }
+
+/**
+ * Records sealed together in the crypto worker (of one or several writes), then
+ * appended to the WAL in seq order. Their slots are held (arena.holdForSeal)
+ * until then, so neither their plaintext nor their sealed room is reused.
+ */
+class SealBatch {
+  n = 0;
+  /** Payload bytes in `plain` (worker batches). */
+  bytes = 0;
+  readonly slots: Int32Array;
+  /** block, seq, flags of each record (the worker's request format) */
+  readonly meta: Float64Array;
+  /** payload length of each record before sealing */
+  readonly lens: Uint32Array;
+  /** The payloads back to back (transferred to the worker with `out`, and back). */
+  readonly plain: Uint8Array;
+  /** Sealed payloads back to back, once back from the worker. */
+  sealed: Buffer | null = null;
+  /** The buffers, once back from the worker (reused by a later batch). */
+  back: SealBuffers | null = null;
+  ready = false;
+  /** Resolves (never rejects) once the batch is in the WAL or dropped with the volume's failure. */
+  readonly appended: Promise<void>;
+  resolve!: () => void;
+
+  constructor(
+    cap: number,
+    readonly bufs: SealBuffers,
+  ) {
+    this.slots = new Int32Array(cap);
+    this.meta = new Float64Array(3 * cap);
+    this.lens = new Uint32Array(cap);
+    this.plain = new Uint8Array(bufs.plain);
+    this.appended = new Promise((r) => (this.resolve = r));
+  }
+
+  add(slot: number, block: number, seq: number, flags: number, payload: Uint8Array, len: number): void {
+    const k = this.n++;
+    this.slots[k] = slot;
+    this.meta[3 * k] = block;
+    this.meta[3 * k + 1] = seq;
+    this.meta[3 * k + 2] = flags;
+    this.lens[k] = len;
+    this.plain.set(payload, this.bytes);
+    this.bytes += len;
+  }
+
+  get full(): boolean {
+    return this.n === this.slots.length;
+  }
+}
+
+/**
+ * A batch's plaintext and sealed-payload buffers. They go to the worker and come
+ * back, and are reused: a fresh 128 KiB buffer per batch costs page faults (and
+ * an mmap) on every batch, measured at more than the sealing it replaces.
+ */
+interface SealBuffers {
+  plain: ArrayBuffer;
+  out: ArrayBuffer;
+}
+/** Spare SealBuffers kept per volume. */
+const SPARE_SEAL_BUFFERS = 8;
+/** Records per batch sent to the crypto worker (one 256 KiB message of 4 KiB blocks). */
+const SEAL_BATCH_RECORDS = 64;
 
 /** Where the WAL continues after recovery. */
 export interface WalStart {
@@ -42,7 +121,8 @@ export interface WalStart {
  *  3. commitSlot: the slot becomes the block's current version (Hot) and is
  *     appended to the WAL's batch buffer, compressed once if the volume is lz4.
  *  4. afterApply: the durability mode decides what the caller waits for: the WAL
- *     sync (strict), a group commit (batched), or only WAL backpressure (relaxed, async).
+ *     sync (strict), a group commit (batched), or only WAL backpressure (relaxed,
+ *     async, remote; a remote fsync waits for a flush to the backend instead).
  *  5. onDurable: when a WAL sync completes, the blocks it covered become Pending.
  *
  * The flusher takes it from there (flusher.ts). The WAL exists only here, and the
@@ -64,6 +144,29 @@ export class Writer {
   private unsyncedSeqs = new Float64Array(1024);
   private head = 0; // next to pop
   private tail = 0; // next free (head === tail: empty)
+
+  /**
+   * Encrypted volumes (not strict): a write of cryptoSealBlocks blocks or more is
+   * sealed in the crypto worker (cipher-pool.ts), and acknowledged before; so is a
+   * smaller one while records are in the worker (the WAL takes records in seq
+   * order). A smaller write otherwise is sealed inline: with FUSE sending one
+   * write at a time, batching 4 KiB writes gave batches of one or two records,
+   * whose trip cost more than the seals (measured). `sealOpen` collects records
+   * until it holds SEAL_BATCH_RECORDS or `sealTimer` fires (1 ms); `sealQueue`
+   * holds the batches sent, waiting for the WAL, oldest first.
+   */
+  private readonly sealBatched: boolean;
+  /** The write being applied goes to the worker (set at its start). */
+  private toWorker = false;
+  private sealOpen: SealBatch | null = null;
+  private sealTimer: NodeJS.Timeout | null = null;
+  private readonly spareSealBuffers: SealBuffers[] = [];
+  private readonly sealQueue: SealBatch[] = [];
+  private sealingBlocks = 0;
+
+  /** Zeros to overlay a partial block with (a partial trim), and the room a sealed zero record's tag is made in. */
+  private readonly zeroBlock: Buffer;
+  private readonly zeroTag = Buffer.alloc(32);
 
   /** Set by connect(): the flusher is built on this writer's WAL, so it comes second. */
   flusher!: FlushControl;
@@ -90,6 +193,9 @@ export class Writer {
       onDurable: (seq) => this.markDurable(seq),
     });
     this.seqs = new SeqReserve(core, (err) => this.failUnlessNoSpace(err));
+    // Strict writes wait for the disk anyway: a trip to the worker would only add to it.
+    this.sealBatched = core.cipherPool !== null && core.tunables.cryptoSealBlocks > 0 && core.durability !== 'strict';
+    this.zeroBlock = Buffer.alloc(blockSize);
   }
 
   connect(flusher: FlushControl): void {
@@ -107,71 +213,130 @@ export class Writer {
     this.core.lastIo = performance.now();
     c.writes++;
     c.writeBytes += data.length;
+    return this.enqueue(offset, data, data.length);
+  }
+
+  /**
+   * Trim `length` bytes at `offset` (already checked by Volume): a write of zeros,
+   * in the same queue, that logs whole blocks as zero records (commitZero).
+   */
+  trim(offset: number, length: number): Promise<void> {
+    this.core.lastIo = performance.now();
+    this.core.counters.trims++;
+    return this.enqueue(offset, null, length);
+  }
+
+  /** data === null: zeros (a trim). */
+  private enqueue(offset: number, data: Uint8Array | null, length: number): Promise<void> {
     // Fast path (the usual case behind FUSE, which sends one write at a time): no
     // write queued, room in the arena, no partial block that needs a backend read.
     // Then the whole write is applied synchronously, with no promise in between.
-    if (!this.writeTail && this.applySync(offset, data)) return this.afterApply();
+    if (!this.writeTail && this.applySync(offset, data, length)) return this.sealBatched ? this.afterSealApply() : this.afterApply();
     const prev = this.writeTail;
-    const run = (): Promise<void> => this.apply(offset, data);
+    const run = (): Promise<void> => this.apply(offset, data, length);
     // A failed earlier write must not fail this one: chain on settle, not on success.
     const mine = (prev ? prev.then(run, run) : run()).finally(() => {
       if (this.writeTail === mine) this.writeTail = null;
     });
     this.writeTail = mine;
-    return mine.then(() => this.afterApply());
+    return mine.then(() => (this.sealBatched ? this.afterSealApply() : this.afterApply()));
+  }
+
+  private sealInWorker(blocks: number): boolean {
+    return this.sealBatched && (blocks >= this.core.tunables.cryptoSealBlocks || this.sealingBlocks > 0);
   }
 
   /** Apply the write now if nothing can make it wait; false (and nothing done) otherwise. */
-  private applySync(offset: number, data: Uint8Array): boolean {
-    const { arena, blockSize: bs } = this.core;
+  private applySync(offset: number, data: Uint8Array | null, length: number): boolean {
+    const { arena, index, blockSize: bs } = this.core;
     const first = Math.floor(offset / bs);
-    const last = Math.floor((offset + data.length - 1) / bs);
+    const last = Math.floor((offset + length - 1) / bs);
     if (last - first + 1 > arena.available) return false;
     if (!this.seqs.covers(last - first + 1)) return false;
+    if (index.pendingZeros >= ZERO_WAIT) return false;
     if (offset % bs !== 0 && this.reader.inMemoryBlock(first) === undefined) return false;
-    if ((offset + data.length) % bs !== 0 && this.reader.inMemoryBlock(last) === undefined) return false;
+    if ((offset + length) % bs !== 0 && this.reader.inMemoryBlock(last) === undefined) return false;
+    this.toWorker = this.sealInWorker(last - first + 1);
+    // A zero record goes straight to the WAL, which takes records in seq order: with
+    // records in (or bound for) the crypto worker it must wait for them (apply()).
+    if ((this.toWorker || this.sealingBlocks > 0) && hasZeroBlock(data, offset, length, bs)) return false;
     let pos = offset;
-    const end = offset + data.length;
+    const end = offset + length;
     while (pos < end) {
       const block = Math.floor(pos / bs);
       const inOff = pos - block * bs;
       const n = Math.min(bs - inOff, end - pos);
-      const slot = arena.alloc();
-      if (n === bs) arena.copyIn(slot, data, pos - offset);
-      else this.fillPartial(slot, this.reader.inMemoryBlock(block) as Buffer | null, data, pos - offset, inOff, n);
-      this.commitSlot(block, slot);
+      if (n === bs && (data === null || isZeroBlock(data, pos - offset, bs))) {
+        this.commitZero(block);
+      } else {
+        const slot = arena.alloc();
+        if (n === bs) arena.copyIn(slot, data as Uint8Array, pos - offset);
+        else this.fillPartial(slot, this.reader.inMemoryBlock(block) as Buffer | null, data ?? this.zeroBlock, data ? pos - offset : 0, inOff, n);
+        this.commitSlot(block, slot);
+      }
       pos += n;
     }
-    if (arena.used * bs >= this.core.tunables.flushBytes) this.flusher.kick();
+    if (arena.used * bs >= this.core.tunables.flushBytes || index.pendingZeros >= ZERO_KICK) this.flusher.kick();
     return true;
   }
 
   /** The slow path: may wait for room in the arena, or read a partial block's current bytes. */
-  private async apply(offset: number, data: Uint8Array): Promise<void> {
+  private async apply(offset: number, data: Uint8Array | null, length: number): Promise<void> {
     this.check();
-    const { arena, blockSize: bs } = this.core;
-    const end = offset + data.length;
+    const { arena, index, blockSize: bs } = this.core;
+    const end = offset + length;
+    this.toWorker = this.sealInWorker(Math.floor((end - 1) / bs) - Math.floor(offset / bs) + 1);
     let pos = offset;
-    while (pos < end) {
-      const block = Math.floor(pos / bs);
-      const inOff = pos - block * bs;
-      const n = Math.min(bs - inOff, end - pos);
-      // Writes are applied one at a time: nothing takes a seq between here and commitSlot.
-      if (!this.seqs.covers(1)) await this.seqs.wait(1);
-      let slot = arena.alloc();
-      while (slot < 0) slot = await this.waitForSlot();
-      if (n === bs) {
-        arena.copyIn(slot, data, pos - offset);
-      } else {
-        // Partial block: start from the current version of the block.
-        let base = this.reader.inMemoryBlock(block);
-        if (base === undefined) base = await this.reader.fetchBlock(block);
-        this.fillPartial(slot, base, data, pos - offset, inOff, n);
+    try {
+      while (pos < end) {
+        const block = Math.floor(pos / bs);
+        const inOff = pos - block * bs;
+        const n = Math.min(bs - inOff, end - pos);
+        // Before any wait, the records collected so far go to the worker (the flusher
+        // may wait for their seals). Writes are applied one at a time: nothing takes a
+        // seq between here and commitSlot.
+        if (!this.seqs.covers(1)) {
+          this.sendSeals();
+          await this.seqs.wait(1);
+        }
+        if (n === bs && (data === null || isZeroBlock(data, pos - offset, bs))) {
+          if (index.pendingZeros >= ZERO_WAIT) {
+            this.sendSeals();
+            await this.flusher.flush();
+            if (!this.seqs.covers(1)) await this.seqs.wait(1);
+          }
+          // The zero record is appended now: the sealed records before it land first (seq order).
+          if (this.sealingBlocks > 0) {
+            await this.sealsSettled();
+            if (!this.seqs.covers(1)) await this.seqs.wait(1);
+          }
+          this.commitZero(block);
+          pos += n;
+          continue;
+        }
+        let slot = arena.alloc();
+        while (slot < 0) {
+          this.sendSeals();
+          slot = await this.waitForSlot();
+        }
+        if (n === bs) {
+          arena.copyIn(slot, data as Uint8Array, pos - offset);
+        } else {
+          // Partial block: start from the current version of the block.
+          let base = this.reader.inMemoryBlock(block);
+          if (base === undefined) {
+            this.sendSeals();
+            base = await this.reader.fetchBlock(block);
+          }
+          this.fillPartial(slot, base, data ?? this.zeroBlock, data ? pos - offset : 0, inOff, n);
+        }
+        this.commitSlot(block, slot);
+        pos += n;
       }
-      this.commitSlot(block, slot);
-      pos += n;
+    } finally {
+      this.sendSeals();
     }
-    if (arena.used * bs >= this.core.tunables.flushBytes) this.flusher.kick();
+    if (arena.used * bs >= this.core.tunables.flushBytes || index.pendingZeros >= ZERO_KICK) this.flusher.kick();
   }
 
   private async waitForSlot(): Promise<number> {
@@ -213,17 +378,174 @@ export class Writer {
     const packed = this.core.info.compression === 'lz4' ? compressBlock(slab.subarray(o, o + bs)) : null;
     const cipher = this.core.cipher;
     if (cipher) {
-      // Sealed into the slot's own sealed room (arena.ts): nothing per block outlives this call.
       const flags = (packed ? FLAG_LZ4 : 0) | FLAG_SEALED;
+      const payload = packed ?? slab.subarray(o, o + bs);
+      if (this.toWorker || this.sealingBlocks > 0) {
+        // Sealed in the worker; appended to the WAL (and pushUnsynced) when it comes back.
+        cipher.announceSeal(DOMAIN_RECORD, { block, seq, flags }, payload);
+        this.sealBatch().add(slot, block, seq, flags, payload, payload.length);
+        this.sealingBlocks++;
+        arena.holdForSeal(slot);
+        if ((this.sealOpen as SealBatch).full) this.sendSeals();
+        return;
+      }
+      // Sealed into the slot's own sealed room (arena.ts): nothing per block outlives this call.
       const dst = arena.sealedSlab(slot);
       const at = arena.sealedOffset(slot);
-      const len = cipher.sealInto(DOMAIN_RECORD, { block, seq, flags }, packed ?? slab.subarray(o, o + bs), dst, at);
+      const len = cipher.sealInto(DOMAIN_RECORD, { block, seq, flags }, payload, dst, at);
       arena.setSealedRecord(slot, this.wal.append(seq, block, flags, bs, dst, at, at + len), len, flags);
     } else {
       const crc = packed ? this.wal.append(seq, block, FLAG_LZ4, bs, packed, 0, packed.length) : this.wal.append(seq, block, 0, bs, slab, o, o + bs);
       arena.setRecord(slot, crc, packed, packed ? FLAG_LZ4 : 0);
     }
     this.pushUnsynced(slot, seq);
+  }
+
+  /**
+   * The block is all zeros from a new seq on: a zero record (header only; on an
+   * encrypted volume the tag of an empty plaintext, so the record is authenticated
+   * like any other) instead of a block record, and the block goes Empty without a
+   * slot (BlockIndex.setZero). A block that is Empty already logs nothing. The
+   * flusher turns the record into a map tombstone (flusher.ts).
+   */
+  private commitZero(block: number): void {
+    const { arena, index, blockSize: bs } = this.core;
+    if (index.state(block) === EMPTY) return;
+    const seq = ++this.core.seq;
+    arena.release(index.setZero(block, seq));
+    this.core.cache.delete(block);
+    const cipher = this.core.cipher;
+    if (cipher) {
+      const flags = FLAG_ZERO | FLAG_SEALED;
+      const len = cipher.sealInto(DOMAIN_RECORD, { block, seq, flags }, NO_BYTES, this.zeroTag, 0);
+      this.wal.append(seq, block, flags, bs, this.zeroTag, 0, len);
+    } else {
+      this.wal.append(seq, block, FLAG_ZERO, bs, NO_BYTES, 0, 0);
+    }
+    this.core.zeros.push(block, seq);
+    this.core.counters.zeroBlocks++;
+  }
+
+  // ------------------------------------------------------------ sealing in the worker
+
+  /** The batch collecting records; a new one is sent at the latest 1 ms after its first record. */
+  private sealBatch(): SealBatch {
+    if (this.sealOpen) return this.sealOpen;
+    const cap = SEAL_BATCH_RECORDS;
+    const bs = this.core.blockSize;
+    const bufs = this.spareSealBuffers.pop() ?? { plain: new ArrayBuffer(cap * bs), out: new ArrayBuffer(cap * (bs + SEAL_OVERHEAD)) };
+    this.sealOpen = new SealBatch(cap, bufs);
+    this.sealTimer = setTimeout(() => {
+      this.sealTimer = null;
+      this.sendSeals();
+    }, 1);
+    return this.sealOpen;
+  }
+
+  /** Send the collecting batch (if any) to the crypto worker; its records go to the WAL when it is back. */
+  private sendSeals(): void {
+    if (this.sealTimer) clearTimeout(this.sealTimer);
+    this.sealTimer = null;
+    const b = this.sealOpen;
+    if (!b) return;
+    this.sealOpen = null;
+    if (b.n === 0) return;
+    this.sealQueue.push(b);
+    (this.core.cipherPool as CipherPool).seal(b.bufs.plain, b.bufs.out, b.meta.subarray(0, 3 * b.n), b.lens.subarray(0, b.n)).then(
+      (back) => {
+        b.sealed = Buffer.from(back.out);
+        b.back = back;
+        this.sealDone(b);
+      },
+      () => this.sealDone(b), // the worker failed or closed: sealed inline instead (appendSealed)
+    );
+  }
+
+  private sealDone(b: SealBatch): void {
+    b.ready = true;
+    while (this.sealQueue.length > 0 && (this.sealQueue[0] as SealBatch).ready) {
+      const head = this.sealQueue.shift() as SealBatch;
+      this.sealingBlocks -= head.n;
+      this.appendSealed(head);
+      if (head.back && this.spareSealBuffers.length < SPARE_SEAL_BUFFERS) this.spareSealBuffers.push(head.back);
+      head.resolve();
+    }
+    this.scheduleSync();
+  }
+
+  /**
+   * Append a batch's sealed records to the WAL, in seq order, as commitSlot does
+   * for a record sealed inline. A batch the worker did not seal is sealed here, with
+   * the same nonce, AAD and payload (LZ4 is deterministic), so the bytes are the
+   * ones the worker would have made: one seq still has one content.
+   */
+  private appendSealed(b: SealBatch): void {
+    const { arena, blockSize: bs } = this.core;
+    const cipher = this.core.cipher as VolumeCipher;
+    let from = 0;
+    for (let k = 0; k < b.n; k++) {
+      const slot = b.slots[k] as number;
+      const block = b.meta[3 * k] as number;
+      const seq = b.meta[3 * k + 1] as number;
+      const flags = b.meta[3 * k + 2] as number;
+      const len = (b.lens[k] as number) + SEAL_OVERHEAD;
+      const dst = arena.sealedSlab(slot);
+      const at = arena.sealedOffset(slot);
+      try {
+        if (b.sealed) {
+          b.sealed.copy(dst, at, from, from + len);
+          from += len;
+        } else {
+          const o = arena.offset(slot);
+          const raw = arena.slab(slot).subarray(o, o + bs);
+          const payload = (flags & FLAG_LZ4) !== 0 ? (compressBlock(raw) as Buffer) : raw;
+          cipher.sealInto(DOMAIN_RECORD, { block, seq, flags }, payload, dst, at, true);
+        }
+        if (!this.core.failed) {
+          arena.setSealedRecord(slot, this.wal.append(seq, block, flags, bs, dst, at, at + len), len, flags);
+          this.pushUnsynced(slot, seq);
+        }
+      } catch (err) {
+        // The WAL failed (the volume is poisoned by it): the record is dropped, never
+        // acknowledged as durable; the next write or fsync reports the failure.
+        this.failUnlessNoSpace(err);
+      }
+      arena.endSeal(slot);
+    }
+  }
+
+  /** Resolves when every record sealed so far (or being sealed) is in the WAL. */
+  async sealsSettled(): Promise<void> {
+    this.sendSeals();
+    while (this.sealQueue.length > 0) await (this.sealQueue[this.sealQueue.length - 1] as SealBatch).appended;
+  }
+
+  /**
+   * A write whose records are (partly) still in the worker: when it must wait for
+   * the disk (strict), or the records not yet durable (in the worker or the WAL)
+   * reach the amount at which afterApply() makes a writer wait, it waits for the
+   * seals, then as afterApply() says; otherwise it is acknowledged now, and the
+   * sync is scheduled when the records land (scheduleSync).
+   */
+  private afterSealApply(): Promise<void> {
+    if (this.sealingBlocks === 0) return this.afterApply();
+    const mode = this.core.durability;
+    const rec = RECORD_HEADER + this.core.blockSize;
+    const behind = this.wal.unsyncedBytes + this.sealingBlocks * rec;
+    const limit = mode === 'batched' ? 2 * this.core.tunables.batchBlocks * rec : this.flusher.waveRecords * rec;
+    if (mode === 'strict' || behind >= limit) return this.sealsSettled().then(() => this.afterApply());
+    return RESOLVED;
+  }
+
+  /** Records appended from the worker's batches start the group commit afterApply() would have started for them. */
+  private scheduleSync(): void {
+    const mode = this.core.durability;
+    if (mode === 'batched') {
+      this.batchedCommitNoWait();
+    } else if (mode !== 'strict') {
+      const cap = this.flusher.waveRecords * (RECORD_HEADER + this.core.blockSize);
+      if (this.wal.unsyncedBytes >= cap / 2) this.wal.kickSync();
+    }
   }
 
   // ------------------------------------------------------------ durability
@@ -246,6 +568,12 @@ export class Writer {
   private batchedCommit(): Promise<void> {
     const t = this.core.tunables;
     if (this.wal.unsyncedBytes >= 2 * t.batchBlocks * (RECORD_HEADER + this.core.blockSize)) return this.syncWal();
+    this.batchedCommitNoWait();
+    return RESOLVED;
+  }
+
+  private batchedCommitNoWait(): void {
+    const t = this.core.tunables;
     if (this.wal.unsyncedBlocks >= t.batchBlocks) {
       this.backgroundSync();
     } else if (!this.batchTimer && this.wal.hasUnsynced) {
@@ -254,7 +582,6 @@ export class Writer {
         this.backgroundSync();
       }, t.batchMs);
     }
-    return RESOLVED;
   }
 
   /**
@@ -277,12 +604,20 @@ export class Writer {
 
   /**
    * Everything written before this call is durable when it resolves (strict,
-   * batched, relaxed). In async mode a sync is started and not awaited.
+   * batched, relaxed). In async mode a sync is started and not awaited. In remote
+   * mode it is durable in the backend (chunk objects and map delta), not only in
+   * the local WAL: the local disk may be gone at the next open.
    */
   async fsync(): Promise<void> {
     await this.drain();
+    await this.sealsSettled();
     if (this.core.durability === 'async') {
       this.backgroundSync();
+      return;
+    }
+    if (this.core.durability === 'remote') {
+      this.check();
+      await this.flusher.persist();
       return;
     }
     await this.syncWal();
@@ -295,6 +630,8 @@ export class Writer {
 
   /** Sync the WAL (everything, or up to a position); an out-of-space error does not poison the volume. */
   async syncWal(upTo?: number): Promise<void> {
+    // Everything means every write acknowledged so far, also those still being sealed.
+    if (upTo === undefined && this.sealQueue.length + (this.sealOpen ? 1 : 0) > 0) await this.sealsSettled();
     try {
       await this.wal.sync(upTo);
     } catch (err) {
@@ -350,6 +687,7 @@ export class Writer {
   stopTimers(): void {
     if (this.batchTimer) clearTimeout(this.batchTimer);
     this.batchTimer = null;
+    this.sendSeals(); // its timer would have sent it
   }
 
   /** Refuse a write: closed, poisoned (by the volume or the WAL), or the WAL waits for space. */
@@ -374,3 +712,24 @@ export class Writer {
     return this.core.fail(err);
   }
 }
+
+/**
+ * A full block of zeros (a zero write becomes a zero record). Almost every data
+ * block fails on its first or last byte, so the 4 KiB write path pays two byte
+ * reads; only (nearly) zero blocks get the full compare, which is a native memcmp.
+ */
+/** Whether any whole block of the write [offset, offset + length) is all zeros (data === null: a trim, all zeros). */
+function hasZeroBlock(data: Uint8Array | null, offset: number, length: number, bs: number): boolean {
+  if (data === null) return true;
+  const end = offset + length;
+  for (let pos = Math.ceil(offset / bs) * bs; pos + bs <= end; pos += bs) if (isZeroBlock(data, pos - offset, bs)) return true;
+  return false;
+}
+
+function isZeroBlock(data: Uint8Array, at: number, bs: number): boolean {
+  if (data[at] !== 0 || data[at + bs - 1] !== 0) return false;
+  const view = Buffer.from(data.buffer, data.byteOffset + at, bs);
+  if (!zeros || zeros.length !== bs) zeros = Buffer.alloc(bs);
+  return view.equals(zeros);
+}
+let zeros: Buffer | null = null;

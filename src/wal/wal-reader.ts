@@ -1,8 +1,10 @@
 import { VbfsError } from '../errors';
 import {
-  BLOCK_RECORD_FLAGS,
   checkRecord,
   isSyncMarker,
+  isZeroRecord,
+  WAL_RECORD_FLAGS,
+  zeroRecordWellFormed,
   maxPayload,
   RECORD_HEADER,
   syncMarkerClaim,
@@ -148,7 +150,12 @@ export async function replayWal(
         continue;
       }
       if (r.ok) {
-        if (r.header.seq <= lastSeq || r.header.rawLen !== blockSize || (r.header.flags & ~BLOCK_RECORD_FLAGS) !== 0) {
+        if (
+          r.header.seq <= lastSeq ||
+          r.header.rawLen !== blockSize ||
+          (r.header.flags & ~WAL_RECORD_FLAGS) !== 0 ||
+          (isZeroRecord(r.header) && !zeroRecordWellFormed(r.header))
+        ) {
           throw corrupt(path, off, `has sequence ${r.header.seq} out of order, a wrong block size or unknown flags`);
         }
         lastSeq = r.header.seq;
@@ -225,9 +232,10 @@ function scanAfter(buf: Buffer, from: number, blockSize: number, baseSeq: number
   while (off + RECORD_HEADER <= buf.length) {
     const r = checkRecord(buf, off, buf.length, maxPayload(blockSize));
     if (!r.ok || (baseSeq !== null && baseSeq >= 0 && isStale(r.header, baseSeq))) {
-      // A record's length field (bytes 4..8) is never zero: across a run of zeros (the
-      // preallocated tail) the next candidate is 7 bytes before its end.
-      off = Math.max(off + 1, nextNonZero(buf, off + 4) - 7);
+      // A record has a non-zero byte within its first 16: the length field (bytes 4..8),
+      // or, in a zero record (len 0), the seq (bytes 8..16). Across a run of zeros (the
+      // preallocated tail) the next candidate is at most 15 bytes before its end.
+      off = Math.max(off + 1, nextNonZero(buf, off + 1) - 15);
       continue;
     }
     if (out.first < 0) out.first = off;

@@ -560,7 +560,13 @@ export class WalWriter {
           this.fdSeg = -1;
         }
         if (this.opts.preallocate) await this.scanSpares();
-        for (const s of doomed) {
+        // Oldest first, each unlink (or rename to a spare) made durable before the next:
+        // what a crash leaves is always a run of the newest segments. A filesystem that
+        // persisted a newer unlink but not an older one would replay an old record of a
+        // block without the later zero record (trim) that superseded it, and the trimmed
+        // block would come back: the map's 'Z' tombstone keeps no seq once the location
+        // it dropped is gone.
+        for (const s of doomed.sort((a, b) => a - b)) {
           const path = `${this.opts.dir}/${walSegmentName(s)}`;
           // A full-size segment is kept as a spare for reuse, up to the limit.
           const st = this.opts.preallocate && this.spares.length < this.maxSpares ? await this.opts.fileIO.stat(path) : null;
@@ -569,8 +575,8 @@ export class WalWriter {
             await this.opts.fileIO.rename(path, spare);
             this.spares.unshift(spare); // reused first: its pages are likely still cached
           } else await this.opts.fileIO.unlink(path);
+          await this.opts.fileIO.fsyncDir(this.opts.dir);
         }
-        await this.opts.fileIO.fsyncDir(this.opts.dir);
       } catch (err) {
         throw this.fail(err);
       }

@@ -69,7 +69,7 @@ export function sparseOf(seed: number): boolean {
 }
 
 /** The part of a Volume the workload uses, in the model's byte space. */
-type Vol = Pick<Volume, 'write' | 'read' | 'fsync' | 'flush' | 'close'>;
+type Vol = Pick<Volume, 'write' | 'trim' | 'read' | 'fsync' | 'flush' | 'close' | 'compact'>;
 
 /** A model byte range as volume byte ranges: [volume offset, model offset, length]. */
 function pieces(offset: number, length: number): [number, number, number][] {
@@ -92,10 +92,14 @@ function view(vol: Volume, seed: number): Vol {
     write: async (offset: number, data: Uint8Array) => {
       await Promise.all(pieces(offset, data.length).map(([v, m, n]) => vol.write(v, data.subarray(m - offset, m - offset + n))));
     },
+    trim: async (offset: number, length: number) => {
+      await Promise.all(pieces(offset, length).map(([v, , n]) => vol.trim(v, n)));
+    },
     read: async (offset: number, length: number) => Buffer.concat(await Promise.all(pieces(offset, length).map(([v, , n]) => vol.read(v, n)))),
     fsync: () => vol.fsync(),
     flush: () => vol.flush(),
     close: () => vol.close(),
+    compact: (o) => vol.compact(o),
   };
 }
 
@@ -189,9 +193,30 @@ async function workload(
       ['reopen', 3],
       ['read', 7],
       ['race', 4],
+      ['trim', 6],
+      ['zero', 3],
+      ['compact', 4],
     ]);
     const vol = volRef.vol;
     switch (op) {
+      case 'trim': {
+        // Whole blocks become zero records (their chunk copies stop counting), partial ones are zeroed by RMW.
+        const { offset, length } = randomRange(rng, SIZE, BLOCK, TUNABLES.chunkBytes as number);
+        model.write(offset, Buffer.alloc(length));
+        const snap = model.snapshot();
+        await vol.trim(offset, length);
+        if (mode === 'strict') model.durable(snap);
+        break;
+      }
+      case 'zero': {
+        // A write of zeros: full blocks of it are detected and logged as zero records.
+        const { offset, length } = randomRange(rng, SIZE, BLOCK, TUNABLES.chunkBytes as number);
+        model.write(offset, Buffer.alloc(length));
+        const snap = model.snapshot();
+        await vol.write(offset, Buffer.alloc(length));
+        if (mode === 'strict') model.durable(snap);
+        break;
+      }
       case 'write': {
         const { offset, length } = randomRange(rng, SIZE, BLOCK, TUNABLES.chunkBytes as number);
         const data = randomData(rng, length);
@@ -223,6 +248,10 @@ async function workload(
       case 'flush':
         await vol.flush();
         break;
+      case 'compact':
+        // Rewrites chunks and deletes the old ones; the data must not change.
+        await vol.compact({ full: rng.bool() });
+        break;
       case 'race': {
         // Writes, reads, flush and fsync in flight together. Only what completed before
         // the race started is known covered by its fsyncs (the floor stays conservative).
@@ -235,14 +264,20 @@ async function workload(
             ['r', 2],
             ['flush', 1],
             ['fsync', 2],
+            ['t', 1],
+            ['compact', 1],
           ]);
           const { offset, length } = randomRange(rng, SIZE, BLOCK, TUNABLES.chunkBytes as number);
           if (what === 'w') {
             const data = randomData(rng, length);
             model.write(offset, data);
             ps.push(vol.write(offset, data));
+          } else if (what === 't') {
+            model.write(offset, Buffer.alloc(length));
+            ps.push(vol.trim(offset, length));
           } else if (what === 'r') ps.push(vol.read(offset, length));
           else if (what === 'flush') ps.push(vol.flush());
+          else if (what === 'compact') ps.push(vol.compact());
           else {
             ps.push(vol.fsync());
             synced = true;
@@ -344,7 +379,7 @@ export async function crashRun(seed: number, plan: Plan, opts: { crashInRecovery
   }
 
   nonces.clear();
-  const where = `${replay} (crash at ${result.where}${opts.crashInRecovery ? ', then again during recovery' : ''}, mode ${mode}, compression ${compression}${encryptionKey ? ', encrypted' : ''}${sparseOf(seed) ? ', sparse 256 TiB' : ''}, tear ${tear}${tear === 'reorder' ? ` in ${pageBytes}-byte pages` : ''})`;
+  const where = `${replay} (crash at ${result.where}${opts.crashInRecovery ? ', then again during recovery' : ''}, mode ${mode}, compression ${compression}${encryptionKey ? `, encrypted${sealBlocks > 0 ? `, sealed in the worker in batches of ${sealBlocks}` : ''}` : ''}${sparseOf(seed) ? ', sparse 256 TiB' : ''}, tear ${tear}${tear === 'reorder' ? ` in ${pageBytes}-byte pages` : ''})`;
   try {
     store = await openStore(after);
   } catch (err) {
@@ -389,7 +424,13 @@ export async function crashRun(seed: number, plan: Plan, opts: { crashInRecovery
   await store.close();
   const again = after.reopen();
   store = await openStore(again);
-  vol = view(await store.openVolume('c', { ...TUNABLES, ...keyOpt() }), seed);
+  const reopened = await store.openVolume('c', { ...TUNABLES, ...keyOpt() });
+  vol = view(reopened, seed);
+  // Nothing leaks: a flush or compaction cut short left chunk objects no block points
+  // at, and the open that follows deletes them (recovery's orphan sweep).
+  const objects = (await new FileBackend(OBJECTS, again).list('')).filter((k) => k.includes('/chunks/'));
+  const live = (await reopened.space()).chunks;
+  if (objects.length !== live) assert.fail(`${where}: after reopen the backend holds ${objects.length} chunk objects, the map points into ${live}`);
   const final = await vol.read(0, SIZE);
   for (let b = 0; b < BLOCKS; b++) {
     const want = model.data.subarray(b * BLOCK, (b + 1) * BLOCK);
@@ -405,10 +446,18 @@ export async function crashRun(seed: number, plan: Plan, opts: { crashInRecovery
 
 /** The key of this worker's sweeps (set by crashSweep / failpointSweep), or null: plain volumes. */
 let encryptionKey: KeyMaterial | null = null;
-const keyOpt = (): { key?: KeyMaterial } => (encryptionKey ? { key: encryptionKey } : {});
+/**
+ * Encrypted sweeps seal inline (cryptoSealBlocks 0) unless asked to use the crypto
+ * worker: inline keeps the op numbering of a replay the same as the dry run's.
+ */
+let sealBlocks = 0;
+const keyOpt = (): { key?: KeyMaterial; cryptoSealBlocks?: number } => (encryptionKey ? { key: encryptionKey, cryptoSealBlocks: sealBlocks } : {});
 const encryptionOpt = (): { encryption?: { key: KeyMaterial } } => (encryptionKey ? { encryption: { key: encryptionKey } } : {});
-function useEncryption(on: boolean): void {
+/** true: an encrypted volume, sealed inline; { sealBlocks }: sealed in the crypto worker in batches of that many. */
+export type SweepEncryption = boolean | { sealBlocks: number };
+function useEncryption(on: SweepEncryption): void {
   encryptionKey = on ? { source: '$CRASH_KEY', bytes: Buffer.from('5'.repeat(64)) } : null;
+  sealBlocks = typeof on === 'object' ? on.sealBlocks : 0;
 }
 
 /** Record every seal (nonce -> digest of AAD and plaintext); clear() starts a new life. */
@@ -441,7 +490,7 @@ export async function crashSweep(
   points: number,
   onlyAt: number | null,
   tear: TearMode,
-  encrypted: boolean,
+  encrypted: SweepEncryption,
   progress: (msg: string) => void = () => {},
 ): Promise<SweepResult> {
   useEncryption(encrypted);
@@ -480,7 +529,7 @@ export async function failpointSweep(
   seed: number,
   only: string | null,
   tear: TearMode,
-  encrypted: boolean,
+  encrypted: SweepEncryption,
   progress: (msg: string) => void = () => {},
 ): Promise<SweepResult> {
   useEncryption(encrypted);
@@ -533,6 +582,9 @@ export async function checkFailpointNames(seed: number): Promise<void> {
     `no checkpoint failpoint among ${names.join(', ')}`,
   );
   assert.ok(names.includes('reserve:beforeWrite') && names.includes('reserve:afterSync'), `no seq reservation failpoints among ${names.join(', ')}`);
+  for (const n of ['compact:beforeChunkWrite', 'compact:afterChunkWrite', 'compact:afterMapCommit', 'compact:afterRetire']) {
+    assert.ok(names.includes(n), `no compaction failpoint ${n} among ${names.join(', ')}`);
+  }
 }
 
 /**

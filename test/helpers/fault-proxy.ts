@@ -9,6 +9,7 @@
  *   proxy.next('resetAfterUpstream'); // forwarded, answered, then the client sees a reset
  *   proxy.next('500AfterUpstream');   // forwarded, answered, the client gets a 500
  *   proxy.next('delay', 1, 2000);  // forwarded after 2 s
+ *   proxy.delayWhere = (req) => (req.method === 'PUT' ? 2000 : 0); // every PUT forwarded after 2 s
  *   proxy.outage = 'blackhole';    // every request hangs without an answer
  *   proxy.outage = '503' | 'reset' | null;
  *
@@ -23,6 +24,8 @@ export class FaultProxy {
   /** Applies to every request while set (after queued faults run out). */
   outage: Exclude<Fault, 'delay' | 'resetAfterUpstream' | '500AfterUpstream'> | null = null;
   readonly counts = { requests: 0, forwarded: 0, faulted: 0 };
+  /** While set: each request it gives a positive delay for (and no queued fault or outage hits) is forwarded after that many ms. */
+  delayWhere: ((req: http.IncomingMessage) => number) | null = null;
   private readonly queue: { fault: Fault; delayMs: number }[] = [];
   private readonly sockets = new Set<Socket>();
   private readonly target: URL;
@@ -68,7 +71,15 @@ export class FaultProxy {
     this.counts.requests++;
     const queued = this.queue.shift();
     const fault = queued?.fault ?? this.outage;
-    if (fault === null || fault === undefined) return this.forward(req, res, 'pass');
+    if (fault === null || fault === undefined) {
+      const delayMs = this.delayWhere?.(req) ?? 0;
+      if (delayMs > 0) {
+        this.counts.faulted++;
+        setTimeout(() => this.forward(req, res, 'pass'), delayMs);
+        return;
+      }
+      return this.forward(req, res, 'pass');
+    }
     this.counts.faulted++;
     switch (fault) {
       case '503':

@@ -38,6 +38,8 @@ function tinyTunables(rng: Rng, blockSize: number): Partial<VolumeTunables> {
     cacheBytes: blockSize * rng.pick([0, 2, 16]),
     checkpointBytes: rng.pick([256, 2048, 1 << 20]),
     readaheadBytes: rng.pick([0, blockSize * 4]),
+    // Background compaction: off, racing the ops, or now and then.
+    compactIntervalMs: rng.pick([0, 5, 200]),
   };
 }
 
@@ -157,6 +159,9 @@ async function modelRun(
         ['flush', 4],
         ['reopen', 2],
         ['readAll', 1],
+        ['trim', 5],
+        ['zero', 3],
+        ['compact', 2],
       ]);
       // Where chunk boundaries fall in volume space (uncompressed, blocks written in order).
       const chunkBytes = blockSize * Math.max(1, Math.floor(((tun.chunkBytes ?? 4 << 20) - 64) / rec(blockSize)));
@@ -169,6 +174,22 @@ async function modelRun(
           await guard(vol.write(offset, data), `op #${i} write`);
           // The volume must have taken its own copy once write() resolves: scribble on ours.
           data.fill(0xa5);
+          break;
+        }
+        case 'trim': {
+          // Whole blocks: zero records (Empty, no slot); partial blocks: zeroed by RMW.
+          const { offset, length } = randomRange(rng, size, blockSize, chunkBytes);
+          log.push(`#${i} trim(${offset}, ${length})`);
+          model.write(offset, Buffer.alloc(length));
+          await guard(vol.trim(offset, length), `op #${i} trim`);
+          break;
+        }
+        case 'zero': {
+          // A write of zeros: its full blocks are detected and logged as zero records.
+          const { offset, length } = randomRange(rng, size, blockSize, chunkBytes);
+          log.push(`#${i} zero(${offset}, ${length})`);
+          model.write(offset, Buffer.alloc(length));
+          await guard(vol.write(offset, Buffer.alloc(length)), `op #${i} zero`);
           break;
         }
         case 'burst': {
@@ -205,6 +226,8 @@ async function modelRun(
               ['r', 4],
               ['flush', 1],
               ['fsync', 1],
+              ['t', 1],
+              ['compact', 1],
             ]);
             const r = rng.bool(0.6) ? { offset: base.offset, length: base.length } : randomRange(rng, size, blockSize, chunkBytes);
             if (what === 'w') {
@@ -212,11 +235,15 @@ async function modelRun(
               model.write(r.offset, data);
               ps.push(vol.write(r.offset, data));
               desc.push(`w(${r.offset}, ${r.length})`);
+            } else if (what === 't') {
+              model.write(r.offset, Buffer.alloc(r.length));
+              ps.push(vol.trim(r.offset, r.length));
+              desc.push(`t(${r.offset}, ${r.length})`);
             } else if (what === 'r') {
               ps.push(vol.read(r.offset, r.length));
               desc.push(`r(${r.offset}, ${r.length})`);
             } else {
-              ps.push(what === 'flush' ? vol.flush() : vol.fsync());
+              ps.push(what === 'flush' ? vol.flush() : what === 'compact' ? vol.compact() : vol.fsync());
               desc.push(what);
             }
           }
@@ -235,6 +262,13 @@ async function modelRun(
           log.push(`#${i} readAll`);
           await checkRead(0, size, `op #${i} readAll`);
           break;
+        case 'compact': {
+          // Rewrites mostly-dead chunks (or, full, every chunk with dead records): no data may change.
+          const full = rng.bool();
+          log.push(`#${i} compact${full ? ' full' : ''}`);
+          await guard(vol.compact({ full }), `op #${i} compact`);
+          break;
+        }
         case 'fsync':
           log.push(`#${i} fsync`);
           await guard(vol.fsync(), `op #${i} fsync`);

@@ -7,7 +7,7 @@
  * tells the parent when a flush reaches the bucket (the failpoint before a chunk PUT),
  * so that the kill lands during one. It never decides what the test expects.
  *
- * argv[2]: JSON { dir, backend: S3BackendOptions, seed, round, writes, closeAtEnd }.
+ * argv[2]: JSON { dir, backend: S3BackendOptions, seed, round, writes, closeAtEnd, durability? }.
  */
 import { S3Backend, type S3BackendOptions } from '../../src/backend/s3-backend';
 import { Store } from '../../src/store/store';
@@ -20,6 +20,8 @@ interface Args {
   round: number;
   writes: number;
   closeAtEnd: boolean;
+  /** Default batched; `remote`: each fsync acknowledged only once the bucket has it. */
+  durability?: 'batched' | 'remote';
 }
 
 const send = (m: unknown): Promise<void> =>
@@ -36,11 +38,21 @@ async function main(): Promise<void> {
     metadata: 'backend',
     // Short: after each SIGKILL the test waits for this lease to expire before it reopens.
     leaseTtlMs: KILL_LEASE_TTL_MS,
+    ...(process.env['VBFS_S3_KILL_LOG']
+      ? {
+          logger: {
+            error: (m: string, meta?: unknown) => console.error(`[child r${a.round}] ERROR ${m} ${meta ? JSON.stringify(meta) : ''}`),
+            warn: (m: string, meta?: unknown) => console.error(`[child r${a.round}] WARN ${m} ${meta ? JSON.stringify(meta) : ''}`),
+            info: (m: string, meta?: unknown) => console.error(`[child r${a.round}] info ${m} ${meta ? JSON.stringify(meta) : ''}`),
+            debug: () => undefined,
+          },
+        }
+      : {}),
     failpoint: (name) => {
       if (name === 'flush:beforeChunkWrite') process.send?.({ type: 'flushing' });
     },
   });
-  const vol = await store.openVolume('v', { ...KILL_TUNABLES, durability: 'batched' });
+  const vol = await store.openVolume('v', { ...KILL_TUNABLES, durability: a.durability ?? 'batched' });
   await send({ type: 'open' });
   let pending: number[] = [];
   for (let i = 0; i < a.writes; i++) {

@@ -1,0 +1,278 @@
+import * as assert from 'node:assert/strict';
+import { Store } from '../src/store/store';
+import { MemoryBackend } from '../src/backend/memory-backend';
+import { isVbfsError } from '../src/errors';
+import type { Volume } from '../src/store/volume';
+import type { VolumeOpenOptions } from '../src/store/types';
+import { SimFS } from './helpers/sim-fs';
+import { Rng } from './helpers/rng';
+
+const BS = 512;
+const BLOCKS = 256;
+const SIZE = BS * BLOCKS;
+/** Tiny chunks (16 records), no background flushes or compaction unless a test asks. */
+const TUN: VolumeOpenOptions = {
+  chunkBytes: 64 + 16 * (32 + BS),
+  flushBytes: 64 * BS,
+  writeBufferBytes: 128 * BS,
+  flushIntervalMs: 1_000_000,
+  cacheBytes: 16 * BS,
+  readaheadBytes: 0,
+  compactIntervalMs: 0,
+};
+
+/** A memory backend that can hold back reads and remembers what was deleted. */
+class SlowBackend extends MemoryBackend {
+  readDelayMs = 0;
+  readonly deleted = new Set<string>();
+  readsOfDeleted = 0;
+  override async get(key: string, offset?: number, length?: number): Promise<Buffer> {
+    const p = super.get(key, offset, length);
+    if (this.readDelayMs > 0) await new Promise((r) => setTimeout(r, Math.random() * this.readDelayMs));
+    const b = await p;
+    // The object was deleted while this read was in flight: the read returned freed bytes.
+    if (this.deleted.has(key)) this.readsOfDeleted++;
+    return b;
+  }
+  override async delete(key: string): Promise<void> {
+    this.deleted.add(key);
+    await super.delete(key);
+  }
+  chunkCount(prefix = ''): Promise<number> {
+    return this.list(prefix).then((k) => k.filter((x) => x.includes('/chunks/')).length);
+  }
+}
+
+async function fill(vol: Volume, rng: Rng, model: Buffer, blocks: number[]): Promise<void> {
+  for (const b of blocks) {
+    const d = rng.bytes(BS);
+    d.copy(model, b * BS);
+    await vol.write(b * BS, d);
+  }
+}
+
+describe('compaction (store/compactor.ts)', () => {
+  let sim: SimFS;
+  let backend: SlowBackend;
+  let store: Store;
+  beforeEach(async () => {
+    sim = new SimFS({ yieldEachOp: false });
+    backend = new SlowBackend();
+    store = await Store.open('/s', { fileIO: sim, backend });
+    await store.createVolume('v', { size: SIZE, blockSize: BS });
+  });
+  afterEach(async () => {
+    await store.close().catch(() => undefined);
+  });
+
+  it('rewrites mostly-dead chunks: stored bytes fall to the target, data and a reopen unchanged, old chunks deleted', async () => {
+    const rng = new Rng(5);
+    const model = Buffer.alloc(SIZE);
+    let vol = await store.openVolume('v', TUN);
+    await fill(
+      vol,
+      rng,
+      model,
+      [...Array(BLOCKS).keys()].map((b) => b),
+    );
+    await vol.flush();
+    // Overwrite 3 blocks of every 4: each old chunk keeps a quarter of its blocks.
+    await fill(
+      vol,
+      rng,
+      model,
+      [...Array(BLOCKS).keys()].filter((b) => b % 4 !== 0),
+    );
+    await vol.flush();
+    const before = vol.stats();
+    assert.ok(before.storedBytes > before.liveBytes * 1.5, `setup: amplification ${before.spaceAmplification}`);
+    const chunksBefore = await backend.chunkCount();
+    const r = await vol.compact();
+    const after = vol.stats();
+    assert.ok(r.chunksCompacted > 0 && r.bytesReclaimed > 0, JSON.stringify(r));
+    assert.ok(after.storedBytes <= after.liveBytes * 1.25, `stored ${after.storedBytes} live ${after.liveBytes}`);
+    assert.equal(after.liveBytes, before.liveBytes);
+    assert.ok((await vol.read(0, SIZE)).equals(model), 'data differs after compaction');
+    // Deletes are in the background: give them a turn.
+    await new Promise((r) => setTimeout(r, 20));
+    assert.ok((await backend.chunkCount()) < chunksBefore, 'no chunk object was deleted');
+    await vol.close();
+    vol = await store.openVolume('v', TUN);
+    assert.ok((await vol.read(0, SIZE)).equals(model), 'data differs after reopen');
+    const sp = await vol.space();
+    assert.equal(sp.liveBytes, after.liveBytes);
+    assert.equal(sp.storedBytes, after.storedBytes, 'stored bytes after reopen (chunk headers surveyed) differ');
+    await vol.close();
+  });
+
+  it('after a reopen, a chunk that was mostly dead before the checkpoint still counts as mostly dead', async () => {
+    const rng = new Rng(6);
+    const model = Buffer.alloc(SIZE);
+    let vol = await store.openVolume('v', TUN);
+    await fill(vol, rng, model, [...Array(64).keys()]);
+    await vol.flush();
+    await fill(
+      vol,
+      rng,
+      model,
+      [...Array(64).keys()].filter((b) => b % 8 !== 0),
+    );
+    await vol.flush();
+    const open1 = vol.stats();
+    await vol.close(); // checkpoint: the map now names only the live records
+    vol = await store.openVolume('v', TUN);
+    const sp = await vol.space();
+    assert.equal(sp.storedBytes, open1.storedBytes);
+    const r = await vol.compact();
+    assert.ok(r.bytesReclaimed > 0);
+    assert.ok((await vol.read(0, SIZE)).equals(model));
+    await vol.close();
+  });
+
+  it('reads racing with compaction (slow backend reads) return the right data and never bytes of a deleted chunk', async () => {
+    const rng = new Rng(7);
+    const model = Buffer.alloc(SIZE);
+    const vol = await store.openVolume('v', { ...TUN, cacheBytes: 0 });
+    for (let round = 0; round < 3; round++) {
+      await fill(
+        vol,
+        rng,
+        model,
+        [...Array(BLOCKS).keys()].filter(() => rng.bool(0.6)),
+      );
+      await vol.flush();
+    }
+    backend.readDelayMs = 8;
+    let stop = false;
+    let reads = 0;
+    const reader = async (): Promise<void> => {
+      const r = new Rng(reads + 100);
+      while (!stop) {
+        const b = r.int(BLOCKS);
+        const n = Math.min(BLOCKS - b, r.range(1, 24));
+        const got = await vol.read(b * BS, n * BS);
+        assert.ok(got.equals(model.subarray(b * BS, (b + n) * BS)), `read of blocks ${b}+${n} during compaction differs`);
+        reads++;
+      }
+    };
+    const readers = [reader(), reader(), reader(), reader()];
+    const r = await vol.compact({ full: true });
+    stop = true;
+    await Promise.all(readers);
+    assert.ok(r.chunksCompacted > 2, JSON.stringify(r));
+    assert.ok(reads > 10, `only ${reads} reads ran during compaction`);
+    assert.ok(backend.deleted.size > 0, 'compaction deleted no chunk');
+    assert.equal(backend.readsOfDeleted, 0, 'a read returned bytes of a chunk deleted while it was in flight');
+    assert.ok((await vol.read(0, SIZE)).equals(model));
+    await vol.close();
+  });
+
+  it('writes and flushes racing with compaction: the newer version always wins, also after reopen', async () => {
+    const rng = new Rng(8);
+    const model = Buffer.alloc(SIZE);
+    let vol = await store.openVolume('v', TUN);
+    await fill(vol, rng, model, [...Array(BLOCKS).keys()]);
+    await vol.flush();
+    await fill(
+      vol,
+      rng,
+      model,
+      [...Array(BLOCKS).keys()].filter((b) => b % 3 !== 0),
+    );
+    await vol.flush();
+    backend.readDelayMs = 4;
+    const writes = (async () => {
+      for (let i = 0; i < 6; i++) {
+        await fill(
+          vol,
+          rng,
+          model,
+          Array.from({ length: 20 }, () => rng.int(BLOCKS)),
+        );
+        await vol.flush();
+      }
+    })();
+    await Promise.all([vol.compact({ full: true }), writes]);
+    assert.ok((await vol.read(0, SIZE)).equals(model), 'data differs after racing writes');
+    await vol.close();
+    vol = await store.openVolume('v', TUN);
+    assert.ok((await vol.read(0, SIZE)).equals(model), 'data differs after reopen');
+    await vol.close();
+  });
+
+  it('blocks trimmed (and the trim flushed) while their chunk is being compacted stay zeros, also after reopen', async () => {
+    const rng = new Rng(9);
+    const model = Buffer.alloc(SIZE);
+    let vol = await store.openVolume('v', TUN);
+    await fill(vol, rng, model, [...Array(BLOCKS).keys()]);
+    await vol.flush();
+    await fill(
+      vol,
+      rng,
+      model,
+      [...Array(BLOCKS).keys()].filter((b) => b % 3 !== 0),
+    );
+    await vol.flush();
+    // The compactor has read the live blocks (b % 3 === 0) of the old chunks; before its
+    // new chunk lands, they are trimmed and the trim's map tombstone is committed.
+    const trimmed = [...Array(BLOCKS).keys()].filter((b) => b % 3 === 0);
+    const put = backend.put.bind(backend);
+    let trimmedDuringPut = false;
+    backend.put = async (key: string, data: Buffer): Promise<void> => {
+      if (!trimmedDuringPut && key.includes('/chunks/')) {
+        trimmedDuringPut = true;
+        for (const b of trimmed) {
+          await vol.trim(b * BS, BS);
+          model.fill(0, b * BS, (b + 1) * BS);
+        }
+        await vol.flush();
+      }
+      return put(key, data);
+    };
+    await vol.compact({ full: true });
+    assert.ok(trimmedDuringPut, 'the compactor wrote no chunk');
+    assert.ok((await vol.read(0, SIZE)).equals(model), 'data differs after trims racing compaction');
+    backend.put = put;
+    // A power cut now (no clean close, which would checkpoint the index): the map log is replayed.
+    sim = sim.reopen();
+    store = await Store.open('/s', { fileIO: sim, backend });
+    vol = await store.openVolume('v', TUN);
+    for (const b of trimmed) assert.ok((await vol.read(b * BS, BS)).equals(Buffer.alloc(BS)), `trimmed block ${b} came back after a power cut`);
+    assert.ok((await vol.read(0, SIZE)).equals(model), 'data differs after reopen');
+    await vol.close();
+  });
+
+  it('starts in the background past compactStartRatio and stops at the target', async () => {
+    const rng = new Rng(9);
+    const model = Buffer.alloc(SIZE);
+    const vol = await store.openVolume('v', { ...TUN, compactIntervalMs: 10 });
+    await fill(vol, rng, model, [...Array(BLOCKS).keys()]);
+    await vol.flush();
+    await fill(
+      vol,
+      rng,
+      model,
+      [...Array(BLOCKS).keys()].filter((b) => b % 2 === 0),
+    );
+    await vol.flush();
+    const deadline = Date.now() + 5000;
+    while (Date.now() < deadline) {
+      const s = vol.stats();
+      if (s.compactRounds > 0 && s.compacting === 0 && s.storedBytes <= s.liveBytes * 1.5) break;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const s = vol.stats();
+    assert.ok(s.compactRounds > 0, 'no background compaction ran');
+    assert.ok(s.storedBytes <= s.liveBytes * 1.25, `stored ${s.storedBytes} live ${s.liveBytes}`);
+    assert.ok((await vol.read(0, SIZE)).equals(model));
+    await vol.close();
+  });
+
+  it('refuses compaction options that make no sense, and compact() on a read-only volume', async () => {
+    await assert.rejects(store.openVolume('v', { compactTargetRatio: 0.5 }), (e: unknown) => isVbfsError(e, 'VBFS_INVALID_ARGUMENT'));
+    await assert.rejects(store.openVolume('v', { compactStartRatio: 1.1, compactTargetRatio: 1.2 }), (e: unknown) => isVbfsError(e, 'VBFS_INVALID_ARGUMENT'));
+    const ro = await store.openVolume('v', { readOnly: true });
+    await assert.rejects(ro.compact(), (e: unknown) => isVbfsError(e, 'VBFS_READ_ONLY'));
+    await ro.close();
+  });
+});
