@@ -281,10 +281,16 @@ export class WalWriter {
       if (this.fdPrealloc) {
         try {
           await this.writeSyncMarker();
-          await this.fd.datasync();
         } catch (err) {
-          throw this.fail(syncFailed('WAL end marker failed', err));
+          // Out of space (a filesystem that allocates on overwrite): fdPos did not
+          // move, so the caller's retry syncs again and rewrites the marker in place.
+          // Until then this segment is still the newest: a half marker is a torn tail.
+          if (isNoSpace(err)) throw err;
+          throw this.fail(err);
         }
+        await this.fd.datasync().catch((err: unknown) => {
+          throw this.fail(syncFailed('WAL end marker failed', err));
+        });
         this.syncs++;
       }
       await this.fd.close();
