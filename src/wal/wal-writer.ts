@@ -113,6 +113,8 @@ export class WalWriter {
   private spareNext = 1;
   private spareScan: Promise<void> | null = null;
   private prep: Promise<void> | null = null;
+  /** A segment was opened since this writer started (only the first one waits for a zero fill). */
+  private openedOnce = false;
   /** A sync marker, rewritten after every completed fdatasync (see writeSyncMarker). */
   private readonly marker = Buffer.alloc(SYNC_MARKER_BYTES);
   private readonly markerScratch = Buffer.alloc(8);
@@ -298,10 +300,10 @@ export class WalWriter {
     }
     const path = `${this.opts.dir}/${walSegmentName(seg)}`;
     if (this.opts.preallocate) {
-      const spare = await this.takeSpare();
+      const spare = await this.takeSpare(this.fdSeg < 0 && !this.openedOnce);
       if (spare !== null) {
         await this.recycle(spare, path, seg, baseSeq);
-        this.kickPrep();
+        this.openedOnce = true;
         return;
       }
     }
@@ -320,6 +322,7 @@ export class WalWriter {
       throw this.fail(syncFailed('WAL directory fsync failed', err));
     });
     this.opened(fd, seg, baseSeq, false);
+    this.openedOnce = true;
   }
 
   private header(seg: number, baseSeq: number, flags: number): Uint8Array {
@@ -389,12 +392,16 @@ export class WalWriter {
     return this.opts.spareSegments ?? 2;
   }
 
-  /** A spare for the next segment: one ready, or the one being prepared; null if none can be had (then append). */
-  private async takeSpare(): Promise<string | null> {
+  /**
+   * A spare for the next segment, or null (then it is appended). Only the first segment
+   * of this open waits for one to be zero-filled: later switches take a ready spare or
+   * append, so a write never queues behind a zero fill it did not need.
+   */
+  private async takeSpare(waitForPrep: boolean): Promise<string | null> {
     try {
       await this.scanSpares();
-      if (this.spares.length === 0) {
-        this.kickPrep();
+      if (this.spares.length === 0 && waitForPrep) {
+        this.kickPrep(true);
         await this.prep;
       }
     } catch {
@@ -409,9 +416,17 @@ export class WalWriter {
    * written and synced as `prep-<n>`, renamed `spare-<n>`. Zeros, not fallocate: an ext4
    * unwritten extent needs a journal commit when it is first written (see docs/FORMAT.md).
    * A failure (out of space) only means the next segment is appended instead.
+   *
+   * Besides the first segment of an open, only right after a reclaim left no spare and
+   * no segment but the open one: no flush is in progress then. Reclaimed segments come
+   * back as spares, so once the flusher keeps up no zero fill is needed. When writers
+   * outrun the flusher, segments pile up and a zero fill would take disk bandwidth from
+   * the flush waves that writers wait for (slow-disk test): then the next segments are
+   * appended, as without preallocation.
    */
-  private kickPrep(): void {
+  private kickPrep(force = false): void {
     if (!this.opts.preallocate || this.prep || this.closing || this.failed) return;
+    if (!force && (this.spares.length > 0 || this.segments.length > 1)) return;
     this.prep = this.prepareSpare()
       .catch((err: unknown) => {
         this.opts.logger.warn('could not prepare a spare WAL segment; appending instead', { error: String(err) });
@@ -587,6 +602,7 @@ export class WalWriter {
         throw this.fail(err);
       }
       for (const s of doomed) this.segments.splice(this.segments.indexOf(s), 1);
+      this.kickPrep(); // the backlog is gone: a spare for the next switch, if none came back
     });
   }
 
