@@ -273,16 +273,18 @@ class VbfsTarget implements Target {
     private readonly env: TargetEnv,
     private readonly mode: VbfsMode,
     private readonly cmd: string[],
+    /** Plain appended WAL segments (`-o wal_prealloc=off`): the before of the fsync job. */
+    private readonly walAppended = false,
   ) {
-    this.id = `vbfs-${mode}`;
-    this.label = `vbfs ${mode}`;
+    this.id = `vbfs-${mode}${walAppended ? '-appended' : ''}`;
+    this.label = `vbfs ${mode}${walAppended ? ', WAL appended' : ''}`;
     this.realSync = mode !== 'async';
     this.note = {
       strict: 'every write synced to the WAL before it returns',
       batched: 'group commit (default, the headline); fsync = WAL fdatasync',
       relaxed: 'sync only on fsync',
       async: 'fsync starts a sync but does not wait: NOT durable at fsync',
-    }[mode];
+    }[mode] + (walAppended ? '; wal_prealloc=off (plain appended WAL segments)' : '');
     this.store = path.join(env.tmp, `${this.id}-store`);
     this.mnt = path.join(env.tmp, `${this.id}-mnt`);
   }
@@ -295,7 +297,7 @@ class VbfsTarget implements Target {
   }
   private async mount(): Promise<void> {
     fs.mkdirSync(this.mnt, { recursive: true });
-    await this.vbfs(['mount', this.mnt, '--store', this.store, '--daemon']);
+    await this.vbfs(['mount', this.mnt, '--store', this.store, '--daemon', ...(this.walAppended ? ['-o', 'wal_prealloc=off'] : [])]);
     await waitFor('vbfs mount', () => isMounted(this.mnt), 20_000);
   }
   private async unmount(): Promise<void> {
@@ -322,6 +324,8 @@ class VbfsTarget implements Target {
 }
 
 export const TARGET_IDS = ['plain', 'null', 's3b-cached', 's3b-sync', 'vbfs-batched', 'vbfs-strict', 'vbfs-relaxed', 'vbfs-async'] as const;
+/** Only when named: vbfs batched with plain appended WAL segments (the fsync job's before/after). */
+const EXTRA_TARGET_IDS = ['vbfs-batched-appended'];
 
 /** Letters from the issue: a = local file, b = null FUSE, c = s3backer (both), d = vbfs (all modes). */
 export function expandTargetFilter(spec: string | undefined): string[] {
@@ -336,9 +340,9 @@ export function expandTargetFilter(spec: string | undefined): string[] {
     else if (raw === 'b') add(['null']);
     else if (raw === 'c' || raw === 's3b' || raw === 's3backer') add(['s3b-cached', 's3b-sync']);
     else if (raw === 'd' || raw === 'vbfs') add(TARGET_IDS.filter((t) => t.startsWith('vbfs-')));
-    else if ((TARGET_IDS as readonly string[]).includes(raw)) add([raw]);
+    else if ((TARGET_IDS as readonly string[]).includes(raw) || EXTRA_TARGET_IDS.includes(raw)) add([raw]);
     else if ((TARGET_IDS as readonly string[]).includes(`vbfs-${raw}`)) add([`vbfs-${raw}`]);
-    else throw new Error(`unknown target "${raw}" (known: a,b,c,d or ${TARGET_IDS.join(',')})`);
+    else throw new Error(`unknown target "${raw}" (known: a,b,c,d or ${[...TARGET_IDS, ...EXTRA_TARGET_IDS].join(',')})`);
   }
   return out;
 }
@@ -354,6 +358,7 @@ export function makeTarget(id: string, env: TargetEnv, opts: { s3backerCacheBloc
     case 's3b-sync':
       return new S3backerTarget(env, 'sync', opts.s3backerCacheBlocks);
     default:
+      if (id.endsWith('-appended')) return new VbfsTarget(env, id.slice(5, -9) as VbfsMode, opts.vbfsCmd, true);
       if (id.startsWith('vbfs-')) return new VbfsTarget(env, id.slice(5) as VbfsMode, opts.vbfsCmd);
       throw new Error(`unknown target ${id}`);
   }
