@@ -279,12 +279,13 @@ class VbfsTarget implements Target {
     this.id = `vbfs-${mode}${walAppended ? '-appended' : ''}`;
     this.label = `vbfs ${mode}${walAppended ? ', WAL appended' : ''}`;
     this.realSync = mode !== 'async';
-    this.note = {
-      strict: 'every write synced to the WAL before it returns',
-      batched: 'group commit (default, the headline); fsync = WAL fdatasync',
-      relaxed: 'sync only on fsync',
-      async: 'fsync starts a sync but does not wait: NOT durable at fsync',
-    }[mode] + (walAppended ? '; wal_prealloc=off (plain appended WAL segments)' : '');
+    this.note =
+      {
+        strict: 'every write synced to the WAL before it returns',
+        batched: 'group commit (default, the headline); fsync = WAL fdatasync',
+        relaxed: 'sync only on fsync',
+        async: 'fsync starts a sync but does not wait: NOT durable at fsync',
+      }[mode] + (walAppended ? '; wal_prealloc=off (plain appended WAL segments)' : '');
     this.store = path.join(env.tmp, `${this.id}-store`);
     this.mnt = path.join(env.tmp, `${this.id}-mnt`);
   }

@@ -184,7 +184,11 @@ export async function runMount(ctx: CliContext, args: MountArgs): Promise<number
         nonempty: args.nonempty,
         openOptions:
           args.durability || args.compact || args.walPreallocate !== undefined
-            ? { ...(args.durability ? { durability: args.durability } : {}), ...args.compact, ...(args.walPreallocate !== undefined ? { walPreallocate: args.walPreallocate } : {}) }
+            ? {
+                ...(args.durability ? { durability: args.durability } : {}),
+                ...args.compact,
+                ...(args.walPreallocate !== undefined ? { walPreallocate: args.walPreallocate } : {}),
+              }
             : undefined,
         key,
         debug: args.debugFuse,
