@@ -38,7 +38,7 @@ export interface WalWriterOptions {
    * Write into preallocated segment files: each is made full size (zero-filled) before
    * its first record, and reclaimed segments are kept as spares and reused, so an
    * fdatasync after an append overwrites allocated blocks and needs no journal commit
-   * for a new file size or extent. Default off (plain appended segments).
+   * for a new file size or extent. Off: plain appended segments (the volume default is on).
    */
   preallocate?: boolean;
   /** Spare segment files kept for reuse (default 2). */
