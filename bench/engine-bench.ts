@@ -481,6 +481,7 @@ async function main(): Promise<void> {
     .option('slow-disk-mbps', { type: 'number', default: 4, describe: 'slow disk write latency: disk bandwidth in MB/s' })
     .option('slow-disk-buffer', { type: 'string', describe: 'slow disk write latency: write buffer (default 32M, 16M with --quick); 4x this is written' })
     .option('only-slow-disk', { type: 'boolean', default: false, describe: 'run only the slow disk write latency section' })
+    .option('only-slow-device', { type: 'boolean', default: false, describe: 'run only the slow-device simulation (+N ms per fdatasync, --delays)' })
     .option('index-blocks', { type: 'number', describe: 'mapped blocks per pattern in the index section (default 1000000, 200000 with --quick)' })
     .option('only-index', { type: 'boolean', default: false, describe: 'run only the index bytes per block / open time section' })
     .option('only-encryption', { type: 'boolean', default: false, describe: 'run only the encryption cost section (plain vs encrypted)' })
@@ -565,6 +566,23 @@ async function main(): Promise<void> {
     const { row, md } = await slowDiskSection();
     process.stdout.write(md + '\n');
     process.stdout.write(JSON.stringify({ git: gitDescribe(), slowDisk: row }) + '\n');
+    return;
+  }
+  if (argv['only-slow-device']) {
+    for (const d of delays) {
+      const rows: SlowRow[] = [];
+      for (const m of ['strict', 'batched'] as Durability[]) {
+        log(`slow device +${d} ms/sync: ${m}`);
+        rows.push(await slowDevice(argv.dir, m, d, seconds, m === 'strict' ? 2000 : 65536, argv['relaxed-every']));
+      }
+      const [st, ba] = rows as [SlowRow, SlowRow];
+      for (const r of rows) {
+        process.stdout.write(
+          `+${d} ms ${r.mode}: ${f3(r.msPerBlock)} ms/block, ${f3(r.walWritesPerBlock)} WAL writes/block, ${f1(r.blocksPerWalWrite)} blocks/WAL write\n`,
+        );
+      }
+      process.stdout.write(`+${d} ms: batched ${f1(st.msPerBlock / ba.msPerBlock)}x strict\n`);
+    }
     return;
   }
   const modes: Durability[] = ['strict', 'batched', 'relaxed', 'async'];

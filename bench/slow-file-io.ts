@@ -33,7 +33,8 @@ export function diffCounts(a: IoCounts, b: IoCounts): IoCounts {
   return out;
 }
 
-const isWal = (p: string): boolean => /(^|\/)wal\//.test(p);
+/** WAL segment files only: not the spare segments zero-filled in the background (once per volume, off the write path). */
+const isWal = (p: string): boolean => /(^|\/)wal\/[0-9a-f]{16}\.wal$/.test(p);
 
 function delay(ms: number): Promise<void> {
   return ms > 0 ? new Promise((r) => setTimeout(r, ms)) : Promise.resolve();

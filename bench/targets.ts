@@ -276,17 +276,21 @@ class VbfsTarget implements Target {
     private readonly env: TargetEnv,
     private readonly mode: VbfsMode,
     private readonly cmd: string[],
+    /** `-o wal_prealloc=on|off` (undefined: the default), for the fsync job's A/B in one run. */
+    private readonly walPrealloc?: 'on' | 'off',
   ) {
-    this.id = `vbfs-${mode}`;
-    this.label = `vbfs ${mode}`;
+    const suffix = walPrealloc === undefined ? '' : walPrealloc === 'on' ? '-prealloc' : '-appended';
+    this.id = `vbfs-${mode}${suffix}`;
+    this.label = `vbfs ${mode}${walPrealloc === undefined ? '' : walPrealloc === 'on' ? ', WAL preallocated' : ', WAL appended'}`;
     this.realSync = mode !== 'async';
-    this.note = {
-      strict: 'every write synced to the WAL before it returns',
-      batched: 'group commit (default, the headline); fsync = WAL fdatasync',
-      relaxed: 'sync only on fsync',
-      async: 'fsync starts a sync but does not wait: NOT durable at fsync',
-      encrypted: 'batched, on a volume created with --encrypt (AES-256-GCM, key from --key-file)',
-    }[mode];
+    this.note =
+      {
+        strict: 'every write synced to the WAL before it returns',
+        batched: 'group commit (default, the headline); fsync = WAL fdatasync',
+        relaxed: 'sync only on fsync',
+        async: 'fsync starts a sync but does not wait: NOT durable at fsync',
+        encrypted: 'batched, on a volume created with --encrypt (AES-256-GCM, key from --key-file)',
+      }[mode] + (walPrealloc === undefined ? '' : `; -o wal_prealloc=${walPrealloc}`);
     this.store = path.join(env.tmp, `${this.id}-store`);
     this.mnt = path.join(env.tmp, `${this.id}-mnt`);
     this.keyFile = mode === 'encrypted' ? path.join(env.tmp, `${this.id}.key`) : undefined;
@@ -303,7 +307,8 @@ class VbfsTarget implements Target {
   }
   private async mount(): Promise<void> {
     fs.mkdirSync(this.mnt, { recursive: true });
-    await this.vbfs(['mount', this.mnt, '--store', this.store, '--daemon', ...this.keyArgs()]);
+    const walOpt = this.walPrealloc === undefined ? [] : ['-o', `wal_prealloc=${this.walPrealloc}`];
+    await this.vbfs(['mount', this.mnt, '--store', this.store, '--daemon', ...this.keyArgs(), ...walOpt]);
     await waitFor('vbfs mount', () => isMounted(this.mnt), 20_000);
   }
   private async unmount(): Promise<void> {
@@ -334,6 +339,8 @@ class VbfsTarget implements Target {
 }
 
 export const TARGET_IDS = ['plain', 'null', 's3b-cached', 's3b-sync', 'vbfs-batched', 'vbfs-strict', 'vbfs-relaxed', 'vbfs-async', 'vbfs-encrypted'] as const;
+/** Only when named: vbfs batched with plain appended / preallocated WAL segments (the fsync job's A/B in one run). */
+const EXTRA_TARGET_IDS = ['vbfs-batched-appended', 'vbfs-batched-prealloc'];
 
 /** Letters from the issue: a = local file, b = null FUSE, c = s3backer (both), d = vbfs (all modes, and batched on an encrypted volume). */
 export function expandTargetFilter(spec: string | undefined): string[] {
@@ -348,9 +355,9 @@ export function expandTargetFilter(spec: string | undefined): string[] {
     else if (raw === 'b') add(['null']);
     else if (raw === 'c' || raw === 's3b' || raw === 's3backer') add(['s3b-cached', 's3b-sync']);
     else if (raw === 'd' || raw === 'vbfs') add(TARGET_IDS.filter((t) => t.startsWith('vbfs-')));
-    else if ((TARGET_IDS as readonly string[]).includes(raw)) add([raw]);
+    else if ((TARGET_IDS as readonly string[]).includes(raw) || EXTRA_TARGET_IDS.includes(raw)) add([raw]);
     else if ((TARGET_IDS as readonly string[]).includes(`vbfs-${raw}`)) add([`vbfs-${raw}`]);
-    else throw new Error(`unknown target "${raw}" (known: a,b,c,d or ${TARGET_IDS.join(',')})`);
+    else throw new Error(`unknown target "${raw}" (known: a,b,c,d or ${[...TARGET_IDS, ...EXTRA_TARGET_IDS].join(',')})`);
   }
   return out;
 }
@@ -366,6 +373,8 @@ export function makeTarget(id: string, env: TargetEnv, opts: { s3backerCacheBloc
     case 's3b-sync':
       return new S3backerTarget(env, 'sync', opts.s3backerCacheBlocks);
     default:
+      if (id.endsWith('-appended')) return new VbfsTarget(env, id.slice(5, -9) as VbfsMode, opts.vbfsCmd, 'off');
+      if (id.endsWith('-prealloc')) return new VbfsTarget(env, id.slice(5, -9) as VbfsMode, opts.vbfsCmd, 'on');
       if (id.startsWith('vbfs-')) return new VbfsTarget(env, id.slice(5) as VbfsMode, opts.vbfsCmd);
       throw new Error(`unknown target ${id}`);
   }

@@ -201,6 +201,12 @@ describe('vbfs argument parsing', () => {
     assert.throws(() => parseMountOptions(['stop_timeout=soon']), UsageError);
     assert.throws(() => parseMountOptions(['stop_timeout=-1']), UsageError);
     assert.deepEqual(parseMountOptions(['lease_ttl=10']), { leaseTtlSeconds: 10 });
+    assert.deepEqual(parseMountOptions(['wal_prealloc=off']), { walPreallocate: false });
+    assert.deepEqual(parseMountOptions(['wal_prealloc=on']), { walPreallocate: true });
+    assert.throws(() => parseMountOptions(['wal_prealloc=maybe']), UsageError);
+    const walArgv = rewriteArgv(['/s', '/m', '-o', 'wal_prealloc=off']);
+    assert.ok(Array.isArray(walArgv));
+    assert.equal(walArgv[walArgv.indexOf('wal_prealloc=off') - 1], '-o');
     assert.deepEqual(parseMountOptions(['disk_cache=2G']), { diskCacheBytes: 2 * 1024 ** 3 });
     assert.deepEqual(parseMountOptions(['disk_cache=0']), { diskCacheBytes: 0 });
     assert.throws(() => parseMountOptions(['disk_cache=-1']), UsageError);

@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import { SimFS, type TearMode } from './helpers/sim-fs';
 import { Rng, envInt, seedsFromEnv } from './helpers/rng';
 import { runInWorker } from './helpers/in-worker';
-import { BLOCK, MODE_OF_SEED, SEEDS_DEFAULT, SIZE, TEARS, openStore, type SweepResult } from './helpers/crash-runner';
+import { BLOCK, MODE_OF_SEED, SEEDS_DEFAULT, SIZE, TEARS, openStore, walOf, type SweepResult } from './helpers/crash-runner';
 
 /**
  * Crash simulation: see helpers/crash-runner.ts for what is checked after each
@@ -46,15 +46,15 @@ describe('crash simulation (SimFS power loss)', function () {
   for (const tear of tears) {
     for (const seed of SEEDS) {
       const mode = MODE_OF_SEED[seed % MODE_OF_SEED.length];
-      const key = `${mode}, ${tear}`;
+      const key = `${mode}, ${walOf(seed)}, ${tear}`;
       const replay = `VBFS_SEED=${seed} VBFS_CRASH_TEAR=${tear}`;
       if (onlyFp === null) {
-        it(`seed ${seed} (${mode}, tear ${tear}): crash at ${onlyAt !== null ? `op ${onlyAt}` : `${POINTS} seeded op numbers`} (${replay})`, async function () {
+        it(`seed ${seed} (${mode}, ${walOf(seed)}, tear ${tear}): crash at ${onlyAt !== null ? `op ${onlyAt}` : `${POINTS} seeded op numbers`} (${replay})`, async function () {
           count(this, key, await runInWorker<SweepResult>(RUNNER, 'crashSweep', [seed, POINTS, onlyAt, tear, false], DEADLINE_MS));
         });
       }
       if (onlyAt === null) {
-        it(`seed ${seed} (${mode}, tear ${tear}): crash at the 1st, 2nd, middle and last hit of every named failpoint${onlyFp ? ` (only ${onlyFp})` : ''} (${replay})`, async function () {
+        it(`seed ${seed} (${mode}, ${walOf(seed)}, tear ${tear}): crash at the 1st, 2nd, middle and last hit of every named failpoint${onlyFp ? ` (only ${onlyFp})` : ''} (${replay})`, async function () {
           count(this, key, await runInWorker<SweepResult>(RUNNER, 'failpointSweep', [seed, onlyFp, tear, false], DEADLINE_MS));
         });
       }
@@ -65,15 +65,15 @@ describe('crash simulation (SimFS power loss)', function () {
   for (const [seed, tear] of ENCRYPTED_SWEEPS) {
     if (!tears.includes(tear)) continue;
     const mode = MODE_OF_SEED[seed % MODE_OF_SEED.length];
-    const key = `${mode}, ${tear}, encrypted`;
+    const key = `${mode}, ${walOf(seed)}, ${tear}, encrypted`;
     const replay = `VBFS_SEED=${seed} VBFS_CRASH_TEAR=${tear}`;
     if (onlyFp === null) {
-      it(`seed ${seed} (${mode}, tear ${tear}), encrypted: crash at ${onlyAt !== null ? `op ${onlyAt}` : `${POINTS} seeded op numbers`} (${replay})`, async function () {
+      it(`seed ${seed} (${mode}, ${walOf(seed)}, tear ${tear}), encrypted: crash at ${onlyAt !== null ? `op ${onlyAt}` : `${POINTS} seeded op numbers`} (${replay})`, async function () {
         count(this, key, await runInWorker<SweepResult>(RUNNER, 'crashSweep', [seed, POINTS, onlyAt, tear, true], DEADLINE_MS));
       });
     }
     if (onlyAt === null) {
-      it(`seed ${seed} (${mode}, tear ${tear}), encrypted: crash at the 1st, 2nd, middle and last hit of every named failpoint${onlyFp ? ` (only ${onlyFp})` : ''} (${replay})`, async function () {
+      it(`seed ${seed} (${mode}, ${walOf(seed)}, tear ${tear}), encrypted: crash at the 1st, 2nd, middle and last hit of every named failpoint${onlyFp ? ` (only ${onlyFp})` : ''} (${replay})`, async function () {
         count(this, key, await runInWorker<SweepResult>(RUNNER, 'failpointSweep', [seed, onlyFp, tear, true], DEADLINE_MS));
       });
     }
@@ -85,7 +85,7 @@ describe('crash simulation (SimFS power loss)', function () {
     const seed = 13;
     const points = Math.min(POINTS, envInt('VBFS_CRASH_WORKER_POINTS', 6));
     const replay = `VBFS_SEED=${seed} VBFS_CRASH_TEAR=reorder`;
-    it(`seed ${seed} (batched, tear reorder), encrypted, sealed in the crypto worker: crash at ${onlyAt !== null ? `op ${onlyAt}` : `${points} seeded op numbers`} (${replay})`, async function () {
+    it(`seed ${seed} (batched, ${walOf(seed)}, tear reorder), encrypted, sealed in the crypto worker: crash at ${onlyAt !== null ? `op ${onlyAt}` : `${points} seeded op numbers`} (${replay})`, async function () {
       count(
         this,
         'batched, reorder, encrypted, worker',
@@ -97,7 +97,7 @@ describe('crash simulation (SimFS power loss)', function () {
   after(() => {
     if (totals.size === 0) return;
     const lines = [...totals].sort(([a], [b]) => a.localeCompare(b)).map(([k, n]) => `      ${k}: ${n}`);
-    process.stdout.write(`    crash points run (durability mode, tear mode):\n${lines.join('\n')}\n`);
+    process.stdout.write(`    crash points run (durability mode, WAL, tear mode):\n${lines.join('\n')}\n`);
   });
 
   for (const tear of tears) {

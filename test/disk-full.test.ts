@@ -10,6 +10,7 @@ import { CACHED, PERSISTED } from '../src/map/block-index';
 import { SimFS } from './helpers/sim-fs';
 import { FullDiskFileIO } from './helpers/full-disk-file-io';
 import { Rng } from './helpers/rng';
+import { decodeSegmentHeader, WAL_FLAG_PREALLOCATED, WAL_MAGIC } from '../src/format/segment-header';
 
 /**
  * Issue 14, item 11: after the store disk fills, a volume recovers in place once
@@ -38,12 +39,12 @@ interface Env {
   vol: Volume;
 }
 
-async function open(sim: SimFS, durability?: Durability): Promise<Env> {
+async function open(sim: SimFS, durability?: Durability, tunables: Partial<typeof TUNABLES> & { walPreallocate?: boolean } = {}): Promise<Env> {
   const disk = new FullDiskFileIO(sim);
   const store = await Store.open('/store', { fileIO: disk, backend: new FileBackend('/store/objects', disk) });
   const names = (await store.listVolumes()).map((v) => v.name);
   if (!names.includes('v')) await store.createVolume('v', { size: BLOCKS * BS, blockSize: BS, durability: durability ?? 'batched' });
-  const vol = await store.openVolume('v', TUNABLES);
+  const vol = await store.openVolume('v', { ...TUNABLES, ...tunables });
   return { sim, disk, store, vol };
 }
 
@@ -237,6 +238,47 @@ describe('store disk full: recovery in place', () => {
     await e.store.close().catch(() => undefined);
     const r = await open(e.sim.afterCrash(new Rng(3)));
     for (let b = 4; b < 16; b++) assert.ok((await r.vol.read(b * BS, BS)).equals(block(1, b)));
+    await r.store.close();
+  });
+
+  it('a spare WAL segment that cannot be zero-filled (out of space) only means appended segments; preallocated ones come back with the space', async () => {
+    const sim = new SimFS();
+    const walDir = '/store/volumes/v/wal';
+    const segments = async (): Promise<{ names: string[]; preallocated: number }> => {
+      const names = await sim.readdir(walDir);
+      let preallocated = 0;
+      for (const n of names.filter((x) => x.endsWith('.wal'))) {
+        const h = decodeSegmentHeader(sim.readRaw(`${walDir}/${n}`) ?? Buffer.alloc(0), WAL_MAGIC);
+        if (h && (h.count & WAL_FLAG_PREALLOCATED) !== 0) preallocated++;
+      }
+      return { names, preallocated };
+    };
+    sim.failWhen((op) => op.kind === 'write' && op.path.startsWith(`${walDir}/prep-`), 'ENOSPC');
+    const e = await open(sim, 'batched', { walPreallocate: true });
+    const expect: number[] = [];
+    for (let round = 1; round <= 3; round++) {
+      await writeBlocks(e.vol, round, 0, 40, expect); // 2.5 segments
+      await e.vol.fsync();
+      if (round > 1) await e.vol.flush();
+      const seen = await segments();
+      assert.equal(seen.preallocated, 0, `round ${round}: no spare could be made, every segment is appended`);
+      assert.ok(!seen.names.some((n) => n.startsWith('spare-')), `round ${round}: ${seen.names.join(' ')}`);
+    }
+    assert.equal(e.vol.stats().errors, 0, 'the volume did not fail');
+    await assertContent(e.vol, expect, 'with appended segments');
+
+    sim.failWhen(undefined);
+    await writeBlocks(e.vol, 4, 0, 40, expect);
+    await e.vol.flush(); // the reclaim finds no spare and nothing in flight: one is zero-filled
+    for (let i = 0; i < 200 && !(await segments()).names.some((n) => n.startsWith('spare-')); i++) await new Promise((r) => setTimeout(r, 5));
+    await writeBlocks(e.vol, 5, 0, 40, expect);
+    await e.vol.fsync();
+    assert.ok((await segments()).preallocated > 0, 'space returned: the next segment is a preallocated one');
+    assert.equal(e.vol.stats().errors, 0);
+
+    const r = await open(e.sim.afterCrash(new Rng(5)));
+    await e.store.close().catch(() => undefined);
+    await assertContent(r.vol, expect, 'after power loss');
     await r.store.close();
   });
 

@@ -136,11 +136,22 @@ describe('format', () => {
   });
 
   it('segment headers (WAL and chunk): saved samples decode', () => {
-    const wal = Buffer.from(encodeSegmentHeader({ magic: WAL_MAGIC, blockSize: 4096, volumeId: VOLUME_ID, number: 42, count: 0, maxSeq: 0 }));
+    // WAL format 3: count holds the flags (1 = preallocated), maxSeq the base seq.
+    const wal = Buffer.from(encodeSegmentHeader({ magic: WAL_MAGIC, blockSize: 4096, volumeId: VOLUME_ID, number: 42, count: 1, maxSeq: 2 ** 40 + 3 }));
     const chk = Buffer.from(encodeSegmentHeader({ magic: CHUNK_MAGIC, blockSize: 4096, volumeId: VOLUME_ID, number: 7, count: 1024, maxSeq: 99999 }));
-    assert.deepEqual(wal, sample('wal-header-v2.bin', wal));
+    assert.deepEqual(wal, sample('wal-header-v3.bin', wal));
     assert.deepEqual(chk, sample('chunk-header-v1.bin', chk), 'chunk objects are still format 1');
-    assert.equal(decodeSegmentHeader(wal, WAL_MAGIC)?.version, 2);
+    assert.deepEqual(decodeSegmentHeader(wal, WAL_MAGIC), {
+      magic: WAL_MAGIC,
+      version: 3,
+      blockSize: 4096,
+      volumeId: VOLUME_ID,
+      number: 42,
+      count: 1,
+      maxSeq: 2 ** 40 + 3,
+    });
+    const v2 = decodeSegmentHeader(oldSample('wal-header-v2.bin'), WAL_MAGIC);
+    assert.deepEqual(v2, { magic: WAL_MAGIC, version: 2, blockSize: 4096, volumeId: VOLUME_ID, number: 42, count: 0, maxSeq: 0 });
     const v1 = decodeSegmentHeader(oldSample('wal-header-v1.bin'), WAL_MAGIC);
     assert.deepEqual(v1, { magic: WAL_MAGIC, version: 1, blockSize: 4096, volumeId: VOLUME_ID, number: 42, count: 0, maxSeq: 0 });
     assert.deepEqual(decodeSegmentHeader(sample('chunk-header-v1.bin', chk), CHUNK_MAGIC), {

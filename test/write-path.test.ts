@@ -48,7 +48,9 @@ async function setup(
     vol,
     store,
     io,
-    wal: `${dir}/volumes/w/wal/`,
+    // Segment files only (their names start with the 16-hex-digit number): not the spare
+    // segments zero-filled in the background, once per volume, off the write path.
+    wal: `${dir}/volumes/w/wal/0`,
     cleanup: async () => {
       await store.close();
       if (onDisk) fs.rmSync(dir, { recursive: true, force: true });

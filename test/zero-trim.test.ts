@@ -313,6 +313,16 @@ describe('zero blocks and trim (engine)', () => {
         await store.close().catch(() => undefined);
       }
     };
+    /**
+     * `raw` with `rec` written where the log ends: at the end of an appended segment, or
+     * over the start of a preallocated segment's zero tail (the file keeps its size).
+     */
+    const atLogEnd = (raw: Buffer, rec: Buffer): Buffer => {
+      let off = 64;
+      while (off + RECORD_HEADER <= raw.length && raw.subarray(off, off + RECORD_HEADER).some((b) => b !== 0)) off += RECORD_HEADER + raw.readUInt32LE(off + 4);
+      const out = Buffer.concat([raw.subarray(0, off), rec]);
+      return out.length >= raw.length ? out : Buffer.concat([out, raw.subarray(out.length)]);
+    };
     /** Offset of the (only) zero record in the segment. */
     const zeroAt = (raw: Buffer): number => {
       for (let off = 64; off + RECORD_HEADER <= raw.length;) {
@@ -336,7 +346,7 @@ describe('zero blocks and trim (engine)', () => {
       const { sim, wal, raw } = await setup();
       const rec = Buffer.alloc(RECORD_HEADER + 16);
       const end = encodeRecord(rec, 0, 1_000_000, 1, FLAG_ZERO | FLAG_SEALED, BS, new Rng(3).bytes(16));
-      sim.writeRaw(wal, Buffer.concat([raw, rec.subarray(0, end)]));
+      sim.writeRaw(wal, atLogEnd(raw, rec.subarray(0, end)));
       const got = await open(sim);
       assert.ok(got instanceof VbfsError, 'the forged trim was accepted');
       assert.equal(got.code, 'VBFS_CORRUPT');
@@ -346,7 +356,7 @@ describe('zero blocks and trim (engine)', () => {
       const { sim, wal, raw } = await setup();
       const rec = Buffer.alloc(RECORD_HEADER);
       encodeRecord(rec, 0, 1_000_000, 1, FLAG_ZERO, BS, Buffer.alloc(0));
-      sim.writeRaw(wal, Buffer.concat([raw, rec]));
+      sim.writeRaw(wal, atLogEnd(raw, rec));
       const got = await open(sim);
       assert.ok(got instanceof VbfsError, 'the unsealed trim was accepted');
       assert.equal(got.code, 'VBFS_CORRUPT');

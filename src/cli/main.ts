@@ -90,6 +90,7 @@ export function rewriteArgv(argv: string[]): string[] | 'fake' {
   if (flags.keyFile !== undefined) out.push('--key-file', flags.keyFile);
   if (flags.keyEnv !== undefined) out.push('--key-env', flags.keyEnv);
   for (const o of compactOptionStrings(flags.compact)) out.push('-o', o);
+  if (flags.walPreallocate !== undefined) out.push('-o', `wal_prealloc=${flags.walPreallocate ? 'on' : 'off'}`);
   // fstab: a mistyped store path must not silently become a new, empty store.
   if (!flags.create) out.push('--require-store');
   if (flags.logLevel) out.push('--log-level', flags.logLevel);

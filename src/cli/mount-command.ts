@@ -182,7 +182,14 @@ export async function runMount(ctx: CliContext, args: MountArgs): Promise<number
         allowRoot: args.allowRoot,
         defaultPermissions: args.defaultPermissions,
         nonempty: args.nonempty,
-        openOptions: args.durability || args.compact ? { ...(args.durability ? { durability: args.durability } : {}), ...args.compact } : undefined,
+        openOptions:
+          args.durability || args.compact || args.walPreallocate !== undefined
+            ? {
+                ...(args.durability ? { durability: args.durability } : {}),
+                ...args.compact,
+                ...(args.walPreallocate !== undefined ? { walPreallocate: args.walPreallocate } : {}),
+              }
+            : undefined,
         key,
         debug: args.debugFuse,
       });
@@ -261,6 +268,7 @@ async function startDaemon(ctx: CliContext, args: MountArgs): Promise<number> {
   if (args.leaseTtlSeconds !== undefined) childArgs.push('--lease-ttl', String(args.leaseTtlSeconds));
   if (args.debugFuse) childArgs.push('--debug-fuse');
   for (const o of compactOptionStrings(args.compact)) childArgs.push('-o', o);
+  if (args.walPreallocate !== undefined) childArgs.push('-o', `wal_prealloc=${args.walPreallocate ? 'on' : 'off'}`);
   if (ctx.backend !== undefined) childArgs.push('--backend', ctx.backend);
   if (ctx.s3PathStyle !== undefined) childArgs.push(`--s3-path-style=${ctx.s3PathStyle}`);
   // The key's source, never the key: the child reads the file or its inherited environment.

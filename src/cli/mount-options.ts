@@ -32,6 +32,8 @@ export interface MountFlags {
   keyEnv?: string;
   /** Compaction policy (store/compactor.ts), from `-o compact_*=` or `--compact-*`. */
   compact?: CompactTunables;
+  /** `wal_prealloc=on|off`: reuse preallocated WAL segments (docs/FORMAT.md, WAL format 3) or append plain ones (the default). */
+  walPreallocate?: boolean;
 }
 
 export type CompactTunables = Partial<
@@ -179,6 +181,10 @@ export function parseMountOptions(list: string[], sloppy = false): MountFlags {
       case 'lease_ttl':
         flags.leaseTtlSeconds = parseLeaseTtl(value, `mount option '${opt}'`);
         break;
+      case 'wal_prealloc':
+        if (value !== 'on' && value !== 'off') throw new UsageError(`invalid mount option '${opt}': wal_prealloc=on or wal_prealloc=off`);
+        flags.walPreallocate = value === 'on';
+        break;
       default: {
         const c = COMPACT_OPTIONS.find((o) => o.opt === key);
         if (c) {
@@ -188,7 +194,7 @@ export function parseMountOptions(list: string[], sloppy = false): MountFlags {
         if (IGNORED.has(key) || key.startsWith('x-') || key === 'comment') break;
         if (!sloppy) {
           throw new UsageError(
-            `unknown mount option '${opt}' (known: ro, allow_other, allow_root, default_permissions, durability=MODE, log_file=PATH, log_level=LEVEL, memory=SIZE, disk_cache=SIZE, nonempty, create, stop_timeout=SECONDS, lease_ttl=SECONDS, key_file=PATH, key_env=NAME, compact_interval=SECONDS, compact_start=RATIO, compact_target=RATIO, compact_chunk_live=FRACTION, compact_rate=SIZE)`,
+            `unknown mount option '${opt}' (known: ro, allow_other, allow_root, default_permissions, durability=MODE, log_file=PATH, log_level=LEVEL, memory=SIZE, disk_cache=SIZE, nonempty, create, stop_timeout=SECONDS, lease_ttl=SECONDS, wal_prealloc=on|off, key_file=PATH, key_env=NAME, compact_interval=SECONDS, compact_start=RATIO, compact_target=RATIO, compact_chunk_live=FRACTION, compact_rate=SIZE)`,
           );
         }
       }

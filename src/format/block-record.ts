@@ -55,7 +55,9 @@ export function maxPayload(blockSize: number): number {
 }
 
 /**
- * A sync marker (WAL format 2): a record with flags = FLAG_SYNC_MARK, seq = 0,
+ * A sync marker (WAL format 2 and 3): a record with flags = FLAG_SYNC_MARK, seq = 0
+ * (format 3: the segment's base seq, so a marker left by an earlier use of a recycled
+ * segment file is told apart from this use's),
  * block = 0, rawLen = 0 and an 8-byte payload, the u64 segment offset up to which
  * this segment was covered by a COMPLETED fdatasync when the marker was written.
  * Every WAL batch starts with one, so the claim costs 40 bytes per batch and no
@@ -67,10 +69,13 @@ export function maxPayload(blockSize: number): number {
 const FLAG_SYNC_MARK = 2;
 export const SYNC_MARKER_BYTES = RECORD_HEADER + 8;
 
-/** Encode a sync marker at `off` claiming `syncedTo`; `scratch` is an 8-byte buffer (no allocation per batch). */
-export function encodeSyncMarker(buf: Uint8Array, off: number, syncedTo: number, scratch: Uint8Array): number {
+/**
+ * Encode a sync marker at `off` claiming `syncedTo`; `scratch` is an 8-byte buffer (no
+ * allocation per batch). `tag` is the seq field: 0 in format 2, the base seq in format 3.
+ */
+export function encodeSyncMarker(buf: Uint8Array, off: number, syncedTo: number, scratch: Uint8Array, tag = 0): number {
   writeU64(scratch, 0, syncedTo);
-  return encodeRecord(buf, off, 0, 0, FLAG_SYNC_MARK, 0, scratch, 0, 8);
+  return encodeRecord(buf, off, tag, 0, FLAG_SYNC_MARK, 0, scratch, 0, 8);
 }
 
 /** True when a record header (already CRC-checked) is a sync marker. */
@@ -78,9 +83,9 @@ export function isSyncMarker(h: RecordHeader): boolean {
   return (h.flags & FLAG_SYNC_MARK) !== 0;
 }
 
-/** The claim of a valid sync marker record, or -1 if the marker is malformed (bad fields). */
-export function syncMarkerClaim(h: RecordHeader, buf: Uint8Array, payloadOff: number): number {
-  if (h.flags !== FLAG_SYNC_MARK || h.len !== 8 || h.seq !== 0 || h.block !== 0 || h.rawLen !== 0) return -1;
+/** The claim of a valid sync marker record, or -1 if the marker is malformed (bad fields, or a seq other than `tag`). */
+export function syncMarkerClaim(h: RecordHeader, buf: Uint8Array, payloadOff: number, tag = 0): number {
+  if (h.flags !== FLAG_SYNC_MARK || h.len !== 8 || h.seq !== tag || h.block !== 0 || h.rawLen !== 0) return -1;
   return readU64(buf, payloadOff);
 }
 

@@ -6,23 +6,31 @@ import { readU16, readU32, readU64, writeU16, writeU32, writeU64 } from './u64';
  *
  *   off size field
  *     0    8 magic     "VBFSWAL\0" (WAL segment) or "VBFSCHK\0" (chunk object)
- *     8    2 version   WAL segment: 2 (records begin each batch with a sync
- *                       marker; 1 = written before markers existed); chunk: 1
+ *     8    2 version   WAL segment: 3 (a base seq and flags below; markers carry
+ *                       the base seq); 2 = sync markers, no base seq; 1 = written
+ *                       before markers existed. Chunk: 1
  *    10    2 reserved  0
  *    12    4 blockSize raw block size of the volume
  *    16   16 volumeId  the volume's id (raw bytes of the 32-hex-char id)
  *    32    8 number    segment number (WAL) or chunk id (chunk)
- *    40    4 count     chunk: number of block records; WAL: 0
+ *    40    4 count     chunk: number of block records; WAL (v3): flags, bit 0 =
+ *                       preallocated (the file was full size before its first
+ *                       record; what follows the last record is zeros or the
+ *                       stale records of an earlier use of the file); else 0
  *    44    4 reserved  0
- *    48    8 maxSeq    chunk: highest record seq in it; WAL: 0
+ *    48    8 maxSeq    chunk: highest record seq in it; WAL (v3): base seq, every
+ *                       block record of this segment has a seq above it, and
+ *                       every sync marker carries it as its seq; else 0
  *    56    4 reserved  0
  *    60    4 crc32c of bytes [0, 60)
  *
  * Block records (format/block-record.ts) follow from offset 64.
  */
 export const SEGMENT_HEADER = 64;
-/** WAL segments written by this build carry sync markers (format 2); version 1 segments are still read. */
-const WAL_VERSION = 2;
+/** WAL segments written by this build are format 3 (base seq, preallocation flag); versions 1 and 2 are still read. */
+export const WAL_VERSION = 3;
+/** WAL v3 header flag (in the `count` field): the segment file was preallocated (zero-filled or recycled). */
+export const WAL_FLAG_PREALLOCATED = 1;
 export const CHUNK_VERSION = 1;
 export const WAL_MAGIC = 'VBFSWAL\0';
 export const CHUNK_MAGIC = 'VBFSCHK\0';

@@ -19,6 +19,11 @@ const MiB = 1024 * 1024;
 
 export const DEFAULT_TUNABLES: VolumeTunables = {
   walSegmentBytes: 64 * MiB,
+  // Preallocated segments (an fdatasync after an append into a full-size file needs no
+  // journal commit) are opt-in: through FUSE the fsync job measured the same either way
+  // (docs/bench.md), and they cost a 64 MiB zero fill before the first write after an
+  // open (seconds on an SD card) and up to 3 x 64 MiB of WAL per volume.
+  walPreallocate: false,
   chunkBytes: 4 * MiB,
   writeBufferBytes: 256 * MiB,
   flushBytes: 32 * MiB,
@@ -190,6 +195,11 @@ function resolveTunables(opts: VolumeOpenOptions, blockSize: number, remote: boo
   for (const k of Object.keys(DEFAULT_TUNABLES) as (keyof VolumeTunables)[]) {
     const v = opts[k];
     if (v === undefined) continue;
+    if (k === 'walPreallocate') {
+      if (typeof v !== 'boolean') throw new VbfsError('VBFS_INVALID_ARGUMENT', `invalid ${k}: ${String(v)}`);
+      t.walPreallocate = v;
+      continue;
+    }
     if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) throw new VbfsError('VBFS_INVALID_ARGUMENT', `invalid ${k}: ${String(v)}`);
     t[k] = v;
   }

@@ -183,6 +183,7 @@ export class Writer {
       volumeId: core.info.id,
       blockSize,
       segmentBytes: core.tunables.walSegmentBytes,
+      preallocate: core.tunables.walPreallocate,
       bufferBytes: Math.max(WAL_BUFFER_BYTES, 2 * (RECORD_HEADER + blockSize)),
       nextSegment: start.lastSegment + 1,
       existingSegments: start.segments,

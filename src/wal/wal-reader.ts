@@ -8,9 +8,10 @@ import {
   maxPayload,
   RECORD_HEADER,
   syncMarkerClaim,
+  type RecordCheck,
   type RecordHeader,
 } from '../format/block-record';
-import { decodeSegmentHeader, SEGMENT_HEADER, WAL_MAGIC } from '../format/segment-header';
+import { decodeSegmentHeader, SEGMENT_HEADER, WAL_FLAG_PREALLOCATED, WAL_MAGIC } from '../format/segment-header';
 import type { FileIO } from '../io/file-io';
 import type { Logger } from '../types';
 import { walSegmentName } from './wal-writer';
@@ -50,6 +51,14 @@ export interface WalCut {
  *   warning saying what was dropped. Damage before it is corruption.
  * - Format 1 segments (written before markers existed) keep the old rule: a torn
  *   tail only when no valid record follows the damage.
+ * - Format 3 segments may be preallocated (zero-filled, or a recycled file still
+ *   holding an earlier use's records). Records at or below the header's base seq, and
+ *   markers not carrying it, are that earlier use's: they end the log like zeros do.
+ *   In the newest segment, an end with no record of this use after it is the normal
+ *   end of the log, not a torn tail: truncated there without a warning. An older
+ *   preallocated segment must end right after a marker claiming all of it (the
+ *   writer syncs one before it starts the next segment), with nothing of this use
+ *   after it; anything else is corruption.
  *
  * Corruption is refused with VBFS_CORRUPT naming file and offset, never skipped.
  */
@@ -100,14 +109,14 @@ export async function replayWal(
       // The header shares its page with the first batch and is only made durable by
       // the first fdatasync, so in the newest segment it can be lost with everything
       // after it. A marker claiming a sync proves the header was synced too.
-      const after = isLast ? scanAfter(buf, SEGMENT_HEADER - 1, blockSize) : null;
+      const after = isLast ? scanAfter(buf, SEGMENT_HEADER - 1, blockSize, null) : null;
       if (isLast && after && after.maxClaim <= 0) {
         await cut({ path, offset: 0, bytes: buf.length, records: after.records, provenSynced: 0, reason: 'bad segment header' });
         continue;
       }
       throw new VbfsError('VBFS_CORRUPT', `WAL segment ${path}: bad header at offset 0`, { path, offset: 0 });
     }
-    if (h.volumeId !== volumeId || h.blockSize !== blockSize || h.number !== seg || (h.version !== 1 && h.version !== 2)) {
+    if (h.volumeId !== volumeId || h.blockSize !== blockSize || h.number !== seg || h.version < 1 || h.version > 3) {
       throw new VbfsError(
         'VBFS_CORRUPT',
         `WAL segment ${path} belongs to another volume or position, or has an unknown version (volume ${h.volumeId}, segment ${h.number}, version ${h.version})`,
@@ -118,15 +127,25 @@ export async function replayWal(
       );
     }
     const markers = h.version >= 2;
+    // Format 3: a recycled file still holds the records of its earlier use after this
+    // use's last one. They all have seqs at or below the base seq (they were appended
+    // before this use began) and their markers carry another base seq: not records here.
+    const v3 = h.version >= 3;
+    const baseSeq = v3 ? h.maxSeq : 0;
+    const preallocated = v3 && (h.count & WAL_FLAG_PREALLOCATED) !== 0;
     out.segments.push(seg);
     let proven = 0;
     let off = SEGMENT_HEADER;
+    /** Where the last marker ended, and whether it claimed everything before it (an end marker). */
+    let endMarkerAt = -1;
     while (off < buf.length) {
-      const r = checkRecord(buf, off, buf.length, maxPayload(blockSize));
+      let r: RecordCheck | { ok: false; reason: 'stale' } = checkRecord(buf, off, buf.length, maxPayload(blockSize));
+      if (r.ok && v3 && isStale(r.header, baseSeq)) r = { ok: false, reason: 'stale' };
       if (r.ok && markers && isSyncMarker(r.header)) {
-        const claim = syncMarkerClaim(r.header, buf, off + RECORD_HEADER);
+        const claim = syncMarkerClaim(r.header, buf, off + RECORD_HEADER, baseSeq);
         if (claim < 0 || claim > off) throw corrupt(path, off, `is a malformed sync marker (claims ${claim})`);
         if (claim > proven) proven = claim;
+        endMarkerAt = claim === off ? r.end : -1;
         off = r.end;
         continue;
       }
@@ -146,8 +165,17 @@ export async function replayWal(
         off = r.end;
         continue;
       }
-      if (!isLast) throw corrupt(path, off, `is damaged (${r.reason}) in a segment that is not the newest: refusing to replay past it`);
-      const after = scanAfter(buf, off, blockSize);
+      if (!isLast) {
+        // A preallocated segment the writer moved on from ends with a marker claiming
+        // all of it (written and synced before the next segment was created): what
+        // follows is its zero or stale tail.
+        if (preallocated && endMarkerAt === off) {
+          const tail = scanAfter(buf, off, blockSize, baseSeq);
+          if (tail.records === 0 && tail.maxClaim < off) break;
+        }
+        throw corrupt(path, off, `is damaged (${r.reason}) in a segment that is not the newest: refusing to replay past it`);
+      }
+      const after = scanAfter(buf, off, blockSize, v3 ? baseSeq : -1);
       if (markers) {
         if (after.maxClaim > proven) proven = after.maxClaim;
         if (off < proven) {
@@ -156,11 +184,29 @@ export async function replayWal(
       } else if (after.first >= 0) {
         throw corrupt(path, off, `is damaged (${r.reason}) and a valid record follows at offset ${after.first}: refusing to replay past it`);
       }
+      if (preallocated && after.records === 0) {
+        // The end of the log in a preallocated file: nothing of this use follows (at
+        // most a record torn in its last, never acknowledged, batch). Truncated, so
+        // that the file, no longer the newest once the writer continues, ends at EOF.
+        logger.info('WAL ends before the preallocated tail of its newest segment', { file: path, offset: off, provenSynced: proven });
+        if (!readOnly) {
+          const fd = await fileIO.open(path, 'r+');
+          await fd.truncate(off);
+          await fd.datasync();
+          await fd.close();
+        }
+        break;
+      }
       await cut({ path, offset: off, bytes: buf.length - off, records: after.records, provenSynced: proven, reason: r.reason });
       break;
     }
   }
   return out;
+}
+
+/** In a format 3 segment: a record or marker left by an earlier use of the file. */
+function isStale(h: RecordHeader, baseSeq: number): boolean {
+  return isSyncMarker(h) ? h.seq !== baseSeq : h.seq <= baseSeq;
 }
 
 interface TailScan {
@@ -176,23 +222,42 @@ interface TailScan {
  * Find every valid record after damage at `from`: resynchronise byte by byte,
  * follow the chain of valid records, and resynchronise again at the next damage.
  * Records are self-checking (CRC over header and payload), so a match is a record
- * this writer wrote into this file, not an accident of stale bytes.
+ * this writer wrote into this file, not an accident of stale bytes; in format 3
+ * (`baseSeq` >= 0) the records and markers of an earlier use of the file are skipped;
+ * -1: format 1 or 2; null: unknown (the header is lost), markers of any base seq count.
  */
-function scanAfter(buf: Buffer, from: number, blockSize: number): TailScan {
+function scanAfter(buf: Buffer, from: number, blockSize: number, baseSeq: number | null): TailScan {
   const out: TailScan = { first: -1, records: 0, maxClaim: -1 };
   let off = from + 1;
   while (off + RECORD_HEADER <= buf.length) {
     const r = checkRecord(buf, off, buf.length, maxPayload(blockSize));
-    if (!r.ok) {
-      off++;
+    if (!r.ok || (baseSeq !== null && baseSeq >= 0 && isStale(r.header, baseSeq))) {
+      // A record has a non-zero byte within its first 16: the length field (bytes 4..8),
+      // or, in a zero record (len 0), the seq (bytes 8..16). Across a run of zeros (the
+      // preallocated tail) the next candidate is at most 15 bytes before its end.
+      off = Math.max(off + 1, nextNonZero(buf, off + 1) - 15);
       continue;
     }
     if (out.first < 0) out.first = off;
     if (isSyncMarker(r.header)) {
-      const claim = syncMarkerClaim(r.header, buf, off + RECORD_HEADER);
+      const claim = syncMarkerClaim(r.header, buf, off + RECORD_HEADER, baseSeq === null ? r.header.seq : Math.max(baseSeq, 0));
       if (claim > out.maxClaim && claim <= off) out.maxClaim = claim;
     } else out.records++;
     off = r.end;
   }
   return out;
+}
+
+const ZERO_PAGE = Buffer.alloc(4096);
+
+/** The offset of the first non-zero byte at or after `from` (buf.length if none): native compares, page by page. */
+function nextNonZero(buf: Buffer, from: number): number {
+  let i = from;
+  while (i < buf.length && (i & 4095) !== 0) {
+    if (buf[i] !== 0) return i;
+    i++;
+  }
+  while (i + 4096 <= buf.length && buf.compare(ZERO_PAGE, 0, 4096, i, i + 4096) === 0) i += 4096;
+  while (i < buf.length && buf[i] === 0) i++;
+  return i;
 }

@@ -1,10 +1,16 @@
 import { VbfsError, ioError, isNoSpace, syncFailed } from '../errors';
 import { encodeRecord, encodeSyncMarker, RECORD_HEADER, SYNC_MARKER_BYTES } from '../format/block-record';
-import { encodeSegmentHeader, SEGMENT_HEADER, WAL_MAGIC } from '../format/segment-header';
+import { encodeSegmentHeader, SEGMENT_HEADER, WAL_FLAG_PREALLOCATED, WAL_MAGIC } from '../format/segment-header';
 import type { FileHandle, FileIO } from '../io/file-io';
 import type { Logger } from '../types';
 
 export const walSegmentName = (n: number): string => n.toString(16).padStart(16, '0') + '.wal';
+/**
+ * A spare segment file (preallocated, or reclaimed and kept for reuse) and one being
+ * zero-filled; replay ignores both (the names do not start like a segment's).
+ */
+const spareName = (n: number, kind: 'spare' | 'prep' = 'spare'): string => `${kind}-${n.toString(16).padStart(16, '0')}`;
+const SPARE_RE = /^(spare|prep)-([0-9a-f]{16})$/;
 
 export interface WalWriterOptions {
   dir: string;
@@ -28,6 +34,15 @@ export interface WalWriterOptions {
    * the sync's waiters hear of it (the writer moves those blocks Hot -> Pending).
    */
   onDurable?: (seq: number) => void;
+  /**
+   * Write into preallocated segment files: each is made full size (zero-filled) before
+   * its first record, and reclaimed segments are kept as spares and reused, so an
+   * fdatasync after an append overwrites allocated blocks and needs no journal commit
+   * for a new file size or extent. Off: plain appended segments (the volume default is on).
+   */
+  preallocate?: boolean;
+  /** Spare segment files kept for reuse (default 2). */
+  spareSegments?: number;
 }
 
 interface Batch {
@@ -35,6 +50,7 @@ interface Batch {
   len: number;
   seg: number;
   endPos: number; // logical WAL position after this batch
+  firstSeq: number;
   lastSeq: number;
 }
 
@@ -77,6 +93,7 @@ export class WalWriter {
 
   private cur: Buffer;
   private curLen = 0;
+  private curFirstSeq = 0;
   private curLastSeq = 0;
   private curSeg: number;
   private segBytes = SEGMENT_HEADER;
@@ -88,6 +105,16 @@ export class WalWriter {
   private fd: FileHandle | null = null;
   private fdSeg = -1;
   private fdPos = 0;
+  /** The open segment's base seq (its markers carry it) and whether it is preallocated. */
+  private fdBase = 0;
+  private fdPrealloc = false;
+  /** Spare segment files ready for reuse (paths), the number for the next one, and the background work on them. */
+  private readonly spares: string[] = [];
+  private spareNext = 1;
+  private spareScan: Promise<void> | null = null;
+  private prep: Promise<void> | null = null;
+  /** A segment was opened since this writer started (only the first one waits for a zero fill). */
+  private openedOnce = false;
   /** A sync marker, rewritten after every completed fdatasync (see writeSyncMarker). */
   private readonly marker = Buffer.alloc(SYNC_MARKER_BYTES);
   private readonly markerScratch = Buffer.alloc(8);
@@ -145,6 +172,7 @@ export class WalWriter {
     if (this.segBytes + recLen > this.opts.segmentBytes && this.segBytes > SEGMENT_HEADER) this.switchSegment();
     if (this.curLen + recLen > this.cur.length) this.seal();
     const at = this.curLen;
+    if (at === 0) this.curFirstSeq = seq;
     this.curLen = encodeRecord(this.cur, at, seq, block, flags, rawLen, payload, pStart, pEnd);
     this.curLastSeq = seq;
     this.segBytes += recLen;
@@ -162,7 +190,7 @@ export class WalWriter {
   /** Hand the current batch to the writer chain. */
   private seal(): void {
     if (this.curLen === 0) return;
-    const batch: Batch = { buf: this.cur, len: this.curLen, seg: this.curSeg, endPos: this.appendedPos, lastSeq: this.curLastSeq };
+    const batch: Batch = { buf: this.cur, len: this.curLen, seg: this.curSeg, endPos: this.appendedPos, firstSeq: this.curFirstSeq, lastSeq: this.curLastSeq };
     this.cur = this.pool.pop() ?? Buffer.allocUnsafeSlow(this.opts.bufferBytes);
     this.curLen = 0;
     this.enqueue(() => this.writeBatch(batch)).catch(() => {
@@ -193,7 +221,7 @@ export class WalWriter {
   private async writeBatch(b: Batch): Promise<void> {
     for (;;) {
       try {
-        await this.openSegment(b.seg);
+        await this.openSegment(b.seg, b.firstSeq - 1);
         await (this.fd as FileHandle).write(b.buf.subarray(0, b.len), this.fdPos);
         this.fdPos += b.len;
         this.writes++;
@@ -236,8 +264,13 @@ export class WalWriter {
     });
   }
 
-  /** Make `seg` the open segment. The previous one is synced first, so a torn tail can only be in the newest segment. */
-  private async openSegment(seg: number): Promise<void> {
+  /**
+   * Make `seg` the open segment; every record in it has a seq above `baseSeq`. The
+   * previous one is synced first, so a torn tail can only be in the newest segment; a
+   * preallocated one also gets a synced marker claiming all of it, which is how replay
+   * tells its end from its zero or stale tail.
+   */
+  private async openSegment(seg: number, baseSeq: number): Promise<void> {
     if (this.fdSeg === seg) return;
     if (this.fd) {
       const captured = this.writtenPos;
@@ -247,16 +280,36 @@ export class WalWriter {
       });
       this.syncs++;
       this.markDurable(captured, seq);
+      if (this.fdPrealloc) {
+        try {
+          await this.writeSyncMarker();
+        } catch (err) {
+          // Out of space (a filesystem that allocates on overwrite): fdPos did not
+          // move, so the caller's retry syncs again and rewrites the marker in place.
+          // Until then this segment is still the newest: a half marker is a torn tail.
+          if (isNoSpace(err)) throw err;
+          throw this.fail(err);
+        }
+        await this.fd.datasync().catch((err: unknown) => {
+          throw this.fail(syncFailed('WAL end marker failed', err));
+        });
+        this.syncs++;
+      }
       await this.fd.close();
       this.fd = null;
     }
     const path = `${this.opts.dir}/${walSegmentName(seg)}`;
+    if (this.opts.preallocate) {
+      const spare = await this.takeSpare(this.fdSeg < 0 && !this.openedOnce);
+      if (spare !== null) {
+        await this.recycle(spare, path, seg, baseSeq);
+        this.openedOnce = true;
+        return;
+      }
+    }
     const fd = await this.opts.fileIO.open(path, 'wx');
     try {
-      await fd.write(
-        encodeSegmentHeader({ magic: WAL_MAGIC, blockSize: this.opts.blockSize, volumeId: this.opts.volumeId, number: seg, count: 0, maxSeq: 0 }),
-        0,
-      );
+      await fd.write(this.header(seg, baseSeq, 0), 0);
     } catch (err) {
       // No record in it yet: remove it, so that a retry (out of space) can create it again.
       await fd.close().catch(() => undefined);
@@ -268,10 +321,143 @@ export class WalWriter {
       await fd.close().catch(() => undefined);
       throw this.fail(syncFailed('WAL directory fsync failed', err));
     });
+    this.opened(fd, seg, baseSeq, false);
+    this.openedOnce = true;
+  }
+
+  private header(seg: number, baseSeq: number, flags: number): Uint8Array {
+    return encodeSegmentHeader({ magic: WAL_MAGIC, blockSize: this.opts.blockSize, volumeId: this.opts.volumeId, number: seg, count: flags, maxSeq: baseSeq });
+  }
+
+  private opened(fd: FileHandle, seg: number, baseSeq: number, prealloc: boolean): void {
     this.fd = fd;
     this.fdSeg = seg;
     this.fdPos = SEGMENT_HEADER;
+    this.fdBase = baseSeq;
+    this.fdPrealloc = prealloc;
     if (!this.segments.includes(seg)) this.segments.push(seg);
+  }
+
+  /**
+   * Turn a spare file into segment `seg`: its new header is synced BEFORE the rename
+   * makes it a segment (a renamed file with its old header would be another segment's),
+   * then the rename is made durable. The rest of the file is left as it is: zeros or
+   * the earlier use's records, which replay tells apart by the base seq.
+   */
+  private async recycle(spare: string, path: string, seg: number, baseSeq: number): Promise<void> {
+    const io = this.opts.fileIO;
+    try {
+      const sfd = await io.open(spare, 'r+');
+      try {
+        await sfd.write(this.header(seg, baseSeq, WAL_FLAG_PREALLOCATED), 0);
+        await sfd.datasync();
+      } finally {
+        await sfd.close();
+      }
+      await io.rename(spare, path);
+    } catch (err) {
+      // Still a spare (the rename is the last step): offer it again on a retry.
+      this.spares.unshift(spare);
+      throw err;
+    }
+    let fd: FileHandle;
+    try {
+      await io.fsyncDir(this.opts.dir);
+      fd = await io.open(path, 'r+');
+    } catch (err) {
+      throw this.fail(syncFailed('WAL directory fsync failed', err));
+    }
+    this.opened(fd, seg, baseSeq, true);
+  }
+
+  /** Find the spares an earlier open left (once); a half-prepared one is removed. */
+  private scanSpares(): Promise<void> {
+    this.spareScan ??= (async () => {
+      const io = this.opts.fileIO;
+      for (const name of await io.readdir(this.opts.dir)) {
+        const m = SPARE_RE.exec(name);
+        if (!m) continue;
+        const n = parseInt(m[2] as string, 16);
+        if (n >= this.spareNext) this.spareNext = n + 1;
+        const path = `${this.opts.dir}/${name}`;
+        const st = m[1] === 'spare' ? await io.stat(path) : null;
+        if (st && st.size >= this.opts.segmentBytes && this.spares.length < this.maxSpares) this.spares.push(path);
+        else await io.unlink(path);
+      }
+    })();
+    return this.spareScan;
+  }
+
+  private get maxSpares(): number {
+    return this.opts.spareSegments ?? 2;
+  }
+
+  /**
+   * A spare for the next segment, or null (then it is appended). Only the first segment
+   * of this open waits for one to be zero-filled: later switches take a ready spare or
+   * append, so a write never queues behind a zero fill it did not need.
+   */
+  private async takeSpare(waitForPrep: boolean): Promise<string | null> {
+    try {
+      await this.scanSpares();
+      if (this.spares.length === 0 && waitForPrep) {
+        this.kickPrep(true);
+        await this.prep;
+      }
+    } catch {
+      // Logged by kickPrep; a plain appended segment does instead.
+    }
+    return this.spares.shift() ?? null;
+  }
+
+  /**
+   * Prepare a spare in the background (not on the writer chain: it never delays a
+   * write unless a segment switch finds no spare): a new file of segmentBytes zeros,
+   * written and synced as `prep-<n>`, renamed `spare-<n>`. Zeros, not fallocate: an ext4
+   * unwritten extent needs a journal commit when it is first written (see docs/FORMAT.md).
+   * A failure (out of space) only means the next segment is appended instead.
+   *
+   * Besides the first segment of an open, only right after a reclaim left no spare and
+   * no segment but the open one: no flush is in progress then. Reclaimed segments come
+   * back as spares, so once the flusher keeps up no zero fill is needed. When writers
+   * outrun the flusher, segments pile up and a zero fill would take disk bandwidth from
+   * the flush waves that writers wait for (slow-disk test): then the next segments are
+   * appended, as without preallocation.
+   */
+  private kickPrep(force = false): void {
+    if (!this.opts.preallocate || this.prep || this.closing || this.failed) return;
+    if (!force && (this.spares.length > 0 || this.segments.length > 1)) return;
+    this.prep = this.prepareSpare()
+      .catch((err: unknown) => {
+        this.opts.logger.warn('could not prepare a spare WAL segment; appending instead', { error: String(err) });
+      })
+      .finally(() => {
+        this.prep = null;
+      });
+  }
+
+  private async prepareSpare(): Promise<void> {
+    await this.scanSpares();
+    if (this.spares.length > 0) return;
+    const io = this.opts.fileIO;
+    const n = this.spareNext++;
+    const prep = `${this.opts.dir}/${spareName(n, 'prep')}`;
+    const fd = await io.open(prep, 'w+');
+    try {
+      const zeros = Buffer.alloc(Math.min(1 << 20, this.opts.segmentBytes));
+      for (let p = 0; p < this.opts.segmentBytes; p += zeros.length) {
+        await fd.write(zeros.subarray(0, Math.min(zeros.length, this.opts.segmentBytes - p)), p);
+      }
+      await fd.datasync();
+    } catch (err) {
+      await fd.close().catch(() => undefined);
+      await io.unlink(prep).catch(() => undefined);
+      throw err;
+    }
+    await fd.close();
+    const spare = `${this.opts.dir}/${spareName(n)}`;
+    await io.rename(prep, spare);
+    this.spares.push(spare);
   }
 
   private markDurable(pos: number, seq: number): void {
@@ -300,7 +486,7 @@ export class WalWriter {
    */
   private async writeSyncMarker(): Promise<void> {
     const fd = this.fd as FileHandle;
-    encodeSyncMarker(this.marker, 0, this.fdPos, this.markerScratch);
+    encodeSyncMarker(this.marker, 0, this.fdPos, this.markerScratch, this.fdBase);
     await fd.write(this.marker, this.fdPos);
     this.fdPos += SYNC_MARKER_BYTES;
     this.writes++;
@@ -394,19 +580,29 @@ export class WalWriter {
           this.fd = null;
           this.fdSeg = -1;
         }
-        // Oldest first, each unlink made durable before the next: what a crash leaves is
-        // always a run of the newest segments. A filesystem that persisted a newer unlink
-        // but not an older one would replay an old record of a block without the later
-        // zero record (trim) that superseded it, and the trimmed block would come back:
-        // the map's 'Z' tombstone keeps no seq once the location it dropped is gone.
+        if (this.opts.preallocate) await this.scanSpares();
+        // Oldest first, each unlink (or rename to a spare) made durable before the next:
+        // what a crash leaves is always a run of the newest segments. A filesystem that
+        // persisted a newer unlink but not an older one would replay an old record of a
+        // block without the later zero record (trim) that superseded it, and the trimmed
+        // block would come back: the map's 'Z' tombstone keeps no seq once the location
+        // it dropped is gone.
         for (const s of doomed.sort((a, b) => a - b)) {
-          await this.opts.fileIO.unlink(`${this.opts.dir}/${walSegmentName(s)}`);
+          const path = `${this.opts.dir}/${walSegmentName(s)}`;
+          // A full-size segment is kept as a spare for reuse, up to the limit.
+          const st = this.opts.preallocate && this.spares.length < this.maxSpares ? await this.opts.fileIO.stat(path) : null;
+          if (st && st.size >= this.opts.segmentBytes) {
+            const spare = `${this.opts.dir}/${spareName(this.spareNext++)}`;
+            await this.opts.fileIO.rename(path, spare);
+            this.spares.unshift(spare); // reused first: its pages are likely still cached
+          } else await this.opts.fileIO.unlink(path);
           await this.opts.fileIO.fsyncDir(this.opts.dir);
         }
       } catch (err) {
         throw this.fail(err);
       }
       for (const s of doomed) this.segments.splice(this.segments.indexOf(s), 1);
+      this.kickPrep(); // the backlog is gone: a spare for the next switch, if none came back
     });
   }
 
@@ -418,6 +614,7 @@ export class WalWriter {
     // A write waiting for space gets one last attempt, then gives up (poisons).
     this.closing = true;
     this.retryNow();
+    await this.prep;
     await this.enqueue(async () => {
       if (this.fd) {
         await this.fd.close();

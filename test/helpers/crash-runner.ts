@@ -127,7 +127,21 @@ export async function durableStoreDirs(sim: SimFS): Promise<void> {
  * then timing-dependent, so a replay may crash somewhere else.
  */
 export function tunablesFor(seed: number): Partial<VolumeTunables> {
-  return timersRun(seed) ? { ...TUNABLES, flushIntervalMs: 3, batchMs: 2 } : TUNABLES;
+  const t = { ...TUNABLES, walPreallocate: walPreallocOf(seed) };
+  return timersRun(seed) ? { ...t, flushIntervalMs: 3, batchMs: 2 } : t;
+}
+
+/**
+ * Half the seeds write the WAL into preallocated, recycled segment files (format 3,
+ * the default), the other half append plain segments (what a volume does when no
+ * spare could be had, e.g. on a full disk): each half has every durability mode.
+ */
+export function walPreallocOf(seed: number): boolean {
+  return (seed + Math.floor(seed / 8)) % 2 === 0;
+}
+
+export function walOf(seed: number): string {
+  return walPreallocOf(seed) ? 'WAL preallocated' : 'WAL appended';
 }
 
 function timersRun(seed: number): boolean {
@@ -367,7 +381,7 @@ export async function crashRun(seed: number, plan: Plan, opts: { crashInRecovery
     after.crashAt(start + 1 + tearRng.int(12));
     try {
       const s = await openStore(after);
-      await (await s.openVolume('c', { ...TUNABLES, ...keyOpt() })).close();
+      await (await s.openVolume('c', { ...TUNABLES, walPreallocate: walPreallocOf(seed), ...keyOpt() })).close();
       await s.close();
     } catch (err) {
       if (!isCrash(err)) throw new Error(`${replay} (crash in recovery): ${String(err)}`, { cause: err });
@@ -377,7 +391,7 @@ export async function crashRun(seed: number, plan: Plan, opts: { crashInRecovery
   }
 
   nonces.clear();
-  const where = `${replay} (crash at ${result.where}${opts.crashInRecovery ? ', then again during recovery' : ''}, mode ${mode}, compression ${compression}${encryptionKey ? `, encrypted${sealBlocks > 0 ? `, sealed in the worker in batches of ${sealBlocks}` : ''}` : ''}${sparseOf(seed) ? ', sparse 256 TiB' : ''}, tear ${tear}${tear === 'reorder' ? ` in ${pageBytes}-byte pages` : ''})`;
+  const where = `${replay} (crash at ${result.where}${opts.crashInRecovery ? ', then again during recovery' : ''}, mode ${mode}, ${walOf(seed)}, compression ${compression}${encryptionKey ? `, encrypted${sealBlocks > 0 ? `, sealed in the worker in batches of ${sealBlocks}` : ''}` : ''}${sparseOf(seed) ? ', sparse 256 TiB' : ''}, tear ${tear}${tear === 'reorder' ? ` in ${pageBytes}-byte pages` : ''})`;
   try {
     store = await openStore(after);
   } catch (err) {
@@ -394,7 +408,7 @@ export async function crashRun(seed: number, plan: Plan, opts: { crashInRecovery
   }
   let vol: Vol;
   try {
-    vol = view(await store.openVolume('c', { ...TUNABLES, ...keyOpt() }), seed);
+    vol = view(await store.openVolume('c', { ...TUNABLES, walPreallocate: walPreallocOf(seed), ...keyOpt() }), seed);
   } catch (err) {
     assert.fail(`${where}: the volume does not open after the crash: ${String(err)}`);
   }
@@ -422,7 +436,7 @@ export async function crashRun(seed: number, plan: Plan, opts: { crashInRecovery
   await store.close();
   const again = after.reopen();
   store = await openStore(again);
-  const reopened = await store.openVolume('c', { ...TUNABLES, ...keyOpt() });
+  const reopened = await store.openVolume('c', { ...TUNABLES, walPreallocate: walPreallocOf(seed), ...keyOpt() });
   vol = view(reopened, seed);
   // Nothing leaks: a flush or compaction cut short left chunk objects no block points
   // at, and the open that follows deletes them (recovery's orphan sweep).
@@ -614,7 +628,7 @@ export async function lifecycleCrashSweep(seed: number, tear: TearMode, progress
     if (completed) assert.deepEqual(names, ['c'], `createVolume completed, then power loss: the volume is gone (step ${step})`);
     assert.ok(names.length === 0 || (names.length === 1 && names[0] === 'c'), `after a crash in createVolume: volumes ${names.join(', ')}`);
     if (names.length === 0) await s2.createVolume('c', { size: SIZE, blockSize: BLOCK });
-    const vol = await s2.openVolume('c', TUNABLES);
+    const vol = await s2.openVolume('c', { ...TUNABLES, walPreallocate: walPreallocOf(seed) });
     assert.ok((await vol.read(0, SIZE)).equals(Buffer.alloc(SIZE)), 'a new volume must read as zeros');
     await vol.write(0, data);
     await vol.close();
@@ -626,7 +640,7 @@ export async function lifecycleCrashSweep(seed: number, tear: TearMode, progress
     await durableStoreDirs(sim);
     const store = await openStore(sim);
     const info = await store.createVolume('c', { size: SIZE, blockSize: BLOCK, durability: 'relaxed' });
-    const vol = await store.openVolume('c', TUNABLES);
+    const vol = await store.openVolume('c', { ...TUNABLES, walPreallocate: walPreallocOf(seed) });
     await vol.write(0, data);
     await vol.flush();
     await vol.write(4 * BLOCK, data.subarray(0, 3 * BLOCK)); // some of it only in the WAL at close
@@ -651,7 +665,7 @@ export async function lifecycleCrashSweep(seed: number, tear: TearMode, progress
     const names = (await s2.listVolumes()).map((v) => v.name);
     if (completed) assert.deepEqual(names, [], `deleteVolume completed, then power loss: the volume is back (step ${step})`);
     if (names.length === 1) {
-      const vol = await s2.openVolume('c', TUNABLES);
+      const vol = await s2.openVolume('c', { ...TUNABLES, walPreallocate: walPreallocOf(seed) });
       assert.ok((await vol.read(0, SIZE)).equals(want), `a crash at step ${step} of deleteVolume left the volume half deleted (data changed)`);
       await vol.close();
     } else {

@@ -97,50 +97,89 @@ export const PAGE_BYTES = 4096;
 
 type PendingOp = { kind: 'write'; off: number; data: Buffer } | { kind: 'truncate'; len: number };
 
-/** A growable byte array: file content without copying the whole file per write. */
+/**
+ * A growable byte array: file content without copying the whole file per write.
+ * Bytes from `filled` to `len` are zeros and take no memory: a WAL segment zero-filled
+ * to its full size (64 MiB by default) costs nothing until records land in it, and is
+ * not copied at every crash or reopen.
+ */
 class Bytes {
   constructor(
-    public buf: Buffer = Buffer.alloc(0),
+    private buf: Buffer = Buffer.alloc(0),
     public len = 0,
+    private filled = Math.min(len, buf.length),
   ) {}
 
   write(off: number, src: Uint8Array): void {
     const end = off + src.length;
+    if (off >= this.filled && isAllZero(src)) {
+      if (end > this.len) this.len = end;
+      return;
+    }
     this.reserve(end);
-    if (off > this.len) this.buf.fill(0, this.len, off);
+    if (off > this.filled) this.buf.fill(0, this.filled, off);
     this.buf.set(src, off);
+    if (end > this.filled) this.filled = end;
     if (end > this.len) this.len = end;
   }
 
   truncate(n: number): void {
-    if (n > this.len) {
-      this.reserve(n);
-      this.buf.fill(0, this.len, n);
-    }
+    // Bytes past the old length read as zeros: they are in the unfilled range.
+    if (n < this.filled) this.filled = n;
     this.len = n;
   }
 
   read(dst: Uint8Array, off: number): number {
     if (off >= this.len) return 0;
     const n = Math.min(dst.length, this.len - off);
-    dst.set(this.buf.subarray(off, off + n));
+    const fromBuf = Math.max(0, Math.min(n, this.filled - off));
+    if (fromBuf > 0) dst.set(this.buf.subarray(off, off + fromBuf));
+    dst.fill(0, fromBuf, n);
     return n;
   }
 
+  /** The whole content, made real (zeros written out). */
   view(): Buffer {
+    this.reserve(this.len);
+    this.buf.fill(0, this.filled, this.len);
+    this.filled = this.len;
     return this.buf.subarray(0, this.len);
   }
 
+  /** A copy of the content (the zeros too), leaving this one sparse. */
+  copy(): Buffer {
+    const out = Buffer.alloc(this.len);
+    this.read(out, 0);
+    return out;
+  }
+
+  /** Flip bits of one byte (test corruption). */
+  flip(off: number, mask: number): void {
+    this.view();
+    this.buf[off] = (this.buf[off] ?? 0) ^ mask;
+  }
+
   clone(): Bytes {
-    return new Bytes(Buffer.from(this.view()), this.len);
+    return new Bytes(Buffer.from(this.buf.subarray(0, this.filled)), this.len, this.filled);
   }
 
   private reserve(n: number): void {
     if (n <= this.buf.length) return;
     const next = Buffer.alloc(Math.max(n, this.buf.length * 2, 4096));
-    next.set(this.view());
+    next.set(this.buf.subarray(0, this.filled));
     this.buf = next;
   }
+}
+
+const ZEROS = Buffer.alloc(65536);
+
+function isAllZero(src: Uint8Array): boolean {
+  const b = Buffer.from(src.buffer, src.byteOffset, src.byteLength);
+  for (let i = 0; i < b.length; i += ZEROS.length) {
+    const n = Math.min(ZEROS.length, b.length - i);
+    if (b.compare(ZEROS, 0, n, i, i + n) !== 0) return false;
+  }
+  return true;
 }
 
 function apply(target: Bytes, op: PendingOp): void {
@@ -349,7 +388,7 @@ export class SimFS implements FileIO {
   /** Current content of a file (undefined if missing). */
   readRaw(p: string): Buffer | undefined {
     const n = this.lookup(p);
-    return n?.type === 'file' ? Buffer.from(n.data.view()) : undefined;
+    return n?.type === 'file' ? n.data.copy() : undefined;
   }
 
   /** Replace a file's content durably (creating it, durably, if needed). */
@@ -376,8 +415,8 @@ export class SimFS implements FileIO {
     if (f?.type !== 'file') throw new Error(`flipBit: no file ${p}`);
     if (byteOffset >= f.data.len) throw new Error(`flipBit: offset ${byteOffset} past the end of ${p} (${f.data.len})`);
     const mask = 1 << bit;
-    f.data.buf[byteOffset] = (f.data.buf[byteOffset] ?? 0) ^ mask;
-    if (byteOffset < f.durable.len) f.durable.buf[byteOffset] = (f.durable.buf[byteOffset] ?? 0) ^ mask;
+    f.data.flip(byteOffset, mask);
+    if (byteOffset < f.durable.len) f.durable.flip(byteOffset, mask);
     for (const op of f.pending) {
       if (op.kind === 'write' && byteOffset >= op.off && byteOffset < op.off + op.data.length) {
         op.data[byteOffset - op.off] = (op.data[byteOffset - op.off] ?? 0) ^ mask;
@@ -459,7 +498,7 @@ export class SimFS implements FileIO {
     const n = this.lookup(abs);
     if (n === undefined) fsError('ENOENT', 'read', abs);
     if (n.type === 'dir') fsError('EISDIR', 'read', abs);
-    return Buffer.from(n.data.view());
+    return n.data.copy();
   }
 
   async rename(from: string, to: string): Promise<void> {
