@@ -13,6 +13,15 @@ const MIN_DEAD_FRACTION = 0.02;
 const FOREGROUND_WINDOW_MS = 1000;
 /** Chunk headers read per event-loop turn by the survey after open. */
 const SURVEY_PARALLEL = 8;
+/** Ranged reads of live records a round keeps in flight. */
+const READ_PARALLEL = 8;
+/**
+ * Live records at most this far apart in a chunk are read in one request (the dead
+ * bytes between them are read too): a local read costs little per request, a
+ * remote one a round trip and a request fee, worth some dead bytes.
+ */
+const LOCAL_READ_GAP = 16 * 1024;
+const REMOTE_READ_GAP = 512 * 1024;
 
 export interface CompactionProgress {
   /** Dead bytes (stored - live) when the run started, and how many of them were reclaimed so far. */
@@ -51,6 +60,16 @@ interface LiveRun {
   off: number;
   len: number;
   flags: number;
+  /** The ranged read that holds it (readRanges). */
+  range?: ReadRange;
+}
+
+/** One ranged read of a victim chunk: live records close together, read in one request. */
+interface ReadRange {
+  chunk: number;
+  lo: number;
+  hi: number;
+  buf: Buffer | null;
 }
 
 /**
@@ -59,8 +78,9 @@ interface LiveRun {
  * still has one live block (up to 1024x for 4 KiB blocks in 4 MiB chunks).
  *
  * One round: pick the chunks with the lowest live fraction whose live records fit
- * in one chunk, read those records (one ranged read per chunk, counted in
- * readsInFlight so no chunk is deleted under it), verify them, copy them byte for
+ * in one chunk, read those records (ranged reads over live records close together,
+ * never whole chunks; counted in readsInFlight so no chunk is deleted under them),
+ * verify them, copy them byte for
  * byte into a new chunk (a record names its block and seq, and a sealed record's
  * AAD holds no location, so the copy is valid as is), put it, commit its locations
  * to the map log (serialized with the flusher's commits by the map store), then
@@ -252,41 +272,42 @@ export class Compactor {
     index.visitExtents(0, Infinity, (block, count, seq, chunk, off, len, flags) => {
       if (ids.has(chunk)) runs.push({ block, count, seq, chunk, off, len, flags });
     });
-    // Read each victim's live span once; verify every live record (never copy damage).
-    const bufs = new Map<number, { buf: Buffer; start: number }>();
+    // Read only the live records, as ranged reads over records that lie close together
+    // in their chunk (verify every one: never copy damage). Reading each victim's whole
+    // live span instead read and held up to a chunk per victim: 77 victims 0.6% live
+    // took 255 MiB, read at once, to move 4 MiB (up to 1024 x 4 MiB with 4 KiB blocks),
+    // starving the foreground and then sleeping off that read at compactRateBytes.
+    const ranges = readRanges(runs, core.ctx.backend.remote === true ? REMOTE_READ_GAP : LOCAL_READ_GAP);
+    const bad = new Set<number>();
     let readBytes = 0;
-    await Promise.all(
-      victims.map(async (v) => {
-        let lo = Infinity;
-        let hi = 0;
-        for (const r of runs) {
-          if (r.chunk !== v.id) continue;
-          lo = Math.min(lo, r.off);
-          hi = Math.max(hi, r.off + r.count * (RECORD_HEADER + r.len));
-        }
-        if (hi === 0) return;
-        const key = chunkKey(core.info.id, v.id);
+    let next = 0;
+    const reader = async (): Promise<void> => {
+      while (next < ranges.length) {
+        const rg = ranges[next++] as ReadRange;
+        if (bad.has(rg.chunk)) continue;
+        const key = chunkKey(core.info.id, rg.chunk);
         core.readsInFlight++;
         try {
-          const buf = await ctx.backend.get(key, lo, hi - lo);
-          readBytes += buf.length;
-          bufs.set(v.id, { buf, start: lo });
+          rg.buf = await ctx.backend.get(key, rg.lo, rg.hi - rg.lo);
+          readBytes += rg.buf.length;
         } catch (err) {
+          bad.add(rg.chunk);
           // Gone (every block superseded and deleted meanwhile) or unreadable: skip it this time.
           if (!isVbfsError(err, 'VBFS_NOT_FOUND')) {
             ctx.logger.warn('compaction: could not read a chunk; leaving it', { volume: core.name, chunk: key, error: String(err) });
-            this.skip.add(v.id);
+            this.skip.add(rg.chunk);
           }
         } finally {
           core.readsInFlight--;
         }
-      }),
-    );
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(READ_PARALLEL, ranges.length) }, reader));
     const bs = core.blockSize;
     const keep: { block: number; seq: number; chunk: number; src: Buffer; at: number; rec: number; flags: number }[] = [];
     for (const r of runs) {
-      const got = bufs.get(r.chunk);
-      if (!got) continue;
+      const got = r.range;
+      if (bad.has(r.chunk) || !got?.buf) continue;
       const key = chunkKey(core.info.id, r.chunk);
       const rec = RECORD_HEADER + r.len;
       for (let k = 0; k < r.count; k++) {
@@ -294,19 +315,19 @@ export class Compactor {
         const seq = r.seq + k;
         // Superseded while we read: nothing to copy.
         if (index.persistedChunk(block) !== r.chunk || index.persistedSeq(block) !== seq) continue;
-        const at = r.off + k * rec - got.start;
+        const at = r.off + k * rec - got.lo;
         try {
           verifyChunkRecord(got.buf, at, block, seq, bs, key, r.off + k * rec);
         } catch (err) {
           ctx.logger.warn('compaction: damaged record; leaving its chunk alone (run vbfs fsck)', { volume: core.name, chunk: key, block, error: String(err) });
           this.skip.add(r.chunk);
-          bufs.delete(r.chunk);
+          bad.add(r.chunk);
           break;
         }
         keep.push({ block, seq, chunk: r.chunk, src: got.buf, at, rec, flags: r.flags });
       }
     }
-    const usable = keep.filter((x) => bufs.has(x.chunk));
+    const usable = keep.filter((x) => !bad.has(x.chunk));
     if (usable.length === 0) {
       this.rounds++;
       return readBytes > 0 ? readBytes : -1;
@@ -441,6 +462,27 @@ export async function surveyChunks(core: VolumeCore, stop: () => boolean = () =>
       }),
     );
   }
+}
+
+/**
+ * The ranged reads covering `runs` (each run gets its range): per chunk, in offset
+ * order, runs at most `gap` bytes apart share one read.
+ */
+function readRanges(runs: LiveRun[], gap: number): ReadRange[] {
+  const sorted = [...runs].sort((a, b) => a.chunk - b.chunk || a.off - b.off);
+  const out: ReadRange[] = [];
+  let cur: ReadRange | null = null;
+  for (const r of sorted) {
+    const end = r.off + r.count * (RECORD_HEADER + r.len);
+    if (cur && cur.chunk === r.chunk && r.off <= cur.hi + gap) {
+      cur.hi = Math.max(cur.hi, end);
+    } else {
+      cur = { chunk: r.chunk, lo: r.off, hi: end, buf: null };
+      out.push(cur);
+    }
+    r.range = cur;
+  }
+  return out;
 }
 
 /** Indexes of the copies whose block is still at the copied version (not trimmed, zeroed, overwritten or moved since). */
