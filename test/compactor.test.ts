@@ -132,10 +132,10 @@ describe('compaction (store/compactor.ts)', () => {
   });
 
   it('reads only the live records of a victim chunk, not the dead bytes between them', async () => {
-    // 4 KiB blocks in chunks of 64: a victim keeps its first and last block, so its
-    // live span is the whole chunk while its live bytes are 2 records.
+    // 4 KiB blocks in chunks of 128: a victim keeps its first and last block, so its
+    // live span is the whole chunk (512 KiB) while its live bytes are 2 records.
     const bs = 4096;
-    const per = 64;
+    const per = 128;
     const chunks = 16;
     await store.createVolume('w', { size: bs * per * chunks, blockSize: bs });
     const tun: VolumeOpenOptions = { ...TUN, chunkBytes: 64 + per * (32 + bs), flushBytes: per * bs, writeBufferBytes: 2 * per * bs };

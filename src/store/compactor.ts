@@ -11,6 +11,14 @@ import type { VolumeCore } from './volume-core';
 const MIN_DEAD_FRACTION = 0.02;
 /** Foreground I/O within this long counts as "running": compaction is rate limited then. */
 const FOREGROUND_WINDOW_MS = 1000;
+/**
+ * While foreground I/O runs, a round is followed by a pause of at least this many
+ * times its own duration (compaction busy at most 1/(1+x) of the time). A round's
+ * CPU (range reads, record checks, the copy, a scan of the map) is taken from the
+ * foreground's event loop whatever its byte count, and the foreground is CPU-bound
+ * when it is fast: the byte rate alone let compaction cost it 25-40%.
+ */
+const FOREGROUND_PAUSE_FACTOR = 4;
 /** Chunk headers read per event-loop turn by the survey after open. */
 const SURVEY_PARALLEL = 8;
 /** Ranged reads of live records a round keeps in flight. */
@@ -20,7 +28,7 @@ const READ_PARALLEL = 8;
  * bytes between them are read too): a local read costs little per request, a
  * remote one a round trip and a request fee, worth some dead bytes.
  */
-const LOCAL_READ_GAP = 16 * 1024;
+const LOCAL_READ_GAP = 64 * 1024;
 const REMOTE_READ_GAP = 512 * 1024;
 
 export interface CompactionProgress {
@@ -118,6 +126,7 @@ export class Compactor {
   private lastForeground = -1;
   private lastForegroundAt = 0;
   private wake: (() => void) | null = null;
+  private paused = false;
 
   constructor(
     private readonly core: VolumeCore,
@@ -132,6 +141,16 @@ export class Compactor {
 
   get running(): boolean {
     return this.run !== null;
+  }
+
+  /**
+   * Hold background compaction (a running one ends after its current round) or let
+   * it go again; compactNow() is not held. For programs that want a while of I/O to
+   * themselves, and for the bench's alternating idle/compacting slices.
+   */
+  setPaused(paused: boolean): void {
+    this.paused = paused;
+    if (paused) this.wake?.();
   }
 
   /** Stop the background checks and wait for a running round to end (close()). */
@@ -171,7 +190,7 @@ export class Compactor {
 
   private check(): void {
     const core = this.core;
-    if (this.run || this.stopped || core.closing || core.closed || core.failed || this.flusher.backendDown || this.flusher.diskFull) return;
+    if (this.run || this.stopped || this.paused || core.closing || core.closed || core.failed || this.flusher.backendDown || this.flusher.diskFull) return;
     if (!this.survey) {
       this.surveyed().catch((err: unknown) => core.ctx.logger.warn('compaction: could not read chunk headers', { volume: core.name, error: String(err) }));
       return;
@@ -204,16 +223,17 @@ export class Compactor {
       opts.onProgress?.({ reclaimable: this.runReclaimable, reclaimed: this.runReclaimed, chunksCompacted: this.chunksCompacted - at0.chunks });
     report();
     for (;;) {
-      if (this.stopped || core.closing || core.closed || core.failed) break;
+      if (this.stopped || core.closing || core.closed || core.failed || (limited && this.paused)) break;
       const { liveBytes, storedBytes } = core.index.space();
       const overTarget = storedBytes > liveBytes * t.compactTargetRatio;
       const maxFraction = opts.full || overTarget ? 1 - MIN_DEAD_FRACTION : t.compactChunkLive;
       const victims = this.pickVictims(maxFraction);
       if (victims.length === 0) break;
+      const t0 = performance.now();
       const moved = await this.round(victims);
       report();
       if (moved < 0) break; // a round that reclaimed nothing: stop rather than spin
-      if (limited) await this.throttle(moved);
+      if (limited) await this.throttle(moved, performance.now() - t0);
     }
     const s1 = core.index.space();
     return {
@@ -404,9 +424,10 @@ export class Compactor {
   /**
    * While foreground reads or writes run (their counters moved within the last
    * second), hold compaction to compactRateBytes per second: sleep as long as the
-   * bytes just moved take at that rate. An idle volume compacts at full speed.
+   * bytes just moved take at that rate, and at least FOREGROUND_PAUSE_FACTOR times
+   * as long as the round took. An idle volume compacts at full speed.
    */
-  private async throttle(bytes: number): Promise<void> {
+  private async throttle(bytes: number, roundMs: number): Promise<void> {
     const core = this.core;
     const rate = core.tunables.compactRateBytes;
     const fg = core.counters.reads + core.counters.writes;
@@ -416,7 +437,7 @@ export class Compactor {
       this.lastForegroundAt = now;
     }
     if (rate <= 0 || now - this.lastForegroundAt > FOREGROUND_WINDOW_MS) return;
-    const ms = (bytes / rate) * 1000;
+    const ms = Math.max((bytes / rate) * 1000, roundMs * FOREGROUND_PAUSE_FACTOR);
     // Not unref'd: a flush, fsync or compact() may be waiting behind this round (the
     // map store serializes commits), and with only an unref'd timer left the process
     // simply exits under it (seen in the model test: a child exited mid-run with code
