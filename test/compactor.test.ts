@@ -304,6 +304,33 @@ describe('compaction (store/compactor.ts)', () => {
     await vol.close();
   });
 
+  it('compact() does not wait for a background run pausing for the foreground: it ends that run and compacts unthrottled', async () => {
+    const rng = new Rng(13);
+    const model = Buffer.alloc(SIZE);
+    // 1 KiB/s: every background round is followed by a pause of many seconds.
+    const vol = await store.openVolume('v', { ...TUN, compactIntervalMs: 10, compactRateBytes: 1024 });
+    await fill(vol, rng, model, [...Array(BLOCKS).keys()]);
+    await vol.flush();
+    await fill(
+      vol,
+      rng,
+      model,
+      [...Array(BLOCKS).keys()].filter((b) => b % 2 === 0),
+    );
+    await vol.flush();
+    const deadline = Date.now() + 5000;
+    while (!(vol.stats().compacting === 1 && vol.stats().compactRounds > 0) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+    assert.equal(vol.stats().compacting, 1, 'the background run did not start');
+    const t0 = Date.now();
+    await vol.compact();
+    const ms = Date.now() - t0;
+    assert.ok(ms < 3000, `compact() took ${ms} ms behind a paused background run`);
+    const s = vol.stats();
+    assert.ok(s.storedBytes <= s.liveBytes * 1.25, `stored ${s.storedBytes} live ${s.liveBytes}`);
+    assert.ok((await vol.read(0, SIZE)).equals(model));
+    await vol.close();
+  });
+
   it('refuses compaction options that make no sense, and compact() on a read-only volume', async () => {
     await assert.rejects(store.openVolume('v', { compactTargetRatio: 0.5 }), (e: unknown) => isVbfsError(e, 'VBFS_INVALID_ARGUMENT'));
     await assert.rejects(store.openVolume('v', { compactStartRatio: 1.1, compactTargetRatio: 1.2 }), (e: unknown) => isVbfsError(e, 'VBFS_INVALID_ARGUMENT'));

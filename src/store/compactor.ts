@@ -19,6 +19,8 @@ const FOREGROUND_WINDOW_MS = 1000;
  * when it is fast: the byte rate alone let compaction cost it 25-40%.
  */
 const FOREGROUND_PAUSE_FACTOR = 4;
+/** ... but never longer than this (a round slowed by a loaded disk must not stall compaction for minutes). */
+const MAX_FOREGROUND_PAUSE_MS = 5000;
 /** Chunk headers read per event-loop turn by the survey after open. */
 const SURVEY_PARALLEL = 8;
 /** Ranged reads of live records a round keeps in flight. */
@@ -127,6 +129,10 @@ export class Compactor {
   private lastForegroundAt = 0;
   private wake: (() => void) | null = null;
   private paused = false;
+  /** The running run is a background (rate-limited) one. */
+  private runLimited = false;
+  /** compactNow() is waiting: a background run ends after its current round. */
+  private preempt = false;
 
   constructor(
     private readonly core: VolumeCore,
@@ -183,7 +189,20 @@ export class Compactor {
 
   /** Run a compaction now whatever the start threshold says (vbfs compact); waits for a running one first. */
   async compactNow(opts: CompactNowOptions = {}): Promise<CompactionResult> {
-    while (this.run) await this.run.catch(() => undefined);
+    try {
+      while (this.run) {
+        // A background run ends after its current round, its pause cut short: it
+        // may go on for as long as writes keep making dead space, pausing after
+        // every round, and this run does the same work unthrottled anyway.
+        if (this.runLimited) {
+          this.preempt = true;
+          this.wake?.();
+        }
+        await this.run.catch(() => undefined);
+      }
+    } finally {
+      this.preempt = false;
+    }
     this.core.checkOpen();
     return this.start(opts, false);
   }
@@ -202,6 +221,7 @@ export class Compactor {
   }
 
   private start(opts: CompactNowOptions, limited: boolean): Promise<CompactionResult> {
+    this.runLimited = limited;
     const run = this.runAll(opts, limited).finally(() => {
       this.run = null;
       this.runReclaimable = 0;
@@ -223,7 +243,7 @@ export class Compactor {
       opts.onProgress?.({ reclaimable: this.runReclaimable, reclaimed: this.runReclaimed, chunksCompacted: this.chunksCompacted - at0.chunks });
     report();
     for (;;) {
-      if (this.stopped || core.closing || core.closed || core.failed || (limited && this.paused)) break;
+      if (this.stopped || core.closing || core.closed || core.failed || (limited && (this.paused || this.preempt))) break;
       const { liveBytes, storedBytes } = core.index.space();
       const overTarget = storedBytes > liveBytes * t.compactTargetRatio;
       const maxFraction = opts.full || overTarget ? 1 - MIN_DEAD_FRACTION : t.compactChunkLive;
@@ -437,7 +457,7 @@ export class Compactor {
       this.lastForegroundAt = now;
     }
     if (rate <= 0 || now - this.lastForegroundAt > FOREGROUND_WINDOW_MS) return;
-    const ms = Math.max((bytes / rate) * 1000, roundMs * FOREGROUND_PAUSE_FACTOR);
+    const ms = Math.max((bytes / rate) * 1000, Math.min(MAX_FOREGROUND_PAUSE_MS, roundMs * FOREGROUND_PAUSE_FACTOR));
     // Not unref'd: a flush, fsync or compact() may be waiting behind this round (the
     // map store serializes commits), and with only an unref'd timer left the process
     // simply exits under it (seen in the model test: a child exited mid-run with code
