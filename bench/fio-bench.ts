@@ -21,6 +21,7 @@ import { type Figures, type Sizes, JOBS, ensureRandomFile, fioFill, fioWarm, run
 import { type Cell, type Results, computeChecks, medianFigures, renderSvg, renderTables } from './report';
 import { NULL_FUSE_FSNAME, parseSize } from './null-fuse';
 import { dropCaches, killCommands, log, run, setVerbose, which } from './sh';
+import { compactionBench, compactionTable } from './compaction-bench';
 import { type Target, expandTargetFilter, makeTarget, s3backerFlags } from './targets';
 
 const MiB = 1024 * 1024;
@@ -73,6 +74,11 @@ async function main(): Promise<void> {
     .option('vbfs-cmd', { type: 'string', default: `${process.execPath} bin/vbfs`, describe: 'command that runs the vbfs CLI (create/mount/unmount)' })
     .option('out', { type: 'string', default: path.join(REPO, 'bench', 'results') })
     .option('verbose', { type: 'boolean', default: false, describe: 'print every command' })
+    .option('compaction', {
+      type: 'boolean',
+      default: true,
+      describe: 'also measure foreground I/O with compaction running vs paused (--no-compaction skips it)',
+    })
     .option('render', { type: 'string', describe: 'only re-render tables and chart from a saved results JSON' })
     .strict()
     .help()
@@ -265,8 +271,19 @@ async function main(): Promise<void> {
       save();
     }
   }
+  // Issue 10: foreground throughput while compaction runs vs paused, in the same run
+  // (through the library: a mounted daemon has no switch to pause compaction).
+  let compaction = '';
+  if (argv.compaction && !interrupted) {
+    log('== compaction: foreground 4 KiB random I/O with compaction running vs paused');
+    const rows = await compactionBench({ mib: q ? 64 : 256, seconds: 2, rounds: q ? 5 : 9, log: (l) => log(`   ${l}`) });
+    compaction = compactionTable(rows);
+    res.meta['compaction'] = rows;
+  }
   save();
+  if (compaction) fs.appendFileSync(path.join(argv.out, 'latest.md'), `\n${compaction}\n`);
   process.stdout.write('\n' + renderTables(res) + '\n');
+  if (compaction) process.stdout.write(`\n${compaction}\n`);
   process.stdout.write(`\nsaved ${path.join(argv.out, `${stamp}.json`)}, latest.json, latest.md, chart.svg\n`);
   if (interrupted) process.exitCode = 130;
 }

@@ -12,8 +12,8 @@ import * as path from 'node:path';
 import { cleanupUnder, isMounted, loopsUnder, must, requireFuse, run, sha256, sha256File, tmpDir, vbfs, waitFor } from './helpers/fuse-env';
 
 const MiB = 1024 * 1024;
-/** The large file fstrim must give back: the issue asks for 1 GiB, 256 MiB keeps the test under a minute here. */
-const BIG = 256 * MiB;
+/** The large file fstrim must give back (the issue's 1 GiB; VBFS_TRIM_MIB makes it smaller for a quick run). */
+const BIG = Number(process.env['VBFS_TRIM_MIB'] ?? 1024) * MiB;
 
 /** Bytes of every file under dir (the store: chunk objects, WAL, map); files may come and go meanwhile. */
 function treeBytes(dir: string): number {
@@ -96,7 +96,8 @@ describe('FUSE TRIM and zero blocks (fstrim, blkdiscard, dd of zeros)', function
     await fsp.mkdir(mnt);
     await fsp.mkdir(ext);
     for (const [name, size] of [
-      ['disk', '1G'],
+      // Room for the big file next to the ext4 metadata and the files kept.
+      ['disk', `${Math.max(1024, 2 * (BIG / MiB))}M`],
       ['zero', '128M'],
     ] as const) {
       const r = await vbfs(['create', name, '--size', size], store);

@@ -98,7 +98,7 @@ export interface VolumeTunables {
   compactStartRatio: number; // start when stored bytes > live bytes x this (default 1.5)
   compactTargetRatio: number; // ... and go on until stored <= live x this (default 1.25)
   compactChunkLive: number; // also compact any chunk whose live fraction is below this (default 0.25)
-  compactRateBytes: number; // bytes/s compaction reads + writes at most while foreground I/O runs (default 32 MiB/s; 0 = no limit)
+  compactRateBytes: number; // bytes/s compaction reads + writes at most while foreground I/O runs, pausing also 4x each round's duration (default 32 MiB/s; 0 = no limit)
 }
 
 export interface VolumeOpenOptions extends Partial<VolumeTunables> {

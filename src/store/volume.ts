@@ -215,6 +215,14 @@ export class Volume {
   }
 
   /**
+   * Pause or resume background compaction (a running one ends after its current
+   * round); compact() still runs. For a program that wants its I/O alone for a while.
+   */
+  setBackgroundCompaction(on: boolean): void {
+    this.compactor?.setPaused(!on);
+  }
+
+  /**
    * Live and stored bytes, as stats() has them, after the chunks that existed at
    * open have had their headers read (the map names only their live records).
    */
