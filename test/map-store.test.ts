@@ -149,3 +149,42 @@ describe('bucket map: a checkpoint whose cleanup fails', () => {
     assert.equal(again.persistedSeq(20), 301, 'the commit after the checkpoint whose cleanup failed');
   });
 });
+
+describe('map checkpoint behind a commit', () => {
+  it("sees the index updates the commit's caller makes after the commit resolves (a relocate behind a failpoint's await): no false VBFS_CORRUPT, and a load finds them", async () => {
+    const sim = new SimFS();
+    await sim.mkdir(DIR);
+    await sim.fsyncDir('/');
+    const m = new MapStore(sim, DIR, ID, silentLogger, () => undefined);
+    const index = new BlockIndex(1024);
+    await m.load(index, false);
+    const first = commitOf(1, 0, 8);
+    await m.commit([first]);
+    for (let i = 0; i < 8; i++) index.setPersisted(i, first.seqs[i] as number, 1, first.offsets[i] as number, 4096, 0);
+    assert.equal(index.extentCount, 1);
+    // Every other block copied to chunk 2 with its seq (what the compactor commits):
+    // after the relocation the index holds 8 extents, not 1.
+    const copy = allocPlacement(2, 4);
+    for (let k = 0; k < 4; k++) {
+      copy.blocks[k] = 2 * k;
+      copy.seqs[k] = first.seqs[2 * k] as number;
+      copy.offsets[k] = 64 + k * 4128;
+      copy.lens[k] = 4096;
+    }
+    // The flusher awaits a failpoint between its commit and the index update: a few
+    // promise hops, which used to let the checkpoint queued behind count the index first.
+    const failpoint = async (): Promise<void> => undefined;
+    const committed = m.commit([copy]).then(async () => {
+      await failpoint();
+      await failpoint();
+      for (let k = 0; k < 4; k++) assert.ok(index.relocate(2 * k, copy.seqs[k] as number, 1, 2, copy.offsets[k] as number, 4096, 0));
+    });
+    const checkpointed = m.checkpoint(index, 1000, 3); // queued behind the commit
+    await committed;
+    await checkpointed;
+    assert.equal(index.extentCount, 8);
+    await m.close();
+    const again = await load(sim);
+    for (let b = 0; b < 8; b++) assert.equal(again.persistedChunk(b), b % 2 === 0 ? 2 : 1, `block ${b}`);
+  });
+});

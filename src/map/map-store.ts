@@ -405,9 +405,18 @@ export class MapStore {
 
   private async writeCheckpoint(index: BlockIndex, seq: number, nextChunkId: number): Promise<void> {
     const newSeg = this.seg + 1;
+    const fd = await this.medium.createCheckpoint(newSeg);
+    // The index is read only after a turn of the event loop. A commit that ran just
+    // before this checkpoint took the map store resolves its caller, which then updates
+    // the index (the flusher's setPersisted, the compactor's relocate, dropTrimmed after a
+    // trim commit) in a continuation that may run after this task started: counted
+    // before it, the extents no longer matched the walk below (VBFS_CORRUPT, seen in the
+    // model test's compact/flush races). By the next macrotask every such update is done
+    // (none awaits I/O before it), and no other can come while this holds the map store.
+    // (createCheckpoint of a bucket medium does no I/O, so its await is not that turn.)
+    await new Promise<void>((r) => setImmediate(r));
     const count = index.countPersisted();
     const extents = index.extentCount;
-    const fd = await this.medium.createCheckpoint(newSeg);
     // Streamed: one frame of up to ENTRIES_PER_FRAME extents at a time, written out
     // every few MiB, with an event-loop turn between frames, so a large map neither
     // piles up in memory nor stalls I/O.
