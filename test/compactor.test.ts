@@ -53,6 +53,18 @@ async function fill(vol: Volume, rng: Rng, model: Buffer, blocks: number[]): Pro
   }
 }
 
+/**
+ * Blocks 0..n-1 written and flushed, then those `overwrite` picks written again and
+ * flushed: the first chunks are left partly dead, the compactor's usual victims.
+ */
+async function fragmented(vol: Volume, rng: Rng, model: Buffer, overwrite: (b: number) => boolean, n = BLOCKS): Promise<void> {
+  const all = [...Array(n).keys()];
+  await fill(vol, rng, model, all);
+  await vol.flush();
+  await fill(vol, rng, model, all.filter(overwrite));
+  await vol.flush();
+}
+
 describe('compaction (store/compactor.ts)', () => {
   let sim: SimFS;
   let backend: SlowBackend;
@@ -111,15 +123,7 @@ describe('compaction (store/compactor.ts)', () => {
     const rng = new Rng(6);
     const model = Buffer.alloc(SIZE);
     let vol = await store.openVolume('v', TUN);
-    await fill(vol, rng, model, [...Array(64).keys()]);
-    await vol.flush();
-    await fill(
-      vol,
-      rng,
-      model,
-      [...Array(64).keys()].filter((b) => b % 8 !== 0),
-    );
-    await vol.flush();
+    await fragmented(vol, rng, model, (b) => b % 8 !== 0, 64);
     const open1 = vol.stats();
     await vol.close(); // checkpoint: the map now names only the live records
     vol = await store.openVolume('v', TUN);
@@ -207,15 +211,7 @@ describe('compaction (store/compactor.ts)', () => {
     const rng = new Rng(8);
     const model = Buffer.alloc(SIZE);
     let vol = await store.openVolume('v', TUN);
-    await fill(vol, rng, model, [...Array(BLOCKS).keys()]);
-    await vol.flush();
-    await fill(
-      vol,
-      rng,
-      model,
-      [...Array(BLOCKS).keys()].filter((b) => b % 3 !== 0),
-    );
-    await vol.flush();
+    await fragmented(vol, rng, model, (b) => b % 3 !== 0);
     backend.readDelayMs = 4;
     const writes = (async () => {
       for (let i = 0; i < 6; i++) {
@@ -240,15 +236,7 @@ describe('compaction (store/compactor.ts)', () => {
     const rng = new Rng(9);
     const model = Buffer.alloc(SIZE);
     let vol = await store.openVolume('v', TUN);
-    await fill(vol, rng, model, [...Array(BLOCKS).keys()]);
-    await vol.flush();
-    await fill(
-      vol,
-      rng,
-      model,
-      [...Array(BLOCKS).keys()].filter((b) => b % 3 !== 0),
-    );
-    await vol.flush();
+    await fragmented(vol, rng, model, (b) => b % 3 !== 0);
     // The compactor has read the live blocks (b % 3 === 0) of the old chunks; before its
     // new chunk lands, they are trimmed and the trim's map tombstone is committed.
     const trimmed = [...Array(BLOCKS).keys()].filter((b) => b % 3 === 0);
@@ -282,15 +270,7 @@ describe('compaction (store/compactor.ts)', () => {
     const rng = new Rng(9);
     const model = Buffer.alloc(SIZE);
     const vol = await store.openVolume('v', { ...TUN, compactIntervalMs: 10 });
-    await fill(vol, rng, model, [...Array(BLOCKS).keys()]);
-    await vol.flush();
-    await fill(
-      vol,
-      rng,
-      model,
-      [...Array(BLOCKS).keys()].filter((b) => b % 2 === 0),
-    );
-    await vol.flush();
+    await fragmented(vol, rng, model, (b) => b % 2 === 0);
     const deadline = Date.now() + 5000;
     while (Date.now() < deadline) {
       const s = vol.stats();
@@ -309,15 +289,7 @@ describe('compaction (store/compactor.ts)', () => {
     const model = Buffer.alloc(SIZE);
     // 1 KiB/s: every background round is followed by a pause of many seconds.
     const vol = await store.openVolume('v', { ...TUN, compactIntervalMs: 10, compactRateBytes: 1024 });
-    await fill(vol, rng, model, [...Array(BLOCKS).keys()]);
-    await vol.flush();
-    await fill(
-      vol,
-      rng,
-      model,
-      [...Array(BLOCKS).keys()].filter((b) => b % 2 === 0),
-    );
-    await vol.flush();
+    await fragmented(vol, rng, model, (b) => b % 2 === 0);
     const deadline = Date.now() + 5000;
     while (!(vol.stats().compacting === 1 && vol.stats().compactRounds > 0) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
     assert.equal(vol.stats().compacting, 1, 'the background run did not start');
