@@ -2,6 +2,7 @@ import * as assert from 'node:assert/strict';
 import { Store } from '../src/store/store';
 import { MemoryBackend } from '../src/backend/memory-backend';
 import { isVbfsError } from '../src/errors';
+import { compactorScan } from '../src/store/compactor';
 import type { Volume } from '../src/store/volume';
 import type { VolumeOpenOptions } from '../src/store/types';
 import { SimFS } from './helpers/sim-fs';
@@ -264,6 +265,53 @@ describe('compaction (store/compactor.ts)', () => {
     for (const b of trimmed) assert.ok((await vol.read(b * BS, BS)).equals(Buffer.alloc(BS)), `trimmed block ${b} came back after a power cut`);
     assert.ok((await vol.read(0, SIZE)).equals(model), 'data differs after reopen');
     await vol.close();
+  });
+
+  it('walks the map in slices with event-loop turns between them; blocks overwritten between slices keep their newer version', async () => {
+    const slice = compactorScan.sliceExtents;
+    compactorScan.sliceExtents = 4;
+    const get = backend.get.bind(backend);
+    try {
+      const rng = new Rng(14);
+      const model = Buffer.alloc(SIZE);
+      let vol = await store.openVolume('v', TUN);
+      // The odd blocks stay live in the first chunks (the victims): about 256 extents in all.
+      await fragmented(vol, rng, model, (b) => b % 2 === 0);
+      let turns = 0;
+      let turnsAtFirstRead = -1;
+      backend.get = (key: string, offset?: number, length?: number): Promise<Buffer> => {
+        // Records, not the chunk headers the survey before the first round reads (at offset 0).
+        if (turnsAtFirstRead < 0 && key.includes('/chunks/') && (offset ?? 0) > 0) turnsAtFirstRead = turns;
+        return get(key, offset, length);
+      };
+      // One write at a time, each on its own event-loop turn, to a block still live in a victim.
+      let stop = false;
+      let writes = Promise.resolve();
+      let next = 1;
+      const tick = (): void => {
+        if (stop) return;
+        turns++;
+        const b = next;
+        next = (next + 2) % BLOCKS;
+        writes = writes.then(() => fill(vol, rng, model, [b]));
+        setImmediate(tick);
+      };
+      setImmediate(tick);
+      const r = await vol.compact({ full: true });
+      stop = true;
+      await writes;
+      assert.ok(r.chunksCompacted > 0, JSON.stringify(r));
+      // 256 extents in slices of 4: dozens of turns before the round's first read.
+      assert.ok(turnsAtFirstRead >= 32, `only ${turnsAtFirstRead} event-loop turns before the first read of a victim`);
+      assert.ok((await vol.read(0, SIZE)).equals(model), 'data differs after writes between scan slices');
+      await vol.close();
+      vol = await store.openVolume('v', TUN);
+      assert.ok((await vol.read(0, SIZE)).equals(model), 'data differs after reopen');
+      await vol.close();
+    } finally {
+      compactorScan.sliceExtents = slice;
+      backend.get = get;
+    }
   });
 
   it('starts in the background past compactStartRatio and stops at the target', async () => {
