@@ -2,6 +2,7 @@ import * as assert from 'node:assert/strict';
 import { Store } from '../src/store/store';
 import { MemoryBackend } from '../src/backend/memory-backend';
 import { isVbfsError } from '../src/errors';
+import { compactorScan } from '../src/store/compactor';
 import type { Volume } from '../src/store/volume';
 import type { VolumeOpenOptions } from '../src/store/types';
 import { SimFS } from './helpers/sim-fs';
@@ -51,6 +52,18 @@ async function fill(vol: Volume, rng: Rng, model: Buffer, blocks: number[]): Pro
     d.copy(model, b * BS);
     await vol.write(b * BS, d);
   }
+}
+
+/**
+ * Blocks 0..n-1 written and flushed, then those `overwrite` picks written again and
+ * flushed: the first chunks are left partly dead, the compactor's usual victims.
+ */
+async function fragmented(vol: Volume, rng: Rng, model: Buffer, overwrite: (b: number) => boolean, n = BLOCKS): Promise<void> {
+  const all = [...Array(n).keys()];
+  await fill(vol, rng, model, all);
+  await vol.flush();
+  await fill(vol, rng, model, all.filter(overwrite));
+  await vol.flush();
 }
 
 describe('compaction (store/compactor.ts)', () => {
@@ -111,15 +124,7 @@ describe('compaction (store/compactor.ts)', () => {
     const rng = new Rng(6);
     const model = Buffer.alloc(SIZE);
     let vol = await store.openVolume('v', TUN);
-    await fill(vol, rng, model, [...Array(64).keys()]);
-    await vol.flush();
-    await fill(
-      vol,
-      rng,
-      model,
-      [...Array(64).keys()].filter((b) => b % 8 !== 0),
-    );
-    await vol.flush();
+    await fragmented(vol, rng, model, (b) => b % 8 !== 0, 64);
     const open1 = vol.stats();
     await vol.close(); // checkpoint: the map now names only the live records
     vol = await store.openVolume('v', TUN);
@@ -207,15 +212,7 @@ describe('compaction (store/compactor.ts)', () => {
     const rng = new Rng(8);
     const model = Buffer.alloc(SIZE);
     let vol = await store.openVolume('v', TUN);
-    await fill(vol, rng, model, [...Array(BLOCKS).keys()]);
-    await vol.flush();
-    await fill(
-      vol,
-      rng,
-      model,
-      [...Array(BLOCKS).keys()].filter((b) => b % 3 !== 0),
-    );
-    await vol.flush();
+    await fragmented(vol, rng, model, (b) => b % 3 !== 0);
     backend.readDelayMs = 4;
     const writes = (async () => {
       for (let i = 0; i < 6; i++) {
@@ -240,15 +237,7 @@ describe('compaction (store/compactor.ts)', () => {
     const rng = new Rng(9);
     const model = Buffer.alloc(SIZE);
     let vol = await store.openVolume('v', TUN);
-    await fill(vol, rng, model, [...Array(BLOCKS).keys()]);
-    await vol.flush();
-    await fill(
-      vol,
-      rng,
-      model,
-      [...Array(BLOCKS).keys()].filter((b) => b % 3 !== 0),
-    );
-    await vol.flush();
+    await fragmented(vol, rng, model, (b) => b % 3 !== 0);
     // The compactor has read the live blocks (b % 3 === 0) of the old chunks; before its
     // new chunk lands, they are trimmed and the trim's map tombstone is committed.
     const trimmed = [...Array(BLOCKS).keys()].filter((b) => b % 3 === 0);
@@ -278,19 +267,58 @@ describe('compaction (store/compactor.ts)', () => {
     await vol.close();
   });
 
+  it('walks the map in slices with event-loop turns between them; blocks overwritten between slices keep their newer version', async () => {
+    const slice = compactorScan.sliceExtents;
+    compactorScan.sliceExtents = 4;
+    const get = backend.get.bind(backend);
+    try {
+      const rng = new Rng(14);
+      const model = Buffer.alloc(SIZE);
+      let vol = await store.openVolume('v', TUN);
+      // The odd blocks stay live in the first chunks (the victims): about 256 extents in all.
+      await fragmented(vol, rng, model, (b) => b % 2 === 0);
+      let turns = 0;
+      let turnsAtFirstRead = -1;
+      backend.get = (key: string, offset?: number, length?: number): Promise<Buffer> => {
+        // Records, not the chunk headers the survey before the first round reads (at offset 0).
+        if (turnsAtFirstRead < 0 && key.includes('/chunks/') && (offset ?? 0) > 0) turnsAtFirstRead = turns;
+        return get(key, offset, length);
+      };
+      // One write at a time, each on its own event-loop turn, to a block still live in a victim.
+      let stop = false;
+      let writes = Promise.resolve();
+      let next = 1;
+      const tick = (): void => {
+        if (stop) return;
+        turns++;
+        const b = next;
+        next = (next + 2) % BLOCKS;
+        writes = writes.then(() => fill(vol, rng, model, [b]));
+        setImmediate(tick);
+      };
+      setImmediate(tick);
+      const r = await vol.compact({ full: true });
+      stop = true;
+      await writes;
+      assert.ok(r.chunksCompacted > 0, JSON.stringify(r));
+      // 256 extents in slices of 4: dozens of turns before the round's first read.
+      assert.ok(turnsAtFirstRead >= 32, `only ${turnsAtFirstRead} event-loop turns before the first read of a victim`);
+      assert.ok((await vol.read(0, SIZE)).equals(model), 'data differs after writes between scan slices');
+      await vol.close();
+      vol = await store.openVolume('v', TUN);
+      assert.ok((await vol.read(0, SIZE)).equals(model), 'data differs after reopen');
+      await vol.close();
+    } finally {
+      compactorScan.sliceExtents = slice;
+      backend.get = get;
+    }
+  });
+
   it('starts in the background past compactStartRatio and stops at the target', async () => {
     const rng = new Rng(9);
     const model = Buffer.alloc(SIZE);
     const vol = await store.openVolume('v', { ...TUN, compactIntervalMs: 10 });
-    await fill(vol, rng, model, [...Array(BLOCKS).keys()]);
-    await vol.flush();
-    await fill(
-      vol,
-      rng,
-      model,
-      [...Array(BLOCKS).keys()].filter((b) => b % 2 === 0),
-    );
-    await vol.flush();
+    await fragmented(vol, rng, model, (b) => b % 2 === 0);
     const deadline = Date.now() + 5000;
     while (Date.now() < deadline) {
       const s = vol.stats();
@@ -309,15 +337,7 @@ describe('compaction (store/compactor.ts)', () => {
     const model = Buffer.alloc(SIZE);
     // 1 KiB/s: every background round is followed by a pause of many seconds.
     const vol = await store.openVolume('v', { ...TUN, compactIntervalMs: 10, compactRateBytes: 1024 });
-    await fill(vol, rng, model, [...Array(BLOCKS).keys()]);
-    await vol.flush();
-    await fill(
-      vol,
-      rng,
-      model,
-      [...Array(BLOCKS).keys()].filter((b) => b % 2 === 0),
-    );
-    await vol.flush();
+    await fragmented(vol, rng, model, (b) => b % 2 === 0);
     const deadline = Date.now() + 5000;
     while (!(vol.stats().compacting === 1 && vol.stats().compactRounds > 0) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
     assert.equal(vol.stats().compacting, 1, 'the background run did not start');

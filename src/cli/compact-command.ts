@@ -4,6 +4,7 @@ import type { CompactionProgress } from '../store/compactor';
 import { EXIT_OK } from './exit-codes';
 import type { CliContext } from './mount-command';
 import { keyFromArgs } from './key-options';
+import { progressBar } from './progress';
 import { formatSize } from './size';
 import { openStore, readMountRecord } from './store';
 
@@ -20,7 +21,13 @@ export interface CompactArgs {
 export async function runCompact(ctx: CliContext, args: CompactArgs): Promise<number> {
   const key = await keyFromArgs(args);
   const store = await openStore(ctx.storeDir, ctx.logger, { backend: { url: ctx.backend, pathStyle: ctx.s3PathStyle } });
-  const bar = args.progress ? progressBar(args.progress) : null;
+  const bar = args.progress
+    ? progressBar(args.progress, (p: CompactionProgress) => ({
+        label: 'compact',
+        fraction: p.reclaimable > 0 ? p.reclaimed / p.reclaimable : 1,
+        text: `${formatSize(p.reclaimed)} of ${formatSize(p.reclaimable)} dead, ${p.chunksCompacted} chunks`,
+      }))
+    : null;
   try {
     let vol;
     try {
@@ -61,28 +68,4 @@ export async function runCompact(ctx: CliContext, args: CompactArgs): Promise<nu
     await store.close();
   }
   return EXIT_OK;
-}
-
-/** A one-line bar of reclaimed / reclaimable bytes, redrawn in place at most every 100 ms. */
-function progressBar(write: (text: string) => void): { update: (p: CompactionProgress) => void; clear: () => void } {
-  let last = 0;
-  let shown = false;
-  return {
-    update: (p) => {
-      const now = Date.now();
-      if (now - last < 100) return;
-      last = now;
-      const width = 30;
-      const frac = p.reclaimable > 0 ? Math.min(1, p.reclaimed / p.reclaimable) : 1;
-      const fill = Math.round(frac * width);
-      write(
-        `\rcompact [${'#'.repeat(fill)}${'.'.repeat(width - fill)}] ${formatSize(p.reclaimed)} of ${formatSize(p.reclaimable)} dead, ${p.chunksCompacted} chunks\x1b[K`,
-      );
-      shown = true;
-    },
-    clear: () => {
-      if (shown) write('\r\x1b[K');
-      shown = false;
-    },
-  };
 }

@@ -4,6 +4,7 @@ import type { FsckProgress, FsckReport } from '../store/fsck';
 import { EXIT_FAILURE, EXIT_OK } from './exit-codes';
 import type { CliContext } from './mount-command';
 import { keyFromArgs } from './key-options';
+import { progressBar } from './progress';
 import { formatSize } from './size';
 import { openStore, readMountRecord } from './store';
 
@@ -22,7 +23,14 @@ export interface FsckArgs {
 export async function runFsck(ctx: CliContext, args: FsckArgs): Promise<number> {
   const key = await keyFromArgs(args);
   const store = await openStore(ctx.storeDir, ctx.logger, { backend: { url: ctx.backend, pathStyle: ctx.s3PathStyle } });
-  const bar = args.progress ? progressBar(args.progress) : null;
+  const bar = args.progress
+    ? progressBar(args.progress, (p: FsckProgress) => ({
+        label: p.phase.padEnd(7),
+        fraction: p.total > 0 ? p.done / p.total : 1,
+        text: `${p.done}/${p.total}`,
+        done: p.done === p.total,
+      }))
+    : null;
   let report: FsckReport;
   try {
     report = await store.fsckVolume(args.volume, { repair: args.repair, onProgress: bar?.update, ...(key ? { key } : {}) });
@@ -73,25 +81,4 @@ function renderReport(r: FsckReport): string[] {
     !r.repair || r.clean ? '' : r.errors > 0 ? '; changed nothing (it never repairs a damaged volume)' : `; repaired ${r.repaired}: run fsck again to confirm`;
   out.push(`${r.repair ? 'fsck --repair' : 'fsck'}: ${verdict}${repair}`);
   return out;
-}
-
-/** A one-line bar redrawn in place, at most every 100 ms. */
-function progressBar(write: (text: string) => void): { update: (p: FsckProgress) => void; clear: () => void } {
-  let last = 0;
-  let shown = false;
-  return {
-    update: (p) => {
-      const now = Date.now();
-      if (now - last < 100 && p.done !== p.total) return;
-      last = now;
-      const width = 30;
-      const frac = p.total > 0 ? p.done / p.total : 1;
-      const fill = Math.round(frac * width);
-      write(`\r${p.phase.padEnd(7)} [${'#'.repeat(fill)}${'.'.repeat(width - fill)}] ${p.done}/${p.total}\x1b[K`);
-      shown = true;
-    },
-    clear: () => {
-      if (shown) write('\r\x1b[K');
-    },
-  };
 }
