@@ -173,16 +173,21 @@ export async function cleanupUnder(root: string, fuseMounts: string[], loopMount
 export async function verifyExt4OnLoop(disk: string, ext: string, mnt: string, sums: Map<string, string>): Promise<void> {
   const loop = (await must('losetup', ['-f', '--show', disk])).trim();
   try {
-    const fsck = await run('fsck.ext4', ['-fn', loop]);
-    assert.equal(fsck.code, 0, `fsck.ext4 -fn is not clean:\n${fsck.stdout}${fsck.stderr}`);
-    await must('mount', ['-o', 'ro', loop, ext]);
-    try {
-      for (const [rel, sum] of sums) assert.equal(await sha256File(path.join(ext, rel)), sum, rel);
-    } finally {
-      await must('umount', [ext]);
-    }
+    await checkExt4(loop, ext, sums);
   } finally {
     await run('losetup', ['-d', loop]);
     await waitFor('loop device to detach', async () => (await loopsUnder(mnt)).length === 0, 10_000);
+  }
+}
+
+/** The ext4 on an attached (and unmounted) loop device: fsck.ext4 -fn clean, then mounted read-only, every file of `sums` has its checksum. */
+export async function checkExt4(loop: string, ext: string, sums: Map<string, string>): Promise<void> {
+  const fsck = await run('fsck.ext4', ['-fn', loop]);
+  assert.equal(fsck.code, 0, `fsck.ext4 -fn is not clean:\n${fsck.stdout}${fsck.stderr}`);
+  await must('mount', ['-o', 'ro', loop, ext]);
+  try {
+    for (const [rel, sum] of sums) assert.equal(await sha256File(path.join(ext, rel)), sum, rel);
+  } finally {
+    await must('umount', [ext]);
   }
 }
