@@ -1,12 +1,10 @@
 import * as assert from 'node:assert/strict';
-import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
 import { VbfsError } from '../src/errors';
 import { MemoryBackend } from '../src/backend/memory-backend';
 import { Store } from '../src/store/store';
 import type { VolumeOpenOptions } from '../src/store/types';
 import { pattern, rejectsWith } from './backend-suite';
+import { bucketStores } from './helpers/bucket-stores';
 
 /**
  * The `remote` durability mode (issue 11): an fsync returns only once what it covers
@@ -41,22 +39,7 @@ const OPTS: VolumeOpenOptions = { chunkBytes: 64 * 1024, flushBytes: 64 << 20, f
 
 describe('remote durability', function () {
   this.timeout(60_000);
-  const dirs: string[] = [];
-  const stores: Store[] = [];
-  const tmpDir = (): string => {
-    const d = fs.mkdtempSync(path.join(os.tmpdir(), 'vbfs-remote-'));
-    dirs.push(d);
-    return d;
-  };
-  const open = async (backend: MemoryBackend, dir = tmpDir()): Promise<Store> => {
-    const s = await Store.open(dir, { backend, metadata: 'backend' });
-    stores.push(s);
-    return s;
-  };
-  afterEach(async () => {
-    for (const s of stores.splice(0)) await s.close().catch(() => undefined);
-    for (const d of dirs.splice(0)) fs.rmSync(d, { recursive: true, force: true });
-  });
+  const { tmpDir, open, track } = bucketStores('vbfs-remote-');
 
   it('fsync returns once the data is in the bucket: a new machine reads it with the first one never closed', async () => {
     const backend = new RemoteMemory();
@@ -136,8 +119,7 @@ describe('remote durability', function () {
   });
 
   it('is refused on a local (file) backend, at create and as a mount override', async () => {
-    const s = await Store.open(tmpDir());
-    stores.push(s);
+    const s = track(await Store.open(tmpDir()));
     await rejectsWith(() => s.createVolume('v', { size: 1 << 20, durability: 'remote' }), 'VBFS_INVALID_ARGUMENT');
     assert.deepEqual(await s.listVolumes(), [], 'nothing created');
     await s.createVolume('w', { size: 1 << 20 });

@@ -1,6 +1,5 @@
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Backend } from '../src/backend/backend';
 import { deltaKey, epochRecordKey, leaseKey } from '../src/backend/fencing';
@@ -10,6 +9,7 @@ import { Store } from '../src/store/store';
 import type { VolumeOpenOptions } from '../src/store/types';
 import type { Volume } from '../src/store/volume';
 import { pattern, rejectsWith } from './backend-suite';
+import { bucketStores } from './helpers/bucket-stores';
 import { FaultProxy } from './helpers/fault-proxy';
 import { requireRgw, rgwOptions, type RgwCluster } from './helpers/rgw';
 
@@ -81,13 +81,8 @@ const OPTS: VolumeOpenOptions = { chunkBytes: 64 * 1024, flushIntervalMs: 3_600_
 describe('bucket volume lease in the store (Ceph RGW)', function () {
   this.timeout(120_000);
   let rgw: RgwCluster;
-  const dirs: string[] = [];
-  const stores: Store[] = [];
-  const tmp = (): string => {
-    const d = fs.mkdtempSync(path.join(os.tmpdir(), 'vbfs-s3lease-'));
-    dirs.push(d);
-    return d;
-  };
+  const stores = bucketStores('vbfs-s3lease-');
+  const tmp = stores.tmpDir;
   before(async function () {
     this.timeout(300_000);
     rgw = await requireRgw(this);
@@ -95,15 +90,7 @@ describe('bucket volume lease in the store (Ceph RGW)', function () {
     await be.ensureBucket();
     await be.close();
   });
-  afterEach(async () => {
-    for (const s of stores.splice(0)) await s.close().catch(() => undefined);
-    for (const d of dirs.splice(0)) fs.rmSync(d, { recursive: true, force: true });
-  });
-  const open = async (backend: Backend, dir: string, leaseTtlMs?: number): Promise<Store> => {
-    const s = await Store.open(dir, { backend, metadata: 'backend', leaseTtlMs });
-    stores.push(s);
-    return s;
-  };
+  const open = (backend: Backend, dir: string, leaseTtlMs?: number): Promise<Store> => stores.open(backend, dir, { leaseTtlMs });
 
   it('takes epoch 1, then 2 after a release: the epoch is in the keys; a read-only open takes none; a second writer is refused with VBFS_LEASE_HELD', async () => {
     const prefix = rgwOptions(rgw).prefix;

@@ -10,6 +10,7 @@ import { BucketMapMedium } from '../src/map/bucket-map-medium';
 import { Store } from '../src/store/store';
 import type { VolumeOpenOptions } from '../src/store/types';
 import { pattern, rejectsWith } from './backend-suite';
+import { bucketStores } from './helpers/bucket-stores';
 import { requireRgw, rgwOptions, type RgwCluster } from './helpers/rgw';
 
 /**
@@ -23,22 +24,7 @@ const TINY: VolumeOpenOptions = { chunkBytes: 64 * 1024, flushBytes: 32 * 1024, 
 function bucketStoreSuite(name: string, newBackend: () => Backend | Promise<Backend>, sameBucket: (b: Backend) => Backend, backendIsS3 = false): void {
   describe(name, function () {
     this.timeout(180_000);
-    const dirs: string[] = [];
-    const stores: Store[] = [];
-    const tmpDir = (): string => {
-      const d = fs.mkdtempSync(path.join(os.tmpdir(), 'vbfs-s3store-'));
-      dirs.push(d);
-      return d;
-    };
-    const open = async (backend: Backend, dir = tmpDir()): Promise<Store> => {
-      const s = await Store.open(dir, { backend, metadata: 'backend' });
-      stores.push(s);
-      return s;
-    };
-    afterEach(async () => {
-      for (const s of stores.splice(0)) await s.close().catch(() => undefined);
-      for (const d of dirs.splice(0)) fs.rmSync(d, { recursive: true, force: true });
-    });
+    const { open } = bucketStores('vbfs-s3store-');
 
     it('opens a volume from a new, empty store directory: metadata, map deltas and checkpoints are in the bucket', async () => {
       const backend = await newBackend();
