@@ -6,6 +6,13 @@ import { isVbfsError } from '../src/errors';
 import { SimFS } from './helpers/sim-fs';
 import { Rng } from './helpers/rng';
 import { SYNC_MARKER_BYTES } from '../src/format/block-record';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { NodeFileIO } from '../src/io/node-file-io';
+import { PassThroughFileIO } from '../src/io/pass-through-file-io';
+import { CountingFileIO } from './helpers/counting-file-io';
+import type { FileHandle, FileIO, OpenMode } from '../src/io/file-io';
 
 const ID = 'aabbccddeeff00112233445566778899';
 const BS = 512;
@@ -417,4 +424,95 @@ describe('WAL preallocated and recycled segments', () => {
     }
     assert.ok(cuts > 400);
   });
+});
+
+describe('WAL on the real disk: an fsync of a small write', () => {
+  const RBS = 4096;
+  let dir: string;
+  beforeEach(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vbfs-wal-inline-'));
+  });
+  afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  function realWriter(io: FileIO): WalWriter {
+    return new WalWriter({ ...realWriterOptions(), fileIO: io });
+  }
+
+  async function replayed(): Promise<number[]> {
+    const seqs: number[] = [];
+    await replayWal(new NodeFileIO(), dir, ID, RBS, true, silentLogger, (h) => seqs.push(h.seq));
+    return seqs;
+  }
+
+  it('writes its record and the sync marker on the JS thread: the fdatasync is its only thread-pool call; a large batch still goes to the pool', async () => {
+    const io = new CountingFileIO(new NodeFileIO());
+    const w = realWriter(io);
+    const data = Buffer.alloc(RBS, 7);
+    w.append(1, 1, 0, RBS, data, 0, RBS);
+    await w.sync(); // opens the segment (header, directory fsync)
+    io.resetCounts();
+    for (let i = 2; i <= 4; i++) {
+      w.append(i, i, 0, RBS, data, 0, RBS);
+      await w.sync();
+    }
+    assert.equal(io.count('write', dir), 0, 'no write() through the pool');
+    assert.equal(io.count('writeSync', dir), 6, 'per sync: the record, then its marker');
+    assert.equal(io.count('datasync', dir), 3);
+    // 20 records (80 KiB) in one batch: written in the pool, off the thread that serves FUSE.
+    for (let i = 5; i <= 24; i++) w.append(i, i, 0, RBS, data, 0, RBS);
+    await w.sync();
+    assert.equal(io.count('write', dir), 1);
+    assert.equal(io.count('writeSync', dir), 7, 'the marker only');
+    await w.close();
+    assert.deepEqual(
+      await replayed(),
+      Array.from({ length: 24 }, (_, i) => i + 1),
+    );
+  });
+
+  it('an inline write that fails for lack of space is retried in place, not poisoned', async () => {
+    let failNext = false;
+    class NoSpaceOnce extends PassThroughFileIO {
+      override async open(p: string, mode: OpenMode): Promise<FileHandle> {
+        const fh = await this.inner.open(p, mode);
+        const writeSync = (fh.writeSync as (b: Uint8Array, pos: number) => void).bind(fh);
+        fh.writeSync = (buf, pos): void => {
+          if (failNext) {
+            failNext = false;
+            throw Object.assign(new Error('ENOSPC: no space left on device'), { code: 'ENOSPC' });
+          }
+          writeSync(buf, pos);
+        };
+        return fh;
+      }
+    }
+    const w = new WalWriter({ ...realWriterOptions(), fileIO: new NoSpaceOnce(new NodeFileIO()), noSpaceRetryMs: 20 });
+    const data = Buffer.alloc(RBS, 9);
+    w.append(1, 1, 0, RBS, data, 0, RBS);
+    await w.sync();
+    w.append(2, 2, 0, RBS, data, 0, RBS);
+    failNext = true;
+    await assert.rejects(w.sync(), (err: unknown) => isVbfsError(err) && err.code === 'VBFS_IO');
+    assert.equal(w.error, null, 'not poisoned');
+    // The retry rewrote the batch at the same offset: a later sync covers it.
+    for (let i = 0; i < 100 && w.noSpace; i++) await new Promise((r) => setTimeout(r, 10));
+    w.append(3, 3, 0, RBS, data, 0, RBS);
+    await w.sync();
+    await w.close();
+    assert.deepEqual(await replayed(), [1, 2, 3]);
+  });
+
+  function realWriterOptions(): ConstructorParameters<typeof WalWriter>[0] {
+    return {
+      dir,
+      fileIO: new NodeFileIO(),
+      volumeId: ID,
+      blockSize: RBS,
+      segmentBytes: 8 << 20,
+      bufferBytes: 1 << 20,
+      nextSegment: 1,
+      existingSegments: [],
+      logger: silentLogger,
+    };
+  }
 });

@@ -20,6 +20,14 @@ export interface FileHandle {
   readonly path: string;
   /** Write all of `buf` at `position`. One call = one write(2) (or pwritev) to the OS. */
   write(buf: Uint8Array, position: number): Promise<void>;
+  /**
+   * Optional: write all of `buf` at `position` on the calling thread (one
+   * pwrite(2), no thread-pool hop). Only for small writes whose wait for a pool
+   * thread and back costs more than the copy into the page cache (the WAL's
+   * record and sync marker before and after an fsync's fdatasync). A layer
+   * without it gets `write` instead.
+   */
+  writeSync?(buf: Uint8Array, position: number): void;
   /** Gather-write all buffers contiguously at `position` with one pwritev. */
   writev(bufs: readonly Uint8Array[], position: number): Promise<void>;
   /** Read into `buf` from `position`; resolves with the number of bytes read (short at EOF). */

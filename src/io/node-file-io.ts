@@ -26,6 +26,14 @@ class NodeFileHandle implements FileHandle {
     });
   }
 
+  writeSync(buf: Uint8Array, position: number): void {
+    try {
+      for (let off = 0; off < buf.length;) off += fs.writeSync(this.fd, buf, off, buf.length - off, position + off);
+    } catch (err) {
+      throw ioError(`write ${this.path}`, err, { path: this.path });
+    }
+  }
+
   writev(bufs: readonly Uint8Array[], position: number): Promise<void> {
     const total = bufs.reduce((s, b) => s + b.length, 0);
     return new Promise((resolve, reject) => {

@@ -12,6 +12,16 @@ export const walSegmentName = (n: number): string => n.toString(16).padStart(16,
 const spareName = (n: number, kind: 'spare' | 'prep' = 'spare'): string => `${kind}-${n.toString(16).padStart(16, '0')}`;
 const SPARE_RE = /^(spare|prep)-([0-9a-f]{16})$/;
 
+/**
+ * A batch up to this size (and every sync marker) is written on the JS thread when
+ * the file layer can (FileHandle.writeSync): the copy into the page cache takes a
+ * few microseconds, the hop to a libuv pool thread and back took ~165 us each at
+ * load ~10, and an fsync of one 4 KiB write made two of them besides its
+ * fdatasync (docs/bench.md, "fsync path"). Larger batches (a stream of writes
+ * filling the 1 MiB buffer) stay in the pool, off the thread that serves FUSE.
+ */
+const INLINE_WRITE_MAX = 64 * 1024;
+
 export interface WalWriterOptions {
   dir: string;
   fileIO: FileIO;
@@ -222,7 +232,7 @@ export class WalWriter {
     for (;;) {
       try {
         await this.openSegment(b.seg, b.firstSeq - 1);
-        await (this.fd as FileHandle).write(b.buf.subarray(0, b.len), this.fdPos);
+        await this.writeAt(b.buf.subarray(0, b.len), this.fdPos);
         this.fdPos += b.len;
         this.writes++;
         this.bytes += b.len;
@@ -240,6 +250,13 @@ export class WalWriter {
         await this.waitForSpace(err);
       }
     }
+  }
+
+  /** One write to the open segment: small ones inline (INLINE_WRITE_MAX), others in the pool. */
+  private async writeAt(buf: Uint8Array, pos: number): Promise<void> {
+    const fd = this.fd as FileHandle;
+    if (buf.length <= INLINE_WRITE_MAX && fd.writeSync) fd.writeSync(buf, pos);
+    else await fd.write(buf, pos);
   }
 
   private async waitForSpace(err: unknown): Promise<void> {
@@ -485,9 +502,8 @@ export class WalWriter {
    * and recovery then relies on an earlier marker (wal-reader.ts).
    */
   private async writeSyncMarker(): Promise<void> {
-    const fd = this.fd as FileHandle;
     encodeSyncMarker(this.marker, 0, this.fdPos, this.markerScratch, this.fdBase);
-    await fd.write(this.marker, this.fdPos);
+    await this.writeAt(this.marker, this.fdPos);
     this.fdPos += SYNC_MARKER_BYTES;
     this.writes++;
     if (this.fdSeg === this.curSeg) this.segBytes += SYNC_MARKER_BYTES; // keeps segments near their size limit

@@ -31,7 +31,7 @@ export class CountingFileIO implements FileIO {
     this.note('open', path);
     const fh = await this.inner.open(path, mode);
     const note = (k: string): void => this.note(k, path);
-    return {
+    const handle: FileHandle = {
       path: fh.path,
       write: (buf, pos) => (note('write'), fh.write(buf, pos)),
       writev: (bufs, pos) => (note('writev'), fh.writev(bufs, pos)),
@@ -42,6 +42,12 @@ export class CountingFileIO implements FileIO {
       size: () => (note('size'), fh.size()),
       close: () => (note('close'), fh.close()),
     };
+    // Only where the inner layer has it: callers fall back to write() otherwise.
+    if (fh.writeSync) {
+      const writeSync = fh.writeSync.bind(fh);
+      handle.writeSync = (buf, pos) => (note('writeSync'), writeSync(buf, pos));
+    }
+    return handle;
   }
 
   readFile(path: string): Promise<Buffer> {
