@@ -435,7 +435,8 @@ describe('WAL on the real disk: an fsync of a small write', () => {
   afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
 
   function realWriter(io: FileIO): WalWriter {
-    return new WalWriter({ ...realWriterOptions(), fileIO: io });
+    // A write descheduled for 2 ms on a loaded machine must not move later ones to the pool here.
+    return new WalWriter({ ...realWriterOptions(), fileIO: io, inlineSlowMs: 10_000 });
   }
 
   async function replayed(): Promise<number[]> {
@@ -468,6 +469,42 @@ describe('WAL on the real disk: an fsync of a small write', () => {
       await replayed(),
       Array.from({ length: 24 }, (_, i) => i + 1),
     );
+  });
+
+  it('an inline write that blocks (dirty-page throttling) sends the next small writes through the pool', async () => {
+    let stallNext = false;
+    class Stalls extends PassThroughFileIO {
+      override async open(p: string, mode: OpenMode): Promise<FileHandle> {
+        const fh = await this.inner.open(p, mode);
+        const writeSync = (fh.writeSync as (b: Uint8Array, pos: number) => void).bind(fh);
+        fh.writeSync = (buf, pos): void => {
+          if (stallNext) {
+            stallNext = false;
+            const until = performance.now() + 80; // the kernel holding write(2) back
+            while (performance.now() < until);
+          }
+          writeSync(buf, pos);
+        };
+        return fh;
+      }
+    }
+    const io = new CountingFileIO(new Stalls(new NodeFileIO()));
+    // 50 ms, not the default 2: a loaded test machine may deschedule a normal write that long.
+    const w = new WalWriter({ ...realWriterOptions(), fileIO: io, inlineSlowMs: 50 });
+    const data = Buffer.alloc(RBS, 3);
+    w.append(1, 1, 0, RBS, data, 0, RBS);
+    await w.sync();
+    io.resetCounts();
+    stallNext = true;
+    w.append(2, 2, 0, RBS, data, 0, RBS);
+    await w.sync(); // the record's write stalls: its marker and later small writes go to the pool
+    assert.equal(w.inlineBackoffs, 1);
+    assert.equal(io.count('writeSync', dir), 1, 'only the write that stalled ran inline');
+    w.append(3, 3, 0, RBS, data, 0, RBS);
+    await w.sync();
+    assert.equal(io.count('write', dir), 3, 'the marker after the stall, then record and marker of the next sync, in the pool');
+    await w.close();
+    assert.deepEqual(await replayed(), [1, 2, 3]);
   });
 
   it('an inline write that fails for lack of space is retried in place, not poisoned', async () => {

@@ -21,6 +21,14 @@ const SPARE_RE = /^(spare|prep)-([0-9a-f]{16})$/;
  * filling the 1 MiB buffer) stay in the pool, off the thread that serves FUSE.
  */
 const INLINE_WRITE_MAX = 64 * 1024;
+/**
+ * ... unless one took longer than this: a write(2) into the page cache can block for
+ * a long time when the kernel throttles a process over its dirty pages (a slow SD
+ * card or cloud disk behind a flush), and inline that stalls every FUSE request.
+ * Writes then go through the pool again for INLINE_BACKOFF_MS.
+ */
+const INLINE_SLOW_MS = 2;
+const INLINE_BACKOFF_MS = 5000;
 
 export interface WalWriterOptions {
   dir: string;
@@ -37,6 +45,8 @@ export interface WalWriterOptions {
   logger: Logger;
   /** After a write failed for lack of space, retry it this often (default 1000 ms). */
   noSpaceRetryMs?: number;
+  /** An inline write slower than this sends small writes to the pool for a while (default INLINE_SLOW_MS). */
+  inlineSlowMs?: number;
   /** Every seq up to this one is already durable (recovery: the replayed WAL and the chunks). */
   durableSeq?: number;
   /**
@@ -97,6 +107,8 @@ export class WalWriter {
   /** Sync markers written (one per completed fdatasync of the open segment; also counted in `writes`). */
   markers = 0;
   bytes = 0;
+  /** Times an inline write took over INLINE_SLOW_MS and sent writes back to the pool for a while. */
+  inlineBackoffs = 0;
   unsyncedBlocks = 0;
   /** Highest seq known durable (records are appended in seq order). Hot blocks at or below it are Pending. */
   durableSeq: number;
@@ -118,6 +130,8 @@ export class WalWriter {
   /** The open segment's base seq (its markers carry it) and whether it is preallocated. */
   private fdBase = 0;
   private fdPrealloc = false;
+  /** performance.now() until which small writes go through the pool (INLINE_SLOW_MS). */
+  private inlineOffUntil = 0;
   /** Spare segment files ready for reuse (paths), the number for the next one, and the background work on them. */
   private readonly spares: string[] = [];
   private spareNext = 1;
@@ -255,8 +269,17 @@ export class WalWriter {
   /** One write to the open segment: small ones inline (INLINE_WRITE_MAX), others in the pool. */
   private async writeAt(buf: Uint8Array, pos: number): Promise<void> {
     const fd = this.fd as FileHandle;
-    if (buf.length <= INLINE_WRITE_MAX && fd.writeSync) fd.writeSync(buf, pos);
-    else await fd.write(buf, pos);
+    if (buf.length <= INLINE_WRITE_MAX && fd.writeSync && performance.now() >= this.inlineOffUntil) {
+      const t0 = performance.now();
+      fd.writeSync(buf, pos);
+      const t1 = performance.now();
+      if (t1 - t0 > (this.opts.inlineSlowMs ?? INLINE_SLOW_MS)) {
+        this.inlineOffUntil = t1 + INLINE_BACKOFF_MS;
+        this.inlineBackoffs++;
+      }
+    } else {
+      await fd.write(buf, pos);
+    }
   }
 
   private async waitForSpace(err: unknown): Promise<void> {
