@@ -33,7 +33,11 @@ export class FileBackend implements Backend {
   /** The same for handles opened with O_DIRECT (getDirect). */
   private readonly directHandles = new Map<string, CachedHandle>();
   private readonly alignment = new DirectAlignment();
-  /** False once the filesystem refused a direct open or read: reads go through the page cache. */
+  /**
+   * Direct reads: off by default (measured: no less CPU per MiB than buffered reads,
+   * docs/bench.md), on with `directReads: true`; false again once the filesystem
+   * refused a direct open or read: reads go through the page cache.
+   */
   private direct: boolean;
   private readonly doomedHandles = new Map<FileHandle, CachedHandle>();
   /** Bumped by every put/delete of a key, so an open that raced one is not cached. */
@@ -46,7 +50,7 @@ export class FileBackend implements Backend {
     opts: { directReads?: boolean } = {},
   ) {
     this.root = path.resolve(root);
-    this.direct = (opts.directReads ?? true) && fileIO.openDirect !== undefined;
+    this.direct = (opts.directReads ?? false) && fileIO.openDirect !== undefined;
   }
 
   /** Whether reads of object ranges bypass the page cache (getDirect). */

@@ -29,14 +29,16 @@ export type Alignment = number | 'refused' | 'unknown';
 export class DirectAlignment {
   /** Per ArrayBuffer: the offset from its start that is aligned (modulo DIRECT_ALIGN). */
   private readonly known = new WeakMap<ArrayBufferLike, number>();
+  private last: number | undefined;
   probes = 0;
 
   async of(fh: FileHandle, buf: Buffer): Promise<Alignment> {
     const r = this.known.get(buf.buffer);
     if (r !== undefined) return mod(r - buf.byteOffset);
     if (buf.length < 2 * DIRECT_ALIGN) return 'unknown';
-    const order = [...LIKELY];
-    for (let k = PROBE_STEP; k < DIRECT_ALIGN - PROBE_STEP; k += PROBE_STEP) order.push(k);
+    // The residue that worked last first: buffers from the same allocator path share it.
+    const order = this.last !== undefined ? [this.last, ...LIKELY.filter((r) => r !== this.last)] : [...LIKELY];
+    for (let k = PROBE_STEP; k < DIRECT_ALIGN - PROBE_STEP; k += PROBE_STEP) if (k !== this.last) order.push(k);
     for (const residue of order) {
       const at = mod(residue - buf.byteOffset);
       let n: number;
@@ -49,6 +51,7 @@ export class DirectAlignment {
       }
       if (n === 0) return 'unknown';
       this.known.set(buf.buffer, residue);
+      this.last = residue;
       return at;
     }
     return 'refused';
