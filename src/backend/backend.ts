@@ -44,13 +44,6 @@ export interface Backend {
    * reuses: a fresh buffer per read costs page faults and garbage collection.
    */
   getInto?(key: string, offset: number, dst: Buffer): Promise<number>;
-  /**
-   * Optional: read [offset, offset + length) past the OS page cache into `scratch`
-   * (reused, at least DIRECT_SLACK bytes longer than `length`, io/direct-read.ts);
-   * resolves with the view of the bytes read (short at the end of the object), or
-   * null when the range must be read with getInto/get instead (file-backend.ts).
-   */
-  getDirect?(key: string, offset: number, length: number, scratch: Buffer): Promise<Buffer | null>;
 }
 
 /** What a backend counts (all optional: a local directory has no retries or cache). */

@@ -2,7 +2,6 @@ import { randomBytes } from 'node:crypto';
 import * as path from 'node:path';
 import { type Backend, checkRange, validKey } from './backend';
 import type { FileHandle, FileIO } from '../io/file-io';
-import { DirectAlignment, readDirect } from '../io/direct-read';
 import { VbfsError, ioError } from '../errors';
 
 /**
@@ -30,15 +29,6 @@ export class FileBackend implements Backend {
   private readonly root: string;
   private tempCounter = 0;
   private readonly handles = new Map<string, CachedHandle>();
-  /** The same for handles opened with O_DIRECT (getDirect). */
-  private readonly directHandles = new Map<string, CachedHandle>();
-  private readonly alignment = new DirectAlignment();
-  /**
-   * Direct reads: off by default (measured: no less CPU per MiB than buffered reads,
-   * docs/bench.md), on with `directReads: true`; false again once the filesystem
-   * refused a direct open or read: reads go through the page cache.
-   */
-  private direct: boolean;
   private readonly doomedHandles = new Map<FileHandle, CachedHandle>();
   /** Bumped by every put/delete of a key, so an open that raced one is not cached. */
   private readonly generation = new Map<string, number>();
@@ -47,15 +37,8 @@ export class FileBackend implements Backend {
   constructor(
     root: string,
     private readonly fileIO: FileIO,
-    opts: { directReads?: boolean } = {},
   ) {
     this.root = path.resolve(root);
-    this.direct = (opts.directReads ?? false) && fileIO.openDirect !== undefined;
-  }
-
-  /** Whether reads of object ranges bypass the page cache (getDirect). */
-  get directReads(): boolean {
-    return this.direct;
   }
 
   async put(key: string, data: Uint8Array): Promise<void> {
@@ -116,69 +99,30 @@ export class FileBackend implements Backend {
   }
 
   /**
-   * A range read that bypasses the OS page cache (O_DIRECT), into `scratch` (a reused
-   * buffer, at least DIRECT_SLACK bytes longer than `length`): resolves with the view
-   * of the bytes read, short at the object's end, or null where the range must be read
-   * with getInto instead. The reader keeps its own cache of what it read, so the page
-   * cache would hold a second copy, and filling it costs ~1 ms of CPU per MiB read.
-   * Chunk objects are written with fdatasync before rename, so the disk has what a
-   * direct read returns. A filesystem that refuses O_DIRECT (EINVAL: tmpfs on older
-   * kernels) turns direct reads off for this backend.
-   */
-  async getDirect(key: string, offset: number, length: number, scratch: Buffer): Promise<Buffer | null> {
-    if (!this.direct) return null;
-    const file = this.pathOf(key);
-    checkRange(offset, length);
-    let fh: FileHandle;
-    try {
-      fh = await this.readHandle(key, file, true);
-    } catch (err) {
-      if (errnoOf(err) !== 'EINVAL') throw err;
-      this.direct = false;
-      return null;
-    }
-    try {
-      const at = await this.alignment.of(fh, scratch);
-      if (at === 'refused') this.direct = false;
-      if (typeof at !== 'number') return null;
-      return await readDirect(fh, scratch, at, offset, length);
-    } catch (err) {
-      if (errnoOf(err) === 'EINVAL') {
-        this.direct = false;
-        return null;
-      }
-      throw ioError(`backend get '${key}'`, err, { key, path: file });
-    } finally {
-      this.releaseHandle(key, fh, true);
-    }
-  }
-
-  /**
    * Read handles are kept open (LRU, READ_HANDLES of them): objects are written once
    * and replaced only by rename, so a handle stays valid, and a cold read costs one
    * pread instead of open + fstat + pread + close. A handle is closed when it falls
    * out of the LRU (after its in-flight reads), on delete and put of its key, and on close().
    */
-  private async readHandle(key: string, file: string, direct = false): Promise<FileHandle> {
-    const handles = direct ? this.directHandles : this.handles;
-    const cached = handles.get(key);
+  private async readHandle(key: string, file: string): Promise<FileHandle> {
+    const cached = this.handles.get(key);
     if (cached) {
-      handles.delete(key);
-      handles.set(key, cached);
+      this.handles.delete(key);
+      this.handles.set(key, cached);
       cached.users++;
       return cached.fh;
     }
     let fh: FileHandle;
     const gen = this.generation.get(key) ?? 0;
     try {
-      fh = direct && this.fileIO.openDirect ? await this.fileIO.openDirect(file) : await this.fileIO.open(file, 'r');
+      fh = await this.fileIO.open(file, 'r');
     } catch (err) {
       if (errnoOf(err) === 'ENOENT') {
         throw new VbfsError('VBFS_NOT_FOUND', `backend object '${key}' not found`, { key, path: file });
       }
       throw ioError(`backend get '${key}'`, err, { key, path: file });
     }
-    const raced = handles.get(key);
+    const raced = this.handles.get(key);
     if (raced) {
       // Count ourselves in before any await, or the raced handle could be evicted
       // and closed under us while we close our duplicate.
@@ -193,10 +137,10 @@ export class FileBackend implements Backend {
       this.doomedHandles.set(fh, once);
       return fh;
     }
-    handles.set(key, { fh, users: 1, doomed: false });
-    while (handles.size > READ_HANDLES) {
-      const [oldKey, old] = handles.entries().next().value as [string, CachedHandle];
-      handles.delete(oldKey);
+    this.handles.set(key, { fh, users: 1, doomed: false });
+    while (this.handles.size > READ_HANDLES) {
+      const [oldKey, old] = this.handles.entries().next().value as [string, CachedHandle];
+      this.handles.delete(oldKey);
       old.doomed = true;
       if (old.users === 0) await old.fh.close().catch(() => {});
       else this.doomedHandles.set(old.fh, old);
@@ -204,8 +148,8 @@ export class FileBackend implements Backend {
     return fh;
   }
 
-  private releaseHandle(key: string, fh: FileHandle, direct = false): void {
-    const h = (direct ? this.directHandles : this.handles).get(key);
+  private releaseHandle(key: string, fh: FileHandle): void {
+    const h = this.handles.get(key);
     const entry = h && h.fh === fh ? h : this.doomedHandles.get(fh);
     if (!entry) {
       void fh.close().catch(() => {});
@@ -220,14 +164,12 @@ export class FileBackend implements Backend {
 
   private forget(key: string): void {
     this.generation.set(key, (this.generation.get(key) ?? 0) + 1);
-    for (const handles of [this.handles, this.directHandles]) {
-      const h = handles.get(key);
-      if (!h) continue;
-      handles.delete(key);
-      h.doomed = true;
-      if (h.users === 0) void h.fh.close().catch(() => {});
-      else this.doomedHandles.set(h.fh, h);
-    }
+    const h = this.handles.get(key);
+    if (!h) return;
+    this.handles.delete(key);
+    h.doomed = true;
+    if (h.users === 0) void h.fh.close().catch(() => {});
+    else this.doomedHandles.set(h.fh, h);
   }
 
   async delete(key: string): Promise<void> {
@@ -271,7 +213,7 @@ export class FileBackend implements Backend {
 
   async close(): Promise<void> {
     this.closed = true;
-    for (const key of [...this.handles.keys(), ...this.directHandles.keys()]) this.forget(key);
+    for (const key of [...this.handles.keys()]) this.forget(key);
   }
 
   private async walk(dir: string, keyPrefix: string, prefix: string, out: string[]): Promise<void> {

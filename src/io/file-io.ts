@@ -10,13 +10,6 @@
  *    `fsyncDir()` of the parent directory returns.
  *  - `write` either writes the whole buffer or rejects; no short writes reach callers.
  */
-/**
- * Alignment of direct (O_DIRECT) reads: buffer address, file position and length.
- * 4 KiB covers devices with 512-byte and 4 KiB logical blocks. A direct read that
- * returns a count that is not a multiple of it stopped at the end of the file.
- */
-export const DIRECT_ALIGN = 4096;
-
 export type OpenMode =
   | 'r' // read only, must exist
   | 'r+' // read/write, must exist
@@ -71,13 +64,4 @@ export interface FileIO {
   readdir(path: string): Promise<string[]>; // names only, sorted
   stat(path: string): Promise<FileStat | null>; // null when missing
   fsyncDir(path: string): Promise<void>;
-  /**
-   * Optional: open for reads that bypass the OS page cache (O_DIRECT). Reads through
-   * such a handle need buffer addresses, positions and lengths aligned to the device
-   * (direct-read.ts probes and widens); `read` stops at the first short read. Rejects
-   * (VbfsError, details.errno 'EINVAL' on filesystems that refuse it) where not possible.
-   * A file layer without it, or a wrapper that does not forward it (the fault-injecting
-   * ones), is read through the page cache.
-   */
-  openDirect?(path: string): Promise<FileHandle>;
 }

@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as nodePath from 'node:path';
-import { DIRECT_ALIGN, type FileHandle, type FileIO, type FileStat, type OpenMode } from './file-io';
+import type { FileHandle, FileIO, FileStat, OpenMode } from './file-io';
 import { ioError } from '../errors';
 import { createdDirs, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE } from './private-mode';
 
@@ -11,8 +11,6 @@ class NodeFileHandle implements FileHandle {
   constructor(
     readonly path: string,
     private readonly fd: number,
-    /** Opened with O_DIRECT: a short read is the end of the file (reading on from an unaligned position would fail). */
-    private readonly direct = false,
   ) {}
 
   write(buf: Uint8Array, position: number): Promise<void> {
@@ -56,7 +54,7 @@ class NodeFileHandle implements FileHandle {
         fs.read(this.fd, buf, got, buf.length - got, position + got, (err, n) => {
           if (err) return reject(ioError(`read ${this.path}`, err, { path: this.path }));
           got += n;
-          if (n === 0 || got >= buf.length || (this.direct && got % DIRECT_ALIGN !== 0)) return resolve(got);
+          if (n === 0 || got >= buf.length) return resolve(got);
           step();
         });
       };
@@ -104,17 +102,6 @@ export class NodeFileIO implements FileIO {
       return new NodeFileHandle(path, fd);
     } catch (err) {
       throw ioError(`open ${path}`, err, { path });
-    }
-  }
-
-  async openDirect(path: string): Promise<FileHandle> {
-    try {
-      const fd = await new Promise<number>((resolve, reject) =>
-        fs.open(path, fs.constants.O_RDONLY | fs.constants.O_DIRECT, (err, fd) => (err ? reject(err) : resolve(fd))),
-      );
-      return new NodeFileHandle(path, fd, true);
-    } catch (err) {
-      throw ioError(`open ${path} (O_DIRECT)`, err, { path });
     }
   }
 

@@ -6,7 +6,6 @@ import { copyBytes } from '../format/bytes';
 import { CACHED, EMPTY, HOT, PENDING, PERSISTED } from '../map/block-index';
 import { openRecordPayload } from './record-payload';
 import { RunBuffers } from './run-buffers';
-import { DIRECT_SLACK } from '../io/direct-read';
 import type { VolumeCore } from './volume-core';
 
 const EMPTY_BUFFER = Buffer.alloc(0);
@@ -59,7 +58,7 @@ export class Reader {
   /** Buffers the runs are read into, reused (run-buffers.ts). */
   // As many per size class as can be in flight at once (every readahead plus a few
   // requests): a buffer dropped and allocated again is fresh memory, whose first touch
-  // costs ~4 ms of CPU per MiB on this kind of VM (and a new alignment probe for a direct read).
+  // costs ~4 ms of CPU per MiB on this kind of VM.
   readonly runBuffers = new RunBuffers(MAX_READAHEADS + 4);
 
   constructor(
@@ -265,11 +264,10 @@ export class Reader {
     core.readsInFlight++;
     // Given back once no view of it is in use: after the loop below, or on a failure
     // other than a timeout (a read given up on may still write into it).
-    const direct = core.ctx.backend.getDirect !== undefined;
-    const whole = this.runBuffers.take(end - start + (direct ? DIRECT_SLACK : 0));
+    const whole = this.runBuffers.take(end - start);
     let buf: Buffer;
     try {
-      buf = await this.fetch(key, start, end - start, whole);
+      buf = await this.fetch(key, start, whole.subarray(0, end - start));
     } catch (err) {
       if (!isVbfsError(err, 'VBFS_IO') || err.details['timedOut'] !== true) this.runBuffers.give(whole);
       core.counters.errors++;
@@ -394,14 +392,11 @@ export class Reader {
    * read of data that is only in an unreachable bucket never hangs. A late answer
    * is dropped: nothing is copied into the caller's buffer after we gave up.
    */
-  private fetch(key: string, offset: number, length: number, whole: Buffer): Promise<Buffer> {
+  private fetch(key: string, offset: number, dst: Buffer): Promise<Buffer> {
     const { ctx, tunables } = this.core;
+    const length = dst.length;
     const backend = ctx.backend;
-    const dst = whole.subarray(0, length);
-    const buffered = (): Promise<Buffer> =>
-      backend.getInto ? backend.getInto(key, offset, dst).then((n) => (n === length ? dst : dst.subarray(0, n))) : backend.get(key, offset, length);
-    // Past the page cache where the backend can (file-backend.ts getDirect), else buffered.
-    const get = backend.getDirect ? backend.getDirect(key, offset, length, whole).then((v) => v ?? buffered()) : buffered();
+    const get = backend.getInto ? backend.getInto(key, offset, dst).then((n) => (n === length ? dst : dst.subarray(0, n))) : backend.get(key, offset, length);
     const ms = tunables.backendReadTimeoutMs;
     if (ms <= 0) return get;
     return new Promise<Buffer>((resolve, reject) => {
