@@ -25,7 +25,7 @@ const diagLogger = (tag: string): Logger | undefined =>
 const CHILD = path.join(__dirname, 'helpers', 's3-kill-child.js');
 
 type Msg =
-  | { type: 'open' | 'flushing' | 'done' }
+  | { type: 'open' | 'flushing' | 'overlap' | 'done' }
   | { type: 'ack'; writes: number[] }
   | { type: 'closed'; stats: S3Stats }
   | { type: 'error'; code: string; message: string };
@@ -43,7 +43,8 @@ type Msg =
  * answers 503/500 and resets connections during the flushes: retries lose nothing,
  * the clean close reaches the bucket and fsck finds no error (no duplicate or
  * conflicting chunk). A reopen of the test's own whose lease runs out before its flush
- * (a loaded machine) is fenced and flushes nothing: it is retried, and counted.
+ * (a loaded machine) is fenced and flushes nothing: it is retried, and counted. A
+ * writer that loses its own lease before its kill stops as a fenced one (reported).
  *
  * VBFS_S3_KILL_SEED=N replays a seed; VBFS_S3_KILL_ROUNDS the number of kills;
  * VBFS_S3_KILL_LOG=1 prints the warnings and errors of every store (children too).
@@ -148,21 +149,46 @@ describe('kill -9 during S3 flushes (Ceph RGW): nothing acknowledged lost', func
   interface RoundResult {
     acked: number;
     flushesSeen: number;
+    /** Map deltas committed while the next wave's chunk PUTs were in flight. */
+    overlaps: number;
     killedInFlush: boolean;
+    /** The killed writer lost its own (2 s) lease first on a loaded machine: fenced, it stopped like a killed one. */
+    fenced: boolean;
     stats?: S3Stats;
   }
 
-  /** One child: until the kill (killAfterFlush set) or its clean close. */
+  /**
+   * One child: until the kill (killAfterFlush set) or its clean close. With
+   * killAfterOverlap, the kill comes that many overlapped wave commits in (a wave's map
+   * delta committed while the next wave's chunk PUTs were in flight: the window that
+   * overlapping waves open), or at flush killAfterFlush if that comes first.
+   */
   function runChild(
     seed: number,
     round: number,
     dir: string,
     backend: S3BackendOptions,
-    opts: { writes: number; killAfterFlush?: number; killDelayMs?: number; onFlush?: (n: number) => void; durability?: 'remote' },
+    opts: {
+      writes: number;
+      killAfterFlush?: number;
+      killAfterOverlap?: number;
+      killDelayMs?: number;
+      onFlush?: (n: number) => void;
+      durability?: 'remote';
+    },
   ): Promise<RoundResult> {
     const args = { dir, backend, seed, round, writes: opts.writes, closeAtEnd: opts.killAfterFlush === undefined, durability: opts.durability };
     const child = fork(CHILD, [JSON.stringify(args)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: [] });
-    const res: RoundResult = { acked: 0, flushesSeen: 0, killedInFlush: false };
+    const res: RoundResult = { acked: 0, flushesSeen: 0, overlaps: 0, killedInFlush: false, fenced: false };
+    let killing = false;
+    const killSoon = (): void => {
+      if (killing) return;
+      killing = true;
+      setTimeout(() => {
+        res.killedInFlush = child.exitCode === null;
+        child.kill('SIGKILL');
+      }, opts.killDelayMs ?? 0);
+    };
     return new Promise((resolve, reject) => {
       child.on('message', (m: Msg) => {
         switch (m.type) {
@@ -176,17 +202,24 @@ describe('kill -9 during S3 flushes (Ceph RGW): nothing acknowledged lost', func
             if (res.acked === 0) return;
             res.flushesSeen++;
             opts.onFlush?.(res.flushesSeen);
-            if (opts.killAfterFlush !== undefined && res.flushesSeen === opts.killAfterFlush) {
-              setTimeout(() => {
-                res.killedInFlush = child.exitCode === null;
-                child.kill('SIGKILL');
-              }, opts.killDelayMs ?? 0);
-            }
+            if (opts.killAfterFlush !== undefined && res.flushesSeen === opts.killAfterFlush) killSoon();
+            return;
+          case 'overlap':
+            if (res.acked === 0) return;
+            res.overlaps++;
+            if (opts.killAfterOverlap !== undefined && res.overlaps === opts.killAfterOverlap) killSoon();
             return;
           case 'closed':
             res.stats = m.stats;
             return;
           case 'error':
+            // A writer that was to be killed anyway and lost its lease first (renewals
+            // late on a loaded machine) is fenced: it stops writing, like a killed one,
+            // and what it acknowledged must be there all the same.
+            if (m.code === 'VBFS_LEASE_LOST' && opts.killAfterFlush !== undefined) {
+              res.fenced = true;
+              return;
+            }
             reject(new Error(`child failed (${m.code}): ${m.message}`));
             return;
           default:
@@ -194,7 +227,7 @@ describe('kill -9 during S3 flushes (Ceph RGW): nothing acknowledged lost', func
         }
       });
       child.on('exit', (code, signal) => {
-        if (opts.killAfterFlush !== undefined ? signal === 'SIGKILL' : code === 0) resolve(res);
+        if (opts.killAfterFlush !== undefined ? signal === 'SIGKILL' || res.fenced : code === 0) resolve(res);
         else reject(new Error(`child ended with ${code ?? signal} (seed ${seed}, round ${round})`));
       });
     });
@@ -213,17 +246,20 @@ describe('kill -9 during S3 flushes (Ceph RGW): nothing acknowledged lost', func
     const report: string[] = [];
     let round = 0;
     for (; round < kills; round++) {
-      const killAfterFlush = 1 + rng.int(8);
-      const killDelayMs = rng.int(60);
-      const r = await runChild(seed, round, dir, backend, { writes: 100_000, killAfterFlush, killDelayMs });
-      assert.ok(r.killedInFlush, `round ${round}: the child was still running at the kill (seed ${seed})`);
+      // Even rounds (flush waves of one chunk, killTunables): killed at an overlapped wave
+      // commit, or at flush 60 if none comes; odd rounds at a seeded flush.
+      const atOverlap = round % 2 === 0 ? 1 + rng.int(4) : undefined;
+      const killAfterFlush = atOverlap !== undefined ? 60 : 1 + rng.int(8);
+      const killDelayMs = rng.int(atOverlap !== undefined ? 20 : 60);
+      const r = await runChild(seed, round, dir, backend, { writes: 100_000, killAfterFlush, killAfterOverlap: atOverlap, killDelayMs });
+      assert.ok(r.killedInFlush || r.fenced, `round ${round}: the child was still running at the kill (seed ${seed})`);
       assert.ok(r.acked > 0, `round ${round}: nothing acknowledged before the kill (seed ${seed})`);
       // Same directory: the local WAL replays what the bucket did not get yet.
       const same = await verify(seed, round, dir, backend, false);
       // New, empty directory: after that clean close the bucket alone holds it all.
       await verify(seed, round, tmp(), backend, true);
       report.push(
-        `round ${round}: killed ${killDelayMs} ms after flush ${killAfterFlush}, ${r.acked} writes acknowledged, ${same.newerThanAck} blocks newer than acknowledged`,
+        `round ${round}: ${r.fenced ? 'fenced (lost its lease) before being killed' : 'killed'} ${killDelayMs} ms after ${atOverlap !== undefined ? `overlapped commit ${atOverlap} (or flush ${killAfterFlush})` : `flush ${killAfterFlush}`}, ${r.flushesSeen} flushes and ${r.overlaps} overlapped wave commits seen, ${r.acked} writes acknowledged, ${same.newerThanAck} blocks newer than acknowledged`,
       );
     }
 
@@ -284,11 +320,11 @@ describe('kill -9 during S3 flushes (Ceph RGW): nothing acknowledged lost', func
           durability: 'remote',
           onFlush: (n) => proxy.next(faults[(n + round) % faults.length] as Fault, 1 + (n % 2)),
         });
-        assert.ok(r.killedInFlush, `round ${round}: the child was still running at the kill (seed ${seed})`);
+        assert.ok(r.killedInFlush || r.fenced, `round ${round}: the child was still running at the kill (seed ${seed})`);
         assert.ok(r.acked > 0, `round ${round}: nothing acknowledged before the kill (seed ${seed})`);
         const seen = await verify(seed, round, tmp(), backend, false);
         report.push(
-          `remote round ${round}: killed ${killDelayMs} ms after flush ${killAfterFlush}, ${r.acked} writes acknowledged, ${seen.newerThanAck} blocks newer than acknowledged`,
+          `remote round ${round}: ${r.fenced ? 'fenced (lost its lease) before being killed' : 'killed'} ${killDelayMs} ms after flush ${killAfterFlush}, ${r.acked} writes acknowledged, ${r.overlaps} overlapped wave commits, ${seen.newerThanAck} blocks newer than acknowledged`,
         );
       }
       report.push(`remote: ${proxy.counts.faulted} faults injected`);
