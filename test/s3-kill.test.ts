@@ -253,7 +253,10 @@ describe('kill -9 during S3 flushes (Ceph RGW): nothing acknowledged lost', func
       const killDelayMs = rng.int(atOverlap !== undefined ? 20 : 60);
       const r = await runChild(seed, round, dir, backend, { writes: 100_000, killAfterFlush, killAfterOverlap: atOverlap, killDelayMs });
       assert.ok(r.killedInFlush || r.fenced, `round ${round}: the child was still running at the kill (seed ${seed})`);
-      assert.ok(r.acked > 0, `round ${round}: nothing acknowledged before the kill (seed ${seed})`);
+      // (A writer fenced by its own lease before its first acknowledgement proves less, but is checked all the same.)
+      assert.ok(r.acked > 0 || r.fenced, `round ${round}: nothing acknowledged before the kill (seed ${seed})`);
+      if (process.env['VBFS_S3_KILL_LOG'])
+        console.error(`round ${round}: ${r.fenced ? 'fenced' : 'killed'}, ${r.acked} acked, ${r.flushesSeen} flushes, ${r.overlaps} overlaps`);
       // Same directory: the local WAL replays what the bucket did not get yet.
       const same = await verify(seed, round, dir, backend, false);
       // New, empty directory: after that clean close the bucket alone holds it all.
@@ -321,7 +324,10 @@ describe('kill -9 during S3 flushes (Ceph RGW): nothing acknowledged lost', func
           onFlush: (n) => proxy.next(faults[(n + round) % faults.length] as Fault, 1 + (n % 2)),
         });
         assert.ok(r.killedInFlush || r.fenced, `round ${round}: the child was still running at the kill (seed ${seed})`);
-        assert.ok(r.acked > 0, `round ${round}: nothing acknowledged before the kill (seed ${seed})`);
+        // (A writer fenced by its own lease before its first acknowledgement proves less, but is checked all the same.)
+        assert.ok(r.acked > 0 || r.fenced, `round ${round}: nothing acknowledged before the kill (seed ${seed})`);
+        if (process.env['VBFS_S3_KILL_LOG'])
+          console.error(`remote round ${round}: ${r.fenced ? 'fenced' : 'killed'}, ${r.acked} acked, ${r.flushesSeen} flushes, ${r.overlaps} overlaps`);
         const seen = await verify(seed, round, tmp(), backend, false);
         report.push(
           `remote round ${round}: ${r.fenced ? 'fenced (lost its lease) before being killed' : 'killed'} ${killDelayMs} ms after flush ${killAfterFlush}, ${r.acked} writes acknowledged, ${r.overlaps} overlapped wave commits, ${seen.newerThanAck} blocks newer than acknowledged`,
