@@ -138,7 +138,10 @@ describe('flush pipeline: waves overlap, the map stays safe', () => {
     await vol.write(0, data);
     await vol.flush();
     assert.ok(backend.peak > 4 && backend.peak <= 8, `${backend.peak} chunk puts in flight`);
-    assert.ok(inFlightAtCommit.some((n) => n > 0), `no chunk put in flight during any map commit (${inFlightAtCommit.join(',')})`);
+    assert.ok(
+      inFlightAtCommit.some((n) => n > 0),
+      `no chunk put in flight during any map commit (${inFlightAtCommit.join(',')})`,
+    );
     assert.deepEqual(await vol.read(0, data.length), data);
     await vol.close();
     await store.close();
