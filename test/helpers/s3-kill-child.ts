@@ -39,7 +39,9 @@ async function main(): Promise<void> {
     backend,
     metadata: 'backend',
     // Short: after each SIGKILL the test waits for this lease to expire before it reopens.
-    leaseTtlMs: KILL_LEASE_TTL_MS,
+    // A writer that closes cleanly releases it: longer, so that a loaded machine's late
+    // renewals do not fence the proxy round (10 s, as the test's own reopens).
+    leaseTtlMs: a.closeAtEnd ? 10_000 : KILL_LEASE_TTL_MS,
     ...(process.env['VBFS_S3_KILL_LOG']
       ? {
           logger: {
