@@ -36,6 +36,9 @@
  *   npm run bench:s3 -- --only writes --reps 3 --write-size 256M --timeline /tmp/tl.jsonl
  *   npm run bench:s3 -- --only writes --flush-wave 4,8 --put-parallel 4,8,16
  *     (S3 write runs with 4 and with 8 chunk PUTs per flush wave, alternated in one run)
+ *   npm run bench:s3 -- --only writes --flush-waves 1,2 --fsync-seconds 0
+ *     (S3 write runs with one flush wave in flight and with two overlapping, in one run;
+ *     no fsync latency phase)
  *     (writes only, with a per-request timeline of the S3 write runs)
  *   npm run bench:s3 -- --fsync-only                (only the fsync latencies, ~1 min)
  */
@@ -162,8 +165,13 @@ async function main(): Promise<void> {
       describe:
         'chunk PUTs in flight per flush wave of the S3 write runs (flushWaveChunks; a comma list: one S3 write run each, an A/B in one run; default: the engine default)',
     })
+    .option('flush-waves', {
+      type: 'string',
+      describe:
+        'flush waves in flight of the S3 write runs (flushWaves; a comma list: one S3 write run each, crossed with --flush-wave; default: the engine default)',
+    })
     .option('timeline', { type: 'string', describe: 'write a per-request timeline of the S3 write runs to this file (JSON lines)' })
-    .option('fsync-seconds', { type: 'number', default: 20, describe: 'fio runtime per durability mode in the fsync latency phase' })
+    .option('fsync-seconds', { type: 'number', default: 20, describe: 'fio runtime per durability mode in the fsync latency phase (0: skip the phase)' })
     .option('fsync-only', { type: 'boolean', default: false, describe: 'run only the fsync latency phase' })
     .strict()
     .parseSync();
@@ -175,8 +183,13 @@ async function main(): Promise<void> {
       return n;
     });
   const putParallel = list(argv['put-parallel']);
-  // 0: the engine's default (no flushWaveChunks given).
-  const flushWaves = argv['flush-wave'] !== undefined ? list(argv['flush-wave']) : [0];
+  // 0: the engine's default (no flushWaveChunks / flushWaves given).
+  const waveChunks = argv['flush-wave'] !== undefined ? list(argv['flush-wave']) : [0];
+  const wavesInFlight = argv['flush-waves'] !== undefined ? list(argv['flush-waves']) : [0];
+  /** The S3 write variants of each run (an A/B in one run when there are several). */
+  const variants = waveChunks.flatMap((chunks) => wavesInFlight.map((waves) => ({ chunks, waves, key: `${chunks || 'default'}x${waves || 'default'}` })));
+  const variantLabel = (v: (typeof variants)[number]): string =>
+    [v.chunks ? `wave ${v.chunks}` : '', v.waves ? `${v.waves} in flight` : ''].filter((x) => x !== '').join(', ');
   const writeSize = parseSize(argv['write-size'] ?? argv.size);
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'vbfs-s3bench-'));
   const fakeMocha = {
@@ -285,14 +298,14 @@ async function main(): Promise<void> {
      */
     const s3WriteDir = path.join(work, 's3-write-store');
     const timeline = argv.timeline !== undefined ? fs.createWriteStream(argv.timeline) : null;
-    const seqWrite = async (dir: string, remote: boolean, name: string, flushWaveChunks = 0): Promise<number> => {
+    const seqWrite = async (dir: string, remote: boolean, name: string, flushWaveChunks = 0, flushWaves = 0): Promise<number> => {
       const reqs: Request[] = [];
       let t0 = performance.now();
       const backend = remote ? (timeline ? timed(new S3Backend(s3), reqs, () => t0) : new S3Backend(s3)) : undefined;
       // As `vbfs create --backend` makes it: metadata and map in the bucket too.
       const store = await Store.open(dir, remote ? { backend, metadata: 'backend', diskCacheBytes: 0 } : {});
       await store.createVolume(name, { size: writeSize });
-      const vol = await store.openVolume(name, flushWaveChunks > 0 ? { flushWaveChunks } : {});
+      const vol = await store.openVolume(name, { ...(flushWaveChunks > 0 ? { flushWaveChunks } : {}), ...(flushWaves > 0 ? { flushWaves } : {}) });
       reqs.length = 0;
       t0 = performance.now();
       for (let off = 0; off < writeSize; off += MiB) {
@@ -335,8 +348,8 @@ async function main(): Promise<void> {
       file: [] as number[],
       warmCpuMs: [] as number[],
       fileCpuMs: [] as number[],
-      /** By flush wave (0: the engine default). */
-      writeS3: Object.fromEntries(flushWaves.map((w) => [w, [] as number[]])) as Record<number, number[]>,
+      /** By variant (flush wave chunks x waves in flight). */
+      writeS3: Object.fromEntries(variants.map((v) => [v.key, [] as number[]])) as Record<string, number[]>,
       writeFile: [] as number[],
       /** By PUTs in flight. */
       putCeiling: Object.fromEntries(putParallel.map((p) => [p, [] as number[]])) as Record<number, number[]>,
@@ -348,7 +361,7 @@ async function main(): Promise<void> {
       if (writes) await writeRep(rep);
       log(
         `run ${rep}: put loop ${putParallel.map((p) => `${p}:${last(figures.putCeiling[p])}`).join(' ')} ceiling ${last(figures.ceiling)} cold ${last(figures.cold)} ` +
-          `warm ${last(figures.warm)} file ${last(figures.file)} write s3 ${flushWaves.map((w) => `${w || 'default'}:${last(figures.writeS3[w])}`).join(' ')} write file ${last(figures.writeFile)} MiB/s`,
+          `warm ${last(figures.warm)} file ${last(figures.file)} write s3 ${variants.map((v) => `${v.key}:${last(figures.writeS3[v.key])}`).join(' ')} write file ${last(figures.writeFile)} MiB/s`,
       );
     }
     timeline?.end();
@@ -375,7 +388,8 @@ async function main(): Promise<void> {
     async function writeRep(rep: number): Promise<void> {
       // Alternate which backend writes first: neither always gets the fresher page cache.
       const s3Runs = async (): Promise<void> => {
-        for (const w of rep % 2 ? flushWaves : [...flushWaves].reverse()) figures.writeS3[w]?.push(await seqWrite(s3WriteDir, true, `w${rep}-${w}`, w));
+        for (const v of rep % 2 ? variants : [...variants].reverse())
+          figures.writeS3[v.key]?.push(await seqWrite(s3WriteDir, true, `w${rep}-${v.key}`, v.chunks, v.waves));
       };
       if (rep % 2) {
         await s3Runs();
@@ -404,9 +418,9 @@ async function main(): Promise<void> {
     ];
     const writeLines = [
       `S3 write bench: ${writeSize / MiB} MiB of 1 MiB sequential writes into a new volume, timed to the end of close() (final flush), medians of ${argv.reps} runs`,
-      ...flushWaves.map((w) => {
-        const s3m = median(figures.writeS3[w] ?? []);
-        const label = `engine, S3 backend${w ? ` (wave ${w})` : ''}`.padEnd(36);
+      ...variants.map((v) => {
+        const s3m = median(figures.writeS3[v.key] ?? []);
+        const label = `engine, S3 backend${variantLabel(v) ? ` (${variantLabel(v)})` : ''}`.padEnd(36);
         return `  ${label}${s3m.toFixed(0).padStart(6)} MiB/s   ratio ${(s3m / m.writeFile).toFixed(2)} vs file (target >= 0.8)`;
       }),
       `  engine, file backend                ${m.writeFile.toFixed(0).padStart(6)} MiB/s`,
@@ -421,7 +435,7 @@ async function main(): Promise<void> {
       `  runs: ${JSON.stringify(figures, (_k, v: unknown) => (typeof v === 'number' ? Math.round(v) : v))}`,
     ];
     process.stdout.write(lines.join('\n') + '\n');
-    process.stdout.write(await fsyncLatency(rgw, work, argv['fsync-seconds']));
+    if (argv['fsync-seconds'] > 0) process.stdout.write(await fsyncLatency(rgw, work, argv['fsync-seconds']));
   } finally {
     log('stopping Ceph RGW');
     await stopRgw();

@@ -1,5 +1,12 @@
 import * as assert from 'node:assert/strict';
 import { S3Backend, type S3BackendOptions } from '../src/backend/s3-backend';
+import { isVbfsError } from '../src/errors';
+import { allocPlacement, type ChunkPlacement } from '../src/format/map-records';
+import { BlockIndex } from '../src/map/block-index';
+import { BucketMapMedium } from '../src/map/bucket-map-medium';
+import { MapStore } from '../src/map/map-store';
+import { silentLogger } from '../src/types';
+import { SimFS } from './helpers/sim-fs';
 import { pattern, rejectsWith } from './backend-suite';
 import { FaultProxy } from './helpers/fault-proxy';
 import { requireRgw, rgwOptions, type RgwCluster } from './helpers/rgw';
@@ -143,5 +150,69 @@ describe('S3Backend through a fault-injecting proxy (RGW behind it)', function (
     proxy.next('503');
     assert.equal(await be.createIfAbsent('lease2', Buffer.from('holder-C nonce-4')), false);
     assert.equal((await be.get('lease2')).toString(), 'holder-A nonce-3');
+  });
+  describe('a map checkpoint whose last PUT lands but whose answer is lost after every retry', () => {
+    const ID = '00112233445566778899aabbccddeeff';
+    const commitOf = (chunkId: number, firstBlock: number, n: number): ChunkPlacement => {
+      const p = allocPlacement(chunkId, n);
+      for (let i = 0; i < n; i++) {
+        p.blocks[i] = firstBlock + i;
+        p.seqs[i] = 100 * chunkId + i + 1;
+        p.offsets[i] = 64 + i * 4128;
+        p.lens[i] = 4096;
+      }
+      return p;
+    };
+    const apply = (index: BlockIndex, p: ChunkPlacement): void => {
+      for (let i = 0; i < p.count; i++)
+        index.setPersisted(p.blocks[i] as number, p.seqs[i] as number, p.chunkId, p.offsets[i] as number, p.lens[i] as number, 0);
+    };
+    const isEndPart = (url: string | undefined): boolean => url !== undefined && /\/checkpoint\/.*-end$/.test(url.split('?')[0] ?? '');
+    async function opened(be: S3Backend): Promise<{ m: MapStore; index: BlockIndex }> {
+      const index = new BlockIndex(1024);
+      const m = new MapStore(new SimFS(), '/map', ID, silentLogger, () => undefined, new BucketMapMedium(be, ID, 1));
+      await m.load(index, false);
+      return { m, index };
+    }
+
+    it('a listing settles it: the checkpoint counts, and the next commit goes past it and is replayed on open', async () => {
+      const be = viaProxy({ operationTimeoutMs: 2000 });
+      const { m, index } = await opened(be);
+      const first = commitOf(1, 0, 4);
+      await m.commit([first]);
+      apply(index, first);
+      // Every attempt at the `-end` part is stored by RGW and answered 500 (retries too).
+      proxy.faultWhere = (req) => (req.method === 'PUT' && isEndPart(req.url) ? '500AfterUpstream' : null);
+      // A failed checkpoint is not fatal to every caller (the compactor logs it and goes
+      // on), so what matters is where the next commit goes: before the listing it went
+      // below the checkpoint that had landed, and was lost on open.
+      await m.checkpoint(index, 200, 2).catch(() => undefined);
+      proxy.faultWhere = null;
+      assert.ok(proxy.counts.faulted >= 2, 'the -end PUT was retried and failed each time');
+      const after = commitOf(2, 10, 4);
+      await m.commit([after]); // the flusher reclaims its WAL records now
+      await m.close();
+      const again = (await opened(be)).index;
+      assert.equal(again.persistedSeq(0), 101, 'in the checkpoint');
+      assert.equal(again.persistedSeq(10), 201, 'the commit after the checkpoint');
+    });
+
+    it('when the listing fails too, the checkpoint fails with VBFS_IO and the map takes no more commits (the next open decides)', async () => {
+      const be = viaProxy({ operationTimeoutMs: 1000 });
+      const { m, index } = await opened(be);
+      const first = commitOf(1, 0, 4);
+      await m.commit([first]);
+      apply(index, first);
+      proxy.faultWhere = (req) =>
+        req.method === 'PUT' && isEndPart(req.url) ? '500AfterUpstream' : req.method === 'GET' && req.url?.includes('list-type') ? '503' : null;
+      const unsure = (err: unknown): boolean => isVbfsError(err, 'VBFS_IO') && err.details['checkpointUnsure'] === true;
+      await assert.rejects(m.checkpoint(index, 200, 2), unsure);
+      proxy.faultWhere = null;
+      await assert.rejects(m.commit([commitOf(2, 10, 4)]), unsure);
+      await m.close();
+      const again = (await opened(be)).index;
+      assert.equal(again.persistedSeq(0), 101, 'the checkpoint landed: it counts');
+      assert.equal(again.persistedSeq(10), 0, 'refused, never committed');
+    });
   });
 });

@@ -142,9 +142,20 @@ export class BucketMapMedium implements MapMedium {
     // The newest group is held back: it becomes the `-end` part at publish, so the
     // checkpoint is complete exactly when its last byte is durable.
     let held: Buffer | null = null;
+    const partKey = (buf: Buffer, end: boolean): string => `${dir}${hex(part, 6)}-${hex(buf.length, 8)}${end ? '-end' : ''}`;
     const putPart = async (buf: Buffer, end: boolean): Promise<void> => {
-      await this.backend.put(`${dir}${hex(part, 6)}-${hex(buf.length, 8)}${end ? '-end' : ''}`, buf);
+      await this.backend.put(partKey(buf, end), buf);
       part++;
+    };
+    /** The checkpoint is current: older ones go (best effort: cleanup() on the next writable open deletes what is left). */
+    const current = async (): Promise<void> => {
+      if (this.currentGroup !== undefined) this.currentGroup = `${hex(this.epoch, 8)}/${hex(firstSegment, 12)}`;
+      try {
+        const { stale } = await this.scanCheckpoints();
+        for (const key of stale) await this.backend.delete(key);
+      } catch {
+        // left for cleanup()
+      }
     };
     return {
       write: async (group) => {
@@ -156,16 +167,24 @@ export class BucketMapMedium implements MapMedium {
       publish: async () => {
         await putPart(held ?? Buffer.alloc(0), true);
         held = null;
-        if (this.currentGroup !== undefined) this.currentGroup = `${hex(this.epoch, 8)}/${hex(firstSegment, 12)}`;
-        // The new checkpoint is current from here on: the older ones go. Best effort: it
-        // is published, and a failure here must not make the map store think it is not
-        // (the next writable open's cleanup() deletes what is left).
-        try {
-          const { stale } = await this.scanCheckpoints();
-          for (const key of stale) await this.backend.delete(key);
-        } catch {
-          // left for cleanup()
+        // Current from here on, whatever the cleanup does: a failure there must not
+        // make the map store think it is not.
+        await current();
+      },
+      // The `-end` PUT failed after its retries, but a PUT whose answer was lost (a
+      // reset or a 500 after RGW stored it) may have landed, and then the checkpoint
+      // counts on the next open: a listing tells. An error here (the bucket does not
+      // answer a listing either) leaves it unknown, and the caller must stop.
+      published: async () => {
+        if (held === null) return true;
+        const key = partKey(held, true);
+        const landed = (await this.backend.list(dir)).includes(key);
+        if (landed) {
+          held = null;
+          part++;
+          await current();
         }
+        return landed;
       },
     };
   }

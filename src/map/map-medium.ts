@@ -69,6 +69,12 @@ export interface CheckpointSink {
   sync(): Promise<void>;
   close(): Promise<void>;
   publish(): Promise<void>;
+  /**
+   * After publish() failed: whether the checkpoint is current anyway (a bucket: its
+   * last part landed but the answer was lost after every retry), found by looking.
+   * Rejects when that cannot be told either. Absent: a failed publish never counts.
+   */
+  published?(): Promise<boolean>;
 }
 
 const CHECKPOINT = 'checkpoint';

@@ -81,6 +81,15 @@ export class MapStore {
   reserved = 0;
   /** Appends, checkpoints and close run one at a time: reservations come from the writer, commits from the flusher. */
   private serial: Promise<unknown> = Promise.resolve();
+  /**
+   * Set when a checkpoint's publish failed and whether it counts could not be told:
+   * every later append is refused with it. If it does count, a commit numbered below
+   * it would be covered by it and never replayed; if it does not, one numbered at or
+   * above it would be fine either way only in the medium's current numbering. Rather
+   * than guess, the map stops taking commits; the next open reads what is there (the
+   * WAL still holds everything not committed before).
+   */
+  private unsure: VbfsError | null = null;
 
   constructor(
     fileIO: FileIO,
@@ -328,6 +337,7 @@ export class MapStore {
   reserve(upTo: number): Promise<void> {
     return this.exclusive(async () => {
       if (upTo <= this.reserved) return;
+      if (this.unsure) throw this.unsure;
       if (!this.fd) await this.openLog();
       const frame = Buffer.concat([encodeFrame(encodeSyncFrame(this.pos)), encodeFrame(encodeReservation(upTo))]);
       await this.failpoint('reserve:beforeWrite');
@@ -352,6 +362,7 @@ export class MapStore {
   }
 
   private async appendCommit(placements: ChunkPlacement[]): Promise<void> {
+    if (this.unsure) throw this.unsure;
     if (!this.fd) await this.openLog();
     // Everything before this.pos was covered by the previous commit's fdatasync.
     // One 'X' frame per chunk: its extents (runs of blocks stored back to back).
@@ -373,6 +384,7 @@ export class MapStore {
    */
   commitTrims(blocks: Float64Array, seqs: Float64Array, count: number): Promise<void> {
     return this.exclusive(async () => {
+      if (this.unsure) throw this.unsure;
       if (!this.fd) await this.openLog();
       const frame = Buffer.concat([encodeFrame(encodeSyncFrame(this.pos)), encodeFrame(encodeTrimCommit(blocks, seqs, count))]);
       await (this.fd as MapSegmentWriter).append(frame, this.pos);
@@ -404,6 +416,7 @@ export class MapStore {
   }
 
   private async writeCheckpoint(index: BlockIndex, seq: number, nextChunkId: number): Promise<void> {
+    if (this.unsure) throw this.unsure;
     const newSeg = this.seg + 1;
     const fd = await this.medium.createCheckpoint(newSeg);
     // The index is read only after a turn of the event loop. A commit that ran just
@@ -459,7 +472,28 @@ export class MapStore {
       await fd.close();
     }
     await this.failpoint('checkpoint:beforeRename');
-    await fd.publish();
+    try {
+      await fd.publish();
+    } catch (err) {
+      // A failed publish may still have made the checkpoint current (a bucket PUT whose
+      // answer was lost after every retry). Then the next commit must go past it, as
+      // below, or it would be numbered below the checkpoint, count as covered by it and
+      // never be replayed, though the flusher reclaims its WAL records. Look, once.
+      let counts: boolean;
+      try {
+        counts = (await fd.published?.()) ?? false;
+      } catch (lookErr) {
+        this.unsure = new VbfsError(
+          'VBFS_IO',
+          `map: a checkpoint publish failed and whether it counts cannot be told (${(lookErr as Error).message}); no more map commits until the volume is opened again`,
+          { checkpointUnsure: true },
+          { cause: err },
+        );
+        throw this.unsure;
+      }
+      if (!counts) throw err;
+      this.logger.warn('checkpoint publish reported a failure but the checkpoint is in place: it counts', { error: String(err) });
+    }
     await this.failpoint('checkpoint:afterRename');
     // Current from here on, whatever the cleanup below does: the next commit must go
     // to newSeg. One left in a segment below it (a failed DELETE used to return before

@@ -40,9 +40,29 @@ export function isBackendDown(err: unknown): err is VbfsError {
  * One flush: snapshot the current version of every in-memory block (pinning the
  * slots), sync the WAL and seal its segment, then wave by wave (waveChunks chunks
  * written in parallel): build the chunks, put them, commit their locations to the
- * map log with one fdatasync, point the index at them and free the slots. Then
- * drop the WAL segments the snapshot covered, write a checkpoint when the map log
- * has grown, and delete the chunk objects no block points at any more.
+ * map log with one fdatasync, point the index at them and free the slots. Up to
+ * flushWaves waves are in flight: the next wave's chunks are built and put while a
+ * wave's map delta commits (over S3 that commit is a PUT of its own, and the bucket
+ * took no chunk meanwhile). Then drop the WAL segments the snapshot covered, write a
+ * checkpoint when the map log has grown, and delete the chunk objects no block
+ * points at any more.
+ *
+ * The rules that make overlapping waves safe (each holds for one wave too):
+ *  - a wave's map delta names only chunks whose put resolved: it is committed after
+ *    its own puts, never before;
+ *  - deltas are committed in wave order (a wave waits for the one before it), so a
+ *    crash leaves a prefix of the waves in the map and the rest as orphans; chunk ids
+ *    are taken per wave before any await, so those orphans hold the highest flusher
+ *    ids (recovery deletes every chunk the map does not reference, whatever its id);
+ *  - a wave after one that was not committed is not committed either (the error of
+ *    the first goes to the caller); whatever it wrote is deleted as dead;
+ *  - the WAL segments are reclaimed only after every wave and the trim commit of
+ *    the flush are durable, and the checkpoint comes after that (the compactor does
+ *    not checkpoint while a flush runs);
+ *  - a chunk goes to the dead list only from index.takeDeadChunks() after a durable
+ *    commit superseded its last block, or when no delta named it;
+ *  - fencing is the backend's: a fenced writer's puts and deltas fail, and a wave
+ *    after one that failed is not committed.
  */
 export class Flusher implements FlushControl {
   /** The last flush failed for lack of space; retried every noSpaceRetryMs (not a failure). */
@@ -64,6 +84,8 @@ export class Flusher implements FlushControl {
   private readonly wal: WalWriter;
   /** Chunk objects written in parallel per wave (one map commit per wave). */
   private readonly waveChunks: number;
+  /** Waves being written or waiting for their map commit at once. */
+  private readonly wavesInFlight: number;
 
   constructor(
     private readonly core: VolumeCore,
@@ -71,7 +93,9 @@ export class Flusher implements FlushControl {
   ) {
     this.wal = writer.wal;
     this.waveChunks = core.tunables.flushWaveChunks;
-    this.builder = new ChunkBuilder(core.info.id, core.blockSize, core.tunables.chunkBytes, this.waveChunks);
+    this.wavesInFlight = core.tunables.flushWaves;
+    // One buffer per chunk object in flight, reused across waves.
+    this.builder = new ChunkBuilder(core.info.id, core.blockSize, core.tunables.chunkBytes, this.waveChunks * this.wavesInFlight);
     // Chunks the index dropped while loading the map are orphans, which recovery deleted.
     core.index.takeDeadChunks();
     this.intervalTimer = setInterval(() => {
@@ -375,11 +399,15 @@ export class Flusher implements FlushControl {
     // committed, so a writer waiting for room waits for one wave, not for the
     // whole snapshot (up to the whole write buffer) to reach the backend.
     let unpinned = 0;
+    // Waves being written or waiting for their commit, oldest first (at most wavesInFlight).
+    const waves: Promise<void>[] = [];
     try {
       // Grouped by raw size: compressed records are never larger, so a group never overflows a chunk.
       const perChunk = this.core.recordsPerChunk;
       const perWave = this.waveRecords;
+      let committed: Promise<void> = Promise.resolve();
       for (let i = 0; i < entries.length; i += perWave) {
+        if (waves.length >= this.wavesInFlight) await waves.shift();
         // The WAL's queued writes go to the disk before the next wave's chunks: on a
         // slow disk a writer waiting for WAL room (walBackpressure) then waits for
         // at most one wave, instead of for every wave the flusher queues ahead of it.
@@ -387,12 +415,19 @@ export class Flusher implements FlushControl {
         const end = Math.min(entries.length, i + perWave);
         const wave: number[][] = [];
         for (let k = i; k < end; k += perChunk) wave.push(entries.slice(k, Math.min(k + perChunk, end)));
-        await this.writeWave(wave);
-        for (; unpinned < end; unpinned++) arena.unpin(entries[unpinned] as number);
+        committed = this.writeWave(wave, committed).then(() => {
+          // Waves end in order, so the slots before `end` are all committed.
+          for (; unpinned < end; unpinned++) arena.unpin(entries[unpinned] as number);
+        });
+        committed.catch(() => undefined); // awaited in order (waves); the next wave fails with this one's error
+        waves.push(committed);
       }
+      while (waves.length > 0) await waves.shift();
       if (zeros.count > 0) await this.commitTrims(zeros);
       zeros.count = 0;
     } finally {
+      // No wave may still read the slots (a chunk being built) or commit them.
+      await Promise.allSettled(waves);
       for (; unpinned < entries.length; unpinned++) arena.unpin(entries[unpinned] as number);
       // Not committed (a wave or the trim commit failed): the next flush takes them again.
       this.core.zeros.restore(zeros.blocks, zeros.seqs, zeros.count);
@@ -471,15 +506,71 @@ export class Flusher implements FlushControl {
   }
 
   /**
-   * Write a wave of chunk objects in parallel (their fdatasyncs overlap), then
-   * commit all their locations with one map log write + fdatasync, then point the
-   * index at them. A crash before the commit leaves orphan chunks, which recovery
-   * deletes; the WAL still holds their data.
+   * Write a wave of chunk objects in parallel (their fdatasyncs overlap), then, once
+   * the previous wave is committed (`prev`), commit all their locations with one map
+   * log write + fdatasync and point the index at them. So the map names only chunks
+   * whose put succeeded, and commits stay in wave order while the next wave's puts
+   * overlap this one's commit. A crash before the commit leaves orphan chunks, which
+   * recovery deletes; the WAL still holds their data.
    */
-  private async writeWave(groups: number[][]): Promise<void> {
+  private async writeWave(groups: number[][], prev: Promise<void>): Promise<void> {
     const { arena, index, ctx, counters } = this.core;
+    const builds = this.buildWave(groups);
+    const upload = builds.then((b) => this.putWave(b));
+    upload.catch(() => undefined); // awaited below, after prev
+    try {
+      await prev;
+    } catch (err) {
+      // An earlier wave was not committed, so neither is this one (the map stays in
+      // order): nothing will point at what it writes. Only its build is waited for
+      // (it reads the slots); its puts end in the background (an outage is reported
+      // without waiting for each put's deadline), and what they wrote is deleted.
+      await builds.catch(() => undefined);
+      upload.then(
+        (built) => {
+          for (const c of built) this.deadChunks.push(c.id);
+          this.processDeadChunks();
+        },
+        () => undefined, // putWave gave what did land to the dead list, or the volume failed
+      );
+      throw err;
+    }
+    const built = await upload;
+    await this.core.map.commit(built.map((c) => c.placement));
+    await ctx.failpoint('flush:afterMapCommit');
+    for (const c of built) {
+      const pl = c.placement;
+      for (let k = 0; k < c.slots.length; k++) {
+        const slot = c.slots[k] as number;
+        if (index.setPersisted(pl.blocks[k] as number, pl.seqs[k] as number, c.id, pl.offsets[k] as number, pl.lens[k] as number, pl.flags[k] as number, slot))
+          arena.release(slot);
+      }
+      index.noteChunkRecords(c.id, c.slots.length, c.buf.length - SEGMENT_HEADER);
+      counters.chunkFlushes++;
+      counters.flushedBytes += c.buf.length;
+    }
+    for (const id of index.takeDeadChunks()) this.deadChunks.push(id);
+  }
+
+  /** Encode a wave's chunk objects from its slots (the slots are not read after this resolves). */
+  private async buildWave(groups: number[][]): Promise<BuiltChunk[]> {
+    // Ids taken now, before any await: waves' builds may interleave with each other and
+    // with the compactor's, and a wave's ids must all be above the previous wave's, so
+    // a crash leaves the uncommitted waves' chunks as the highest flusher ids.
+    const firstId = this.core.nextChunkId;
+    this.core.nextChunkId += groups.length;
     const built: BuiltChunk[] = [];
-    for (const slots of groups) built.push(await this.builder.build(arena, slots, this.core.nextChunkId++));
+    for (let g = 0; g < groups.length; g++) built.push(await this.builder.build(this.core.arena, groups[g] as number[], firstId + g));
+    return built;
+  }
+
+  /**
+   * Put a wave's chunk objects in parallel; resolves when all are on the backend. On a
+   * failure the ones that landed go to the dead list when the flush will be retried
+   * (outage, disk full): no delta will name them.
+   */
+  private async putWave(built: BuiltChunk[]): Promise<BuiltChunk[]> {
+    const { ctx } = this.core;
     const puts = await Promise.allSettled(
       built.map(async (c) => {
         await ctx.failpoint('flush:beforeChunkWrite');
@@ -506,20 +597,7 @@ export class Flusher implements FlushControl {
       }
       throw failed.reason;
     }
-    await this.core.map.commit(built.map((c) => c.placement));
-    await ctx.failpoint('flush:afterMapCommit');
-    for (const c of built) {
-      const pl = c.placement;
-      for (let k = 0; k < c.slots.length; k++) {
-        const slot = c.slots[k] as number;
-        if (index.setPersisted(pl.blocks[k] as number, pl.seqs[k] as number, c.id, pl.offsets[k] as number, pl.lens[k] as number, pl.flags[k] as number, slot))
-          arena.release(slot);
-      }
-      index.noteChunkRecords(c.id, c.slots.length, c.buf.length - SEGMENT_HEADER);
-      counters.chunkFlushes++;
-      counters.flushedBytes += c.buf.length;
-    }
-    for (const id of index.takeDeadChunks()) this.deadChunks.push(id);
+    return built;
   }
 
   /** Chunks the compactor emptied (its map commit is durable): deleted like the flusher's own. */

@@ -80,6 +80,7 @@ export interface VolumeTunables {
   flushBytes: number; // start a background flush when this much is pending (default 32 MiB)
   flushIntervalMs: number; // flush pending data at least this often (default 5000)
   flushWaveChunks: number; // chunk objects a flush wave writes in parallel, one map commit per wave (default 4; bench:s3 --flush-wave compares others)
+  flushWaves: number; // flush waves in flight at once: the next wave's chunks are written while a wave's map delta commits (default 1; 2 over a remote backend; bench:s3 --flush-waves compares others)
   batchBlocks: number; // batched mode: start a sync after this many unsynced blocks; writers wait at twice that (default 1024)
   batchMs: number; // batched mode: sync at most this long after a write (default 5)
   cacheBytes: number; // read cache size at most (default 1 GiB; the memory share minus the write buffer bounds it)

@@ -29,6 +29,7 @@ export const DEFAULT_TUNABLES: VolumeTunables = {
   flushBytes: 32 * MiB,
   flushIntervalMs: 5000,
   flushWaveChunks: 4,
+  flushWaves: 1,
   batchBlocks: 1024,
   batchMs: 5,
   // At most this much: the volume's memory share (store.ts) bounds it, and the cache
@@ -188,10 +189,20 @@ export class VolumeCore {
 
 /** Readahead over a remote backend (S3) when none is given: 8 reads of 1 MiB in flight, the round trips overlap. */
 export const REMOTE_READAHEAD_BYTES = 8 * MiB;
+/**
+ * Flush waves in flight over a remote backend when none is given: two, so the next
+ * wave's chunk PUTs run while a wave's map delta (a PUT of its own) commits, instead
+ * of the bucket idling for a round trip per wave. Locally one: a writer waiting on a
+ * slow disk then waits for one wave (test/slow-disk.test.ts).
+ */
+export const REMOTE_FLUSH_WAVES = 2;
 
 function resolveTunables(opts: VolumeOpenOptions, blockSize: number, remote: boolean): VolumeTunables {
   const t: VolumeTunables = { ...DEFAULT_TUNABLES };
-  if (remote) t.readaheadBytes = REMOTE_READAHEAD_BYTES;
+  if (remote) {
+    t.readaheadBytes = REMOTE_READAHEAD_BYTES;
+    t.flushWaves = REMOTE_FLUSH_WAVES;
+  }
   for (const k of Object.keys(DEFAULT_TUNABLES) as (keyof VolumeTunables)[]) {
     const v = opts[k];
     if (v === undefined) continue;
@@ -210,6 +221,7 @@ function resolveTunables(opts: VolumeOpenOptions, blockSize: number, remote: boo
   if (t.flushIntervalMs < 1) t.flushIntervalMs = 1;
   if (!Number.isInteger(t.flushWaveChunks) || t.flushWaveChunks < 1)
     throw new VbfsError('VBFS_INVALID_ARGUMENT', `flushWaveChunks must be an integer of at least 1`);
+  if (!Number.isInteger(t.flushWaves) || t.flushWaves < 1) throw new VbfsError('VBFS_INVALID_ARGUMENT', `flushWaves must be an integer of at least 1`);
   if (t.compactTargetRatio < 1 || t.compactStartRatio < t.compactTargetRatio) {
     throw new VbfsError('VBFS_INVALID_ARGUMENT', `compaction ratios: need 1 <= compactTargetRatio <= compactStartRatio`);
   }

@@ -10,6 +10,7 @@
  *   proxy.next('500AfterUpstream');   // forwarded, answered, the client gets a 500
  *   proxy.next('delay', 1, 2000);  // forwarded after 2 s
  *   proxy.delayWhere = (req) => (req.method === 'PUT' ? 2000 : 0); // every PUT forwarded after 2 s
+ *   proxy.faultWhere = (req) => (req.url?.includes('-end') ? '500AfterUpstream' : null); // every such request, retries too
  *   proxy.outage = 'blackhole';    // every request hangs without an answer
  *   proxy.outage = '503' | 'reset' | null;
  *
@@ -26,6 +27,8 @@ export class FaultProxy {
   readonly counts = { requests: 0, forwarded: 0, faulted: 0 };
   /** While set: each request it gives a positive delay for (and no queued fault or outage hits) is forwarded after that many ms. */
   delayWhere: ((req: http.IncomingMessage) => number) | null = null;
+  /** While set: each request it names a fault for (and no queued fault hits) gets that fault, before any outage. */
+  faultWhere: ((req: http.IncomingMessage) => Exclude<Fault, 'delay'> | null) | null = null;
   private readonly queue: { fault: Fault; delayMs: number }[] = [];
   private readonly sockets = new Set<Socket>();
   private readonly target: URL;
@@ -70,7 +73,7 @@ export class FaultProxy {
   private handle(req: http.IncomingMessage, res: http.ServerResponse): void {
     this.counts.requests++;
     const queued = this.queue.shift();
-    const fault = queued?.fault ?? this.outage;
+    const fault = queued?.fault ?? this.faultWhere?.(req) ?? this.outage;
     if (fault === null || fault === undefined) {
       const delayMs = this.delayWhere?.(req) ?? 0;
       if (delayMs > 0) {

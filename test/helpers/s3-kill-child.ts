@@ -11,7 +11,7 @@
  */
 import { S3Backend, type S3BackendOptions } from '../../src/backend/s3-backend';
 import { Store } from '../../src/store/store';
-import { KILL_LEASE_TTL_MS, KILL_TUNABLES, stampedWrite, writeOf } from './s3-kill-model';
+import { KILL_LEASE_TTL_MS, killTunables, stampedWrite, writeOf } from './s3-kill-model';
 
 interface Args {
   dir: string;
@@ -31,13 +31,17 @@ const send = (m: unknown): Promise<void> =>
   });
 
 async function main(): Promise<void> {
+  /** Chunk PUTs between their before- and after-write failpoints (a failed PUT never decrements: an upper bound). */
+  let putsInFlight = 0;
   const a = JSON.parse(process.argv[2] as string) as Args;
   const backend = new S3Backend(a.backend);
   const store = await Store.open(a.dir, {
     backend,
     metadata: 'backend',
     // Short: after each SIGKILL the test waits for this lease to expire before it reopens.
-    leaseTtlMs: KILL_LEASE_TTL_MS,
+    // A writer that closes cleanly releases it: longer, so that a loaded machine's late
+    // renewals do not fence the proxy round (10 s, as the test's own reopens).
+    leaseTtlMs: a.closeAtEnd ? 10_000 : KILL_LEASE_TTL_MS,
     ...(process.env['VBFS_S3_KILL_LOG']
       ? {
           logger: {
@@ -49,10 +53,17 @@ async function main(): Promise<void> {
         }
       : {}),
     failpoint: (name) => {
-      if (name === 'flush:beforeChunkWrite') process.send?.({ type: 'flushing' });
+      if (name === 'flush:beforeChunkWrite') {
+        putsInFlight++;
+        process.send?.({ type: 'flushing' });
+      } else if (name === 'flush:afterChunkWrite') putsInFlight--;
+      // A wave's map delta committed while the next wave's chunk PUTs were in flight
+      // (overlapping waves): the parent counts these, so a run shows that a kill can
+      // land between two waves' PUTs and commits.
+      else if (name === 'flush:afterMapCommit' && putsInFlight > 0) process.send?.({ type: 'overlap' });
     },
   });
-  const vol = await store.openVolume('v', { ...KILL_TUNABLES, durability: a.durability ?? 'batched' });
+  const vol = await store.openVolume('v', { ...killTunables(a.round), durability: a.durability ?? 'batched' });
   await send({ type: 'open' });
   let pending: number[] = [];
   for (let i = 0; i < a.writes; i++) {

@@ -24,6 +24,16 @@ export const KILL_TUNABLES: Partial<VolumeTunables> = {
   batchMs: 2,
 };
 
+/**
+ * The killed writer's tunables in round `round`: flush waves of one or two chunks
+ * (alternating), so that a flush of more than a chunk or two has several waves and
+ * the next wave's chunk PUTs overlap a wave's map delta (two waves in flight over a
+ * bucket): kills then land between one wave's PUTs and another's commit.
+ */
+export function killTunables(round: number): Partial<VolumeTunables> {
+  return { ...KILL_TUNABLES, flushWaveChunks: 1 + (round % 2) };
+}
+
 export interface KillWrite {
   block: number;
   blocks: number;
