@@ -31,6 +31,8 @@ class SlowBackend extends MemoryBackend {
   /** Chunk keys whose put resolved, in order. */
   readonly done: string[] = [];
   failing = new Set<string>();
+  /** A failing put waits until this holds (at most 10 s), so what runs meanwhile does not depend on the machine's load. */
+  failWhen: ((done: string[]) => boolean) | null = null;
 
   constructor(private readonly ms: number) {
     super();
@@ -42,7 +44,10 @@ class SlowBackend extends MemoryBackend {
     this.peak = Math.max(this.peak, this.inFlight);
     try {
       await sleep(this.ms);
-      if (this.failing.has(key)) throw new VbfsError('VBFS_IO', `injected: put '${key}' refused`, { key });
+      if (this.failing.has(key)) {
+        for (let waited = 0; this.failWhen && !this.failWhen(this.done) && waited < 10_000; waited += 5) await sleep(5);
+        throw new VbfsError('VBFS_IO', `injected: put '${key}' refused`, { key });
+      }
       await super.put(key, data);
       this.done.push(key);
     } finally {
@@ -156,6 +161,8 @@ describe('flush pipeline: waves overlap, the map stays safe', () => {
     const info = (await store.listVolumes()).find((v) => v.name === 'p');
     assert.ok(info);
     backend.failing.add(chunkKey(info.id, 5));
+    // It fails only once a chunk of the third wave is written: a pipeline that runs ahead gets there.
+    backend.failWhen = (done) => done.map(chunkId).some((id) => id > 8);
     await assert.rejects(vol.flush(), (err: unknown) => err instanceof VbfsError && err.code === 'VBFS_IO');
     const committed = commits.flatMap((c) => c.ids);
     assert.deepEqual(committed, [1, 2, 3, 4], 'only the first wave is committed');
