@@ -503,6 +503,24 @@ describe('encryption at rest (engine)', () => {
   describe('sealing large writes in the crypto worker', () => {
     type Pool = { batchesSealed: number; worker: { terminate(): Promise<number> } | null };
     const poolOf = (vol: Volume): Pool => (vol as unknown as { core: { cipherPool: Pool } }).core.cipherPool;
+    /**
+     * Batches sent to the crypto worker wait (before they reach it) until release():
+     * their records stay in the worker, acknowledged and not in the WAL, for as long as
+     * a test needs, whatever the worker's speed.
+     */
+    function holdSeals(vol: Volume): { release: () => void; calls: number } {
+      const pool = (vol as unknown as { core: { cipherPool: { seal: (...args: unknown[]) => Promise<void> } } }).core.cipherPool;
+      const seal = pool.seal.bind(pool);
+      let open!: () => void;
+      const gate = new Promise<void>((r) => (open = r));
+      const h = { release: () => open(), calls: 0 };
+      pool.seal = async (...args: unknown[]) => {
+        h.calls++;
+        await gate;
+        return seal(...args);
+      };
+      return h;
+    }
     /** Writes of 1 to 12 blocks, some overlapping blocks still in the worker; the model of what the volume holds. */
     async function writeMix(vol: Volume, model: Buffer, rng: Rng, n: number): Promise<number> {
       let blocks = 0;
@@ -635,6 +653,69 @@ describe('encryption at rest (engine)', () => {
         await again.close();
       });
     }
+
+    it('an fsync waiting for records in the worker refuses once the volume failed meanwhile: the records were dropped, not logged', async () => {
+      const sim = new SimFS();
+      const store = await Store.open(DIR, { fileIO: sim });
+      await store.createVolume('c', { size: SIZE, blockSize: BS, durability: 'batched', encryption: { key: hexKey(11) } });
+      const vol = await store.openVolume('c', { key: hexKey(11), cryptoSealBlocks: 4, ...KEEP_IN_WAL });
+      const held = holdSeals(vol);
+      await vol.write(0, new Rng(11).bytes(8 * BS)); // acknowledged: its records are in the worker
+      const synced = vol.fsync(); // waits for them
+      await new Promise<void>((r) => setImmediate(r));
+      // The volume fails meanwhile (what a flush's chunk write error or a power cut in
+      // the crash sweeps does): the batch, once back, is not appended (appendSealed).
+      const core = (vol as unknown as { core: { fail: (err: unknown) => VbfsError } }).core;
+      core.fail(new VbfsError('VBFS_IO', 'simulated: a chunk write failed'));
+      held.release();
+      await rejectsWith(synced, 'VBFS_IO');
+      assert.ok(held.calls > 0, 'nothing went to the worker');
+      await vol.close().catch(() => undefined);
+      await store.close().catch(() => undefined);
+    });
+
+    it('a close with records still in the worker leaves no WAL byte unsynced: a power cut after the next open cannot tear the segment they landed in', async () => {
+      const sim = new SimFS();
+      const store = await Store.open(DIR, { fileIO: sim });
+      await store.createVolume('c', { size: SIZE, blockSize: BS, durability: 'batched', encryption: { key: hexKey(9) } });
+      let vol = await store.openVolume('c', { key: hexKey(9), cryptoSealBlocks: 4, ...KEEP_IN_WAL });
+      const model = Buffer.alloc(SIZE);
+      const data = new Rng(9).bytes(8 * BS);
+      data.copy(model, 0);
+      // The batch stays in the worker until the close's flush has sealed the WAL segment
+      // (rotate): its records land in a new segment, which the close's WAL sync covers.
+      const held = holdSeals(vol);
+      await vol.write(0, data);
+      const wal = (vol as unknown as { writer: { wal: { rotate: () => Promise<number> } } }).writer.wal;
+      const rotate = wal.rotate.bind(wal);
+      wal.rotate = () => {
+        const p = rotate();
+        held.release();
+        return p;
+      };
+      await vol.close();
+      assert.ok(held.calls > 0, 'nothing went to the worker');
+      assert.deepEqual(
+        sim.unsynced().files.filter((f) => f.endsWith('.wal')),
+        [],
+        'a WAL segment kept after a clean close has bytes no fdatasync covered (the last sync marker)',
+      );
+      // The next open writes a newer segment; then the power goes. Whatever of the
+      // unsynced bytes lands, the older segment must replay.
+      vol = await store.openVolume('c', { key: hexKey(9), cryptoThreads: 0 });
+      const one = new Rng(10).bytes(BS);
+      one.copy(model, 40 * BS);
+      await vol.write(40 * BS, one);
+      await vol.fsync();
+      for (let k = 0; k < 16; k++) {
+        const after = sim.afterCrash(new Rng(k), 'reorder', BS);
+        const s2 = await Store.open(DIR, { fileIO: after });
+        const v2 = await s2.openVolume('c', { key: hexKey(9), readOnly: true });
+        assert.deepEqual(await v2.read(0, SIZE), model, `power cut ${k}`);
+        await s2.close();
+      }
+      await store.close().catch(() => undefined);
+    });
 
     it('a zero write or trim behind records still in the worker waits for them: the WAL holds records in seq order', async () => {
       const sim = new SimFS();

@@ -627,6 +627,7 @@ export class Writer {
   async fsync(): Promise<void> {
     await this.drain();
     await this.sealsSettled();
+    this.checkNoneDropped();
     if (this.core.durability === 'async') {
       this.backgroundSync();
       return;
@@ -648,11 +649,25 @@ export class Writer {
   async syncWal(upTo?: number): Promise<void> {
     // Everything means every write acknowledged so far, also those still being sealed.
     if (upTo === undefined && this.sealQueue.length + (this.sealOpen ? 1 : 0) > 0) await this.sealsSettled();
+    this.checkNoneDropped();
     try {
       await this.wal.sync(upTo);
     } catch (err) {
       throw this.failUnlessNoSpace(err);
     }
+  }
+
+  /**
+   * Records that come back from the worker after the volume failed are dropped, not
+   * appended (appendSealed), and the WAL itself may be fine: its sync would then
+   * cover everything it holds and resolve, and an fsync would report writes durable
+   * that are in no WAL. So once the volume has failed, no sync reports anything
+   * durable (seen in the crash sweeps: a flush cut by the power failed the volume
+   * while an fsync waited for a batch in the worker; the fsync returned, the batch
+   * was gone).
+   */
+  private checkNoneDropped(): void {
+    if (this.core.failed) throw this.core.failed;
   }
 
   /** Remember an appended record until a sync covers it (the ring doubles when full; its length is a power of two). */
