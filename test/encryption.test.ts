@@ -1,5 +1,6 @@
 import * as assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
+import { Worker } from 'node:worker_threads';
 import { Store } from '../src/store/store';
 import type { Volume } from '../src/store/volume';
 import type { VolumeTunables } from '../src/store/types';
@@ -502,6 +503,24 @@ describe('encryption at rest (engine)', () => {
   describe('sealing large writes in the crypto worker', () => {
     type Pool = { batchesSealed: number; worker: { terminate(): Promise<number> } | null };
     const poolOf = (vol: Volume): Pool => (vol as unknown as { core: { cipherPool: Pool } }).core.cipherPool;
+    /**
+     * Batches sent to the crypto worker wait (before they reach it) until release():
+     * their records stay in the worker, acknowledged and not in the WAL, for as long as
+     * a test needs, whatever the worker's speed.
+     */
+    function holdSeals(vol: Volume): { release: () => void; calls: number } {
+      const pool = (vol as unknown as { core: { cipherPool: { seal: (...args: unknown[]) => Promise<void> } } }).core.cipherPool;
+      const seal = pool.seal.bind(pool);
+      let open!: () => void;
+      const gate = new Promise<void>((r) => (open = r));
+      const h = { release: () => open(), calls: 0 };
+      pool.seal = async (...args: unknown[]) => {
+        h.calls++;
+        await gate;
+        return seal(...args);
+      };
+      return h;
+    }
     /** Writes of 1 to 12 blocks, some overlapping blocks still in the worker; the model of what the volume holds. */
     async function writeMix(vol: Volume, model: Buffer, rng: Rng, n: number): Promise<number> {
       let blocks = 0;
@@ -558,30 +577,144 @@ describe('encryption at rest (engine)', () => {
       });
     }
 
-    it('a stream of large writes reuses the batch buffers of every batch that can be in the worker at once', async () => {
-      const sim = new SimFS();
-      const key = hexKey();
-      const store = await Store.open(DIR, { fileIO: sim });
+    it('a batch is sealed in place in the shared write buffer: the message to the worker carries no plaintext and transfers nothing', async () => {
+      const posted: { bytes: number; shared: SharedArrayBuffer[]; transferred: number }[] = [];
+      const proto = Worker.prototype as unknown as { postMessage: (this: Worker, m: unknown, t?: readonly unknown[]) => void };
+      const post = proto.postMessage;
+      proto.postMessage = function (this: Worker, m: unknown, t?: readonly unknown[]) {
+        if ((m as { op?: string }).op === 'seal') {
+          const one = { bytes: 0, shared: [] as SharedArrayBuffer[], transferred: t?.length ?? 0 };
+          for (const v of Object.values(m as object)) {
+            if (v instanceof ArrayBuffer) one.bytes += v.byteLength;
+            else if (ArrayBuffer.isView(v)) one.bytes += v.buffer instanceof SharedArrayBuffer ? 0 : v.byteLength;
+            else if (Array.isArray(v)) for (const x of v) if (x instanceof SharedArrayBuffer) one.shared.push(x);
+          }
+          posted.push(one);
+        }
+        post.call(this, m, t);
+      };
+      let sim = new SimFS();
+      let store = await Store.open(DIR, { fileIO: sim });
       try {
-        // 64 records per batch; 40 writes of 64 blocks sent at once put 40 batches in the worker.
-        await store.createVolume('c', { size: 64 * 64 * BS, blockSize: BS, durability: 'batched', encryption: { key } });
-        const vol = await store.openVolume('c', { key, cryptoThreads: 1, flushBytes: 1 << 30, writeBufferBytes: 8 << 20, walSegmentBytes: 8 << 20 });
-        const writer = (vol as unknown as { writer: { sealBuffersAllocated: number } }).writer;
-        const big = new Rng(3).bytes(64 * BS);
-        const round = async (): Promise<number> => {
-          const before = writer.sealBuffersAllocated;
-          await Promise.all(Array.from({ length: 40 }, (_, k) => vol.write((k % 64) * 64 * BS, big)));
-          await vol.fsync();
-          return writer.sealBuffersAllocated - before;
-        };
-        const first = await round();
-        assert.ok(first >= 30, `${first} batch buffers for the first 40 batches`);
-        const later = (await round()) + (await round());
-        assert.ok(later <= 16, `${later} batch buffers allocated again for 80 more batches`);
-        assert.deepEqual(await vol.read(0, 64 * BS), big);
+        await store.createVolume('c', { size: SIZE, blockSize: BS, durability: 'batched', encryption: { key: hexKey(4) } });
+        const vol = await store.openVolume('c', { key: hexKey(4), cryptoSealBlocks: 4, ...KEEP_IN_WAL });
+        const data = new Rng(4).bytes(SIZE);
+        for (let b = 0; b < BLOCKS; b += 16) await vol.write(b * BS, data.subarray(b * BS, (b + 16) * BS));
+        await vol.fsync();
+        const arena = (vol as unknown as { core: { arena: { slab(s: number): Buffer; sealedSlab(s: number): Buffer } } }).core.arena;
+        assert.ok(posted.length >= 1, 'nothing was sent to the worker');
+        for (const m of posted) {
+          assert.equal(m.transferred, 0, 'a buffer was transferred');
+          // block, seq and flags, lengths, and where each record is: a few bytes per record, never its payload
+          assert.ok(m.bytes <= 64 * 64, `${m.bytes} bytes of unshared memory in one message`);
+          for (const sab of m.shared) assert.ok(sab === arena.slab(0).buffer || sab === arena.sealedSlab(0).buffer, 'memory other than the write buffer');
+        }
+        sim = sim.reopen();
+        store = await Store.open(DIR, { fileIO: sim });
+        const again = await store.openVolume('c', { key: hexKey(4), cryptoThreads: 0 });
+        assert.deepEqual(await again.read(0, SIZE), data, 'after WAL replay, opened inline');
       } finally {
+        proto.postMessage = post;
         await store.close();
       }
+    });
+
+    for (const compression of ['none', 'lz4'] as const) {
+      it(`no plaintext reaches the store from a batch sealed in place, nor from one sealed inline after the worker died (compression ${compression})`, async () => {
+        const PATTERN = Buffer.from('VBFS-KNOWN-PLAINTEXT-PATTERN-0123456789abcdef');
+        const patterned = Buffer.alloc(8 * BS);
+        for (let i = 0; i < patterned.length; i += PATTERN.length) PATTERN.copy(patterned, i);
+        const sim = new SimFS();
+        const store = await Store.open(DIR, { fileIO: sim });
+        await store.createVolume('c', { size: SIZE, blockSize: BS, durability: 'batched', compression, encryption: { key: hexKey(12) } });
+        const vol = await store.openVolume('c', { key: hexKey(12), cryptoSealBlocks: 4, ...KEEP_IN_WAL });
+        await vol.write(0, patterned);
+        await vol.write(8 * BS, patterned);
+        await vol.fsync();
+        assert.ok(poolOf(vol).batchesSealed >= 1, 'the worker sealed nothing');
+        // A batch sent to a worker that dies: sealed inline (an LZ4 payload is in its sealed room, in clear).
+        const pool = poolOf(vol);
+        const sealedBefore = pool.batchesSealed;
+        const dying = (pool.worker as { terminate(): Promise<number> }).terminate();
+        await vol.write(16 * BS, patterned);
+        (vol as unknown as { writer: { sendSeals(): void } }).writer.sendSeals();
+        await dying;
+        await vol.write(24 * BS, patterned); // the worker starts again
+        await vol.fsync();
+        assert.equal(pool.batchesSealed, sealedBefore + 1, 'the batch sent to the dying worker was not sealed inline');
+        await vol.flush();
+        await vol.close();
+        await store.close();
+        const needles = [PATTERN.subarray(0, 16), PATTERN.subarray(20, 36)];
+        for (const [file, bytes] of storeFiles(sim)) assert.ok(!needles.some((n) => bytes.indexOf(n) >= 0), `the pattern is in ${file}`);
+        const again = await Store.open(DIR, { fileIO: sim.reopen() });
+        const v = await again.openVolume('c', { key: hexKey(12), cryptoThreads: 0 });
+        assert.deepEqual(await v.read(0, 32 * BS), Buffer.concat([patterned, patterned, patterned, patterned]));
+        await again.close();
+      });
+    }
+
+    it('an fsync waiting for records in the worker refuses once the volume failed meanwhile: the records were dropped, not logged', async () => {
+      const sim = new SimFS();
+      const store = await Store.open(DIR, { fileIO: sim });
+      await store.createVolume('c', { size: SIZE, blockSize: BS, durability: 'batched', encryption: { key: hexKey(11) } });
+      const vol = await store.openVolume('c', { key: hexKey(11), cryptoSealBlocks: 4, ...KEEP_IN_WAL });
+      const held = holdSeals(vol);
+      await vol.write(0, new Rng(11).bytes(8 * BS)); // acknowledged: its records are in the worker
+      const synced = vol.fsync(); // waits for them
+      await new Promise<void>((r) => setImmediate(r));
+      // The volume fails meanwhile (what a flush's chunk write error or a power cut in
+      // the crash sweeps does): the batch, once back, is not appended (appendSealed).
+      const core = (vol as unknown as { core: { fail: (err: unknown) => VbfsError } }).core;
+      core.fail(new VbfsError('VBFS_IO', 'simulated: a chunk write failed'));
+      held.release();
+      await rejectsWith(synced, 'VBFS_IO');
+      assert.ok(held.calls > 0, 'nothing went to the worker');
+      await vol.close().catch(() => undefined);
+      await store.close().catch(() => undefined);
+    });
+
+    it('a close with records still in the worker leaves no WAL byte unsynced: a power cut after the next open cannot tear the segment they landed in', async () => {
+      const sim = new SimFS();
+      const store = await Store.open(DIR, { fileIO: sim });
+      await store.createVolume('c', { size: SIZE, blockSize: BS, durability: 'batched', encryption: { key: hexKey(9) } });
+      let vol = await store.openVolume('c', { key: hexKey(9), cryptoSealBlocks: 4, ...KEEP_IN_WAL });
+      const model = Buffer.alloc(SIZE);
+      const data = new Rng(9).bytes(8 * BS);
+      data.copy(model, 0);
+      // The batch stays in the worker until the close's flush has sealed the WAL segment
+      // (rotate): its records land in a new segment, which the close's WAL sync covers.
+      const held = holdSeals(vol);
+      await vol.write(0, data);
+      const wal = (vol as unknown as { writer: { wal: { rotate: () => Promise<number> } } }).writer.wal;
+      const rotate = wal.rotate.bind(wal);
+      wal.rotate = () => {
+        const p = rotate();
+        held.release();
+        return p;
+      };
+      await vol.close();
+      assert.ok(held.calls > 0, 'nothing went to the worker');
+      assert.deepEqual(
+        sim.unsynced().files.filter((f) => f.endsWith('.wal')),
+        [],
+        'a WAL segment kept after a clean close has bytes no fdatasync covered (the last sync marker)',
+      );
+      // The next open writes a newer segment; then the power goes. Whatever of the
+      // unsynced bytes lands, the older segment must replay.
+      vol = await store.openVolume('c', { key: hexKey(9), cryptoThreads: 0 });
+      const one = new Rng(10).bytes(BS);
+      one.copy(model, 40 * BS);
+      await vol.write(40 * BS, one);
+      await vol.fsync();
+      for (let k = 0; k < 16; k++) {
+        const after = sim.afterCrash(new Rng(k), 'reorder', BS);
+        const s2 = await Store.open(DIR, { fileIO: after });
+        const v2 = await s2.openVolume('c', { key: hexKey(9), readOnly: true });
+        assert.deepEqual(await v2.read(0, SIZE), model, `power cut ${k}`);
+        await s2.close();
+      }
+      await store.close().catch(() => undefined);
     });
 
     it('a zero write or trim behind records still in the worker waits for them: the WAL holds records in seq order', async () => {

@@ -62,6 +62,13 @@ export class Arena {
     readonly capSlots: number,
     /** Bytes of sealed payload room per slot (an encrypted volume: block size + tag), or 0. */
     readonly sealedSize = 0,
+    /**
+     * Slabs in shared memory (SharedArrayBuffer): the crypto worker reads a record's
+     * plaintext from its slot and writes the sealed payload into the slot's sealed
+     * room itself (writer.ts, cipher-worker.ts), so a batch is neither copied into a
+     * message nor copied back.
+     */
+    readonly shared = false,
   ) {
     this.sealedLens = new Uint32Array(sealedSize > 0 ? capSlots : 0);
     this.perSlab = Math.max(1, Math.floor(SLAB_BYTES / slotSize));
@@ -167,12 +174,17 @@ export class Arena {
 
   private grow(slot: number): void {
     while (this.allocated <= slot) {
-      this.slabs.push(Buffer.allocUnsafeSlow(this.perSlab * this.slotSize));
-      if (this.sealedSize > 0) this.sealedSlabs.push(Buffer.allocUnsafeSlow(this.perSlab * this.sealedSize));
+      this.slabs.push(this.newSlab(this.perSlab * this.slotSize));
+      if (this.sealedSize > 0) this.sealedSlabs.push(this.newSlab(this.perSlab * this.sealedSize));
       this.allocated += this.perSlab;
     }
   }
 
+  private newSlab(bytes: number): Buffer {
+    return this.shared ? Buffer.from(new SharedArrayBuffer(bytes)) : Buffer.allocUnsafeSlow(bytes);
+  }
+
+  /** The slot's slab (its offset(slot) is also the offset in the slab's memory, `.buffer`). */
   slab(slot: number): Buffer {
     return this.slabs[Math.floor(slot / this.perSlab)] as Buffer;
   }

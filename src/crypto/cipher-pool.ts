@@ -14,7 +14,7 @@ import type { VolumeCipher } from './volume-cipher';
  * opened while the reads before it are answered). See reader.ts for which runs.
  *
  * Sealing: a large buffered write's records are sealed here too (seal()), as one
- * batch; the write is acknowledged once its plaintext is in the write buffer and
+ * batch, in place in the write buffer's shared memory; the write is acknowledged once its plaintext is in the write buffer and
  * the writer appends the sealed records to the WAL, in seq order, when the batch
  * comes back (writer.ts). Small writes are sealed inline: a trip to the worker
  * costs more than sealing one record.
@@ -84,18 +84,17 @@ export class CipherPool {
   }
 
   /**
-   * Seal records in the worker: `plain` holds their payloads back to back, lens[k]
-   * bytes each; `meta` their block, seq and flags. Both buffers are taken
-   * (transferred: unusable after the call) and handed back: `out` with the sealed
-   * payloads back to back (lens[k] + 16 bytes each), `plain` for reuse, so a stream
-   * of batches allocates no fresh memory. The nonces are the records' own,
-   * exactly as an inline seal.
+   * Seal records in the worker, in place in shared memory (the write buffer):
+   * see SealRequest (cipher-worker.ts) for where each payload is and where its
+   * sealed payload goes; `meta` holds their block, seq and flags. The nonces are
+   * the records' own, exactly as an inline seal. Resolves when every sealed
+   * payload is in place; until then the caller must neither read the sealed
+   * rooms nor change the payloads.
    */
-  async seal(plain: ArrayBuffer, out: ArrayBuffer, meta: Float64Array, lens: Uint32Array): Promise<{ plain: ArrayBuffer; out: ArrayBuffer }> {
+  async seal(mem: SharedArrayBuffer[], meta: Float64Array, lens: Uint32Array, src: Uint32Array, dst: Uint32Array): Promise<void> {
     if (this.closed) throw new VbfsError('VBFS_CLOSED', 'cipher pool is closed');
-    const reply = await this.request<SealReply>({ op: 'seal', id: 0, meta, lens, buf: plain, out });
+    await this.request<SealReply>({ op: 'seal', id: 0, meta, lens, mem, src, dst });
     this.batchesSealed++;
-    return { plain: reply.buf, out: reply.out };
   }
 
   private request<R>(req: OpenRequest | SealRequest): Promise<R> {
@@ -105,7 +104,7 @@ export class CipherPool {
       this.waiting.set(id, { resolve: resolve as (r: OpenReply & SealReply) => void, reject });
       if (this.waiting.size === 1) w.ref();
       req.id = id;
-      w.postMessage(req, req.op === 'seal' ? [req.buf, req.out] : [req.buf]);
+      w.postMessage(req, req.op === 'seal' ? [] : [req.buf]);
     });
   }
 

@@ -4,9 +4,9 @@ import { DOMAIN_RECORD, TAG_BYTES, VolumeCipher } from './volume-cipher';
 
 /**
  * The thread side of cipher-pool.ts: opens runs of sealed records in place, and
- * seals batches of a write's records. One message per run or batch (many
- * records), the buffers transferred both ways, so a 1 MiB run costs two
- * postMessage calls and no copy here.
+ * seals batches of a write's records in place in the shared write buffer. One
+ * message per run or batch (many records); a run's buffer is transferred both
+ * ways, so a 1 MiB run costs two postMessage calls and no copy here.
  */
 export interface OpenRequest {
   op: 'open';
@@ -26,23 +26,27 @@ export interface OpenReply {
   ok: Uint8Array;
 }
 
-/** Seal records whose payloads lie back to back in buf (lens[k] bytes each), into out. */
+/**
+ * Seal records in place, in shared memory (the write buffer's slabs, arena.ts):
+ * record k's payload is the lens[k] bytes at offset src[2k + 1] of mem[src[2k]],
+ * and its sealed payload (lens[k] + 16 bytes) goes to offset dst[2k + 1] of
+ * mem[dst[2k]] (it may be the same place: a compressed payload is put in the
+ * sealed room first). Nothing is copied into the message or back.
+ */
 export interface SealRequest {
   op: 'seal';
   id: number;
   /** block, seq, flags of each record (3 numbers each) */
   meta: Float64Array;
   lens: Uint32Array;
-  buf: ArrayBuffer;
-  /** room for the sealed payloads (sum of lens + 16 per record, at least) */
-  out: ArrayBuffer;
+  mem: SharedArrayBuffer[];
+  src: Uint32Array;
+  dst: Uint32Array;
 }
 
-/** `out` with the sealed payloads back to back, lens[k] + 16 bytes each, in request order; `buf` handed back for reuse. */
+/** Every sealed payload of the request is in place. */
 export interface SealReply {
   id: number;
-  buf: ArrayBuffer;
-  out: ArrayBuffer;
 }
 
 let cipher: VolumeCipher | null = null;
@@ -57,24 +61,22 @@ parentPort?.on('message', (m: { init: { dataKey: KeyObject; volumeId: string } }
 });
 
 function seal(c: VolumeCipher, m: SealRequest): void {
-  const n = m.lens.length;
-  const plain = Buffer.from(m.buf);
-  const out = Buffer.from(m.out);
-  let from = 0;
-  let at = 0;
-  for (let k = 0; k < n; k++) {
+  const mem = m.mem.map((b) => Buffer.from(b));
+  for (let k = 0; k < m.lens.length; k++) {
     const len = m.lens[k] as number;
-    at += c.sealInto(
+    const from = m.src[2 * k + 1] as number;
+    const plain = (mem[m.src[2 * k] as number] as Buffer).subarray(from, from + len);
+    // GCM reads the whole payload before the sealed bytes are copied out: src === dst is safe.
+    c.sealInto(
       DOMAIN_RECORD,
       { block: m.meta[3 * k] as number, seq: m.meta[3 * k + 1] as number, flags: m.meta[3 * k + 2] as number },
-      plain.subarray(from, from + len),
-      out,
-      at,
+      plain,
+      mem[m.dst[2 * k] as number] as Buffer,
+      m.dst[2 * k + 1] as number,
     );
-    from += len;
   }
-  const reply: SealReply = { id: m.id, buf: m.buf, out: m.out };
-  parentPort?.postMessage(reply, [m.buf, m.out]);
+  const reply: SealReply = { id: m.id };
+  parentPort?.postMessage(reply);
 }
 
 function open(c: VolumeCipher, m: OpenRequest): void {

@@ -159,7 +159,13 @@ export class VolumeCore {
     this.index = new BlockIndex(this.blockCount);
     // An encrypted volume's slots also hold the sealed payload: the same buffer bytes hold fewer blocks.
     const sealedSize = ctx.cipher ? maxPayload(info.blockSize) : 0;
-    this.arena = new Arena(info.blockSize, Math.max(2, Math.floor(this.tunables.writeBufferBytes / (info.blockSize + sealedSize))), sealedSize);
+    // Shared with the crypto worker, which seals a batch in place (writer.ts).
+    this.arena = new Arena(
+      info.blockSize,
+      Math.max(2, Math.floor(this.tunables.writeBufferBytes / (info.blockSize + sealedSize))),
+      sealedSize,
+      this.cipherPool !== null,
+    );
     this.cache = new BlockCache(this.tunables.cacheBytes, info.blockSize, (b) => this.index.setCached(b, false));
     this.map = new MapStore(ctx.fileIO, `${ctx.dir}/map`, info.id, ctx.logger, ctx.failpoint, ctx.mapMedium);
   }

@@ -141,7 +141,6 @@ export class Volume {
     cache.trim();
     this.reader.runBuffers.trim();
     this.flusher?.trimBuffers();
-    this.writer?.trimBuffers();
     if (before > this.memoryBytes) collectIdleGarbage();
   }
 

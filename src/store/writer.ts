@@ -42,48 +42,58 @@ export interface FlushControl {
 /**
  * Records sealed together in the crypto worker (of one or several writes), then
  * appended to the WAL in seq order. Their slots are held (arena.holdForSeal)
- * until then, so neither their plaintext nor their sealed room is reused.
+ * until then, so neither their plaintext nor their sealed room is reused. The
+ * worker seals them in place: it reads each payload from the write buffer's
+ * shared slabs and writes the sealed payload into the slot's sealed room, so a
+ * batch costs no copy into a message and none back, and no batch buffer (a
+ * fresh one costs a page fault per 4 KiB on first touch here).
  */
 class SealBatch {
   n = 0;
-  /** Payload bytes in `plain` (worker batches). */
-  bytes = 0;
   readonly slots: Int32Array;
   /** block, seq, flags of each record (the worker's request format) */
   readonly meta: Float64Array;
   /** payload length of each record before sealing */
   readonly lens: Uint32Array;
-  /** The payloads back to back (transferred to the worker with `out`, and back). */
-  readonly plain: Uint8Array;
-  /** Sealed payloads back to back, once back from the worker. */
-  sealed: Buffer | null = null;
-  /** The buffers, once back from the worker (reused by a later batch). */
-  back: SealBuffers | null = null;
+  /** Where each payload is and where its sealed payload goes: (index in `mem`, offset) pairs. */
+  readonly src: Uint32Array;
+  readonly dst: Uint32Array;
+  /** The write-buffer slabs those are in. */
+  readonly mem: SharedArrayBuffer[] = [];
+  /** The worker sealed every record in place (otherwise they are sealed inline: appendSealed). */
+  sealed = false;
   ready = false;
   /** Resolves (never rejects) once the batch is in the WAL or dropped with the volume's failure. */
   readonly appended: Promise<void>;
   resolve!: () => void;
 
-  constructor(
-    cap: number,
-    readonly bufs: SealBuffers,
-  ) {
+  constructor(cap: number) {
     this.slots = new Int32Array(cap);
     this.meta = new Float64Array(3 * cap);
     this.lens = new Uint32Array(cap);
-    this.plain = new Uint8Array(bufs.plain);
+    this.src = new Uint32Array(2 * cap);
+    this.dst = new Uint32Array(2 * cap);
     this.appended = new Promise((r) => (this.resolve = r));
   }
 
-  add(slot: number, block: number, seq: number, flags: number, payload: Uint8Array, len: number): void {
+  add(slot: number, block: number, seq: number, flags: number, len: number, src: Buffer, srcOff: number, dst: Buffer, dstOff: number): void {
     const k = this.n++;
     this.slots[k] = slot;
     this.meta[3 * k] = block;
     this.meta[3 * k + 1] = seq;
     this.meta[3 * k + 2] = flags;
     this.lens[k] = len;
-    this.plain.set(payload, this.bytes);
-    this.bytes += len;
+    this.src[2 * k] = this.memIndex(src);
+    this.src[2 * k + 1] = src.byteOffset + srcOff;
+    this.dst[2 * k] = this.memIndex(dst);
+    this.dst[2 * k + 1] = dst.byteOffset + dstOff;
+  }
+
+  private memIndex(b: Buffer): number {
+    const sab = b.buffer as SharedArrayBuffer;
+    let i = this.mem.indexOf(sab);
+    if (i < 0) i = this.mem.push(sab) - 1;
+    return i;
   }
 
   get full(): boolean {
@@ -91,15 +101,6 @@ class SealBatch {
   }
 }
 
-/**
- * A batch's plaintext and sealed-payload buffers. They go to the worker and come
- * back, and are reused: a fresh 128 KiB buffer per batch costs page faults (and
- * an mmap) on every batch, measured at more than the sealing it replaces.
- */
-interface SealBuffers {
-  plain: ArrayBuffer;
-  out: ArrayBuffer;
-}
 /** Records per batch sent to the crypto worker (one 256 KiB message of 4 KiB blocks). */
 const SEAL_BATCH_RECORDS = 64;
 
@@ -158,9 +159,6 @@ export class Writer {
   private toWorker = false;
   private sealOpen: SealBatch | null = null;
   private sealTimer: NodeJS.Timeout | null = null;
-  private readonly spareSealBuffers: SealBuffers[] = [];
-  /** Batch buffers allocated so far, the others reused (tests look). */
-  sealBuffersAllocated = 0;
   private readonly sealQueue: SealBatch[] = [];
   private sealingBlocks = 0;
 
@@ -397,7 +395,11 @@ export class Writer {
       if (this.toWorker || this.sealingBlocks > 0) {
         // Sealed in the worker; appended to the WAL (and pushUnsynced) when it comes back.
         cipher.announceSeal(DOMAIN_RECORD, { block, seq, flags }, payload);
-        this.sealBatch().add(slot, block, seq, flags, payload, payload.length);
+        const dst = arena.sealedSlab(slot);
+        const at = arena.sealedOffset(slot);
+        // A compressed payload is not in the slab: it goes to the sealed room and is sealed there.
+        if (packed) packed.copy(dst, at);
+        this.sealBatch().add(slot, block, seq, flags, payload.length, packed ? dst : slab, packed ? at : o, dst, at);
         this.sealingBlocks++;
         arena.holdForSeal(slot);
         if ((this.sealOpen as SealBatch).full) this.sendSeals();
@@ -446,14 +448,7 @@ export class Writer {
   /** The batch collecting records; a new one is sent at the latest 1 ms after its first record. */
   private sealBatch(): SealBatch {
     if (this.sealOpen) return this.sealOpen;
-    const cap = SEAL_BATCH_RECORDS;
-    const bs = this.core.blockSize;
-    let bufs = this.spareSealBuffers.pop();
-    if (!bufs) {
-      bufs = { plain: new ArrayBuffer(cap * bs), out: new ArrayBuffer(cap * (bs + SEAL_OVERHEAD)) };
-      this.sealBuffersAllocated++;
-    }
-    this.sealOpen = new SealBatch(cap, bufs);
+    this.sealOpen = new SealBatch(SEAL_BATCH_RECORDS);
     this.sealTimer = setTimeout(() => {
       this.sealTimer = null;
       this.sendSeals();
@@ -470,10 +465,10 @@ export class Writer {
     this.sealOpen = null;
     if (b.n === 0) return;
     this.sealQueue.push(b);
-    (this.core.cipherPool as CipherPool).seal(b.bufs.plain, b.bufs.out, b.meta.subarray(0, 3 * b.n), b.lens.subarray(0, b.n)).then(
-      (back) => {
-        b.sealed = Buffer.from(back.out);
-        b.back = back;
+    const n = b.n;
+    (this.core.cipherPool as CipherPool).seal(b.mem, b.meta.subarray(0, 3 * n), b.lens.subarray(0, n), b.src.subarray(0, 2 * n), b.dst.subarray(0, 2 * n)).then(
+      () => {
+        b.sealed = true;
         this.sealDone(b);
       },
       () => this.sealDone(b), // the worker failed or closed: sealed inline instead (appendSealed)
@@ -486,7 +481,6 @@ export class Writer {
       const head = this.sealQueue.shift() as SealBatch;
       this.sealingBlocks -= head.n;
       this.appendSealed(head);
-      if (head.back && this.spareSealBuffers.length < this.maxSealBatches()) this.spareSealBuffers.push(head.back);
       head.resolve();
     }
     this.scheduleSync();
@@ -494,14 +488,15 @@ export class Writer {
 
   /**
    * Append a batch's sealed records to the WAL, in seq order, as commitSlot does
-   * for a record sealed inline. A batch the worker did not seal is sealed here, with
-   * the same nonce, AAD and payload (LZ4 is deterministic), so the bytes are the
-   * ones the worker would have made: one seq still has one content.
+   * for a record sealed inline. A batch the worker did not seal (all of it) is
+   * sealed here, with the same nonce, AAD and payload (LZ4 is deterministic; a
+   * compressed payload is compressed again, since its sealed room may hold part of
+   * the worker's output), so the bytes are the ones the worker would have made:
+   * one seq still has one content.
    */
   private appendSealed(b: SealBatch): void {
     const { arena, blockSize: bs } = this.core;
     const cipher = this.core.cipher as VolumeCipher;
-    let from = 0;
     for (let k = 0; k < b.n; k++) {
       const slot = b.slots[k] as number;
       const block = b.meta[3 * k] as number;
@@ -511,10 +506,7 @@ export class Writer {
       const dst = arena.sealedSlab(slot);
       const at = arena.sealedOffset(slot);
       try {
-        if (b.sealed) {
-          b.sealed.copy(dst, at, from, from + len);
-          from += len;
-        } else {
+        if (!b.sealed) {
           const o = arena.offset(slot);
           const raw = arena.slab(slot).subarray(o, o + bs);
           const payload = (flags & FLAG_LZ4) !== 0 ? (compressBlock(raw) as Buffer) : raw;
@@ -533,26 +525,10 @@ export class Writer {
     }
   }
 
-  /**
-   * Spare batch buffers kept: as many batches as can be in the worker at once
-   * (afterSealApply makes writers wait beyond that). With fewer (8 were kept), a
-   * stream of large writes had about 30 batches in flight and allocated fresh
-   * buffers for 7 batches in 10, each paying a page fault per 4 KiB on first
-   * touch (measured). Given back when the volume is idle (trimBuffers).
-   */
-  private maxSealBatches(): number {
-    return Math.ceil(this.sealLimitBytes() / (RECORD_HEADER + this.core.blockSize) / SEAL_BATCH_RECORDS) + 1;
-  }
-
   /** The records not yet durable (in the worker or the WAL) at which a writer waits for the seals (afterSealApply). */
   private sealLimitBytes(): number {
     const rec = RECORD_HEADER + this.core.blockSize;
     return this.core.durability === 'batched' ? 2 * this.core.tunables.batchBlocks * rec : this.flusher.waveRecords * rec;
-  }
-
-  /** An idle volume keeps no spare batch buffers. */
-  trimBuffers(): void {
-    this.spareSealBuffers.length = 0;
   }
 
   /** Resolves when every record sealed so far (or being sealed) is in the WAL. */
@@ -651,6 +627,7 @@ export class Writer {
   async fsync(): Promise<void> {
     await this.drain();
     await this.sealsSettled();
+    this.checkNoneDropped();
     if (this.core.durability === 'async') {
       this.backgroundSync();
       return;
@@ -672,11 +649,25 @@ export class Writer {
   async syncWal(upTo?: number): Promise<void> {
     // Everything means every write acknowledged so far, also those still being sealed.
     if (upTo === undefined && this.sealQueue.length + (this.sealOpen ? 1 : 0) > 0) await this.sealsSettled();
+    this.checkNoneDropped();
     try {
       await this.wal.sync(upTo);
     } catch (err) {
       throw this.failUnlessNoSpace(err);
     }
+  }
+
+  /**
+   * Records that come back from the worker after the volume failed are dropped, not
+   * appended (appendSealed), and the WAL itself may be fine: its sync would then
+   * cover everything it holds and resolve, and an fsync would report writes durable
+   * that are in no WAL. So once the volume has failed, no sync reports anything
+   * durable (seen in the crash sweeps: a flush cut by the power failed the volume
+   * while an fsync waited for a batch in the worker; the fsync returned, the batch
+   * was gone).
+   */
+  private checkNoneDropped(): void {
+    if (this.core.failed) throw this.core.failed;
   }
 
   /** Remember an appended record until a sync covers it (the ring doubles when full; its length is a power of two). */
