@@ -50,23 +50,29 @@ describe('BlockCache', () => {
     return c.copyOut(b, out, 0) ? out[0] : undefined;
   };
 
-  it('is LRU and bounded in bytes; eviction reports the block', () => {
+  it('is bounded in bytes, 2Q: a block read once waits in probation, one read again after it left is kept LRU; eviction reports the block', () => {
     const evicted: number[] = [];
-    const c = new BlockCache(3 * 100, 100, (b) => evicted.push(b));
+    const c = new BlockCache(4 * 100, 100, (b) => evicted.push(b)); // probation: 1 block (a quarter)
     c.set(1, block(1));
+    c.set(2, block(2)); // probation is full: 1 leaves it (its number stays as a ghost)
+    assert.deepEqual(evicted, [1]);
+    assert.equal(read(c, 1), undefined);
+    c.set(1, block(1)); // read again: the main LRU
+    c.set(3, block(3)); // 2 leaves probation
     c.set(2, block(2));
-    c.set(3, block(3));
-    assert.equal(read(c, 1), 1); // 1 is now most recent
-    c.set(4, block(4));
-    assert.deepEqual(evicted, [2]);
-    assert.equal(c.bytes, 300);
+    c.set(4, block(4)); // 3 leaves probation
+    c.set(3, block(3)); // main now holds 3, 2, 1 (most recent first), probation 4
+    assert.deepEqual(evicted, [1, 2, 3]);
+    assert.equal(c.bytes, 400);
+    assert.equal(read(c, 1), 1); // 1 is now the most recent of main
+    c.set(5, block(5)); // 4 leaves probation
+    c.set(4, block(4)); // full: main's least recent (2) goes, not 1
+    assert.deepEqual(evicted, [1, 2, 3, 4, 2]);
     assert.equal(read(c, 2), undefined);
-    assert.equal(read(c, 4), 4);
-    assert.equal(read(c, 3), 3);
-    c.set(5, block(5)); // evicts 1 (least recent now)
-    assert.deepEqual(evicted, [2, 1]);
-    assert.equal(c.hits, 3);
-    assert.equal(c.misses, 1);
+    for (const b of [1, 3, 4, 5]) assert.equal(read(c, b), b);
+    assert.equal(c.bytes, 400);
+    assert.equal(c.hits, 5);
+    assert.equal(c.misses, 2);
     assert.equal(new BlockCache(0, 100, () => undefined).set(1, block(1)), false, 'a zero-byte cache holds nothing');
   });
 
