@@ -8,6 +8,7 @@ import { BucketMapMedium } from '../src/map/bucket-map-medium';
 import { MapStore } from '../src/map/map-store';
 import { silentLogger, type Logger } from '../src/types';
 import { SimFS } from './helpers/sim-fs';
+import { commitOf } from './helpers/placements';
 
 /**
  * Map log recovery with sync frames (format 2): every commit write begins with an
@@ -17,17 +18,6 @@ import { SimFS } from './helpers/sim-fs';
  */
 const ID = '00112233445566778899aabbccddeeff';
 const DIR = '/map';
-
-function commitOf(chunkId: number, firstBlock: number, n: number): ChunkPlacement {
-  const p = allocPlacement(chunkId, n);
-  for (let i = 0; i < n; i++) {
-    p.blocks[i] = firstBlock + i;
-    p.seqs[i] = 100 * chunkId + i + 1;
-    p.offsets[i] = 64 + i * 4128;
-    p.lens[i] = 4096;
-  }
-  return p;
-}
 
 async function load(sim: SimFS, logger: Logger = silentLogger): Promise<BlockIndex> {
   const index = new BlockIndex(1024);

@@ -1,12 +1,13 @@
 import * as assert from 'node:assert/strict';
 import { S3Backend, type S3BackendOptions } from '../src/backend/s3-backend';
 import { isVbfsError } from '../src/errors';
-import { allocPlacement, type ChunkPlacement } from '../src/format/map-records';
+import type { ChunkPlacement } from '../src/format/map-records';
 import { BlockIndex } from '../src/map/block-index';
 import { BucketMapMedium } from '../src/map/bucket-map-medium';
 import { MapStore } from '../src/map/map-store';
 import { silentLogger } from '../src/types';
 import { SimFS } from './helpers/sim-fs';
+import { commitOf } from './helpers/placements';
 import { pattern, rejectsWith } from './backend-suite';
 import { FaultProxy } from './helpers/fault-proxy';
 import { requireRgw, rgwOptions, type RgwCluster } from './helpers/rgw';
@@ -153,16 +154,6 @@ describe('S3Backend through a fault-injecting proxy (RGW behind it)', function (
   });
   describe('a map checkpoint whose last PUT lands but whose answer is lost after every retry', () => {
     const ID = '00112233445566778899aabbccddeeff';
-    const commitOf = (chunkId: number, firstBlock: number, n: number): ChunkPlacement => {
-      const p = allocPlacement(chunkId, n);
-      for (let i = 0; i < n; i++) {
-        p.blocks[i] = firstBlock + i;
-        p.seqs[i] = 100 * chunkId + i + 1;
-        p.offsets[i] = 64 + i * 4128;
-        p.lens[i] = 4096;
-      }
-      return p;
-    };
     const apply = (index: BlockIndex, p: ChunkPlacement): void => {
       for (let i = 0; i < p.count; i++)
         index.setPersisted(p.blocks[i] as number, p.seqs[i] as number, p.chunkId, p.offsets[i] as number, p.lens[i] as number, 0);

@@ -473,22 +473,14 @@ describe('WAL on the real disk: an fsync of a small write', () => {
 
   it('an inline write that blocks (dirty-page throttling) sends the next small writes through the pool', async () => {
     let stallNext = false;
-    class Stalls extends PassThroughFileIO {
-      override async open(p: string, mode: OpenMode): Promise<FileHandle> {
-        const fh = await this.inner.open(p, mode);
-        const writeSync = (fh.writeSync as (b: Uint8Array, pos: number) => void).bind(fh);
-        fh.writeSync = (buf, pos): void => {
-          if (stallNext) {
-            stallNext = false;
-            const until = performance.now() + 80; // the kernel holding write(2) back
-            while (performance.now() < until);
-          }
-          writeSync(buf, pos);
-        };
-        return fh;
+    const stalls = hookWriteSync(() => {
+      if (stallNext) {
+        stallNext = false;
+        const until = performance.now() + 80; // the kernel holding write(2) back
+        while (performance.now() < until);
       }
-    }
-    const io = new CountingFileIO(new Stalls(new NodeFileIO()));
+    });
+    const io = new CountingFileIO(stalls);
     // 50 ms, not the default 2: a loaded test machine may deschedule a normal write that long.
     const w = new WalWriter({ ...realWriterOptions(), fileIO: io, inlineSlowMs: 50 });
     const data = Buffer.alloc(RBS, 3);
@@ -509,21 +501,13 @@ describe('WAL on the real disk: an fsync of a small write', () => {
 
   it('an inline write that fails for lack of space is retried in place, not poisoned', async () => {
     let failNext = false;
-    class NoSpaceOnce extends PassThroughFileIO {
-      override async open(p: string, mode: OpenMode): Promise<FileHandle> {
-        const fh = await this.inner.open(p, mode);
-        const writeSync = (fh.writeSync as (b: Uint8Array, pos: number) => void).bind(fh);
-        fh.writeSync = (buf, pos): void => {
-          if (failNext) {
-            failNext = false;
-            throw Object.assign(new Error('ENOSPC: no space left on device'), { code: 'ENOSPC' });
-          }
-          writeSync(buf, pos);
-        };
-        return fh;
+    const noSpaceOnce = hookWriteSync(() => {
+      if (failNext) {
+        failNext = false;
+        throw Object.assign(new Error('ENOSPC: no space left on device'), { code: 'ENOSPC' });
       }
-    }
-    const w = new WalWriter({ ...realWriterOptions(), fileIO: new NoSpaceOnce(new NodeFileIO()), noSpaceRetryMs: 20 });
+    });
+    const w = new WalWriter({ ...realWriterOptions(), fileIO: noSpaceOnce, noSpaceRetryMs: 20 });
     const data = Buffer.alloc(RBS, 9);
     w.append(1, 1, 0, RBS, data, 0, RBS);
     await w.sync();
@@ -538,6 +522,21 @@ describe('WAL on the real disk: an fsync of a small write', () => {
     await w.close();
     assert.deepEqual(await replayed(), [1, 2, 3]);
   });
+
+  /** The real disk, with `before` run ahead of every FileHandle.writeSync (to stall it or make it throw). */
+  function hookWriteSync(before: () => void): FileIO {
+    return new (class extends PassThroughFileIO {
+      override async open(p: string, mode: OpenMode): Promise<FileHandle> {
+        const fh = await this.inner.open(p, mode);
+        const writeSync = (fh.writeSync as (b: Uint8Array, pos: number) => void).bind(fh);
+        fh.writeSync = (buf, pos): void => {
+          before();
+          writeSync(buf, pos);
+        };
+        return fh;
+      }
+    })(new NodeFileIO());
+  }
 
   function realWriterOptions(): ConstructorParameters<typeof WalWriter>[0] {
     return {
